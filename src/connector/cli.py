@@ -1,0 +1,112 @@
+"""The ``connector`` command. Parses arguments and calls one function; no business logic here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from connector.core.errors import ConnectorError
+
+
+def _dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, default=Path("."), help="participant folder (default: .)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="connector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a participant folder (a git repository to be)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--url", required=True, help="public root URL, https://HOST:PORT")
+    p.add_argument("--management-port", type=int, default=None)
+
+    p = sub.add_parser("policy", help="policy tools")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    pc = psub.add_parser("check", help="validate a participant folder; file:line per error")
+    pc.add_argument("dir", type=Path, nargs="?", default=Path("."))
+
+    p = sub.add_parser("trust", help="pinned trust")
+    tsub = p.add_subparsers(dest="trust_command", required=True)
+    ta = tsub.add_parser("add", help="pin a peer from its participant folder or did.json")
+    ta.add_argument("source", type=Path, help="the peer's folder or its did.json")
+    ta.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    ta.add_argument("--tls-cert", type=Path, default=None, help="the peer's TLS certificate")
+    _dir_arg(ta)
+
+    p = sub.add_parser("run", help="run the connector daemon")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("."))
+
+    p = sub.add_parser("catalog", help="the offers a provider shows this participant")
+    p.add_argument("provider_url")
+    _dir_arg(p)
+
+    p = sub.add_parser("negotiate", help="negotiate a contract; prints the agreement id")
+    p.add_argument("provider_url")
+    p.add_argument("dataset_id")
+    p.add_argument("--offer", default=None, help="offer id (default: the first offer)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    _dir_arg(p)
+
+    p = sub.add_parser("transfer", help="pull the records of an agreement into a file")
+    p.add_argument("agreement_id")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--timeout", type=float, default=60.0)
+    _dir_arg(p)
+
+    p = sub.add_parser("status", help="negotiations, agreements and transfers as a table")
+    _dir_arg(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "init":
+        from connector.folder import init_folder
+
+        init_folder(args.dir, name=args.name, url=args.url, management_port=args.management_port)
+        print(f"initialised {args.dir}")
+        return 0
+    if cmd == "policy":
+        from connector.folder import check_folder
+
+        problems = check_folder(args.dir)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(problems)} problem(s)" if problems else "ok")
+        return 1 if problems else 0
+    if cmd == "trust":
+        from connector.folder import add_trusted_peer
+
+        attrs = dict(a.split("=", 1) for a in args.attr)
+        path = add_trusted_peer(args.dir, args.source, attributes=attrs, tls_cert=args.tls_cert)
+        print(f"pinned {path}")
+        return 0
+    if cmd == "run":
+        from connector.daemon import run_forever
+
+        run_forever(args.dir)
+        return 0
+    from connector import client
+
+    return asyncio.run(client.main(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``connector`` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConnectorError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

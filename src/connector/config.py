@@ -1,0 +1,118 @@
+"""Read ``connector.toml`` once, into frozen typed settings.
+
+Paths in the file are relative to the participant folder. Secrets are referenced by path only
+and never held here. Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connector.core.errors import ConfigError
+
+CONFIG_FILE = "connector.toml"
+# DSP 2025-1 §HTTPS binding: <base> = <root> + the path of the version entry.
+DSP_PATH = "/dsp/2025-1"
+# Self-issued tokens live 5 minutes; EDC's STS uses 10 (edc.iam.sts.signature.token.expiration).
+DEFAULT_TOKEN_TTL_S = 300
+# Clock skew tolerated on iat/nbf/exp; EDC allows 4-5 s.
+DEFAULT_CLOCK_LEEWAY_S = 5
+# Data-plane tokens in a TransferStart data address: short-lived, refreshed by a new Start.
+DEFAULT_DATA_TOKEN_TTL_S = 600
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon and the CLI need from ``connector.toml``."""
+
+    root: Path
+    name: str
+    did: str
+    public_url: str
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    signing_key: Path
+    signing_kid: str
+    management_port: int
+    management_token_file: Path
+    database: Path
+    registries: tuple[str, ...] = ()
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    clock_leeway_s: int = DEFAULT_CLOCK_LEEWAY_S
+    data_token_ttl_s: int = DEFAULT_DATA_TOKEN_TTL_S
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def dsp_base(self) -> str:
+        """The versioned DSP base URL peers call."""
+        return self.public_url + DSP_PATH
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    def management_token(self) -> str:
+        """Read the management token from its file (0600, git-ignored)."""
+        try:
+            return self.management_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{self.management_token_file}: cannot read token: {exc}") from exc
+
+
+def _get(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing key '{key}'")
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: key '{key}' must be {kind.__name__}")
+    return value
+
+
+def load_settings(root: Path) -> Settings:
+    """Load ``root/connector.toml``; raise ConfigError naming file and key on any problem."""
+    root = root.resolve()
+    path = root / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+    def table(name: str) -> dict[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        return value
+
+    part, server, mgmt, storage, signing = (
+        table(n) for n in ("participant", "server", "management", "storage", "signing")
+    )
+    where = str(path)
+    registry = table("registry")
+    return Settings(
+        root=root,
+        name=_get(part, "name", str, f"{where} [participant]"),
+        did=_get(part, "did", str, f"{where} [participant]"),
+        public_url=_get(part, "url", str, f"{where} [participant]").rstrip("/"),
+        host=server.get("host", "127.0.0.1"),
+        port=_get(server, "port", int, f"{where} [server]"),
+        tls_cert=root / _get(server, "tls_cert", str, f"{where} [server]"),
+        tls_key=root / _get(server, "tls_key", str, f"{where} [server]"),
+        signing_key=root / _get(signing, "key", str, f"{where} [signing]"),
+        signing_kid=_get(signing, "kid", str, f"{where} [signing]"),
+        management_port=_get(mgmt, "port", int, f"{where} [management]"),
+        management_token_file=root / _get(mgmt, "token_file", str, f"{where} [management]"),
+        database=root / storage.get("sqlite", "state/connector.db"),
+        registries=tuple(registry.get("urls", [])),
+        token_ttl_s=int(signing.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)),
+        clock_leeway_s=int(signing.get("clock_leeway_s", DEFAULT_CLOCK_LEEWAY_S)),
+        data_token_ttl_s=int(server.get("data_token_ttl_s", DEFAULT_DATA_TOKEN_TTL_S)),
+        extra={k: v for k, v in data.items() if k not in {
+            "participant", "server", "management", "storage", "signing", "registry"}},
+    )

@@ -1,0 +1,1 @@
+"""Pure, synchronous, deterministic protocol and policy logic: no IO here."""

@@ -1,0 +1,177 @@
+"""The connector's one error tree.
+
+Every error the connector raises on purpose derives from ``ConnectorError``. Each knows the
+HTTP status it maps to and, for DSP errors, the error shape the spec prescribes, so the HTTP
+edge renders all of them in one place (``adapters/http/errors.py``)::
+
+    ConnectorError
+    ├── ConfigError              connector.toml, trust/ or datasets/ unreadable or invalid
+    ├── PolicyError              a policy document that cannot be parsed or evaluated
+    ├── AuthError                missing, forged, expired, replayed or misaddressed token
+    ├── ProtocolError            a DSP message we must refuse (400 unless said otherwise)
+    │   ├── MalformedMessage     not JSON, wrong @type, missing required field
+    │   ├── InvalidTransition    the state table has no cell for (sender, state, message)
+    │   ├── UnknownProcess       unknown or foreign process id (404)
+    │   └── OfferRejected        the provider does not know or will not grant the offer
+    ├── CatalogError             unknown dataset, unsupported filter
+    ├── NotFound                 management API: no such record
+    ├── TransferDenied           data plane: token unknown, expired, or policy denies
+    └── PeerError                a peer answered with an error or could not be reached
+
+DSP 2025-1 §CN/§TP HTTPS bindings: an illegal transition is a 400 carrying a
+``ContractNegotiationError`` / ``TransferError`` with both process ids; an unknown or
+unauthorized process id is a 404, so that existence is not revealed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Area(StrEnum):
+    """Which DSP error shape a protocol error renders as."""
+
+    CATALOG = "catalog"
+    NEGOTIATION = "negotiation"
+    TRANSFER = "transfer"
+
+
+class ConnectorError(Exception):
+    """Base of every error the connector raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ConnectorError):
+    """Configuration unreadable or invalid; the message names the file and key."""
+
+    code = "config"
+
+
+class PolicyError(ConnectorError):
+    """A policy document that cannot be parsed or evaluated. Evaluation denies."""
+
+    status = 400
+    code = "policy"
+
+
+class AuthError(ConnectorError):
+    """The caller's token is missing or invalid. DSP: 404 on process endpoints."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ProtocolError(ConnectorError):
+    """A DSP message the connector refuses. Carries both pids for the error body."""
+
+    status = 400
+    code = "bad-request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        area: Area = Area.NEGOTIATION,
+        consumer_pid: str | None = None,
+        provider_pid: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.area = area
+        self.consumer_pid = consumer_pid
+        self.provider_pid = provider_pid
+
+
+class MalformedMessage(ProtocolError):
+    """The body is not JSON, has the wrong @type or lacks a required field."""
+
+    code = "malformed"
+
+
+class InvalidTransition(ProtocolError):
+    """No cell of the state table allows this message now (DSP: 400)."""
+
+    code = "invalid-transition"
+
+
+class UnknownProcess(ProtocolError):
+    """Unknown, foreign or terminated-and-reused process id (DSP: 404)."""
+
+    status = 404
+    code = "not-found"
+
+
+class OfferRejected(ProtocolError):
+    """The offer is unknown to the provider or its policy denies it."""
+
+    code = "offer-rejected"
+
+
+class CatalogError(ConnectorError):
+    """A catalog request the provider refuses (unknown dataset: 404)."""
+
+    status = 400
+    code = "catalog"
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(ConnectorError):
+    """Management API: no record with that id."""
+
+    status = 404
+    code = "not-found"
+
+
+class TransferDenied(ConnectorError):
+    """Data plane refuses an access: token unknown or expired, or the policy denies."""
+
+    status = 403
+    code = "denied"
+
+
+class PeerError(ConnectorError):
+    """A peer answered with an error status, or could not be reached."""
+
+    status = 502
+    code = "peer"
+
+    def __init__(self, message: str, *, peer_status: int | None = None) -> None:
+        super().__init__(message)
+        self.peer_status = peer_status
+
+    @property
+    def retryable(self) -> bool:
+        """Network errors and 5xx are retried; a 4xx answer is final (EDC does the same)."""
+        return self.peer_status is None or self.peer_status >= 500
+
+
+class Problem:
+    """One finding of ``connector policy check``: file, 1-based line, message."""
+
+    __slots__ = ("file", "line", "message")
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({self.file!r}, {self.line}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and (self.file, self.line, self.message) == (
+            other.file, other.line, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line, self.message))

@@ -1,0 +1,1 @@
+"""Async orchestration: load record, core step, persist with outbox, dispatch."""
