@@ -1,0 +1,311 @@
+"""Identity: did:web names, DID documents and self-issued ID tokens. Pure: no IO, no clock.
+
+Theory of operation. Every DSP request carries a self-issued ID token (DCP 1.0
+§Self-Issued ID Tokens): a JWS signed by the sender with a key of its DID document,
+``iss`` = ``sub`` = the sender's DID, ``aud`` = the receiver's DID, a fresh ``jti`` and a short
+``exp``. The same token is used whether the peer's keys are pinned in ``trust/`` or resolved
+from its ``did.json``; either way the verifier hands ``verify_token`` a ``KeyRing`` of the JWKs
+it trusts, keyed by absolute key id (``<did>#<fragment>``). Because a key id must lie under the
+token's issuer, a key in the ring can only vouch for its own DID.
+
+Time (``now``) and ids (``jti``) come in as arguments so that the checks are deterministic.
+Replay protection (remembering ``jti`` until ``exp``) belongs to the service layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
+from jwt.exceptions import InvalidKeyError
+
+from connector.core.errors import AuthError, ConfigError
+
+PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+DID_CONTEXTS = ("https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1")
+# DCP 1.0 §4.3.3: a key that signs self-issued tokens needs the capabilityInvocation relationship.
+KEY_RELATIONSHIPS = ("authentication", "assertionMethod", "capabilityInvocation")
+# DSP 2025-1 §Catalog: the DataService that carries the connector's versioned DSP base URL.
+DSP_SERVICE_TYPE = "DataService"
+
+# RFC 7518 §3.4 / RFC 8812 §3.2: the JWS alg that goes with each curve, and its hash.
+_EC_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
+    "secp256r1": ("ES256", hashes.SHA256),
+    "secp384r1": ("ES384", hashes.SHA384),
+    "secp521r1": ("ES512", hashes.SHA512),
+    "secp256k1": ("ES256K", hashes.SHA256),
+}
+
+
+# --- did:web ----------------------------------------------------------------------------------
+
+
+def did_web_from_url(url: str) -> str:
+    """The did:web DID for an https URL (did:web method spec §3.2 "Create").
+
+    The host is kept, the port's colon becomes ``%3A`` and each path segment becomes a
+    ``:``-separated part: ``https://example.org:8443/a/b`` -> ``did:web:example.org%3A8443:a:b``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"not an https URL: {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"a did:web URL has no user, query or fragment: {url!r}")
+    host = parts.hostname.lower()
+    authority = f"{host}:{parts.port}" if parts.port is not None else host
+    segments = [quote(authority, safe="")]
+    segments += [quote(s, safe="") for s in parts.path.split("/") if s]
+    return "did:web:" + ":".join(segments)
+
+
+# --- keys and DID documents -------------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    # RFC 7515 §2: base64url without padding; binascii rejects stray characters.
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def public_jwk(key: Ed25519PrivateKey | Ed25519PublicKey) -> dict[str, str]:
+    """The RFC 8037 OKP JWK of an Ed25519 key: ``{kty: OKP, crv: Ed25519, x}``."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+
+
+def build_did_document(
+    did: str, dsp_url: str, keys: Sequence[tuple[str, Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """A DID document for ``did`` listing ``keys`` (absolute kid, public JWK) as JsonWebKey2020.
+
+    Every key gets the authentication, assertionMethod and capabilityInvocation relationships;
+    one ``DataService`` entry points at ``dsp_url``, the versioned DSP base URL.
+    """
+    methods = [
+        {"id": kid, "type": "JsonWebKey2020", "controller": did, "publicKeyJwk": dict(jwk)}
+        for kid, jwk in keys
+    ]
+    kids = [kid for kid, _ in keys]
+    document: dict[str, Any] = {"@context": list(DID_CONTEXTS), "id": did}
+    document["verificationMethod"] = methods
+    for relationship in KEY_RELATIONSHIPS:
+        document[relationship] = list(kids)
+    document["service"] = [
+        {"id": f"{did}#dsp", "type": DSP_SERVICE_TYPE, "serviceEndpoint": dsp_url}
+    ]
+    return document
+
+
+# --- self-issued ID tokens --------------------------------------------------------------------
+
+
+def issue_token(
+    key: Ed25519PrivateKey,
+    *,
+    kid: str,
+    issuer: str,
+    audience: str,
+    now: int,
+    jti: str,
+    ttl_s: int,
+) -> str:
+    """A self-issued ID token (DCP 1.0 §Self-Issued ID Tokens), EdDSA-signed, ``ttl_s`` long."""
+    claims = {
+        "iss": issuer,
+        "sub": issuer,
+        "aud": audience,
+        "jti": jti,
+        "iat": now,
+        "exp": now + ttl_s,
+    }
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": "JWT", "kid": kid})
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """The claims of a verified self-issued token."""
+
+    issuer: str
+    audience: str
+    jti: str
+    issued_at: int
+    expires_at: int
+    kid: str
+
+
+@dataclass(frozen=True)
+class _VerifyingKey:
+    key: PublicKey
+    alg: str
+    hash_alg: type[hashes.HashAlgorithm] | None  # None for EdDSA
+
+
+def _verifying_key(kid: str, jwk: Mapping[str, Any]) -> _VerifyingKey:
+    """Convert one public JWK (OKP Ed25519 or EC); private material is refused."""
+    if "d" in jwk:
+        raise ConfigError(f"JWK of {kid} holds private key material")
+    try:
+        if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
+            okp = OKPAlgorithm.from_jwk(dict(jwk))
+            if isinstance(okp, Ed25519PublicKey):
+                return _VerifyingKey(okp, "EdDSA", None)
+        elif jwk.get("kty") == "EC":
+            key = ECAlgorithm.from_jwk(dict(jwk))
+            if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_ALGS:
+                alg, hash_alg = _EC_ALGS[key.curve.name]
+                return _VerifyingKey(key, alg, hash_alg)
+    except (InvalidKeyError, ValueError, TypeError, binascii.Error) as exc:
+        raise ConfigError(f"JWK of {kid} is invalid: {exc}") from exc
+    raise ConfigError(f"JWK of {kid}: unsupported key type (need OKP Ed25519 or EC)")
+
+
+class KeyRing:
+    """Trusted public keys by absolute key id, converted from JWK once, at construction.
+
+    Verification is the hot path (~110 µs a token), so lookups do no JWK parsing.
+    Raises ConfigError naming the kid when a JWK cannot be used.
+    """
+
+    def __init__(self, jwks: Mapping[str, Mapping[str, Any]]) -> None:
+        self._keys = {kid: _verifying_key(kid, jwk) for kid, jwk in jwks.items()}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def public_key(self, kid: str) -> PublicKey | None:
+        """The public key for ``kid``, or None when the ring does not hold it."""
+        entry = self._keys.get(kid)
+        return entry.key if entry else None
+
+    def _entry(self, kid: str) -> _VerifyingKey | None:
+        return self._keys.get(kid)
+
+
+def _split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Header, payload, signing input and signature of a compact JWS (RFC 7515 §7.1)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise AuthError("malformed token: not a compact JWS")
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        payload = json.loads(_b64url_decode(parts[1]))
+        signature = _b64url_decode(parts[2])
+    except (ValueError, binascii.Error) as exc:
+        raise AuthError("malformed token: bad base64url or JSON") from exc
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise AuthError("malformed token: header and payload must be JSON objects")
+    # RFC 7515 §4.1.11: we understand no extension, so any "crit" header is fatal.
+    if "crit" in header:
+        raise AuthError("malformed token: unsupported critical header")
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    return header, payload, signing_input, signature
+
+
+def _check_signature(entry: _VerifyingKey, alg: object, data: bytes, signature: bytes) -> None:
+    # The algorithm follows from the pinned key; the header may only confirm it (RFC 8725 §3.1).
+    if alg != entry.alg:
+        raise AuthError(f"signature invalid: alg {alg!r} does not match the key ({entry.alg})")
+    try:
+        if isinstance(entry.key, Ed25519PublicKey):
+            entry.key.verify(signature, data)
+        else:
+            assert entry.hash_alg is not None
+            size = (entry.key.curve.key_size + 7) // 8
+            if len(signature) != 2 * size:
+                raise InvalidSignature
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            der = encode_dss_signature(r, s)
+            entry.key.verify(der, data, ec.ECDSA(entry.hash_alg()))
+    except InvalidSignature:
+        raise AuthError("signature invalid") from None
+
+
+def _string_claim(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise AuthError(f"missing claim {name}")
+    return value
+
+
+def _time_claim(payload: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"missing claim {name}" if value is None else f"claim {name} not a number")
+    return int(value)
+
+
+def _check_audience(payload: Mapping[str, Any], audience: str) -> None:
+    aud = payload.get("aud")
+    # RFC 7519 §4.1.3: aud is a string or an array of strings.
+    ok = aud == audience or (isinstance(aud, list) and audience in aud)
+    if not ok:
+        raise AuthError(f"wrong audience: expected {audience!r}, got {str(aud)[:200]!r}")
+
+
+def _check_times(payload: Mapping[str, Any], now: int, leeway_s: int) -> tuple[int, int]:
+    expires_at = _time_claim(payload, "exp", required=True)
+    issued_at = _time_claim(payload, "iat", required=True)
+    not_before = _time_claim(payload, "nbf", required=False)
+    assert expires_at is not None and issued_at is not None
+    if now > expires_at + leeway_s:
+        raise AuthError("token expired")
+    if issued_at > now + leeway_s or (not_before is not None and not_before > now + leeway_s):
+        raise AuthError("token not yet valid")
+    return issued_at, expires_at
+
+
+def verify_token(
+    token: str, *, audience: str, now: int, leeway_s: int, keys: KeyRing
+) -> TokenClaims:
+    """Verify a self-issued ID token; raise AuthError naming the first failed check.
+
+    Checks, in DCP 1.0 §Self-Issued ID Token validation order: a well-formed JWS; a header
+    ``kid`` of the form ``<iss>#<fragment>`` (EDC's IssuerKeyIdValidationRule); ``iss == sub``;
+    the signature with the ring's key for ``kid``; ``aud``; ``exp``/``iat``/``nbf`` against
+    ``now`` with ``leeway_s``; a ``jti``. The token itself never appears in a message.
+    """
+    header, payload, signing_input, signature = _split_jws(token)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise AuthError("malformed token: header has no kid")
+    issuer = _string_claim(payload, "iss")
+    prefix, sep, fragment = kid.partition("#")
+    if not sep or not fragment or prefix != issuer:
+        raise AuthError(f"key id {kid[:200]!r} is not under issuer {issuer[:200]!r}")
+    if payload.get("sub") != issuer:
+        raise AuthError("issuer and subject differ")
+    entry = keys._entry(kid)
+    if entry is None:
+        raise AuthError(f"unknown key id {kid[:200]!r}")
+    _check_signature(entry, header.get("alg"), signing_input, signature)
+    _check_audience(payload, audience)
+    issued_at, expires_at = _check_times(payload, now, leeway_s)
+    jti = _string_claim(payload, "jti")
+    return TokenClaims(issuer, audience, jti, issued_at, expires_at, kid)
