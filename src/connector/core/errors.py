@@ -14,6 +14,7 @@ edge renders all of them in one place (``adapters/http/errors.py``)::
     │   ├── UnknownProcess       unknown or foreign process id (404)
     │   └── OfferRejected        the provider does not know or will not grant the offer
     ├── CatalogError             unknown dataset, unsupported filter
+    ├── ConflictError            a write colliding with an existing record (reused pid)
     ├── NotFound                 management API: no such record
     ├── TransferDenied           data plane: token unknown, expired, or policy denies
     └── PeerError                a peer answered with an error or could not be reached
@@ -121,6 +122,13 @@ class CatalogError(ConnectorError):
     def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ConflictError(ConnectorError):
+    """A write that collides with an existing record (a reused pid)."""
+
+    status = 409
+    code = "conflict"
 
 
 class NotFound(ConnectorError):

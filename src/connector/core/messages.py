@@ -1,0 +1,187 @@
+"""DSP 2025-1 messages as frozen msgspec Structs.
+
+Field names follow the compact JSON-LD form the DSP context defines (``consumerPid``,
+``callbackAddress`` …); ``@type`` is the struct tag, so one decode picks the right struct.
+ODRL offers and agreements stay plain JSON objects here: the policy package owns their model.
+Unknown fields are ignored on input (the TCK adds ``@id``, EDC adds its own context terms).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# DSP 2025-1 §2: every message except the version response carries @context as an array
+# that contains this URL.
+DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
+DSP_NS = "https://w3id.org/dspace/2025/1/"
+ODRL_NS = "http://www.w3.org/ns/odrl/2/"
+
+Json = dict[str, Any]
+
+
+class Message(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="@type", rename="camel", omit_defaults=True
+):
+    """Base of every DSP message; ``@context`` is filled on encode by the codec."""
+
+
+# --- contract negotiation (DSP 2025-1 §CN 2) ---------------------------------------------
+
+
+class ContractRequestMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    offer: Json
+    provider_pid: str | None = None  # counter-request on an existing negotiation
+    callback_address: str | None = None  # initial request only (schema oneOf)
+
+
+class ContractOfferMessage(Message, frozen=True, kw_only=True, tag=True):
+    provider_pid: str
+    offer: Json
+    consumer_pid: str | None = None  # reply on an existing negotiation
+    callback_address: str | None = None  # provider-initiated only (schema oneOf)
+
+
+class ContractAgreementMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    agreement: Json
+
+
+class ContractAgreementVerificationMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+
+
+class ContractNegotiationEventMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    event_type: str  # "ACCEPTED" (consumer) or "FINALIZED" (provider)
+
+
+class ContractNegotiationTerminationMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+class ContractNegotiation(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    state: str
+
+
+class ContractNegotiationError(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+# --- transfer process (DSP 2025-1 §TP 2) --------------------------------------------------
+
+
+class EndpointProperty(msgspec.Struct, frozen=True, kw_only=True, tag_field="@type", tag=True):
+    name: str
+    value: str
+
+
+class DataAddress(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="@type", tag=True, rename="camel",
+    omit_defaults=True,
+):
+    endpoint_type: str
+    endpoint: str | None = None
+    endpoint_properties: list[EndpointProperty] = []
+
+    def property(self, name: str) -> str | None:
+        """The value of the endpoint property ``name``, if present."""
+        return next((p.value for p in self.endpoint_properties if p.name == name), None)
+
+
+class TransferRequestMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    agreement_id: str
+    format: str
+    callback_address: str
+    data_address: DataAddress | None = None  # push only
+
+
+class TransferStartMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    data_address: DataAddress | None = None
+
+
+class TransferSuspensionMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+class TransferCompletionMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+
+
+class TransferTerminationMessage(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+class TransferProcess(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    state: str
+
+
+class TransferError(Message, frozen=True, kw_only=True, tag=True):
+    consumer_pid: str
+    provider_pid: str
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+# --- catalog (DSP 2025-1 §CAT 2) ----------------------------------------------------------
+
+
+class CatalogRequestMessage(Message, frozen=True, kw_only=True, tag=True):
+    filter: list[Any] | None = None
+
+
+class CatalogError(Message, frozen=True, kw_only=True, tag=True):
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
+NegotiationMessage = (
+    ContractRequestMessage
+    | ContractOfferMessage
+    | ContractAgreementMessage
+    | ContractAgreementVerificationMessage
+    | ContractNegotiationEventMessage
+    | ContractNegotiationTerminationMessage
+)
+TransferMessage = (
+    TransferRequestMessage
+    | TransferStartMessage
+    | TransferSuspensionMessage
+    | TransferCompletionMessage
+    | TransferTerminationMessage
+)
+AnyMessage = (
+    NegotiationMessage
+    | TransferMessage
+    | ContractNegotiation
+    | ContractNegotiationError
+    | TransferProcess
+    | TransferError
+    | CatalogRequestMessage
+    | CatalogError
+)

@@ -1,0 +1,169 @@
+"""The DSP 2025-1 transfer-process state machine.
+
+Theory of operation
+-------------------
+As for negotiations (see ``negotiation.py``): one record per party, two pids, one table
+``TRANSITIONS[(sender_role, state, event)] -> new state`` that judges both what we send and
+what we receive. DSP 2025-1 §TP 1.2: only the provider starts a REQUESTED process; either
+party may suspend, resume (Start from SUSPENDED), complete or terminate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from connector.core.errors import Area, InvalidTransition
+from connector.core.messages import (
+    DataAddress,
+    EndpointProperty,
+    TransferCompletionMessage,
+    TransferMessage,
+    TransferProcess,
+    TransferRequestMessage,
+    TransferStartMessage,
+    TransferSuspensionMessage,
+    TransferTerminationMessage,
+)
+from connector.core.negotiation import Role
+
+
+class TransferState(StrEnum):
+    REQUESTED = "REQUESTED"
+    STARTED = "STARTED"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    TERMINATED = "TERMINATED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TransferState.COMPLETED, TransferState.TERMINATED)
+
+
+class TransferEvent(StrEnum):
+    REQUEST = "TransferRequestMessage"
+    START = "TransferStartMessage"
+    SUSPEND = "TransferSuspensionMessage"
+    COMPLETE = "TransferCompletionMessage"
+    TERMINATE = "TransferTerminationMessage"
+
+
+S, E, C, P = TransferState, TransferEvent, Role.CONSUMER, Role.PROVIDER
+_BOTH = (C, P)
+
+# DSP 2025-1 §TP 1.2 and the notes' table §4.
+TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferState] = {
+    (C, None, E.REQUEST): S.REQUESTED,
+    (P, S.REQUESTED, E.START): S.STARTED,
+    **{(r, S.REQUESTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
+    **{(r, S.STARTED, E.COMPLETE): S.COMPLETED for r in _BOTH},
+    **{(r, S.STARTED, E.SUSPEND): S.SUSPENDED for r in _BOTH},
+    **{(r, S.STARTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
+    **{(r, S.SUSPENDED, E.START): S.STARTED for r in _BOTH},
+    **{(r, S.SUSPENDED, E.TERMINATE): S.TERMINATED for r in _BOTH},
+}
+
+
+class Transfer(msgspec.Struct, frozen=True, kw_only=True):
+    """One party's record of a transfer process. ``id`` is our own pid."""
+
+    id: str
+    role: Role
+    state: TransferState
+    consumer_pid: str
+    provider_pid: str | None
+    agreement_id: str
+    format: str
+    counterparty_address: str
+    counterparty_id: str | None = None
+    dataset_id: str | None = None
+    data_address: DataAddress | None = None  # consumer: where to pull from
+    token_hash: str | None = None  # provider: sha256 of the data-plane token
+    token_expires_at: float | None = None
+    reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def ack(self) -> TransferProcess:
+        return TransferProcess(
+            consumer_pid=self.consumer_pid,
+            provider_pid=self.provider_pid or "",
+            state=self.state.value,
+        )
+
+
+def target_state(
+    sender: Role, state: TransferState | None, event: TransferEvent, *,
+    consumer_pid: str | None = None, provider_pid: str | None = None,
+) -> TransferState:
+    """Look the cell up, or raise InvalidTransition naming sender, state and message."""
+    try:
+        return TRANSITIONS[(sender, state, event)]
+    except KeyError:
+        where = f"in state {state.value}" if state else "to start a transfer"
+        raise InvalidTransition(
+            f"cannot accept {event.value} from {sender.value} {where}",
+            area=Area.TRANSFER, consumer_pid=consumer_pid, provider_pid=provider_pid,
+        ) from None
+
+
+def _reason_text(reason: list[Any] | None, code: str | None) -> str:
+    parts = [str(r.get("message", r)) if isinstance(r, dict) else str(r) for r in reason or []]
+    text = "; ".join(parts) or "no reason given"
+    return f"{code}: {text}" if code else text
+
+
+def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> Transfer:
+    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
+    event = TransferEvent(type(msg).__name__)
+    new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
+                             provider_pid=record.provider_pid)
+    changes: dict[str, Any] = {"state": new_state, "updated_at": now}
+    if record.provider_pid is None and getattr(msg, "provider_pid", None):
+        changes["provider_pid"] = msg.provider_pid
+    if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
+        changes["data_address"] = msg.data_address
+    elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
+        changes["reason"] = _reason_text(msg.reason, msg.code)
+    return msgspec.structs.replace(record, **changes)
+
+
+def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = None,
+                code: str | None = None, data_address: DataAddress | None = None
+                ) -> TransferMessage:
+    """The message that carries ``event`` for this process (both pids filled)."""
+    pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid or ""}
+    reasons = [reason] if reason else None
+    if event is E.START:
+        return TransferStartMessage(**pids, data_address=data_address)
+    if event is E.COMPLETE:
+        return TransferCompletionMessage(**pids)
+    if event is E.SUSPEND:
+        return TransferSuspensionMessage(**pids, code=code, reason=reasons)
+    if event is E.TERMINATE:
+        return TransferTerminationMessage(**pids, code=code, reason=reasons)
+    raise ValueError(f"{event} is not sent on an existing process")
+
+
+def request_message(record: Transfer, callback_address: str) -> TransferRequestMessage:
+    return TransferRequestMessage(
+        consumer_pid=record.consumer_pid, agreement_id=record.agreement_id,
+        format=record.format, callback_address=callback_address)
+
+
+# HTTP pull (DSP 2025-1 §TP 2.3 example): the endpoint plus a bearer token.
+HTTP_PULL_ENDPOINT_TYPE = "https://w3id.org/idsa/v4.1/HTTP"
+
+
+def pull_address(endpoint: str, token: str) -> DataAddress:
+    return DataAddress(
+        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
+        endpoint=endpoint,
+        endpoint_properties=[
+            EndpointProperty(name="authorization", value=token),
+            EndpointProperty(name="authType", value="bearer"),
+        ],
+    )

@@ -1,0 +1,84 @@
+"""The storage port the services depend on, and the records that only storage adds.
+
+Every state change is persisted, together with the messages it causes (the outbox), in one
+transaction, before the change is acknowledged to anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from connector.core.negotiation import Negotiation
+from connector.core.transfer import Transfer
+
+
+class Agreement(msgspec.Struct, frozen=True, kw_only=True):
+    """A finalised contract as this party keeps it."""
+
+    id: str
+    negotiation_id: str
+    role: str
+    dataset_id: str
+    assigner: str
+    assignee: str
+    created_at: float
+    body: dict[str, Any]
+
+
+class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
+    """A message to send once the transaction that produced it has committed."""
+
+    process_id: str
+    url: str
+    audience: str
+    body: bytes
+
+
+class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    process_id: str
+    url: str
+    audience: str
+    body: bytes
+    attempts: int = 0
+
+
+class Store(Protocol):
+    """Persistence of negotiations, agreements, transfers and the outbox."""
+
+    async def get_negotiation(self, id: str) -> Negotiation | None: ...
+
+    async def save_negotiation(
+        self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
+        agreement: Agreement | None = None, expect_new: bool = False,
+    ) -> list[OutboxItem]: ...
+
+    async def list_negotiations(self) -> list[Negotiation]: ...
+
+    async def get_agreement(self, id: str) -> Agreement | None: ...
+
+    async def list_agreements(self) -> list[Agreement]: ...
+
+    async def get_transfer(self, id: str) -> Transfer | None: ...
+
+    async def find_transfer(self, *, consumer_pid: str, role: str) -> Transfer | None: ...
+
+    async def find_transfer_by_token(self, token_hash: str) -> Transfer | None: ...
+
+    async def save_transfer(
+        self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
+    ) -> list[OutboxItem]: ...
+
+    async def list_transfers(self) -> list[Transfer]: ...
+
+    async def pending_outbox(self) -> list[OutboxItem]: ...
+
+    async def outbox_done(self, seqs: Sequence[int]) -> None: ...
+
+    async def outbox_retry(self, seq: int, attempts: int, next_attempt: float,
+                           error: str) -> None: ...
+
+    async def close(self) -> None: ...
