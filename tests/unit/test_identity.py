@@ -1,0 +1,260 @@
+"""core.identity: did:web names, DID documents, self-issued tokens and every refusal."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import ECAlgorithm
+
+from connector.core.errors import AuthError, ConfigError
+from connector.core.identity import (
+    KeyRing,
+    TokenClaims,
+    build_did_document,
+    did_web_from_url,
+    issue_token,
+    public_jwk,
+    verify_token,
+)
+
+ISSUER = "did:web:alpha.example.org%3A8443"
+KID = f"{ISSUER}#key-1"
+AUDIENCE = "did:web:beta.example.org%3A9443"
+NOW = 1_750_000_000
+TTL = 300
+LEEWAY = 5
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def ring(key: Ed25519PrivateKey) -> KeyRing:
+    return KeyRing({KID: public_jwk(key)})
+
+
+def _token(key: Ed25519PrivateKey, **overrides: Any) -> str:
+    args: dict[str, Any] = {"kid": KID, "issuer": ISSUER, "audience": AUDIENCE, "now": NOW,
+                            "jti": "jti-1", "ttl_s": TTL}
+    args.update(overrides)
+    return issue_token(key, **args)
+
+
+def _raw_token(key: Ed25519PrivateKey, claims: dict[str, Any], kid: str = KID) -> str:
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    claims = {"iss": ISSUER, "sub": ISSUER, "aud": AUDIENCE, "jti": "j", "iat": NOW,
+              "exp": NOW + TTL}
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _verify(token: str, ring: KeyRing, *, now: int = NOW, audience: str = AUDIENCE) -> TokenClaims:
+    return verify_token(token, audience=audience, now=now, leeway_s=LEEWAY, keys=ring)
+
+
+# --- did:web ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "did"),
+    [
+        ("https://127.0.0.1:8443", "did:web:127.0.0.1%3A8443"),
+        ("https://example.org", "did:web:example.org"),
+        ("https://Example.ORG:443/", "did:web:example.org%3A443"),
+        ("https://example.org/users/alice", "did:web:example.org:users:alice"),
+        ("https://ccg.example.io:8443/user/alice/", "did:web:ccg.example.io%3A8443:user:alice"),
+    ],
+)
+def test_did_web_from_url(url: str, did: str) -> None:
+    assert did_web_from_url(url) == did
+
+
+@pytest.mark.parametrize("url", ["http://example.org", "https://", "https://u@example.org",
+                                 "https://example.org/?q=1", "example.org"])
+def test_did_web_from_url_refuses(url: str) -> None:
+    with pytest.raises(ConfigError):
+        did_web_from_url(url)
+
+
+# --- keys and DID documents --------------------------------------------------------------------
+
+
+def test_public_jwk_is_rfc8037_okp(key: Ed25519PrivateKey) -> None:
+    jwk = public_jwk(key)
+    assert jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519" and "d" not in jwk
+    assert len(base64.urlsafe_b64decode(jwk["x"] + "=")) == 32
+    assert public_jwk(key.public_key()) == jwk
+
+
+def test_did_document_lists_key_in_every_relationship(key: Ed25519PrivateKey) -> None:
+    doc = build_did_document(ISSUER, "https://alpha.example.org:8443/dsp/2025-1",
+                             [(KID, public_jwk(key))])
+    assert doc["id"] == ISSUER
+    assert doc["@context"][0] == "https://www.w3.org/ns/did/v1"
+    (method,) = doc["verificationMethod"]
+    assert method == {"id": KID, "type": "JsonWebKey2020", "controller": ISSUER,
+                      "publicKeyJwk": public_jwk(key)}
+    for relationship in ("authentication", "assertionMethod", "capabilityInvocation"):
+        assert doc[relationship] == [KID]
+    assert doc["service"] == [{"id": f"{ISSUER}#dsp", "type": "DataService",
+                               "serviceEndpoint": "https://alpha.example.org:8443/dsp/2025-1"}]
+    json.dumps(doc)  # serialisable as is
+
+
+# --- KeyRing -----------------------------------------------------------------------------------
+
+
+def test_keyring_converts_once_and_answers_none_for_unknown(key: Ed25519PrivateKey) -> None:
+    ring = KeyRing({KID: public_jwk(key)})
+    first = ring.public_key(KID)
+    assert first is not None and first is ring.public_key(KID)
+    assert ring.public_key(f"{ISSUER}#key-2") is None
+    assert KID in ring and len(ring) == 1
+
+
+def test_keyring_refuses_private_and_unsupported_jwks() -> None:
+    with pytest.raises(ConfigError, match="private key material"):
+        KeyRing({KID: {"kty": "OKP", "crv": "Ed25519", "x": "AA", "d": "AA"}})
+    with pytest.raises(ConfigError, match=KID):
+        KeyRing({KID: {"kty": "RSA", "n": "AQAB", "e": "AQAB"}})
+    with pytest.raises(ConfigError, match=KID):
+        KeyRing({KID: {"kty": "OKP", "crv": "Ed25519", "x": "!!"}})
+
+
+def test_es256_token_verifies_with_ec_jwk() -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(ec_key.public_key()))
+    ring = KeyRing({KID: jwk})
+    token = jwt.encode(_claims(), ec_key, algorithm="ES256", headers={"kid": KID})
+    assert _verify(token, ring).issuer == ISSUER
+    # The alg comes from the pinned key: a token claiming another alg is refused.
+    forged = jwt.encode(_claims(), Ed25519PrivateKey.generate(), algorithm="EdDSA",
+                        headers={"kid": KID})
+    with pytest.raises(AuthError, match="signature invalid"):
+        _verify(forged, ring)
+
+
+# --- tokens: the round trip --------------------------------------------------------------------
+
+
+def test_issue_verify_round_trip(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _token(key)
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "EdDSA", "typ": "JWT", "kid": KID}
+    claims = _verify(token, ring, now=NOW + 10)
+    assert claims == TokenClaims(issuer=ISSUER, audience=AUDIENCE, jti="jti-1",
+                                 issued_at=NOW, expires_at=NOW + TTL, kid=KID)
+
+
+def test_audience_may_be_a_list(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _raw_token(key, _claims(aud=["did:web:other", AUDIENCE]))
+    assert _verify(token, ring).audience == AUDIENCE
+
+
+def test_accepted_within_leeway(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _token(key)
+    assert _verify(token, ring, now=NOW + TTL + LEEWAY).jti == "jti-1"
+    assert _verify(token, ring, now=NOW - LEEWAY).jti == "jti-1"  # our clock slightly behind
+
+
+# --- tokens: each refusal ----------------------------------------------------------------------
+
+
+def _refused(token: str, ring: KeyRing, message: str, **kwargs: Any) -> AuthError:
+    with pytest.raises(AuthError, match=message) as info:
+        _verify(token, ring, **kwargs)
+    assert token not in str(info.value)
+    signature = token.split(".")[-1]
+    assert not signature or signature not in str(info.value)
+    return info.value
+
+
+def test_forged_signature_with_another_key(ring: KeyRing) -> None:
+    _refused(_token(Ed25519PrivateKey.generate()), ring, "^signature invalid$")
+
+
+def test_tampered_payload(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    header, _, signature = _token(key).split(".")
+    other = _token(key, jti="jti-2").split(".")[1]
+    _refused(f"{header}.{other}.{signature}", ring, "^signature invalid$")
+
+
+def test_unknown_kid(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _token(key, kid=f"{ISSUER}#key-2")
+    _refused(token, ring, "^unknown key id 'did:web:alpha.example.org%3A8443#key-2'$")
+
+
+def test_wrong_audience(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    _refused(_token(key), ring, "^wrong audience", audience="did:web:someone-else")
+
+
+def test_expired_beyond_leeway(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    _refused(_token(key), ring, "^token expired$", now=NOW + TTL + LEEWAY + 1)
+
+
+def test_iat_in_the_future(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    _refused(_token(key), ring, "^token not yet valid$", now=NOW - LEEWAY - 1)
+
+
+def test_nbf_in_the_future(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _raw_token(key, _claims(nbf=NOW + 60))
+    _refused(token, ring, "^token not yet valid$")
+
+
+def test_issuer_and_subject_differ(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = _raw_token(key, _claims(sub="did:web:mallory.example.org"))
+    _refused(token, ring, "^issuer and subject differ$")
+
+
+def test_kid_not_under_issuer(key: Ed25519PrivateKey) -> None:
+    # Even a key the ring holds may only vouch for its own DID.
+    mallory = "did:web:mallory.example.org"
+    ring = KeyRing({KID: public_jwk(key)})
+    token = _raw_token(key, _claims(iss=mallory, sub=mallory), kid=KID)
+    _refused(token, ring, "^key id .* is not under issuer 'did:web:mallory.example.org'$")
+    _refused(_raw_token(key, _claims(), kid=ISSUER), ring, "is not under issuer")
+
+
+def test_missing_kid(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = jwt.encode(_claims(), key, algorithm="EdDSA")
+    _refused(token, ring, "^malformed token: header has no kid$")
+
+
+def test_missing_jti(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    _refused(_raw_token(key, _claims(jti=None)), ring, "^missing claim jti$")
+
+
+def test_missing_exp(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    _refused(_raw_token(key, _claims(exp=None)), ring, "^missing claim exp$")
+
+
+def test_unsigned_alg_none(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = jwt.encode(_claims(), None, algorithm="none", headers={"kid": KID})
+    _refused(token, ring, "^signature invalid")
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "garbage", "a.b", "a.b.c", "a.b.c.d", "eyJhbGciOiJFZERTQSJ9.bm90IGpzb24.AA",
+     "WyJsaXN0Il0.e30.AA"],
+)
+def test_garbage_token(token: str, ring: KeyRing) -> None:
+    with pytest.raises(AuthError, match=r"^malformed token"):
+        _verify(token, ring)
+
+
+def test_crit_header_is_refused(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    token = jwt.encode(_claims(), key, algorithm="EdDSA",
+                       headers={"kid": KID, "crit": ["exp"]})
+    _refused(token, ring, "^malformed token: unsupported critical header$")
