@@ -73,9 +73,9 @@ def parse_public_url(url: str) -> tuple[str, int]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"--url {url!r}: {exc}") from exc
+        raise ConfigError(f"--url {url!r}: must be https://HOST:PORT ({exc})") from exc
     bad_path = parts.path not in ("", "/")
-    if parts.scheme != "https" or not parts.hostname or port is None or bad_path:
+    if parts.scheme != "https" or not parts.hostname or not port or bad_path:
         raise ConfigError(f"--url {url!r}: must be https://HOST:PORT")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"--url {url!r}: must be https://HOST:PORT")
