@@ -6,6 +6,8 @@ import ipaddress
 import json
 import shutil
 import stat
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -359,3 +361,20 @@ def test_check_reports_trust_files(folder: Path) -> None:
 def test_check_a_missing_folder(tmp_path: Path) -> None:
     absent = tmp_path / "absent"
     assert _lines(check_folder(absent)) == [f"{absent}:1: not a directory"]
+
+
+def test_check_delegates_policies_to_the_policy_checker(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def check_policy_document(text: str, file: str) -> list[Problem]:
+        seen.append(Path(file).name)
+        return [Problem(file, 2, "fake finding")] if "count" in file else []
+
+    fake = types.ModuleType("connector.core.policy.check")
+    fake.check_policy_document = check_policy_document  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connector.core.policy.check", fake)
+    assert _lines(check_folder(folder)) == [
+        f"{folder / 'policies/count-limited.json'}:2: fake finding"]
+    assert sorted(seen) == sorted(f"{name}.json" for name in TEMPLATES)

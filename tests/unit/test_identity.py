@@ -240,7 +240,7 @@ def test_missing_exp(key: Ed25519PrivateKey, ring: KeyRing) -> None:
 
 
 def test_unsigned_alg_none(key: Ed25519PrivateKey, ring: KeyRing) -> None:
-    token = jwt.encode(_claims(), None, algorithm="none", headers={"kid": KID})
+    token = jwt.encode(_claims(), "", algorithm="none", headers={"kid": KID})
     _refused(token, ring, "^signature invalid")
 
 
