@@ -10,6 +10,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm
 
 from connector.core.errors import AuthError, ConfigError
@@ -258,3 +260,49 @@ def test_crit_header_is_refused(key: Ed25519PrivateKey, ring: KeyRing) -> None:
     token = jwt.encode(_claims(), key, algorithm="EdDSA",
                        headers={"kid": KID, "crit": ["exp"]})
     _refused(token, ring, "^malformed token: unsupported critical header$")
+
+
+def test_non_base64url_characters_are_refused(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    header, payload, signature = _token(key).split(".")
+    for bad in (f"{header}.{payload}.{signature}=", f"{header}.{payload}.{signature[:4]} "
+                f"{signature[4:]}", f"{header}.{payload}+.{signature}"):
+        with pytest.raises(AuthError, match=r"^malformed token"):
+            _verify(bad, ring)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    issuer=st.from_regex(r"did:web:[a-z0-9.]{1,20}(%3A[0-9]{1,5})?", fullmatch=True),
+    jti=st.text(min_size=1, max_size=40),
+    now=st.integers(min_value=0, max_value=2**40),
+    ttl=st.integers(min_value=1, max_value=86_400),
+    flip=st.integers(min_value=0),
+)
+def test_round_trip_and_any_tampering_fails(
+    key: Ed25519PrivateKey, issuer: str, jti: str, now: int, ttl: int, flip: int
+) -> None:
+    kid = f"{issuer}#key-1"
+    ring = KeyRing({kid: public_jwk(key)})
+    token = issue_token(key, kid=kid, issuer=issuer, audience=AUDIENCE, now=now, jti=jti,
+                        ttl_s=ttl)
+    claims = verify_token(token, audience=AUDIENCE, now=now + ttl, leeway_s=0, keys=ring)
+    assert (claims.issuer, claims.jti, claims.expires_at) == (issuer, jti, now + ttl)
+    # Changing any one character of the token makes it fail (never a different valid token).
+    i = flip % len(token)
+    replacement = "A" if token[i] != "A" else "B"
+    tampered = token[:i] + replacement + token[i + 1:]
+    with pytest.raises(AuthError):
+        verify_token(tampered, audience=AUDIENCE, now=now + ttl, leeway_s=0, keys=ring)
+
+
+def test_non_canonical_base64url_is_refused(key: Ed25519PrivateKey, ring: KeyRing) -> None:
+    # A 64-byte signature leaves 4 spare bits in its last character: setting one of them gives
+    # another string that the stdlib decodes to the same bytes.
+    token = _token(key)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    twin = token[:-1] + alphabet[last ^ 1]
+    assert base64.urlsafe_b64decode(twin.split(".")[2] + "==") == base64.urlsafe_b64decode(
+        token.split(".")[2] + "==")
+    with pytest.raises(AuthError, match=r"^malformed token"):
+        _verify(twin, ring)

@@ -83,8 +83,13 @@ def _b64url(data: bytes) -> str:
 
 
 def _b64url_decode(text: str) -> bytes:
-    # RFC 7515 §2: base64url without padding; binascii rejects stray characters.
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # RFC 7515 §2: base64url without padding. The stdlib decoder skips characters outside the
+    # alphabet and ignores a last character's spare bits, which would let several strings stand
+    # for one token: accept only the canonical encoding (which also rules out stray characters).
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64url(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def public_jwk(key: Ed25519PrivateKey | Ed25519PublicKey) -> dict[str, str]:
