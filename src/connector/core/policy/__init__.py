@@ -1,1 +1,27 @@
+"""ODRL 2.2 usage policies as DSP 2025-1 carries them: parse, evaluate, check.
 
+``parse_policy`` builds a typed model (``model``), ``evaluate`` decides it against a
+``PolicyContext`` (``evaluate``), and ``check.check_policy_document`` lints a policy file for
+``connector policy check``. All of it is pure: no IO, time comes in the context.
+"""
+
+from connector.core.policy.evaluate import (
+    ConstraintResult,
+    Decision,
+    PolicyContext,
+    Scope,
+    enforced_operands,
+    evaluate,
+)
+from connector.core.policy.model import Policy, parse_policy
+
+__all__ = [
+    "ConstraintResult",
+    "Decision",
+    "Policy",
+    "PolicyContext",
+    "Scope",
+    "enforced_operands",
+    "evaluate",
+    "parse_policy",
+]
