@@ -478,6 +478,17 @@ def _line_of(text: str, key: str, *, quoted: bool = False) -> int:
     return start + 1
 
 
+def _line_of_value(text: str, value: str, key: str) -> int:
+    """The line of the quoted string ``value`` from the line of ``key`` on (lists may wrap)."""
+    start = _line_of(text, key)
+    lines = text.splitlines()
+    quoted = (f'"{value}"', f"'{value}'")
+    for i in range(start - 1, len(lines)):
+        if any(q in lines[i] for q in quoted):
+            return i + 1
+    return start
+
+
 def _toml_error_line(exc: tomllib.TOMLDecodeError, text: str) -> int:
     match = _TOML_POSITION.search(str(exc))
     return int(match.group(1)) if match else max(1, len(text.splitlines()))
@@ -595,7 +606,7 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
             continue
         for policy in data["policies"]:
             if policy not in policies:
-                out.append(Problem(name, _line_of(text, "policies"),
+                out.append(Problem(name, _line_of_value(text, policy, "policies"),
                                    f"policy {policy!r} has no file policies/{policy}.json"))
         if data["id"] in seen:
             out.append(Problem(name, _line_of(text, "id"),

@@ -378,3 +378,11 @@ def test_check_delegates_policies_to_the_policy_checker(
     assert _lines(check_folder(folder)) == [
         f"{folder / 'policies/count-limited.json'}:2: fake finding"]
     assert sorted(seen) == sorted(f"{name}.json" for name in TEMPLATES)
+
+
+def test_check_points_at_the_missing_policy_in_a_wrapped_list(folder: Path) -> None:
+    (folder / "datasets/x.toml").write_text(
+        'id = "x"\ntitle = "X"\npolicies = [\n  "open-use",\n  "gone",\n]\n'
+        '[source]\ntype = "csv"\npath = "/abs/x.csv"\n')
+    assert _lines(check_folder(folder)) == [
+        f"{folder / 'datasets/x.toml'}:5: policy 'gone' has no file policies/gone.json"]
