@@ -543,7 +543,10 @@ def _check_settings(root: Path, out: list[Problem]) -> list[tuple[str, Path]]:
 
 
 def _check_private_files(root: Path, named: list[tuple[str, Path]], out: list[Problem]) -> None:
-    config_text = (root / CONFIG_FILE).read_text() if (root / CONFIG_FILE).is_file() else ""
+    try:
+        config_text = (root / CONFIG_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        config_text = ""  # reported by _check_settings
     for key, path in named:
         if not path.is_file():
             line = _line_of(config_text, key)

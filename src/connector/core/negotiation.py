@@ -95,7 +95,7 @@ TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], Neg
 }
 
 
-class Negotiation(msgspec.Struct, frozen=True, kw_only=True):
+class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a negotiation. ``id`` is our own pid."""
 
     id: str

@@ -67,7 +67,7 @@ TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferS
 }
 
 
-class Transfer(msgspec.Struct, frozen=True, kw_only=True):
+class Transfer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a transfer process. ``id`` is our own pid."""
 
     id: str

@@ -15,7 +15,7 @@ from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
 
 
-class Agreement(msgspec.Struct, frozen=True, kw_only=True):
+class Agreement(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """A finalised contract as this party keeps it."""
 
     id: str
@@ -73,6 +73,8 @@ class Store(Protocol):
     ) -> list[OutboxItem]: ...
 
     async def list_transfers(self) -> list[Transfer]: ...
+
+    async def add_use(self, agreement_id: str, delta: int) -> int: ...
 
     async def pending_outbox(self) -> list[OutboxItem]: ...
 

@@ -177,6 +177,17 @@ class SqliteStore:
         rows = await self._all("SELECT body FROM transfers ORDER BY updated_at")
         return [self._tr_dec.decode(r[0]) for r in rows]
 
+    async def add_use(self, agreement_id: str, delta: int) -> int:
+        """Add ``delta`` to an agreement's use count atomically; return the new count."""
+        async with self._lock, self._conn.execute(
+            "INSERT INTO agreement_uses (agreement_id, uses) VALUES (?, ?)"
+            " ON CONFLICT (agreement_id) DO UPDATE SET uses = uses + excluded.uses"
+            " RETURNING uses", (agreement_id, delta),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
     # -- outbox ---------------------------------------------------------------------------
 
     async def pending_outbox(self) -> list[OutboxItem]:

@@ -50,3 +50,9 @@ CREATE TABLE outbox (
     next_attempt   REAL NOT NULL,
     last_error     TEXT
 );
+
+-- Uses of each agreement on the data plane, counted atomically (ODRL count constraints).
+CREATE TABLE agreement_uses (
+    agreement_id  TEXT PRIMARY KEY,
+    uses          INTEGER NOT NULL
+);

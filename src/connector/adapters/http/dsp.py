@@ -1,0 +1,192 @@
+"""DSP 2025-1 HTTPS binding: routes that parse, call one service method, and render.
+
+Our ``callbackAddress`` is our own DSP base, so the consumer callbacks (``<cb>/negotiations/
+:consumerPid/…``) and the provider endpoints share one set of routes; the record found by the
+pid in the path says which role we play, and the state table decides what is legal.
+Every route but the two well-known documents verifies the caller's token before it reads the
+body. A trailing slash is accepted on every path (the TCK's callback paths vary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from connector.config import DSP_PATH
+from connector.core import codec
+from connector.core.errors import Area, MalformedMessage
+from connector.core.messages import (
+    CatalogRequestMessage,
+    ContractAgreementMessage,
+    ContractAgreementVerificationMessage,
+    ContractNegotiationEventMessage,
+    ContractNegotiationTerminationMessage,
+    ContractOfferMessage,
+    ContractRequestMessage,
+    Message,
+    TransferCompletionMessage,
+    TransferRequestMessage,
+    TransferStartMessage,
+    TransferSuspensionMessage,
+    TransferTerminationMessage,
+)
+from connector.service.auth import Verifier
+from connector.service.catalog import Catalog, Claims
+from connector.service.negotiations import NegotiationService
+from connector.service.transfers import TransferService
+
+JSON = "application/json"
+# A DSP control message is small; 1 MiB leaves room for large offers and refuses floods.
+MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class DspDeps:
+    verifier: Verifier
+    catalog: Callable[[], Catalog]
+    negotiations: NegotiationService
+    transfers: TransferService
+    did_document: dict[str, Any]
+
+
+def _json(msg: Message, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=codec.encode(msg), content_type=JSON)
+
+
+def _doc(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=codec.encode_json(doc), content_type=JSON)
+
+
+class DspRoutes:
+    def __init__(self, deps: DspDeps) -> None:
+        self.d = deps
+
+    def claims(self, request: web.Request) -> Claims:
+        return self.d.verifier.verify(request.headers.get("Authorization"))
+
+    async def body(self, request: web.Request, area: Area) -> bytes:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise MalformedMessage("body too large", area=area)
+        return await request.read()
+
+    # -- well-known ----------------------------------------------------------------------------
+
+    async def version(self, request: web.Request) -> web.Response:
+        # DSP 2025-1 §Common 4.3: unversioned, unauthenticated, no @context.
+        return _doc({"protocolVersions": [{
+            "version": "2025-1", "path": DSP_PATH, "binding": "HTTPS",
+            "identifierType": "did:web",
+        }]})
+
+    async def did_document(self, request: web.Request) -> web.Response:
+        return _doc(self.d.did_document)
+
+    # -- catalogue ----------------------------------------------------------------------------
+
+    async def catalog_request(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        msg = codec.decode(await self.body(request, Area.CATALOG), CatalogRequestMessage,
+                           area=Area.CATALOG)
+        if msg.filter:
+            from connector.core.errors import CatalogError
+
+            raise CatalogError("catalog filters are not supported", status=400)
+        return _doc(self.d.catalog().catalog(claims))
+
+    async def dataset(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        doc = self.d.catalog().dataset(request.match_info["id"], claims)
+        return _doc(codec_with_context(doc))
+
+    # -- negotiation ----------------------------------------------------------------------------
+
+    async def negotiation_get(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        record = await self.d.negotiations.get(request.match_info["pid"], claims)
+        return _json(record.ack())
+
+    async def negotiation_initial(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractRequestMessage,
+                           area=Area.NEGOTIATION)
+        record = await self.d.negotiations.on_initial_request(msg, claims)
+        return _json(record.ack(), 201)
+
+    async def negotiation_initial_offer(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractOfferMessage,
+                           area=Area.NEGOTIATION)
+        record = await self.d.negotiations.on_initial_offer(msg, claims)
+        return _json(record.ack(), 201)
+
+    def negotiation_message(self, kind: type[Any]) -> Callable[[web.Request],
+                                                               Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            claims = self.claims(request)
+            msg = codec.decode(await self.body(request, Area.NEGOTIATION), kind,
+                               area=Area.NEGOTIATION)
+            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims)
+            return _json(record.ack())
+        return handler
+
+    # -- transfer -------------------------------------------------------------------------------
+
+    async def transfer_get(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        record = await self.d.transfers.get(request.match_info["pid"], claims)
+        return _json(record.ack())
+
+    async def transfer_initial(self, request: web.Request) -> web.Response:
+        claims = self.claims(request)
+        msg = codec.decode(await self.body(request, Area.TRANSFER), TransferRequestMessage,
+                           area=Area.TRANSFER)
+        record = await self.d.transfers.on_request(msg, claims)
+        return _json(record.ack(), 201)
+
+    def transfer_message(self, kind: type[Any]) -> Callable[[web.Request],
+                                                            Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            claims = self.claims(request)
+            msg = codec.decode(await self.body(request, Area.TRANSFER), kind, area=Area.TRANSFER)
+            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims)
+            return _json(record.ack())
+        return handler
+
+    def register(self, app: web.Application) -> None:
+        b = DSP_PATH
+        n, t = self.negotiation_message, self.transfer_message
+        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+            ("GET", "/.well-known/dspace-version", self.version),
+            ("GET", "/.well-known/did.json", self.did_document),
+            ("POST", f"{b}/catalog/request", self.catalog_request),
+            ("GET", f"{b}/catalog/datasets/{{id}}", self.dataset),
+            ("POST", f"{b}/negotiations/request", self.negotiation_initial),
+            ("POST", f"{b}/negotiations/offers", self.negotiation_initial_offer),
+            ("GET", f"{b}/negotiations/{{pid}}", self.negotiation_get),
+            ("POST", f"{b}/negotiations/{{pid}}/request", n(ContractRequestMessage)),
+            ("POST", f"{b}/negotiations/{{pid}}/offers", n(ContractOfferMessage)),
+            ("POST", f"{b}/negotiations/{{pid}}/agreement", n(ContractAgreementMessage)),
+            ("POST", f"{b}/negotiations/{{pid}}/agreement/verification",
+             n(ContractAgreementVerificationMessage)),
+            ("POST", f"{b}/negotiations/{{pid}}/events", n(ContractNegotiationEventMessage)),
+            ("POST", f"{b}/negotiations/{{pid}}/termination",
+             n(ContractNegotiationTerminationMessage)),
+            ("POST", f"{b}/transfers/request", self.transfer_initial),
+            ("GET", f"{b}/transfers/{{pid}}", self.transfer_get),
+            ("POST", f"{b}/transfers/{{pid}}/start", t(TransferStartMessage)),
+            ("POST", f"{b}/transfers/{{pid}}/completion", t(TransferCompletionMessage)),
+            ("POST", f"{b}/transfers/{{pid}}/suspension", t(TransferSuspensionMessage)),
+            ("POST", f"{b}/transfers/{{pid}}/termination", t(TransferTerminationMessage)),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+            app.router.add_route(method, path + "/", handler)
+
+
+def codec_with_context(doc: dict[str, Any]) -> dict[str, Any]:
+    from connector.core.catalog import with_context
+
+    return with_context(doc)

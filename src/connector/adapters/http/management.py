@@ -1,0 +1,216 @@
+"""The management API: loopback only, behind the token kept in ``keys/management.token``.
+
+What the ``connector`` consumer commands call: read a provider's catalogue, negotiate, open
+a transfer and pull its records, list what this participant holds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from connector.adapters.http.client import PeerClient
+from connector.config import DSP_PATH
+from connector.core.errors import AuthError, MalformedMessage, NotFound, PeerError
+from connector.core.transfer import TransferEvent, TransferState
+from connector.service.negotiations import NegotiationService
+from connector.service.store import Store
+from connector.service.transfers import TransferService
+
+log = logging.getLogger("connector.management")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Long polls end after this many seconds at most, whatever the client asks.
+MAX_WAIT_S = 120.0
+
+
+def _out(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(value),
+                        content_type="application/json")
+
+
+def _wait(request: web.Request) -> float:
+    try:
+        return min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", "0"))))
+    except ValueError:
+        return 0.0
+
+
+def root_of(url: str) -> str:
+    """A provider's root URL, whether given as root or as its DSP base."""
+    url = url.rstrip("/")
+    return url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
+
+
+class ManagementApi:
+    def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
+                 transfers: TransferService, client: PeerClient,
+                 peers: Callable[[], Mapping[str, Any]]) -> None:
+        self._token = token
+        self._store = store
+        self._negotiations = negotiations
+        self._transfers = transfers
+        self._client = client
+        self._peers = peers
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self._token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthError("management token missing or wrong")
+        return await handler(request)
+
+    def _provider(self, url: str) -> tuple[str, str]:
+        """(DSP base, DID) of a pinned provider given its URL."""
+        root = root_of(url)
+        for peer in self._peers().values():
+            if root_of(peer.url) == root:
+                return root + DSP_PATH, peer.did
+        raise NotFound(f"no pinned peer with URL {root!r}: add it with `connector trust add`")
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        base, did = self._provider(request.query.get("provider", ""))
+        return _out(await self._client.catalog(base, did))
+
+    async def negotiate(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        base, did = self._provider(str(body.get("provider", "")))
+        dataset_id = str(body.get("datasetId", ""))
+        catalog = await self._client.catalog(base, did)
+        offer = _pick_offer(catalog, dataset_id, body.get("offerId"))
+        record = await self._negotiations.start(provider_base=base, provider_id=did,
+                                                dataset_id=dataset_id, offer=offer)
+        wait = _wait(request)
+        if wait:
+            record = await self._negotiations.wait(record.id, wait)
+        return _out(_negotiation_view(record), 201)
+
+    async def negotiation(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        record = await self._negotiations.wait(pid, _wait(request))
+        return _out(_negotiation_view(record))
+
+    async def negotiation_action(self, request: web.Request) -> web.Response:
+        pid, action = request.match_info["id"], request.match_info["action"]
+        if action == "accept":
+            record = await self._negotiations.accept(pid)
+        elif action == "terminate":
+            reason = str((await _body(request)).get("reason", "terminated by operator"))
+            record = await self._negotiations.terminate(pid, reason)
+        else:
+            raise NotFound(f"no action {action!r}")
+        return _out(_negotiation_view(record))
+
+    async def negotiations(self, request: web.Request) -> web.Response:
+        return _out([_negotiation_view(r) for r in await self._store.list_negotiations()])
+
+    async def agreements(self, request: web.Request) -> web.Response:
+        return _out(await self._store.list_agreements())
+
+    async def transfers(self, request: web.Request) -> web.Response:
+        return _out(await self._store.list_transfers())
+
+    async def transfer_start(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        record = await self._transfers.start(str(body.get("agreementId", "")))
+        wait = _wait(request)
+        if wait:
+            record = await self._transfers.wait_started(record.id, wait)
+        return _out(record, 201)
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        return _out(await self._transfers.mine(request.match_info["id"]))
+
+    async def transfer_action(self, request: web.Request) -> web.Response:
+        events = {"complete": TransferEvent.COMPLETE, "suspend": TransferEvent.SUSPEND,
+                  "resume": TransferEvent.START, "terminate": TransferEvent.TERMINATE}
+        event = events.get(request.match_info["action"])
+        if event is None:
+            raise NotFound(f"no action {request.match_info['action']!r}")
+        reason = (await _body(request)).get("reason") if request.can_read_body else None
+        return _out(await self._transfers.act(request.match_info["id"], event,
+                                              str(reason) if reason else None))
+
+    async def transfer_data(self, request: web.Request) -> web.StreamResponse:
+        """Pull the records of a STARTED transfer through this daemon, then complete it."""
+        pid = request.match_info["id"]
+        record = await self._transfers.mine(pid)
+        address = record.data_address
+        if record.state is not TransferState.STARTED or address is None or not address.endpoint:
+            raise NotFound(f"transfer {pid!r} is {record.state.value} with no data address")
+        token = address.property("authorization") or ""
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        started = False
+        try:
+            async for chunk in self._client.pull(address.endpoint, token):
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                await response.write(chunk)
+        except PeerError:
+            if not started:
+                raise
+            log.warning("transfer %s: pull interrupted", pid)
+            return response  # the client sees a short stream and no completion
+        if not started:
+            await response.prepare(request)
+        await response.write_eof()
+        await self._transfers.act(pid, TransferEvent.COMPLETE)
+        return response
+
+    def app(self) -> web.Application:
+        from connector.adapters.http.errors import error_middleware
+
+        app = web.Application(middlewares=[error_middleware, self.auth])
+        r = app.router
+        r.add_get("/api/catalog", self.catalog)
+        r.add_post("/api/negotiations", self.negotiate)
+        r.add_get("/api/negotiations", self.negotiations)
+        r.add_get("/api/negotiations/{id}", self.negotiation)
+        r.add_post("/api/negotiations/{id}/{action}", self.negotiation_action)
+        r.add_get("/api/agreements", self.agreements)
+        r.add_post("/api/transfers", self.transfer_start)
+        r.add_get("/api/transfers", self.transfers)
+        r.add_get("/api/transfers/{id}", self.transfer)
+        r.add_get("/api/transfers/{id}/data", self.transfer_data)
+        r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
+        return app
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        doc = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(f"body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise MalformedMessage("body must be a JSON object")
+    return doc
+
+
+def _pick_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: Any) -> dict[str, Any]:
+    for dataset in catalog.get("dataset", []) or []:
+        if dataset.get("@id") != dataset_id:
+            continue
+        offers = dataset.get("hasPolicy", [])
+        if isinstance(offers, dict):
+            offers = [offers]
+        for offer in offers:
+            if offer_id is None or offer.get("@id") == offer_id:
+                return dict(offer)
+        raise NotFound(f"dataset {dataset_id!r} has no offer {offer_id!r} for us")
+    raise NotFound(f"the provider shows us no dataset {dataset_id!r}")
+
+
+def _negotiation_view(record: Any) -> dict[str, Any]:
+    view = msgspec.to_builtins(record)
+    assert isinstance(view, dict)
+    agreement = record.agreement
+    view["agreementId"] = agreement.get("@id") if agreement else None
+    return view

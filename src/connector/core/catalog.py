@@ -1,0 +1,112 @@
+"""DCAT catalogue and dataset documents built from the participant folder (pure).
+
+DSP 2025-1 §CAT 2: a Catalog carries ``participantId`` and at least one DataService; each
+Dataset carries at least one Offer in ``hasPolicy`` (without ``target``: the dataset is the
+target) and at least one Distribution naming its format and access service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from connector.core.messages import DSP_CONTEXT
+
+# ODRL keys of a policy file that become part of an offer; anything else (description,
+# @context, authoring notes) stays in the file.
+_RULE_KEYS = ("permission", "prohibition", "obligation", "profile")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One offer: a policy from ``policies/`` applied to one dataset."""
+
+    id: str
+    dataset_id: str
+    policy_name: str
+    policy: Mapping[str, Any]
+
+    def body(self, *, with_target: bool = False) -> dict[str, Any]:
+        """The ODRL Offer object; ``target`` only inside negotiation messages."""
+        out: dict[str, Any] = {"@id": self.id, "@type": "Offer"}
+        for key in _RULE_KEYS:
+            if key in self.policy:
+                out[key] = self.policy[key]
+        if "permission" not in out and "prohibition" not in out:
+            out["permission"] = [{"action": "use"}]
+        if with_target:
+            out["target"] = self.dataset_id
+        return out
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    id: str
+    title: str
+    description: str
+    keywords: tuple[str, ...]
+    format: str
+    offers: tuple[Offer, ...]
+
+
+def offer_id(dataset_id: str, policy_name: str) -> str:
+    """A stable offer IRI: one per (dataset, policy)."""
+    return f"urn:offer:{dataset_id}:{policy_name}"
+
+
+def service_id(participant_id: str) -> str:
+    return f"{participant_id}#dsp"
+
+
+def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: str,
+                dsp_base: str) -> dict[str, Any]:
+    """A Dataset object (without ``@context``: add it at the top level only)."""
+    doc: dict[str, Any] = {
+        "@id": entry.id,
+        "@type": "Dataset",
+        "hasPolicy": [o.body() for o in offers],
+        "distribution": [{
+            "@type": "Distribution",
+            "format": entry.format,
+            "accessService": {
+                "@id": service_id(participant_id),
+                "@type": "DataService",
+                "endpointURL": dsp_base,
+            },
+        }],
+    }
+    if entry.title:
+        doc["title"] = entry.title
+    if entry.description:
+        doc["description"] = entry.description
+    if entry.keywords:
+        doc["keyword"] = list(entry.keywords)
+    return doc
+
+
+def catalog_doc(datasets: Iterable[tuple[DatasetEntry, list[Offer]]], *, participant_id: str,
+                dsp_base: str, catalog_id: str) -> dict[str, Any]:
+    """The Catalog answering a CatalogRequestMessage; datasets with no visible offer are hidden."""
+    return {
+        "@context": [DSP_CONTEXT],
+        "@id": catalog_id,
+        "@type": "Catalog",
+        "participantId": participant_id,
+        "service": [{
+            "@id": service_id(participant_id),
+            "@type": "DataService",
+            "endpointURL": dsp_base,
+        }],
+        "dataset": [dataset_doc(e, offers, participant_id, dsp_base)
+                    for e, offers in datasets if offers],
+    }
+
+
+def with_context(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {"@context": [DSP_CONTEXT], **doc}
+
+
+def same_rules(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two ODRL policies carry the same rules (ids, targets and parties aside)."""
+    return all(a.get(k) == b.get(k) for k in _RULE_KEYS)

@@ -1,0 +1,182 @@
+"""Composition root: config -> storage -> services -> web apps; signals and shutdown.
+
+One process serves DSP and the data plane over HTTPS on the public port, and the management
+API over plain HTTP on 127.0.0.1 only. The folder's trust/, datasets/ and policies/ are
+re-read when they change (polled once a second); a broken edit is logged and the previous
+version stays in force, so a typo never takes the connector down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from connector.adapters.http.client import PeerClient, client_ssl_context
+from connector.adapters.http.dataplane import DataPlane
+from connector.adapters.http.dsp import DspDeps, DspRoutes
+from connector.adapters.http.errors import error_middleware
+from connector.adapters.http.management import ManagementApi
+from connector.adapters.storage.sqlite import SqliteStore
+from connector.config import Settings, load_settings
+from connector.core.errors import ConnectorError
+from connector.folder import DatasetDecl, Peer, load_datasets, load_policies, load_trust
+from connector.keys import load_signing_key
+from connector.service.auth import Identity, Verifier
+from connector.service.catalog import Catalog, Claims
+from connector.service.negotiations import NegotiationService
+from connector.service.outbox import Outbox
+from connector.service.store import OutboxItem
+from connector.service.transfers import TransferService
+
+log = logging.getLogger("connector")
+# How often the folder is checked for edits (mtime scan of three small directories).
+RELOAD_INTERVAL_S = 1.0
+
+
+@dataclass
+class FolderState:
+    """What the daemon read from the folder; swapped whole on reload."""
+
+    peers: dict[str, Peer]
+    datasets: dict[str, DatasetDecl]
+    catalog: Catalog
+    stamp: tuple[tuple[str, float], ...] = field(default=())
+
+
+def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
+    files = [p for d in ("trust", "datasets", "policies") for p in sorted((root / d).glob("*"))]
+    return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+
+
+def read_folder(settings: Settings) -> FolderState:
+    root = settings.root
+    datasets = load_datasets(root)
+    catalog = Catalog.from_folder(datasets, load_policies(root), participant_id=settings.did,
+                                  dsp_base=settings.dsp_base, clock=time.time)
+    return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
+                       catalog=catalog, stamp=_stamp(root))
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.folder = read_folder(settings)
+        key = load_signing_key(settings.signing_key)
+        self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
+                                 ttl_s=settings.token_ttl_s, clock=time.time)
+        self.verifier = Verifier(did=settings.did, peers=self.folder.peers,
+                                 leeway_s=settings.clock_leeway_s, clock=time.time)
+        self.client = PeerClient(self.identity, self._client_ssl())
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _client_ssl(self) -> ssl.SSLContext:
+        return client_ssl_context(p.tls_cert_pem or "" for p in self.folder.peers.values())
+
+    def claims_for(self, did: str) -> Claims:
+        peer = self.folder.peers.get(did)
+        return Claims(participant_id=did, attributes=dict(peer.attributes) if peer else {})
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await SqliteStore.open(s.database)
+        self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed)
+        self.negotiations = NegotiationService(
+            store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
+            did=s.did, dsp_base=s.dsp_base, clock=time.time)
+        self.transfers = TransferService(
+            store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
+            did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
+            token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time)
+        await self.outbox.start()
+        await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
+        mgmt = ManagementApi(token=s.management_token(), store=self.store,
+                             negotiations=self.negotiations, transfers=self.transfers,
+                             client=self.client, peers=lambda: self.folder.peers)
+        await self._serve(mgmt.app(), "127.0.0.1", s.management_port, None)
+        self._tasks.append(asyncio.create_task(self._reload_loop()))
+
+    def _public_app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+        app["dsp"] = True
+        did_doc = json.loads((self.settings.root / "did.json").read_text())
+        DspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
+                          negotiations=self.negotiations, transfers=self.transfers,
+                          did_document=did_doc)).register(app)
+        DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
+        return app
+
+    def _server_ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return ctx
+
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024).start()
+        self._runners.append(runner)
+
+    async def _delivery_failed(self, item: OutboxItem, error: str) -> None:
+        if await self.store.get_negotiation(item.process_id) is not None:
+            await self.negotiations.on_delivery_failed(item.process_id, error)
+        else:
+            await self.transfers.on_delivery_failed(item.process_id, error)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+            try:
+                if _stamp(self.settings.root) == self.folder.stamp:
+                    continue
+                fresh = read_folder(self.settings)
+            except (ConnectorError, OSError) as exc:
+                log.error("folder changed but cannot be loaded; keeping the previous "
+                          "version: %s", exc)
+                continue
+            self.folder = fresh
+            self.verifier.reload(fresh.peers)
+            self.client.set_ssl(self._client_ssl())
+            log.info("reloaded trust/, datasets/ and policies/")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        await self.outbox.close()
+        await self.client.close()
+        await self.store.close()
+
+
+async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    settings = load_settings(root)
+    daemon = Daemon(settings)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"connector {settings.name} ready: {settings.public_url} "
+          f"(management {settings.management_url})", flush=True)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await daemon.stop()
+
+
+def run_forever(root: Path) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(root))

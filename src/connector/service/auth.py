@@ -1,0 +1,91 @@
+"""Who we are on the wire, and who is calling: self-issued tokens plus a replay store.
+
+Outgoing: every DSP request carries ``Authorization: Bearer <self-issued ID token>`` with
+``aud`` = the receiver's DID (DCP 1.0 §Self-Issued ID Tokens). Incoming: the token is verified
+against the peers pinned in ``trust/`` before the body is read; a ``jti`` seen before its
+expiry is refused as a replay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connector.core.errors import AuthError
+from connector.core.identity import KeyRing, issue_token, verify_token
+from connector.service.catalog import Claims
+
+# A bound on remembered token ids: at 10k requests/s and 5-minute tokens this is reached only
+# under abuse; past it the oldest entries are evicted first (they expire first too).
+MAX_REMEMBERED_JTIS = 1_000_000
+
+
+class Identity:
+    """Signs our outgoing requests."""
+
+    def __init__(self, *, did: str, kid: str, key: Ed25519PrivateKey, ttl_s: int,
+                 clock: Callable[[], float]) -> None:
+        self.did = did
+        self._kid = kid
+        self._key = key
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Identity(did={self.did!r}, kid={self._kid!r})"
+
+    def token_for(self, audience: str) -> str:
+        return issue_token(self._key, kid=self._kid, issuer=self.did, audience=audience,
+                           now=int(self._clock()), jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
+
+    def authorization(self, audience: str) -> str:
+        return "Bearer " + self.token_for(audience)
+
+
+class Verifier:
+    """Verifies incoming tokens against pinned peers; remembers jtis until they expire."""
+
+    def __init__(self, *, did: str, peers: Mapping[str, Any], leeway_s: int,
+                 clock: Callable[[], float]) -> None:
+        self.did = did
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._seen: dict[str, int] = {}  # jti -> exp, insertion-ordered
+        self.reload(peers)
+
+    def reload(self, peers: Mapping[str, Any]) -> None:
+        """Take a new set of pinned peers (``folder.load_trust`` values)."""
+        self._peers = dict(peers)
+        self._keys = KeyRing({kid: jwk for p in self._peers.values()
+                              for kid, jwk in p.keys.items()})
+
+    def verify(self, authorization: str | None) -> Claims:
+        """The caller's verified claims, or AuthError (the reason is logged, never the token)."""
+        if not authorization:
+            raise AuthError("missing Authorization header")
+        token = authorization[7:] if authorization[:7].lower() == "bearer " else authorization
+        now = int(self._clock())
+        claims = verify_token(token.strip(), audience=self.did, now=now,
+                              leeway_s=self._leeway_s, keys=self._keys)
+        self._remember(claims.jti, claims.expires_at + self._leeway_s, now)
+        peer = self._peers[claims.issuer]
+        return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes))
+
+    def _remember(self, jti: str, until: int, now: int) -> None:
+        if self._seen.get(jti, 0) >= now:
+            raise AuthError("token replayed (jti already used)")
+        self._seen[jti] = until
+        if len(self._seen) > MAX_REMEMBERED_JTIS:
+            self._seen.pop(next(iter(self._seen)))
+        self._purge(now)
+
+    def _purge(self, now: int) -> None:
+        # Insertion order approximates expiry order: drop expired entries from the front.
+        while self._seen:
+            jti, until = next(iter(self._seen.items()))
+            if until >= now:
+                return
+            del self._seen[jti]

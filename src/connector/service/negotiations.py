@@ -1,0 +1,305 @@
+"""Contract negotiation, both roles: load record -> core step -> persist with outbox -> dispatch.
+
+Automatic reactions (the connector's default behaviour, DSP 2025-1 §CN 1.2):
+- provider, on a request for a known offer: evaluate the policy against the caller's verified
+  claims (negotiation scope); grant -> Agreement, deny -> Termination carrying the reasons;
+- provider, on ACCEPTED: Agreement; on verification: FINALIZED;
+- consumer, on an Agreement matching what it asked for: verification; otherwise Termination;
+- consumer, on a counter-offer with the same rules it asked for: ACCEPTED; otherwise it waits
+  for its operator (management API);
+- consumer, on a provider-initiated offer: waits for its operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from connector.core import codec
+from connector.core import negotiation as cn
+from connector.core.catalog import same_rules
+from connector.core.errors import (
+    Area,
+    MalformedMessage,
+    NotFound,
+    OfferRejected,
+    PolicyError,
+    UnknownProcess,
+)
+from connector.core.messages import (
+    ContractAgreementMessage,
+    ContractOfferMessage,
+    ContractRequestMessage,
+    Message,
+    NegotiationMessage,
+)
+from connector.core.negotiation import Negotiation, NegotiationEvent, NegotiationState, Role
+from connector.core.policy import Scope
+from connector.service.catalog import Catalog, Claims
+from connector.service.outbox import Outbox
+from connector.service.store import Agreement, Outgoing, Store
+from connector.service.watch import Watch
+
+log = logging.getLogger("connector.negotiation")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class NegotiationService:
+    def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
+                 did: str, dsp_base: str, clock: Callable[[], float],
+                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}") -> None:
+        self._store = store
+        self._catalog = catalog
+        self._outbox = outbox
+        self.did = did
+        self.dsp_base = dsp_base
+        self._clock = clock
+        self._new_id = new_id
+        self.watch: Watch[Negotiation] = Watch()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- persistence with effects ------------------------------------------------------------
+
+    def _outgoing(self, record: Negotiation, msg: Message, path: str) -> Outgoing:
+        base = record.counterparty_address.rstrip("/")
+        return Outgoing(process_id=record.id, url=f"{base}{path}",
+                        audience=record.counterparty_id or "", body=codec.encode(msg))
+
+    async def _save(self, record: Negotiation, out: list[Outgoing], *, new: bool = False) -> None:
+        agreement = None
+        if record.state is NegotiationState.FINALIZED and record.agreement is not None:
+            agreement = Agreement(
+                id=str(record.agreement["@id"]), negotiation_id=record.id, role=record.role.value,
+                dataset_id=record.dataset_id, assigner=str(record.agreement.get("assigner", "")),
+                assignee=str(record.agreement.get("assignee", "")),
+                created_at=record.updated_at, body=record.agreement)
+        items = await self._store.save_negotiation(record, outbox=out, agreement=agreement,
+                                                   expect_new=new)
+        self._outbox.submit(items)
+        self.watch.changed(record.id, record)
+
+    def _lock(self, pid: str) -> asyncio.Lock:
+        lock = self._locks.get(pid)
+        if lock is None:
+            lock = self._locks[pid] = asyncio.Lock()
+        return lock
+
+    async def _owned(self, pid: str, claims: Claims) -> Negotiation:
+        """Our record for ``pid`` if the caller is its counterparty; 404 otherwise."""
+        record = await self._store.get_negotiation(pid)
+        if record is None or record.counterparty_id != claims.participant_id:
+            # DSP 2025-1 §CN HTTPS binding: unknown or foreign pids are a 404.
+            raise UnknownProcess(f"no negotiation {pid!r}", area=Area.NEGOTIATION,
+                                 **_pids_of(pid))
+        return record
+
+    # -- DSP: inbound ------------------------------------------------------------------------
+
+    async def get(self, pid: str, claims: Claims) -> Negotiation:
+        return await self._owned(pid, claims)
+
+    async def on_initial_request(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
+        """N2: a consumer opens a negotiation with us as provider. Returns the REQUESTED ack."""
+        if msg.provider_pid is not None or not msg.callback_address:
+            raise MalformedMessage("an initial ContractRequestMessage needs callbackAddress "
+                                   "and no providerPid", consumer_pid=msg.consumer_pid)
+        offer = self._catalog().find_offer(_offer_id(msg.offer))
+        target = msg.offer.get("target")
+        if offer is None or (target is not None and target != offer.dataset_id):
+            raise OfferRejected(f"unknown offer {_offer_id(msg.offer)!r} for target {target!r}",
+                                consumer_pid=msg.consumer_pid)
+        cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
+        now = self._clock()
+        pid = self._new_id()
+        record = Negotiation(
+            id=pid, role=Role.PROVIDER, state=NegotiationState.REQUESTED,
+            consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
+            offer=offer.body(with_target=True), counterparty_address=msg.callback_address,
+            counterparty_id=claims.participant_id, created_at=now, updated_at=now)
+        after, out = self._provider_decide(record, claims)
+        async with self._lock(pid):
+            await self._save(after, out, new=True)
+        return record
+
+    async def on_message(self, pid: str, msg: NegotiationMessage, claims: Claims) -> Negotiation:
+        """Any message on an existing negotiation, for either role. Returns the new record."""
+        async with self._lock(pid):
+            record = await self._owned(pid, claims)
+            _check_pids(record, msg)
+            sender = record.role.other
+            record = cn.apply(record, sender, msg, self._clock())
+            record, out = self._react(record, msg, claims)
+            await self._save(record, out)
+            return record
+
+    async def on_initial_offer(self, msg: ContractOfferMessage, claims: Claims) -> Negotiation:
+        """N8: a provider opens a negotiation with us as consumer; we wait for our operator."""
+        if msg.consumer_pid is not None or not msg.callback_address:
+            raise MalformedMessage("an initial ContractOfferMessage needs callbackAddress "
+                                   "and no consumerPid", provider_pid=msg.provider_pid)
+        cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)
+        now = self._clock()
+        pid = self._new_id()
+        record = Negotiation(
+            id=pid, role=Role.CONSUMER, state=NegotiationState.OFFERED, consumer_pid=pid,
+            provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
+            offer=msg.offer, counterparty_address=msg.callback_address,
+            counterparty_id=claims.participant_id, created_at=now, updated_at=now)
+        await self._save(record, [], new=True)
+        return record
+
+    # -- reactions --------------------------------------------------------------------------
+
+    def _provider_decide(self, record: Negotiation, claims: Claims
+                         ) -> tuple[Negotiation, list[Outgoing]]:
+        """Grant (Agreement) or refuse (Termination with the policy's reasons)."""
+        offer = self._catalog().find_offer(_offer_id(record.offer))
+        if offer is None:
+            return self._terminate(record, "offer-withdrawn", "the offer is no longer published")
+        if not same_rules(record.offer, offer.body()):
+            return self._terminate(record, "counter-offer-refused",
+                                   "the requested rules differ from the published offer")
+        try:
+            decision = self._catalog().decide(offer, claims, Scope.NEGOTIATION)
+        except PolicyError as exc:
+            return self._terminate(record, "policy-error", exc.message)
+        if not decision.allowed:
+            return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
+        now = self._clock()
+        agreement = cn.build_agreement(
+            offer.body(), agreement_id=self._new_id(), dataset_id=record.dataset_id,
+            assigner=self.did, assignee=claims.participant_id, timestamp=_iso(now))
+        msg = ContractAgreementMessage(consumer_pid=record.consumer_pid,
+                                       provider_pid=record.provider_pid or "", agreement=agreement)
+        after = cn.apply(record, Role.PROVIDER, msg, now)
+        return after, [self._outgoing(after, msg, f"/negotiations/{record.consumer_pid}/agreement")]
+
+    def _terminate(self, record: Negotiation, code: str, reason: str
+                   ) -> tuple[Negotiation, list[Outgoing]]:
+        after, msg = cn.terminate(record, record.role, reason, code, self._clock())
+        their_pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+        log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
+        return after, [self._outgoing(after, msg, f"/negotiations/{their_pid}/termination")]
+
+    def _react(self, record: Negotiation, msg: NegotiationMessage, claims: Claims
+               ) -> tuple[Negotiation, list[Outgoing]]:
+        state, now = record.state, self._clock()
+        if record.role is Role.PROVIDER:
+            if state is NegotiationState.REQUESTED:  # counter-request
+                return self._provider_decide(record, claims)
+            if state is NegotiationState.ACCEPTED:
+                return self._provider_decide(record, claims)
+            if state is NegotiationState.VERIFIED:
+                out_msg = cn.event(record, "FINALIZED")
+                after = cn.apply(record, Role.PROVIDER, out_msg, now)
+                return after, [self._outgoing(
+                    after, out_msg, f"/negotiations/{record.consumer_pid}/events")]
+            return record, []
+        if state is NegotiationState.AGREED:
+            problem = self._agreement_problem(record)
+            if problem:
+                return self._terminate(record, "agreement-mismatch", problem)
+            v = cn.verification(record)
+            after = cn.apply(record, Role.CONSUMER, v, now)
+            return after, [self._outgoing(
+                after, v, f"/negotiations/{record.provider_pid}/agreement/verification")]
+        return record, []
+
+    def _agreement_problem(self, record: Negotiation) -> str | None:
+        agreement = record.agreement or {}
+        if agreement.get("assignee") not in (None, self.did):
+            return f"agreement assignee {agreement.get('assignee')!r} is not us"
+        if agreement.get("target") != record.dataset_id:
+            return f"agreement target {agreement.get('target')!r} is not {record.dataset_id!r}"
+        if not same_rules(agreement, record.offer):
+            return "agreement rules differ from the offer"
+        return None
+
+    # -- management: consumer side ----------------------------------------------------------
+
+    async def start(self, *, provider_base: str, provider_id: str, dataset_id: str,
+                    offer: dict[str, Any]) -> Negotiation:
+        """Open a negotiation as consumer: persist REQUESTED, queue the initial request."""
+        now = self._clock()
+        pid = self._new_id()
+        offer = {**offer, "target": dataset_id}
+        record = Negotiation(
+            id=pid, role=Role.CONSUMER, state=NegotiationState.REQUESTED, consumer_pid=pid,
+            provider_pid=None, dataset_id=dataset_id, offer=offer,
+            counterparty_address=provider_base, counterparty_id=provider_id,
+            created_at=now, updated_at=now)
+        msg = ContractRequestMessage(consumer_pid=pid, offer=offer,
+                                     callback_address=self.dsp_base)
+        cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
+        await self._save(record, [self._outgoing(record, msg, "/negotiations/request")], new=True)
+        return record
+
+    async def accept(self, pid: str) -> Negotiation:
+        """Our operator accepts the provider's current offer (consumer, OFFERED)."""
+        async with self._lock(pid):
+            record = await self._mine(pid)
+            msg = cn.event(record, "ACCEPTED")
+            after = cn.apply(record, Role.CONSUMER, msg, self._clock())
+            await self._save(after, [self._outgoing(
+                after, msg, f"/negotiations/{record.provider_pid}/events")])
+            return after
+
+    async def terminate(self, pid: str, reason: str) -> Negotiation:
+        """Our operator ends a negotiation, in either role."""
+        async with self._lock(pid):
+            record = await self._mine(pid)
+            cn.target_state(record.role, record.state, NegotiationEvent.TERMINATE,
+                            consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)
+            after, out = self._terminate(record, "terminated-by-operator", reason)
+            await self._save(after, out)
+            return after
+
+    async def _mine(self, pid: str) -> Negotiation:
+        record = await self._store.get_negotiation(pid)
+        if record is None:
+            raise NotFound(f"no negotiation {pid!r}")
+        return record
+
+    async def wait(self, pid: str, timeout: float) -> Negotiation:
+        """Wait for a terminal state (or the timeout); returns the latest record."""
+        record = await self._mine(pid)
+        await self.watch.wait(pid, record, lambda r: r.state.terminal, timeout)
+        return await self._mine(pid)
+
+    async def on_delivery_failed(self, process_id: str, error: str) -> None:
+        """A message could not be delivered (4xx or retries exhausted): end our side."""
+        async with self._lock(process_id):
+            record = await self._store.get_negotiation(process_id)
+            if record is None or record.state.terminal:
+                return
+            after, _ = cn.terminate(record, record.role, f"peer unreachable or refused: {error}",
+                                    "delivery-failed", self._clock())
+            await self._save(after, [])
+
+
+def _offer_id(offer: dict[str, Any]) -> str | None:
+    value = offer.get("@id")
+    return value if isinstance(value, str) else None
+
+
+def _pids_of(pid: str) -> dict[str, str | None]:
+    return {"consumer_pid": None, "provider_pid": pid}
+
+
+def _check_pids(record: Negotiation, msg: NegotiationMessage) -> None:
+    """The message must name this negotiation's pids (DSP 2025-1 §CN 2: both pids)."""
+    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
+    theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+    sent_mine = msg.provider_pid if record.role is Role.PROVIDER else msg.consumer_pid
+    sent_theirs = msg.consumer_pid if record.role is Role.PROVIDER else msg.provider_pid
+    bad = sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs))
+    if bad:
+        raise MalformedMessage("process ids in the message do not match this negotiation",
+                               consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)

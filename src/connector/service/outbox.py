@@ -1,0 +1,114 @@
+"""The outbox dispatcher: delivers persisted messages to peers, in order per process.
+
+A message is written to the ``outbox`` table in the same transaction as the state change
+that produced it, then handed here. It leaves after the handler's ACK (the dispatcher runs as
+its own task), is retried with exponential back-off on network errors and 5xx, and dropped
+with a logged reason on a 4xx, which is final (EDC does the same). Delivered rows are deleted
+in batches. On start-up every row still in the table is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+
+from connector.core.errors import PeerError
+from connector.service.store import OutboxItem, Store
+
+log = logging.getLogger("connector.outbox")
+
+Send = Callable[[OutboxItem], Awaitable[None]]
+# Back-off: 0.25 s doubling to 30 s; after 12 attempts (about 3 minutes) the message is dropped.
+FIRST_DELAY_S = 0.25
+MAX_DELAY_S = 30.0
+MAX_ATTEMPTS = 12
+# Deleting delivered rows in batches keeps one DB round trip off every message.
+FLUSH_INTERVAL_S = 0.05
+
+
+class Outbox:
+    def __init__(self, store: Store, send: Send,
+                 on_failure: Callable[[OutboxItem, str], Awaitable[None]] | None = None) -> None:
+        self._store = store
+        self._send = send
+        self._on_failure = on_failure
+        self._queues: dict[str, deque[OutboxItem]] = {}
+        self._done: list[int] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Resend whatever a previous run left undelivered, then run the flusher."""
+        self.submit(await self._store.pending_outbox())
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    def submit(self, items: Iterable[OutboxItem]) -> None:
+        """Queue committed items; one worker per process keeps each process's order."""
+        for item in items:
+            queue = self._queues.get(item.process_id)
+            if queue is not None:
+                queue.append(item)
+                continue
+            self._queues[item.process_id] = deque([item])
+            task = asyncio.create_task(self._drain(item.process_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, process_id: str) -> None:
+        queue = self._queues[process_id]
+        try:
+            while queue:
+                await self._deliver(queue[0])
+                queue.popleft()
+        finally:
+            del self._queues[process_id]
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        attempts = item.attempts
+        while not self._closed:
+            try:
+                await self._send(item)
+                self._done.append(item.seq)
+                return
+            except PeerError as exc:
+                attempts += 1
+                if not exc.retryable or attempts >= MAX_ATTEMPTS:
+                    log.warning("dropping message to %s after %d attempt(s): %s",
+                                item.url, attempts, exc.message)
+                    self._done.append(item.seq)
+                    if self._on_failure is not None:
+                        await self._on_failure(item, exc.message)
+                    return
+                delay = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (attempts - 1))
+                log.info("retrying %s in %.2fs: %s", item.url, delay, exc.message)
+                loop = asyncio.get_running_loop()
+                await self._store.outbox_retry(item.seq, attempts, loop.time() + delay,
+                                               exc.message)
+                await asyncio.sleep(delay)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        done, self._done = self._done, []
+        await self._store.outbox_done(done)
+
+    async def close(self) -> None:
+        """Stop sending; undelivered rows stay in the table for the next start."""
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued (tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

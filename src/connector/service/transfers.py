@@ -1,0 +1,262 @@
+"""Transfer processes, both roles, and the provider's data-plane authorisation.
+
+Provider: a TransferRequestMessage under one of our finalised agreements, from that
+agreement's assignee, is acknowledged REQUESTED (201) and started at once: the Start message
+carries an HTTP-pull data address with a short-lived bearer token (DSP 2025-1 §TP 2.3). Only
+the token's SHA-256 is stored. Every data-plane access re-evaluates the agreement's policy in
+transfer scope, counting the use atomically.
+
+Consumer: a transfer is opened from an agreement, the records are pulled once STARTED, and a
+TransferCompletionMessage ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from connector.core import codec
+from connector.core import transfer as tp
+from connector.core.errors import (
+    Area,
+    MalformedMessage,
+    NotFound,
+    PolicyError,
+    ProtocolError,
+    TransferDenied,
+    UnknownProcess,
+)
+from connector.core.messages import Message, TransferMessage, TransferRequestMessage
+from connector.core.negotiation import Role
+from connector.core.policy import Scope
+from connector.core.transfer import Transfer, TransferEvent, TransferState
+from connector.service.catalog import Catalog, Claims
+from connector.service.outbox import Outbox
+from connector.service.store import Agreement, Outgoing, Store
+from connector.service.watch import Watch
+
+DEFAULT_FORMAT = "HttpData-PULL"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TransferService:
+    def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
+                 did: str, dsp_base: str, data_url: str, token_ttl_s: int,
+                 claims_for: Callable[[str], Claims], clock: Callable[[], float],
+                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}") -> None:
+        self._store = store
+        self._catalog = catalog
+        self._outbox = outbox
+        self.did = did
+        self.dsp_base = dsp_base
+        self.data_url = data_url
+        self._token_ttl_s = token_ttl_s
+        self._clock = clock
+        self._new_id = new_id
+        self.watch: Watch[Transfer] = Watch()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._claims_for = claims_for
+
+    def _lock(self, pid: str) -> asyncio.Lock:
+        lock = self._locks.get(pid)
+        if lock is None:
+            lock = self._locks[pid] = asyncio.Lock()
+        return lock
+
+    def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
+        base = record.counterparty_address.rstrip("/")
+        return Outgoing(process_id=record.id, url=f"{base}{path}",
+                        audience=record.counterparty_id or "", body=codec.encode(msg))
+
+    async def _save(self, record: Transfer, out: list[Outgoing], *, new: bool = False) -> None:
+        items = await self._store.save_transfer(record, outbox=out, expect_new=new)
+        self._outbox.submit(items)
+        self.watch.changed(record.id, record)
+
+    def _their_path(self, record: Transfer, event: TransferEvent) -> str:
+        pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+        verb = {TransferEvent.START: "start", TransferEvent.COMPLETE: "completion",
+                TransferEvent.SUSPEND: "suspension", TransferEvent.TERMINATE: "termination"}[event]
+        return f"/transfers/{pid}/{verb}"
+
+    async def _owned(self, pid: str, claims: Claims) -> Transfer:
+        record = await self._store.get_transfer(pid)
+        if record is None or record.counterparty_id != claims.participant_id:
+            raise UnknownProcess(f"no transfer process {pid!r}", area=Area.TRANSFER,
+                                 provider_pid=pid)
+        return record
+
+    # -- DSP: inbound ------------------------------------------------------------------------
+
+    async def get(self, pid: str, claims: Claims) -> Transfer:
+        return await self._owned(pid, claims)
+
+    async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
+        """T2: open a transfer under one of our agreements; idempotent per consumerPid."""
+        existing = await self._store.find_transfer(consumer_pid=msg.consumer_pid,
+                                                   role=Role.PROVIDER.value)
+        if existing is not None:
+            if existing.counterparty_id != claims.participant_id:
+                raise ProtocolError("consumerPid already in use", area=Area.TRANSFER,
+                                    consumer_pid=msg.consumer_pid)
+            return existing  # DSP 2025-1 §TP 3.2: the same request gets the same process
+        agreement = await self._store.get_agreement(msg.agreement_id)
+        if (agreement is None or agreement.role != Role.PROVIDER.value
+                or agreement.assignee != claims.participant_id):
+            raise ProtocolError(f"no agreement {msg.agreement_id!r} for this participant",
+                                area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        entry = self._catalog().entries.get(agreement.dataset_id)
+        if entry is None:
+            raise ProtocolError(f"dataset {agreement.dataset_id!r} is no longer offered",
+                                area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        if msg.format != entry.format:
+            raise ProtocolError(f"format {msg.format!r} not offered; use {entry.format!r}",
+                                area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
+        now, pid = self._clock(), self._new_id()
+        record = Transfer(
+            id=pid, role=Role.PROVIDER, state=TransferState.REQUESTED,
+            consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
+            format=msg.format, counterparty_address=msg.callback_address,
+            counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
+            created_at=now, updated_at=now)
+        started, out = self._start(record)
+        async with self._lock(pid):
+            await self._save(started, out, new=True)
+        return record
+
+    def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
+        """Provider: mint a fresh data token and send Start with the pull address."""
+        token = secrets.token_urlsafe(32)
+        address = tp.pull_address(self.data_url, token)
+        msg = tp.message_for(record, TransferEvent.START, data_address=address)
+        now = self._clock()
+        started = tp.apply(record, Role.PROVIDER, msg, now)
+        started = _replace(started, token_hash=token_hash(token),
+                           token_expires_at=now + self._token_ttl_s, data_address=None)
+        return started, [self._outgoing(started, msg, self._their_path(record,
+                                                                        TransferEvent.START))]
+
+    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims) -> Transfer:
+        async with self._lock(pid):
+            record = await self._owned(pid, claims)
+            _check_pids(record, msg)
+            after = tp.apply(record, record.role.other, msg, self._clock())
+            out: list[Outgoing] = []
+            if (record.role is Role.PROVIDER and after.state is TransferState.STARTED
+                    and record.state is TransferState.SUSPENDED):
+                after = _replace(after, token_hash=None)  # resumed by the consumer: new token
+                after, out = self._start(_replace(record, state=TransferState.REQUESTED))
+            await self._save(after, out)
+            return after
+
+    # -- provider data plane -------------------------------------------------------------------
+
+    async def authorize_pull(self, token: str | None) -> tuple[Transfer, Agreement]:
+        """Check a data-plane token and the agreement's policy; count the use."""
+        if not token:
+            raise TransferDenied("missing data token")
+        digest = token_hash(token)
+        record = await self._store.find_transfer_by_token(digest)
+        if record is None or not hmac.compare_digest(record.token_hash or "", digest):
+            raise TransferDenied("unknown data token")
+        if record.state is not TransferState.STARTED:
+            raise TransferDenied(f"transfer is {record.state.value}, not STARTED")
+        if (record.token_expires_at or 0) < self._clock():
+            raise TransferDenied("data token expired")
+        agreement = await self._store.get_agreement(record.agreement_id)
+        if agreement is None:
+            raise TransferDenied("agreement not found")
+        await self._check_policy(agreement)
+        return record, agreement
+
+    async def _check_policy(self, agreement: Agreement) -> None:
+        """Transfer scope: the agreement's policy with the use being counted (atomically)."""
+        uses = await self._store.add_use(agreement.id, 1)
+        try:
+            decision = self._catalog().decide_agreement(
+                agreement.id, agreement.body, self._claims_for(agreement.assignee),
+                agreement_time=datetime.fromtimestamp(agreement.created_at, UTC), use_count=uses)
+        except PolicyError as exc:
+            await self._store.add_use(agreement.id, -1)
+            raise TransferDenied(exc.message) from exc
+        if not decision.allowed:
+            await self._store.add_use(agreement.id, -1)
+            raise TransferDenied("policy denies: " + "; ".join(decision.reasons))
+
+    # -- management: consumer side ------------------------------------------------------------
+
+    async def start(self, agreement_id: str) -> Transfer:
+        agreement = await self._store.get_agreement(agreement_id)
+        if agreement is None or agreement.role != Role.CONSUMER.value:
+            raise NotFound(f"no agreement {agreement_id!r} as consumer")
+        negotiation = await self._store.get_negotiation(agreement.negotiation_id)
+        if negotiation is None:
+            raise NotFound(f"negotiation of agreement {agreement_id!r} is missing")
+        now, pid = self._clock(), self._new_id()
+        record = Transfer(
+            id=pid, role=Role.CONSUMER, state=TransferState.REQUESTED, consumer_pid=pid,
+            provider_pid=None, agreement_id=agreement_id, format=DEFAULT_FORMAT,
+            counterparty_address=negotiation.counterparty_address,
+            counterparty_id=negotiation.counterparty_id, dataset_id=agreement.dataset_id,
+            created_at=now, updated_at=now)
+        msg = tp.request_message(record, self.dsp_base)
+        await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
+        return record
+
+    async def act(self, pid: str, event: TransferEvent, reason: str | None = None) -> Transfer:
+        """Our operator (or our pull loop) completes, suspends, resumes or terminates."""
+        async with self._lock(pid):
+            record = await self.mine(pid)
+            code = "terminated-by-operator" if event is TransferEvent.TERMINATE else None
+            msg = tp.message_for(record, event, reason=reason, code=code)
+            after = tp.apply(record, record.role, msg, self._clock())
+            await self._save(after, [self._outgoing(after, msg, self._their_path(record, event))])
+            return after
+
+    async def mine(self, pid: str) -> Transfer:
+        record = await self._store.get_transfer(pid)
+        if record is None:
+            raise NotFound(f"no transfer {pid!r}")
+        return record
+
+    async def wait_started(self, pid: str, timeout: float) -> Transfer:
+        record = await self.mine(pid)
+        await self.watch.wait(pid, record, lambda r: r.state is not TransferState.REQUESTED,
+                              timeout)
+        return await self.mine(pid)
+
+    async def on_delivery_failed(self, process_id: str, error: str) -> None:
+        async with self._lock(process_id):
+            record = await self._store.get_transfer(process_id)
+            if record is None or record.state.terminal:
+                return
+            msg = tp.message_for(record, TransferEvent.TERMINATE,
+                                 reason=f"peer unreachable or refused: {error}")
+            after = tp.apply(record, record.role, msg, self._clock())
+            await self._save(after, [])
+
+
+def _replace(record: Transfer, **changes: object) -> Transfer:
+    import msgspec
+
+    return msgspec.structs.replace(record, **changes)
+
+
+def _check_pids(record: Transfer, msg: TransferMessage) -> None:
+    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
+    theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+    sent_mine = getattr(msg, "provider_pid" if record.role is Role.PROVIDER else "consumer_pid")
+    sent_theirs = getattr(msg, "consumer_pid" if record.role is Role.PROVIDER else "provider_pid")
+    if sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs)):
+        raise MalformedMessage("process ids in the message do not match this transfer",
+                               area=Area.TRANSFER, consumer_pid=record.consumer_pid,
+                               provider_pid=record.provider_pid)
