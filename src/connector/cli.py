@@ -12,7 +12,8 @@ from connector.core.errors import ConnectorError
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=Path("."), help="participant folder (default: .)")
+    parser.add_argument("--dir", type=Path, default=Path("."),
+                        help="participant folder (default: .)")
 
 
 def _build_parser() -> argparse.ArgumentParser:

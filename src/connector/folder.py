@@ -522,13 +522,11 @@ def _parse_json(path: Path, name: str, out: list[Problem]) -> tuple[str, Any] | 
 
 
 def _check_settings(root: Path, out: list[Problem]) -> list[tuple[str, Path]]:
-    """Check connector.toml; return (toml key, path) of the private files it names."""
+    """Check connector.toml; return (toml key, path) of the private files it names, if valid."""
     name = _rel(root, CONFIG_FILE)
     parsed = _parse_toml(root / CONFIG_FILE, name, out)
-    defaults = [("signing.key", root / SIGNING_KEY), ("server.tls_key", root / TLS_KEY),
-                ("management.token_file", root / TOKEN_FILE)]
     if parsed is None:
-        return defaults
+        return []  # no names to follow; keys/ is still checked file by file
     text = parsed[0]
     try:
         settings = load_settings(root)
@@ -537,7 +535,7 @@ def _check_settings(root: Path, out: list[Problem]) -> list[tuple[str, Path]]:
         line = _line_of(text, f"{match.group(1)}.{match.group(2)}") if match else 1
         message = exc.message.removeprefix(str(root.resolve() / CONFIG_FILE)).lstrip(": ")
         out.append(Problem(name, line, message))
-        return defaults
+        return []
     return [("signing.key", settings.signing_key), ("server.tls_key", settings.tls_key),
             ("management.token_file", settings.management_token_file)]
 

@@ -93,7 +93,8 @@ def decode_any(body: bytes, *, area: Area) -> AnyMessage:
     """Decode any known DSP message by its ``@type``."""
     doc = _normalise(decode_json(body, area=area))
     try:
-        return msgspec.convert(doc, AnyMessage, strict=False)  # type: ignore[arg-type]
+        message: AnyMessage = msgspec.convert(doc, AnyMessage, strict=False)
+        return message
     except msgspec.ValidationError as exc:
         raise MalformedMessage(f"invalid message: {exc}", area=area, **_pids(doc)) from exc
 

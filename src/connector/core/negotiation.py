@@ -161,8 +161,9 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
     pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid}
     new_state = target_state(sender, record.state, event_of(msg), **pids)
     changes: dict[str, Any] = {"state": new_state, "updated_at": now}
-    if record.provider_pid is None and getattr(msg, "provider_pid", None):
-        changes["provider_pid"] = msg.provider_pid  # learnt before our 201 arrived
+    sent_provider_pid = getattr(msg, "provider_pid", None)
+    if record.provider_pid is None and sent_provider_pid:
+        changes["provider_pid"] = sent_provider_pid  # learnt before our 201 arrived
     if isinstance(msg, ContractOfferMessage | ContractRequestMessage):
         changes["offer"] = msg.offer
     elif isinstance(msg, ContractAgreementMessage):

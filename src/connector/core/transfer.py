@@ -122,8 +122,9 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> T
     new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
                              provider_pid=record.provider_pid)
     changes: dict[str, Any] = {"state": new_state, "updated_at": now}
-    if record.provider_pid is None and getattr(msg, "provider_pid", None):
-        changes["provider_pid"] = msg.provider_pid
+    sent_provider_pid = getattr(msg, "provider_pid", None)
+    if record.provider_pid is None and sent_provider_pid:
+        changes["provider_pid"] = sent_provider_pid
     if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):

@@ -33,7 +33,6 @@ from connector.core.errors import (
 )
 from connector.core.messages import Message, TransferMessage, TransferRequestMessage
 from connector.core.negotiation import Role
-from connector.core.policy import Scope
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
 from connector.service.outbox import Outbox

@@ -59,7 +59,7 @@ class DataPlane:
     async def pull(self, request: web.Request) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         token = header[7:] if header[:7].lower() == "bearer " else None
-        record, agreement = await self._transfers.authorize_pull(token)
+        _, agreement = await self._transfers.authorize_pull(token)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
             raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
