@@ -1,0 +1,138 @@
+"""A real provider daemon (separate process, HTTPS on loopback) and a scripted peer.
+
+The scripted peer ("tester") is a pinned participant whose key the test holds: it sends DSP
+messages to the provider exactly as it likes (well-formed or not), and runs a plain-HTTP
+callback server in the test process that records what the provider sends back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connector.config import DSP_PATH, load_settings
+from connector.core.identity import did_web_from_url, issue_token
+from connector.demo import Participant, create_space, free_port, start, stop
+from connector.folder import add_trusted_peer, init_folder
+from connector.keys import load_signing_key
+
+
+@dataclass
+class Peer:
+    """A participant the test plays by hand."""
+
+    did: str
+    kid: str
+    key: Ed25519PrivateKey
+    callback: str
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def token(self, audience: str, *, now: int | None = None, ttl: int = 60,
+              key: Ed25519PrivateKey | None = None, jti: str | None = None) -> str:
+        return issue_token(key or self.key, kid=self.kid, issuer=self.did, audience=audience,
+                           now=int(time.time()) if now is None else now,
+                           jti=jti or str(uuid.uuid4()), ttl_s=ttl)
+
+    async def next_message(self, path_part: str, timeout: float = 10) -> dict[str, Any]:
+        """Wait for the provider to send a message whose path contains ``path_part``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, (path, body) in enumerate(self.received):
+                if path_part in path:
+                    del self.received[i]
+                    return body
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        raise AssertionError(f"no message to *{path_part}* within {timeout}s: {self.received}")
+
+
+@dataclass
+class Space:
+    provider: Participant
+    consumer: Participant
+    provider_did: str
+    base: str  # provider's DSP base
+    tls: ssl.SSLContext
+    members: Peer  # pinned with membership=active
+    outsider: Peer  # pinned without attributes
+
+
+def _peer_folder(root: Path, name: str, callback_port: int) -> tuple[Path, str]:
+    url = f"https://127.0.0.1:{free_port()}"
+    init_folder(root / name, name=name, url=url)
+    return root / name, f"http://127.0.0.1:{callback_port}{DSP_PATH}"
+
+
+@pytest.fixture(scope="session")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    root = tmp_path_factory.mktemp("space")
+    provider, consumer = create_space(root)
+    peers = {}
+    for name, attrs in (("member", {"membership": "active", "purpose": "research"}),
+                        ("outsider", {})):
+        folder, callback = _peer_folder(root, name, free_port())
+        add_trusted_peer(provider.dir, folder, attributes=attrs, tls_cert=None)
+        settings = load_settings(folder)
+        peers[name] = Peer(did=settings.did, kid=settings.signing_kid,
+                           key=load_signing_key(settings.signing_key), callback=callback)
+    start(provider)
+    start(consumer)
+    tls = ssl.create_default_context(cafile=str(provider.dir / "tls" / "cert.pem"))
+    try:
+        yield Space(provider=provider, consumer=consumer,
+                    provider_did=did_web_from_url(provider.url), base=provider.url + DSP_PATH,
+                    tls=tls, members=peers["member"], outsider=peers["outsider"])
+    finally:
+        stop(consumer)
+        stop(provider)
+
+
+async def _callback_app(peer: Peer) -> web.AppRunner:
+    async def record(request: web.Request) -> web.Response:
+        peer.received.append((request.path, msgspec.json.decode(await request.read())))
+        peer.arrived.set()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = int(peer.callback.split(":")[2].split("/")[0])
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def callbacks(space: Space) -> AsyncIterator[Space]:
+    """The scripted peers' callback servers, listening for the whole session."""
+    runners = []
+    for peer in (space.members, space.outsider):
+        peer.arrived = asyncio.Event()
+        runners.append(await _callback_app(peer))
+    yield space
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def http(space: Space) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(ssl=space.tls)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
