@@ -24,6 +24,7 @@ INSTANTS = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2032,
 def atoms(draw: st.DrawFn) -> dict[str, Any]:
     """Atomic constraints that always evaluate to HOLDS or FAILS (never deferred or error)."""
     left = draw(st.sampled_from(["purpose", "spatial", "membership", "count", "dateTime"]))
+    right: Any
     if left == "count":
         operator, right = draw(ORDER), draw(st.integers(0, 10))
     elif left == "dateTime":

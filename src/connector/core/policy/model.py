@@ -18,7 +18,8 @@ Structure errors raise ``PolicySyntaxError`` (a ``PolicyError``) naming the JSON
 *not* a parse error: an unknown left operand or a right operand of the wrong type parses, and
 evaluation denies with a note. Right operands of the typed left operands (``dateTime``,
 ``elapsedTime``, ``delayPeriod``, ``count``) are converted here, once, so that evaluation does
-no string parsing.
+no string parsing. (The xsd:dateTime/xsd:duration readers live here, with the values they
+build, which is why this module is a little over 400 lines.)
 """
 
 from __future__ import annotations
