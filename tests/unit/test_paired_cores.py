@@ -111,7 +111,7 @@ def test_random_negotiation_sequences(start: NegotiationState,
         try:
             consumer, provider, sent = _exchange(consumer, provider, sender, event, float(i))
         except ProtocolError as exc:  # only protocol errors may escape
-            raise AssertionError(f"receiver refused what the sender's table allowed: {exc}")
+            raise AssertionError(f"receiver refused an allowed send: {exc}") from exc
         assert consumer.state is provider.state
         if before.terminal:
             assert not sent and consumer.state is before

@@ -88,7 +88,7 @@ def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: st
 def catalog_doc(datasets: Iterable[tuple[DatasetEntry, list[Offer]]], *, participant_id: str,
                 dsp_base: str, catalog_id: str) -> dict[str, Any]:
     """The Catalog answering a CatalogRequestMessage; datasets with no visible offer are hidden."""
-    return {
+    catalog: dict[str, Any] = {
         "@context": [DSP_CONTEXT],
         "@id": catalog_id,
         "@type": "Catalog",
@@ -98,9 +98,11 @@ def catalog_doc(datasets: Iterable[tuple[DatasetEntry, list[Offer]]], *, partici
             "@type": "DataService",
             "endpointURL": dsp_base,
         }],
-        "dataset": [dataset_doc(e, offers, participant_id, dsp_base)
-                    for e, offers in datasets if offers],
     }
+    docs = [dataset_doc(e, offers, participant_id, dsp_base) for e, offers in datasets if offers]
+    if docs:  # catalog-schema.json: `dataset`, when present, has at least one item
+        catalog["dataset"] = docs
+    return catalog
 
 
 def with_context(doc: Mapping[str, Any]) -> dict[str, Any]:
