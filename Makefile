@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m connector.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
