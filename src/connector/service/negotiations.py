@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from connector.core.errors import (
 )
 from connector.core.messages import (
     ContractAgreementMessage,
+    ContractNegotiation,
     ContractOfferMessage,
     ContractRequestMessage,
     Message,
@@ -239,6 +240,32 @@ class NegotiationService:
                                      callback_address=self.dsp_base)
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
         await self._save(record, [self._outgoing(record, msg, "/negotiations/request")], new=True)
+        return record
+
+    async def offer(self, *, consumer_base: str, consumer_id: str, dataset_id: str,
+                    send: Callable[[str, str, bytes], Awaitable[bytes]]) -> Negotiation:
+        """Open a negotiation as provider (N8): send our offer, persist with the consumerPid.
+
+        The initial offer is sent directly rather than through the outbox: until the consumer
+        answers 201 we do not know its pid, and an operator who starts this sees the error.
+        """
+        entry = self._catalog().entries.get(dataset_id)
+        if entry is None or not entry.offers:
+            raise NotFound(f"no dataset {dataset_id!r} with an offer")
+        cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)
+        pid = self._new_id()
+        offer = entry.offers[0].body(with_target=True)
+        msg = ContractOfferMessage(provider_pid=pid, offer=offer, callback_address=self.dsp_base)
+        ack = codec.decode(await send(f"{consumer_base.rstrip('/')}/negotiations/offers",
+                                      consumer_id, codec.encode(msg)),
+                           ContractNegotiation, area=Area.NEGOTIATION)
+        now = self._clock()
+        record = Negotiation(
+            id=pid, role=Role.PROVIDER, state=NegotiationState.OFFERED,
+            consumer_pid=ack.consumer_pid, provider_pid=pid, dataset_id=dataset_id, offer=offer,
+            counterparty_address=consumer_base, counterparty_id=consumer_id,
+            created_at=now, updated_at=now)
+        await self._save(record, [], new=True)
         return record
 
     async def accept(self, pid: str) -> Negotiation:

@@ -83,6 +83,13 @@ class PeerClient:
             raise PeerError(f"POST {item.url} answered {status}: {_snippet(body)}",
                             peer_status=status)
 
+    async def send_initial(self, url: str, audience: str, body: bytes) -> bytes:
+        """POST a process-creating message; anything but 201 is a PeerError."""
+        status, raw = await self.post(url, audience, body)
+        if status != 201:
+            raise PeerError(f"POST {url} answered {status}: {_snippet(raw)}", peer_status=status)
+        return raw
+
     async def catalog(self, dsp_base: str, audience: str) -> dict[str, Any]:
         """DSP 2025-1 §CAT 3.2: POST <base>/catalog/request."""
         body = codec.encode(codec_catalog_request())

@@ -66,7 +66,7 @@ class ManagementApi:
         return await handler(request)
 
     def _provider(self, url: str) -> tuple[str, str]:
-        """(DSP base, DID) of a pinned provider given its URL."""
+        """(DSP base, DID) of a pinned peer given its URL."""
         root = root_of(url)
         for peer in self._peers().values():
             if root_of(peer.url) == root:
@@ -88,6 +88,15 @@ class ManagementApi:
         wait = _wait(request)
         if wait:
             record = await self._negotiations.wait(record.id, wait)
+        return _out(_negotiation_view(record), 201)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        """Provider-initiated negotiation: offer a dataset to a pinned consumer."""
+        body = await _body(request)
+        base, did = self._provider(str(body.get("consumer", "")))
+        record = await self._negotiations.offer(
+            consumer_base=base, consumer_id=did, dataset_id=str(body.get("datasetId", "")),
+            send=self._client.send_initial)
         return _out(_negotiation_view(record), 201)
 
     async def negotiation(self, request: web.Request) -> web.Response:
@@ -171,6 +180,7 @@ class ManagementApi:
         r.add_get("/api/catalog", self.catalog)
         r.add_post("/api/negotiations", self.negotiate)
         r.add_get("/api/negotiations", self.negotiations)
+        r.add_post("/api/offers", self.offer)
         r.add_get("/api/negotiations/{id}", self.negotiation)
         r.add_post("/api/negotiations/{id}/{action}", self.negotiation_action)
         r.add_get("/api/agreements", self.agreements)
