@@ -4,12 +4,13 @@
 Usage:
     python3 interop/tck/run_tck.py path/to/tck.properties [--timeout SECONDS] [--online] [--quiet]
 
-The properties file is a filled-in copy of interop/tck/tck.properties.template. The suite runs through Maven
-(interop/tck/pom.xml -> tckrunner.TckMain -> JUnit Platform); Maven is first tried offline (-o) and, if
-dependencies or plugins are missing from ~/.m2, once more online. Output: one line per test
-("PASSED  CN:01-01  <display name>" or "FAILED  CN:01-01  <display name> :: <message>"), then exactly
-"N passed, M failed" on its own line. Exit status: 0 when every test passed, 1 when any failed, 2 when the suite
-could not run (bad arguments, Maven or the TCK did not start, timeout).
+The properties file is a filled-in copy of interop/tck/tck.properties.template. The suite
+runs through Maven (interop/tck/pom.xml -> tckrunner.TckMain -> JUnit Platform); Maven is
+first tried offline (-o) and, if dependencies or plugins are missing from ~/.m2, once more
+online. Output: one line per test ("PASSED  CN:01-01  <display name>" or
+"FAILED  CN:01-01  <display name> :: <message>"), then exactly "N passed, M failed" on its
+own line. Exit status: 0 when every test passed, 1 when any failed, 2 when the suite could
+not run (bad arguments, Maven or the TCK did not start, timeout).
 
 Standard library only (Python 3.11).
 """
@@ -95,23 +96,40 @@ def run_maven(props: Path, offline: bool, timeout: float, java_home: str | None)
         env["JAVA_HOME"] = java_home
     try:
         proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env=env,
             cwd=str(HERE),
         )
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out = (
+            exc.stdout.decode(errors="replace")
+            if isinstance(exc.stdout, bytes)
+            else (exc.stdout or "")
+        )
         return 124, out + f"\n[run_tck] timed out after {timeout:.0f}s\n"
     return proc.returncode, proc.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the DSP TCK against a connector under test.")
-    ap.add_argument("properties", help="filled-in TCK properties file (see tck.properties.template)")
-    ap.add_argument("--timeout", type=float, default=3600, help="overall timeout in seconds (default 3600)")
+    ap.add_argument(
+        "properties", help="filled-in TCK properties file (see tck.properties.template)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=3600, help="overall timeout in seconds (default 3600)"
+    )
     ap.add_argument("--online", action="store_true", help="skip the offline Maven attempt")
-    ap.add_argument("--quiet", action="store_true", help="do not echo the raw TCK output on failure to start")
+    ap.add_argument(
+        "--quiet", action="store_true", help="do not echo the raw TCK output on failure to start"
+    )
     ap.add_argument("--log", help="also write the raw Maven/TCK output to this file")
-    ap.add_argument("--java-home", help="JAVA_HOME for Maven and the forked TCK JVM (default: environment)")
+    ap.add_argument(
+        "--java-home", help="JAVA_HOME for Maven and the forked TCK JVM (default: environment)"
+    )
     args = ap.parse_args(argv)
 
     props = Path(args.properties).resolve()
@@ -137,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         if not args.quiet:
             sys.stderr.write(output[-6000:])
-        print(f"[run_tck] the TCK produced no test results (maven exit {rc}, {elapsed:.1f}s)", file=sys.stderr)
+        print(
+            f"[run_tck] the TCK produced no test results (maven exit {rc}, {elapsed:.1f}s)",
+            file=sys.stderr,
+        )
         print("0 passed, 0 failed")
         return 2
 
@@ -156,9 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(r.message.split())
             print(f"{r.status:<8} {r.test_id:<10} {r.name} :: {msg}")
     if not summary_seen:
-        print("[run_tck] warning: the TCK run ended before its summary (crash or timeout)", file=sys.stderr)
+        print(
+            "[run_tck] warning: the TCK run ended before its summary (crash or timeout)",
+            file=sys.stderr,
+        )
         failed += 1 if rc != 0 and failed == 0 else 0
-    print(f"[run_tck] {len(results)} tests reported, {skipped} skipped (disabled), {elapsed:.1f}s", file=sys.stderr)
+    print(
+        f"[run_tck] {len(results)} tests reported, {skipped} skipped (disabled), {elapsed:.1f}s",
+        file=sys.stderr,
+    )
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 and summary_seen else 1
 
