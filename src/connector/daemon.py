@@ -89,7 +89,8 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         self.store = await SqliteStore.open(s.database)
-        self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed)
+        self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed,
+                             self._initial_ack)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, clock=time.time)
@@ -132,6 +133,15 @@ class Daemon:
             await self.negotiations.on_delivery_failed(item.process_id, error)
         else:
             await self.transfers.on_delivery_failed(item.process_id, error)
+
+    async def _initial_ack(self, item: OutboxItem, body: bytes) -> None:
+        try:
+            if item.url.endswith("/negotiations/request"):
+                await self.negotiations.on_initial_ack(item.process_id, body)
+            else:
+                await self.transfers.on_initial_ack(item.process_id, body)
+        except ConnectorError as exc:  # a peer's malformed ack: we learn its pid later
+            log.warning("ignoring the peer's answer to %s: %s", item.url, exc.message)
 
     async def _reload_loop(self) -> None:
         while True:

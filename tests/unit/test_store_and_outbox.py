@@ -92,11 +92,12 @@ class FakePeer:
         self.script = script
         self.calls: list[str] = []
 
-    async def send(self, item: OutboxItem) -> None:
+    async def send(self, item: OutboxItem) -> bytes:
         self.calls.append(item.url)
         outcome = self.script.get(item.url, [None]).pop(0) if self.script.get(item.url) else None
         if outcome is not None:
             raise PeerError(f"status {outcome}", peer_status=outcome or None)
+        return b"{}"
 
 
 @pytest.fixture(autouse=True)

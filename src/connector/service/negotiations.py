@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from connector.core import codec
 from connector.core import negotiation as cn
 from connector.core.catalog import same_rules
@@ -33,6 +35,7 @@ from connector.core.errors import (
 from connector.core.messages import (
     ContractAgreementMessage,
     ContractNegotiation,
+    ContractNegotiationTerminationMessage,
     ContractOfferMessage,
     ContractRequestMessage,
     Message,
@@ -55,8 +58,11 @@ def _iso(ts: float) -> str:
 class NegotiationService:
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, clock: Callable[[], float],
-                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}") -> None:
+                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
+                 automatic: bool = True) -> None:
         self._store = store
+        self.automatic = automatic  # False: only the operator (or a test script) acts
+        self.listeners: list[Callable[[Negotiation, bool], None]] = []
         self._catalog = catalog
         self._outbox = outbox
         self.did = did
@@ -85,6 +91,8 @@ class NegotiationService:
                                                    expect_new=new)
         self._outbox.submit(items)
         self.watch.changed(record.id, record)
+        for listener in self.listeners:
+            listener(record, new)
 
     def _lock(self, pid: str) -> asyncio.Lock:
         lock = self._locks.get(pid)
@@ -124,7 +132,7 @@ class NegotiationService:
             consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
             offer=offer.body(with_target=True), counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, created_at=now, updated_at=now)
-        after, out = self._provider_decide(record, claims)
+        after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
         async with self._lock(pid):
             await self._save(after, out, new=True)
         return record
@@ -136,7 +144,7 @@ class NegotiationService:
             _check_pids(record, msg)
             sender = record.role.other
             record = cn.apply(record, sender, msg, self._clock())
-            record, out = self._react(record, msg, claims)
+            record, out = self._react(record, claims) if self.automatic else (record, [])
             await self._save(record, out)
             return record
 
@@ -173,45 +181,69 @@ class NegotiationService:
             return self._terminate(record, "policy-error", exc.message)
         if not decision.allowed:
             return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
-        now = self._clock()
-        agreement = cn.build_agreement(
-            offer.body(), agreement_id=self._new_id(), dataset_id=record.dataset_id,
-            assigner=self.did, assignee=claims.participant_id, timestamp=_iso(now))
-        msg = ContractAgreementMessage(consumer_pid=record.consumer_pid,
-                                       provider_pid=record.provider_pid or "", agreement=agreement)
-        after = cn.apply(record, Role.PROVIDER, msg, now)
-        return after, [self._outgoing(after, msg, f"/negotiations/{record.consumer_pid}/agreement")]
+        msg, path = self._message_for(record, NegotiationEvent.AGREE, offer=offer.body())
+        after = cn.apply(record, Role.PROVIDER, msg, self._clock())
+        return after, [self._outgoing(after, msg, path)]
+
+    def _message_for(self, record: Negotiation, event: NegotiationEvent, *,
+                     reason: str = "", code: str = "terminated-by-operator",
+                     offer: dict[str, Any] | None = None) -> tuple[NegotiationMessage, str]:
+        """The message carrying ``event`` from us on this negotiation, and its path there."""
+        cpid, ppid = record.consumer_pid, record.provider_pid or ""
+        E = NegotiationEvent
+        if event is E.OFFER:
+            return (ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer),
+                    f"/negotiations/{cpid}/offers")
+        if event is E.REQUEST:
+            return (ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
+                                           offer=record.offer), f"/negotiations/{ppid}/request")
+        if event is E.ACCEPT:
+            return cn.event(record, "ACCEPTED"), f"/negotiations/{ppid}/events"
+        if event is E.FINALIZE:
+            return cn.event(record, "FINALIZED"), f"/negotiations/{cpid}/events"
+        if event is E.VERIFY:
+            return cn.verification(record), f"/negotiations/{ppid}/agreement/verification"
+        if event is E.AGREE:
+            agreement = cn.build_agreement(
+                offer or record.offer, agreement_id=self._new_id(), dataset_id=record.dataset_id,
+                assigner=self.did, assignee=record.counterparty_id or "",
+                timestamp=_iso(self._clock()))
+            return (ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
+                                             agreement=agreement),
+                    f"/negotiations/{cpid}/agreement")
+        their = cpid if record.role is Role.PROVIDER else ppid
+        msg = ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
+                                                    code=code, reason=[reason or "terminated"])
+        return msg, f"/negotiations/{their}/termination"
 
     def _terminate(self, record: Negotiation, code: str, reason: str
                    ) -> tuple[Negotiation, list[Outgoing]]:
-        after, msg = cn.terminate(record, record.role, reason, code, self._clock())
-        their_pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
         log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
-        return after, [self._outgoing(after, msg, f"/negotiations/{their_pid}/termination")]
+        msg, path = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
+        after = cn.apply(record, record.role, msg, self._clock())
+        return after, [self._outgoing(after, msg, path)]
 
-    def _react(self, record: Negotiation, msg: NegotiationMessage, claims: Claims
-               ) -> tuple[Negotiation, list[Outgoing]]:
-        state, now = record.state, self._clock()
+    def _react(self, record: Negotiation, claims: Claims) -> tuple[Negotiation, list[Outgoing]]:
+        """The default automatic reaction to the state an inbound message produced."""
+        state = record.state
         if record.role is Role.PROVIDER:
-            if state is NegotiationState.REQUESTED:  # counter-request
-                return self._provider_decide(record, claims)
-            if state is NegotiationState.ACCEPTED:
+            if state in (NegotiationState.REQUESTED, NegotiationState.ACCEPTED):
                 return self._provider_decide(record, claims)
             if state is NegotiationState.VERIFIED:
-                out_msg = cn.event(record, "FINALIZED")
-                after = cn.apply(record, Role.PROVIDER, out_msg, now)
-                return after, [self._outgoing(
-                    after, out_msg, f"/negotiations/{record.consumer_pid}/events")]
+                return self._step(record, NegotiationEvent.FINALIZE)
             return record, []
         if state is NegotiationState.AGREED:
             problem = self._agreement_problem(record)
             if problem:
                 return self._terminate(record, "agreement-mismatch", problem)
-            v = cn.verification(record)
-            after = cn.apply(record, Role.CONSUMER, v, now)
-            return after, [self._outgoing(
-                after, v, f"/negotiations/{record.provider_pid}/agreement/verification")]
+            return self._step(record, NegotiationEvent.VERIFY)
         return record, []
+
+    def _step(self, record: Negotiation, event: NegotiationEvent
+              ) -> tuple[Negotiation, list[Outgoing]]:
+        msg, path = self._message_for(record, event)
+        after = cn.apply(record, record.role, msg, self._clock())
+        return after, [self._outgoing(after, msg, path)]
 
     def _agreement_problem(self, record: Negotiation) -> str | None:
         agreement = record.agreement or {}
@@ -268,25 +300,41 @@ class NegotiationService:
         await self._save(record, [], new=True)
         return record
 
-    async def accept(self, pid: str) -> Negotiation:
-        """Our operator accepts the provider's current offer (consumer, OFFERED)."""
+    async def act(self, pid: str, event: NegotiationEvent, reason: str = "") -> Negotiation:
+        """Our operator (or a test script) sends ``event`` on a negotiation, in either role.
+
+        The same table that judges inbound messages refuses an illegal send (400 to the
+        operator). A consumer that has not yet heard the provider's pid waits for it.
+        """
+        record = await self._mine(pid)
+        if record.provider_pid is None:
+            await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
         async with self._lock(pid):
             record = await self._mine(pid)
-            msg = cn.event(record, "ACCEPTED")
-            after = cn.apply(record, Role.CONSUMER, msg, self._clock())
-            await self._save(after, [self._outgoing(
-                after, msg, f"/negotiations/{record.provider_pid}/events")])
+            if event is NegotiationEvent.TERMINATE:
+                after, out = self._terminate(record, "terminated-by-operator",
+                                             reason or "terminated by operator")
+            else:
+                after, out = self._step(record, event)
+            await self._save(after, out)
             return after
+
+    async def accept(self, pid: str) -> Negotiation:
+        """Our operator accepts the provider's current offer (consumer, OFFERED)."""
+        return await self.act(pid, NegotiationEvent.ACCEPT)
 
     async def terminate(self, pid: str, reason: str) -> Negotiation:
         """Our operator ends a negotiation, in either role."""
+        return await self.act(pid, NegotiationEvent.TERMINATE, reason)
+
+    async def on_initial_ack(self, pid: str, body: bytes) -> None:
+        """The provider's 201 to our initial request: learn its pid (DSP 2025-1 §CN 3.2)."""
+        ack = codec.decode(body, ContractNegotiation, area=Area.NEGOTIATION)
         async with self._lock(pid):
-            record = await self._mine(pid)
-            cn.target_state(record.role, record.state, NegotiationEvent.TERMINATE,
-                            consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)
-            after, out = self._terminate(record, "terminated-by-operator", reason)
-            await self._save(after, out)
-            return after
+            record = await self._store.get_negotiation(pid)
+            if record is not None and record.provider_pid is None and ack.provider_pid:
+                await self._save(msgspec.structs.replace(record, provider_pid=ack.provider_pid),
+                                 [])
 
     async def _mine(self, pid: str) -> Negotiation:
         record = await self._store.get_negotiation(pid)

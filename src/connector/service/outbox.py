@@ -19,7 +19,10 @@ from connector.service.store import OutboxItem, Store
 
 log = logging.getLogger("connector.outbox")
 
-Send = Callable[[OutboxItem], Awaitable[None]]
+Send = Callable[[OutboxItem], Awaitable[bytes]]
+OnAck = Callable[[OutboxItem, bytes], Awaitable[None]]
+# DSP 2025-1 §CN 3.2 / §TP 3.2: the answer to a process-creating request carries the peer's pid.
+_INITIAL_PATHS = ("/negotiations/request", "/transfers/request")
 # Back-off: 0.25 s doubling to 30 s; after 12 attempts (about 3 minutes) the message is dropped.
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 30.0
@@ -30,10 +33,12 @@ FLUSH_INTERVAL_S = 0.05
 
 class Outbox:
     def __init__(self, store: Store, send: Send,
-                 on_failure: Callable[[OutboxItem, str], Awaitable[None]] | None = None) -> None:
+                 on_failure: Callable[[OutboxItem, str], Awaitable[None]] | None = None,
+                 on_ack: OnAck | None = None) -> None:
         self._store = store
         self._send = send
         self._on_failure = on_failure
+        self._on_ack = on_ack
         self._queues: dict[str, deque[OutboxItem]] = {}
         self._done: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -70,8 +75,10 @@ class Outbox:
         attempts = item.attempts
         while not self._closed:
             try:
-                await self._send(item)
+                body = await self._send(item)
                 self._done.append(item.seq)
+                if self._on_ack is not None and item.url.endswith(_INITIAL_PATHS):
+                    await self._on_ack(item, body)
                 return
             except PeerError as exc:
                 attempts += 1

@@ -31,7 +31,12 @@ from connector.core.errors import (
     TransferDenied,
     UnknownProcess,
 )
-from connector.core.messages import Message, TransferMessage, TransferRequestMessage
+from connector.core.messages import (
+    Message,
+    TransferMessage,
+    TransferProcess,
+    TransferRequestMessage,
+)
 from connector.core.negotiation import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
@@ -50,8 +55,11 @@ class TransferService:
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
-                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}") -> None:
+                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
+                 automatic: bool = True) -> None:
         self._store = store
+        self.automatic = automatic  # False: the provider does not start on its own
+        self.listeners: list[Callable[[Transfer, bool], None]] = []
         self._catalog = catalog
         self._outbox = outbox
         self.did = did
@@ -79,6 +87,8 @@ class TransferService:
         items = await self._store.save_transfer(record, outbox=out, expect_new=new)
         self._outbox.submit(items)
         self.watch.changed(record.id, record)
+        for listener in self.listeners:
+            listener(record, new)
 
     def _their_path(self, record: Transfer, event: TransferEvent) -> str:
         pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
@@ -127,7 +137,7 @@ class TransferService:
             format=msg.format, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
             created_at=now, updated_at=now)
-        started, out = self._start(record)
+        started, out = self._start(record) if self.automatic else (record, [])
         async with self._lock(pid):
             await self._save(started, out, new=True)
         return record
@@ -148,13 +158,9 @@ class TransferService:
         async with self._lock(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
+            # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
             after = tp.apply(record, record.role.other, msg, self._clock())
-            out: list[Outgoing] = []
-            if (record.role is Role.PROVIDER and after.state is TransferState.STARTED
-                    and record.state is TransferState.SUSPENDED):
-                after = _replace(after, token_hash=None)  # resumed by the consumer: new token
-                after, out = self._start(_replace(record, state=TransferState.REQUESTED))
-            await self._save(after, out)
+            await self._save(after, [])
             return after
 
     # -- provider data plane -------------------------------------------------------------------
@@ -193,32 +199,58 @@ class TransferService:
 
     # -- management: consumer side ------------------------------------------------------------
 
-    async def start(self, agreement_id: str) -> Transfer:
+    async def start(self, agreement_id: str, *, provider_base: str | None = None,
+                    provider_id: str | None = None, format: str = DEFAULT_FORMAT) -> Transfer:
+        """Open a transfer as consumer under one of our agreements; queue the request.
+
+        The provider is the agreement's counterparty unless given (a test harness that holds
+        agreements it did not negotiate gives it).
+        """
         agreement = await self._store.get_agreement(agreement_id)
         if agreement is None or agreement.role != Role.CONSUMER.value:
             raise NotFound(f"no agreement {agreement_id!r} as consumer")
-        negotiation = await self._store.get_negotiation(agreement.negotiation_id)
-        if negotiation is None:
-            raise NotFound(f"negotiation of agreement {agreement_id!r} is missing")
+        if provider_base is None or provider_id is None:
+            negotiation = await self._store.get_negotiation(agreement.negotiation_id)
+            if negotiation is None:
+                raise NotFound(f"negotiation of agreement {agreement_id!r} is missing")
+            provider_base = negotiation.counterparty_address
+            provider_id = negotiation.counterparty_id
         now, pid = self._clock(), self._new_id()
         record = Transfer(
             id=pid, role=Role.CONSUMER, state=TransferState.REQUESTED, consumer_pid=pid,
-            provider_pid=None, agreement_id=agreement_id, format=DEFAULT_FORMAT,
-            counterparty_address=negotiation.counterparty_address,
-            counterparty_id=negotiation.counterparty_id, dataset_id=agreement.dataset_id,
-            created_at=now, updated_at=now)
+            provider_pid=None, agreement_id=agreement_id, format=format,
+            counterparty_address=provider_base, counterparty_id=provider_id,
+            dataset_id=agreement.dataset_id, created_at=now, updated_at=now)
         msg = tp.request_message(record, self.dsp_base)
         await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
         return record
 
+    async def on_initial_ack(self, pid: str, body: bytes) -> None:
+        """The provider's 201 to our request: learn its pid (DSP 2025-1 §TP 3.2)."""
+        ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
+        async with self._lock(pid):
+            record = await self._store.get_transfer(pid)
+            if record is not None and record.provider_pid is None and ack.provider_pid:
+                await self._save(_replace(record, provider_pid=ack.provider_pid), [])
+
     async def act(self, pid: str, event: TransferEvent, reason: str | None = None) -> Transfer:
-        """Our operator (or our pull loop) completes, suspends, resumes or terminates."""
+        """Our operator (or pull loop, or a test script) starts, completes, suspends, resumes
+        or terminates. A provider's Start carries a fresh data token."""
+        record = await self.mine(pid)
+        if record.provider_pid is None:
+            await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
         async with self._lock(pid):
             record = await self.mine(pid)
-            code = "terminated-by-operator" if event is TransferEvent.TERMINATE else None
-            msg = tp.message_for(record, event, reason=reason, code=code)
-            after = tp.apply(record, record.role, msg, self._clock())
-            await self._save(after, [self._outgoing(after, msg, self._their_path(record, event))])
+            if event is TransferEvent.START and record.role is Role.PROVIDER:
+                tp.target_state(Role.PROVIDER, record.state, event,
+                                consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)
+                after, out = self._start(record)
+            else:
+                code = "terminated-by-operator" if event is TransferEvent.TERMINATE else None
+                msg = tp.message_for(record, event, reason=reason, code=code)
+                after = tp.apply(record, record.role, msg, self._clock())
+                out = [self._outgoing(after, msg, self._their_path(record, event))]
+            await self._save(after, out)
             return after
 
     async def mine(self, pid: str) -> Transfer:

@@ -76,12 +76,13 @@ class PeerClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
-    async def deliver(self, item: OutboxItem) -> None:
+    async def deliver(self, item: OutboxItem) -> bytes:
         """Send one outbox item; any non-2xx becomes a PeerError carrying the status."""
         status, body = await self.post(item.url, item.audience, item.body)
         if status >= 300:
             raise PeerError(f"POST {item.url} answered {status}: {_snippet(body)}",
                             peer_status=status)
+        return body
 
     async def send_initial(self, url: str, audience: str, body: bytes) -> bytes:
         """POST a process-creating message; anything but 201 is a PeerError."""
