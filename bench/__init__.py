@@ -1,0 +1,137 @@
+"""``make bench``: performance benchmarks of the connector on loopback.
+
+Each benchmark prints one JSON object per line on stdout (see ``bench/README.md``);
+progress goes to stderr. Shared here: the output format and a bounded load loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*parts: Any) -> None:
+    """Progress for a human: stderr only, so stdout stays one JSON object per line."""
+    print("[bench]", *parts, file=sys.stderr, flush=True)
+
+
+def emit(name: str, value: float, unit: str, limit: float | None = None) -> None:
+    line: dict[str, Any] = {"name": name, "value": _round(value), "unit": unit}
+    if limit is not None and limit > 0:
+        line["limit"] = _round(limit)
+        line["ratio"] = round(value / limit, 4)
+    print(json.dumps(line), flush=True)
+
+
+def _round(value: float) -> float:
+    if isinstance(value, int):
+        return value
+    return round(value, 3) if abs(value) < 100 else round(value, 1)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+@dataclass
+class LoadResult:
+    completed: int = 0
+    errors: int = 0
+    elapsed_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    first_error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(sorted(self.latencies_ms), q)
+
+
+async def load(call: Callable[[], Awaitable[bool]], *, concurrency: int, duration_s: float,
+               max_count: int) -> LoadResult:
+    """Keep ``concurrency`` calls in flight until ``duration_s`` or ``max_count`` calls.
+
+    ``call`` returns True on success; an exception or False counts as an error. No call is
+    started after the deadline; the ones in flight are awaited and their time counted, so
+    the rate is completed calls over the wall time from first start to last completion.
+    """
+    result = LoadResult()
+    started = 0
+    t_start = time.perf_counter()
+    deadline = t_start + duration_s
+
+    async def worker() -> None:
+        nonlocal started
+        while started < max_count and time.perf_counter() < deadline:
+            started += 1
+            t0 = time.perf_counter()
+            try:
+                ok = await call()
+            except Exception as exc:  # every failure is counted, none lost
+                ok = False
+                if result.first_error is None:
+                    result.first_error = f"{type(exc).__name__}: {exc}"
+            result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            result.completed += 1
+            if not ok:
+                result.errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - t_start
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by some processes over an interval, and by everything else on the host.
+
+    ``foreign_cores`` is the host's busy CPU minus the watched processes', divided by the
+    wall time: other work on the box (tests, builds) that competed with the benchmark.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.cpu_s: dict[str, float] = {}
+        self.foreign_cores = 0.0
+        self._t0 = 0.0
+        self._host0 = 0.0
+        self._cpu0: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._t0 = time.perf_counter()
+        self._host0 = host_busy_seconds()
+        self._cpu0 = {n: cpu_seconds(pid) for n, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu_s = {n: cpu_seconds(pid) - self._cpu0[n] for n, pid in self.pids.items()}
+        wall = time.perf_counter() - self._t0
+        host = host_busy_seconds() - self._host0
+        self.foreign_cores = max(0.0, host - sum(self.cpu_s.values())) / wall if wall else 0.0

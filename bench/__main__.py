@@ -1,0 +1,46 @@
+"""``python -m bench [NAME ...] [--quick]``: run the benchmarks, one JSON object per line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bench import log
+
+
+def _negotiation(quick: bool) -> None:
+    from bench import negotiation
+
+    negotiation.run(quick=quick)
+
+
+BENCHMARKS: dict[str, Callable[[bool], None]] = {
+    "negotiation": _negotiation,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (a smoke test, not a measurement)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(BENCHMARKS)}")
+    failed = 0
+    for name in args.names or list(BENCHMARKS):
+        log(f"== {name}{' (quick)' if args.quick else ''}")
+        try:
+            BENCHMARKS[name](args.quick)
+        except Exception as exc:  # report, run the others, exit non-zero
+            log(f"{name} FAILED: {type(exc).__name__}: {exc}")
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
