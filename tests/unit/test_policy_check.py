@@ -76,7 +76,7 @@ def test_constraint_problems_are_located_on_their_line() -> None:
                "operator": "foo",
                "rightOperand": 1},
               {"leftOperand": "dateTime", "operator": "lt",
-               "rightOperand": "2025-01-01"},
+               "rightOperand": "2025-01-41"},
               {"leftOperand": "count", "operator": "lteq", "rightOperand": "ten"},
               {"leftOperand": "elapsedTime", "operator": "lteq", "rightOperand": "30d"},
               {"leftOperand": "purpose", "operator": "isNoneOf", "rightOperand": "ads"},
@@ -91,7 +91,8 @@ def test_constraint_problems_are_located_on_their_line() -> None:
         "denies (enforced: count, dateTime, delayPeriod, elapsedTime, membership, participantId, "
         "purpose, spatial)",
         "p.json:8: permission[0].constraint[2]: unknown operator 'foo'",
-        "p.json:11: permission[0].constraint[3]: dateTime needs an xsd:dateTime, got '2025-01-01'",
+        "p.json:11: permission[0].constraint[3]: dateTime needs an xsd:dateTime or xsd:date, got "
+        "'2025-01-41'",
         "p.json:12: permission[0].constraint[4]: count needs a non-negative integer, got 'ten'",
         "p.json:13: permission[0].constraint[5]: elapsedTime needs an xsd:duration (e.g. P30D), "
         "got '30d'",

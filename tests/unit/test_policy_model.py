@@ -112,7 +112,7 @@ def test_typed_right_operands_are_converted_at_parse_time() -> None:
 
 
 @pytest.mark.parametrize(("left", "right"), [
-    ("dateTime", "2025-01-01"), ("dateTime", "tomorrow"), ("dateTime", 5),
+    ("dateTime", "2025-13-01"), ("dateTime", "tomorrow"), ("dateTime", 5),
     ("count", -1), ("count", 1.5), ("count", "many"),
     ("elapsedTime", "30 days"), ("delayPeriod", "P"), ("elapsedTime", 30),
 ])

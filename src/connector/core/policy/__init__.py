@@ -8,7 +8,10 @@
 from connector.core.policy.evaluate import (
     ConstraintResult,
     Decision,
+    DutyState,
+    EvaluationRequest,
     PolicyContext,
+    RuleReport,
     Scope,
     enforced_operands,
     evaluate,
@@ -18,8 +21,11 @@ from connector.core.policy.model import Policy, parse_policy
 __all__ = [
     "ConstraintResult",
     "Decision",
+    "DutyState",
+    "EvaluationRequest",
     "Policy",
     "PolicyContext",
+    "RuleReport",
     "Scope",
     "enforced_operands",
     "evaluate",

@@ -83,7 +83,7 @@ def _check_rule(obj: Any, steps: Steps, kind: str) -> Iterator[Finding]:
         yield steps, None, "a rule must be a JSON object"
         return
     try:
-        parse_action(obj, steps)
+        parse_action(obj, steps, allow_refinement=kind == "duty")
     except PolicySyntaxError as exc:
         yield exc.steps, exc.key, exc.detail
     parsed: list[tuple[Constraint, Steps]] = []

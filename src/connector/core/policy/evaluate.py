@@ -33,15 +33,34 @@ Rules, following EDC (identity-policy note §2.4; ``edc-policy-engine-semantics/
 Every rule is evaluated whatever its action: the connector decides one use of one dataset,
 and DSP policies name ``use``. (EDC drops rules whose action is not bound to the scope.)
 
+Strict ODRL (``evaluate(..., strict_odrl=True)``), the reading of the W3C ODRL CG formal
+semantics and the SolidLab test suite (``tests/conformance/odrl/README.md``):
+
+* A rule applies only to a matching request (``ctx.request``, if given): its action is the
+  requested one or includes it (ODRL 2.2 vocabulary ``includedIn``: ``read`` is a ``use``),
+  its target and assignee (the rule's, else the policy's) are the requested ones or
+  collections they are part of.
+* A permission is *active* when it applies, all its constraints hold and every duty in force
+  (all the duty's constraints hold or cannot be judged) is fulfilled or still pending in
+  ``ctx.duty_states``; a duty the state does not mention is unperformed (the "close"
+  behaviour). Permissions are alternatives: one active permission suffices.
+* A prohibition is active when it applies and ALL its constraints hold.
+* Allowed: some permission active, no prohibition active, obligations as above. No
+  permission at all denies (close world). ERROR still never passes: it keeps a permission
+  inactive and makes a prohibition active.
+
+``Decision.rules`` reports each rule's activation in both modes (like a compliance report).
+
 Size: the operator table and its documented meanings live next to the left-operand handlers
-that use them, so the module runs a little over 400 lines.
+that use them, so the module runs a little over 400 lines; the strict-ODRL rule matching is
+in ``strict``.
 """
 
 from __future__ import annotations
 
 import operator as op
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any
@@ -70,9 +89,36 @@ class Scope(StrEnum):
     TRANSFER = "transfer"
 
 
+class DutyState(StrEnum):
+    """What the state of the world says about one duty (strict ODRL only)."""
+
+    FULFILLED = "fulfilled"
+    PENDING = "pending"  # in force, not yet due: it may still be performed
+    VIOLATED = "violated"
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRequest:
+    """Who asks to do what to which asset (W3C ODRL formal semantics: evaluation request).
+
+    ``party_part_of`` and ``target_part_of`` are the party and asset collections the state of
+    the world places them in. ``None`` fields match any rule.
+    """
+
+    action: str | None = None
+    target: str | None = None
+    party: str | None = None
+    party_part_of: frozenset[str] = frozenset()
+    target_part_of: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyContext:
-    """Everything a decision may depend on; time comes from the caller."""
+    """Everything a decision may depend on; time comes from the caller.
+
+    ``request`` and ``duty_states`` (keyed by duty ``@id``, then by duty action) are read by
+    the strict-ODRL mode only.
+    """
 
     scope: Scope
     now: datetime  # timezone-aware UTC
@@ -80,6 +126,8 @@ class PolicyContext:
     claims: Mapping[str, Any]  # verified attributes: membership, purpose, country, ...
     agreement_time: datetime | None = None  # when the agreement was made (TRANSFER scope)
     use_count: int | None = None  # uses so far, INCLUDING the one being decided (TRANSFER)
+    request: EvaluationRequest | None = None
+    duty_states: Mapping[str, DutyState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("now", "agreement_time"):
@@ -128,16 +176,35 @@ class ConstraintResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleReport:
+    """One rule's activation: a permission that holds, a prohibition that is triggered.
+
+    ``note`` says why a rule does not apply to the request (strict ODRL), else is empty.
+    """
+
+    path: str
+    id: str | None
+    active: bool
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict and the trace of every evaluated constraint, in document order."""
+    """The verdict, the trace of every evaluated constraint in document order, and each
+    rule's activation."""
 
     allowed: bool
     trace: tuple[ConstraintResult, ...]
+    rules: tuple[RuleReport, ...] = ()
 
     @property
     def reasons(self) -> list[str]:
-        """One human line per constraint that made the decision deny."""
-        return [result.reason for result in self.trace if result.blocking]
+        """One human line per constraint (or unmatched rule) that made the decision deny."""
+        lines = [result.reason for result in self.trace if result.blocking]
+        if not self.allowed and not lines:
+            lines = [f"{r.path}: {r.note}" for r in self.rules if r.note]
+            lines = lines or ["no permission applies (strict ODRL: what is not permitted is not)"]
+        return lines
 
 
 def enforced_operands() -> frozenset[str]:
@@ -148,29 +215,43 @@ def enforced_operands() -> frozenset[str]:
 # --- decision ---------------------------------------------------------------------------------
 
 
-def evaluate(policy: Policy, ctx: PolicyContext) -> Decision:
-    """Decide ``policy`` in ``ctx``: permissions, then prohibitions, then obligations."""
+def evaluate(policy: Policy, ctx: PolicyContext, *, strict_odrl: bool = False) -> Decision:
+    """Decide ``policy`` in ``ctx``: permissions, then prohibitions, then obligations.
+
+    ``strict_odrl`` selects the ODRL formal-semantics reading (module docstring) instead of
+    EDC's; the connector's wire-facing decisions use the default.
+    """
+    if strict_odrl:
+        # Imported here: strict builds on this module's helpers.
+        from connector.core.policy.strict import evaluate_strict
+        return evaluate_strict(policy, ctx)
     trace: list[ConstraintResult] = []
+    reports: list[RuleReport] = []
     allowed = True
     for i, rule in enumerate(policy.permissions):
-        allowed &= _permission(rule, f"permission[{i}]", ctx, trace)
+        holds = permission_holds(rule, f"permission[{i}]", ctx, trace)
+        reports.append(RuleReport(f"permission[{i}]", rule.id, holds))
+        allowed &= holds
     for i, rule in enumerate(policy.prohibitions):
-        allowed &= _prohibition(rule, f"prohibition[{i}]", ctx, trace)
+        not_triggered = _prohibition(rule, f"prohibition[{i}]", ctx, trace)
+        reports.append(RuleReport(f"prohibition[{i}]", rule.id, not not_triggered))
+        allowed &= not_triggered
     for i, rule in enumerate(policy.obligations):
-        allowed &= _must_hold(rule.constraints, f"obligation[{i}]", ctx, trace)
-    return Decision(allowed, tuple(trace))
+        allowed &= must_hold(rule.constraints, f"obligation[{i}]", ctx, trace)
+    return Decision(allowed, tuple(trace), tuple(reports))
 
 
-def _permission(rule: Rule, path: str, ctx: PolicyContext, trace: list[ConstraintResult]) -> bool:
-    # EDC PolicyEvaluator.visitPermission: duties first, then the permission's own constraints.
+def permission_holds(rule: Rule, path: str, ctx: PolicyContext,
+                     trace: list[ConstraintResult]) -> bool:
+    """EDC PolicyEvaluator.visitPermission: duties' constraints first, then the rule's own."""
     holds = True
     for j, duty in enumerate(rule.duties):
-        holds &= _must_hold(duty.constraints, f"{path}.duty[{j}]", ctx, trace)
-    return _must_hold(rule.constraints, path, ctx, trace) and holds
+        holds &= must_hold(duty.constraints, f"{path}.duty[{j}]", ctx, trace)
+    return must_hold(rule.constraints, path, ctx, trace) and holds
 
 
-def _must_hold(constraints: tuple[Constraint, ...], path: str, ctx: PolicyContext,
-               trace: list[ConstraintResult]) -> bool:
+def must_hold(constraints: tuple[Constraint, ...], path: str, ctx: PolicyContext,
+              trace: list[ConstraintResult]) -> bool:
     """Permission, duty, obligation: every constraint must hold (or be deferred)."""
     holds = True
     for i, constraint in enumerate(constraints):
@@ -179,6 +260,34 @@ def _must_hold(constraints: tuple[Constraint, ...], path: str, ctx: PolicyContex
         holds &= not failed
         _emit(node, set(map(id, _culprits(node, Outcome.FAILS))) if failed else set(), trace)
     return holds
+
+
+def all_hold(constraints: tuple[Constraint, ...], path: str, ctx: PolicyContext,
+             trace: list[ConstraintResult]) -> bool:
+    """Strict-ODRL prohibition: triggered when ALL constraints hold (an ERROR counts as
+    holding: a term we cannot judge never lifts a prohibition). Blocking marks go to the
+    constraints that hold when triggered."""
+    nodes = [_evaluate(c, f"{path}.constraint[{i}]", ctx) for i, c in enumerate(constraints)]
+    triggered = all(n.outcome in (Outcome.HOLDS, Outcome.ERROR) for n in nodes)
+    for node in nodes:
+        culprits = set(map(id, _culprits(node, Outcome.HOLDS))) if triggered else set()
+        _emit(node, culprits, trace)
+    return triggered
+
+
+def in_force(constraints: tuple[Constraint, ...], path: str, ctx: PolicyContext,
+             trace: list[ConstraintResult]) -> bool:
+    """Strict-ODRL duty: in force unless some constraint FAILS (one we cannot judge leaves
+    it in force: demanding more never widens a permission). Traced without blocking marks."""
+    nodes = [_evaluate(c, f"{path}.constraint[{i}]", ctx) for i, c in enumerate(constraints)]
+    for node in nodes:
+        _emit(node, set(), trace)
+    return all(node.outcome is not Outcome.FAILS for node in nodes)
+
+
+def unblock(results: list[ConstraintResult]) -> list[ConstraintResult]:
+    """The same results with no blocking marks (a permission that lost to an alternative)."""
+    return [replace(r, blocking=False) if r.blocking else r for r in results]
 
 
 def _prohibition(rule: Rule, path: str, ctx: PolicyContext,

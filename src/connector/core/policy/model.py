@@ -150,21 +150,33 @@ Constraint: TypeAlias = AtomicConstraint | LogicalConstraint
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A permission, prohibition, obligation or duty. Duties belong to permissions only."""
+    """A permission, prohibition, obligation or duty. Duties belong to permissions only.
+
+    ``target`` and ``assignee`` are the rule's own (ODRL 2.2 §2.2); only the strict-ODRL mode
+    matches them against an evaluation request. ``refinements`` are read on duties only: they
+    say what performing the duty means, which the state of the world reports (see evaluate).
+    ``id`` names the rule for such reports and for traces; it takes no part in equality.
+    """
 
     action: str
     constraints: tuple[Constraint, ...] = ()
     duties: tuple[Rule, ...] = ()
+    target: str | None = None
+    assignee: str | None = None
+    refinements: tuple[Constraint, ...] = ()
+    id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """An ODRL policy: its id and its rules, in document order."""
+    """An ODRL policy: its id, policy-level target and assignee, and its rules in order."""
 
     id: str | None = None
     permissions: tuple[Rule, ...] = ()
     prohibitions: tuple[Rule, ...] = ()
     obligations: tuple[Rule, ...] = ()
+    target: str | None = None
+    assignee: str | None = None
 
 
 Step: TypeAlias = str | int
@@ -322,10 +334,18 @@ def _add_months(start: datetime, months: int) -> datetime:
 
 
 def _typed_date_time(item: Scalar) -> Atom | Invalid:
-    parsed = parse_xsd_datetime(item) if isinstance(item, str) else None
+    parsed = None
+    if isinstance(item, str):
+        parsed = parse_xsd_datetime(item) or parse_xsd_datetime(_start_of_day(item))
     if parsed is None:
-        return Invalid(f"dateTime needs an xsd:dateTime, got {item!r}")
+        return Invalid(f"dateTime needs an xsd:dateTime or xsd:date, got {item!r}")
     return parsed
+
+
+def _start_of_day(text: str) -> str:
+    """An xsd:date (``2018-01-01``, ``2018-01-01+02:00``) as the dateTime its day begins."""
+    m = re.fullmatch(r"(-?\d{4,}-\d\d-\d\d)(Z|[+-]\d\d:\d\d)?", text)
+    return f"{m.group(1)}T00:00:00{m.group(2) or ''}" if m else ""
 
 
 def _typed_duration(left: str, item: Scalar) -> Atom | Invalid:
@@ -380,13 +400,38 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
     """
     if not isinstance(doc, Mapping):
         raise PolicySyntaxError((), "a policy must be a JSON object")
-    policy_id = doc.get("@id")
     return Policy(
-        id=policy_id if isinstance(policy_id, str) else None,
+        id=_id(doc),
         permissions=parse_rules(doc, "permission"),
         prohibitions=parse_rules(doc, "prohibition"),
         obligations=parse_rules(doc, "obligation"),
+        target=parse_party_or_asset(doc, "target", ()),
+        assignee=parse_party_or_asset(doc, "assignee", ()),
     )
+
+
+def _id(obj: Mapping[str, Any]) -> str | None:
+    """``@id``, else ODRL's ``uid`` (the W3C examples name policies by ``uid``)."""
+    value = obj.get("@id")
+    if value is None:
+        value = _term(get_key(obj, "uid"))
+    return value if isinstance(value, str) else None
+
+
+def parse_party_or_asset(obj: Mapping[str, Any], key: str, steps: tuple[Step, ...]) -> str | None:
+    """A rule's or policy's ``target``/``assignee``: one IRI (string, ``@id`` or ``uid``)."""
+    items = as_list(get_key(obj, key))
+    if not items:
+        return None
+    if len(items) > 1:
+        raise PolicySyntaxError(steps, f"{key} must name one {key}, got {len(items)}", key)
+    item = items[0]
+    if isinstance(item, Mapping) and "@id" not in item:
+        item = get_key(item, "uid")
+    value = _term(item)
+    if value is None:
+        raise PolicySyntaxError(steps, f"{key} must be an IRI, got {items[0]!r}", key)
+    return value
 
 
 def parse_rules(doc: Mapping[str, Any], kind: str) -> tuple[Rule, ...]:
@@ -403,21 +448,43 @@ def parse_rule(obj: Any, steps: tuple[Step, ...], with_duties: bool = False) -> 
     if with_duties:
         duties = tuple(parse_rule(d, (*steps, "duty", j))
                        for j, d in enumerate(as_list(get_key(obj, "duty"))))
-    return Rule(parse_action(obj, steps), parse_constraints(obj, steps), duties)
+    is_duty = "duty" in steps[-2:]
+    refinements = parse_refinements(obj, steps) if is_duty else ()
+    return Rule(parse_action(obj, steps, allow_refinement=is_duty), parse_constraints(obj, steps),
+                duties, parse_party_or_asset(obj, "target", steps),
+                parse_party_or_asset(obj, "assignee", steps), refinements, _id(obj))
 
 
-def parse_action(obj: Mapping[str, Any], steps: tuple[Step, ...]) -> str:
-    """The rule's action, compact (DSP 2025-1 schema: ``action`` is a string)."""
-    raw = get_key(obj, "action")
+def _action_object(raw: Any) -> Any:
+    """A one-element action list (JSON-LD compaction may keep the array) as its element."""
+    return raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
+
+
+def parse_action(obj: Mapping[str, Any], steps: tuple[Step, ...],
+                 allow_refinement: bool = False) -> str:
+    """The rule's action, compact (DSP 2025-1 schema: ``action`` is a string).
+
+    Refinements are refused unless ``allow_refinement`` (duties): on a permission, ignoring
+    one would widen it (ODRL 2.2 §2.7.1), so such a policy does not parse.
+    """
+    raw = _action_object(get_key(obj, "action"))
     if raw is None:
         raise PolicySyntaxError(steps, "rule has no action")
-    if isinstance(raw, Mapping) and "refinement" in raw:
-        # Ignoring a refinement would widen the permission; refuse instead (ODRL 2.2 §2.7.1).
+    if isinstance(raw, Mapping) and get_key(raw, "refinement") is not None and not allow_refinement:
         raise PolicySyntaxError(steps, "action refinements are not supported", "action")
     action = _term(raw.get("rdf:value", raw) if isinstance(raw, Mapping) else raw)
     if action is None:
         raise PolicySyntaxError(steps, f"action must be a string, got {raw!r}", "action")
     return action
+
+
+def parse_refinements(obj: Mapping[str, Any], steps: tuple[Step, ...]) -> tuple[Constraint, ...]:
+    """A duty's action refinements (ODRL 2.2 §2.7.1), parsed like constraints."""
+    raw = _action_object(get_key(obj, "action"))
+    if not isinstance(raw, Mapping):
+        return ()
+    return tuple(parse_constraint(c, (*steps, "action", "refinement", i))
+                 for i, c in enumerate(as_list(get_key(raw, "refinement"))))
 
 
 def parse_constraints(obj: Mapping[str, Any], steps: tuple[Step, ...]) -> tuple[Constraint, ...]:
