@@ -12,7 +12,6 @@ Automatic reactions (the connector's default behaviour, DSP 2025-1 §CN 1.2):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from connector.core.messages import (
 from connector.core.negotiation import Negotiation, NegotiationEvent, NegotiationState, Role
 from connector.core.policy import Scope
 from connector.service.catalog import Catalog, Claims
+from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
 from connector.service.store import Agreement, Outgoing, Store
 from connector.service.watch import Watch
@@ -70,7 +70,7 @@ class NegotiationService:
         self._clock = clock
         self._new_id = new_id
         self.watch: Watch[Negotiation] = Watch()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
 
     # -- persistence with effects ------------------------------------------------------------
 
@@ -93,12 +93,6 @@ class NegotiationService:
         self.watch.changed(record.id, record)
         for listener in self.listeners:
             listener(record, new)
-
-    def _lock(self, pid: str) -> asyncio.Lock:
-        lock = self._locks.get(pid)
-        if lock is None:
-            lock = self._locks[pid] = asyncio.Lock()
-        return lock
 
     async def _owned(self, pid: str, claims: Claims) -> Negotiation:
         """Our record for ``pid`` if the caller is its counterparty; 404 otherwise."""
@@ -133,13 +127,13 @@ class NegotiationService:
             offer=offer.body(with_target=True), counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, created_at=now, updated_at=now)
         after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             await self._save(after, out, new=True)
         return record
 
     async def on_message(self, pid: str, msg: NegotiationMessage, claims: Claims) -> Negotiation:
         """Any message on an existing negotiation, for either role. Returns the new record."""
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
             sender = record.role.other
@@ -309,7 +303,7 @@ class NegotiationService:
         record = await self._mine(pid)
         if record.provider_pid is None:
             await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self._mine(pid)
             if event is NegotiationEvent.TERMINATE:
                 after, out = self._terminate(record, "terminated-by-operator",
@@ -330,7 +324,7 @@ class NegotiationService:
     async def on_initial_ack(self, pid: str, body: bytes) -> None:
         """The provider's 201 to our initial request: learn its pid (DSP 2025-1 §CN 3.2)."""
         ack = codec.decode(body, ContractNegotiation, area=Area.NEGOTIATION)
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self._store.get_negotiation(pid)
             if record is not None and record.provider_pid is None and ack.provider_pid:
                 await self._save(msgspec.structs.replace(record, provider_pid=ack.provider_pid),
@@ -350,7 +344,7 @@ class NegotiationService:
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
         """A message could not be delivered (4xx or retries exhausted): end our side."""
-        async with self._lock(process_id):
+        async with self._locks.hold(process_id):
             record = await self._store.get_negotiation(process_id)
             if record is None or record.state.terminal:
                 return

@@ -12,7 +12,6 @@ TransferCompletionMessage ends it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -40,6 +39,7 @@ from connector.core.messages import (
 from connector.core.negotiation import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
+from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
 from connector.service.store import Agreement, Outgoing, Store
 from connector.service.watch import Watch
@@ -69,14 +69,8 @@ class TransferService:
         self._clock = clock
         self._new_id = new_id
         self.watch: Watch[Transfer] = Watch()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._claims_for = claims_for
-
-    def _lock(self, pid: str) -> asyncio.Lock:
-        lock = self._locks.get(pid)
-        if lock is None:
-            lock = self._locks[pid] = asyncio.Lock()
-        return lock
 
     def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
         base = record.counterparty_address.rstrip("/")
@@ -138,7 +132,7 @@ class TransferService:
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
             created_at=now, updated_at=now)
         started, out = self._start(record) if self.automatic else (record, [])
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             await self._save(started, out, new=True)
         return record
 
@@ -155,7 +149,7 @@ class TransferService:
                                                                         TransferEvent.START))]
 
     async def on_message(self, pid: str, msg: TransferMessage, claims: Claims) -> Transfer:
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
@@ -228,7 +222,7 @@ class TransferService:
     async def on_initial_ack(self, pid: str, body: bytes) -> None:
         """The provider's 201 to our request: learn its pid (DSP 2025-1 §TP 3.2)."""
         ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self._store.get_transfer(pid)
             if record is not None and record.provider_pid is None and ack.provider_pid:
                 await self._save(_replace(record, provider_pid=ack.provider_pid), [])
@@ -239,7 +233,7 @@ class TransferService:
         record = await self.mine(pid)
         if record.provider_pid is None:
             await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
-        async with self._lock(pid):
+        async with self._locks.hold(pid):
             record = await self.mine(pid)
             if event is TransferEvent.START and record.role is Role.PROVIDER:
                 tp.target_state(Role.PROVIDER, record.state, event,
@@ -266,7 +260,7 @@ class TransferService:
         return await self.mine(pid)
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
-        async with self._lock(process_id):
+        async with self._locks.hold(process_id):
             record = await self._store.get_transfer(process_id)
             if record is None or record.state.terminal:
                 return

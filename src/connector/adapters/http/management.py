@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ log = logging.getLogger("connector.management")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Long polls end after this many seconds at most, whatever the client asks.
 MAX_WAIT_S = 120.0
+# A negotiation reuses a provider's catalogue fetched this recently (the provider re-checks
+# its policy on the request anyway); `connector catalog` always fetches afresh.
+CATALOG_REUSE_S = 30.0
 
 
 def _out(value: Any, status: int = 200) -> web.Response:
@@ -56,6 +60,7 @@ class ManagementApi:
         self._transfers = transfers
         self._client = client
         self._peers = peers
+        self._catalogs: dict[str, tuple[float, dict[str, Any]]] = {}
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -73,15 +78,24 @@ class ManagementApi:
                 return root + DSP_PATH, peer.did
         raise NotFound(f"no pinned peer with URL {root!r}: add it with `connector trust add`")
 
+    async def _fetch_catalog(self, base: str, did: str, *, reuse: bool) -> dict[str, Any]:
+        now = time.monotonic()
+        cached = self._catalogs.get(base)
+        if reuse and cached is not None and now - cached[0] < CATALOG_REUSE_S:
+            return cached[1]
+        doc = await self._client.catalog(base, did)
+        self._catalogs[base] = (now, doc)
+        return doc
+
     async def catalog(self, request: web.Request) -> web.Response:
         base, did = self._provider(request.query.get("provider", ""))
-        return _out(await self._client.catalog(base, did))
+        return _out(await self._fetch_catalog(base, did, reuse=False))
 
     async def negotiate(self, request: web.Request) -> web.Response:
         body = await _body(request)
         base, did = self._provider(str(body.get("provider", "")))
         dataset_id = str(body.get("datasetId", ""))
-        catalog = await self._client.catalog(base, did)
+        catalog = await self._fetch_catalog(base, did, reuse=True)
         offer = _pick_offer(catalog, dataset_id, body.get("offerId"))
         record = await self._negotiations.start(provider_base=base, provider_id=did,
                                                 dataset_id=dataset_id, offer=offer)
