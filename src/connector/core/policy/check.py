@@ -7,6 +7,9 @@ that make no sense for a left operand; and rules that can never apply (``dateTim
 ``dateTime gt B``, B ≥ A, in one conjunctive rule; ``count lt 0``; a prohibition without
 constraints, which under EDC semantics never denies).
 
+YAML files (the compact form, ``compact``) are compiled first; a compile error is one problem
+on its line, and the compiled policy gets the same checks, placed by the compiler's line map.
+
 Lines: the problem's JSON path is followed through the text with a small scanner that only
 runs when there is a problem, so a clean file costs one ``json.loads`` and one parse.
 """
@@ -18,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
 from connector.core.errors import Problem
+from connector.core.policy.compact import YamlPolicyError, compile_with_lines
 from connector.core.policy.model import (
     USAGE_OPERANDS,
     AtomicConstraint,
@@ -52,8 +56,16 @@ _ENFORCED_SET = frozenset(operand.value for operand in LeftOperand)
 _ENFORCED = ", ".join(sorted(_ENFORCED_SET))
 
 
+def check_policy_file(text: str, file: str) -> list[Problem]:
+    """Problems of one policy file: YAML (``.yaml``/``.yml``, the compact form) or JSON."""
+    return check_policy_document(text, file)
+
+
 def check_policy_document(text: str, file: str) -> list[Problem]:
-    """Problems of one policy document (``file`` is only used to label them)."""
+    """Problems of one policy document (``file`` labels them and, by its extension, says
+    whether the text is the compact YAML form or ODRL JSON)."""
+    if file.endswith((".yaml", ".yml")):
+        return _check_yaml(text, file)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -64,6 +76,26 @@ def check_policy_document(text: str, file: str) -> list[Problem]:
                         f"{format_path(steps)}: {message}" if steps else message)
                 for steps, key, message in findings]
     return sorted(problems, key=lambda problem: problem.line)
+
+
+def _check_yaml(text: str, file: str) -> list[Problem]:
+    """Compile, then the same checks as JSON, placed on the YAML line each path came from."""
+    try:
+        doc, lines = compile_with_lines(text, file)
+    except YamlPolicyError as exc:
+        where = f"{format_path(exc.steps)}: " if exc.steps else ""
+        return [Problem(file, exc.line, where + exc.detail)]
+    problems = [Problem(file, _yaml_line(lines, (*steps, key) if key else steps),
+                        f"{format_path(steps)}: {message}" if steps else message)
+                for steps, key, message in _check_document(doc)]
+    return sorted(problems, key=lambda problem: problem.line)
+
+
+def _yaml_line(lines: dict[Steps, int], steps: Steps) -> int:
+    """The line of ``steps``, else of its nearest recorded ancestor."""
+    while steps and steps not in lines:
+        steps = steps[:-1]
+    return lines.get(steps, 1)
 
 
 def _check_document(doc: Any) -> Iterator[Finding]:
