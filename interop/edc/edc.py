@@ -105,7 +105,6 @@ def participant_props(participant_id: str, base_port: int, callback_address: str
     for ctx, off in ports.items():
         props[f"web.http.{ctx}port"] = str(base_port + off)
     props["edc.participant.id"] = participant_id
-    props["edc.runtime.id"] = participant_id
     protocol = f"http://127.0.0.1:{base_port + 4}{props['web.http.protocol.path']}"
     props["edc.dsp.callback.address"] = callback_address or protocol
     props["edc.control.endpoint"] = f"http://127.0.0.1:{base_port + 2}{props['web.http.control.path']}"
@@ -266,6 +265,10 @@ class Mgmt:
     def get_transfer(self, tp_id: str) -> Any:
         return self.call("GET", f"/v3/transferprocesses/{tp_id}")
 
+    def terminate_transfer(self, tp_id: str, reason: str = "done") -> Any:
+        return self.call("POST", f"/v3/transferprocesses/{tp_id}/terminate",
+                         {"@context": MGMT_CONTEXT, "@type": "TerminateTransfer", "reason": reason})
+
     def edr_data_address(self, tp_id: str) -> Any:
         return self.call("GET", f"/v3/edrs/{tp_id}/dataaddress")
 
@@ -363,6 +366,67 @@ def serve_directory(directory: Path, port: int) -> http.server.ThreadingHTTPServ
     return srv
 
 
+# --------------------------------------------------------------------------- probes: EDC as provider, us as caller
+
+
+def iam_mock_token(client_id: str, audience: str = "any", region: str = "any") -> str:
+    """The Authorization header value EDC's iam-mock accepts: a JSON object serialised as a string."""
+    return json.dumps({"region": region, "audience": audience, "clientId": client_id})
+
+
+def dsp_call(base: str, method: str, path: str, body: Any = None, authorization: str | None = None,
+             label: str | None = None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    if label:
+        headers["X-Probe"] = label  # only for naming the capture file; EDC ignores it
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, _json_or_text(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json_or_text(e.read())
+
+
+DSP_CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+
+
+def probe_provider(base: str, consumer_id: str, provider_pid_cn: str, provider_pid_tp: str) -> list[tuple[str, int]]:
+    """Call EDC's DSP endpoints the way our connector would, with several Authorization forms.
+
+    base is the provider's DSP base *without* /2025-1 (e.g. http://127.0.0.1:19383/protocol).
+    Returns (label, status) pairs; the exchanges are captured by the proxy in front of `base`.
+    """
+    v = base + "/2025-1"
+    ok = iam_mock_token("python-connector")
+    cat = {"@context": DSP_CONTEXT, "@type": "CatalogRequestMessage"}
+    cat_empty_filter = dict(cat, filter=[])
+    probes = [
+        ("version_noauth", base, "GET", "/.well-known/dspace-version", None, None),
+        ("catalog_iammock-json", v, "POST", "/catalog/request", cat, ok),
+        ("catalog_iammock-json_empty-filter", v, "POST", "/catalog/request", cat_empty_filter, ok),
+        ("catalog_no-authorization", v, "POST", "/catalog/request", cat, None),
+        ("catalog_bearer-prefixed-json", v, "POST", "/catalog/request", cat, "Bearer " + ok),
+        ("catalog_opaque-token", v, "POST", "/catalog/request", cat, "not-json"),
+        ("catalog_json-clientId-only", v, "POST", "/catalog/request", cat, json.dumps({"clientId": "x"})),
+        ("catalog_faulty-clientId", v, "POST", "/catalog/request", cat, iam_mock_token("faultyClientId")),
+        ("dataset_asset-1", v, "GET", "/catalog/datasets/asset-1", None, ok),
+        ("negotiation_get_as-consumer", v, "GET", f"/negotiations/{provider_pid_cn}", None,
+         iam_mock_token(consumer_id)),
+        ("negotiation_get_as-other-participant", v, "GET", f"/negotiations/{provider_pid_cn}", None,
+         iam_mock_token("intruder")),
+        ("transfer_get_as-consumer", v, "GET", f"/transfers/{provider_pid_tp}", None, iam_mock_token(consumer_id)),
+    ]
+    results = []
+    for label, b, method, path, body, auth in probes:
+        status = dsp_call(b, method, path, body, auth, label=label)[0]
+        results.append((label, status))
+        log(f"probe {label}: HTTP {status}")
+    return results
+
+
 # --------------------------------------------------------------------------- captures
 
 
@@ -373,6 +437,11 @@ def _message_type(ex: dict) -> str:
     return "none"
 
 
+def neg_provider_pid(exchanges: list[dict]) -> str:
+    return next(e["response_body"]["providerPid"] for e in exchanges
+                if _message_type(e) == "ContractRequestMessage")
+
+
 def write_captures(exchanges: list[dict], directory: Path = CAPTURES) -> list[Path]:
     """One JSON file per DSP exchange, numbered in order, named after direction and message type."""
     if directory.exists():
@@ -381,7 +450,9 @@ def write_captures(exchanges: list[dict], directory: Path = CAPTURES) -> list[Pa
     written = []
     for i, ex in enumerate(sorted(exchanges, key=lambda e: e["time"]), 1):
         mtype = _message_type(ex)
-        if mtype == "none":
+        if ex["via"].startswith("probe"):
+            mtype = "probe_" + ex["headers"].get("X-Probe", "unnamed")
+        elif mtype == "none":
             mtype = ex["method"].lower() + "_" + re.sub(r"[^a-zA-Z0-9]+", "-", ex["path"]).strip("-")[-40:]
         path = directory / f"{i:02d}_{ex['via']}_{mtype}.json"
         ex = {k: v for k, v in ex.items() if k != "time"}
@@ -401,7 +472,7 @@ def selftest(capture: bool = True) -> int:
     (data_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     exchanges: list[dict] = []
-    data_srv = proxy_to_provider = proxy_to_consumer = None
+    data_srv = proxy_to_provider = proxy_to_consumer = probe_proxy = None
     provider = consumer = None
     try:
         data_srv = serve_directory(data_dir, 19380)
@@ -411,6 +482,7 @@ def selftest(capture: bool = True) -> int:
         consumer_props = participant_props("consumer", 19290, callback_address="http://127.0.0.1:19382/protocol")
         proxy_to_provider = LoggingProxy("to-provider", 19381, "http://127.0.0.1:19194", exchanges)
         proxy_to_consumer = LoggingProxy("to-consumer", 19382, "http://127.0.0.1:19294", exchanges)
+        probe_proxy = LoggingProxy("probe-to-provider", 19383, "http://127.0.0.1:19194", exchanges)
 
         t0 = time.monotonic()
         provider = start(provider_props)
@@ -457,6 +529,22 @@ def selftest(capture: bool = True) -> int:
         got = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
         assert got == records, f"records differ: {got!r}"
         log(f"records received: {len(got)} (match the source)")
+
+        provider_cn = neg_provider_pid(exchanges)
+        provider_tp = next(e["response_body"]["providerPid"] for e in exchanges
+                           if _message_type(e) == "TransferRequestMessage")
+        probe_provider(probe_proxy.url + "/protocol", "consumer", provider_cn, provider_tp)
+
+        cm.terminate_transfer(tp_id, "selftest finished")
+        deadline = time.monotonic() + 30
+        qs = {"@context": MGMT_CONTEXT, "@type": "QuerySpec"}
+        while time.monotonic() < deadline:
+            states = (cm.get_transfer(tp_id)["state"], [t["state"] for t in pm.query("/v3/transferprocesses/request", qs)])
+            done = {"TERMINATED", "DEPROVISIONED"}
+            if states[0] in done and states[1] and all(st in done for st in states[1]):
+                break
+            time.sleep(0.2)
+        log(f"transfer terminated by the consumer: consumer {states[0]}, provider {states[1]}")
         log(f"RSS after flow: provider {rss_kib(provider) // 1024} MiB, consumer {rss_kib(consumer) // 1024} MiB")
         log(f"flow (start of both runtimes -> records) took {time.monotonic() - t0:.1f}s")
         if capture:
@@ -468,7 +556,7 @@ def selftest(capture: bool = True) -> int:
         return 0
     finally:
         stop()
-        for srv in (proxy_to_provider, proxy_to_consumer):
+        for srv in (proxy_to_provider, proxy_to_consumer, probe_proxy):
             if srv:
                 srv.close()
         if data_srv:
