@@ -2,7 +2,9 @@
 
 ``parse_policy`` builds a typed model (``model``), ``evaluate`` decides it against a
 ``PolicyContext`` (``evaluate``), and ``check.check_policy_document`` lints a policy file for
-``connector policy check``. All of it is pure: no IO, time comes in the context.
+``connector policy check`` (JSON, or the compact YAML form ``compact.compile_yaml`` turns into
+the same JSON). ``evaluate(..., strict_odrl=True)`` reads a policy as the ODRL formal semantics
+do (``strict``). All of it is pure: no IO, time comes in the context.
 """
 
 from connector.core.policy.evaluate import (
