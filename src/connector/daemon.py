@@ -9,6 +9,7 @@ version stays in force, so a typo never takes the connector down.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -178,6 +179,7 @@ async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    gc.freeze()  # start-up objects live forever: keep them out of every collection
     print(f"connector {settings.name} ready: {settings.public_url} "
           f"(management {settings.management_url})", flush=True)
     if ready is not None:

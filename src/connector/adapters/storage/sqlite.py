@@ -6,8 +6,9 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
 - **group commit**: transactions submitted while the writer is busy are committed together
   in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
   reused pid), its transactions are replayed one by one so only the offender fails;
-- **record cache**: this process is the only writer, so process records it wrote or read are
-  kept (bounded, write-through after commit) and reads by id cost no hop;
+- **record cache**: this process is the only writer, so live process records it wrote or
+  read are kept (bounded, write-through after commit; finished ones are dropped) and reads by
+  id cost no hop;
 - outbox sequence numbers are allocated in memory from the table's maximum at start-up.
 
 ``synchronous=NORMAL`` in WAL mode keeps commits durable across a process crash (not across
@@ -175,7 +176,10 @@ class SqliteStore:
             return
         for txn in batch:
             for key, record in txn.cached:
-                self._remember(key, record)
+                if record.state.terminal:  # finished processes are rarely read again
+                    self._cache.pop(key, None)
+                else:
+                    self._remember(key, record)
             txn.future.set_result(None)
 
     async def _run(self, statements: Sequence[Statement]) -> None:
