@@ -13,6 +13,7 @@ to interop/edc/captures/ (see README.md).
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import os
@@ -62,7 +63,10 @@ def build(force: bool = False) -> Path:
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode == 0 and JAR.exists():
             return JAR
-        log(f"build {'offline ' if extra else ''}failed (rc={res.returncode}): {res.stdout[-2000:]}{res.stderr[-2000:]}")
+        log(
+            f"build {'offline ' if extra else ''}failed (rc={res.returncode}): "
+            f"{res.stdout[-2000:]}{res.stderr[-2000:]}"
+        )
     raise RuntimeError("mvn package failed")
 
 
@@ -88,17 +92,35 @@ def ensure_keys() -> tuple[Path, Path]:
     priv, pub = kdir / "private.pem", kdir / "public.pem"
     if not (priv.exists() and pub.exists()):
         kdir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-out", str(priv)], check=True, capture_output=True)
-        subprocess.run(["openssl", "pkey", "-in", str(priv), "-pubout", "-out", str(pub)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                str(priv),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["openssl", "pkey", "-in", str(priv), "-pubout", "-out", str(pub)],
+            check=True,
+            capture_output=True,
+        )
     return priv, pub
 
 
-def participant_props(participant_id: str, base_port: int, callback_address: str | None = None) -> dict[str, str]:
+def participant_props(
+    participant_id: str, base_port: int, callback_address: str | None = None
+) -> dict[str, str]:
     """Full configuration for one participant: edc.properties with ids and ports replaced.
 
-    Ports: base+1 default, +2 control, +3 management, +4 protocol (DSP), +5 public (data plane), +6 version.
+    Ports: base+1 default, +2 control, +3 management, +4 protocol (DSP), +5 public (data
+    plane), +6 version.
     """
     props = load_props()
     ports = {"": 1, "control.": 2, "management.": 3, "protocol.": 4, "public.": 5, "version.": 6}
@@ -107,8 +129,12 @@ def participant_props(participant_id: str, base_port: int, callback_address: str
     props["edc.participant.id"] = participant_id
     protocol = f"http://127.0.0.1:{base_port + 4}{props['web.http.protocol.path']}"
     props["edc.dsp.callback.address"] = callback_address or protocol
-    props["edc.control.endpoint"] = f"http://127.0.0.1:{base_port + 2}{props['web.http.control.path']}"
-    props["edc.dataplane.api.public.baseurl"] = f"http://127.0.0.1:{base_port + 5}{props['web.http.public.path']}"
+    props["edc.control.endpoint"] = (
+        f"http://127.0.0.1:{base_port + 2}{props['web.http.control.path']}"
+    )
+    props["edc.dataplane.api.public.baseurl"] = (
+        f"http://127.0.0.1:{base_port + 5}{props['web.http.public.path']}"
+    )
     priv, pub = ensure_keys()
     props["edc.iam.publickeys.dp.path"] = str(pub)
     props["private-key"] = priv.read_text()
@@ -116,7 +142,9 @@ def participant_props(participant_id: str, base_port: int, callback_address: str
 
 
 def management_url(props: dict[str, str]) -> str:
-    return f"http://127.0.0.1:{props['web.http.management.port']}{props['web.http.management.path']}"
+    return (
+        f"http://127.0.0.1:{props['web.http.management.port']}{props['web.http.management.path']}"
+    )
 
 
 def protocol_url(props: dict[str, str]) -> str:
@@ -124,7 +152,7 @@ def protocol_url(props: dict[str, str]) -> str:
 
 
 def start(props: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
-    """Start one EDC runtime and wait until it logs 'Runtime ... ready' and its management API answers.
+    """Start one EDC runtime; wait until it logs 'Runtime ... ready' and management answers.
 
     The process gets attributes: .log_path, .props, .mgmt (Mgmt client), .ready_seconds.
     """
@@ -134,11 +162,12 @@ def start(props: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
     cfg = RUN / f"{pid_name}.properties"
     cfg.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
     log_path = RUN / f"{pid_name}.log"
-    logf = open(log_path, "w")
+    logf = open(log_path, "w")  # noqa: SIM115 - handed to the child process, closed in stop()
     cmd = [JAVA, f"-Dedc.fs.config={cfg}", "-Djava.net.preferIPv4Stack=true", "-jar", str(JAR)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     _started.append(proc)
     proc.log_path = log_path  # type: ignore[attr-defined]
     proc.props = props  # type: ignore[attr-defined]
@@ -146,11 +175,15 @@ def start(props: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"EDC {pid_name} exited rc={proc.returncode}; see {log_path}:\n"
-                               + log_path.read_text()[-4000:])
+            raise RuntimeError(
+                f"EDC {pid_name} exited rc={proc.returncode}; see {log_path}:\n"
+                + log_path.read_text()[-4000:]
+            )
         if READY_RE.search(log_path.read_text(errors="replace")):
             try:
-                proc.mgmt.query("/v3/assets/request", {"@context": MGMT_CONTEXT, "@type": "QuerySpec"})
+                proc.mgmt.query(
+                    "/v3/assets/request", {"@context": MGMT_CONTEXT, "@type": "QuerySpec"}
+                )
                 proc.ready_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
                 return proc
             except OSError:
@@ -195,79 +228,158 @@ class Mgmt:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"X-Api-Key": self.api_key, "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"X-Api-Key": self.api_key, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{method} {path} -> {e.code}: {e.read().decode(errors='replace')}") from None
+            raise RuntimeError(
+                f"{method} {path} -> {e.code}: {e.read().decode(errors='replace')}"
+            ) from None
         return json.loads(raw) if raw else None
 
     def query(self, path: str, body: Any) -> Any:
         return self.call("POST", path, body)
 
     # provider side
-    def create_asset(self, asset_id: str, base_url: str, content_type: str = "application/x-ndjson") -> Any:
-        return self.call("POST", "/v3/assets", {
-            "@context": MGMT_CONTEXT, "@id": asset_id,
-            "properties": {"name": asset_id, "contenttype": content_type},
-            "dataAddress": {"@type": "DataAddress", "type": "HttpData", "baseUrl": base_url,
-                            "proxyPath": "true", "proxyQueryParams": "true"},
-        })
+    def create_asset(
+        self, asset_id: str, base_url: str, content_type: str = "application/x-ndjson"
+    ) -> Any:
+        return self.call(
+            "POST",
+            "/v3/assets",
+            {
+                "@context": MGMT_CONTEXT,
+                "@id": asset_id,
+                "properties": {"name": asset_id, "contenttype": content_type},
+                "dataAddress": {
+                    "@type": "DataAddress",
+                    "type": "HttpData",
+                    "baseUrl": base_url,
+                    "proxyPath": "true",
+                    "proxyQueryParams": "true",
+                },
+            },
+        )
 
     def create_policy(self, policy_id: str, permissions: list | None = None) -> Any:
-        return self.call("POST", "/v3/policydefinitions", {
-            "@context": MGMT_CONTEXT, "@id": policy_id,
-            "policy": {"@context": ODRL_CONTEXT, "@type": "Set",
-                       "permission": permissions or [], "prohibition": [], "obligation": []},
-        })
+        return self.call(
+            "POST",
+            "/v3/policydefinitions",
+            {
+                "@context": MGMT_CONTEXT,
+                "@id": policy_id,
+                "policy": {
+                    "@context": ODRL_CONTEXT,
+                    "@type": "Set",
+                    "permission": permissions or [],
+                    "prohibition": [],
+                    "obligation": [],
+                },
+            },
+        )
 
-    def create_contract_definition(self, cd_id: str, access_policy: str, contract_policy: str,
-                                   asset_id: str | None = None) -> Any:
-        selector = [] if asset_id is None else [{
-            "@type": "Criterion", "operandLeft": EDC_VOCAB + "id", "operator": "=", "operandRight": asset_id}]
-        return self.call("POST", "/v3/contractdefinitions", {
-            "@context": MGMT_CONTEXT, "@id": cd_id, "accessPolicyId": access_policy,
-            "contractPolicyId": contract_policy, "assetsSelector": selector,
-        })
+    def create_contract_definition(
+        self, cd_id: str, access_policy: str, contract_policy: str, asset_id: str | None = None
+    ) -> Any:
+        selector = (
+            []
+            if asset_id is None
+            else [
+                {
+                    "@type": "Criterion",
+                    "operandLeft": EDC_VOCAB + "id",
+                    "operator": "=",
+                    "operandRight": asset_id,
+                }
+            ]
+        )
+        return self.call(
+            "POST",
+            "/v3/contractdefinitions",
+            {
+                "@context": MGMT_CONTEXT,
+                "@id": cd_id,
+                "accessPolicyId": access_policy,
+                "contractPolicyId": contract_policy,
+                "assetsSelector": selector,
+            },
+        )
 
     # consumer side
-    def request_catalog(self, counter_party_address: str, counter_party_id: str | None = None) -> Any:
-        body = {"@context": MGMT_CONTEXT, "@type": "CatalogRequest",
-                "counterPartyAddress": counter_party_address, "protocol": DSP_2025,
-                "querySpec": {"offset": 0, "limit": 50}}
+    def request_catalog(
+        self, counter_party_address: str, counter_party_id: str | None = None
+    ) -> Any:
+        body = {
+            "@context": MGMT_CONTEXT,
+            "@type": "CatalogRequest",
+            "counterPartyAddress": counter_party_address,
+            "protocol": DSP_2025,
+            "querySpec": {"offset": 0, "limit": 50},
+        }
         if counter_party_id:
             body["counterPartyId"] = counter_party_id
         return self.call("POST", "/v3/catalog/request", body)
 
-    def start_negotiation(self, counter_party_address: str, offer: dict, provider_id: str, asset_id: str) -> str:
+    def start_negotiation(
+        self, counter_party_address: str, offer: dict, provider_id: str, asset_id: str
+    ) -> str:
         policy = {k: v for k, v in offer.items() if not k.startswith("@") or k == "@id"}
-        policy.update({"@context": ODRL_CONTEXT, "@type": "Offer", "assigner": provider_id, "target": asset_id})
-        res = self.call("POST", "/v3/contractnegotiations", {
-            "@context": MGMT_CONTEXT, "@type": "ContractRequest",
-            "counterPartyAddress": counter_party_address, "protocol": DSP_2025, "policy": policy,
-        })
+        policy.update(
+            {
+                "@context": ODRL_CONTEXT,
+                "@type": "Offer",
+                "assigner": provider_id,
+                "target": asset_id,
+            }
+        )
+        res = self.call(
+            "POST",
+            "/v3/contractnegotiations",
+            {
+                "@context": MGMT_CONTEXT,
+                "@type": "ContractRequest",
+                "counterPartyAddress": counter_party_address,
+                "protocol": DSP_2025,
+                "policy": policy,
+            },
+        )
         return res["@id"]
 
     def get_negotiation(self, neg_id: str) -> Any:
         return self.call("GET", f"/v3/contractnegotiations/{neg_id}")
 
-    def start_transfer(self, counter_party_address: str, agreement_id: str,
-                       transfer_type: str = "HttpData-PULL") -> str:
-        res = self.call("POST", "/v3/transferprocesses", {
-            "@context": MGMT_CONTEXT, "@type": "TransferRequest",
-            "counterPartyAddress": counter_party_address, "protocol": DSP_2025,
-            "contractId": agreement_id, "transferType": transfer_type,
-        })
+    def start_transfer(
+        self, counter_party_address: str, agreement_id: str, transfer_type: str = "HttpData-PULL"
+    ) -> str:
+        res = self.call(
+            "POST",
+            "/v3/transferprocesses",
+            {
+                "@context": MGMT_CONTEXT,
+                "@type": "TransferRequest",
+                "counterPartyAddress": counter_party_address,
+                "protocol": DSP_2025,
+                "contractId": agreement_id,
+                "transferType": transfer_type,
+            },
+        )
         return res["@id"]
 
     def get_transfer(self, tp_id: str) -> Any:
         return self.call("GET", f"/v3/transferprocesses/{tp_id}")
 
     def terminate_transfer(self, tp_id: str, reason: str = "done") -> Any:
-        return self.call("POST", f"/v3/transferprocesses/{tp_id}/terminate",
-                         {"@context": MGMT_CONTEXT, "@type": "TerminateTransfer", "reason": reason})
+        return self.call(
+            "POST",
+            f"/v3/transferprocesses/{tp_id}/terminate",
+            {"@context": MGMT_CONTEXT, "@type": "TerminateTransfer", "reason": reason},
+        )
 
     def edr_data_address(self, tp_id: str) -> Any:
         return self.call("GET", f"/v3/edrs/{tp_id}/dataaddress")
@@ -294,7 +406,7 @@ def fetch_edr(data_address: dict, path: str = "") -> bytes:
         return resp.read()
 
 
-# --------------------------------------------------------------------------- logging proxy + data server
+# ------------------------------------------------------------- logging proxy + data server
 
 
 class LoggingProxy:
@@ -313,10 +425,17 @@ class LoggingProxy:
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
-                req = urllib.request.Request(proxy.target + self.path, data=body or None,
-                                             method=self.command, headers=headers)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length", "connection", "accept-encoding")
+                }
+                req = urllib.request.Request(
+                    proxy.target + self.path,
+                    data=body or None,
+                    method=self.command,
+                    headers=headers,
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=60) as resp:
                         status, rhead, rbody = resp.status, dict(resp.headers.items()), resp.read()
@@ -324,13 +443,28 @@ class LoggingProxy:
                     status, rhead, rbody = e.code, dict(e.headers.items()), e.read()
                 except OSError as e:
                     status, rhead, rbody = 502, {}, str(e).encode()
-                proxy.sink.append({"via": proxy.name, "method": self.command, "path": self.path,
-                                   "headers": dict(self.headers.items()), "body": _json_or_text(body),
-                                   "status": status, "response_headers": rhead,
-                                   "response_body": _json_or_text(rbody), "time": time.time()})
+                proxy.sink.append(
+                    {
+                        "via": proxy.name,
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": _json_or_text(body),
+                        "status": status,
+                        "response_headers": rhead,
+                        "response_body": _json_or_text(rbody),
+                        "time": time.time(),
+                    }
+                )
                 self.send_response(status)
                 for k, v in rhead.items():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                    if k.lower() not in (
+                        "transfer-encoding",
+                        "connection",
+                        "content-length",
+                        "server",
+                        "date",
+                    ):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(rbody)))
                 self.end_headers()
@@ -359,23 +493,29 @@ def _json_or_text(raw: bytes) -> Any:
 
 def serve_directory(directory: Path, port: int) -> http.server.ThreadingHTTPServer:
     """python http.server for the asset's backing data, on 127.0.0.1."""
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory), **kw)  # noqa: E731
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[assignment]
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
 
-# --------------------------------------------------------------------------- probes: EDC as provider, us as caller
+# ------------------------------------------------ probes: EDC as provider, us as caller
 
 
 def iam_mock_token(client_id: str, audience: str = "any", region: str = "any") -> str:
-    """The Authorization header value EDC's iam-mock accepts: a JSON object serialised as a string."""
+    """The Authorization value EDC's iam-mock accepts: a JSON object serialised as a string."""
     return json.dumps({"region": region, "audience": audience, "clientId": client_id})
 
 
-def dsp_call(base: str, method: str, path: str, body: Any = None, authorization: str | None = None,
-             label: str | None = None) -> tuple[int, Any]:
+def dsp_call(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    authorization: str | None = None,
+    label: str | None = None,
+) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if authorization is not None:
         headers["Authorization"] = authorization
@@ -393,7 +533,9 @@ def dsp_call(base: str, method: str, path: str, body: Any = None, authorization:
 DSP_CONTEXT = ["https://w3id.org/dspace/2025/1/context.jsonld"]
 
 
-def probe_provider(base: str, consumer_id: str, provider_pid_cn: str, provider_pid_tp: str) -> list[tuple[str, int]]:
+def probe_provider(
+    base: str, consumer_id: str, provider_pid_cn: str, provider_pid_tp: str
+) -> list[tuple[str, int]]:
     """Call EDC's DSP endpoints the way our connector would, with several Authorization forms.
 
     base is the provider's DSP base *without* /2025-1 (e.g. http://127.0.0.1:19383/protocol).
@@ -410,14 +552,47 @@ def probe_provider(base: str, consumer_id: str, provider_pid_cn: str, provider_p
         ("catalog_no-authorization", v, "POST", "/catalog/request", cat, None),
         ("catalog_bearer-prefixed-json", v, "POST", "/catalog/request", cat, "Bearer " + ok),
         ("catalog_opaque-token", v, "POST", "/catalog/request", cat, "not-json"),
-        ("catalog_json-clientId-only", v, "POST", "/catalog/request", cat, json.dumps({"clientId": "x"})),
-        ("catalog_faulty-clientId", v, "POST", "/catalog/request", cat, iam_mock_token("faultyClientId")),
+        (
+            "catalog_json-clientId-only",
+            v,
+            "POST",
+            "/catalog/request",
+            cat,
+            json.dumps({"clientId": "x"}),
+        ),
+        (
+            "catalog_faulty-clientId",
+            v,
+            "POST",
+            "/catalog/request",
+            cat,
+            iam_mock_token("faultyClientId"),
+        ),
         ("dataset_asset-1", v, "GET", "/catalog/datasets/asset-1", None, ok),
-        ("negotiation_get_as-consumer", v, "GET", f"/negotiations/{provider_pid_cn}", None,
-         iam_mock_token(consumer_id)),
-        ("negotiation_get_as-other-participant", v, "GET", f"/negotiations/{provider_pid_cn}", None,
-         iam_mock_token("intruder")),
-        ("transfer_get_as-consumer", v, "GET", f"/transfers/{provider_pid_tp}", None, iam_mock_token(consumer_id)),
+        (
+            "negotiation_get_as-consumer",
+            v,
+            "GET",
+            f"/negotiations/{provider_pid_cn}",
+            None,
+            iam_mock_token(consumer_id),
+        ),
+        (
+            "negotiation_get_as-other-participant",
+            v,
+            "GET",
+            f"/negotiations/{provider_pid_cn}",
+            None,
+            iam_mock_token("intruder"),
+        ),
+        (
+            "transfer_get_as-consumer",
+            v,
+            "GET",
+            f"/transfers/{provider_pid_tp}",
+            None,
+            iam_mock_token(consumer_id),
+        ),
     ]
     results = []
     for label, b, method, path, body, auth in probes:
@@ -438,8 +613,11 @@ def _message_type(ex: dict) -> str:
 
 
 def neg_provider_pid(exchanges: list[dict]) -> str:
-    return next(e["response_body"]["providerPid"] for e in exchanges
-                if _message_type(e) == "ContractRequestMessage")
+    return next(
+        e["response_body"]["providerPid"]
+        for e in exchanges
+        if _message_type(e) == "ContractRequestMessage"
+    )
 
 
 def write_captures(exchanges: list[dict], directory: Path = CAPTURES) -> list[Path]:
@@ -453,7 +631,11 @@ def write_captures(exchanges: list[dict], directory: Path = CAPTURES) -> list[Pa
         if ex["via"].startswith("probe"):
             mtype = "probe_" + ex["headers"].get("X-Probe", "unnamed")
         elif mtype == "none":
-            mtype = ex["method"].lower() + "_" + re.sub(r"[^a-zA-Z0-9]+", "-", ex["path"]).strip("-")[-40:]
+            mtype = (
+                ex["method"].lower()
+                + "_"
+                + re.sub(r"[^a-zA-Z0-9]+", "-", ex["path"]).strip("-")[-40:]
+            )
         path = directory / f"{i:02d}_{ex['via']}_{mtype}.json"
         ex = {k: v for k, v in ex.items() if k != "time"}
         path.write_text(json.dumps(ex, indent=2, sort_keys=False) + "\n")
@@ -477,18 +659,27 @@ def selftest(capture: bool = True) -> int:
     try:
         data_srv = serve_directory(data_dir, 19380)
         log("data server: http://127.0.0.1:19380/records.jsonl")
-        # consumer -> provider DSP traffic goes through :19381, provider -> consumer callbacks through :19382
+        # consumer -> provider DSP traffic goes through :19381,
+        # provider -> consumer callbacks through :19382
         provider_props = participant_props("provider", 19190)
-        consumer_props = participant_props("consumer", 19290, callback_address="http://127.0.0.1:19382/protocol")
+        consumer_props = participant_props(
+            "consumer", 19290, callback_address="http://127.0.0.1:19382/protocol"
+        )
         proxy_to_provider = LoggingProxy("to-provider", 19381, "http://127.0.0.1:19194", exchanges)
         proxy_to_consumer = LoggingProxy("to-consumer", 19382, "http://127.0.0.1:19294", exchanges)
         probe_proxy = LoggingProxy("probe-to-provider", 19383, "http://127.0.0.1:19194", exchanges)
 
         t0 = time.monotonic()
         provider = start(provider_props)
-        log(f"provider ready in {provider.ready_seconds:.1f}s, VmRSS {rss_kib(provider) // 1024} MiB")
+        log(
+            f"provider ready in {provider.ready_seconds:.1f}s, "
+            f"VmRSS {rss_kib(provider) // 1024} MiB"
+        )
         consumer = start(consumer_props)
-        log(f"consumer ready in {consumer.ready_seconds:.1f}s, VmRSS {rss_kib(consumer) // 1024} MiB")
+        log(
+            f"consumer ready in {consumer.ready_seconds:.1f}s, "
+            f"VmRSS {rss_kib(consumer) // 1024} MiB"
+        )
         pm, cm = provider.mgmt, consumer.mgmt
 
         pm.create_asset("asset-1", "http://127.0.0.1:19380/records.jsonl")
@@ -531,25 +722,37 @@ def selftest(capture: bool = True) -> int:
         log(f"records received: {len(got)} (match the source)")
 
         provider_cn = neg_provider_pid(exchanges)
-        provider_tp = next(e["response_body"]["providerPid"] for e in exchanges
-                           if _message_type(e) == "TransferRequestMessage")
+        provider_tp = next(
+            e["response_body"]["providerPid"]
+            for e in exchanges
+            if _message_type(e) == "TransferRequestMessage"
+        )
         probe_provider(probe_proxy.url + "/protocol", "consumer", provider_cn, provider_tp)
 
         cm.terminate_transfer(tp_id, "selftest finished")
         deadline = time.monotonic() + 30
         qs = {"@context": MGMT_CONTEXT, "@type": "QuerySpec"}
         while time.monotonic() < deadline:
-            states = (cm.get_transfer(tp_id)["state"], [t["state"] for t in pm.query("/v3/transferprocesses/request", qs)])
+            states = (
+                cm.get_transfer(tp_id)["state"],
+                [t["state"] for t in pm.query("/v3/transferprocesses/request", qs)],
+            )
             done = {"TERMINATED", "DEPROVISIONED"}
             if states[0] in done and states[1] and all(st in done for st in states[1]):
                 break
             time.sleep(0.2)
         log(f"transfer terminated by the consumer: consumer {states[0]}, provider {states[1]}")
-        log(f"RSS after flow: provider {rss_kib(provider) // 1024} MiB, consumer {rss_kib(consumer) // 1024} MiB")
+        log(
+            f"RSS after flow: provider {rss_kib(provider) // 1024} MiB, "
+            f"consumer {rss_kib(consumer) // 1024} MiB"
+        )
         log(f"flow (start of both runtimes -> records) took {time.monotonic() - t0:.1f}s")
         if capture:
             files = write_captures(exchanges)
-            log(f"{len(files)} DSP exchanges captured under {CAPTURES.relative_to(HERE.parent.parent)}/")
+            log(
+                f"{len(files)} DSP exchanges captured under "
+                f"{CAPTURES.relative_to(HERE.parent.parent)}/"
+            )
             for f in files:
                 print("   ", f.name)
         log("SELFTEST OK")
@@ -575,8 +778,10 @@ def main(argv: list[str]) -> int:
         pid = argv[2] if len(argv) > 2 else "provider"
         base = int(argv[3]) if len(argv) > 3 else 19190
         proc = start(participant_props(pid, base))
-        log(f"{pid} ready in {proc.ready_seconds:.1f}s; management {management_url(proc.props)}, "
-            f"DSP {protocol_url(proc.props)}/2025-1; log {proc.log_path}; Ctrl-C stops")
+        log(
+            f"{pid} ready in {proc.ready_seconds:.1f}s; management {management_url(proc.props)}, "
+            f"DSP {protocol_url(proc.props)}/2025-1; log {proc.log_path}; Ctrl-C stops"
+        )
         try:
             proc.wait()
         except KeyboardInterrupt:
