@@ -15,7 +15,17 @@ def _negotiation(quick: bool) -> None:
     negotiation.run(quick=quick)
 
 
+def _policy(quick: bool) -> None:
+    import json
+
+    from bench import policy_eval
+
+    for line in policy_eval.run(quick):
+        print(json.dumps(line), flush=True)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
+    "policy": _policy,
     "negotiation": _negotiation,
 }
 

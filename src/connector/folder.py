@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import connector
 from connector import keys
 from connector.config import CONFIG_FILE, DSP_PATH, load_settings
-from connector.core.errors import ConfigError, Problem
+from connector.core.errors import ConfigError, PolicyError, Problem
 from connector.core.identity import (
     DSP_SERVICE_TYPE,
     KeyRing,
@@ -272,16 +272,34 @@ def load_datasets(dir: Path) -> list[DatasetDecl]:
 # --- policies ------------------------------------------------------------------------------------
 
 
+POLICY_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _policy_files(dir: Path) -> list[Path]:
+    return sorted(p for p in (dir / "policies").glob("*") if p.suffix in POLICY_SUFFIXES)
+
+
 def load_policies(dir: Path) -> dict[str, dict[str, Any]]:
-    """Policy name (file stem) -> parsed JSON, for every ``policies/*.json`` of the folder."""
+    """Policy name (file stem) -> ODRL JSON, for every ``policies/*.json`` and ``*.yaml``.
+
+    The compact YAML form compiles to the same ODRL JSON (``core.policy.compact``).
+    """
+    from connector.core.policy.compact import compile_yaml
+
     policies: dict[str, dict[str, Any]] = {}
-    for path in sorted((dir / "policies").glob("*.json")):
+    for path in _policy_files(dir):
+        if path.stem in policies:
+            raise ConfigError(f"{path}: a policy named {path.stem!r} already exists")
         try:
-            document = json.loads(path.read_text())
+            text = path.read_text()
+            document = (json.loads(text) if path.suffix == ".json"
+                        else compile_yaml(text, str(path)))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        except PolicyError as exc:
+            raise ConfigError(exc.message) from exc
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: a policy must be a JSON object")
         policies[path.stem] = document
@@ -657,7 +675,7 @@ def _check_policy_json(text: str, file: str) -> list[Problem]:
 def _check_policies(root: Path, out: list[Problem]) -> set[str]:
     check = _policy_checker()
     names = set()
-    for path in sorted((root / "policies").glob("*.json")):
+    for path in _policy_files(root):
         names.add(path.stem)
         name = _rel(root, f"policies/{path.name}")
         try:
