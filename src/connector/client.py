@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +42,26 @@ class Management:
             raise PeerError(f"cannot reach the connector at {self._base}: {exc} "
                             "(is `connector run` going?)") from exc
 
-    async def download(self, path: str, out: Path) -> tuple[int, int]:
-        """Stream ``path`` into ``out``; returns (records, bytes)."""
+    async def download(self, path: str, out: Path, *, append: bool = False,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Stream ``path`` into ``out`` (appending if asked); returns (records, bytes) written.
+
+        Raises PeerError if the stream is cut: what arrived stays in ``out`` for a resume.
+        """
         records = size = 0
-        tmp = out.with_name(out.name + ".part")
-        async with self._session.get(self._base + path, headers=self._headers) as resp:
-            if resp.status >= 300:
-                raise PeerError(_error_text(await resp.read()), peer_status=resp.status)
-            with tmp.open("wb") as f:
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    f.write(chunk)
-                    records += chunk.count(b"\n")
-                    size += len(chunk)
-        tmp.replace(out)
+        try:
+            async with self._session.get(self._base + path, headers=self._headers) as resp:
+                if resp.status >= 300:
+                    raise PeerError(_error_text(await resp.read()), peer_status=resp.status)
+                with out.open("ab" if append else "wb") as f:
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        f.write(chunk)
+                        records += chunk.count(b"\n")
+                        size += len(chunk)
+                        if progress is not None:
+                            progress(records, size)
+        except aiohttp.ClientError as exc:
+            raise PeerError(f"stream cut after {records} records: {exc}") from exc
         return records, size
 
 
@@ -97,15 +107,96 @@ async def negotiate(m: Management, args: argparse.Namespace) -> int:
     return 1
 
 
-async def transfer(m: Management, args: argparse.Namespace) -> int:
+def _complete_records(part: Path) -> tuple[int, str]:
+    """Cut a partial last record off ``part``; return (records, sha256) of what remains."""
+    digest, records, keep = hashlib.sha256(), 0, 0
+    tail = b""
+    with part.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            data = tail + chunk
+            end = data.rfind(b"\n") + 1  # complete records end at the last newline
+            digest.update(data[:end])
+            records += data.count(b"\n", 0, end)
+            keep += end
+            tail = data[end:]
+    if tail:  # a record cut mid-way: drop it, the resume fetches it whole
+        with part.open("r+b") as f:
+            f.truncate(keep)
+    return records, digest.hexdigest()
+
+
+class Progress:
+    """Records, bytes, rate and ETA on stderr, at most twice a second."""
+
+    def __init__(self, total_bytes: int, already: int) -> None:
+        self.total, self.already = total_bytes, already
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, records: int, size: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        done = self.already + size
+        rate = size / max(now - self.t0, 1e-6)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        print(f"\r{records} records  {done / 1e6:.1f}/{self.total / 1e6:.1f} MB  "
+              f"{rate / 1e6:.1f} MB/s  ETA {eta:.0f}s", end="", file=sys.stderr, flush=True)
+
+
+async def _open_or_resume(m: Management, args: argparse.Namespace, part: Path,
+                          meta: Path) -> tuple[dict[str, Any], int] | None:
+    """Resume the interrupted transfer recorded beside ``part``, or open a new one."""
+    if part.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        if info.get("agreement") == args.agreement_id:
+            record = await m.call("GET", f"/api/transfers/{info['transfer']}")
+            if record["state"] == "STARTED":
+                records, _ = _complete_records(part)
+                print(f"resuming transfer {record['id']} at record {records}", file=sys.stderr)
+                return record, records
     record = await m.call("POST", f"/api/transfers?wait={args.timeout}",
                           {"agreementId": args.agreement_id})
     if record["state"] != "STARTED":
         print(f"transfer {record['id']} is {record['state']}: "
               f"{record.get('reason') or 'the provider did not start it'}", file=sys.stderr)
+        return None
+    part.write_bytes(b"")
+    meta.write_text(json.dumps({"agreement": args.agreement_id, "transfer": record["id"]}))
+    return record, 0
+
+
+async def transfer(m: Management, args: argparse.Namespace) -> int:
+    """Pull an agreement's records into ``--out``; verify count and SHA-256; complete.
+
+    Run again after an interruption, it resumes at the first missing record.
+    """
+    out: Path = args.out
+    part, meta = out.with_name(out.name + ".part"), out.with_name(out.name + ".part.json")
+    opened = await _open_or_resume(m, args, part, meta)
+    if opened is None:
         return 1
-    records, size = await m.download(f"/api/transfers/{record['id']}/data", args.out)
-    print(f"{records} records, {size} bytes -> {args.out}")
+    record, offset = opened
+    tid = record["id"]
+    summary = await m.call("GET", f"/api/transfers/{tid}/summary")
+    try:
+        await m.download(f"/api/transfers/{tid}/data?offset={offset}", part, append=True,
+                         progress=Progress(summary["bytes"], part.stat().st_size))
+    except PeerError as exc:
+        state = await m.call("GET", f"/api/transfers/{tid}")
+        print(f"\ntransfer {tid} interrupted ({state['state']}"
+              f"{': ' + state['reason'] if state.get('reason') else ''}): {exc.message}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 1
+    records, sha256 = _complete_records(part)
+    if (records, sha256) != (summary["records"], summary["sha256"]):
+        print(f"\ncopy does not match the provider's: {records} records sha256 {sha256}, "
+              f"expected {summary['records']} sha256 {summary['sha256']}", file=sys.stderr)
+        return 1
+    part.replace(out)
+    meta.unlink()
+    await m.call("POST", f"/api/transfers/{tid}/complete")
+    print(f"\r{records} records, {out.stat().st_size} bytes, sha256 {sha256} verified -> {out}")
     return 0
 
 

@@ -80,6 +80,20 @@ def _peer_folder(root: Path, name: str, callback_port: int) -> tuple[Path, str]:
     return root / name, f"http://127.0.0.1:{callback_port}{DSP_PATH}"
 
 
+BIG_RECORDS = 400_000  # ~40 MB: long enough to cut or revoke a stream half-way
+
+
+def add_big_dataset(folder: Path) -> None:
+    """A members-only dataset of BIG_RECORDS JSON lines, written once."""
+    line = '{"seq": %d, "station": "s-%d", "payload": "%s"}\n'
+    with (folder / "data" / "big.jsonl").open("w") as f:
+        for i in range(BIG_RECORDS):
+            f.write(line % (i, i % 97, "x" * (40 + i % 17)))
+    (folder / "datasets" / "big.toml").write_text(
+        'id = "big"\ntitle = "Big"\ndescription = "many records"\nkeywords = ["big"]\n'
+        'policies = ["members-only"]\n[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')
+
+
 @pytest.fixture(scope="session")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     root = tmp_path_factory.mktemp("space")
@@ -92,6 +106,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         settings = load_settings(folder)
         peers[name] = Peer(did=settings.did, kid=settings.signing_kid,
                            key=load_signing_key(settings.signing_key), callback=callback)
+    add_big_dataset(provider.dir)
     start(provider)
     start(consumer)
     tls = ssl.create_default_context(cafile=str(provider.dir / "tls" / "cert.pem"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -90,6 +91,11 @@ async def test_transfer_through_management_api(space: Space,
     records, size = await consumer.download(f"/api/transfers/{transfer['id']}/data", out)
     assert records == 10 and size == out.stat().st_size
     assert out.read_bytes() == (space.provider.dir / "data" / "example.jsonl").read_bytes()
+    summary = await consumer.call("GET", f"/api/transfers/{transfer['id']}/summary")
+    assert summary == {"records": 10, "bytes": size,
+                       "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+    assert (await consumer.call("GET", f"/api/transfers/{transfer['id']}"))["state"] == "STARTED"
+    await consumer.call("POST", f"/api/transfers/{transfer['id']}/complete")
     done = await consumer.call("GET", f"/api/transfers/{transfer['id']}")
     assert done["state"] == "COMPLETED"
 

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import msgspec
+
 from connector.core import codec
 from connector.core import transfer as tp
 from connector.core.errors import (
@@ -159,8 +161,9 @@ class TransferService:
 
     # -- provider data plane -------------------------------------------------------------------
 
-    async def authorize_pull(self, token: str | None) -> tuple[Transfer, Agreement]:
-        """Check a data-plane token and the agreement's policy; count the use."""
+    async def authorize_pull(self, token: str | None, *, use: bool = True
+                             ) -> tuple[Transfer, Agreement]:
+        """Check a data-plane token and the agreement's policy; count the use if ``use``."""
         if not token:
             raise TransferDenied("missing data token")
         digest = token_hash(token)
@@ -174,21 +177,44 @@ class TransferService:
         agreement = await self._store.get_agreement(record.agreement_id)
         if agreement is None:
             raise TransferDenied("agreement not found")
-        await self._check_policy(agreement)
+        if agreement.revoked:
+            raise TransferDenied(f"agreement revoked by the provider: {agreement.revoked}")
+        await self._check_policy(agreement, 1 if use else 0)
         return record, agreement
 
-    async def _check_policy(self, agreement: Agreement) -> None:
+    async def still_streaming(self, pid: str) -> bool:
+        """Whether a running stream may go on (checked between chunks): STARTED and not
+        revoked. A revocation or termination stops the stream mid-way."""
+        record = await self._store.get_transfer(pid)
+        return record is not None and record.state is TransferState.STARTED
+
+    async def revoke_agreement(self, agreement_id: str, reason: str) -> list[Transfer]:
+        """Provider: withdraw an agreement (e.g. a withdrawn consent). Every open transfer
+        under it is terminated with the reason, and no data-plane access passes again."""
+        agreement = await self._store.get_agreement(agreement_id)
+        if agreement is None or agreement.role != Role.PROVIDER.value:
+            raise NotFound(f"no agreement {agreement_id!r} as provider")
+        await self._store.save_agreement(_replace(agreement, revoked=reason))
+        ended = []
+        for record in await self._store.list_transfers(agreement_id):
+            if not record.state.terminal:
+                ended.append(await self.act(record.id, TransferEvent.TERMINATE,
+                                            f"agreement revoked: {reason}",
+                                            code="agreement-revoked"))
+        return ended
+
+    async def _check_policy(self, agreement: Agreement, use: int) -> None:
         """Transfer scope: the agreement's policy with the use being counted (atomically)."""
-        uses = await self._store.add_use(agreement.id, 1)
+        uses = await self._store.add_use(agreement.id, use)
         try:
             decision = self._catalog().decide_agreement(
                 agreement.id, agreement.body, self._claims_for(agreement.assignee),
                 agreement_time=datetime.fromtimestamp(agreement.created_at, UTC), use_count=uses)
         except PolicyError as exc:
-            await self._store.add_use(agreement.id, -1)
+            await self._store.add_use(agreement.id, -use)
             raise TransferDenied(exc.message) from exc
         if not decision.allowed:
-            await self._store.add_use(agreement.id, -1)
+            await self._store.add_use(agreement.id, -use)
             raise TransferDenied("policy denies: " + "; ".join(decision.reasons))
 
     # -- management: consumer side ------------------------------------------------------------
@@ -227,7 +253,8 @@ class TransferService:
             if record is not None and record.provider_pid is None and ack.provider_pid:
                 await self._save(_replace(record, provider_pid=ack.provider_pid), [])
 
-    async def act(self, pid: str, event: TransferEvent, reason: str | None = None) -> Transfer:
+    async def act(self, pid: str, event: TransferEvent, reason: str | None = None,
+                  code: str | None = None) -> Transfer:
         """Our operator (or pull loop, or a test script) starts, completes, suspends, resumes
         or terminates. A provider's Start carries a fresh data token."""
         record = await self.mine(pid)
@@ -240,7 +267,8 @@ class TransferService:
                                 consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)
                 after, out = self._start(record)
             else:
-                code = "terminated-by-operator" if event is TransferEvent.TERMINATE else None
+                if code is None and event is TransferEvent.TERMINATE:
+                    code = "terminated-by-operator"
                 msg = tp.message_for(record, event, reason=reason, code=code)
                 after = tp.apply(record, record.role, msg, self._clock())
                 out = [self._outgoing(after, msg, self._their_path(record, event))]
@@ -270,10 +298,7 @@ class TransferService:
             await self._save(after, [])
 
 
-def _replace(record: Transfer, **changes: object) -> Transfer:
-    import msgspec
-
-    return msgspec.structs.replace(record, **changes)
+_replace = msgspec.structs.replace
 
 
 def _check_pids(record: Transfer, msg: TransferMessage) -> None:

@@ -9,7 +9,7 @@ system ones. Errors are translated into ``PeerError`` where they enter.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import aiohttp
@@ -100,9 +100,12 @@ class PeerClient:
                             peer_status=status)
         return codec.decode_json(raw)
 
-    async def pull(self, endpoint: str, token: str) -> AsyncIterator[bytes]:
-        """Stream the records behind an HTTP-pull data address."""
+    async def pull(self, endpoint: str, token: str, offset: int = 0
+                   ) -> AsyncGenerator[bytes, None]:
+        """Stream the records behind an HTTP-pull data address, from record ``offset`` on."""
         headers = {"Authorization": f"Bearer {token}"}
+        if offset:
+            endpoint = f"{endpoint}?offset={offset}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
         try:
             async with self.session().get(endpoint, headers=headers, timeout=timeout) as resp:
@@ -113,6 +116,20 @@ class PeerClient:
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
+
+
+    async def data_summary(self, endpoint: str, token: str) -> dict[str, Any]:
+        """The provider's record count and SHA-256 for the whole stream."""
+        try:
+            async with self.session().get(f"{endpoint.rstrip('/')}/summary",
+                                          headers={"Authorization": f"Bearer {token}"}) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise PeerError(f"data summary answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"data summary: {type(exc).__name__}: {exc}") from exc
+        return codec.decode_json(raw)
 
 
 def codec_catalog_request() -> Any:

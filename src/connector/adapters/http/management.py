@@ -10,6 +10,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -159,32 +160,55 @@ class ManagementApi:
         return _out(await self._transfers.act(request.match_info["id"], event,
                                               str(reason) if reason else None))
 
-    async def transfer_data(self, request: web.Request) -> web.StreamResponse:
-        """Pull the records of a STARTED transfer through this daemon, then complete it."""
-        pid = request.match_info["id"]
-        record = await self._transfers.mine(pid)
+    def _pull_address(self, record: Any) -> tuple[str, str]:
         address = record.data_address
         if record.state is not TransferState.STARTED or address is None or not address.endpoint:
-            raise NotFound(f"transfer {pid!r} is {record.state.value} with no data address")
-        token = address.property("authorization") or ""
+            raise NotFound(f"transfer {record.id!r} is {record.state.value} with no data address")
+        return address.endpoint, address.property("authorization") or ""
+
+    async def transfer_data(self, request: web.Request) -> web.StreamResponse:
+        """Pull a STARTED transfer's records through this daemon, from ``?offset=N`` on.
+
+        The caller verifies its copy against ``/summary`` and then completes the transfer;
+        a stream cut mid-way ends without a proper end, so a partial copy is never taken
+        for a whole one.
+        """
+        pid = request.match_info["id"]
+        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        offset = int(request.query.get("offset", "0") or 0)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         started = False
         try:
-            async for chunk in self._client.pull(address.endpoint, token):
-                if not started:
-                    await response.prepare(request)
-                    started = True
-                await response.write(chunk)
+            async with aclosing(self._client.pull(endpoint, token, offset)) as chunks:
+                async for chunk in chunks:
+                    if not started:
+                        await response.prepare(request)
+                        started = True
+                    await response.write(chunk)
+        except ConnectionError:  # our own client went away; it resumes by offset
+            log.info("transfer %s: the local reader disconnected", pid)
+            return response
         except PeerError:
             if not started:
                 raise
             log.warning("transfer %s: pull interrupted", pid)
-            return response  # the client sees a short stream and no completion
+            if request.transport is not None:
+                request.transport.close()
+            return response
         if not started:
             await response.prepare(request)
         await response.write_eof()
-        await self._transfers.act(pid, TransferEvent.COMPLETE)
         return response
+
+    async def transfer_summary(self, request: web.Request) -> web.Response:
+        endpoint, token = self._pull_address(await self._transfers.mine(request.match_info["id"]))
+        return _out(await self._client.data_summary(endpoint, token))
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Provider: withdraw an agreement; open transfers under it are terminated."""
+        reason = str((await _body(request)).get("reason", "revoked by the provider"))
+        ended = await self._transfers.revoke_agreement(request.match_info["id"], reason)
+        return _out({"revoked": request.match_info["id"], "terminated": [t.id for t in ended]})
 
     def app(self) -> web.Application:
         from connector.adapters.http.errors import error_middleware
@@ -198,10 +222,12 @@ class ManagementApi:
         r.add_get("/api/negotiations/{id}", self.negotiation)
         r.add_post("/api/negotiations/{id}/{action}", self.negotiation_action)
         r.add_get("/api/agreements", self.agreements)
+        r.add_post("/api/agreements/{id}/revoke", self.revoke)
         r.add_post("/api/transfers", self.transfer_start)
         r.add_get("/api/transfers", self.transfers)
         r.add_get("/api/transfers/{id}", self.transfer)
         r.add_get("/api/transfers/{id}/data", self.transfer_data)
+        r.add_get("/api/transfers/{id}/summary", self.transfer_summary)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         return app
 

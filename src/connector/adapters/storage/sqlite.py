@@ -176,7 +176,8 @@ class SqliteStore:
             return
         for txn in batch:
             for key, record in txn.cached:
-                if record.state.terminal:  # finished processes are rarely read again
+                state = getattr(record, "state", None)
+                if state is not None and state.terminal:  # finished processes are rarely read again
                     self._cache.pop(key, None)
                 else:
                     self._remember(key, record)
@@ -237,6 +238,12 @@ class SqliteStore:
         rows = await self._rows("SELECT body FROM agreements ORDER BY created_at")
         return [self._ag_dec.decode(r[0]) for r in rows]
 
+    async def save_agreement(self, agreement: Agreement) -> None:
+        """Rewrite an agreement's record (its revocation); the contract itself never changes."""
+        await self._transaction([(
+            "UPDATE agreements SET body = ? WHERE id = ?",
+            (_enc.encode(agreement), agreement.id))], (), [(f"a:{agreement.id}", agreement)])
+
     # -- transfers ------------------------------------------------------------------------
 
     async def get_transfer(self, id: str) -> Transfer | None:
@@ -264,8 +271,12 @@ class SqliteStore:
              record.token_hash, record.updated_at, _enc.encode(record)),
         )], outbox, [(f"t:{record.id}", record)])
 
-    async def list_transfers(self) -> list[Transfer]:
-        rows = await self._rows("SELECT body FROM transfers ORDER BY updated_at")
+    async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
+        if agreement_id is None:
+            rows = await self._rows("SELECT body FROM transfers ORDER BY updated_at")
+        else:
+            rows = await self._rows("SELECT body FROM transfers WHERE agreement_id = ?"
+                                    " ORDER BY updated_at", (agreement_id,))
         return [self._tr_dec.decode(r[0]) for r in rows]
 
     async def add_use(self, agreement_id: str, delta: int) -> int:
