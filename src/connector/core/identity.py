@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import jwt
 from cryptography.exceptions import InvalidSignature
@@ -38,12 +38,16 @@ from jwt.exceptions import InvalidKeyError
 from connector.core.errors import AuthError, ConfigError
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+# The keys we sign with: Ed25519 (EdDSA) or an EC key of a curve in _EC_ALGS (ES256 for P-256).
+SigningKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 DID_CONTEXTS = ("https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1")
 # DCP 1.0 §4.3.3: a key that signs self-issued tokens needs the capabilityInvocation relationship.
 KEY_RELATIONSHIPS = ("authentication", "assertionMethod", "capabilityInvocation")
 # DSP 2025-1 §Catalog: the DataService that carries the connector's versioned DSP base URL.
 DSP_SERVICE_TYPE = "DataService"
+# DCP 1.0 §Credential Service endpoint discovery: the service type a verifier looks for.
+CREDENTIAL_SERVICE_TYPE = "CredentialService"
 
 # RFC 7518 §3.4 / RFC 8812 §3.2: the JWS alg that goes with each curve, and its hash.
 _EC_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
@@ -75,6 +79,31 @@ def did_web_from_url(url: str) -> str:
     return "did:web:" + ":".join(segments)
 
 
+def did_web_to_url(did: str, *, scheme: str = "https") -> str:
+    """The URL of the DID document of a did:web DID (did:web method spec §3.2 "Read").
+
+    The method-specific id is split on ``:``, each part percent-decoded (so a port written
+    ``%3A`` becomes ``:``); without a path ``/.well-known`` is used; ``/did.json`` is appended:
+    ``did:web:example.com%3A8443:tenants:acme`` -> ``https://example.com:8443/tenants/acme/did.json``.
+    ``scheme="http"`` exists for test harnesses only (the DCP TCK serves its DIDs over HTTP).
+    Raises AuthError for anything that is not a plain did:web DID.
+    """
+    if not did.startswith("did:web:"):
+        raise AuthError(f"not a did:web DID: {did[:200]!r}")
+    body = did.removeprefix("did:web:")
+    # A DID URL's query or fragment is not part of the DID; a trailing ":" is an empty segment.
+    if not body or any(c in body for c in "?#/") or body.endswith(":"):
+        raise AuthError(f"malformed did:web DID: {did[:200]!r}")
+    parts = [unquote(p) for p in body.split(":")]
+    host, path = parts[0], parts[1:]
+    bad_host = not host or any(c in host for c in "/@?#\\ ")
+    bad_path = any(not p or p in (".", "..") or any(c in p for c in "/?#\\") for p in path)
+    if bad_host or bad_path:
+        raise AuthError(f"malformed did:web DID: {did[:200]!r}")
+    tail = "/".join(quote(p, safe="") for p in path) if path else ".well-known"
+    return f"{scheme}://{host}/{tail}/did.json"
+
+
 # --- keys and DID documents -------------------------------------------------------------------
 
 
@@ -97,6 +126,117 @@ def public_jwk(key: Ed25519PrivateKey | Ed25519PublicKey) -> dict[str, str]:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+
+
+# RFC 7518 §6.2.1.1: the JWK "crv" name of each curve we sign with.
+_JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521",
+               "secp256k1": "secp256k1"}
+
+
+def signing_public_jwk(key: SigningKey | PublicKey) -> dict[str, str]:
+    """The public JWK of an Ed25519 key (RFC 8037 OKP) or an EC key (RFC 7518 §6.2, x and y)."""
+    if isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
+        return public_jwk(key)
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    crv = _JWK_CURVES.get(public.curve.name)
+    if crv is None:
+        raise ConfigError(f"unsupported EC curve {public.curve.name}")
+    size = (public.curve.key_size + 7) // 8
+    numbers = public.public_numbers()
+    return {"kty": "EC", "crv": crv, "x": _b64url(numbers.x.to_bytes(size, "big")),
+            "y": _b64url(numbers.y.to_bytes(size, "big"))}
+
+
+def signing_algorithm(key: SigningKey) -> str:
+    """The JWS alg for a signing key: EdDSA for Ed25519, ES256 for P-256 (RFC 7518 §3.4)."""
+    if isinstance(key, Ed25519PrivateKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _EC_ALGS:
+        return _EC_ALGS[key.curve.name][0]
+    raise ConfigError("unsupported signing key (need Ed25519 or EC P-256/P-384/P-521)")
+
+
+def _absolute_id(did: str, ref: str) -> str:
+    # DID Core §3.2: a verification method id may be a relative DID URL ("#key-1").
+    return did + ref if ref.startswith("#") else ref
+
+
+def _relationship_ids(document: Mapping[str, Any], did: str, relationship: str) -> set[str] | None:
+    """Absolute ids listed under ``relationship``; None when the document has no such entry."""
+    entries = document.get(relationship)
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise AuthError(f"DID document of {did}: {relationship} must be a list")
+    ids = set()
+    for entry in entries:
+        ref = entry.get("id") if isinstance(entry, dict) else entry
+        if isinstance(ref, str):
+            ids.add(_absolute_id(did, ref))
+    return ids
+
+
+def _embedded_methods(document: Mapping[str, Any], relationship: str) -> list[Any]:
+    # DID Core §5.3: a relationship may embed a whole verification method instead of a reference.
+    entries = document.get(relationship)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def document_keys(
+    document: Mapping[str, Any], did: str, *, relationship: str = "capabilityInvocation"
+) -> dict[str, dict[str, Any]]:
+    """Absolute kid -> public JWK of the JsonWebKey2020-style methods of a resolved DID document.
+
+    The document ``id`` must be ``did``; relative method ids (``#key-1``) are made absolute; a
+    method id outside ``did`` or given twice is refused. When the document lists
+    ``relationship`` (DCP 1.0: ``capabilityInvocation`` for self-issued tokens,
+    ``assertionMethod`` for credentials, ``authentication`` for presentations), only the
+    methods it names count; when it omits it, as EDC's documents may, every method counts
+    (identity-policy note §1.5). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
+    """
+    if document.get("id") != did:
+        raise AuthError(f"DID document id {str(document.get('id'))[:200]!r} is not {did!r}")
+    methods = document.get("verificationMethod", [])
+    if not isinstance(methods, list):
+        raise AuthError(f"DID document of {did}: verificationMethod must be a list")
+    allowed = _relationship_ids(document, did, relationship)
+    keys: dict[str, dict[str, Any]] = {}
+    for method in [*methods, *_embedded_methods(document, relationship)]:
+        if not isinstance(method, dict) or not isinstance(method.get("id"), str):
+            continue
+        kid = _absolute_id(did, method["id"])
+        if not kid.startswith(did + "#"):
+            raise AuthError(f"DID document of {did}: method {kid[:200]!r} is not under the DID")
+        if kid in keys:
+            raise AuthError(f"DID document of {did}: method {kid[:200]!r} is listed twice")
+        jwk = method.get("publicKeyJwk")
+        if isinstance(jwk, dict) and (allowed is None or kid in allowed):
+            keys[kid] = dict(jwk)
+    return keys
+
+
+def service_endpoint(document: Mapping[str, Any], service_type: str) -> str | None:
+    """The ``serviceEndpoint`` URL of the first service of ``service_type``, or None."""
+    services = document.get("service", [])
+    for service in services if isinstance(services, list) else []:
+        if not isinstance(service, dict):
+            continue
+        kind = service.get("type")
+        kinds = kind if isinstance(kind, list) else [kind]
+        endpoint = service.get("serviceEndpoint")
+        if service_type in kinds and isinstance(endpoint, str):
+            return endpoint
+    return None
+
+
+def with_credential_service(document: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """A copy of ``document`` whose ``CredentialService`` entry points at ``url`` (DCP §4.1)."""
+    did = str(document.get("id", ""))
+    services = [s for s in document.get("service", [])
+                if not (isinstance(s, dict) and s.get("type") == CREDENTIAL_SERVICE_TYPE)]
+    services.append({"id": f"{did}#credential-service", "type": CREDENTIAL_SERVICE_TYPE,
+                     "serviceEndpoint": url})
+    return {**document, "service": services}
 
 
 def build_did_document(
@@ -126,7 +266,7 @@ def build_did_document(
 
 
 def issue_token(
-    key: Ed25519PrivateKey,
+    key: SigningKey,
     *,
     kid: str,
     issuer: str,
@@ -135,7 +275,10 @@ def issue_token(
     jti: str,
     ttl_s: int,
 ) -> str:
-    """A self-issued ID token (DCP 1.0 §Self-Issued ID Tokens), EdDSA-signed, ``ttl_s`` long."""
+    """A self-issued ID token (DCP 1.0 §Self-Issued ID Tokens), ``ttl_s`` long.
+
+    EdDSA-signed for an Ed25519 key, ES256/ES384/ES512 for an EC key (``signing_algorithm``).
+    """
     claims = {
         "iss": issuer,
         "sub": issuer,
@@ -144,7 +287,38 @@ def issue_token(
         "iat": now,
         "exp": now + ttl_s,
     }
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": "JWT", "kid": kid})
+    return sign_jwt(key, kid=kid, claims=claims)
+
+
+def sign_jwt(
+    key: SigningKey, *, kid: str, claims: Mapping[str, Any], typ: str = "JWT"
+) -> str:
+    """A compact JWS of ``claims`` with header ``typ`` and ``kid``; alg from the key."""
+    return jwt.encode(dict(claims), key, algorithm=signing_algorithm(key),
+                      headers={"typ": typ, "kid": kid})
+
+
+def issue_dcp_token(
+    key: SigningKey,
+    *,
+    kid: str,
+    issuer: str,
+    audience: str,
+    now: int,
+    jti: str,
+    ttl_s: int,
+    access_token: str,
+) -> str:
+    """A self-issued ID token carrying the DCP ``token`` claim (an access token for our CS).
+
+    EDC refuses a self-issued token without a non-empty ``token`` (its TokenNotNullRule), so
+    the DCP mode always sends one; the pinned mode uses ``issue_token`` without it.
+    """
+    if not access_token:
+        raise ConfigError("a DCP self-issued token needs a non-empty access token")
+    claims = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti, "iat": now,
+              "exp": now + ttl_s, "token": access_token}
+    return sign_jwt(key, kid=kid, claims=claims)
 
 
 @dataclass(frozen=True)
@@ -314,3 +488,61 @@ def verify_token(
     issued_at, expires_at = _check_times(payload, now, leeway_s)
     jti = _string_claim(payload, "jti")
     return TokenClaims(issuer, audience, jti, issued_at, expires_at, kid)
+
+
+@dataclass(frozen=True)
+class DcpTokenClaims(TokenClaims):
+    """The claims of a verified DCP self-issued token, with its ``token`` claim."""
+
+    access_token: str
+
+
+def verify_dcp_token(
+    token: str, *, audience: str, now: int, leeway_s: int, keys: KeyRing
+) -> DcpTokenClaims:
+    """``verify_token``, then require a non-empty string ``token`` claim (DCP mode)."""
+    claims = verify_token(token, audience=audience, now=now, leeway_s=leeway_s, keys=keys)
+    access_token = _split_jws(token)[1].get("token")
+    if not isinstance(access_token, str) or not access_token:
+        raise AuthError("missing claim token (the DCP access token)")
+    return DcpTokenClaims(claims.issuer, claims.audience, claims.jti, claims.issued_at,
+                          claims.expires_at, claims.kid, access_token)
+
+
+# --- any JWS: presentations and credentials ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Jws:
+    """A parsed, not yet verified, compact JWS."""
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def kid(self) -> str | None:
+        kid = self.header.get("kid")
+        return kid if isinstance(kid, str) and kid else None
+
+
+def parse_jws(token: str) -> Jws:
+    """Split and decode a compact JWS; AuthError when malformed or with a ``crit`` header."""
+    if not isinstance(token, str):
+        raise AuthError("malformed token: not a string")
+    return Jws(*_split_jws(token))
+
+
+def _entry_for(key: PublicKey) -> _VerifyingKey:
+    if isinstance(key, Ed25519PublicKey):
+        return _VerifyingKey(key, "EdDSA", None)
+    if key.curve.name in _EC_ALGS:
+        alg, hash_alg = _EC_ALGS[key.curve.name]
+        return _VerifyingKey(key, alg, hash_alg)
+    raise AuthError(f"unsupported key curve {key.curve.name}")
+
+
+def verify_jws_signature(jws: Jws, key: PublicKey) -> None:
+    """Check ``jws``'s signature with ``key``; the header alg must be the key's (RFC 8725)."""
+    _check_signature(_entry_for(key), jws.header.get("alg"), jws.signing_input, jws.signature)
