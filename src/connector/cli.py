@@ -61,6 +61,27 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="negotiations, agreements and transfers as a table")
     _dir_arg(p)
+
+    p = sub.add_parser("registry", help="the catalogue-metadata registry (its own daemon)")
+    rsub = p.add_subparsers(dest="registry_command", required=True)
+    ri = rsub.add_parser("init", help="create a registry folder")
+    ri.add_argument("dir", type=Path)
+    ri.add_argument("--url", required=True, help="public root URL, https://HOST:PORT")
+    ri.add_argument("--name", default="registry")
+    ri.add_argument("--peer", action="append", default=[], metavar="URL",
+                    help="a peer registry to replicate from (repeatable)")
+    rr = rsub.add_parser("run", help="run the registry daemon")
+    rr.add_argument("dir", type=Path, nargs="?", default=Path("."))
+
+    p = sub.add_parser("search", help="search the registries for datasets")
+    p.add_argument("query", nargs="?", default="")
+    for facet in ("keyword", "theme", "format"):
+        p.add_argument(f"--{facet}", default=None)
+    p.add_argument("--publisher", default=None, help="a publisher's DID")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="the registry's JSON answer")
+    _dir_arg(p)
     return parser
 
 
@@ -87,6 +108,12 @@ def _run(args: argparse.Namespace) -> int:
         path = add_trusted_peer(args.dir, args.source, attributes=attrs, tls_cert=args.tls_cert)
         print(f"pinned {path}")
         return 0
+    if cmd == "registry":
+        return _registry(args)
+    if cmd == "search":
+        from connector.registry.search import search_command
+
+        return search_command(args)
     if cmd == "run":
         from connector.daemon import run_forever
 
@@ -95,6 +122,17 @@ def _run(args: argparse.Namespace) -> int:
     from connector import client
 
     return asyncio.run(client.main(args))
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from connector.registry import daemon
+
+    if args.registry_command == "init":
+        daemon.init_registry(args.dir, url=args.url, name=args.name, peers=args.peer)
+        print(f"initialised registry {args.dir}")
+        return 0
+    daemon.run_forever(args.dir)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

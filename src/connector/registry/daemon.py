@@ -1,0 +1,264 @@
+"""The registry daemon: its folder, its settings, and the process that serves it.
+
+A registry folder looks like a participant's, minus datasets and policies::
+
+    registry.toml  did.json  trust/*.json  tls/cert.pem  keys/ (0600)  state/registry.db
+
+``trust/`` pins the members (``membership = active``) exactly as a participant pins its
+peers (``connector trust add --dir REGISTRY ...``), plus peer registries (``role = registry``)
+whose TLS certificates the replicator trusts. The registry has its own did:web DID and key,
+so that it can call peer registries with self-issued tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from connector import keys
+from connector.adapters.http.client import client_ssl_context
+from connector.config import DEFAULT_CLOCK_LEEWAY_S, DEFAULT_TOKEN_TTL_S, _get
+from connector.core.errors import ConfigError, ConnectorError
+from connector.core.identity import build_did_document, did_web_from_url, public_jwk
+from connector.folder import (
+    DID_FILE,
+    FIRST_KEY_FRAGMENT,
+    SIGNING_KEY,
+    TLS_CERT,
+    TLS_KEY,
+    _bind_host,
+    _toml_str,
+    load_trust,
+    parse_public_url,
+)
+from connector.registry.http import RegistryApi
+from connector.registry.replication import DEFAULT_INTERVAL_S, Replicator
+from connector.registry.service import RegistryService
+from connector.registry.store import RegistryStore
+from connector.service.auth import Identity, Verifier
+
+log = logging.getLogger("connector.registry")
+REGISTRY_FILE = "registry.toml"
+DATABASE = "state/registry.db"
+# trust/ is re-read when it changes (polled once a second, like the connector's folder).
+RELOAD_INTERVAL_S = 1.0
+# Expired entries are already invisible to searches; the sweep only reclaims space.
+SWEEP_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    root: Path
+    name: str
+    did: str
+    public_url: str
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    signing_key: Path
+    signing_kid: str
+    database: Path
+    peers: tuple[str, ...] = ()
+    interval_s: float = DEFAULT_INTERVAL_S
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    clock_leeway_s: int = DEFAULT_CLOCK_LEEWAY_S
+
+
+def _registry_toml(name: str, url: str, did: str, host: str, port: int,
+                   peers: Sequence[str]) -> str:
+    listed = ", ".join(_toml_str(p.rstrip("/")) for p in peers)
+    return f"""\
+[registry]
+name = {_toml_str(name)}
+did = {_toml_str(did)}
+url = {_toml_str(url)}
+
+[server]
+host = {_toml_str(_bind_host(host))}
+port = {port}
+tls_cert = "{TLS_CERT}"
+tls_key = "{TLS_KEY}"
+
+[signing]
+key = "{SIGNING_KEY}"
+kid = {_toml_str(f"{did}#{FIRST_KEY_FRAGMENT}")}
+
+[storage]
+sqlite = "{DATABASE}"
+
+[replication]
+# Peer registries to pull changes from; pin each in trust/ with role=registry.
+peers = [{listed}]
+interval_s = {DEFAULT_INTERVAL_S}
+"""
+
+
+def init_registry(dir: Path, *, url: str, name: str = "registry",
+                  peers: Sequence[str] = ()) -> None:
+    """Create a registry folder at ``dir`` (absent or empty) for the public root ``url``."""
+    host, port = parse_public_url(url)
+    url = url.rstrip("/")
+    if dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
+        raise ConfigError(f"{dir}: exists and is not an empty directory")
+    did = did_web_from_url(url)
+    for sub in ("tls", "trust", "state"):
+        (dir / sub).mkdir(parents=True, exist_ok=True)
+    (dir / "keys").mkdir(mode=0o700)
+    (dir / REGISTRY_FILE).write_text(_registry_toml(name, url, did, host, port, peers))
+    signing = keys.generate_signing_key(dir / SIGNING_KEY)
+    keys.generate_tls(dir / TLS_CERT, dir / TLS_KEY, [host, "localhost", "127.0.0.1"])
+    # The DataService entry carries the registry's root URL, so that participants can pin it
+    # with `connector trust add REGISTRY/did.json --tls-cert REGISTRY/tls/cert.pem`.
+    document = build_did_document(did, url, [(f"{did}#{FIRST_KEY_FRAGMENT}",
+                                              public_jwk(signing))])
+    (dir / DID_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    (dir / "trust" / ".gitkeep").write_text("")
+    (dir / ".gitignore").write_text("keys/\nstate/\n")
+
+
+def load_registry_settings(root: Path) -> RegistrySettings:
+    """Load ``root/registry.toml``; ConfigError names the file and the key."""
+    root = root.resolve()
+    path = root / REGISTRY_FILE
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    reg, server, signing = (data.get(t, {}) for t in ("registry", "server", "signing"))
+    replication = data.get("replication", {})
+    peers = replication.get("peers", [])
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        raise ConfigError(f"{path} [replication]: key 'peers' must be a list of URLs")
+    return RegistrySettings(
+        root=root,
+        name=_get(reg, "name", str, f"{path} [registry]"),
+        did=_get(reg, "did", str, f"{path} [registry]"),
+        public_url=_get(reg, "url", str, f"{path} [registry]").rstrip("/"),
+        host=server.get("host", "127.0.0.1"),
+        port=_get(server, "port", int, f"{path} [server]"),
+        tls_cert=root / _get(server, "tls_cert", str, f"{path} [server]"),
+        tls_key=root / _get(server, "tls_key", str, f"{path} [server]"),
+        signing_key=root / _get(signing, "key", str, f"{path} [signing]"),
+        signing_kid=_get(signing, "kid", str, f"{path} [signing]"),
+        database=root / data.get("storage", {}).get("sqlite", DATABASE),
+        peers=tuple(p.rstrip("/") for p in peers),
+        interval_s=float(replication.get("interval_s", DEFAULT_INTERVAL_S)),
+    )
+
+
+def _trust_stamp(root: Path) -> tuple[tuple[str, float], ...]:
+    return tuple((str(p), p.stat().st_mtime) for p in sorted((root / "trust").glob("*.json")))
+
+
+class RegistryDaemon:
+    """Composition root: settings -> store -> service -> HTTPS app, replication, sweeps."""
+
+    def __init__(self, settings: RegistrySettings) -> None:
+        self.settings = settings
+        self.peers = load_trust(settings.root)
+        self._stamp = _trust_stamp(settings.root)
+        key = keys.load_signing_key(settings.signing_key)
+        self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
+                                 ttl_s=settings.token_ttl_s, clock=time.time)
+        self.verifier = Verifier(did=settings.did, peers=self.peers,
+                                 leeway_s=settings.clock_leeway_s, clock=time.time)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ctx = client_ssl_context(p.tls_cert_pem or "" for p in self.peers.values())
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx),
+                timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await RegistryStore.open(s.database)
+        self.service = RegistryService(self.store, self.peers, leeway_s=s.clock_leeway_s,
+                                       clock=time.time)
+        did_document = json.loads((s.root / DID_FILE).read_text())
+        app = RegistryApi(self.service, self.verifier, did_document).app()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        await web.TCPSite(self._runner, s.host, s.port, ssl_context=ctx, backlog=1024).start()
+        replicator = Replicator(self.service, s.peers, identity=self.identity,
+                                session=self.session, interval_s=s.interval_s)
+        for loop in (replicator.run(), self._reload_loop(), self._sweep_loop()):
+            self._tasks.append(asyncio.create_task(loop))
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+            try:
+                if _trust_stamp(self.settings.root) == self._stamp:
+                    continue
+                self._stamp = _trust_stamp(self.settings.root)
+                peers = load_trust(self.settings.root)
+            except (ConnectorError, OSError) as exc:
+                log.error("trust/ changed but cannot be loaded; keeping the previous: %s", exc)
+                continue
+            self.peers = peers
+            self.verifier.reload(peers)
+            self.service.reload(peers)
+            old, self._session = self._session, None  # new TLS anchors for the next pull
+            if old is not None:
+                await old.close()
+            log.info("reloaded trust/ (%d pinned)", len(peers))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            gone = await self.service.sweep()
+            if gone:
+                log.info("expired %d entries", gone)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+
+async def serve(root: Path) -> None:
+    """Run the registry until SIGINT/SIGTERM."""
+    settings = load_registry_settings(root)
+    daemon = RegistryDaemon(settings)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"registry {settings.name} ready: {settings.public_url}", flush=True)
+    await stop.wait()
+    await daemon.stop()
+
+
+def run_forever(root: Path) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(root))
