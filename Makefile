@@ -29,5 +29,8 @@ bench: $(STAMP)
 tck: $(STAMP)
 	$(PY) interop/tck/run.py
 
+interop: $(STAMP)
+	$(PY) interop/edc/run.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
