@@ -16,6 +16,83 @@ def _dir_arg(parser: argparse.ArgumentParser) -> None:
                         help="participant folder (default: .)")
 
 
+def _add_identity_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``keys rotate``, ``authority init|issue|revoke|run`` and ``credentials import``."""
+    p = sub.add_parser("keys", help="signing keys")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    kr = ksub.add_parser("rotate", help="publish and sign with a new key; --retire an old one")
+    kr.add_argument("dir", type=Path, nargs="?", default=Path("."))
+    kr.add_argument("--publish-only", action="store_true",
+                    help="add the key to did.json but keep signing with the old one")
+    kr.add_argument("--activate", metavar="KID", default=None, help="sign with a published key")
+    kr.add_argument("--retire", metavar="KID", default=None,
+                    help="remove a rotated-out key once its tokens have expired")
+
+    p = sub.add_parser("authority", help="a data-space authority issuing membership credentials")
+    asub = p.add_subparsers(dest="authority_command", required=True)
+    ai = asub.add_parser("init", help="create an authority folder")
+    ai.add_argument("dir", type=Path)
+    ai.add_argument("--url", required=True, help="public root URL, https://HOST:PORT")
+    iss = asub.add_parser("issue", help="print a VC JWT for a member")
+    iss.add_argument("dir", type=Path)
+    iss.add_argument("--subject", required=True, help="the member's DID")
+    iss.add_argument("--type", action="append", default=None, dest="types",
+                     help="credential type (repeatable; default MembershipCredential)")
+    iss.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    iss.add_argument("--valid-days", type=int, default=365)
+    iss.add_argument("--out", type=Path, default=None, help="also write the VC JWT here")
+    ar = asub.add_parser("revoke", help="set a credential's bit in the revocation list")
+    ar.add_argument("dir", type=Path)
+    ar.add_argument("credential_id")
+    arun = asub.add_parser("run", help="serve did.json and the revocation list over HTTPS")
+    arun.add_argument("dir", type=Path, nargs="?", default=Path("."))
+
+    p = sub.add_parser("credentials", help="the participant's verifiable credentials")
+    csub = p.add_subparsers(dest="credentials_command", required=True)
+    ci = csub.add_parser("import", help="store a VC JWT under credentials/")
+    ci.add_argument("dir", type=Path)
+    ci.add_argument("file", type=Path)
+
+
+def _identity(args: argparse.Namespace) -> int:
+    """Dispatch of the commands ``_add_identity_parsers`` declares. Prints no key material."""
+    from connector import authority, rotation
+
+    if args.command == "keys":
+        if args.retire:
+            rotation.retire_signing_key(args.dir, args.retire)
+            print(f"retired {args.retire}")
+        elif args.activate:
+            rotation.activate_signing_key(args.dir, args.activate)
+            print(f"signing with {args.activate}")
+        else:
+            kid = rotation.rotate_signing_key(args.dir, publish_only=args.publish_only)
+            print(f"published {kid}" if args.publish_only else f"signing with {kid}")
+        return 0
+    if args.command == "credentials":
+        print(f"imported {authority.import_credential(args.dir, args.file)}")
+        return 0
+    command = args.authority_command
+    if command == "init":
+        settings = authority.init_authority(args.dir, url=args.url)
+        print(f"initialised authority {settings.did}")
+    elif command == "issue":
+        attrs = dict(a.split("=", 1) for a in args.attr)
+        credential_id, token = authority.issue_credential(
+            args.dir, subject=args.subject, types=args.types or ["MembershipCredential"],
+            attributes=attrs, valid_days=args.valid_days)
+        if args.out:
+            args.out.write_text(token + "\n")
+        print(token)
+        print(f"issued {credential_id}", file=sys.stderr)
+    elif command == "revoke":
+        index = authority.revoke_credential(args.dir, args.credential_id)
+        print(f"revoked {args.credential_id} (status index {index})")
+    else:
+        authority.run_authority(args.dir)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
     ta.add_argument("--tls-cert", type=Path, default=None, help="the peer's TLS certificate")
     _dir_arg(ta)
+    _add_identity_parsers(sub)
 
     p = sub.add_parser("run", help="run the connector daemon")
     p.add_argument("dir", type=Path, nargs="?", default=Path("."))
@@ -60,6 +138,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _dir_arg(p)
 
     p = sub.add_parser("status", help="negotiations, agreements and transfers as a table")
+    _dir_arg(p)
+
+    p = sub.add_parser("why", help="a negotiation's or transfer's timeline, with each "
+                       "policy decision's trace")
+    p.add_argument("id", help="the negotiation or transfer id (see `connector status`)")
     _dir_arg(p)
 
     p = sub.add_parser("registry", help="the catalogue-metadata registry (its own daemon)")
@@ -101,6 +184,8 @@ def _run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(problems)} problem(s)" if problems else "ok")
         return 1 if problems else 0
+    if cmd in ("keys", "authority", "credentials"):
+        return _identity(args)
     if cmd == "trust":
         from connector.folder import add_trusted_peer
 

@@ -84,6 +84,30 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def generate_ec_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Generate a P-256 (ES256) signing key and write it to ``path`` as PKCS#8 PEM, mode 0600.
+
+    P-256 is what the DCP TCK and every EDC build accept (identity-policy note §1.5).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_private(path, _pkcs8_pem(key))
+    return key
+
+
+def load_any_signing_key(path: Path) -> Ed25519PrivateKey | ec.EllipticCurvePrivateKey:
+    """Load an Ed25519 or EC signing key at ``path`` (mode 0600, unencrypted PEM)."""
+    check_private_mode(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key") from exc
+    if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: signing key must be Ed25519 or EC")
+    return key
+
+
 def _san(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
