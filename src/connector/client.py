@@ -215,7 +215,41 @@ async def status(m: Management, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"catalog": catalog, "negotiate": negotiate, "transfer": transfer, "status": status}
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def timeline(kind: str, record: dict[str, Any]) -> list[str]:
+    """A process's timeline as printed by ``connector why``."""
+    subject = record.get("datasetId") or record.get("agreementId")
+    lines = [f"{kind} {record['id']} ({record['role']}, {subject}): {record['state']}"]
+    for entry in record.get("history", []):
+        lines.append(f"  {_clock(entry['at'])}  {entry['by']:<8}  {entry['message']}"
+                     f" -> {entry['state']}")
+        lines += [f"{'':30}{line}" for line in entry.get("note", "").splitlines()]
+    if record.get("policyHash"):
+        lines.append(f"  agreed under policy sha256 {record['policyHash']}"
+                     f" (git {record.get('policyCommit') or 'not a git folder'})")
+    return lines
+
+
+async def why(m: Management, args: argparse.Namespace) -> int:
+    """The timeline of a negotiation or transfer, with the trace of each policy decision."""
+    for kind, path in (("negotiation", "/api/negotiations/"), ("transfer", "/api/transfers/")):
+        try:
+            record = await m.call("GET", path + args.id)
+        except PeerError as exc:
+            if exc.peer_status == 404:
+                continue
+            raise
+        print("\n".join(timeline(kind, record)))
+        return 0
+    print(f"no negotiation or transfer {args.id!r} here", file=sys.stderr)
+    return 1
+
+
+COMMANDS = {"catalog": catalog, "negotiate": negotiate, "transfer": transfer, "status": status,
+            "why": why}
 
 
 async def main(args: argparse.Namespace) -> int:

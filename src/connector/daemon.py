@@ -29,7 +29,15 @@ from connector.adapters.http.management import ManagementApi
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.config import Settings, load_settings
 from connector.core.errors import ConnectorError
-from connector.folder import DatasetDecl, Peer, load_datasets, load_policies, load_trust
+from connector.folder import (
+    DatasetDecl,
+    Peer,
+    load_datasets,
+    load_policies,
+    load_trust,
+    policy_commits,
+    policy_hash,
+)
 from connector.keys import load_signing_key
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
@@ -61,8 +69,11 @@ def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
 def read_folder(settings: Settings) -> FolderState:
     root = settings.root
     datasets = load_datasets(root)
-    catalog = Catalog.from_folder(datasets, load_policies(root), participant_id=settings.did,
-                                  dsp_base=settings.dsp_base, clock=time.time)
+    policies = load_policies(root)
+    catalog = Catalog.from_folder(
+        datasets, policies, participant_id=settings.did, dsp_base=settings.dsp_base,
+        clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
+        commits=policy_commits(root))
     return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
                        catalog=catalog, stamp=_stamp(root))
 

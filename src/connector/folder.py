@@ -13,12 +13,14 @@ The module is longer than most because it holds the loaders and their checks sid
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import ipaddress
 import json
 import re
 import secrets
 import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import msgspec
 
 import connector
 from connector import keys
@@ -304,6 +308,33 @@ def load_policies(dir: Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}: a policy must be a JSON object")
         policies[path.stem] = document
     return policies
+
+
+def policy_hash(document: Mapping[str, Any]) -> str:
+    """SHA-256 of a policy's canonical JSON (sorted keys): the same rules, the same hash,
+    whether written as JSON or YAML."""
+    return hashlib.sha256(msgspec.json.encode(document, order="sorted")).hexdigest()
+
+
+def policy_commits(dir: Path) -> dict[str, str]:
+    """Policy name -> the folder's last git commit of its file (``+modified`` when the file
+    differs from it). Empty when the folder is not a git repository or git is missing."""
+    commits: dict[str, str] = {}
+    for path in _policy_files(dir):
+        rel = str(path.relative_to(dir))
+        try:
+            head = subprocess.run(["git", "-C", str(dir), "log", "-1", "--format=%H", "--", rel],
+                                  capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(["git", "-C", str(dir), "status", "--porcelain", "--", rel],
+                                   capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        if head.returncode != 0:
+            return {}
+        commit = head.stdout.strip()
+        if commit:
+            commits[path.stem] = commit + ("+modified" if dirty.stdout.strip() else "")
+    return commits
 
 
 # --- pinned trust --------------------------------------------------------------------------------

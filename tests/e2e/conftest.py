@@ -89,6 +89,10 @@ def add_big_dataset(folder: Path) -> None:
     with (folder / "data" / "big.jsonl").open("w") as f:
         for i in range(BIG_RECORDS):
             f.write(line % (i, i % 97, "x" * (40 + i % 17)))
+    (folder / "datasets" / "counted.toml").write_text(
+        'id = "counted"\ntitle = "Counted"\ndescription = "at most 100 uses"\n'
+        'keywords = ["count"]\npolicies = ["count-limited"]\n'
+        '[source]\ntype = "jsonl"\npath = "data/example.jsonl"\n')
     (folder / "datasets" / "big.toml").write_text(
         'id = "big"\ntitle = "Big"\ndescription = "many records"\nkeywords = ["big"]\n'
         'policies = ["members-only"]\n[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')

@@ -102,7 +102,9 @@ async def test_policy_denial_reaches_consumer_with_reason(http: aiohttp.ClientSe
     status, catalog = await call(http, "POST", f"{s.base}/catalog/request",
                                  {"@context": CTX, "@type": "CatalogRequestMessage"},
                                  s.outsider.token(s.provider_did))
-    assert status == 200 and "dataset" not in catalog  # the offer is hidden from non-members
+    assert status == 200
+    visible = {d["@id"] for d in catalog.get("dataset", [])}
+    assert visible == {"counted"}  # members-only offers are hidden from non-members
     cpid, ppid = await open_negotiation(http, s, s.outsider)
     termination = await s.outsider.next_message(f"/negotiations/{cpid}/termination")
     assert termination["code"] == "policy-denied"

@@ -7,7 +7,7 @@ target) and at least one Distribution naming its format and access service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,12 @@ class Offer:
     dataset_id: str
     policy_name: str
     policy: Mapping[str, Any]
+    policy_hash: str | None = None  # SHA-256 of the policy's canonical JSON
+    policy_commit: str | None = None  # git commit of the policy file in the folder
 
-    def body(self, *, with_target: bool = False) -> dict[str, Any]:
-        """The ODRL Offer object; ``target`` only inside negotiation messages."""
+    def body(self, *, with_target: bool = False, annotate: bool = False) -> dict[str, Any]:
+        """The ODRL Offer object; ``target`` only inside negotiation messages. Annotated (in
+        the catalogue), it also says where each left operand is technically enforced."""
         out: dict[str, Any] = {"@id": self.id, "@type": "Offer"}
         for key in _RULE_KEYS:
             if key in self.policy:
@@ -37,6 +40,8 @@ class Offer:
             out["permission"] = [{"action": "use"}]
         if with_target:
             out["target"] = self.dataset_id
+        if annotate and (where := enforcement(self.policy)):
+            out["enforcement"] = where
         return out
 
 
@@ -48,6 +53,36 @@ class DatasetEntry:
     keywords: tuple[str, ...]
     format: str
     offers: tuple[Offer, ...]
+
+
+# Usage terms need an agreement (its time, its use count): they bind every data access.
+_AT_ACCESS = frozenset({"count", "elapsedTime", "delayPeriod"})
+
+
+def _left_operands(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("leftOperand"), str):
+            yield node["leftOperand"]
+        for value in node.values():
+            yield from _left_operands(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _left_operands(item)
+
+
+def enforcement(policy: Mapping[str, Any]) -> dict[str, str]:
+    """Left operand -> where the connector checks it. An operand it cannot evaluate makes
+    the offer deny, so it never reaches a catalogue; it is named here all the same."""
+    from connector.core.policy import enforced_operands
+
+    known = enforced_operands()
+    out = {}
+    for operand in _left_operands({k: policy[k] for k in _RULE_KEYS if k in policy}):
+        name = operand.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        out[operand] = ("not enforceable: denies" if name not in known
+                        else "every data access" if name in _AT_ACCESS
+                        else "catalogue, negotiation and every data access")
+    return out
 
 
 def offer_id(dataset_id: str, policy_name: str) -> str:
@@ -65,7 +100,7 @@ def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: st
     doc: dict[str, Any] = {
         "@id": entry.id,
         "@type": "Dataset",
-        "hasPolicy": [o.body() for o in offers],
+        "hasPolicy": [o.body(annotate=True) for o in offers],
         "distribution": [{
             "@type": "Distribution",
             "format": entry.format,

@@ -95,6 +95,16 @@ TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], Neg
 }
 
 
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a process's timeline (``connector why``): who did what, and why."""
+
+    at: float
+    by: str  # "consumer", "provider" or "policy"
+    message: str
+    state: str
+    note: str = ""
+
+
 class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a negotiation. ``id`` is our own pid."""
 
@@ -111,6 +121,9 @@ class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    policy_hash: str | None = None  # provider: the policy file the agreement was made under
+    policy_commit: str | None = None
+    history: list[HistoryEntry] = []
 
     def ack(self) -> ContractNegotiation:
         """The ``ContractNegotiation`` object both GET and the 201 return."""
@@ -164,13 +177,25 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
     sent_provider_pid = getattr(msg, "provider_pid", None)
     if record.provider_pid is None and sent_provider_pid:
         changes["provider_pid"] = sent_provider_pid  # learnt before our 201 arrived
+    note = ""
     if isinstance(msg, ContractOfferMessage | ContractRequestMessage):
         changes["offer"] = msg.offer
     elif isinstance(msg, ContractAgreementMessage):
         changes["agreement"] = msg.agreement
+        note = f"agreement {msg.agreement.get('@id')}"
     elif isinstance(msg, ContractNegotiationTerminationMessage):
-        changes["reason"] = _reason_text(msg.reason, msg.code)
+        note = changes["reason"] = _reason_text(msg.reason, msg.code)
+    entry = HistoryEntry(at=now, by=sender.value, message=event_of(msg).value,
+                         state=new_state.value, note=note)
+    changes["history"] = [*record.history, entry]
     return msgspec.structs.replace(record, **changes)
+
+
+def noted(record: Negotiation, now: float, by: str, message: str, note: str = ""
+          ) -> Negotiation:
+    """The record with one more timeline line that changes no state (a policy decision)."""
+    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
+    return msgspec.structs.replace(record, history=[*record.history, entry])
 
 
 def terminate(record: Negotiation, sender: Role, reason: str, code: str, now: float) -> tuple[

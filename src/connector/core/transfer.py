@@ -28,7 +28,7 @@ from connector.core.messages import (
     TransferSuspensionMessage,
     TransferTerminationMessage,
 )
-from connector.core.negotiation import Role
+from connector.core.negotiation import HistoryEntry, Role
 
 
 class TransferState(StrEnum):
@@ -86,6 +86,7 @@ class Transfer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    history: list[HistoryEntry] = []
 
     def ack(self) -> TransferProcess:
         return TransferProcess(
@@ -125,11 +126,21 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> T
     sent_provider_pid = getattr(msg, "provider_pid", None)
     if record.provider_pid is None and sent_provider_pid:
         changes["provider_pid"] = sent_provider_pid
+    note = ""
     if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
-        changes["reason"] = _reason_text(msg.reason, msg.code)
+        note = changes["reason"] = _reason_text(msg.reason, msg.code)
+    entry = HistoryEntry(at=now, by=sender.value, message=event.value, state=new_state.value,
+                         note=note)
+    changes["history"] = [*record.history, entry]
     return msgspec.structs.replace(record, **changes)
+
+
+def noted(record: Transfer, now: float, by: str, message: str, note: str = "") -> Transfer:
+    """The record with one more timeline line that changes no state (a data-plane denial)."""
+    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
+    return msgspec.structs.replace(record, history=[*record.history, entry])
 
 
 def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = None,

@@ -44,13 +44,18 @@ class Catalog:
 
     @classmethod
     def from_folder(cls, datasets: Iterable[Any], policies: Mapping[str, Mapping[str, Any]], *,
-                    participant_id: str, dsp_base: str,
-                    clock: Callable[[], float]) -> Catalog:
-        """Build from ``folder.load_datasets`` / ``load_policies`` results."""
+                    participant_id: str, dsp_base: str, clock: Callable[[], float],
+                    hashes: Mapping[str, str] | None = None,
+                    commits: Mapping[str, str] | None = None) -> Catalog:
+        """Build from ``folder.load_datasets`` / ``load_policies`` results; each offer
+        remembers its policy's content hash and git commit for the agreements made on it."""
+        hashes, commits = hashes or {}, commits or {}
         entries = []
         for d in datasets:
             offers = tuple(Offer(id=offer_id(d.id, name), dataset_id=d.id, policy_name=name,
-                                 policy=policies[name]) for name in d.policies if name in policies)
+                                 policy=policies[name], policy_hash=hashes.get(name),
+                                 policy_commit=commits.get(name))
+                           for name in d.policies if name in policies)
             entries.append(DatasetEntry(id=d.id, title=d.title, description=d.description,
                                         keywords=tuple(d.keywords), format=d.format,
                                         offers=offers))

@@ -40,8 +40,14 @@ from connector.core.messages import (
     Message,
     NegotiationMessage,
 )
-from connector.core.negotiation import Negotiation, NegotiationEvent, NegotiationState, Role
-from connector.core.policy import Scope
+from connector.core.negotiation import (
+    HistoryEntry,
+    Negotiation,
+    NegotiationEvent,
+    NegotiationState,
+    Role,
+)
+from connector.core.policy import Decision, Scope
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
@@ -86,7 +92,8 @@ class NegotiationService:
                 id=str(record.agreement["@id"]), negotiation_id=record.id, role=record.role.value,
                 dataset_id=record.dataset_id, assigner=str(record.agreement.get("assigner", "")),
                 assignee=str(record.agreement.get("assignee", "")),
-                created_at=record.updated_at, body=record.agreement)
+                created_at=record.updated_at, body=record.agreement,
+                policy_hash=record.policy_hash, policy_commit=record.policy_commit)
         items = await self._store.save_negotiation(record, outbox=out, agreement=agreement,
                                                    expect_new=new)
         self._outbox.submit(items)
@@ -125,7 +132,8 @@ class NegotiationService:
             id=pid, role=Role.PROVIDER, state=NegotiationState.REQUESTED,
             consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
             offer=offer.body(with_target=True), counterparty_address=msg.callback_address,
-            counterparty_id=claims.participant_id, created_at=now, updated_at=now)
+            counterparty_id=claims.participant_id, created_at=now, updated_at=now,
+            history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
         after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
         async with self._locks.hold(pid):
             await self._save(after, out, new=True)
@@ -154,7 +162,8 @@ class NegotiationService:
             id=pid, role=Role.CONSUMER, state=NegotiationState.OFFERED, consumer_pid=pid,
             provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
             offer=msg.offer, counterparty_address=msg.callback_address,
-            counterparty_id=claims.participant_id, created_at=now, updated_at=now)
+            counterparty_id=claims.participant_id, created_at=now, updated_at=now,
+            history=[created(now, "provider", NegotiationEvent.OFFER, "OFFERED")])
         await self._save(record, [], new=True)
         return record
 
@@ -172,11 +181,18 @@ class NegotiationService:
         try:
             decision = self._catalog().decide(offer, claims, Scope.NEGOTIATION)
         except PolicyError as exc:
+            record = cn.noted(record, self._clock(), "policy", "cannot evaluate", exc.message)
             return self._terminate(record, "policy-error", exc.message)
+        verdict = "granted" if decision.allowed else "denied"
+        record = cn.noted(record, self._clock(), "policy",
+                          f"{offer.policy_name} {verdict} for {claims.participant_id}",
+                          "\n".join(trace_lines(decision)))
         if not decision.allowed:
             return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
         msg, path = self._message_for(record, NegotiationEvent.AGREE, offer=offer.body())
         after = cn.apply(record, Role.PROVIDER, msg, self._clock())
+        after = msgspec.structs.replace(after, policy_hash=offer.policy_hash,
+                                        policy_commit=offer.policy_commit)
         return after, [self._outgoing(after, msg, path)]
 
     def _message_for(self, record: Negotiation, event: NegotiationEvent, *,
@@ -261,7 +277,8 @@ class NegotiationService:
             id=pid, role=Role.CONSUMER, state=NegotiationState.REQUESTED, consumer_pid=pid,
             provider_pid=None, dataset_id=dataset_id, offer=offer,
             counterparty_address=provider_base, counterparty_id=provider_id,
-            created_at=now, updated_at=now)
+            created_at=now, updated_at=now,
+            history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
         msg = ContractRequestMessage(consumer_pid=pid, offer=offer,
                                      callback_address=self.dsp_base)
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
@@ -290,7 +307,8 @@ class NegotiationService:
             id=pid, role=Role.PROVIDER, state=NegotiationState.OFFERED,
             consumer_pid=ack.consumer_pid, provider_pid=pid, dataset_id=dataset_id, offer=offer,
             counterparty_address=consumer_base, counterparty_id=consumer_id,
-            created_at=now, updated_at=now)
+            created_at=now, updated_at=now,
+            history=[created(now, "provider", NegotiationEvent.OFFER, "OFFERED")])
         await self._save(record, [], new=True)
         return record
 
@@ -351,6 +369,17 @@ class NegotiationService:
             after, _ = cn.terminate(record, record.role, f"peer unreachable or refused: {error}",
                                     "delivery-failed", self._clock())
             await self._save(after, [])
+
+
+def created(now: float, by: str, event: NegotiationEvent, state: str) -> HistoryEntry:
+    """The first line of a process's timeline."""
+    return HistoryEntry(at=now, by=by, message=event.value, state=state)
+
+
+def trace_lines(decision: Decision) -> list[str]:
+    """One line per evaluated constraint: ✓/✗, the constraint, what was found, why."""
+    return [f"{'✓' if r.satisfied else '✗'} {r.path} {r.head}: {r.note}".replace("  ", " ")
+            for r in decision.trace]
 
 
 def _offer_id(offer: dict[str, Any]) -> str | None:

@@ -27,6 +27,8 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     created_at: float
     body: dict[str, Any]
     revoked: str | None = None  # the provider's reason, once it withdrew the agreement
+    policy_hash: str | None = None  # SHA-256 of the policy file it was made under
+    policy_commit: str | None = None  # the folder's git commit of that file, if any
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):

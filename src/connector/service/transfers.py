@@ -38,7 +38,7 @@ from connector.core.messages import (
     TransferProcess,
     TransferRequestMessage,
 )
-from connector.core.negotiation import Role
+from connector.core.negotiation import HistoryEntry, Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
@@ -132,7 +132,9 @@ class TransferService:
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
-            created_at=now, updated_at=now)
+            created_at=now, updated_at=now,
+            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
+                                  state="REQUESTED")])
         started, out = self._start(record) if self.automatic else (record, [])
         async with self._locks.hold(pid):
             await self._save(started, out, new=True)
@@ -175,12 +177,23 @@ class TransferService:
         if (record.token_expires_at or 0) < self._clock():
             raise TransferDenied("data token expired")
         agreement = await self._store.get_agreement(record.agreement_id)
-        if agreement is None:
-            raise TransferDenied("agreement not found")
-        if agreement.revoked:
-            raise TransferDenied(f"agreement revoked by the provider: {agreement.revoked}")
-        await self._check_policy(agreement, 1 if use else 0)
+        try:
+            if agreement is None:
+                raise TransferDenied("agreement not found")
+            if agreement.revoked:
+                raise TransferDenied(f"agreement revoked by the provider: {agreement.revoked}")
+            await self._check_policy(agreement, 1 if use else 0)
+        except TransferDenied as exc:
+            await self._note(record.id, "data access denied", exc.message)
+            raise
         return record, agreement
+
+    async def _note(self, pid: str, message: str, note: str) -> None:
+        """Add a line to a transfer's timeline (``connector why``)."""
+        async with self._locks.hold(pid):
+            record = await self._store.get_transfer(pid)
+            if record is not None:
+                await self._save(tp.noted(record, self._clock(), "policy", message, note), [])
 
     async def still_streaming(self, pid: str) -> bool:
         """Whether a running stream may go on (checked between chunks): STARTED and not
@@ -240,7 +253,9 @@ class TransferService:
             id=pid, role=Role.CONSUMER, state=TransferState.REQUESTED, consumer_pid=pid,
             provider_pid=None, agreement_id=agreement_id, format=format,
             counterparty_address=provider_base, counterparty_id=provider_id,
-            dataset_id=agreement.dataset_id, created_at=now, updated_at=now)
+            dataset_id=agreement.dataset_id, created_at=now, updated_at=now,
+            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
+                                  state="REQUESTED")])
         msg = tp.request_message(record, self.dsp_base)
         await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
         return record
