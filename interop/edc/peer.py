@@ -23,7 +23,9 @@ normal automatic reactions):
   ``keys`` non-empty) and ``<root> + /dsp/2025-1`` would be the wrong base;
 - lenient edges for what EDC sends (README "Differences"): a catalogue request whose
   ``filter`` is EDC's paging ``QuerySpec``; a TransferStart data address whose endpoint and
-  token are endpoint properties named by EDC IRIs.
+  token are endpoint properties named by EDC IRIs;
+- what we send EDC: our TransferStart also names endpoint, token and authType by EDC IRIs
+  (else EDC's EDR is empty), and our pulls send the raw EDR token (EDC refuses ``Bearer``).
 """
 
 from __future__ import annotations
