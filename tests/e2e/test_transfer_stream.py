@@ -99,3 +99,19 @@ async def test_revocation_mid_stream_stops_it_and_terminates_with_reason(
     assert again["state"] == "STARTED"  # DSP start is allowed; the data plane refuses
     with pytest.raises(Exception, match="revoked"):
         await consumer.call("GET", f"/api/transfers/{again['id']}/summary")
+
+
+async def test_daemon_pulls_into_a_file_sink_and_completes(
+        space: Space, apis: tuple[Management, Management]) -> None:
+    _, consumer = apis
+    agreement = await _agreement(space, consumer)
+    transfer = await consumer.call("POST", "/api/transfers?wait=10", {"agreementId": agreement})
+    out = space.consumer.dir / "state" / "sink.jsonl"
+    result = await consumer.call("POST", f"/api/transfers/{transfer['id']}/pull",
+                                 {"path": str(out)})
+    source = (space.provider.dir / "data" / "big.jsonl").read_bytes()
+    assert result["records"] == BIG_RECORDS and result["bytes"] == len(source)
+    assert result["sha256"] == hashlib.sha256(source).hexdigest() == \
+        hashlib.sha256(out.read_bytes()).hexdigest()
+    done = await consumer.call("GET", f"/api/transfers/{transfer['id']}")
+    assert done["state"] == "COMPLETED"

@@ -112,7 +112,7 @@ class PeerClient:
                 if resp.status != 200:
                     raise PeerError(f"data pull answered {resp.status}: "
                                     f"{_snippet(await resp.read())}", peer_status=resp.status)
-                async for chunk in resp.content.iter_chunked(64 * 1024):
+                async for chunk in resp.content.iter_any():  # what arrived, without copying
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
