@@ -395,9 +395,12 @@ def main() -> int:
         stop_proc(peer)
         for proxy in proxies:
             proxy.close()
-        if exchanges:
+        if exchanges and keep:
             edc.write_captures(exchanges, root / "captures")
             print(f"{len(exchanges)} DSP exchanges captured under {root / 'captures'}")
+        elif exchanges:
+            print(f"{len(exchanges)} DSP exchanges seen (EDC_INTEROP_KEEP=1 writes them to "
+                  "<tmp>/captures/)")
         if edc_proc is not None:
             edc.stop(edc_proc)
         edc.stop()
