@@ -24,9 +24,16 @@ def _policy(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _transfer(quick: bool) -> None:
+    from bench import transfer
+
+    transfer.run(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "negotiation": _negotiation,
+    "transfer": _transfer,
 }
 
 
