@@ -22,6 +22,13 @@ DEFAULT_TOKEN_TTL_S = 300
 DEFAULT_CLOCK_LEEWAY_S = 5
 # Data-plane tokens in a TransferStart data address: short-lived, refreshed by a new Start.
 DEFAULT_DATA_TOKEN_TTL_S = 600
+# [identity]: "pinned" (trust/ keys and attributes) or "dcp" (did:web + verifiable credentials).
+IDENTITY_MODES = ("pinned", "dcp")
+# Resolved DID documents are reused this long (EDC: edc.did.resolver.cache.expiry, 5 min).
+DEFAULT_DID_CACHE_S = 300
+# Status lists are reused at most this long (and at most the server's max-age): this bounds how
+# long a revoked member is still served.
+DEFAULT_STATUS_CACHE_S = 60
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,12 @@ class Settings:
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
     clock_leeway_s: int = DEFAULT_CLOCK_LEEWAY_S
     data_token_ttl_s: int = DEFAULT_DATA_TOKEN_TTL_S
+    identity_mode: str = "pinned"
+    trusted_issuers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    required_credentials: tuple[str, ...] = ("MembershipCredential",)
+    did_cache_s: int = DEFAULT_DID_CACHE_S
+    status_cache_s: int = DEFAULT_STATUS_CACHE_S
+    tls_ca_files: tuple[Path, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -95,6 +108,7 @@ def load_settings(root: Path) -> Settings:
     )
     where = str(path)
     registry = table("registry")
+    identity = _identity(table("identity"), f"{where} [identity]")
     return Settings(
         root=root,
         name=_get(part, "name", str, f"{where} [participant]"),
@@ -113,6 +127,44 @@ def load_settings(root: Path) -> Settings:
         token_ttl_s=int(signing.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)),
         clock_leeway_s=int(signing.get("clock_leeway_s", DEFAULT_CLOCK_LEEWAY_S)),
         data_token_ttl_s=int(server.get("data_token_ttl_s", DEFAULT_DATA_TOKEN_TTL_S)),
+        identity_mode=identity["mode"],
+        trusted_issuers=identity["trusted_issuers"],
+        required_credentials=identity["required_credentials"],
+        did_cache_s=identity["did_cache_s"],
+        status_cache_s=identity["status_cache_s"],
+        tls_ca_files=tuple(root / f for f in identity["tls_ca_files"]),
         extra={k: v for k, v in data.items() if k not in {
-            "participant", "server", "management", "storage", "signing", "registry"}},
+            "participant", "server", "management", "storage", "signing", "registry",
+            "identity"}},
     )
+
+
+def _str_list(table: dict[str, Any], key: str, default: list[str], where: str) -> list[str]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: key '{key}' must be a list of strings")
+    return value
+
+
+def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """The [identity] table: mode, trusted issuers, required credentials, caches, CA files."""
+    mode = table.get("mode", "pinned")
+    if mode not in IDENTITY_MODES:
+        raise ConfigError(f"{where}: key 'mode' must be one of {', '.join(IDENTITY_MODES)}")
+    issuers = table.get("trusted_issuers", {})
+    if not isinstance(issuers, dict):
+        raise ConfigError(f"{where}: key 'trusted_issuers' must be a table DID = [types]")
+    trusted = {did: tuple(_str_list(issuers, did, [], f"{where} trusted_issuers"))
+               for did in issuers}
+    out: dict[str, Any] = {
+        "mode": mode, "trusted_issuers": trusted,
+        "required_credentials": tuple(_str_list(table, "required_credentials",
+                                                ["MembershipCredential"], where)),
+        "tls_ca_files": _str_list(table, "tls_ca_files", [], where)}
+    for key, default in (("did_cache_s", DEFAULT_DID_CACHE_S),
+                         ("status_cache_s", DEFAULT_STATUS_CACHE_S)):
+        value = table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: key '{key}' must be a non-negative integer")
+        out[key] = value
+    return out

@@ -18,17 +18,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient, client_ssl_context
+from connector.adapters.http.credential_service import (
+    CS_PATH,
+    CredentialServiceRoutes,
+    GuardedHttp,
+)
 from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.storage.sqlite import SqliteStore
-from connector.config import Settings, load_settings
+from connector.authority import load_credentials
+from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core.errors import ConnectorError
+from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.folder import (
     DatasetDecl,
     Peer,
@@ -38,9 +46,10 @@ from connector.folder import (
     policy_commits,
     policy_hash,
 )
-from connector.keys import load_signing_key
+from connector.keys import load_any_signing_key
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
+from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
 from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
 from connector.service.store import OutboxItem
@@ -82,19 +91,87 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.folder = read_folder(settings)
-        key = load_signing_key(settings.signing_key)
+        key = load_any_signing_key(settings.signing_key)
+        self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
-                                 ttl_s=settings.token_ttl_s, clock=time.time)
-        self.verifier = Verifier(did=settings.did, peers=self.folder.peers,
-                                 leeway_s=settings.clock_leeway_s, clock=time.time)
+                                 ttl_s=settings.token_ttl_s, clock=time.time,
+                                 dcp_mode=self.dcp_mode)
+        self._signing_stamp = self._signing_files()
+        self.did_document = self._read_did_document()
+        self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
+                                           leeway_s=settings.clock_leeway_s, clock=time.time)
+        self.credential_service: CredentialService | None = None
+        self.dcp_http = GuardedHttp(self._client_ssl())
+        if self.dcp_mode:
+            self._wire_dcp()
         self.client = PeerClient(self.identity, self._client_ssl())
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def _client_ssl(self) -> ssl.SSLContext:
-        return client_ssl_context(p.tls_cert_pem or "" for p in self.folder.peers.values())
+        """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
+        pems = [p.tls_cert_pem or "" for p in self.folder.peers.values()]
+        for path in self.settings.tls_ca_files:
+            try:
+                pems.append(path.read_text())
+            except OSError as exc:
+                log.error("[identity] tls_ca_files: cannot read %s: %s", path, exc.strerror)
+        return client_ssl_context(pems)
+
+    # -- identity: DCP wiring and [signing] reload -------------------------------------------
+
+    def _wire_dcp(self) -> None:
+        s = self.settings
+        resolver = DidResolver(self.dcp_http, cache_s=s.did_cache_s, clock=time.time)
+        verifier = DcpVerifier(
+            identity=self.identity, resolver=resolver, http=self.dcp_http,
+            trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
+            leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time)
+        self.verifier = verifier
+        self.credential_service = CredentialService(
+            identity=self.identity, verifier=verifier, own_keys=self._own_keys,
+            credentials=lambda: load_credentials(s.root), leeway_s=s.clock_leeway_s,
+            clock=time.time)
+
+    def _own_keys(self) -> KeyRing:
+        # Our access tokens may be signed by any key still in our did.json (a rotation).
+        return KeyRing(document_keys(self.did_document, self.settings.did))
+
+    def _read_did_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.settings.root / "did.json").read_text())
+        if self.dcp_mode:
+            doc = with_credential_service(doc, self.settings.public_url + CS_PATH)
+        return doc
+
+    def _signing_files(self) -> tuple[float, ...]:
+        root = self.settings.root
+        return tuple(p.stat().st_mtime if p.exists() else 0.0
+                     for p in (root / CONFIG_FILE, root / "did.json"))
+
+    def _reload_signing(self) -> None:
+        """Follow ``connector keys rotate``: a new did.json, a new [signing] key and kid."""
+        stamp = self._signing_files()
+        if stamp == self._signing_stamp:
+            return
+        try:
+            fresh = load_settings(self.settings.root)
+            document = self._read_did_document()
+            key = load_any_signing_key(fresh.signing_key)
+        except (ConnectorError, OSError, ValueError) as exc:
+            log.error("connector.toml or did.json changed but cannot be loaded; keeping the "
+                      "previous signing key: %s", exc)
+            return
+        self._signing_stamp = stamp
+        self.did_document.clear()
+        self.did_document.update(document)  # served as is by the DSP routes
+        if fresh.signing_kid != self.identity.kid:
+            self.identity.reload(kid=fresh.signing_kid, key=key)
+            log.info("signing with %s from now on", fresh.signing_kid)
 
     def claims_for(self, did: str) -> Claims:
+        if isinstance(self.verifier, DcpVerifier):
+            known = self.verifier.last_claims(did)
+            return known or Claims(participant_id=did, attributes={})
         peer = self.folder.peers.get(did)
         return Claims(participant_id=did, attributes=dict(peer.attributes) if peer else {})
 
@@ -121,10 +198,11 @@ class Daemon:
     def _public_app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
         app["dsp"] = True
-        did_doc = json.loads((self.settings.root / "did.json").read_text())
         DspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
                           negotiations=self.negotiations, transfers=self.transfers,
-                          did_document=did_doc)).register(app)
+                          did_document=self.did_document)).register(app)
+        if self.credential_service is not None:
+            CredentialServiceRoutes(self.credential_service).register(app)
         DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
         return app
 
@@ -158,6 +236,7 @@ class Daemon:
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
+            self._reload_signing()
             try:
                 if _stamp(self.settings.root) == self.folder.stamp:
                     continue
@@ -169,6 +248,7 @@ class Daemon:
             self.folder = fresh
             self.verifier.reload(fresh.peers)
             self.client.set_ssl(self._client_ssl())
+            self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
 
     async def stop(self) -> None:
@@ -178,6 +258,7 @@ class Daemon:
             await runner.cleanup()
         await self.outbox.close()
         await self.client.close()
+        await self.dcp_http.close()
         await self.store.close()
 
 

@@ -4,6 +4,11 @@ Outgoing: every DSP request carries ``Authorization: Bearer <self-issued ID toke
 ``aud`` = the receiver's DID (DCP 1.0 §Self-Issued ID Tokens). Incoming: the token is verified
 against the peers pinned in ``trust/`` before the body is read; a ``jti`` seen before its
 expiry is refused as a replay.
+
+In DCP mode (``[identity] mode = "dcp"``) the outgoing token also carries, in its ``token``
+claim, an access token that lets the receiver read our membership credential from our
+Credential Service; incoming tokens are verified by ``service.dcp_verifier.DcpVerifier``
+through ``verify_async`` (the DSP routes always call that one).
 """
 
 from __future__ import annotations
@@ -12,10 +17,16 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+from connector.core import dcp
+from connector.core.credentials import issue_presentation
 from connector.core.errors import AuthError
-from connector.core.identity import KeyRing, issue_token, verify_token
+from connector.core.identity import (
+    KeyRing,
+    SigningKey,
+    issue_dcp_token,
+    issue_token,
+    verify_token,
+)
 from connector.service.catalog import Claims
 
 # A bound on remembered token ids: at 10k requests/s and 5-minute tokens this is reached only
@@ -24,22 +35,52 @@ MAX_REMEMBERED_JTIS = 1_000_000
 
 
 class Identity:
-    """Signs our outgoing requests."""
+    """Signs our outgoing requests (and, in DCP mode, our access tokens and presentations)."""
 
-    def __init__(self, *, did: str, kid: str, key: Ed25519PrivateKey, ttl_s: int,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, *, did: str, kid: str, key: SigningKey, ttl_s: int,
+                 clock: Callable[[], float], dcp_mode: bool = False) -> None:
         self.did = did
         self._kid = kid
         self._key = key
         self._ttl_s = ttl_s
         self._clock = clock
+        self.dcp_mode = dcp_mode
 
     def __repr__(self) -> str:  # never show the key
         return f"Identity(did={self.did!r}, kid={self._kid!r})"
 
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    def reload(self, *, kid: str, key: SigningKey) -> None:
+        """Sign with another key from now on (``connector keys rotate`` switched [signing])."""
+        self._kid, self._key = kid, key
+
     def token_for(self, audience: str) -> str:
-        return issue_token(self._key, kid=self._kid, issuer=self.did, audience=audience,
-                           now=int(self._clock()), jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
+        now, jti = int(self._clock()), str(uuid.uuid4())
+        if not self.dcp_mode:
+            return issue_token(self._key, kid=self._kid, issuer=self.did, audience=audience,
+                               now=now, jti=jti, ttl_s=self._ttl_s)
+        # DCP 1.0 §1.3: the receiver may read our membership credential, nothing else.
+        access = dcp.issue_access_token(
+            self._key, kid=self._kid, holder=self.did, verifier=audience,
+            scopes=[dcp.MEMBERSHIP_SCOPE], now=now, jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
+        return self.dcp_token(audience, access, now=now, jti=jti)
+
+    def dcp_token(self, audience: str, access_token: str, *, now: int | None = None,
+                  jti: str | None = None) -> str:
+        """A DCP self-issued token forwarding ``access_token`` (a query to a holder's CS)."""
+        return issue_dcp_token(
+            self._key, kid=self._kid, issuer=self.did, audience=audience,
+            now=int(self._clock()) if now is None else now, jti=jti or str(uuid.uuid4()),
+            ttl_s=self._ttl_s, access_token=access_token)
+
+    def presentation(self, audience: str, credentials: list[str], ttl_s: int = 60) -> str:
+        """A VP JWT showing ``credentials`` to ``audience``, signed with our current key."""
+        return issue_presentation(self._key, kid=self._kid, holder=self.did, audience=audience,
+                                  credentials=credentials, now=int(self._clock()),
+                                  jti=str(uuid.uuid4()), ttl_s=ttl_s)
 
     def authorization(self, audience: str) -> str:
         return "Bearer " + self.token_for(audience)
@@ -61,6 +102,10 @@ class Verifier:
         self._peers = dict(peers)
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
+
+    async def verify_async(self, authorization: str | None) -> Claims:
+        """What the DSP routes call: ``verify`` here; DCP mode overrides it with network IO."""
+        return self.verify(authorization)
 
     def verify(self, authorization: str | None) -> Claims:
         """The caller's verified claims, or AuthError (the reason is logged, never the token)."""

@@ -65,7 +65,12 @@ class DspRoutes:
         self.d = deps
 
     def claims(self, request: web.Request) -> Claims:
+        """Synchronous check (pinned mode only); kept for profiles that subclass these routes."""
         return self.d.verifier.verify(request.headers.get("Authorization"))
+
+    async def caller(self, request: web.Request) -> Claims:
+        """The caller's verified claims, before the body is read (DCP mode does network IO)."""
+        return await self.d.verifier.verify_async(request.headers.get("Authorization"))
 
     async def body(self, request: web.Request, area: Area) -> bytes:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -87,7 +92,7 @@ class DspRoutes:
     # -- catalogue ----------------------------------------------------------------------------
 
     async def catalog_request(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         msg = codec.decode(await self.body(request, Area.CATALOG), CatalogRequestMessage,
                            area=Area.CATALOG)
         if msg.filter:
@@ -97,26 +102,26 @@ class DspRoutes:
         return _doc(self.d.catalog().catalog(claims))
 
     async def dataset(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         doc = self.d.catalog().dataset(request.match_info["id"], claims)
         return _doc(codec_with_context(doc))
 
     # -- negotiation ----------------------------------------------------------------------------
 
     async def negotiation_get(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         record = await self.d.negotiations.get(request.match_info["pid"], claims)
         return _json(record.ack())
 
     async def negotiation_initial(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractRequestMessage,
                            area=Area.NEGOTIATION)
         record = await self.d.negotiations.on_initial_request(msg, claims)
         return _json(record.ack(), 201)
 
     async def negotiation_initial_offer(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractOfferMessage,
                            area=Area.NEGOTIATION)
         record = await self.d.negotiations.on_initial_offer(msg, claims)
@@ -125,7 +130,7 @@ class DspRoutes:
     def negotiation_message(self, kind: type[Any]) -> Callable[[web.Request],
                                                                Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            claims = self.claims(request)
+            claims = await self.caller(request)
             msg = codec.decode(await self.body(request, Area.NEGOTIATION), kind,
                                area=Area.NEGOTIATION)
             record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims)
@@ -135,12 +140,12 @@ class DspRoutes:
     # -- transfer -------------------------------------------------------------------------------
 
     async def transfer_get(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         record = await self.d.transfers.get(request.match_info["pid"], claims)
         return _json(record.ack())
 
     async def transfer_initial(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
+        claims = await self.caller(request)
         msg = codec.decode(await self.body(request, Area.TRANSFER), TransferRequestMessage,
                            area=Area.TRANSFER)
         record = await self.d.transfers.on_request(msg, claims)
@@ -149,7 +154,7 @@ class DspRoutes:
     def transfer_message(self, kind: type[Any]) -> Callable[[web.Request],
                                                             Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            claims = self.claims(request)
+            claims = await self.caller(request)
             msg = codec.decode(await self.body(request, Area.TRANSFER), kind, area=Area.TRANSFER)
             record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims)
             return _json(record.ack())
