@@ -75,13 +75,12 @@ class ManagementApi:
         return await handler(request)
 
     def _provider(self, url: str) -> tuple[str, str]:
-        """(DSP base, participant id) of a pinned peer given its root URL or DSP base."""
-        given = url.rstrip("/")
+        """(DSP base, DID) of a pinned peer given its URL."""
+        root = root_of(url)
         for peer in self._peers().values():
-            base = peer.dsp_base or root_of(peer.url) + DSP_PATH
-            if given in (base, root_of(peer.url)) or root_of(given) == root_of(peer.url):
-                return base, peer.did
-        raise NotFound(f"no pinned peer with URL {given!r}: add it with `connector trust add`")
+            if root_of(peer.url) == root:
+                return root + DSP_PATH, peer.did
+        raise NotFound(f"no pinned peer with URL {root!r}: add it with `connector trust add`")
 
     async def _fetch_catalog(self, base: str, did: str, *, reuse: bool) -> dict[str, Any]:
         now = time.monotonic()
@@ -165,12 +164,10 @@ class ManagementApi:
                                               str(reason) if reason else None))
 
     def _pull_address(self, record: Any) -> tuple[str, str]:
-        """(endpoint, Authorization value) of a STARTED transfer's pull address."""
         address = record.data_address
-        url = address.url() if address is not None else None
-        if record.state is not TransferState.STARTED or address is None or not url:
+        if record.state is not TransferState.STARTED or address is None or not address.endpoint:
             raise NotFound(f"transfer {record.id!r} is {record.state.value} with no data address")
-        return url, address.authorization_header()
+        return address.endpoint, address.property("authorization") or ""
 
     async def transfer_data(self, request: web.Request) -> web.StreamResponse:
         """Pull a STARTED transfer's records through this daemon, from ``?offset=N`` on.
