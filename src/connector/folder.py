@@ -349,6 +349,9 @@ class Peer:
     keys: Mapping[str, dict[str, Any]]  # absolute kid -> public JWK
     tls_cert_pem: str | None
     attributes: Mapping[str, Any]
+    # A peer whose DSP base is not <url>/dsp/2025-1 (another implementation, e.g. EDC's
+    # <host>/protocol/2025-1) names it here; found under /.well-known/dspace-version.
+    dsp_base: str | None = None
 
 
 def _peer_problems(data: Any) -> list[tuple[str, str]]:
@@ -388,6 +391,7 @@ def _peer(data: dict[str, Any]) -> Peer:
         keys=MappingProxyType(peer_keys),
         tls_cert_pem=data.get("tls_cert"),
         attributes=MappingProxyType(dict(data.get("attributes", {}))),
+        dsp_base=data["dsp_base"].rstrip("/") if data.get("dsp_base") else None,
     )
 
 

@@ -140,6 +140,14 @@ def catalog_doc(datasets: Iterable[tuple[DatasetEntry, list[Offer]]], *, partici
     return catalog
 
 
+def is_paging_only(filters: Iterable[Any] | None) -> bool:
+    """Whether a catalogue ``filter`` only pages (no filter expression). EDC's consumer
+    always sends ``[{"@type": "QuerySpec", "offset": 0, "limit": 50, "filterExpression": []}]``;
+    a small catalogue is answered whole. A real filter expression is still refused (400)."""
+    return all(isinstance(f, dict) and str(f.get("@type", "")).endswith("QuerySpec")
+               and not f.get("filterExpression") for f in filters or [])
+
+
 def with_context(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"@context": [DSP_CONTEXT], **doc}
 

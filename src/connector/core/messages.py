@@ -17,6 +17,8 @@ import msgspec
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 DSP_NS = "https://w3id.org/dspace/2025/1/"
 ODRL_NS = "http://www.w3.org/ns/odrl/2/"
+# EDC names data-address properties with its own vocabulary (edc:endpoint, edc:authorization).
+EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
 
 Json = dict[str, Any]
 
@@ -98,8 +100,21 @@ class DataAddress(
     endpoint_properties: list[EndpointProperty] = []
 
     def property(self, name: str) -> str | None:
-        """The value of the endpoint property ``name``, if present."""
-        return next((p.value for p in self.endpoint_properties if p.name == name), None)
+        """The value of the endpoint property ``name``, also when named in EDC's vocabulary
+        (``https://w3id.org/edc/v0.0.1/ns/<name>`` or ``edc:<name>``)."""
+        names = (name, EDC_NS + name, "edc:" + name)
+        return next((p.value for p in self.endpoint_properties if p.name in names), None)
+
+    def url(self) -> str | None:
+        """Where to pull from: ``endpoint``, or EDC's ``edc:endpoint`` property."""
+        return self.endpoint or self.property("endpoint")
+
+    def authorization_header(self) -> str:
+        """The Authorization value for the pull. DSP's ``authType: bearer`` convention gets
+        ``Bearer <token>``; EDC's data plane wants its token raw (it refuses the prefix)."""
+        token = self.property("authorization") or ""
+        plain = any(p.name == "authorization" for p in self.endpoint_properties)
+        return f"Bearer {token}" if plain else token
 
 
 class TransferRequestMessage(Message, frozen=True, kw_only=True, tag=True):

@@ -18,6 +18,7 @@ import msgspec
 
 from connector.core.errors import Area, InvalidTransition
 from connector.core.messages import (
+    EDC_NS,
     DataAddress,
     EndpointProperty,
     TransferCompletionMessage,
@@ -177,5 +178,9 @@ def pull_address(endpoint: str, token: str) -> DataAddress:
         endpoint_properties=[
             EndpointProperty(name="authorization", value=token),
             EndpointProperty(name="authType", value="bearer"),
+            # The same under EDC's names, which its consumers read (interop/edc/README.md).
+            EndpointProperty(name=EDC_NS + "endpoint", value=endpoint),
+            EndpointProperty(name=EDC_NS + "authorization", value=token),
+            EndpointProperty(name=EDC_NS + "authType", value="bearer"),
         ],
     )

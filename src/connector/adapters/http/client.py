@@ -87,7 +87,7 @@ class PeerClient:
     async def send_initial(self, url: str, audience: str, body: bytes) -> bytes:
         """POST a process-creating message; anything but 201 is a PeerError."""
         status, raw = await self.post(url, audience, body)
-        if status != 201:
+        if status not in (200, 201):  # EDC acknowledges creations with 200
             raise PeerError(f"POST {url} answered {status}: {_snippet(raw)}", peer_status=status)
         return raw
 
@@ -100,10 +100,10 @@ class PeerClient:
                             peer_status=status)
         return codec.decode_json(raw)
 
-    async def pull(self, endpoint: str, token: str, offset: int = 0
+    async def pull(self, endpoint: str, authorization: str, offset: int = 0
                    ) -> AsyncGenerator[bytes, None]:
         """Stream the records behind an HTTP-pull data address, from record ``offset`` on."""
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": authorization}
         if offset:
             endpoint = f"{endpoint}?offset={offset}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
@@ -118,11 +118,11 @@ class PeerClient:
             raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
 
 
-    async def data_summary(self, endpoint: str, token: str) -> dict[str, Any]:
+    async def data_summary(self, endpoint: str, authorization: str) -> dict[str, Any]:
         """The provider's record count and SHA-256 for the whole stream."""
         try:
             async with self.session().get(f"{endpoint.rstrip('/')}/summary",
-                                          headers={"Authorization": f"Bearer {token}"}) as resp:
+                                          headers={"Authorization": authorization}) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise PeerError(f"data summary answered {resp.status}: {_snippet(raw)}",

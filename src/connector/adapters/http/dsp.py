@@ -17,7 +17,8 @@ from aiohttp import web
 
 from connector.config import DSP_PATH
 from connector.core import codec
-from connector.core.errors import Area, MalformedMessage
+from connector.core.catalog import is_paging_only, with_context
+from connector.core.errors import Area, CatalogError, MalformedMessage
 from connector.core.messages import (
     CatalogRequestMessage,
     ContractAgreementMessage,
@@ -95,16 +96,14 @@ class DspRoutes:
         claims = await self.caller(request)
         msg = codec.decode(await self.body(request, Area.CATALOG), CatalogRequestMessage,
                            area=Area.CATALOG)
-        if msg.filter:
-            from connector.core.errors import CatalogError
-
-            raise CatalogError("catalog filters are not supported", status=400)
+        if msg.filter and not is_paging_only(msg.filter):
+            raise CatalogError("catalog filter expressions are not supported", status=400)
         return _doc(self.d.catalog().catalog(claims))
 
     async def dataset(self, request: web.Request) -> web.Response:
         claims = await self.caller(request)
         doc = self.d.catalog().dataset(request.match_info["id"], claims)
-        return _doc(codec_with_context(doc))
+        return _doc(with_context(doc))
 
     # -- negotiation ----------------------------------------------------------------------------
 
@@ -190,8 +189,3 @@ class DspRoutes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, path + "/", handler)
 
-
-def codec_with_context(doc: dict[str, Any]) -> dict[str, Any]:
-    from connector.core.catalog import with_context
-
-    return with_context(doc)

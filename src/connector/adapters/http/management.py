@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,13 @@ class ManagementApi:
         return await handler(request)
 
     def _provider(self, url: str) -> tuple[str, str]:
-        """(DSP base, DID) of a pinned peer given its URL."""
-        root = root_of(url)
+        """(DSP base, participant id) of a pinned peer given its root URL or DSP base."""
+        given = url.rstrip("/")
         for peer in self._peers().values():
-            if root_of(peer.url) == root:
-                return root + DSP_PATH, peer.did
-        raise NotFound(f"no pinned peer with URL {root!r}: add it with `connector trust add`")
+            base = peer.dsp_base or root_of(peer.url) + DSP_PATH
+            if given in (base, root_of(peer.url)) or root_of(given) == root_of(peer.url):
+                return base, peer.did
+        raise NotFound(f"no pinned peer with URL {given!r}: add it with `connector trust add`")
 
     async def _fetch_catalog(self, base: str, did: str, *, reuse: bool) -> dict[str, Any]:
         now = time.monotonic()
@@ -164,10 +165,12 @@ class ManagementApi:
                                               str(reason) if reason else None))
 
     def _pull_address(self, record: Any) -> tuple[str, str]:
+        """(endpoint, Authorization value) of a STARTED transfer's pull address."""
         address = record.data_address
-        if record.state is not TransferState.STARTED or address is None or not address.endpoint:
+        url = address.url() if address is not None else None
+        if record.state is not TransferState.STARTED or address is None or not url:
             raise NotFound(f"transfer {record.id!r} is {record.state.value} with no data address")
-        return address.endpoint, address.property("authorization") or ""
+        return url, address.authorization_header()
 
     async def transfer_data(self, request: web.Request) -> web.StreamResponse:
         """Pull a STARTED transfer's records through this daemon, from ``?offset=N`` on.
@@ -214,14 +217,12 @@ class ManagementApi:
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
         summary = await self._client.data_summary(endpoint, token)
         t0 = time.monotonic()
-        digest = await asyncio.to_thread(_hash_prefix, path, offset)
-        with path.open("ab" if offset else "wb") as f:
-            async with aclosing(self._client.pull(endpoint, token, offset)) as chunks:
-                async for chunk in chunks:
-                    f.write(chunk)
-                    digest.update(chunk)
-        records = await asyncio.to_thread(_count_lines, path)
-        got = {"records": records, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        sink = await asyncio.to_thread(_FileSink, path, offset)
+        try:
+            records = offset + await _drain(self._client.pull(endpoint, token, offset), sink)
+        finally:
+            await asyncio.to_thread(sink.close)
+        got = {"records": records, "bytes": sink.size, "sha256": sink.digest.hexdigest()}
         if got != summary:
             raise PeerError(f"copy does not match the provider's summary: {got} != {summary}")
         await self._transfers.act(pid, TransferEvent.COMPLETE)
@@ -272,21 +273,34 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-def _hash_prefix(path: Path, offset: int) -> Any:
-    """SHA-256 state over the first ``offset`` records of ``path``, whatever followed them
-    (a partial record) cut off: the pull resumes right after them."""
-    digest = hashlib.sha256()
-    if offset:
-        with path.open("r+b") as f:
-            for _ in range(offset):
-                digest.update(f.readline())
-            f.truncate(f.tell())
-    return digest
+class _FileSink:
+    """A file being written and hashed; resumes after the first ``offset`` records."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.digest = hashlib.sha256()
+        self.file = path.open("r+b" if offset and path.exists() else "wb")
+        for _ in range(offset):  # re-hash the records already there, cut what follows
+            self.digest.update(self.file.readline())
+        self.file.truncate(self.file.tell())
+        self.size = self.file.tell()
+
+    def write(self, block: bytes) -> None:
+        self.file.write(block)
+        self.digest.update(block)
+        self.size += len(block)
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+async def _drain(chunks: AsyncGenerator[bytes, None], sink: _FileSink) -> int:
+    """Write a pull into ``sink``; returns the records written."""
+    records = 0
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            sink.write(chunk)
+            records += chunk.count(b"\n")
+    return records
 
 
 def _pick_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: Any) -> dict[str, Any]:
