@@ -25,7 +25,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,47 +103,64 @@ def _local_name(key: str) -> str:
     return local.replace("_", "").replace("-", "").lower()
 
 
-def _walk(value: Any, path: str, depth: int) -> Iterator[tuple[str, Any]]:
-    """Every (path, value) of a JSON document, refusing structure no metadata needs."""
-    if depth > MAX_DEPTH:
-        raise PublicationRefused(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    yield path, value
-    if isinstance(value, dict):
+def _where(path: list[str]) -> str:
+    return "$" + "".join(path)
+
+
+def _check_node(value: Any, path: list[str], in_datasets: bool = False) -> None:
+    """Refuse structure no metadata needs, anywhere in the document (depth-first).
+
+    ``path`` is a stack of ``.key`` / ``[i]`` parts, joined only for an error message: this
+    runs over every node of every publication.
+    """
+    if len(path) > MAX_DEPTH:
+        raise PublicationRefused(f"{_where(path)}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        _check_string(value, path)
+    elif isinstance(value, dict):
+        if _local_name(str(value.get("@type", ""))) == "dataaddress":
+            raise PublicationRefused(f"{_where(path)}: a DataAddress is not metadata")
         for key, item in value.items():
+            path.append(f".{key}")
             if _local_name(key) in FORBIDDEN_KEYS:
-                raise PublicationRefused(f"{path}.{key}: data or access fields are not "
+                raise PublicationRefused(f"{_where(path)}: data or access fields are not "
                                          "metadata; the registry holds no data addresses")
-            yield from _walk(item, f"{path}.{key}", depth + 1)
+            _check_node(item, path, in_datasets=len(path) == 1 and key == "dataset")
+            path.pop()
     elif isinstance(value, list):
-        if len(value) > MAX_ARRAY_ITEMS and path != "$.dataset":
-            raise PublicationRefused(f"{path}: {len(value)} items (at most {MAX_ARRAY_ITEMS}); "
-                                     "embedded records are not metadata")
+        if len(value) > MAX_ARRAY_ITEMS and not in_datasets:
+            raise PublicationRefused(f"{_where(path)}: {len(value)} items (at most "
+                                     f"{MAX_ARRAY_ITEMS}); embedded records are not metadata")
         for i, item in enumerate(value):
-            yield from _walk(item, f"{path}[{i}]", depth + 1)
+            path.append(f"[{i}]")
+            _check_node(item, path)
+            path.pop()
 
 
-def _check_value(path: str, value: Any) -> None:
-    if not isinstance(value, str):
-        return
+def _check_string(value: str, path: list[str]) -> None:
     if len(value) > MAX_STRING_CHARS:
-        raise PublicationRefused(f"{path}: string of {len(value)} characters "
+        raise PublicationRefused(f"{_where(path)}: string of {len(value)} characters "
                                  f"(at most {MAX_STRING_CHARS})")
     text = value.strip()
-    if _JWT_LIKE.match(text) or text[:7].lower() == "bearer " or _SIGNED_URL.match(text):
-        raise PublicationRefused(f"{path}: looks like a token or a signed data URL")
+    if text[:3] == "eyJ" and _JWT_LIKE.match(text):
+        raise PublicationRefused(f"{_where(path)}: looks like a token")
+    if text[:7].lower() == "bearer " or ("?" in text and _SIGNED_URL.match(text)):
+        raise PublicationRefused(f"{_where(path)}: looks like a token or a signed data URL")
 
 
-def check_catalog_content(catalog: Any) -> None:
-    """Raise PublicationRefused when the catalogue is too big or carries anything data-like."""
+def check_catalog_content(catalog: Any) -> bytes:
+    """Raise PublicationRefused when the catalogue is too big or carries anything data-like.
+
+    Returns the canonical JSON (whose SHA-256 is the ETag), computed once here.
+    """
     if not isinstance(catalog, dict):
         raise PublicationRefused("catalog must be a JSON object")
-    size = len(canonical_json(catalog))
-    if size > MAX_CATALOG_BYTES:
-        raise PublicationRefused(f"catalog is {size} bytes (at most {MAX_CATALOG_BYTES})")
-    for path, value in _walk(catalog, "$", 0):
-        if isinstance(value, dict) and _local_name(str(value.get("@type", ""))) == "dataaddress":
-            raise PublicationRefused(f"{path}: a DataAddress is not metadata")
-        _check_value(path, value)
+    canonical = canonical_json(catalog)
+    if len(canonical) > MAX_CATALOG_BYTES:
+        raise PublicationRefused(f"catalog is {len(canonical)} bytes "
+                                 f"(at most {MAX_CATALOG_BYTES})")
+    _check_node(catalog, [])
+    return canonical
 
 
 # --- what the registry indexes ---------------------------------------------------------------
@@ -210,12 +227,12 @@ def dsp_endpoint(catalog: Mapping[str, Any]) -> str:
     raise PublicationRefused("catalog has no DataService with an https endpointURL")
 
 
-def index_catalog(catalog: Any, publisher: str) -> tuple[str, list[DatasetMeta]]:
-    """Check a catalogue and return (DSP endpoint, datasets); PublicationRefused otherwise.
+def index_catalog(catalog: Any, publisher: str) -> tuple[str, list[DatasetMeta], str]:
+    """Check a catalogue; (DSP endpoint, datasets, ETag), or PublicationRefused.
 
     DSP 2025-1 §CAT 2: ``participantId`` names the publisher, which must be the signer.
     """
-    check_catalog_content(catalog)
+    etag = hashlib.sha256(check_catalog_content(catalog)).hexdigest()
     if _local_name(str(catalog.get("@type", ""))) != "catalog":
         raise PublicationRefused("catalog @type must be Catalog")
     if catalog.get("participantId") != publisher:
@@ -226,7 +243,7 @@ def index_catalog(catalog: Any, publisher: str) -> tuple[str, list[DatasetMeta]]
     metas = [_dataset_meta(d, f"$.dataset[{i}]") for i, d in enumerate(datasets)]
     if len({m.dataset_id for m in metas}) != len(metas):
         raise PublicationRefused("dataset @id values must be unique")
-    return dsp_endpoint(catalog), metas
+    return dsp_endpoint(catalog), metas, etag
 
 
 # --- snapshots ---------------------------------------------------------------------------------
@@ -292,9 +309,7 @@ def read_snapshot(token: str, *, keys: KeyRing, now: int, leeway_s: int) -> Snap
     if claims.expires_at - claims.issued_at > MAX_TTL_S:
         raise PublicationRefused(f"snapshot lifetime over {MAX_TTL_S} s")
     catalog = payload.get("catalog")
-    endpoint, datasets = index_catalog(catalog, publisher)
-    assert isinstance(catalog, dict)  # index_catalog refuses anything else
-    etag = etag_of(catalog)
+    endpoint, datasets, etag = index_catalog(catalog, publisher)
     if payload.get("etag") != etag or claims.jti != etag:
         raise PublicationRefused("snapshot etag is not the SHA-256 of its catalogue")
     return Snapshot(publisher=publisher, issued_at=claims.issued_at,
