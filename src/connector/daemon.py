@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import logging
+import secrets
 import signal
 import ssl
 import sys
@@ -46,7 +47,7 @@ from connector.folder import (
     policy_commits,
     policy_hash,
 )
-from connector.keys import load_any_signing_key
+from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
@@ -68,6 +69,15 @@ class FolderState:
     datasets: dict[str, DatasetDecl]
     catalog: Catalog
     stamp: tuple[tuple[str, float], ...] = field(default=())
+
+
+def data_token_secret(root: Path) -> bytes:
+    """The key refreshed data tokens are derived with (keys/data-token.secret, 0600)."""
+    path = root / "keys" / "data-token.secret"
+    if not path.exists():
+        write_private(path, secrets.token_bytes(32))
+    check_private_mode(path)
+    return path.read_bytes()
 
 
 def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
@@ -186,7 +196,8 @@ class Daemon:
         self.transfers = TransferService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
-            token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time)
+            token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
+            token_secret=data_token_secret(s.root))
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         mgmt = ManagementApi(token=s.management_token(), store=self.store,

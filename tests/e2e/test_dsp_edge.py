@@ -309,3 +309,40 @@ async def test_transfer_for_unknown_agreement_is_400(http: aiohttp.ClientSession
                              space.members.token(space.provider_did))
     assert status == 400 and doc["@type"] == "TransferError"
     assert doc["consumerPid"] == "urn:uuid:t1"
+
+
+async def test_data_token_refresh_is_idempotent_with_a_grace_window(
+        http: aiohttp.ClientSession, callbacks: Space) -> None:
+    s = callbacks
+    m = s.members
+    _, _, agreement_id = await finalized(http, s, m)
+    cpid = f"urn:uuid:{uuid.uuid4()}"
+    req = {"@context": CTX, "@type": "TransferRequestMessage", "consumerPid": cpid,
+           "agreementId": agreement_id, "format": "HttpData-PULL", "callbackAddress": m.callback}
+    status, _ = await call(http, "POST", f"{s.base}/transfers/request", req,
+                           m.token(s.provider_did))
+    assert status == 201
+    start = await m.next_message(f"/transfers/{cpid}/start")
+    props = {p["name"]: p["value"] for p in start["dataAddress"]["endpointProperties"]}
+    endpoint, old = start["dataAddress"]["endpoint"], props["authorization"]
+
+    async def refresh(token: str) -> tuple[int, dict[str, Any]]:
+        async with http.post(f"{endpoint}/token",
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
+
+    async def summary(token: str) -> int:
+        async with http.get(f"{endpoint}/summary",
+                            headers={"Authorization": f"Bearer {token}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    status, first = await refresh(old)
+    assert status == 200 and first["token"] != old
+    status, again = await refresh(old)  # the answer was "lost": asking again is harmless
+    assert status == 200 and again["token"] == first["token"]
+    assert await summary(old) == 200  # grace: the old token works until the new one is used
+    assert await summary(first["token"]) == 200
+    assert await summary(old) == 403  # the new one is in use: the old one is retired
+    status, _ = await refresh(old)
+    assert status == 403

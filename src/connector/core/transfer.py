@@ -84,6 +84,8 @@ class Transfer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     data_address: DataAddress | None = None  # consumer: where to pull from
     token_hash: str | None = None  # provider: sha256 of the data-plane token
     token_expires_at: float | None = None
+    prev_token_hash: str | None = None  # provider: the token a refresh replaced ...
+    prev_token_until: float | None = None  # ... valid until then, or until the new one is used
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0

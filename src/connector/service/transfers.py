@@ -12,6 +12,7 @@ TransferCompletionMessage ends it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -33,6 +34,7 @@ from connector.core.errors import (
     UnknownProcess,
 )
 from connector.core.messages import (
+    EDC_NS,
     Message,
     TransferMessage,
     TransferProcess,
@@ -47,6 +49,8 @@ from connector.service.store import Agreement, Outgoing, Store
 from connector.service.watch import Watch
 
 DEFAULT_FORMAT = "HttpData-PULL"
+# A refreshed data token's predecessor stays valid this long, or until the new one is used.
+TOKEN_GRACE_S = 60.0
 
 
 def token_hash(token: str) -> str:
@@ -58,9 +62,12 @@ class TransferService:
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
                  new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
-                 automatic: bool = True) -> None:
+                 automatic: bool = True, token_secret: bytes | None = None) -> None:
         self._store = store
         self.automatic = automatic  # False: the provider does not start on its own
+        # Derives refreshed data tokens; keep it across restarts (the daemon reads it from
+        # keys/) so that a refresh repeated after a restart still returns the same token.
+        self._token_secret = token_secret or secrets.token_bytes(32)
         self.listeners: list[Callable[[Transfer, bool], None]] = []
         self._catalog = catalog
         self._outbox = outbox
@@ -166,16 +173,13 @@ class TransferService:
     async def authorize_pull(self, token: str | None, *, use: bool = True
                              ) -> tuple[Transfer, Agreement]:
         """Check a data-plane token and the agreement's policy; count the use if ``use``."""
-        if not token:
-            raise TransferDenied("missing data token")
-        digest = token_hash(token)
-        record = await self._store.find_transfer_by_token(digest)
-        if record is None or not hmac.compare_digest(record.token_hash or "", digest):
-            raise TransferDenied("unknown data token")
+        record, current = await self._token_holder(token)
         if record.state is not TransferState.STARTED:
             raise TransferDenied(f"transfer is {record.state.value}, not STARTED")
-        if (record.token_expires_at or 0) < self._clock():
+        if current and (record.token_expires_at or 0) < self._clock():
             raise TransferDenied("data token expired")
+        if current and record.prev_token_hash is not None:
+            record = await self._retire_previous_token(record.id)  # the new one is in use
         agreement = await self._store.get_agreement(record.agreement_id)
         try:
             if agreement is None:
@@ -187,6 +191,70 @@ class TransferService:
             await self._note(record.id, "data access denied", exc.message)
             raise
         return record, agreement
+
+    async def _token_holder(self, token: str | None) -> tuple[Transfer, bool]:
+        """The transfer a data token opens, and whether it is the current token (else the
+        previous one, still inside its grace window)."""
+        if not token:
+            raise TransferDenied("missing data token")
+        digest = token_hash(token)
+        record = await self._store.find_transfer_by_token(digest)
+        if record is not None and hmac.compare_digest(record.token_hash or "", digest):
+            return record, True
+        if (record is not None and hmac.compare_digest(record.prev_token_hash or "", digest)
+                and (record.prev_token_until or 0) >= self._clock()):
+            return record, False
+        raise TransferDenied("unknown data token")
+
+    async def _retire_previous_token(self, pid: str) -> Transfer:
+        async with self._locks.hold(pid):
+            record = await self.mine(pid)
+            record = _replace(record, prev_token_hash=None, prev_token_until=None)
+            await self._save(record, [])
+            return record
+
+    async def refresh_token(self, token: str | None) -> tuple[str, float]:
+        """A new data token for the transfer ``token`` opens; returns (token, expiry).
+
+        Idempotent, so a lost answer costs nothing: the new token is derived from the old
+        one, and asking again with the old token (inside the grace window, before the new
+        one was used) returns the same new token. The old one keeps working until then.
+        """
+        record, current = await self._token_holder(token)
+        if record.state is not TransferState.STARTED:
+            raise TransferDenied(f"transfer is {record.state.value}, not STARTED")
+        agreement = await self._store.get_agreement(record.agreement_id)
+        if agreement is None or agreement.revoked:
+            raise TransferDenied("agreement revoked or gone")
+        if not current:  # a repeated refresh: the answer was lost; give the same token
+            return self._derive(record.prev_token_hash or ""), record.token_expires_at or 0.0
+        async with self._locks.hold(record.id):
+            record = await self.mine(record.id)
+            old = record.token_hash or ""
+            new = self._derive(old)
+            now = self._clock()
+            record = _replace(record, token_hash=token_hash(new), prev_token_hash=old,
+                              prev_token_until=now + TOKEN_GRACE_S,
+                              token_expires_at=now + self._token_ttl_s)
+            await self._save(record, [])
+        return new, record.token_expires_at or 0.0
+
+    def _derive(self, previous_hash: str) -> str:
+        mac = hmac.new(self._token_secret, previous_hash.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    async def replace_data_token(self, pid: str, token: str) -> Transfer:
+        """Consumer: keep the refreshed token in our record of the pull address."""
+        async with self._locks.hold(pid):
+            record = await self.mine(pid)
+            address = record.data_address
+            if address is None:
+                raise NotFound(f"transfer {pid!r} has no data address")
+            props = [p if p.name not in ("authorization", EDC_NS + "authorization")
+                     else _replace(p, value=token) for p in address.endpoint_properties]
+            record = _replace(record, data_address=_replace(address, endpoint_properties=props))
+            await self._save(record, [])
+            return record
 
     async def _note(self, pid: str, message: str, note: str) -> None:
         """Add a line to a transfer's timeline (``connector why``)."""

@@ -132,6 +132,20 @@ class PeerClient:
         return codec.decode_json(raw)
 
 
+    async def refresh_data_token(self, endpoint: str, authorization: str) -> str:
+        """Exchange a data token for a fresh one at the provider's data plane."""
+        try:
+            async with self.session().post(f"{endpoint.rstrip('/')}/token",
+                                           headers={"Authorization": authorization}) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise PeerError(f"token refresh answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"token refresh: {type(exc).__name__}: {exc}") from exc
+        return str(codec.decode_json(raw)["token"])
+
+
 def codec_catalog_request() -> Any:
     from connector.core.messages import CatalogRequestMessage
 

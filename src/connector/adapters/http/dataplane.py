@@ -2,7 +2,9 @@
 
 - ``GET /data[?offset=N]`` streams the records from record N on (resume after a cut);
 - ``GET /data/summary`` gives the whole stream's record count, byte size and SHA-256, which
-  the consumer checks its copy against before it completes the transfer.
+  the consumer checks its copy against before it completes the transfer;
+- ``POST /data/token`` exchanges the token for a fresh one (idempotent, see
+  ``TransferService.refresh_token``).
 
 Every request presents the short-lived token from the TransferStart data address and is
 re-authorised (state, expiry, revocation, the agreement's policy with the use counted) before
@@ -147,6 +149,12 @@ class DataPlane:
         doc = await asyncio.to_thread(summarize, decl.source_type, decl.source_path)
         return web.json_response(doc)
 
+    async def refresh(self, request: web.Request) -> web.Response:
+        """A new token for the same transfer (idempotent; the old one has a grace window)."""
+        token, expires = await self._transfers.refresh_token(_bearer(request))
+        return web.json_response({"token": token, "expiresAt": expires})
+
     def register(self, app: web.Application) -> None:
+        app.router.add_post("/data/token", self.refresh)
         app.router.add_get("/data", self.pull)
         app.router.add_get("/data/summary", self.summary)

@@ -229,8 +229,25 @@ class ManagementApi:
         return _out({**got, "seconds": round(time.monotonic() - t0, 3)})
 
     async def transfer_summary(self, request: web.Request) -> web.Response:
-        endpoint, token = self._pull_address(await self._transfers.mine(request.match_info["id"]))
+        pid = request.match_info["id"]
+        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        try:
+            return _out(await self._client.data_summary(endpoint, token))
+        except PeerError as exc:
+            if exc.peer_status != 403 or "expired" not in exc.message:
+                raise
+        endpoint, token = await self._refresh(pid)  # expired: refresh once, then ask again
         return _out(await self._client.data_summary(endpoint, token))
+
+    async def _refresh(self, pid: str) -> tuple[str, str]:
+        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        fresh = await self._client.refresh_data_token(endpoint, token)
+        return self._pull_address(await self._transfers.replace_data_token(pid, fresh))
+
+    async def transfer_refresh(self, request: web.Request) -> web.Response:
+        """A fresh data token for a STARTED transfer (kept in our record)."""
+        await self._refresh(request.match_info["id"])
+        return _out(await self._transfers.mine(request.match_info["id"]))
 
     async def revoke(self, request: web.Request) -> web.Response:
         """Provider: withdraw an agreement; open transfers under it are terminated."""
@@ -257,6 +274,7 @@ class ManagementApi:
         r.add_get("/api/transfers/{id}/data", self.transfer_data)
         r.add_get("/api/transfers/{id}/summary", self.transfer_summary)
         r.add_post("/api/transfers/{id}/pull", self.transfer_pull)
+        r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         return app
 

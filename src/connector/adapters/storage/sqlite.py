@@ -256,7 +256,8 @@ class SqliteStore:
         return await self.get_transfer(rows[0][0]) if rows else None
 
     async def find_transfer_by_token(self, token_hash: str) -> Transfer | None:
-        rows = await self._rows("SELECT id FROM transfers WHERE token_hash = ?", (token_hash,))
+        rows = await self._rows("SELECT id FROM transfers WHERE token_hash = ?"
+                                " OR prev_token_hash = ?", (token_hash, token_hash))
         return await self.get_transfer(rows[0][0]) if rows else None
 
     async def save_transfer(
@@ -265,10 +266,11 @@ class SqliteStore:
         verb = "INSERT" if expect_new else "INSERT OR REPLACE"
         return await self._transaction([(
             f"{verb} INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
-            " agreement_id, token_hash, updated_at, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " agreement_id, token_hash, prev_token_hash, updated_at, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
-             record.token_hash, record.updated_at, _enc.encode(record)),
+             record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
         )], outbox, [(f"t:{record.id}", record)])
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
