@@ -98,7 +98,8 @@ class RegistryApi:
         following = query.offset + len(result.items)
         return _out({"total": result.total, "offset": query.offset, "limit": query.limit,
                      "next": following if following < result.total else None,
-                     "items": result.items, "facets": result.facets})
+                     "items": result.items, "facets": result.facets,
+                     "facetsExact": result.facets_exact})
 
     async def changes(self, request: web.Request) -> web.Response:
         self._caller(request)
