@@ -45,7 +45,13 @@ from connector.core.identity import (
 
 DID_FILE = "did.json"
 DEFAULT_FORMAT = "HttpData-PULL"
-SOURCE_TYPES = ("csv", "jsonl")
+SOURCE_TYPES = ("csv", "jsonl", "sqlite", "http")
+FORMATS = ("HttpData-PULL", "HttpData-PUSH")
+UPSTREAM_FORMATS = ("jsonl", "csv")
+# Keys that would put a credential in a declaration: credentials go in a secret file, named
+# by reference (``token_file``), never inline in a reviewed, committed file.
+SECRET_KEYS = ("token", "password", "passwd", "secret", "api_key", "apikey", "dsn",
+               "authorization", "bearer", "credentials")
 SIGNING_KEY = "keys/signing-key.pem"
 TLS_KEY = "keys/tls-key.pem"
 TLS_CERT = "tls/cert.pem"
@@ -205,7 +211,17 @@ class DatasetDecl:
     policies: tuple[str, ...]
     format: str
     source_type: str
-    source_path: Path
+    source_path: Path | None
+    source_query: str = ""  # sqlite: the SELECT whose rows are the records
+    source_url: str = ""  # http: the upstream
+    source_format: str = "jsonl"  # http: what the upstream serves, "jsonl" or "csv"
+    source_token_file: Path | None = None  # http: a secret file holding the bearer token
+    formats: tuple[str, ...] = ()  # declared `formats`; empty: just `format`
+
+    @property
+    def offered_formats(self) -> tuple[str, ...]:
+        """The transfer formats offered: ``formats`` if declared, else ``format``."""
+        return self.formats or (self.format,)
 
 
 def _is_str_list(value: object) -> bool:
@@ -225,27 +241,68 @@ def _dataset_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(("keywords", "key 'keywords' must be a list of strings"))
     if not _is_str_list(data.get("policies")) or not data["policies"]:
         found.append(("policies", "key 'policies' must be a non-empty list of policy names"))
+    if "formats" in data and (not _is_str_list(data["formats"]) or not data["formats"]
+                              or any(f not in FORMATS for f in data["formats"])):
+        found.append(("formats", f"key 'formats' must be a non-empty list of {FORMATS}"))
     source = data.get("source")
     if not isinstance(source, dict):
         return [*found, ("source", "table [source] with 'type' and 'path' is required")]
-    if source.get("type") not in SOURCE_TYPES:
+    return found + _source_problems(source)
+
+
+def _source_problems(source: Mapping[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for key in source:
+        if key.lower() in SECRET_KEYS:
+            found.append((f"source.{key}", f"[source] key '{key}' puts a credential inline: "
+                          "name a secret file instead (e.g. token_file = \"keys/up.token\")"))
+    kind = source.get("type")
+    if kind not in SOURCE_TYPES:
         found.append(("source.type", f"[source] key 'type' must be one of {SOURCE_TYPES}"))
-    if not isinstance(source.get("path"), str) or not source["path"]:
-        found.append(("source.path", "[source] key 'path' must be a non-empty string"))
+        return found
+
+    def need(key: str) -> bool:
+        ok = isinstance(source.get(key), str) and bool(source[key].strip())
+        if not ok:
+            found.append((f"source.{key}", f"[source] key '{key}' must be a non-empty string"
+                          f" for type '{kind}'"))
+        return ok
+
+    if kind in ("csv", "jsonl", "sqlite"):
+        need("path")
+    if kind == "sqlite" and need("query"):
+        first = source["query"].split(None, 1)[0].lower()
+        if first not in ("select", "with"):
+            found.append(("source.query", "[source] key 'query' must be a SELECT"))
+    if kind == "http":
+        if need("url") and not source["url"].startswith(("https://", "http://")):
+            found.append(("source.url", "[source] key 'url' must be an http(s) URL"))
+        if source.get("format", "jsonl") not in UPSTREAM_FORMATS:
+            found.append(("source.format", f"[source] key 'format' must be one of "
+                          f"{UPSTREAM_FORMATS}"))
+        if "token_file" in source:
+            need("token_file")
     return found
 
 
 def _dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
     source = data["source"]
+    formats = tuple(data.get("formats", ()))
+    path, token_file = source.get("path"), source.get("token_file")
     return DatasetDecl(
         id=data["id"],
         title=data["title"],
         description=data.get("description", ""),
         keywords=tuple(data.get("keywords", ())),
         policies=tuple(data["policies"]),
-        format=data.get("format", DEFAULT_FORMAT),
+        format=data.get("format", formats[0] if formats else DEFAULT_FORMAT),
         source_type=source["type"],
-        source_path=(root / source["path"]).resolve(),
+        source_path=(root / path).resolve() if path else None,
+        source_query=source.get("query", ""),
+        source_url=source.get("url", ""),
+        source_format=source.get("format", "jsonl"),
+        source_token_file=(root / token_file).resolve() if token_file else None,
+        formats=formats,
     )
 
 
@@ -666,9 +723,18 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
             out.append(Problem(name, _line_of(text, "id"),
                                f"dataset id {data['id']!r} is also declared in {seen[data['id']]}"))
         seen.setdefault(data["id"], name)
-        source = root / data["source"]["path"]
-        if not Path(data["source"]["path"]).is_absolute() and not source.exists():
-            out.append(Problem(name, _line_of(text, "source.path"), f"no source file {source}"))
+        for key in ("path", "token_file"):
+            given = data["source"].get(key)
+            if given and not Path(given).is_absolute() and not (root / given).exists():
+                what = "source file" if key == "path" else "secret file"
+                out.append(Problem(name, _line_of(text, f"source.{key}"),
+                                   f"no {what} {root / given}"))
+            elif given and key == "token_file":
+                try:
+                    keys.check_private_mode(root / given)
+                except ConfigError as exc:
+                    out.append(Problem(name, _line_of(text, "source.token_file"),
+                                       exc.message.split(": ", 1)[-1]))
 
 
 def _check_trust(root: Path, out: list[Problem]) -> None:

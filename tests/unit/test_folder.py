@@ -285,7 +285,8 @@ def test_check_reports_dataset_keys_at_their_lines(folder: Path) -> None:
         'id = "x"\ntitle = 3\npolicies = ["open-use"]\n\n[source]\ntype = "xml"\npath = "x"\n')
     assert _lines(check_folder(folder)) == [
         f"{folder / 'datasets/x.toml'}:2: key 'title' must be a non-empty string",
-        f"{folder / 'datasets/x.toml'}:6: [source] key 'type' must be one of ('csv', 'jsonl')",
+        f"{folder / 'datasets/x.toml'}:6: [source] key 'type' must be one of "
+        "('csv', 'jsonl', 'sqlite', 'http')",
     ]
 
 

@@ -53,6 +53,11 @@ class DatasetEntry:
     keywords: tuple[str, ...]
     format: str
     offers: tuple[Offer, ...]
+    formats: tuple[str, ...] = ()  # every transfer format offered; empty: just ``format``
+
+    @property
+    def offered_formats(self) -> tuple[str, ...]:
+        return self.formats or (self.format,)
 
 
 # Usage terms need an agreement (its time, its use count): they bind every data access.
@@ -103,13 +108,13 @@ def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: st
         "hasPolicy": [o.body(annotate=True) for o in offers],
         "distribution": [{
             "@type": "Distribution",
-            "format": entry.format,
+            "format": fmt,
             "accessService": {
                 "@id": service_id(participant_id),
                 "@type": "DataService",
                 "endpointURL": dsp_base,
             },
-        }],
+        } for fmt in entry.offered_formats],
     }
     if entry.title:
         doc["title"] = entry.title

@@ -58,7 +58,7 @@ class Catalog:
                            for name in d.policies if name in policies)
             entries.append(DatasetEntry(id=d.id, title=d.title, description=d.description,
                                         keywords=tuple(d.keywords), format=d.format,
-                                        offers=offers))
+                                        offers=offers, formats=tuple(getattr(d, "formats", ()))))
         return cls(entries, participant_id=participant_id, dsp_base=dsp_base, clock=clock)
 
     def decide(self, offer: Offer, claims: Claims, scope: Scope) -> Decision:

@@ -129,8 +129,9 @@ class TransferService:
         if entry is None:
             raise ProtocolError(f"dataset {agreement.dataset_id!r} is no longer offered",
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
-        if msg.format != entry.format:
-            raise ProtocolError(f"format {msg.format!r} not offered; use {entry.format!r}",
+        if msg.format not in entry.offered_formats:
+            raise ProtocolError(f"format {msg.format!r} not offered; use one of "
+                                f"{list(entry.offered_formats)}",
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
         tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
         now, pid = self._clock(), self._new_id()
