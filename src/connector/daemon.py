@@ -48,6 +48,8 @@ from connector.folder import (
     policy_hash,
 )
 from connector.keys import check_private_mode, load_any_signing_key, write_private
+from connector.registry.publisher import RegistryPublisher
+from connector.registry.search import RegistrySearch, add_search_route
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
@@ -203,8 +205,15 @@ class Daemon:
         mgmt = ManagementApi(token=s.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, peers=lambda: self.folder.peers)
-        await self._serve(mgmt.app(), "127.0.0.1", s.management_port, None)
+        app = mgmt.app()
+        add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
+        # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
+        # every folder change; nothing here waits for them (no choke point).
+        self.publisher = RegistryPublisher.from_settings(
+            s, session=self.client.session, catalog=lambda: self.folder.catalog)
+        self._tasks.append(asyncio.create_task(self.publisher.run()))
 
     def _public_app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
@@ -257,6 +266,7 @@ class Daemon:
                           "version: %s", exc)
                 continue
             self.folder = fresh
+            self.publisher.changed()
             self.verifier.reload(fresh.peers)
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())

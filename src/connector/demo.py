@@ -51,6 +51,7 @@ class Participant:
     dir: Path
     url: str
     process: subprocess.Popen[bytes] | None = None
+    command: tuple[str, ...] = ("run",)  # ("registry", "run") for a registry
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a ``connector`` command in this participant's folder."""
@@ -77,8 +78,8 @@ def start(participant: Participant, extra_env: dict[str, str] | None = None) -> 
     """Start ``connector run`` and wait for its ready line."""
     log = (participant.dir / "state" / "daemon.log").open("wb")
     env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "run", str(participant.dir)],
-                            stdout=subprocess.PIPE, stderr=log, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", *participant.command,
+                             str(participant.dir)], stdout=subprocess.PIPE, stderr=log, env=env)
     participant.process = proc
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -136,25 +137,62 @@ class Steps:
         return result.stdout.strip()
 
 
+def create_registry(root: Path, members: Sequence[Participant]) -> Participant:
+    """A catalogue-metadata registry the participants publish to and search."""
+    from connector.registry.daemon import init_registry
+    from connector.registry.membership import join_registry
+
+    registry = Participant("registry", root / "registry", f"https://127.0.0.1:{free_port()}",
+                           command=("registry", "run"))
+    init_registry(registry.dir, url=registry.url)
+    for member in members:
+        join_registry(member.dir, registry.dir)
+    return registry
+
+
+def find_through_registry(consumer: Participant, query: str, timeout: float = 10.0) -> str:
+    """The provider's URL, as the registry knows it (its first publication is asynchronous)."""
+    from connector.core.errors import ConnectorError
+    from connector.registry.search import find_provider_url
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return find_provider_url(consumer.dir, query)
+        except ConnectorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="connector-demo-"))
     steps = Steps()
     try:
         t0 = time.perf_counter()
         provider, consumer = create_space(root)
-        print(f"[0] created provider and consumer folders in {root} "
+        (consumer.dir / "datasets" / "example.toml").unlink()  # the consumer offers nothing
+        registry = create_registry(root, [provider, consumer])
+        print(f"[0] created provider, consumer and registry folders in {root} "
               f"({(time.perf_counter() - t0) * 1000:.0f} ms)")
         t0 = time.perf_counter()
-        with running([provider, consumer]):
-            print(f"[0] started both daemons over HTTPS ({(time.perf_counter() - t0) * 1000:.0f}"
-                  f" ms): provider {provider.url}, consumer {consumer.url}")
+        with running([registry, provider, consumer]):
+            print(f"[0] started the registry and both daemons over HTTPS "
+                  f"({(time.perf_counter() - t0) * 1000:.0f} ms): provider {provider.url}, "
+                  f"consumer {consumer.url}, registry {registry.url}")
+            t0 = time.perf_counter()
+            found = find_through_registry(consumer, "weather")
+            steps.n += 1
+            print(f"[{steps.n}] discovery: the registry names the provider of 'weather' data: "
+                  f"{found} ({(time.perf_counter() - t0) * 1000:.0f} ms)")
+            steps.run("search: the same through `connector search`", consumer, "search", "weather")
             steps.run("catalogue: the offers the provider shows the consumer", consumer,
-                      "catalog", provider.url)
+                      "catalog", found)
             agreement = steps.run("negotiation: consumer-initiated, to FINALIZED", consumer,
-                                  "negotiate", provider.url, "example-weather")
+                                  "negotiate", found, "example-weather")
             out = root / "received.jsonl"
-            steps.run("transfer: HTTP pull of the records", consumer, "transfer", agreement,
-                      "--out", str(out))
+            steps.run("transfer: HTTP pull of the records, count and SHA-256 verified", consumer,
+                      "transfer", agreement, "--out", str(out))
             steps.run("status on the consumer", consumer, "status")
             records = sum(1 for line in out.read_text().splitlines() if line.strip())
             expected = (provider.dir / "data" / "example.jsonl").read_text().count("\n")
@@ -164,6 +202,9 @@ def main() -> int:
         return 0
     except SystemExit as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # a step's own error: name it, exit non-zero
+        print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(root, ignore_errors=True)
