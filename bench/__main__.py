@@ -30,8 +30,18 @@ def _transfer(quick: bool) -> None:
     transfer.run(quick=quick)
 
 
+def _registry(quick: bool) -> None:
+    import json
+
+    from bench import registry
+
+    for line in registry.run(quick):
+        print(json.dumps(line), flush=True)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
+    "registry": _registry,
     "negotiation": _negotiation,
     "transfer": _transfer,
 }
