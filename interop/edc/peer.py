@@ -20,12 +20,10 @@ normal automatic reactions):
   self-signed certificate, and importing one into a JVM trust store is out of scope here;
 - EDC as a pinned provider for the management API: EDC's DSP base is ``<root>/protocol/2025-1``
   and its id is no DID, so it cannot live in ``trust/`` (``url`` must be https, ``did`` a DID,
-  ``keys`` non-empty) and ``<root> + /dsp/2025-1`` would be the wrong base;
-- lenient edges for what EDC sends (README "Differences"): a catalogue request whose
-  ``filter`` is EDC's paging ``QuerySpec``; a TransferStart data address whose endpoint and
-  token are endpoint properties named by EDC IRIs;
-- what we send EDC: our TransferStart also names endpoint, token and authType by EDC IRIs
-  (else EDC's EDR is empty), and our pulls send the raw EDR token (EDC refuses ``Bearer``).
+  ``keys`` non-empty) and ``<root> + /dsp/2025-1`` would be the wrong base.
+
+The wire differences ``make interop`` found (EDC's paging filter, data addresses named by EDC
+IRIs, EDC's raw EDR token) are handled by the connector itself (README "Differences").
 """
 
 from __future__ import annotations
@@ -38,34 +36,19 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import msgspec
-from aiohttp import web
-
 import connector.daemon as daemon_module
 from connector.adapters.http.client import PeerClient
-from connector.adapters.http.dataplane import DataPlane
-from connector.adapters.http.dsp import DspDeps, DspRoutes
-from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import ManagementApi
 from connector.config import load_settings
-from connector.core import codec
-from connector.core.errors import Area, AuthError, CatalogError, PeerError
-from connector.core.messages import (
-    CatalogRequestMessage,
-    DataAddress,
-    EndpointProperty,
-    TransferStartMessage,
-)
+from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Claims
-from connector.service.store import OutboxItem
 
 log = logging.getLogger("connector.edc-interop")
 EDC_VOCAB = "https://w3id.org/edc/v0.0.1/ns/"
@@ -131,123 +114,6 @@ class IamMockVerifier(Verifier):
 # -- lenient edges for what EDC sends ---------------------------------------------------------
 
 
-def is_paging_only(filters: Sequence[Any] | None) -> bool:
-    """Whether a catalogue ``filter`` is only EDC's paging QuerySpec (no filter expression).
-
-    EDC's consumer always sends ``[{"@type": "QuerySpec", "offset": 0, "limit": 50,
-    "sortOrder": "ASC", "filterExpression": []}]``; our catalogue is small, so paging it away
-    is safe. A QuerySpec with a real filter expression is still refused.
-    """
-    return all(isinstance(f, dict) and f.get("@type") in ("QuerySpec", EDC_VOCAB + "QuerySpec")
-               and not f.get("filterExpression") for f in filters or [])
-
-
-def _edc_property(address: DataAddress, local: str) -> str | None:
-    for name in (local, EDC_VOCAB + local, "edc:" + local):
-        value = address.property(name)
-        if value is not None:
-            return value
-    return None
-
-
-def normalise_data_address(address: DataAddress | None) -> DataAddress | None:
-    """EDC's HTTP-pull address in our form: top-level ``endpoint``, ``authorization`` property.
-
-    EDC 0.14 sends no top-level ``endpoint``; the endpoint and the token are endpoint
-    properties named ``https://w3id.org/edc/v0.0.1/ns/endpoint`` / ``…/authorization``.
-    """
-    if address is None:
-        return None
-    endpoint = address.endpoint or _edc_property(address, "endpoint")
-    token = _edc_property(address, "authorization")
-    props = [p for p in address.endpoint_properties if p.name != "authorization"]
-    if token is not None:
-        props.insert(0, EndpointProperty(name="authorization", value=token))
-    return DataAddress(endpoint_type=address.endpoint_type, endpoint=endpoint,
-                       endpoint_properties=props)
-
-
-class InteropDspRoutes(DspRoutes):
-    async def catalog_request(self, request: web.Request) -> web.Response:
-        claims = self.claims(request)
-        msg = codec.decode(await self.body(request, Area.CATALOG), CatalogRequestMessage,
-                           area=Area.CATALOG)
-        if msg.filter and not is_paging_only(msg.filter):
-            raise CatalogError("catalog filters are not supported", status=400)
-        doc = self.d.catalog().catalog(claims)
-        return web.Response(body=codec.encode_json(doc), content_type="application/json")
-
-    def transfer_message(self, kind: type[Any]) -> Callable[[web.Request],
-                                                            Awaitable[web.Response]]:
-        if kind is not TransferStartMessage:
-            return super().transfer_message(kind)
-
-        async def start(request: web.Request) -> web.Response:
-            claims = self.claims(request)
-            msg = codec.decode(await self.body(request, Area.TRANSFER), TransferStartMessage,
-                               area=Area.TRANSFER)
-            fixed = TransferStartMessage(consumer_pid=msg.consumer_pid,
-                                         provider_pid=msg.provider_pid,
-                                         data_address=normalise_data_address(msg.data_address))
-            record = await self.d.transfers.on_message(request.match_info["pid"], fixed, claims)
-            return web.Response(body=codec.encode(record.ack()), content_type="application/json")
-        return start
-
-
-def with_edc_properties(body: bytes) -> bytes:
-    """A TransferStartMessage whose pull address EDC can read (unchanged if it has none).
-
-    EDC builds its EDR only from endpoint properties named by EDC IRIs (``…/ns/endpoint``,
-    ``…/ns/authorization``, ``…/ns/authType``); our top-level ``endpoint`` and plain
-    ``authorization`` are dropped, and its EDR comes out empty. The plain ones stay.
-    """
-    doc = json.loads(body)
-    address = doc.get("dataAddress") if isinstance(doc, dict) else None
-    if not isinstance(address, dict):
-        return body
-    props = list(address.get("endpointProperties") or [])
-    named = {p.get("name"): p.get("value") for p in props if isinstance(p, dict)}
-    extra = {"endpoint": address.get("endpoint"), "authorization": named.get("authorization"),
-             "authType": named.get("authType")}
-    for local, value in extra.items():
-        if isinstance(value, str) and EDC_VOCAB + local not in named:
-            props.append({"@type": "EndpointProperty", "name": EDC_VOCAB + local,
-                          "value": value})
-    address["endpointProperties"] = props
-    return json.dumps(doc).encode()
-
-
-class EdcPeerClient(PeerClient):
-    """PeerClient with two EDC adaptations on the wire (README "Differences"):
-
-    - pulls send ``Authorization: <token>``: EDC's public API refuses ``Bearer <token>``
-      (403 "Failed to decode token");
-    - TransferStart messages also name the endpoint and token by EDC IRIs.
-    """
-
-    async def deliver(self, item: OutboxItem) -> bytes:
-        if item.url.endswith("/start"):
-            item = msgspec.structs.replace(item, body=with_edc_properties(item.body))
-        return await super().deliver(item)
-
-    async def pull(self, endpoint: str, token: str, offset: int = 0
-                   ) -> AsyncGenerator[bytes, None]:
-        if offset:
-            endpoint = f"{endpoint}?offset={offset}"
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-        try:
-            async with self.session().get(endpoint, headers={"Authorization": token},
-                                          timeout=timeout) as resp:
-                if resp.status != 200:
-                    body = (await resp.read())[:300].decode("utf-8", "replace")
-                    raise PeerError(f"data pull answered {resp.status}: {body}",
-                                    peer_status=resp.status)
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    yield chunk
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
-
-
 # -- EDC as a provider for the management API --------------------------------------------------
 
 
@@ -291,20 +157,10 @@ class EdcPeerDaemon(Daemon):
         self.verifier = IamMockVerifier(list(self.edc_peers), did=s.did,
                                         peers=self.folder.peers, leeway_s=s.clock_leeway_s,
                                         clock=time.time)
-        self.client = EdcPeerClient(self.identity, self._client_ssl())
+        self.client = PeerClient(self.identity, self._client_ssl())
 
     def _server_ssl(self) -> ssl.SSLContext | None:  # type: ignore[override]
         return None  # plain HTTP on loopback: EDC's JVM client trusts no self-signed cert
-
-    def _public_app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
-        app["dsp"] = True
-        did_doc = json.loads((self.settings.root / "did.json").read_text())
-        InteropDspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
-                                 negotiations=self.negotiations, transfers=self.transfers,
-                                 did_document=did_doc)).register(app)
-        DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
-        return app
 
     def claims_for(self, did: str) -> Claims:
         if did in self.edc_peers:  # the data plane re-evaluates the agreement for its assignee
