@@ -357,8 +357,11 @@ class NegotiationService:
     async def wait(self, pid: str, timeout: float) -> Negotiation:
         """Wait for a terminal state (or the timeout); returns the latest record."""
         record = await self._mine(pid)
-        await self.watch.wait(pid, record, lambda r: r.state.terminal, timeout)
-        return await self._mine(pid)
+        if record.state.terminal or timeout <= 0:
+            return record
+        latest = await self.watch.wait(pid, record, lambda r: r.state.terminal, timeout)
+        # The watch hands over the terminal record itself; only a timeout needs a fresh read.
+        return latest if latest is not record else await self._mine(pid)
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
         """A message could not be delivered (4xx or retries exhausted): end our side."""
