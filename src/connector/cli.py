@@ -131,9 +131,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     _dir_arg(p)
 
-    p = sub.add_parser("transfer", help="pull the records of an agreement into a file")
+    p = sub.add_parser("transfer", help="pull (or be pushed) the records of an agreement "
+                       "into a file, stdout or an SQLite table")
     p.add_argument("agreement_id")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", required=True,
+                   help="a file, - for stdout, or sqlite:///ABSOLUTE/PATH.db#table")
+    p.add_argument("--push", action="store_true",
+                   help="have the provider push to this connector instead of pulling")
     p.add_argument("--timeout", type=float, default=60.0)
     _dir_arg(p)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,18 @@ class Management:
         except aiohttp.ClientError as exc:
             raise PeerError(f"stream cut after {records} records: {exc}") from exc
         return records, size
+
+
+    async def stream(self, path: str) -> AsyncIterator[bytes]:
+        """The body of a GET as it arrives; PeerError if refused or cut."""
+        try:
+            async with self._session.get(self._base + path, headers=self._headers) as resp:
+                if resp.status >= 300:
+                    raise PeerError(_error_text(await resp.read()), peer_status=resp.status)
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise PeerError(f"stream cut: {exc}") from exc
 
 
 def _error_text(raw: bytes) -> str:
@@ -167,12 +180,104 @@ async def _open_or_resume(m: Management, args: argparse.Namespace, part: Path,
     return record, 0
 
 
+async def _open(m: Management, args: argparse.Namespace,
+                body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    record: dict[str, Any] = await m.call("POST", f"/api/transfers?wait={args.timeout}",
+                                          {"agreementId": args.agreement_id, **(body or {})})
+    if record["state"] == "REQUESTED" or record["state"] == "TERMINATED":
+        print(f"transfer {record['id']} is {record['state']}: "
+              f"{record.get('reason') or 'the provider did not start it'}", file=sys.stderr)
+        return None
+    return record
+
+
+async def _to_stdout(m: Management, args: argparse.Namespace) -> int:
+    """``--out -``: stream the records to stdout, verify them, complete (no resume)."""
+    record = await _open(m, args)
+    if record is None:
+        return 1
+    tid = record["id"]
+    summary = await m.call("GET", f"/api/transfers/{tid}/summary")
+    digest, records, size = hashlib.sha256(), 0, 0
+    out = sys.stdout.buffer
+    async for chunk in m.stream(f"/api/transfers/{tid}/data"):
+        out.write(chunk)
+        digest.update(chunk)
+        records += chunk.count(b"\n")
+        size += len(chunk)
+    out.flush()
+    got = {"records": records, "bytes": size, "sha256": digest.hexdigest()}
+    if got != summary:
+        print(f"copy does not match the provider's: {got} != {summary}", file=sys.stderr)
+        return 1
+    await m.call("POST", f"/api/transfers/{tid}/complete")
+    print(f"{records} records, {size} bytes, sha256 {got['sha256']} verified -> stdout",
+          file=sys.stderr)
+    return 0
+
+
+async def _by_daemon(m: Management, args: argparse.Namespace) -> int:
+    """An SQLite-table sink: the daemon pulls into it, verifies and completes."""
+    record = await _open(m, args)
+    if record is None:
+        return 1
+    got = await m.call("POST", f"/api/transfers/{record['id']}/pull", {"sink": args.out})
+    print(f"{got['records']} records, {got['bytes']} bytes, sha256 {got['sha256']} verified "
+          f"-> {args.out}")
+    return 0
+
+
+async def _pushed(m: Management, args: argparse.Namespace) -> int:
+    """``--push``: the provider streams to our daemon, which writes the sink and verifies
+    count and SHA-256 before it accepts the completion. ``-`` spools to state/ first."""
+    spool = None
+    sink = args.out
+    if sink == "-":
+        spool = Path(args.dir).resolve() / "state" / f"push-{time.time_ns()}.jsonl"
+        sink = str(spool)
+    elif not sink.startswith("sqlite:"):
+        sink = str(Path(sink).resolve())
+    record = await _open(m, args, {"push": True, "sink": sink})
+    if record is None:
+        return 1
+    tid = record["id"]
+    deadline = time.monotonic() + args.timeout
+    while record["state"] not in ("COMPLETED", "TERMINATED") and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        record = await m.call("GET", f"/api/transfers/{tid}")
+    if record["state"] != "COMPLETED":
+        print(f"push transfer {tid} {record['state']}: {record.get('reason') or 'timed out'}",
+              file=sys.stderr)
+        return 1
+    got = await m.call("GET", f"/api/transfers/{tid}/push")
+    line = (f"{got['records']} records, {got['bytes']} bytes, sha256 {got['sha256']} "
+            f"verified (pushed) -> {args.out if spool is None else 'stdout'}")
+    if spool is not None:
+        with spool.open("rb") as f:
+            while block := f.read(1 << 20):
+                sys.stdout.buffer.write(block)
+        sys.stdout.buffer.flush()
+        spool.unlink()
+        print(line, file=sys.stderr)
+    else:
+        print(line)
+    return 0
+
+
 async def transfer(m: Management, args: argparse.Namespace) -> int:
     """Pull an agreement's records into ``--out``; verify count and SHA-256; complete.
 
-    Run again after an interruption, it resumes at the first missing record.
+    Run again after an interruption, a pull into a file resumes at the first missing record.
+    ``--out -`` writes to stdout, ``--out sqlite:///PATH#table`` into a table, ``--push`` has
+    the provider push to this connector.
     """
-    out: Path = args.out
+    if args.push:
+        return await _pushed(m, args)
+    if args.out == "-":
+        return await _to_stdout(m, args)
+    if args.out.startswith("sqlite:"):
+        return await _by_daemon(m, args)
+    out = Path(args.out)
     part, meta = out.with_name(out.name + ".part"), out.with_name(out.name + ".part.json")
     opened = await _open_or_resume(m, args, part, meta)
     if opened is None:

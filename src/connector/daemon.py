@@ -33,6 +33,7 @@ from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import ManagementApi
+from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
@@ -200,11 +201,15 @@ class Daemon:
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
             token_secret=data_token_secret(s.root))
+        # Push: we receive at /push/{pid} as consumer, and push as provider.
+        self.push_receiver = PushReceiver(self.transfers, s.public_url)
+        self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         mgmt = ManagementApi(token=s.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, peers=lambda: self.folder.peers)
+                             client=self.client, peers=lambda: self.folder.peers,
+                             push=self.push_receiver)
         app = mgmt.app()
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
         await self._serve(app, "127.0.0.1", s.management_port, None)
@@ -224,6 +229,7 @@ class Daemon:
         if self.credential_service is not None:
             CredentialServiceRoutes(self.credential_service).register(app)
         DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
+        self.push_receiver.register(app)
         return app
 
     def _server_ssl(self) -> ssl.SSLContext:
@@ -273,6 +279,7 @@ class Daemon:
             log.info("reloaded trust/, datasets/ and policies/")
 
     async def stop(self) -> None:
+        await self.pusher.close()
         for task in self._tasks:
             task.cancel()
         for runner in reversed(self._runners):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
@@ -179,6 +180,17 @@ MESSAGES: dict[str, tuple[str, Callable[[], Doc]]] = {
         "transfer/transfer-request-message",
         lambda: codec.to_builtins(tp.request_message(
             transfer(Role.CONSUMER, TransferState.REQUESTED, provider_pid=None), CONSUMER_DSP))),
+    "transfer-request-push": (
+        "transfer/transfer-request-message",
+        lambda: codec.to_builtins(tp.request_message(
+            msgspec.structs.replace(transfer(Role.CONSUMER, TransferState.REQUESTED,
+                                             provider_pid=None), format=tp.PUSH_FORMAT),
+            CONSUMER_DSP,
+            tp.push_address("https://consumer.example.org:8443/push/" + CPID, "TOKEN-HIJ")))),
+    "transfer-start-push": (
+        "transfer/transfer-start-message",
+        lambda: codec.to_builtins(tp.message_for(
+            transfer(Role.PROVIDER, TransferState.REQUESTED), TransferEvent.START))),
     "transfer-start-pull": (
         "transfer/transfer-start-message",
         lambda: codec.to_builtins(tp.message_for(

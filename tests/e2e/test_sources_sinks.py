@@ -199,3 +199,72 @@ async def test_http_csv_upstream_converts_as_the_csv_file_does(
     assert copies[0] == copies[1]
     rows = [json.loads(line) for line in copies[0].splitlines()]
     assert len(rows) == 3000 and rows[7]["note"] == 'say "hi", 7\nsecond line'
+
+
+def _rows_jsonl() -> bytes:
+    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n"
+                    for r in _sqlite_rows())
+
+
+async def test_sqlite_table_sink(pair: Pair, consumer: Management) -> None:
+    agreement = await _agreement(pair, consumer, "rows")
+    db = pair.consumer.dir / "state" / "sink.db"
+    done = await _cli(pair, "transfer", agreement, "--out", f"sqlite://{db}#copy")
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"verified" in done.stdout
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT seq, record FROM copy ORDER BY seq").fetchall()
+    con.close()
+    assert [s for s, _ in rows] == list(range(ROWS))
+    assert [json.loads(r) for _, r in rows] == _sqlite_rows()
+
+
+async def test_out_dash_writes_the_records_to_stdout(pair: Pair, consumer: Management) -> None:
+    agreement = await _agreement(pair, consumer, "rows")
+    done = await _cli(pair, "transfer", agreement, "--out", "-")
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == _rows_jsonl()
+    assert b"verified -> stdout" in done.stderr
+
+
+async def test_push_transfer_end_to_end_verified(pair: Pair, consumer: Management) -> None:
+    agreement = await _agreement(pair, consumer, "rows")
+    out = pair.consumer.dir / "state" / "pushed.jsonl"
+    done = await _cli(pair, "transfer", agreement, "--push", "--out", str(out))
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"verified (pushed)" in done.stdout
+    assert out.read_bytes() == _rows_jsonl()
+    mine = [t for t in await consumer.call("GET", "/api/transfers")
+            if t["agreementId"] == agreement and t["format"] == "HttpData-PUSH"]
+    assert len(mine) == 1 and mine[0]["state"] == "COMPLETED"
+    assert any(h["message"] == "push copy verified" for h in mine[0]["history"])
+    provider = Management(load_settings(pair.provider.dir))
+    try:
+        theirs = await provider.call("GET", f"/api/transfers/{mine[0]['providerPid']}")
+    finally:
+        await provider.close()
+    assert theirs["state"] == "COMPLETED" and theirs["format"] == "HttpData-PUSH"
+
+
+async def test_push_from_an_http_upstream_into_stdout_and_a_table(
+        pair: Pair, consumer: Management, upstream: list[str]) -> None:
+    agreement = await _agreement(pair, consumer, "upstream")
+    done = await _cli(pair, "transfer", agreement, "--push", "--out", "-")
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == ("\n".join(JSONL_LINES) + "\n").encode()
+    db = pair.consumer.dir / "state" / "pushed.db"
+    done = await _cli(pair, "transfer", agreement, "--push", "--out", f"sqlite://{db}#up")
+    assert done.returncode == 0, done.stderr.decode()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM up").fetchone() == (len(JSONL_LINES),)
+    con.close()
+
+
+async def test_push_is_refused_when_the_dataset_offers_only_pull(
+        pair: Pair, consumer: Management) -> None:
+    agreement = await _agreement(pair, consumer, "example-weather")
+    out = pair.consumer.dir / "state" / "refused.jsonl"
+    done = await _cli(pair, "transfer", agreement, "--push", "--out", str(out),
+                      "--timeout", "5")
+    assert done.returncode == 1
+    assert not out.exists()

@@ -163,10 +163,12 @@ def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = 
     raise ValueError(f"{event} is not sent on an existing process")
 
 
-def request_message(record: Transfer, callback_address: str) -> TransferRequestMessage:
+def request_message(record: Transfer, callback_address: str,
+                    data_address: DataAddress | None = None) -> TransferRequestMessage:
+    """The consumer's request; a push request carries where to push to (DSP 2025-1 §TP 2.1)."""
     return TransferRequestMessage(
         consumer_pid=record.consumer_pid, agreement_id=record.agreement_id,
-        format=record.format, callback_address=callback_address)
+        format=record.format, callback_address=callback_address, data_address=data_address)
 
 
 # HTTP pull (DSP 2025-1 §TP 2.3 example): the endpoint plus a bearer token.
@@ -184,5 +186,20 @@ def pull_address(endpoint: str, token: str) -> DataAddress:
             EndpointProperty(name=EDC_NS + "endpoint", value=endpoint),
             EndpointProperty(name=EDC_NS + "authorization", value=token),
             EndpointProperty(name=EDC_NS + "authType", value="bearer"),
+        ],
+    )
+
+
+PUSH_FORMAT = "HttpData-PUSH"
+
+
+def push_address(endpoint: str, token: str) -> DataAddress:
+    """Where a provider pushes to: the consumer's endpoint and the bearer token it minted."""
+    return DataAddress(
+        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
+        endpoint=endpoint,
+        endpoint_properties=[
+            EndpointProperty(name="authorization", value=token),
+            EndpointProperty(name="authType", value="bearer"),
         ],
     )

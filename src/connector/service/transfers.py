@@ -19,6 +19,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -26,6 +27,7 @@ from connector.core import codec
 from connector.core import transfer as tp
 from connector.core.errors import (
     Area,
+    InvalidTransition,
     MalformedMessage,
     NotFound,
     PolicyError,
@@ -35,7 +37,9 @@ from connector.core.errors import (
 )
 from connector.core.messages import (
     EDC_NS,
+    DataAddress,
     Message,
+    TransferCompletionMessage,
     TransferMessage,
     TransferProcess,
     TransferRequestMessage,
@@ -80,6 +84,8 @@ class TransferService:
         self.watch: Watch[Transfer] = Watch()
         self._locks = KeyedLocks()
         self._claims_for = claims_for
+        # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
+        self.completion_guard: Callable[[Transfer], str | None] | None = None
 
     def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
         base = record.counterparty_address.rstrip("/")
@@ -133,6 +139,8 @@ class TransferService:
             raise ProtocolError(f"format {msg.format!r} not offered; use one of "
                                 f"{list(entry.offered_formats)}",
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        if msg.format == tp.PUSH_FORMAT:
+            _check_push_address(msg)
         tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
         now, pid = self._clock(), self._new_id()
         record = Transfer(
@@ -140,6 +148,7 @@ class TransferService:
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
+            data_address=msg.data_address if msg.format == tp.PUSH_FORMAT else None,
             created_at=now, updated_at=now,
             history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
                                   state="REQUESTED")])
@@ -149,7 +158,13 @@ class TransferService:
         return record
 
     def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
-        """Provider: mint a fresh data token and send Start with the pull address."""
+        """Provider: mint a fresh data token and send Start with the pull address. A push
+        starts without a data address (DSP 2025-1 §TP 2.3); the pusher then streams."""
+        if record.format == tp.PUSH_FORMAT:
+            msg = tp.message_for(record, TransferEvent.START)
+            started = tp.apply(record, Role.PROVIDER, msg, self._clock())
+            return started, [self._outgoing(started, msg, self._their_path(
+                record, TransferEvent.START))]
         token = secrets.token_urlsafe(32)
         address = tp.pull_address(self.data_url, token)
         msg = tp.message_for(record, TransferEvent.START, data_address=address)
@@ -164,6 +179,13 @@ class TransferService:
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
+            if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
+                    and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
+                problem = self.completion_guard(record)
+                if problem is not None:  # a push is complete only once its copy checks out
+                    raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
+                                            consumer_pid=record.consumer_pid,
+                                            provider_pid=record.provider_pid)
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
             after = tp.apply(record, record.role.other, msg, self._clock())
             await self._save(after, [])
@@ -181,6 +203,17 @@ class TransferService:
             raise TransferDenied("data token expired")
         if current and record.prev_token_hash is not None:
             record = await self._retire_previous_token(record.id)  # the new one is in use
+        return record, await self._authorize_agreement(record, use)
+
+    async def authorize_push(self, pid: str) -> tuple[Transfer, Agreement]:
+        """Provider, before a push: as a pull's check (state, revocation, the agreement's
+        policy with the use counted), for the transfer itself instead of a token."""
+        record = await self.mine(pid)
+        if record.state is not TransferState.STARTED:
+            raise TransferDenied(f"transfer is {record.state.value}, not STARTED")
+        return record, await self._authorize_agreement(record, True)
+
+    async def _authorize_agreement(self, record: Transfer, use: bool) -> Agreement:
         agreement = await self._store.get_agreement(record.agreement_id)
         try:
             if agreement is None:
@@ -191,7 +224,7 @@ class TransferService:
         except TransferDenied as exc:
             await self._note(record.id, "data access denied", exc.message)
             raise
-        return record, agreement
+        return agreement
 
     async def _token_holder(self, token: str | None) -> tuple[Transfer, bool]:
         """The transfer a data token opens, and whether it is the current token (else the
@@ -257,6 +290,13 @@ class TransferService:
             await self._save(record, [])
             return record
 
+    async def note(self, pid: str, by: str, message: str, note: str = "") -> None:
+        """Add a line to a transfer's timeline (a push's verification, its failure)."""
+        async with self._locks.hold(pid):
+            record = await self._store.get_transfer(pid)
+            if record is not None:
+                await self._save(tp.noted(record, self._clock(), by, message, note), [])
+
     async def _note(self, pid: str, message: str, note: str) -> None:
         """Add a line to a transfer's timeline (``connector why``)."""
         async with self._locks.hold(pid):
@@ -302,7 +342,8 @@ class TransferService:
     # -- management: consumer side ------------------------------------------------------------
 
     async def start(self, agreement_id: str, *, provider_base: str | None = None,
-                    provider_id: str | None = None, format: str = DEFAULT_FORMAT) -> Transfer:
+                    provider_id: str | None = None, format: str = DEFAULT_FORMAT,
+                    push_to: Callable[[str], DataAddress] | None = None) -> Transfer:
         """Open a transfer as consumer under one of our agreements; queue the request.
 
         The provider is the agreement's counterparty unless given (a test harness that holds
@@ -325,7 +366,10 @@ class TransferService:
             dataset_id=agreement.dataset_id, created_at=now, updated_at=now,
             history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
                                   state="REQUESTED")])
-        msg = tp.request_message(record, self.dsp_base)
+        if push_to is not None:
+            record = _replace(record, format=tp.PUSH_FORMAT)
+        address = push_to(pid) if push_to is not None else None  # not kept: it holds a token
+        msg = tp.request_message(record, self.dsp_base, address)
         await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
         return record
 
@@ -394,3 +438,19 @@ def _check_pids(record: Transfer, msg: TransferMessage) -> None:
         raise MalformedMessage("process ids in the message do not match this transfer",
                                area=Area.TRANSFER, consumer_pid=record.consumer_pid,
                                provider_pid=record.provider_pid)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def _check_push_address(msg: TransferRequestMessage) -> None:
+    """A push goes over HTTPS to the consumer's own host and port (its callback address's),
+    never to a third party the request names (no pushing our data at someone else)."""
+    address = msg.data_address
+    url = address.url() if address is not None else None
+    if not url or _origin(url)[0] != "https" or _origin(url) != _origin(msg.callback_address):
+        raise MalformedMessage("a push request needs a dataAddress with an https endpoint at "
+                               "the callbackAddress's host and port", area=Area.TRANSFER,
+                               consumer_pid=msg.consumer_pid)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from connector.core import codec
+from connector.adapters.http.session import ReloadableSession
 from connector.core.errors import PeerError
 from connector.service.auth import Identity
 from connector.service.store import OutboxItem
@@ -33,31 +34,10 @@ def client_ssl_context(pinned_pems: Iterable[str]) -> ssl.SSLContext:
     return ctx
 
 
-class PeerClient:
+class PeerClient(ReloadableSession):
     def __init__(self, identity: Identity, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(ssl_context, limit=256, keepalive_s=60, timeout_s=REQUEST_TIMEOUT_S)
         self._identity = identity
-        self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=256, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
-        return self._session
-
-    def set_ssl(self, ssl_context: ssl.SSLContext) -> None:
-        """New trust anchors (trust/ changed); the next session uses them."""
-        self._ssl = ssl_context
-        old, self._session = self._session, None
-        if old is not None:
-            import asyncio
-
-            asyncio.get_running_loop().create_task(old.close())
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def post(self, url: str, audience: str, body: bytes) -> tuple[int, bytes]:
         headers = {"Authorization": self._identity.authorization(audience),
@@ -117,6 +97,35 @@ class PeerClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
 
+
+    async def push(self, endpoint: str, authorization: str,
+                   chunks: AsyncGenerator[bytes, None]) -> None:
+        """POST a push transfer's records to the consumer's endpoint as one streamed body."""
+        headers = {"Authorization": authorization, "Content-Type": "application/x-ndjson"}
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+        try:
+            async with self.session().post(endpoint, data=chunks, headers=headers,
+                                           timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise PeerError(f"push answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"push: {type(exc).__name__}: {exc}") from exc
+
+    async def push_summary(self, endpoint: str, authorization: str,
+                           summary: dict[str, Any]) -> None:
+        """Tell the consumer what the push held; it answers 409 if its copy differs."""
+        headers = {"Authorization": authorization, "Content-Type": JSON}
+        try:
+            async with self.session().post(f"{endpoint.rstrip('/')}/summary", headers=headers,
+                                           data=codec.encode_json(summary)) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise PeerError(f"push summary answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"push summary: {type(exc).__name__}: {exc}") from exc
 
     async def data_summary(self, endpoint: str, authorization: str) -> dict[str, Any]:
         """The provider's record count and SHA-256 for the whole stream."""

@@ -7,19 +7,18 @@ a transfer and pull its records, list what this participant holds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.config import DSP_PATH
 from connector.core.errors import AuthError, MalformedMessage, NotFound, PeerError
 from connector.core.transfer import TransferEvent, TransferState
@@ -57,7 +56,8 @@ def root_of(url: str) -> str:
 class ManagementApi:
     def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
                  transfers: TransferService, client: PeerClient,
-                 peers: Callable[[], Mapping[str, Any]]) -> None:
+                 peers: Callable[[], Mapping[str, Any]], push: Any = None) -> None:
+        self._push = push  # a PushReceiver (adapters/http/push.py), where pushes land
         self._token = token
         self._store = store
         self._negotiations = negotiations
@@ -145,7 +145,12 @@ class ManagementApi:
 
     async def transfer_start(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        record = await self._transfers.start(str(body.get("agreementId", "")))
+        push_to = None
+        if body.get("push"):
+            if self._push is None:
+                raise NotFound("this connector receives no pushes")
+            push_to = self._push.address_for(str(body.get("sink", "")))
+        record = await self._transfers.start(str(body.get("agreementId", "")), push_to=push_to)
         wait = _wait(request)
         if wait:
             record = await self._transfers.wait_started(record.id, wait)
@@ -207,22 +212,22 @@ class ManagementApi:
         return response
 
     async def transfer_pull(self, request: web.Request) -> web.Response:
-        """Sink ``file``: this daemon pulls the records into ``path`` itself (appending from
-        ``offset``), checks count and SHA-256 against the provider's summary, completes."""
+        """This daemon pulls the records into a sink itself (``sink``: a file path or
+        ``sqlite:///PATH#table``; ``path`` is the older name), appending from ``offset``,
+        checks count and SHA-256 against the provider's summary, and completes."""
         pid = request.match_info["id"]
         body = await _body(request)
-        path, offset = Path(str(body.get("path", ""))), int(body.get("offset", 0))
-        if not path.is_absolute():
-            raise MalformedMessage("path must be absolute")
+        spec, offset = str(body.get("sink") or body.get("path", "")), int(body.get("offset", 0))
+        parse_sink(spec)
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
         summary = await self._client.data_summary(endpoint, token)
         t0 = time.monotonic()
-        sink = await asyncio.to_thread(_FileSink, path, offset)
+        sink = await asyncio.to_thread(open_sink, spec, offset)
         try:
-            records = offset + await _drain(self._client.pull(endpoint, token, offset), sink)
+            await _drain(self._client.pull(endpoint, token, offset), sink)
         finally:
             await asyncio.to_thread(sink.close)
-        got = {"records": records, "bytes": sink.size, "sha256": sink.digest.hexdigest()}
+        got = {"records": sink.records, "bytes": sink.size, "sha256": sink.sha256()}
         if got != summary:
             raise PeerError(f"copy does not match the provider's summary: {got} != {summary}")
         await self._transfers.act(pid, TransferEvent.COMPLETE)
@@ -249,6 +254,12 @@ class ManagementApi:
         await self._refresh(request.match_info["id"])
         return _out(await self._transfers.mine(request.match_info["id"]))
 
+    async def transfer_push(self, request: web.Request) -> web.Response:
+        """What a push delivered and verified: records, bytes, SHA-256."""
+        if self._push is None:
+            raise NotFound("this connector receives no pushes")
+        return _out(self._push.result(request.match_info["id"]))
+
     async def revoke(self, request: web.Request) -> web.Response:
         """Provider: withdraw an agreement; open transfers under it are terminated."""
         reason = str((await _body(request)).get("reason", "revoked by the provider"))
@@ -274,6 +285,7 @@ class ManagementApi:
         r.add_get("/api/transfers/{id}/data", self.transfer_data)
         r.add_get("/api/transfers/{id}/summary", self.transfer_summary)
         r.add_post("/api/transfers/{id}/pull", self.transfer_pull)
+        r.add_get("/api/transfers/{id}/push", self.transfer_push)
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         return app
@@ -291,27 +303,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-class _FileSink:
-    """A file being written and hashed; resumes after the first ``offset`` records."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        self.digest = hashlib.sha256()
-        self.file = path.open("r+b" if offset and path.exists() else "wb")
-        for _ in range(offset):  # re-hash the records already there, cut what follows
-            self.digest.update(self.file.readline())
-        self.file.truncate(self.file.tell())
-        self.size = self.file.tell()
-
-    def write(self, block: bytes) -> None:
-        self.file.write(block)
-        self.digest.update(block)
-        self.size += len(block)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-async def _drain(chunks: AsyncGenerator[bytes, None], sink: _FileSink) -> int:
+async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink) -> int:
     """Write a pull into ``sink``; returns the records written."""
     records = 0
     async with aclosing(chunks):

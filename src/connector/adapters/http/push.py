@@ -1,0 +1,220 @@
+"""HTTP push: the provider streams a transfer's records to an endpoint the consumer gave.
+
+Consumer (``PushReceiver``): ``connector transfer AGREEMENT --push --out SINK`` makes the
+daemon mint a one-time bearer token and send a TransferRequestMessage with format
+``HttpData-PUSH`` and a data address ``https://<us>/push/<consumerPid>``. It then serves:
+
+- ``POST /push/{pid}``: the records as one JSON-lines body (chunked), written into the sink
+  and hashed as they arrive; a body cut mid-way leaves nothing accepted;
+- ``POST /push/{pid}/summary``: ``{"records", "bytes", "sha256"}`` of what the provider sent;
+  the consumer compares it with what it wrote (409 if they differ).
+
+Only after that check passes does the consumer accept the provider's TransferCompletion
+(``TransferService.completion_guard``): a completion before it is refused with a 400, so the
+provider's process terminates instead of completing. We chose a second request for the
+summary because aiohttp sends no HTTP trailers, and headers on the stream request would
+have to be known before the first byte (the summary of an HTTP upstream is not).
+
+Provider (``Pusher``): when a push transfer becomes STARTED (the Start carries no data
+address, DSP 2025-1 §TP 2.3), it authorises the transfer as a pull is authorised (state,
+revocation, the agreement's policy with the use counted), streams the source to the
+endpoint, checking between chunks that the transfer is still STARTED (a revocation or a
+termination cuts the stream), posts the summary, and completes. Any failure terminates the
+transfer with the reason.
+
+The token and the sink live in memory: a consumer restarted mid-push refuses the push (the
+provider terminates), and the transfer is requested again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from connector.adapters.http.client import PeerClient
+from connector.adapters.sinks import open_sink, parse_sink
+from connector.adapters.sources import open_source
+from connector.core import transfer as tp
+from connector.core.errors import AuthError, ConnectorError, MalformedMessage, NotFound, PeerError
+from connector.core.messages import DataAddress
+from connector.core.negotiation import Role
+from connector.core.transfer import Transfer, TransferEvent, TransferState
+from connector.service.transfers import TransferService
+
+log = logging.getLogger("connector.push")
+# How long a push may wait for our record to reach STARTED (the Start may still be in flight).
+START_WAIT_S = 10.0
+
+
+@dataclass
+class _Expected:
+    token_hash: str
+    sink: str
+    got: dict[str, Any] | None = None  # what the last complete push body held
+    verified: dict[str, Any] | None = None  # ... once it matched the provider's summary
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class PushReceiver:
+    """Consumer side: the endpoint a provider pushes to, one expectation per transfer."""
+
+    def __init__(self, transfers: TransferService, public_url: str) -> None:
+        self._transfers = transfers
+        self._public_url = public_url.rstrip("/")
+        self._expected: dict[str, _Expected] = {}
+        transfers.completion_guard = self.completion_problem
+
+    def address_for(self, sink: str) -> Callable[[str], DataAddress]:
+        """For ``TransferService.start``: mint the token and remember the sink for ``pid``."""
+        parse_sink(sink)
+
+        def address(pid: str) -> DataAddress:
+            token = secrets.token_urlsafe(32)
+            self._expected[pid] = _Expected(token_hash=_digest(token), sink=sink)
+            return tp.push_address(f"{self._public_url}/push/{pid}", token)
+
+        return address
+
+    def completion_problem(self, record: Transfer) -> str | None:
+        expected = self._expected.get(record.id)
+        if expected is None:
+            return "no push is expected for this transfer here"
+        if expected.verified is None:
+            return "the pushed copy was not verified against the provider's summary"
+        return None
+
+    def result(self, pid: str) -> dict[str, Any]:
+        expected = self._expected.get(pid)
+        if expected is None or expected.verified is None:
+            raise NotFound(f"no verified push for transfer {pid!r}")
+        return expected.verified
+
+    def _check(self, request: web.Request) -> tuple[str, _Expected]:
+        pid = request.match_info["pid"]
+        expected = self._expected.get(pid)
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header[:7].lower() == "bearer " else header
+        if expected is None or not hmac.compare_digest(_digest(token), expected.token_hash):
+            raise AuthError("unknown push endpoint or wrong token")
+        return pid, expected
+
+    async def receive(self, request: web.Request) -> web.Response:
+        pid, expected = self._check(request)
+        record = await self._transfers.mine(pid)
+        await self._transfers.watch.wait(pid, record,
+                                         lambda r: r.state is not TransferState.REQUESTED,
+                                         START_WAIT_S)
+        record = await self._transfers.mine(pid)
+        if record.state is not TransferState.STARTED:
+            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED")
+        expected.got = expected.verified = None
+        sink = await asyncio.to_thread(open_sink, expected.sink, 0)
+        try:
+            async for block in request.content.iter_any():
+                sink.write(block)
+        except Exception as exc:  # the stream was cut: nothing of it is accepted
+            log.info("push %s cut after %d records: %s", pid, sink.records, exc)
+            raise MalformedMessage(f"push body cut after {sink.records} records") from exc
+        finally:
+            await asyncio.to_thread(sink.close)
+        expected.got = {"records": sink.records, "bytes": sink.size, "sha256": sink.sha256()}
+        return web.json_response(expected.got)
+
+    async def summary(self, request: web.Request) -> web.Response:
+        pid, expected = self._check(request)
+        try:
+            claimed = msgspec.json.decode(await request.read(), type=dict[str, Any])
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
+        claimed = {k: claimed.get(k) for k in ("records", "bytes", "sha256")}
+        if expected.got != claimed:
+            await self._transfers.note(pid, "consumer", "push copy does not match",
+                                       f"received {expected.got}, provider says {claimed}")
+            return web.json_response({"received": expected.got, "summary": claimed},
+                                     status=409)
+        expected.verified = claimed
+        await self._transfers.note(pid, "consumer", "push copy verified",
+                                   f"{claimed['records']} records sha256 {claimed['sha256']}")
+        return web.json_response(claimed)
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post("/push/{pid}", self.receive)
+        app.router.add_post("/push/{pid}/summary", self.summary)
+
+
+class _Stopped(Exception):
+    """The transfer stopped being STARTED during the push."""
+
+
+class Pusher:
+    """Provider side: runs each push transfer once it is STARTED."""
+
+    def __init__(self, transfers: TransferService, client: PeerClient,
+                 datasets: Callable[[], Mapping[str, Any]]) -> None:
+        self._transfers = transfers
+        self._client = client
+        self._datasets = datasets
+        self._running: dict[str, asyncio.Task[None]] = {}
+        transfers.listeners.append(self.on_change)
+
+    def on_change(self, record: Transfer, new: bool) -> None:
+        if (record.role is Role.PROVIDER and record.format == tp.PUSH_FORMAT
+                and record.state is TransferState.STARTED and record.id not in self._running):
+            task = asyncio.get_running_loop().create_task(self._run(record.id))
+            self._running[record.id] = task
+            task.add_done_callback(lambda _: self._running.pop(record.id, None))
+
+    async def _chunks(self, pid: str, chunks: AsyncGenerator[bytes, None]
+                      ) -> AsyncGenerator[bytes, None]:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                if not await self._transfers.still_streaming(pid):
+                    raise _Stopped
+                yield chunk
+
+    async def _run(self, pid: str) -> None:
+        try:
+            record, agreement = await self._transfers.authorize_push(pid)
+            decl = self._datasets().get(agreement.dataset_id)
+            address = record.data_address
+            url = address.url() if address is not None else None
+            if decl is None or address is None or not url:
+                raise NotFound("dataset gone or no push address")
+            source = open_source(decl)
+            summary = await source.summary()
+            auth = address.authorization_header()
+            await self._client.push(url, auth, self._chunks(pid, source.chunks(0)))
+            if not await self._transfers.still_streaming(pid):
+                raise _Stopped
+            await self._client.push_summary(url, auth, summary)
+            await self._transfers.act(pid, TransferEvent.COMPLETE)
+            log.info("push %s done: %s records", pid, summary["records"])
+        except _Stopped:
+            log.info("push %s stopped mid-stream: the transfer is no longer STARTED", pid)
+        except (ConnectorError, OSError) as exc:
+            if isinstance(exc, PeerError) and not await self._transfers.still_streaming(pid):
+                log.info("push %s cut: the transfer ended during it", pid)
+                return
+            message = exc.message if isinstance(exc, ConnectorError) else str(exc)
+            log.warning("push %s failed: %s", pid, message)
+            record = await self._transfers.mine(pid)
+            if not record.state.terminal:
+                await self._transfers.act(pid, TransferEvent.TERMINATE,
+                                          f"push failed: {message}", code="push-failed")
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
