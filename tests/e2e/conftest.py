@@ -23,6 +23,7 @@ import pytest_asyncio
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from connector.client import Management
 from connector.config import DSP_PATH, load_settings
 from connector.core.identity import did_web_from_url, issue_token
 from connector.demo import Participant, create_space, free_port, start, stop
@@ -155,3 +156,13 @@ async def http(space: Space) -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(ssl=space.tls)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def apis(space: Space) -> AsyncIterator[tuple[Management, Management]]:
+    """Management API clients of the provider and the consumer daemons."""
+    provider = Management(load_settings(space.provider.dir))
+    consumer = Management(load_settings(space.consumer.dir))
+    yield provider, consumer
+    await provider.close()
+    await consumer.close()

@@ -7,27 +7,16 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
 import pytest
-import pytest_asyncio
 
 from connector.client import Management
-from connector.config import load_settings
 from tests.e2e.conftest import Space
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def apis(space: Space) -> AsyncIterator[tuple[Management, Management]]:
-    provider = Management(load_settings(space.provider.dir))
-    consumer = Management(load_settings(space.consumer.dir))
-    yield provider, consumer
-    await provider.close()
-    await consumer.close()
 
 
 async def test_count_limit_holds_under_500_concurrent_requests(

@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from connector.client import Management
 from connector.config import load_settings
@@ -21,14 +19,6 @@ from tests.e2e.conftest import BIG_RECORDS, Space
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def apis(space: Space) -> AsyncIterator[tuple[Management, Management]]:
-    provider = Management(load_settings(space.provider.dir))
-    consumer = Management(load_settings(space.consumer.dir))
-    yield provider, consumer
-    await provider.close()
-    await consumer.close()
 
 
 async def _agreement(space: Space, consumer: Management) -> str:

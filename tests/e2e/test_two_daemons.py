@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from connector.client import Management
 from connector.config import load_settings
@@ -16,14 +14,6 @@ from tests.e2e.conftest import Space
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def apis(space: Space) -> AsyncIterator[tuple[Management, Management]]:
-    provider = Management(load_settings(space.provider.dir))
-    consumer = Management(load_settings(space.consumer.dir))
-    yield provider, consumer
-    await provider.close()
-    await consumer.close()
 
 
 async def _until(api: Management, pid: str, state: str) -> dict[str, object]:

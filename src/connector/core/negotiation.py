@@ -163,7 +163,7 @@ def target_state(
         ) from None
 
 
-def _reason_text(reason: list[Any] | None, code: str | None) -> str:
+def reason_text(reason: list[Any] | None, code: str | None) -> str:
     parts = [str(r.get("message", r)) if isinstance(r, dict) else str(r) for r in reason or []]
     text = "; ".join(parts) or "no reason given"
     return f"{code}: {text}" if code else text
@@ -184,7 +184,7 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
         changes["agreement"] = msg.agreement
         note = f"agreement {msg.agreement.get('@id')}"
     elif isinstance(msg, ContractNegotiationTerminationMessage):
-        note = changes["reason"] = _reason_text(msg.reason, msg.code)
+        note = changes["reason"] = reason_text(msg.reason, msg.code)
     entry = HistoryEntry(at=now, by=sender.value, message=event_of(msg).value,
                          state=new_state.value, note=note)
     changes["history"] = [*record.history, entry]

@@ -29,7 +29,7 @@ from connector.core.messages import (
     TransferSuspensionMessage,
     TransferTerminationMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role
+from connector.core.negotiation import HistoryEntry, Role, reason_text
 
 
 class TransferState(StrEnum):
@@ -114,12 +114,6 @@ def target_state(
         ) from None
 
 
-def _reason_text(reason: list[Any] | None, code: str | None) -> str:
-    parts = [str(r.get("message", r)) if isinstance(r, dict) else str(r) for r in reason or []]
-    text = "; ".join(parts) or "no reason given"
-    return f"{code}: {text}" if code else text
-
-
 def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> Transfer:
     """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
     event = TransferEvent(type(msg).__name__)
@@ -133,7 +127,7 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> T
     if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
-        note = changes["reason"] = _reason_text(msg.reason, msg.code)
+        note = changes["reason"] = reason_text(msg.reason, msg.code)
     entry = HistoryEntry(at=now, by=sender.value, message=event.value, state=new_state.value,
                          note=note)
     changes["history"] = [*record.history, entry]

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from connector.core import codec
 from connector.adapters.http.session import ReloadableSession
+from connector.core import codec
 from connector.core.errors import PeerError
 from connector.service.auth import Identity
 from connector.service.store import OutboxItem

@@ -13,7 +13,6 @@ every failure into an AuthError, so that the DSP edge answers 404 and logs why.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from connector.adapters.http.session import ReloadableSession
 from connector.core.errors import AuthError, MalformedMessage
 from connector.service.dcp_verifier import CredentialService
 
@@ -30,30 +30,11 @@ CS_PATH = "/cs"
 MAX_QUERY_BYTES = 64 * 1024
 
 
-class GuardedHttp:
+class GuardedHttp(ReloadableSession):
     """The ``service.dcp_verifier.Http`` of the daemon (one keep-alive session)."""
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
-        self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
-        return self._session
-
-    def set_ssl(self, ssl_context: ssl.SSLContext) -> None:
-        """New trust anchors; the next request opens a new session."""
-        self._ssl = ssl_context
-        old, self._session = self._session, None
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close())
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        super().__init__(ssl_context, limit=64, keepalive_s=30, timeout_s=FETCH_TIMEOUT_S)
 
     async def _request(self, method: str, url: str, *, max_bytes: int, data: bytes | None = None,
                        headers: Mapping[str, str] | None = None
@@ -61,7 +42,7 @@ class GuardedHttp:
         if not url.startswith("https://"):
             raise AuthError(f"{method} {url[:200]}: only https URLs are fetched")
         try:
-            async with self._client().request(method, url, data=data, headers=headers,
+            async with self.session().request(method, url, data=data, headers=headers,
                                               allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise AuthError(f"{method} {url[:200]} answered {resp.status}")
