@@ -67,6 +67,10 @@ def _datasets(folder: Path, upstream: str) -> None:
         f'id = "upstream"\ntitle = "Upstream"\n{common}'
         f'[source]\ntype = "http"\nurl = "{upstream}/lines"\nformat = "jsonl"\n'
         'token_file = "keys/upstream.token"\n')
+    (folder / "datasets" / "slow.toml").write_text(
+        f'id = "slow"\ntitle = "Slow"\n{common}'
+        f'[source]\ntype = "http"\nurl = "{upstream}/slow"\n'
+        'token_file = "keys/upstream.token"\n')
     (folder / "datasets" / "upstream-csv.toml").write_text(
         f'id = "upstream-csv"\ntitle = "Upstream CSV"\n{common}'
         f'[source]\ntype = "http"\nurl = "{upstream}/notes.csv"\nformat = "csv"\n'
@@ -89,11 +93,13 @@ async def upstream(upstream_port: int) -> AsyncIterator[list[str]]:
         if request.headers.get("Authorization") != f"Bearer {UPSTREAM_TOKEN}":
             return web.Response(status=401)
         hits.append(request.path)
-        body = ("\n".join(JSONL_LINES) if request.path == "/lines" else CSV_TEXT).encode()
+        body = (CSV_TEXT if request.path.endswith(".csv") else "\n".join(JSONL_LINES)).encode()
         response = web.StreamResponse()
         await response.prepare(request)
         for i in range(0, len(body), 777):  # odd-sized pieces: records span them
             await response.write(body[i:i + 777])
+            if request.path == "/slow":
+                await asyncio.sleep(0.01)
         await response.write_eof()
         return response
 
@@ -268,3 +274,31 @@ async def test_push_is_refused_when_the_dataset_offers_only_pull(
                       "--timeout", "5")
     assert done.returncode == 1
     assert not out.exists()
+
+
+async def test_revocation_mid_push_cuts_it_and_nothing_completes(
+        pair: Pair, consumer: Management, upstream: list[str]) -> None:
+    agreement = await _agreement(pair, consumer, "slow")
+    out = pair.consumer.dir / "state" / "slow.jsonl"
+    record = await consumer.call("POST", "/api/transfers?wait=10",
+                                 {"agreementId": agreement, "push": True, "sink": str(out)})
+    for _ in range(500):  # the summary is read first (one pass), then the push streams
+        if out.exists() and out.stat().st_size > 10_000:
+            break
+        await asyncio.sleep(0.01)
+    assert out.exists() and out.stat().st_size > 10_000
+    provider = Management(load_settings(pair.provider.dir))
+    try:
+        await provider.call("POST", f"/api/agreements/{agreement}/revoke",
+                            {"reason": "consent withdrawn"})
+    finally:
+        await provider.close()
+    for _ in range(100):
+        state = await consumer.call("GET", f"/api/transfers/{record['id']}")
+        if state["state"] == "TERMINATED":
+            break
+        await asyncio.sleep(0.05)
+    assert state["state"] == "TERMINATED" and "consent withdrawn" in state["reason"]
+    assert out.stat().st_size < len("\n".join(JSONL_LINES))
+    with pytest.raises(Exception, match="no verified push"):
+        await consumer.call("GET", f"/api/transfers/{record['id']}/push")
