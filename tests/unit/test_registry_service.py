@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connector.core.errors import AuthError
 from connector.core.identity import public_jwk
 from connector.folder import Peer
+from connector.registry import store as store_module
 from connector.registry.model import NotMember, PublicationRefused, sign_snapshot
 from connector.registry.service import RegistryService
 from connector.registry.store import RegistryStore, SearchQuery, fts_expression
@@ -201,3 +202,79 @@ def test_queries_are_words_not_fts_syntax() -> None:
     assert fts_expression('weather AND "x" OR NEAR(a b) *') == (
         '"weather" "and" "x" "or" "near" "a" "b"')
     assert fts_expression("  ") == ""
+
+
+async def test_filters_with_and_without_text(service: tuple[RegistryService, Clock]) -> None:
+    svc, clock = service
+    many = [(f"d{i}", f"Sensor series {i}", ["sensors", "even" if i % 2 else "odd"])
+            for i in range(6)]
+    await svc.publish(ALICE.snapshot(clock, ALICE.catalog(*many)))
+    await svc.publish(BOB.snapshot(clock, BOB.catalog(("b1", "Sensor map", ["odd"]))))
+    by_bob = await svc.search(SearchQuery(text="sensor", publisher=BOB.did))
+    assert [i["datasetId"] for i in by_bob.items] == ["b1"] and by_bob.total == 1
+    odd = await svc.search(SearchQuery(text="sensor", keyword="odd"))
+    assert odd.total == 4 and {i["datasetId"] for i in odd.items} == {"d0", "d2", "d4", "b1"}
+    assert {f["value"]: f["count"] for f in odd.facets["publisher"]} == {ALICE.did: 3,
+                                                                          BOB.did: 1}
+    odd_alice = await svc.search(SearchQuery(keyword="odd", publisher=ALICE.did, limit=2))
+    assert odd_alice.total == 3 and [i["datasetId"] for i in odd_alice.items] == ["d0", "d2"]
+    pulled = await svc.search(SearchQuery(format="HttpData-PULL", keyword="even"))
+    assert pulled.total == 3
+    assert (await svc.search(SearchQuery(text="sensor", format="Kafka-PULL"))).total == 0
+
+
+async def test_facets_follow_republication_expiry_and_restart(
+        service: tuple[RegistryService, Clock], tmp_path: Path) -> None:
+    svc, clock = service
+    await svc.publish(ALICE.snapshot(clock, ALICE.catalog(WEATHER), ttl_s=60))
+    await svc.publish(BOB.snapshot(clock, BOB.catalog(TRAFFIC), ttl_s=600))
+    clock.now += 1
+    await svc.publish(ALICE.snapshot(clock, ALICE.catalog(
+        ("rain", "Rain radar Berlin", ["rain"])), ttl_s=60))
+    berlin = await svc.search(SearchQuery(text="berlin"))
+    assert {f["value"] for f in berlin.facets["keyword"]} == {"rain", "mobility"}
+    assert (await svc.search(SearchQuery(keyword="weather"))).total == 0
+    browse = await svc.search(SearchQuery())
+    assert browse.total == 2
+    clock.now += 60  # Alice's entry expired, not swept yet
+    for query in (SearchQuery(text="berlin"), SearchQuery(), SearchQuery(keyword="rain"),
+                  SearchQuery(publisher=ALICE.did), SearchQuery(text="rain")):
+        result = await svc.search(query)
+        assert all(i["participantId"] == BOB.did for i in result.items), query
+        assert result.total == len(result.items), query
+        assert ALICE.did not in {f["value"] for f in result.facets["publisher"]}, query
+    assert (await svc.search(SearchQuery())).facets["keyword"] == [
+        {"value": "mobility", "count": 1}]
+    assert await svc.sweep() == 1
+    facets = (await svc.search(SearchQuery(text="berlin"))).facets
+    reopened = await RegistryStore.open(tmp_path / "registry.db")  # the index, reloaded
+    try:
+        again = RegistryService(reopened, {BOB.did: BOB.peer}, leeway_s=5, clock=clock)
+        assert (await again.search(SearchQuery(text="berlin"))).facets == facets
+    finally:
+        await reopened.close()
+
+
+async def test_broad_queries_rank_the_newest_candidates_and_page_through_all(
+        service: tuple[RegistryService, Clock], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past RANK_CANDIDATES matches, the newest are ranked first; pages still cover all."""
+    monkeypatch.setattr(store_module, "RANK_CANDIDATES", 8)
+    monkeypatch.setattr(store_module, "FACET_EXACT_LIMIT", 8)
+    monkeypatch.setattr(store_module, "FACET_SAMPLE", 4)
+    svc, clock = service
+    await svc.publish(ALICE.snapshot(clock, ALICE.catalog(
+        *[(f"a{i}", "Sensor " + "data " * i, ["old"]) for i in range(10)])))
+    await svc.publish(BOB.snapshot(clock, BOB.catalog(
+        *[(f"b{i}", "Sensor " + "data " * i, ["new"]) for i in range(8)])))
+    small = await svc.search(SearchQuery(text="sensor", publisher=BOB.did))
+    assert small.ranked_exactly and small.facets_exact and small.total == 8
+    assert [i["datasetId"] for i in small.items] == [f"b{i}" for i in range(8)]  # bm25
+    pages = [await svc.search(SearchQuery(text="sensor", limit=5, offset=o))
+             for o in range(0, 20, 5)]
+    assert all(p.total == 18 and not p.ranked_exactly and not p.facets_exact for p in pages)
+    ids = [i["datasetId"] for p in pages for i in p.items]
+    assert len(ids) == len(set(ids)) == 18
+    # Bob's 8 datasets are the newest: ranked first (by bm25), then Alice's, ranked too.
+    assert ids == [f"b{i}" for i in range(8)] + [f"a{i}" for i in range(10)]
+    assert pages[0].facets["keyword"] == [{"value": "new", "count": 4}]  # best-ranked 4
+    assert pages[0].facets["publisher"] == [{"value": BOB.did, "count": 4}]
