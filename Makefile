@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck interop clean
+.PHONY: demo test lint unit bench tck dcp-tck interop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench: $(STAMP)
 
 tck: $(STAMP)
 	$(PY) interop/tck/run.py
+
+dcp-tck: $(STAMP)
+	$(PY) interop/dcp-tck/run.py
 
 interop: $(STAMP)
 	$(PY) interop/edc/run.py
