@@ -98,8 +98,11 @@ def start_profile(folder: Path, tck_origin: str, secret: str,
     raise SystemExit(f"the DCP TCK profile did not start; see {log}")
 
 
-def properties(values: dict[str, str]) -> str:
+def properties(values: dict[str, str], *, holder_is_cut: bool) -> str:
     template = (HERE / "dcp-tck.properties.template").read_text()
+    if not holder_is_cut:  # the TCK is the holder: it must use its own (embedded) STS
+        template = "\n".join(line for line in template.splitlines()
+                             if not line.startswith("dataspacetck.sts.")) + "\n"
     return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], template)
 
 
@@ -169,7 +172,7 @@ def main() -> int:
                 "CUT_STS_URL": f"{url}/tck/sts",
                 "CUT_STS_CLIENT_ID": "dcp-tck",
                 "CUT_STS_CLIENT_SECRET": secret,
-            }))
+            }, holder_is_cut=suite == "cs"))
             print(f"[dcp-tck] suite {suite}: connector {url} ({settings.did}), TCK {origin}",
                   file=sys.stderr)
             rc, output = run_maven(props, args.online)
