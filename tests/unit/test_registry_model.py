@@ -136,3 +136,16 @@ def test_last_writer_wins_by_signed_time_then_etag() -> None:
     assert newer((2, "a"), (1, "z"))
     assert not newer((1, "z"), (2, "a"))
     assert newer((2, "b"), (2, "a")) and not newer((2, "a"), (2, "a"))
+
+
+def test_a_p256_participant_signs_a_snapshot_the_registry_verifies() -> None:
+    # DCP participants and rotated keys may be P-256: publishing must not assume Ed25519.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from connector.core.identity import signing_public_jwk
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = sign_snapshot(key, kid=KID, did=DID, catalog=catalog(), now=NOW)
+    snap = read_snapshot(token, keys=KeyRing({KID: signing_public_jwk(key)}), now=NOW + 1,
+                         leeway_s=5)
+    assert snap.publisher == DID and snap.etag == etag_of(catalog())

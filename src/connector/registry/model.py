@@ -29,11 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from connector.core.errors import AuthError, ConnectorError
-from connector.core.identity import KeyRing, verify_token
+from connector.core.identity import KeyRing, SigningKey, sign_jwt, verify_token
 
 SNAPSHOT_AUDIENCE = "urn:connector:registry"
 SNAPSHOT_TYPE = "dcat-snapshot+jwt"
@@ -262,13 +259,13 @@ class Snapshot:
     jws: str
 
 
-def sign_snapshot(key: Ed25519PrivateKey, *, kid: str, did: str, catalog: Mapping[str, Any],
+def sign_snapshot(key: SigningKey, *, kid: str, did: str, catalog: Mapping[str, Any],
                   now: int, ttl_s: int = DEFAULT_TTL_S) -> str:
-    """The compact JWS a participant publishes (see the module docstring)."""
+    """The compact JWS a participant publishes (see the module docstring); Ed25519 or EC."""
     etag = etag_of(catalog)
     claims = {"iss": did, "sub": did, "aud": SNAPSHOT_AUDIENCE, "iat": now, "exp": now + ttl_s,
               "jti": etag, "etag": etag, "catalog": dict(catalog)}
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": SNAPSHOT_TYPE, "kid": kid})
+    return sign_jwt(key, kid=kid, claims=claims, typ=SNAPSHOT_TYPE)
 
 
 def _segment(token: str, index: int) -> dict[str, Any]:

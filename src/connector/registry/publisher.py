@@ -31,7 +31,7 @@ from connector.config import Settings
 from connector.core.catalog import catalog_doc
 from connector.core.errors import PeerError
 from connector.core.identity import did_web_from_url, issue_token
-from connector.keys import load_signing_key
+from connector.keys import load_any_signing_key
 from connector.registry.model import DEFAULT_TTL_S, etag_of, sign_snapshot
 from connector.service.catalog import Catalog
 
@@ -48,7 +48,7 @@ class Signer:
 
     did: str
     kid: str
-    key: Any  # Ed25519PrivateKey; Any keeps the repr from touching it
+    key: Any  # Ed25519 or EC private key; Any keeps the repr from touching it
     clock: Callable[[], float] = time.time
 
     def __repr__(self) -> str:  # never show the key
@@ -57,7 +57,7 @@ class Signer:
     @classmethod
     def from_settings(cls, settings: Settings) -> Signer:
         return cls(did=settings.did, kid=settings.signing_kid,
-                   key=load_signing_key(settings.signing_key))
+                   key=load_any_signing_key(settings.signing_key))
 
     def snapshot(self, catalog: Mapping[str, Any], ttl_s: int = DEFAULT_TTL_S) -> str:
         return sign_snapshot(self.key, kid=self.kid, did=self.did, catalog=catalog,
