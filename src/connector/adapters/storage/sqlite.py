@@ -37,6 +37,15 @@ _enc = msgspec.json.Encoder()
 # Records kept in memory; past this the least recently written are dropped (read from disk).
 CACHE_SIZE = 20_000
 Statement = tuple[str, Sequence[Any]]
+_UPSERT_NEGOTIATION = (
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
+    " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
+    " excluded.updated_at, body = excluded.body")
+_UPSERT_TRANSFER = (
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
+    " excluded.provider_pid, counterparty = excluded.counterparty, token_hash ="
+    " excluded.token_hash, prev_token_hash = excluded.prev_token_hash, updated_at ="
+    " excluded.updated_at, body = excluded.body")
 
 
 class _Txn:
@@ -208,10 +217,12 @@ class SqliteStore:
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]:
-        verb = "INSERT" if expect_new else "INSERT OR REPLACE"
+        # An upsert, never REPLACE: REPLACE deletes the row first, which makes SQLite check
+        # (and with foreign keys, scan) the rows referring to it on every step.
+        upsert = "" if expect_new else _UPSERT_NEGOTIATION
         statements: list[Statement] = [(
-            f"{verb} INTO negotiations (id, role, state, consumer_pid, provider_pid,"
-            " counterparty, dataset_id, updated_at, body) VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO negotiations (id, role, state, consumer_pid, provider_pid,"
+            " counterparty, dataset_id, updated_at, body) VALUES (?,?,?,?,?,?,?,?,?)" + upsert,
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
              record.updated_at, _enc.encode(record)),
@@ -263,11 +274,11 @@ class SqliteStore:
     async def save_transfer(
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
-        verb = "INSERT" if expect_new else "INSERT OR REPLACE"
+        upsert = "" if expect_new else _UPSERT_TRANSFER
         return await self._transaction([(
-            f"{verb} INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
+            "INSERT INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
             " agreement_id, token_hash, prev_token_hash, updated_at, body)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)" + upsert,
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
