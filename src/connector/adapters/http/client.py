@@ -97,61 +97,49 @@ class PeerClient(ReloadableSession):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
 
+    async def _exchange(self, what: str, method: str, url: str, *, authorization: str,
+                        data: Any = None, content_type: str | None = None,
+                        timeout: aiohttp.ClientTimeout | None = None) -> bytes:
+        """One request to a peer's data plane; anything but 200 or a network failure is a
+        PeerError naming ``what`` (errors are translated where they enter)."""
+        headers = {"Authorization": authorization}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            async with self.session().request(method, url, data=data, headers=headers,
+                                              timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise PeerError(f"{what} answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status)
+                return raw
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     async def push(self, endpoint: str, authorization: str,
                    chunks: AsyncGenerator[bytes, None]) -> None:
         """POST a push transfer's records to the consumer's endpoint as one streamed body."""
-        headers = {"Authorization": authorization, "Content-Type": "application/x-ndjson"}
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-        try:
-            async with self.session().post(endpoint, data=chunks, headers=headers,
-                                           timeout=timeout) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise PeerError(f"push answered {resp.status}: {_snippet(raw)}",
-                                    peer_status=resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"push: {type(exc).__name__}: {exc}") from exc
+        await self._exchange("push", "POST", endpoint, authorization=authorization, data=chunks,
+                             content_type="application/x-ndjson",
+                             timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
 
     async def push_summary(self, endpoint: str, authorization: str,
                            summary: dict[str, Any]) -> None:
         """Tell the consumer what the push held; it answers 409 if its copy differs."""
-        headers = {"Authorization": authorization, "Content-Type": JSON}
-        try:
-            async with self.session().post(f"{endpoint.rstrip('/')}/summary", headers=headers,
-                                           data=codec.encode_json(summary)) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise PeerError(f"push summary answered {resp.status}: {_snippet(raw)}",
-                                    peer_status=resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"push summary: {type(exc).__name__}: {exc}") from exc
+        await self._exchange("push summary", "POST", f"{endpoint.rstrip('/')}/summary",
+                             authorization=authorization, data=codec.encode_json(summary),
+                             content_type=JSON)
 
     async def data_summary(self, endpoint: str, authorization: str) -> dict[str, Any]:
         """The provider's record count and SHA-256 for the whole stream."""
-        try:
-            async with self.session().get(f"{endpoint.rstrip('/')}/summary",
-                                          headers={"Authorization": authorization}) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise PeerError(f"data summary answered {resp.status}: {_snippet(raw)}",
-                                    peer_status=resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"data summary: {type(exc).__name__}: {exc}") from exc
+        raw = await self._exchange("data summary", "GET", f"{endpoint.rstrip('/')}/summary",
+                                   authorization=authorization)
         return codec.decode_json(raw)
-
 
     async def refresh_data_token(self, endpoint: str, authorization: str) -> str:
         """Exchange a data token for a fresh one at the provider's data plane."""
-        try:
-            async with self.session().post(f"{endpoint.rstrip('/')}/token",
-                                           headers={"Authorization": authorization}) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise PeerError(f"token refresh answered {resp.status}: {_snippet(raw)}",
-                                    peer_status=resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"token refresh: {type(exc).__name__}: {exc}") from exc
+        raw = await self._exchange("token refresh", "POST", f"{endpoint.rstrip('/')}/token",
+                                   authorization=authorization)
         return str(codec.decode_json(raw)["token"])
 
 
