@@ -45,13 +45,15 @@ from connector.core.identity import (
 
 DID_FILE = "did.json"
 DEFAULT_FORMAT = "HttpData-PULL"
-SOURCE_TYPES = ("csv", "jsonl", "sqlite", "http")
+SOURCE_TYPES = ("csv", "jsonl", "sqlite", "postgres", "http")
 FORMATS = ("HttpData-PULL", "HttpData-PUSH")
 UPSTREAM_FORMATS = ("jsonl", "csv")
 # Keys that would put a credential in a declaration: credentials go in a secret file, named
-# by reference (``token_file``), never inline in a reviewed, committed file.
+# by reference (``token_file``, ``dsn_file``), never inline in a reviewed, committed file.
 SECRET_KEYS = ("token", "password", "passwd", "secret", "api_key", "apikey", "dsn",
                "authorization", "bearer", "credentials")
+# A password in a URL's user part (scheme://user:password@host), e.g. a PostgreSQL DSN.
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 SIGNING_KEY = "keys/signing-key.pem"
 TLS_KEY = "keys/tls-key.pem"
 TLS_CERT = "tls/cert.pem"
@@ -212,10 +214,11 @@ class DatasetDecl:
     format: str
     source_type: str
     source_path: Path | None
-    source_query: str = ""  # sqlite: the SELECT whose rows are the records
+    source_query: str = ""  # sqlite, postgres: the SELECT whose rows are the records
     source_url: str = ""  # http: the upstream
     source_format: str = "jsonl"  # http: what the upstream serves, "jsonl" or "csv"
     source_token_file: Path | None = None  # http: a secret file holding the bearer token
+    source_dsn_file: Path | None = None  # postgres: a secret file holding the libpq DSN
     formats: tuple[str, ...] = ()  # declared `formats`; empty: just `format`
 
     @property
@@ -252,8 +255,9 @@ def _dataset_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _source_problems(source: Mapping[str, Any]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    for key in source:
-        if key.lower() in SECRET_KEYS:
+    for key, value in source.items():
+        userinfo = isinstance(value, str) and _URL_PASSWORD.search(value)
+        if key.lower() in SECRET_KEYS or userinfo:
             found.append((f"source.{key}", f"[source] key '{key}' puts a credential inline: "
                           "name a secret file instead (e.g. token_file = \"keys/up.token\")"))
     kind = source.get("type")
@@ -270,7 +274,9 @@ def _source_problems(source: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     if kind in ("csv", "jsonl", "sqlite"):
         need("path")
-    if kind == "sqlite" and need("query"):
+    if kind == "postgres":
+        need("dsn_file")
+    if kind in ("sqlite", "postgres") and need("query"):
         first = source["query"].split(None, 1)[0].lower()
         if first not in ("select", "with"):
             found.append(("source.query", "[source] key 'query' must be a SELECT"))
@@ -289,6 +295,7 @@ def _dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
     source = data["source"]
     formats = tuple(data.get("formats", ()))
     path, token_file = source.get("path"), source.get("token_file")
+    dsn_file = source.get("dsn_file")
     return DatasetDecl(
         id=data["id"],
         title=data["title"],
@@ -302,6 +309,7 @@ def _dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
         source_url=source.get("url", ""),
         source_format=source.get("format", "jsonl"),
         source_token_file=(root / token_file).resolve() if token_file else None,
+        source_dsn_file=(root / dsn_file).resolve() if dsn_file else None,
         formats=formats,
     )
 
@@ -723,17 +731,17 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
             out.append(Problem(name, _line_of(text, "id"),
                                f"dataset id {data['id']!r} is also declared in {seen[data['id']]}"))
         seen.setdefault(data["id"], name)
-        for key in ("path", "token_file"):
+        for key in ("path", "token_file", "dsn_file"):
             given = data["source"].get(key)
             if given and not Path(given).is_absolute() and not (root / given).exists():
                 what = "source file" if key == "path" else "secret file"
                 out.append(Problem(name, _line_of(text, f"source.{key}"),
                                    f"no {what} {root / given}"))
-            elif given and key == "token_file":
+            elif given and key != "path":
                 try:
                     keys.check_private_mode(root / given)
                 except ConfigError as exc:
-                    out.append(Problem(name, _line_of(text, "source.token_file"),
+                    out.append(Problem(name, _line_of(text, f"source.{key}"),
                                        exc.message.split(": ", 1)[-1]))
 
 

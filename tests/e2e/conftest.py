@@ -29,6 +29,7 @@ from connector.core.identity import did_web_from_url, issue_token
 from connector.demo import Participant, create_space, free_port, start, stop
 from connector.folder import add_trusted_peer, init_folder
 from connector.keys import load_signing_key
+from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture for tests/e2e)
 
 
 @dataclass

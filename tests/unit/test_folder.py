@@ -286,7 +286,7 @@ def test_check_reports_dataset_keys_at_their_lines(folder: Path) -> None:
     assert _lines(check_folder(folder)) == [
         f"{folder / 'datasets/x.toml'}:2: key 'title' must be a non-empty string",
         f"{folder / 'datasets/x.toml'}:6: [source] key 'type' must be one of "
-        "('csv', 'jsonl', 'sqlite', 'http')",
+        "('csv', 'jsonl', 'sqlite', 'postgres', 'http')",
     ]
 
 

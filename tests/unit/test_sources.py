@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
+import ipaddress
 import shutil
 import sqlite3
+import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 
 from connector.adapters.sources import (
+    PostgresSource,
     SqliteSource,
     _complete_csv_end,
     _csv_records,
     _skip_jsonl,
+    open_source,
+    pg_record,
     record_chunks,
 )
+from connector.core.errors import ConfigError
 from connector.folder import check_folder, init_folder, load_datasets
 from connector.keys import write_private
 
@@ -99,6 +107,79 @@ def test_check_flags_a_missing_or_readable_secret_file(folder: Path) -> None:
     (folder / "keys" / "up.token").chmod(0o644)
     lines = _lines(folder, "x.toml", text)
     assert any(line.startswith(f"{f}:7: ") for line in lines), lines
+
+
+PG = HEAD + '[source]\ntype = "postgres"\n'
+
+
+def test_postgres_source_loads(folder: Path) -> None:
+    write_private(folder / "keys" / "pg.dsn", b"postgresql://u:p@127.0.0.1:5432/db\n")
+    (folder / "datasets/x.toml").write_text(
+        PG + 'dsn_file = "keys/pg.dsn"\nquery = "SELECT * FROM t ORDER BY id"\n')
+    assert check_folder(folder) == []
+    (decl,) = [d for d in load_datasets(folder) if d.id == "x"]
+    assert decl.source_dsn_file == folder.resolve() / "keys/pg.dsn"
+    assert decl.source_query == "SELECT * FROM t ORDER BY id" and decl.source_path is None
+    source = open_source(decl)
+    assert isinstance(source, PostgresSource) and source.dsn_file == decl.source_dsn_file
+
+
+def test_check_flags_bad_postgres_declarations(folder: Path) -> None:
+    f = folder / "datasets/x.toml"
+    assert _lines(folder, "x.toml", PG) == [
+        f"{f}:4: [source] key 'dsn_file' must be a non-empty string for type 'postgres'",
+        f"{f}:4: [source] key 'query' must be a non-empty string for type 'postgres'"]
+    write_private(folder / "keys" / "pg.dsn", b"host=db\n")
+    assert _lines(folder, "x.toml", PG + 'dsn_file = "keys/pg.dsn"\n'
+                  'query = "UPDATE t SET a = 1"\n') == [
+        f"{f}:7: [source] key 'query' must be a SELECT"]
+    inline = "name a secret file instead (e.g. token_file = \"keys/up.token\")"
+    assert _lines(folder, "x.toml", PG + 'dsn = "host=db password=x"\npassword = "x"\n'
+                  'url = "postgresql://u:hunter2@db/x"\nquery = "SELECT 1"\n') == [
+        f"{f}:6: [source] key 'dsn' puts a credential inline: {inline}",
+        f"{f}:7: [source] key 'password' puts a credential inline: {inline}",
+        f"{f}:8: [source] key 'url' puts a credential inline: {inline}",
+        f"{f}:4: [source] key 'dsn_file' must be a non-empty string for type 'postgres'"]
+
+
+def test_check_flags_a_missing_or_readable_dsn_file(folder: Path) -> None:
+    f = folder / "datasets/x.toml"
+    text = PG + 'dsn_file = "keys/pg.dsn"\nquery = "SELECT 1"\n'
+    assert _lines(folder, "x.toml", text) == [f"{f}:6: no secret file {folder / 'keys/pg.dsn'}"]
+    write_private(folder / "keys" / "pg.dsn", b"host=db\n")
+    (folder / "keys" / "pg.dsn").chmod(0o640)
+    lines = _lines(folder, "x.toml", text)
+    assert f"{f}:6: mode 0640 allows group/other access; private keys must be 0600" in lines
+
+
+def test_postgres_row_values_become_json() -> None:
+    at = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.UTC)
+    row = {"n": 1, "f": 0.5, "b": True, "s": "é", "none": None,
+           "num": decimal.Decimal("12345678901234567890.10"), "at": at,
+           "local": at.replace(tzinfo=None), "day": at.date(), "time": at.time(),
+           "raw": b"\x00\xffhi", "ref": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+           "arr": [decimal.Decimal("1.5"), None, [b"a"]], "doc": {"k": [1, "v"]},
+           "ip": ipaddress.ip_address("10.0.0.1"), "span": datetime.timedelta(days=1, hours=2)}
+    assert pg_record(row) == {
+        "n": 1, "f": 0.5, "b": True, "s": "é", "none": None,
+        "num": "12345678901234567890.10", "at": "2024-05-06T07:08:09.123456+00:00",
+        "local": "2024-05-06T07:08:09.123456", "day": "2024-05-06", "time": "07:08:09.123456",
+        "raw": "AP9oaQ==", "ref": "12345678-1234-5678-1234-567812345678",
+        "arr": ["1.5", None, ["YQ=="]], "doc": {"k": [1, "v"]}, "ip": "10.0.0.1",
+        "span": "1 day, 2:00:00"}
+
+
+async def test_postgres_source_refuses_a_readable_dsn_file(tmp_path: Path) -> None:
+    dsn = tmp_path / "pg.dsn"
+    dsn.write_text("postgresql://u:secret@127.0.0.1:1/db\n")
+    dsn.chmod(0o644)
+    with pytest.raises(ConfigError, match="0600"):
+        await _collect(PostgresSource(dsn, "SELECT 1").chunks())
+    dsn.write_text("postgresql://u:secret@[bad/db\n")
+    dsn.chmod(0o600)
+    with pytest.raises(ConfigError, match="not a valid DSN") as raised:
+        await _collect(PostgresSource(dsn, "SELECT 1").chunks())
+    assert "secret" not in raised.value.message
 
 
 async def _collect(gen: AsyncGenerator[bytes, None]) -> bytes:

@@ -1,5 +1,5 @@
-"""Where a dataset's records come from: files (JSON lines, CSV), an SQLite query, an HTTP
-upstream. Every source gives the same two things:
+"""Where a dataset's records come from: files (JSON lines, CSV), an SQLite or PostgreSQL
+query, an HTTP upstream. Every source gives the same two things:
 
 - ``chunks(offset)``: the records as JSON-lines byte chunks (each record one JSON object and a
   newline), from record ``offset`` on (the records before it are skipped, which is how a cut
@@ -8,29 +8,38 @@ upstream. Every source gives the same two things:
   is exactly what ``chunks(0)`` yields (the consumer checks its copy against it).
 
 Conversions: a CSV row becomes an object keyed by the header (values are strings); an SQLite
-row an object keyed by column name (blobs as base64). A JSON-lines source is sent as is, with
+row an object keyed by column name (blobs as base64); a PostgreSQL row too, its values made
+JSON (numeric as a string, timestamps and dates in ISO 8601, bytea as base64, uuid as a
+string, json and jsonb as the JSON they hold). A JSON-lines source is sent as is, with
 a final newline added if the file lacks one.
 
 Credentials are never in the declaration: an HTTP upstream's bearer token is read from the
-secret file the declaration names, at each request (so a rotated token is picked up).
+secret file the declaration names, at each request (so a rotated token is picked up); a
+PostgreSQL source's DSN likewise, at each connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import codecs
 import csv
+import datetime
+import decimal
 import hashlib
 import io
 import sqlite3
-from collections.abc import AsyncGenerator, Iterator
+import uuid
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
+import asyncpg
 import msgspec
 
+from connector import keys
 from connector.core.errors import ConfigError, PeerError
 
 Chunks = AsyncGenerator[bytes, None]
@@ -54,6 +63,7 @@ class SourceDecl(Protocol):
     source_url: str
     source_format: str
     source_token_file: Path | None
+    source_dsn_file: Path | None
 
 
 class Source(Protocol):
@@ -124,6 +134,16 @@ def summarize(source_type: str, path: Path) -> dict[str, Any]:
     if cached is None:
         cached = _summaries[key] = _count(record_chunks(source_type, path))
     return cached
+
+
+async def _count_stream(chunks: Chunks) -> dict[str, Any]:
+    """``_count`` of a stream read once (sources with nothing to cache a summary by)."""
+    digest, records, size = hashlib.sha256(), 0, 0
+    async for chunk in chunks:
+        digest.update(chunk)
+        records += chunk.count(b"\n")
+        size += len(chunk)
+    return {"records": records, "bytes": size, "sha256": digest.hexdigest()}
 
 
 async def _from_thread(chunks: Iterator[bytes], in_thread: bool) -> Chunks:
@@ -200,6 +220,108 @@ class SqliteSource:
 
     async def summary(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._summary)
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+# Rows fetched per round trip from the server-side cursor.
+PG_PREFETCH = 1000
+
+
+def _pg_value(value: Any) -> Any:
+    """A PostgreSQL value as JSON can hold it; types msgspec has no rule for become strings."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # as the server wrote it: no rounding through a float
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (list, tuple)):  # arrays and composite types
+        return [_pg_value(v) for v in value]
+    if isinstance(value, dict):  # json and jsonb, decoded
+        return value
+    return str(value)  # interval, inet, cidr, macaddr, ranges, geometric types, ...
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def pg_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A PostgreSQL row (``asyncpg.Record`` or any mapping) as a JSON object by column name."""
+    return {name: _pg_value(value) for name, value in row.items()}
+
+
+class PostgresSource:
+    """The rows of a SELECT on a PostgreSQL server, read through a server-side cursor inside a
+    read-only transaction. The DSN (a libpq key/value string or a postgresql:// URL) is read
+    from a 0600 secret file at each connection, so a rotated password is picked up."""
+
+    def __init__(self, dsn_file: Path, query: str) -> None:
+        self.dsn_file, self.query = dsn_file, query.strip().rstrip(";")
+
+    def _dsn(self) -> str:
+        keys.check_private_mode(self.dsn_file)
+        try:
+            return self.dsn_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"dsn_file {self.dsn_file}: cannot read: {exc}") from exc
+
+    async def _rows(self) -> AsyncGenerator[Mapping[str, Any], None]:
+        dsn = self._dsn()
+        # Messages name the DSN file, never the DSN: it may hold a password.
+        try:
+            conn = await asyncpg.connect(dsn)
+        except ValueError as exc:  # the text may quote the DSN
+            raise ConfigError(f"dsn_file {self.dsn_file}: not a valid DSN") from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise PeerError(f"postgres source ({self.dsn_file}): cannot connect: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        try:
+            for kind in ("json", "jsonb"):  # embedded as JSON, not as a string of JSON
+                await conn.set_type_codec(kind, schema="pg_catalog", encoder=_json_text,
+                                          decoder=msgspec.json.decode)
+            # One snapshot for the whole stream, and the query cannot write.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                async for row in conn.cursor(self.query, prefetch=PG_PREFETCH):
+                    yield row
+        except asyncpg.PostgresError as exc:
+            raise ConfigError(f"postgres source ({self.dsn_file}): {type(exc).__name__}: "
+                              f"{exc}") from exc
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise PeerError(f"postgres source ({self.dsn_file}): {type(exc).__name__}: "
+                            f"{exc}") from exc
+        finally:
+            await conn.close()
+
+    async def chunks(self, offset: int = 0) -> Chunks:
+        # Skipped here, not with OFFSET, as the SQLite source does: record N of a resume is
+        # record N of the pull from 0 (the query should ORDER BY for a stable order).
+        encoder = msgspec.json.Encoder()
+        buf = bytearray()
+        index = 0
+        rows = self._rows()
+        try:
+            async for row in rows:
+                if index >= offset:
+                    encoder.encode_into(pg_record(row), buf, -1)
+                    buf += b"\n"
+                    if len(buf) >= CHUNK:
+                        yield bytes(buf)
+                        buf.clear()
+                index += 1
+        finally:
+            await rows.aclose()
+        if buf:
+            yield bytes(buf)
+
+    async def summary(self) -> dict[str, Any]:
+        # Not cached: the database changes without a file to stat. One pass over the rows.
+        return await _count_stream(self.chunks(0))
 
 
 # --- HTTP upstream ---------------------------------------------------------------------------
@@ -301,18 +423,17 @@ class HttpSource:
         return _skip_jsonl(self._blocks(), offset)
 
     async def summary(self) -> dict[str, Any]:
-        digest, records, size = hashlib.sha256(), 0, 0
-        async for chunk in self.chunks(0):
-            digest.update(chunk)
-            records += chunk.count(b"\n")
-            size += len(chunk)
-        return {"records": records, "bytes": size, "sha256": digest.hexdigest()}
+        return await _count_stream(self.chunks(0))
 
 
 def open_source(decl: SourceDecl) -> Source:
     """The reader for a dataset declaration's ``[source]``."""
     if decl.source_type == "http":
         return HttpSource(decl.source_url, decl.source_format, decl.source_token_file)
+    if decl.source_type == "postgres":
+        if decl.source_dsn_file is None:
+            raise ConfigError("a postgres source needs a dsn_file")
+        return PostgresSource(decl.source_dsn_file, decl.source_query)
     if decl.source_path is None:
         raise ConfigError(f"a {decl.source_type} source needs a path")
     if decl.source_type == "sqlite":
