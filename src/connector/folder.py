@@ -120,13 +120,9 @@ path = "data/example.jsonl"
 """
 
 
-def _connector_toml(name: str, url: str, did: str, host: str, port: int, mgmt: int) -> str:
+def endpoint_toml(did: str, host: str, port: int) -> str:
+    """The ``[server]`` and ``[signing]`` tables every daemon folder has (connector, registry)."""
     return f"""\
-[participant]
-name = {_toml_str(name)}
-did = {_toml_str(did)}
-url = {_toml_str(url)}
-
 [server]
 host = {_toml_str(_bind_host(host))}
 port = {port}
@@ -136,7 +132,31 @@ tls_key = "{TLS_KEY}"
 [signing]
 key = "{SIGNING_KEY}"
 kid = {_toml_str(f"{did}#{FIRST_KEY_FRAGMENT}")}
+"""
 
+
+def write_identity(dir: Path, *, did: str, host: str, service_url: str) -> None:
+    """Keys (0600 in a 0700 ``keys/``), a self-signed TLS certificate, the did:web document
+    naming ``service_url``, and the ignores that keep keys and state out of git."""
+    (dir / "keys").mkdir(mode=0o700)  # private files only; 0700 on top of each file's 0600
+    (dir / "tls").mkdir(exist_ok=True)
+    signing = keys.generate_signing_key(dir / SIGNING_KEY)
+    keys.generate_tls(dir / TLS_CERT, dir / TLS_KEY, [host, "localhost", "127.0.0.1"])
+    kid = f"{did}#{FIRST_KEY_FRAGMENT}"
+    _write_json(dir / DID_FILE, build_did_document(did, service_url, [(kid, public_jwk(signing))]))
+    (dir / "trust").mkdir(exist_ok=True)
+    (dir / "trust" / ".gitkeep").write_text("")
+    (dir / ".gitignore").write_text("keys/\nstate/\n")
+
+
+def _connector_toml(name: str, url: str, did: str, host: str, port: int, mgmt: int) -> str:
+    return f"""\
+[participant]
+name = {_toml_str(name)}
+did = {_toml_str(did)}
+url = {_toml_str(url)}
+
+{endpoint_toml(did, host, port)}
 [management]
 port = {mgmt}            # listens on 127.0.0.1 only
 token_file = "{TOKEN_FILE}"
@@ -181,22 +201,15 @@ def init_folder(
         raise ConfigError("--name must not be empty")
     _check_init_target(dir)
     did = did_web_from_url(url)
-    for sub in ("tls", "policies", "datasets", "data", "trust", "state"):
+    for sub in ("policies", "datasets", "data", "state"):
         (dir / sub).mkdir(parents=True, exist_ok=True)
-    (dir / "keys").mkdir(mode=0o700)  # private files only; 0700 on top of each file's 0600
     (dir / CONFIG_FILE).write_text(_connector_toml(name, url, did, host, port, mgmt))
-    signing = keys.generate_signing_key(dir / SIGNING_KEY)
-    keys.generate_tls(dir / TLS_CERT, dir / TLS_KEY, [host, "localhost", "127.0.0.1"])
+    write_identity(dir, did=did, host=host, service_url=url + DSP_PATH)
     keys.write_private(dir / TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
-    kid = f"{did}#{FIRST_KEY_FRAGMENT}"
-    document = build_did_document(did, url + DSP_PATH, [(kid, public_jwk(signing))])
-    _write_json(dir / DID_FILE, document)
     for template in sorted(templates_dir().glob("*.json")):
         shutil.copyfile(template, dir / "policies" / template.name)
     (dir / "datasets" / "example.toml").write_text(_EXAMPLE_DATASET)
     (dir / "data" / "example.jsonl").write_text(_example_records())
-    (dir / "trust" / ".gitkeep").write_text("")
-    (dir / ".gitignore").write_text("keys/\nstate/\n")
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -32,17 +32,14 @@ from connector import keys
 from connector.adapters.http.client import client_ssl_context
 from connector.config import DEFAULT_CLOCK_LEEWAY_S, DEFAULT_TOKEN_TTL_S, _get
 from connector.core.errors import ConfigError, ConnectorError
-from connector.core.identity import build_did_document, did_web_from_url, public_jwk
+from connector.core.identity import did_web_from_url
 from connector.folder import (
     DID_FILE,
-    FIRST_KEY_FRAGMENT,
-    SIGNING_KEY,
-    TLS_CERT,
-    TLS_KEY,
-    _bind_host,
     _toml_str,
+    endpoint_toml,
     load_trust,
     parse_public_url,
+    write_identity,
 )
 from connector.registry.http import RegistryApi
 from connector.registry.replication import DEFAULT_INTERVAL_S, Replicator
@@ -87,16 +84,7 @@ name = {_toml_str(name)}
 did = {_toml_str(did)}
 url = {_toml_str(url)}
 
-[server]
-host = {_toml_str(_bind_host(host))}
-port = {port}
-tls_cert = "{TLS_CERT}"
-tls_key = "{TLS_KEY}"
-
-[signing]
-key = "{SIGNING_KEY}"
-kid = {_toml_str(f"{did}#{FIRST_KEY_FRAGMENT}")}
-
+{endpoint_toml(did, host, port)}
 [storage]
 sqlite = "{DATABASE}"
 
@@ -115,19 +103,11 @@ def init_registry(dir: Path, *, url: str, name: str = "registry",
     if dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
         raise ConfigError(f"{dir}: exists and is not an empty directory")
     did = did_web_from_url(url)
-    for sub in ("tls", "trust", "state"):
-        (dir / sub).mkdir(parents=True, exist_ok=True)
-    (dir / "keys").mkdir(mode=0o700)
+    (dir / "state").mkdir(parents=True, exist_ok=True)
     (dir / REGISTRY_FILE).write_text(_registry_toml(name, url, did, host, port, peers))
-    signing = keys.generate_signing_key(dir / SIGNING_KEY)
-    keys.generate_tls(dir / TLS_CERT, dir / TLS_KEY, [host, "localhost", "127.0.0.1"])
     # The DataService entry carries the registry's root URL, so that participants can pin it
     # with `connector trust add REGISTRY/did.json --tls-cert REGISTRY/tls/cert.pem`.
-    document = build_did_document(did, url, [(f"{did}#{FIRST_KEY_FRAGMENT}",
-                                              public_jwk(signing))])
-    (dir / DID_FILE).write_text(json.dumps(document, indent=2) + "\n")
-    (dir / "trust" / ".gitkeep").write_text("")
-    (dir / ".gitignore").write_text("keys/\nstate/\n")
+    write_identity(dir, did=did, host=host, service_url=url)
 
 
 def load_registry_settings(root: Path) -> RegistrySettings:
