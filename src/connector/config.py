@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connector.core.dcp import SPEC_SCOPE_ALIAS
 from connector.core.errors import ConfigError
 
 CONFIG_FILE = "connector.toml"
@@ -57,6 +58,7 @@ class Settings:
     required_credentials: tuple[str, ...] = ("MembershipCredential",)
     did_cache_s: int = DEFAULT_DID_CACHE_S
     status_cache_s: int = DEFAULT_STATUS_CACHE_S
+    scope_alias: str = SPEC_SCOPE_ALIAS
     tls_ca_files: tuple[Path, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -132,6 +134,7 @@ def load_settings(root: Path) -> Settings:
         required_credentials=identity["required_credentials"],
         did_cache_s=identity["did_cache_s"],
         status_cache_s=identity["status_cache_s"],
+        scope_alias=identity["scope_alias"],
         tls_ca_files=tuple(root / f for f in identity["tls_ca_files"]),
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
@@ -161,6 +164,11 @@ def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
         "required_credentials": tuple(_str_list(table, "required_credentials",
                                                 ["MembershipCredential"], where)),
         "tls_ca_files": _str_list(table, "tls_ca_files", [], where)}
+    alias = table.get("scope_alias", SPEC_SCOPE_ALIAS)
+    if not isinstance(alias, str) or not alias or ":" in alias or alias != alias.strip():
+        raise ConfigError(f"{where}: key 'scope_alias' must be a scope alias such as "
+                          f"'{SPEC_SCOPE_ALIAS}' (no ':')")
+    out["scope_alias"] = alias
     for key, default in (("did_cache_s", DEFAULT_DID_CACHE_S),
                          ("status_cache_s", DEFAULT_STATUS_CACHE_S)):
         value = table.get(key, default)

@@ -37,6 +37,7 @@ from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.core import dcp
 from connector.core.errors import ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.folder import (
@@ -108,7 +109,9 @@ class Daemon:
         self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
                                  ttl_s=settings.token_ttl_s, clock=time.time,
-                                 dcp_mode=self.dcp_mode)
+                                 dcp_mode=self.dcp_mode,
+                                 grants=dcp.type_scopes(settings.required_credentials,
+                                                        settings.scope_alias))
         self._signing_stamp = self._signing_files()
         self.did_document = self._read_did_document()
         self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
@@ -139,7 +142,8 @@ class Daemon:
         verifier = DcpVerifier(
             identity=self.identity, resolver=resolver, http=self.dcp_http,
             trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
-            leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time)
+            leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time,
+            scope_alias=s.scope_alias)
         self.verifier = verifier
         self.credential_service = CredentialService(
             identity=self.identity, verifier=verifier, own_keys=self._own_keys,

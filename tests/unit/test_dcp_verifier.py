@@ -21,6 +21,7 @@ from connector.core.identity import (
     document_keys,
     issue_dcp_token,
     issue_token,
+    parse_jws,
     signing_public_jwk,
     with_credential_service,
 )
@@ -30,7 +31,6 @@ from connector.service.dcp_verifier import (
     DcpVerifier,
     DidResolver,
     max_age,
-    scopes_for,
 )
 
 NOW = 1_800_000_000
@@ -54,6 +54,7 @@ class FakeHttp:
         self.cs: dict[str, Any] = {}
         self.gets: list[str] = []
         self.posts: list[str] = []
+        self.bodies: list[Any] = []
 
     async def get(self, url: str, *, max_bytes: int) -> tuple[bytes, Mapping[str, str]]:
         self.gets.append(url)
@@ -64,6 +65,7 @@ class FakeHttp:
     async def post_json(self, url: str, body: bytes, *, authorization: str,
                         max_bytes: int) -> bytes:
         self.posts.append(url)
+        self.bodies.append(json.loads(body))
         return json.dumps(await self.cs[url](authorization, json.loads(body))).encode()
 
 
@@ -232,7 +234,8 @@ async def test_credential_service_grants_only_what_the_access_token_allows() -> 
                                     verifier=w.verifier_party.did, scopes=["x.vc.type:Other"],
                                     now=NOW, jti=str(uuid.uuid4()), ttl_s=60)
     auth = "Bearer " + w.identity.dcp_token(w.holder.did, access)
-    answer = await w.cs.query(auth, dcp.presentation_query(scopes_for(["MembershipCredential"])))
+    query = dcp.presentation_query(dcp.type_scopes(["MembershipCredential"]))
+    answer = await w.cs.query(auth, query)
     assert answer["presentation"] == []
     # An access token bound to another verifier is refused.
     other = dcp.issue_access_token(w.holder.key, kid=w.holder.kid, holder=w.holder.did,
@@ -251,8 +254,36 @@ async def test_credential_service_grants_only_what_the_access_token_allows() -> 
 def test_max_age_and_scopes() -> None:
     assert max_age({"Cache-Control": "public, max-age=60"}) == 60
     assert max_age({}) is None
-    assert scopes_for(["MembershipCredential"]) == [
-        "org.eclipse.edc.vc.type:MembershipCredential:read"]
+    assert dcp.type_scopes(["MembershipCredential"]) == [
+        "org.eclipse.dspace.dcp.vc.type:MembershipCredential:read"]
+    assert dcp.type_scopes(["A", "B"], dcp.EDC_SCOPE_ALIAS) == [
+        "org.eclipse.edc.vc.type:A:read", "org.eclipse.edc.vc.type:B:read"]
+
+
+@pytest.mark.parametrize("alias", [None, dcp.EDC_SCOPE_ALIAS])
+async def test_verifier_queries_with_the_configured_scope_alias(alias: str | None) -> None:
+    w = World()
+    if alias is not None:
+        resolver = DidResolver(w.http, cache_s=300, clock=w.clock)
+        w.verifier = DcpVerifier(identity=w.identity, resolver=resolver, http=w.http,
+                                 trusted_issuers={ISSUER: ["MembershipCredential"]},
+                                 required_types=["MembershipCredential"], leeway_s=5,
+                                 status_cache_s=30, clock=w.clock, scope_alias=alias)
+    claims = await w.verifier.verify_async(w.authorization())
+    assert claims.participant_id == w.holder.did
+    expected = alias or "org.eclipse.dspace.dcp.vc.type"
+    assert w.http.bodies[-1]["scope"] == [f"{expected}:MembershipCredential:read"]
+
+
+def test_identity_grants_the_configured_scopes() -> None:
+    party = Party("did:web:consumer.example")
+    grants = dcp.type_scopes(["MembershipCredential", "LabCredential"])
+    identity = Identity(did=party.did, kid=party.kid, key=party.key, ttl_s=60,
+                        clock=lambda: float(NOW), dcp_mode=True, grants=grants)
+    outer = parse_jws(identity.token_for("did:web:provider.example")).payload
+    access = parse_jws(outer["token"]).payload
+    assert access["scope"].split(" ") == grants
+    assert access["sub"] == "did:web:provider.example"
 
 
 def test_identity_settings(tmp_path: Any) -> None:
@@ -270,6 +301,12 @@ def test_identity_settings(tmp_path: Any) -> None:
     assert s.trusted_issuers == {"did:web:a": ("MembershipCredential",)}
     assert s.tls_ca_files == (s.root / "ca.pem",)
     assert "identity" not in s.extra
+    assert s.scope_alias == "org.eclipse.dspace.dcp.vc.type"
+    config.write_text(text + '\n[identity]\nscope_alias = "org.eclipse.edc.vc.type"\n')
+    assert load_settings(tmp_path / "p").scope_alias == "org.eclipse.edc.vc.type"
+    config.write_text(text + '\n[identity]\nscope_alias = "a:b"\n')
+    with pytest.raises(ConfigError, match="scope_alias"):
+        load_settings(tmp_path / "p")
     config.write_text(text + '\n[identity]\nmode = "oauth"\n')
     with pytest.raises(ConfigError, match="mode"):
         load_settings(tmp_path / "p")

@@ -25,8 +25,13 @@ DCP_CONTEXT = "https://w3id.org/dspace-dcp/v1.0/dcp.jsonld"
 PRESENTATION_EXCHANGE_CONTEXT = "https://identity.foundation/presentation-exchange/submission/v1"
 QUERY_TYPE = "PresentationQueryMessage"
 RESPONSE_TYPE = "PresentationResponseMessage"
-# The scope EDC consumers send by default (DCP-TCK TestProfile uses the dspace alias).
-MEMBERSHIP_SCOPE = "org.eclipse.edc.vc.type:MembershipCredential:read"
+# DCP 1.0 §5.4.1.2 "Scopes": `alias:discriminator`; every Credential Service MUST support the
+# `org.eclipse.dspace.dcp.vc.type` alias. EDC 0.14 (its IdentityHub, its default scopes) spells it
+# `org.eclipse.edc.vc.type`; our Credential Service accepts either.
+SPEC_SCOPE_ALIAS = "org.eclipse.dspace.dcp.vc.type"
+EDC_SCOPE_ALIAS = "org.eclipse.edc.vc.type"
+# The scope EDC consumers send by default.
+MEMBERSHIP_SCOPE = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 SCOPE_OPERATIONS = ("read", "write", "*", "all")
 
 
@@ -56,6 +61,11 @@ def parse_scope(text: str) -> Scope:
     alias, value = parts[0], ":".join(parts[1:])
     kind = "id" if alias.endswith(".vc.id") else "type"
     return Scope(alias, kind, value, operation)
+
+
+def type_scopes(types: Sequence[str], alias: str = SPEC_SCOPE_ALIAS) -> list[str]:
+    """The read scopes for credentials of ``types`` under ``alias`` (DCP 1.0 §5.4.1.2)."""
+    return [f"{alias}:{t}:read" for t in types]
 
 
 def presentation_query(scopes: Sequence[str]) -> dict[str, Any]:

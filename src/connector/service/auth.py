@@ -14,7 +14,7 @@ through ``verify_async`` (the DSP routes always call that one).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from connector.core import dcp
@@ -38,13 +38,15 @@ class Identity:
     """Signs our outgoing requests (and, in DCP mode, our access tokens and presentations)."""
 
     def __init__(self, *, did: str, kid: str, key: SigningKey, ttl_s: int,
-                 clock: Callable[[], float], dcp_mode: bool = False) -> None:
+                 clock: Callable[[], float], dcp_mode: bool = False,
+                 grants: Sequence[str] = (dcp.MEMBERSHIP_SCOPE,)) -> None:
         self.did = did
         self._kid = kid
         self._key = key
         self._ttl_s = ttl_s
         self._clock = clock
         self.dcp_mode = dcp_mode
+        self._grants = list(grants)
 
     def __repr__(self) -> str:  # never show the key
         return f"Identity(did={self.did!r}, kid={self._kid!r})"
@@ -62,10 +64,11 @@ class Identity:
         if not self.dcp_mode:
             return issue_token(self._key, kid=self._kid, issuer=self.did, audience=audience,
                                now=now, jti=jti, ttl_s=self._ttl_s)
-        # DCP 1.0 §1.3: the receiver may read our membership credential, nothing else.
+        # DCP 1.0 "Verifiable Presentation Access Token": the receiver may read the credential types
+        # the space requires ([identity] required_credentials), nothing else.
         access = dcp.issue_access_token(
             self._key, kid=self._kid, holder=self.did, verifier=audience,
-            scopes=[dcp.MEMBERSHIP_SCOPE], now=now, jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
+            scopes=self._grants, now=now, jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
         return self.dcp_token(audience, access, now=now, jti=jti)
 
     def dcp_token(self, audience: str, access_token: str, *, now: int | None = None,

@@ -62,7 +62,6 @@ MAX_STATUS_LIST_BYTES = 1024 * 1024
 MIN_REFETCH_S = 2.0
 # Bounds on what is cached (oldest entries dropped first).
 MAX_CACHED = 10_000
-SCOPE_ALIAS = "org.eclipse.edc.vc.type"
 V = TypeVar("V")
 
 
@@ -77,11 +76,6 @@ class Http(Protocol):
                         max_bytes: int) -> bytes:
         """The body of a 200 answer to a JSON POST to ``url``."""
         ...
-
-
-def scopes_for(types: Sequence[str]) -> list[str]:
-    """The DCP scopes that ask for credentials of ``types`` (EDC's alias, read)."""
-    return [f"{SCOPE_ALIAS}:{t}:read" for t in types]
 
 
 def max_age(headers: Mapping[str, str]) -> int | None:
@@ -207,13 +201,14 @@ class DcpVerifier(Verifier):
     def __init__(self, *, identity: Identity, resolver: DidResolver, http: Http,
                  trusted_issuers: Mapping[str, Collection[str]],
                  required_types: Sequence[str], leeway_s: int, status_cache_s: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], scope_alias: str = dcp.SPEC_SCOPE_ALIAS) -> None:
         super().__init__(did=identity.did, peers={}, leeway_s=leeway_s, clock=clock)
         self._identity = identity
         self._resolver = resolver
         self._http = http
         self._trusted = {did: tuple(types) for did, types in trusted_issuers.items()}
         self._required = tuple(required_types)
+        self._scopes = dcp.type_scopes(self._required, scope_alias)
         self._status_cache_s = status_cache_s
         self._status: _Cache[bytes] = _Cache(clock)
         self._claims: _Cache[Claims] = _Cache(clock)
@@ -260,7 +255,7 @@ class DcpVerifier(Verifier):
                                     CREDENTIAL_SERVICE_TYPE)
         if endpoint is None or not endpoint.startswith("https://"):
             raise AuthError(f"{holder[:200]}: no https CredentialService in its DID document")
-        query = json.dumps(dcp.presentation_query(scopes_for(self._required))).encode()
+        query = json.dumps(dcp.presentation_query(self._scopes)).encode()
         auth = "Bearer " + self._identity.dcp_token(holder, token.access_token)
         body = await self._http.post_json(endpoint.rstrip("/") + "/presentations/query", query,
                                           authorization=auth, max_bytes=MAX_PRESENTATION_BYTES)
