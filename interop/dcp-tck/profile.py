@@ -16,7 +16,6 @@ What it changes on a normal DCP-mode daemon, and why (interop/dcp-tck/README.md 
   client_credentials): it mints exactly what our connector puts in its own DSP requests, an
   access token for the ``audience`` DID and the requested ``bearer_access_scope``, wrapped in
   our self-issued token;
-- the registry signer accepts the P-256 key (a src defect, see the module-level patch);
 - ``POST /cs/credentials``: the TCK seeds the holder's credentials through the DCP Storage API
   (a CredentialMessage). That API is not implemented; this fixture writes the VC JWTs into
   ``credentials/`` (what ``connector credentials import`` would do) and checks nothing.
@@ -49,13 +48,7 @@ from connector.core import dcp
 from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.keys import load_any_signing_key
-from connector.registry import publisher
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
-
-# src defect worked around here only (README §5): the registry Signer the daemon builds on start
-# loads [signing] with keys.load_signing_key, which refuses the P-256 key DCP needs; every
-# other signer (Identity, rotation) takes Ed25519 or EC. No registry is configured in this run.
-publisher.load_signing_key = load_any_signing_key  # type: ignore[assignment]
 
 log = logging.getLogger("connector.dcp-tck")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -41,6 +41,7 @@ from connector.core.identity import (
     build_did_document,
     did_web_from_url,
     public_jwk,
+    signing_public_jwk,
 )
 
 DID_FILE = "did.json"
@@ -716,10 +717,10 @@ def _check_signing_key_matches(
     key_path: Path, method: dict[str, Any], name: str, text: str, out: list[Problem]
 ) -> None:
     try:
-        key = keys.load_signing_key(key_path)
+        key = keys.load_any_signing_key(key_path)
     except ConfigError:
         return  # missing file or bad mode: reported by _check_private_files
-    if method.get("publicKeyJwk") != public_jwk(key):
+    if method.get("publicKeyJwk") != signing_public_jwk(key):
         out.append(Problem(name, _line_of(text, "publicKeyJwk", quoted=True),
                            f"publicKeyJwk does not match the private key {key_path}"))
 

@@ -387,3 +387,18 @@ def test_check_points_at_the_missing_policy_in_a_wrapped_list(folder: Path) -> N
         '[source]\ntype = "csv"\npath = "/abs/x.csv"\n')
     assert _lines(check_folder(folder)) == [
         f"{folder / 'datasets/x.toml'}:5: policy 'gone' has no file policies/gone.json"]
+
+
+def test_check_compares_a_p256_signing_key_with_the_did_document(folder: Path) -> None:
+    from connector.core.identity import signing_public_jwk
+    from connector.keys import generate_ec_signing_key
+
+    key_path = load_settings(folder).signing_key
+    key_path.unlink()
+    key = generate_ec_signing_key(key_path)
+    (problem,) = check_folder(folder)  # did.json still holds the Ed25519 key
+    assert problem.message == f"publicKeyJwk does not match the private key {key_path}"
+    doc = json.loads((folder / "did.json").read_text())
+    doc["verificationMethod"][0]["publicKeyJwk"] = signing_public_jwk(key)
+    (folder / "did.json").write_text(json.dumps(doc, indent=2))
+    assert check_folder(folder) == []

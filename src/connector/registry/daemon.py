@@ -153,7 +153,7 @@ class RegistryDaemon:
         self.settings = settings
         self.peers = load_trust(settings.root)
         self._stamp = _trust_stamp(settings.root)
-        key = keys.load_signing_key(settings.signing_key)
+        key = keys.load_any_signing_key(settings.signing_key)
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
                                  ttl_s=settings.token_ttl_s, clock=time.time)
         self.verifier = Verifier(did=settings.did, peers=self.peers,
