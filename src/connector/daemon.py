@@ -63,6 +63,8 @@ from connector.service.transfers import TransferService
 log = logging.getLogger("connector")
 # How often the folder is checked for edits (mtime scan of three small directories).
 RELOAD_INTERVAL_S = 1.0
+# How often expired rows of seen token ids are deleted from the database.
+JTI_PURGE_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -195,6 +197,10 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         self.store = await SqliteStore.open(s.database)
+        # Replays stay refused across a restart: the jtis accepted before it, until they expire.
+        live = await self.verifier.restore(self.store)
+        if live:
+            log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed,
                              self._initial_ack)
         self.negotiations = NegotiationService(
@@ -218,6 +224,7 @@ class Daemon:
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
+        self._tasks.append(asyncio.create_task(self._purge_loop()))
         # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
         self.publisher = RegistryPublisher.from_settings(
@@ -281,6 +288,14 @@ class Daemon:
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.store.purge_jtis(int(time.time()))
+            except Exception as exc:  # the database failed: try again next time
+                log.error("cannot purge expired token ids: %s", exc)
+            await asyncio.sleep(JTI_PURGE_INTERVAL_S)
 
     async def stop(self) -> None:
         await self.pusher.close()

@@ -3,7 +3,10 @@
 Outgoing: every DSP request carries ``Authorization: Bearer <self-issued ID token>`` with
 ``aud`` = the receiver's DID (DCP 1.0 §Self-Issued ID Tokens). Incoming: the token is verified
 against the peers pinned in ``trust/`` before the body is read; a ``jti`` seen before its
-expiry is refused as a replay.
+expiry is refused as a replay. Seen jtis are checked in memory and written behind to the
+store (``SeenTokens``), which gives them back on start-up: a replay is refused across a
+restart too. An unexpired jti is never forgotten: past MAX_REMEMBERED_JTIS live ones, new
+tokens are refused until some expire.
 
 In DCP mode (``[identity] mode = "dcp"``) the outgoing token also carries, in its ``token``
 claim, an access token that lets the receiver read our membership credential from our
@@ -28,10 +31,15 @@ from connector.core.identity import (
     verify_token,
 )
 from connector.service.catalog import Claims
+from connector.service.store import SeenTokens
 
-# A bound on remembered token ids: at 10k requests/s and 5-minute tokens this is reached only
-# under abuse; past it the oldest entries are evicted first (they expire first too).
+# A bound on remembered live token ids (~160 MB): at 3k requests/s and 5-minute tokens this is
+# reached only under abuse. Past it a new token is refused (fail closed), never is an unexpired
+# jti evicted: that would let the evicted token be replayed.
 MAX_REMEMBERED_JTIS = 1_000_000
+# At the bound, the whole table is swept for expired jtis at most this often (a sweep of a
+# million entries takes tens of ms; the front is purged on every call).
+SWEEP_INTERVAL_S = 1
 
 
 class Identity:
@@ -97,8 +105,25 @@ class Verifier:
         self.did = did
         self._leeway_s = leeway_s
         self._clock = clock
-        self._seen: dict[str, int] = {}  # jti -> exp, insertion-ordered
+        self._seen: dict[str, int] = {}  # jti -> until (exp + leeway), insertion-ordered
+        self._swept_at = -SWEEP_INTERVAL_S
+        self._record: Callable[[str, int], None] | None = None  # write-behind to the store
         self.reload(peers)
+
+    async def restore(self, store: SeenTokens) -> int:
+        """Remember the unexpired jtis ``store`` holds and record new ones there from now on.
+
+        Called on start-up before serving; returns how many live jtis were loaded.
+        """
+        now = int(self._clock())
+        for jti, until in self._seen.items():  # seen before the store was attached
+            store.record_jti(jti, until)
+        loaded = await store.live_jtis(now)
+        for jti, until in loaded:  # soonest expiry first, as _purge expects
+            if self._seen.get(jti, -1) < until:
+                self._seen[jti] = until
+        self._record = store.record_jti
+        return len(loaded)
 
     def reload(self, peers: Mapping[str, Any]) -> None:
         """Take a new set of pinned peers (``folder.load_trust`` values)."""
@@ -123,17 +148,31 @@ class Verifier:
         return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes))
 
     def _remember(self, jti: str, until: int, now: int) -> None:
-        if self._seen.get(jti, 0) >= now:
-            raise AuthError("token replayed (jti already used)")
-        self._seen[jti] = until
-        if len(self._seen) > MAX_REMEMBERED_JTIS:
-            self._seen.pop(next(iter(self._seen)))
+        """Accept ``jti`` once until ``until``; AuthError for a replay or past the bound."""
+        seen = self._seen
+        prior = seen.get(jti)
+        if prior is not None:
+            if prior >= now:
+                raise AuthError("token replayed (jti already used)")
+            del seen[jti]  # expired: re-added at the end, in expiry order
         self._purge(now)
+        if len(seen) >= MAX_REMEMBERED_JTIS:
+            if now - self._swept_at >= SWEEP_INTERVAL_S:
+                self._swept_at = now
+                for old in [k for k, v in seen.items() if v < now]:
+                    del seen[old]
+            if len(seen) >= MAX_REMEMBERED_JTIS:
+                raise AuthError("too many live tokens; try again")
+        seen[jti] = until
+        if self._record is not None:
+            self._record(jti, until)
 
     def _purge(self, now: int) -> None:
-        # Insertion order approximates expiry order: drop expired entries from the front.
-        while self._seen:
-            jti, until = next(iter(self._seen.items()))
+        # Insertion order approximates expiry order: drop expired entries from the front (a
+        # longer-lived token holds back those behind it until the sweep at the bound).
+        seen = self._seen
+        while seen:
+            jti, until = next(iter(seen.items()))
             if until >= now:
                 return
-            del self._seen[jti]
+            del seen[jti]

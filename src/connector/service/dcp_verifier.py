@@ -20,8 +20,9 @@ read:
 Verified claims are reused for the same caller until the first status list they relied on
 expires from the cache (and never longer than ``status_cache_s``): a negotiation's few
 messages fetch one presentation, and a revoked member is refused within ``status_cache_s``.
-Every failure is an AuthError; nothing is persisted. The network sits behind ``Http`` (an
-adapter), so this module stays free of aiohttp.
+Every failure is an AuthError; nothing is persisted but the seen jtis (``Verifier._remember``,
+written behind to the store so that a replay is refused across a restart). The network sits
+behind ``Http`` (an adapter), so this module stays free of aiohttp.
 
 ``CredentialService`` is the holder side: it answers a verifier's presentation query with one
 VP holding the credentials of ``credentials/`` that the access token grants.

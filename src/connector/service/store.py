@@ -49,8 +49,26 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
 
 
-class Store(Protocol):
-    """Persistence of negotiations, agreements, transfers and the outbox."""
+class SeenTokens(Protocol):
+    """The token ids (jti) a verifier accepted, kept until they expire (replays, across restarts).
+
+    ``record_jti`` is write-behind: it queues the row and returns at once (the verifier's
+    in-memory check stays the authority), the row commits with the store's next write.
+    """
+
+    def record_jti(self, jti: str, until: int) -> None: ...
+
+    async def live_jtis(self, now: int) -> list[tuple[str, int]]:
+        """(jti, until) of every row with ``until >= now``, soonest expiry first."""
+        ...
+
+    async def purge_jtis(self, now: int) -> None:
+        """Delete the rows with ``until < now``."""
+        ...
+
+
+class Store(SeenTokens, Protocol):
+    """Persistence of negotiations, agreements, transfers, the outbox and seen token ids."""
 
     async def get_negotiation(self, id: str) -> Negotiation | None: ...
 

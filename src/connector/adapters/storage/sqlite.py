@@ -9,7 +9,11 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
 - **record cache**: this process is the only writer, so live process records it wrote or
   read are kept (bounded, write-through after commit; finished ones are dropped) and reads by
   id cost no hop;
-- outbox sequence numbers are allocated in memory from the table's maximum at start-up.
+- outbox sequence numbers are allocated in memory from the table's maximum at start-up;
+- **seen token ids** (``record_jti``) are written behind: the row joins the next group commit
+  (or one JTI_FLUSH_S later if nothing else is written), so a replay check never waits for
+  the disk. A crash loses at most the jtis of the group not yet committed (milliseconds of
+  traffic); a token accepted in that window could be replayed once after the restart.
 
 ``synchronous=NORMAL`` in WAL mode keeps commits durable across a process crash (not across
 power loss), which is SQLite's documented trade-off.
@@ -18,6 +22,7 @@ power loss), which is SQLite's documented trade-off.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Sequence
 from importlib import resources
@@ -33,10 +38,15 @@ from connector.core.transfer import Transfer
 from connector.service.store import Agreement, OutboxItem, Outgoing
 
 T = TypeVar("T")
+log = logging.getLogger("connector.store")
 _enc = msgspec.json.Encoder()
 # Records kept in memory; past this the least recently written are dropped (read from disk).
 CACHE_SIZE = 20_000
 Statement = tuple[str, Sequence[Any]]
+# A seen jti waits at most this long for another write to commit with (then commits alone).
+JTI_FLUSH_S = 0.01
+_RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
+               " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
 _UPSERT_NEGOTIATION = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
     " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
@@ -85,6 +95,8 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._next_seq = 1
+        self._jtis: _Txn | None = None  # the queued, not yet committed seen-jti rows
+        self._committing = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -111,7 +123,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         if self._writer is not None:
-            while self._pending:
+            self._wake.set()  # queued jtis do not wait for their flush timer
+            while self._pending or self._committing:  # write-behind rows are not awaited
                 await asyncio.sleep(0.001)
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -165,8 +178,13 @@ class SqliteStore:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
+            self._jtis = None
             if batch:
-                await self._commit(batch)
+                self._committing = True
+                try:
+                    await self._commit(batch)
+                finally:
+                    self._committing = False
 
     async def _commit(self, batch: list[_Txn]) -> None:
         try:
@@ -300,6 +318,27 @@ class SqliteStore:
             " RETURNING uses", (agreement_id, delta))
         return int(rows[0][0])
 
+    # -- seen token ids ---------------------------------------------------------------------
+
+    def record_jti(self, jti: str, until: int) -> None:
+        """Queue a seen jti for the writer's next group commit; never waits (write-behind)."""
+        txn = self._jtis
+        if txn is None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_log_jti_failure)
+            txn = self._jtis = _Txn([], [], future)
+            self._pending.append(txn)
+            asyncio.get_running_loop().call_later(JTI_FLUSH_S, self._wake.set)
+        txn.statements.append((_RECORD_JTI, (jti, until)))
+
+    async def live_jtis(self, now: int) -> list[tuple[str, int]]:
+        rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= ?"
+                                " ORDER BY until", (now,))
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    async def purge_jtis(self, now: int) -> None:
+        await self._transaction([("DELETE FROM seen_tokens WHERE until < ?", (now,))], (), [])
+
     # -- outbox ---------------------------------------------------------------------------
 
     async def pending_outbox(self) -> list[OutboxItem]:
@@ -319,3 +358,9 @@ class SqliteStore:
             await self._conn.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
                 (attempts, next_attempt, error, seq))
+
+
+def _log_jti_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("cannot persist seen token ids (replays stay refused until a restart): %s",
+                  future.exception())
