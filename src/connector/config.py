@@ -13,6 +13,7 @@ from typing import Any
 
 from connector.core.dcp import SPEC_SCOPE_ALIAS
 from connector.core.errors import ConfigError
+from connector.core.hosts import parse_host_pattern
 
 CONFIG_FILE = "connector.toml"
 # DSP 2025-1 §HTTPS binding: <base> = <root> + the path of the version entry.
@@ -60,6 +61,9 @@ class Settings:
     status_cache_s: int = DEFAULT_STATUS_CACHE_S
     scope_alias: str = SPEC_SCOPE_ALIAS
     tls_ca_files: tuple[Path, ...] = ()
+    # DCP fetches (did.json, Credential Service, status lists) only to these hosts; () = any
+    # host that core.hosts.address_refusal does not refuse (see core/hosts.py).
+    allowed_hosts: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -136,6 +140,7 @@ def load_settings(root: Path) -> Settings:
         status_cache_s=identity["status_cache_s"],
         scope_alias=identity["scope_alias"],
         tls_ca_files=tuple(root / f for f in identity["tls_ca_files"]),
+        allowed_hosts=identity["allowed_hosts"],
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
             "identity"}},
@@ -150,7 +155,7 @@ def _str_list(table: dict[str, Any], key: str, default: list[str], where: str) -
 
 
 def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """The [identity] table: mode, trusted issuers, required credentials, caches, CA files."""
+    """The [identity] table: mode, issuers, credentials, caches, CA files, allowed hosts."""
     mode = table.get("mode", "pinned")
     if mode not in IDENTITY_MODES:
         raise ConfigError(f"{where}: key 'mode' must be one of {', '.join(IDENTITY_MODES)}")
@@ -169,6 +174,14 @@ def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: key 'scope_alias' must be a scope alias such as "
                           f"'{SPEC_SCOPE_ALIAS}' (no ':')")
     out["scope_alias"] = alias
+    hosts = _str_list(table, "allowed_hosts", [], where)
+    for entry in hosts:
+        try:
+            parse_host_pattern(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key 'allowed_hosts': bad entry {entry!r}: {exc}"
+                              ) from None
+    out["allowed_hosts"] = tuple(hosts)
     for key, default in (("did_cache_s", DEFAULT_DID_CACHE_S),
                          ("status_cache_s", DEFAULT_STATUS_CACHE_S)):
         value = table.get(key, default)

@@ -119,7 +119,7 @@ class Daemon:
         self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
                                            leeway_s=settings.clock_leeway_s, clock=time.time)
         self.credential_service: CredentialService | None = None
-        self.dcp_http = GuardedHttp(self._client_ssl())
+        self.dcp_http = GuardedHttp(self._client_ssl(), allowed_hosts=settings.allowed_hosts)
         if self.dcp_mode:
             self._wire_dcp()
         self.client = PeerClient(self.identity, self._client_ssl())

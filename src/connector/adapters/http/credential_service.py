@@ -8,20 +8,34 @@ query (``service.dcp_verifier.CredentialService``); errors render as ``{"error",
 presentation queries. It trusts the system CAs plus the PEM certificates given (pinned peers'
 and ``[identity] tls_ca_files``), follows no redirect (a redirect is refused: did:web
 documents must be served where the DID says), bounds every answer's size and time, and turns
-every failure into an AuthError, so that the DSP edge answers 404 and logs why.
+every failure into an AuthError, so that the DSP edge answers 404 (401 on the catalogue) and
+logs why.
+
+Those URLs are chosen by the caller, so it is also an SSRF guard (issue #4, rules in
+``core.hosts``). Before any request: the host must be in ``[identity] allowed_hosts`` when
+that list is set, and an IP-address host must not be link-local (cloud metadata),
+unspecified, multicast or broadcast. A host name is resolved once, by ``GuardedResolver``,
+which refuses it if *any* of its addresses is refused; the connection is made to exactly the
+addresses it checked, so a DNS answer that changes between check and connect (rebinding)
+cannot get past. Private and loopback addresses pass unless ``allowed_hosts`` excludes them.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from connector.adapters.http.session import ReloadableSession
 from connector.core.errors import AuthError, MalformedMessage
+from connector.core.hosts import AllowedHosts, address_refusal, normal_host
 from connector.service.dcp_verifier import CredentialService
 
 # The verifier waits at most this long for a DID document, status list or presentation.
@@ -30,30 +44,97 @@ CS_PATH = "/cs"
 MAX_QUERY_BYTES = 64 * 1024
 
 
-class GuardedHttp(ReloadableSession):
-    """The ``service.dcp_verifier.Http`` of the daemon (one keep-alive session)."""
+class RefusedAddress(OSError):
+    """A host resolved to an address the verifier never connects to."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(ssl_context, limit=64, keepalive_s=30, timeout_s=FETCH_TIMEOUT_S)
+
+class GuardedResolver(AbstractResolver):
+    """DNS for ``GuardedHttp``: refuses a name if any address it resolves to is refused.
+
+    aiohttp connects to exactly the addresses returned here (and caches them for later
+    connections), so the addresses checked are the addresses connected to.
+    """
+
+    def __init__(self, inner: AbstractResolver) -> None:
+        self._inner = inner
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            why = address_refusal(result["host"])
+            if why is not None:
+                raise RefusedAddress(f"{host} resolves to {result['host']}, {why}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GuardedHttp(ReloadableSession):
+    """The ``service.dcp_verifier.Http`` of the daemon (one keep-alive session).
+
+    ``allowed_hosts``: the ``[identity] allowed_hosts`` entries (empty: any host whose
+    addresses are not refused). ``resolver`` makes the DNS resolver that ``GuardedResolver``
+    wraps (default: aiohttp's threaded getaddrinfo, which holds nothing to close).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, *, allowed_hosts: Iterable[str] = (),
+                 resolver: Callable[[], AbstractResolver] = ThreadedResolver) -> None:
+        super().__init__(ssl_context, limit=64, keepalive_s=30, timeout_s=FETCH_TIMEOUT_S,
+                         resolver=lambda: GuardedResolver(resolver()))
+        self._allowed = AllowedHosts(allowed_hosts)
+
+    def _target(self, method: str, url: str) -> URL:
+        """The URL to request, parsed once; AuthError if no request may go there."""
+        shown = f"{method} {url[:200]}"
+        try:
+            target = URL(url)
+        except (TypeError, ValueError):
+            raise AuthError(f"{shown}: not a URL") from None
+        if target.scheme != "https" or not target.raw_host or target.port is None:
+            raise AuthError(f"{shown}: only https URLs are fetched")
+        host, port = normal_host(target.raw_host), target.port
+        why = address_refusal(host)
+        if why is not None:
+            raise AuthError(f"{shown}: refused, {host} is {why}")
+        if not self._allowed.allows(host, port):
+            raise AuthError(f"{shown}: refused, host {_host_port(host, port)} is not in "
+                            f"[identity] allowed_hosts")
+        return target
 
     async def _request(self, method: str, url: str, *, max_bytes: int, data: bytes | None = None,
                        headers: Mapping[str, str] | None = None
                        ) -> tuple[bytes, Mapping[str, str]]:
-        if not url.startswith("https://"):
-            raise AuthError(f"{method} {url[:200]}: only https URLs are fetched")
+        target = self._target(method, url)
         try:
-            async with self.session().request(method, url, data=data, headers=headers,
-                                              allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise AuthError(f"{method} {url[:200]} answered {resp.status}")
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise AuthError(f"{method} {url[:200]}: answer larger than {max_bytes} B")
-                body = await resp.content.read(max_bytes + 1)
-                if len(body) > max_bytes:
-                    raise AuthError(f"{method} {url[:200]}: answer larger than {max_bytes} B")
-                return body, dict(resp.headers)
+            return await self._send(method, target, max_bytes=max_bytes, data=data,
+                                    headers=headers)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                raise AuthError(f"{method} {url[:200]}: refused, {exc.os_error}") from exc
+            raise AuthError(f"{method} {url[:200]}: {type(exc).__name__}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise AuthError(f"{method} {url[:200]}: {type(exc).__name__}") from exc
+
+    async def _send(self, method: str, target: URL, *, max_bytes: int, data: bytes | None,
+                    headers: Mapping[str, str] | None) -> tuple[bytes, Mapping[str, str]]:
+        """The request itself, to a URL ``_target`` let through."""
+        shown = f"{method} {str(target)[:200]}"
+        async with self.session().request(method, target, data=data, headers=headers,
+                                          allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise AuthError(f"{shown} answered {resp.status}")
+            if resp.content_length is not None and resp.content_length > max_bytes:
+                raise AuthError(f"{shown}: answer larger than {max_bytes} B")
+            body = await resp.content.read(max_bytes + 1)
+            if len(body) > max_bytes:
+                raise AuthError(f"{shown}: answer larger than {max_bytes} B")
+            return body, dict(resp.headers)
 
     async def get(self, url: str, *, max_bytes: int) -> tuple[bytes, Mapping[str, str]]:
         return await self._request("GET", url, max_bytes=max_bytes)

@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 
 class ReloadableSession:
     def __init__(self, ssl_context: ssl.SSLContext, *, limit: int, keepalive_s: float,
-                 timeout_s: float) -> None:
+                 timeout_s: float,
+                 resolver: Callable[[], AbstractResolver] | None = None) -> None:
+        """``resolver`` makes each session's DNS resolver (None: aiohttp's default). It must
+        hold nothing to close: the connector does not close a resolver it was given."""
         self._ssl = ssl_context
+        self._resolver = resolver
         self._limit, self._keepalive_s, self._timeout_s = limit, keepalive_s, timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit,
-                                             keepalive_timeout=self._keepalive_s)
+            connector = aiohttp.TCPConnector(
+                ssl=self._ssl, limit=self._limit, keepalive_timeout=self._keepalive_s,
+                resolver=self._resolver() if self._resolver else None)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         return self._session
