@@ -198,10 +198,15 @@ def issue_credential(
     used = {int(e["index"]) for e in entries if e.get("event") == "issued"}
     index = _free_index(used, len(_read_bits(settings.root)) * 8)
     credential_id = f"urn:uuid:{uuid.uuid4()}"
+    claims = dict(attributes or {})
+    if vc.MEMBERSHIP_CREDENTIAL in types:
+        # The data space the subject is a member of. EDC also refuses a credentialSubject with
+        # no claim besides its id (CredentialSubject.Builder: "must contain claims").
+        claims.setdefault("memberOf", settings.did)
     token = vc.issue_credential(
         keys.load_any_signing_key(settings.signing_key), kid=settings.kid, issuer=settings.did,
         subject=subject, credential_id=credential_id, now=now_s, valid_s=valid_days * 86_400,
-        types=list(types), attributes=attributes or {},
+        types=list(types), attributes=claims,
         status=vc.StatusEntry(settings.status_url, index))
     _append_log(settings.root, {"event": "issued", "id": credential_id, "subject": subject,
                                 "types": list(types), "index": index, "at": now_s,
@@ -257,6 +262,23 @@ class _StatusListCache:
         return self._token
 
 
+# Media types answered with the credential as JSON rather than as a VC JWT. EDC 0.14 reads the
+# status-list credential with a JSON parser and checks no proof on it (BaseRevocationListService
+# .downloadStatusListCredential); our verifier asks for, and verifies, the signed JWT.
+JSON_CREDENTIAL_TYPES = ("application/vc+ld+json", "application/vc", "application/json")
+
+
+def status_list_response(token: str, accept: str, *, max_age_s: int) -> web.Response:
+    """The status-list credential ``token`` as the client accepts it: VC JWT unless it asks,
+    by ``Accept``, for JSON and not for ``application/vc+jwt`` (W3C VC-JOSE-COSE §3)."""
+    wanted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    headers = {"Cache-Control": f"max-age={max_age_s}", "Vary": "Accept"}
+    if "application/vc+jwt" not in wanted and wanted & set(JSON_CREDENTIAL_TYPES):
+        return web.json_response(parse_jws(token).payload["vc"], headers=headers,
+                                 content_type="application/vc+ld+json")
+    return web.Response(text=token, content_type="application/vc+jwt", headers=headers)
+
+
 def authority_app(dir: Path) -> web.Application:
     """``GET /.well-known/did.json`` and ``GET /status/revocation`` (a VC JWT)."""
     settings = load_authority(dir)
@@ -267,8 +289,8 @@ def authority_app(dir: Path) -> web.Application:
                             content_type="application/json")
 
     async def status_list(request: web.Request) -> web.Response:
-        return web.Response(text=cache.current(), content_type="application/vc+jwt",
-                            headers={"Cache-Control": f"max-age={STATUS_LIST_CACHE_S}"})
+        return status_list_response(cache.current(), request.headers.get("Accept", ""),
+                                    max_age_s=STATUS_LIST_CACHE_S)
 
     app = web.Application()
     app.router.add_get(DID_PATH, did_document)

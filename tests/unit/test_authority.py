@@ -18,7 +18,7 @@ from connector.cli import main
 from connector.config import load_settings
 from connector.core import credentials as vc
 from connector.core.errors import AuthError, ConfigError, NotFound
-from connector.core.identity import KeyRing, document_keys
+from connector.core.identity import KeyRing, document_keys, parse_jws
 from connector.folder import init_folder
 from connector.keys import load_any_signing_key
 from tests.unit.test_rotation import _assert_no_key_material
@@ -88,7 +88,8 @@ def test_issue_verify_revoke(space: tuple[Path, Path]) -> None:
             resolve_key=ring.public_key)
 
     claims = verify(served_bits())
-    assert claims.membership == "active" and claims.attributes == {"country": "DE"}
+    assert claims.membership == "active"
+    assert claims.attributes == {"country": "DE", "memberOf": settings.did}
     index = authority.revoke_credential(folder, credential_id)
     assert authority.revoke_credential(folder, credential_id.removeprefix("urn:uuid:")) == index
     with pytest.raises(AuthError, match="credential revoked"):
@@ -97,6 +98,19 @@ def test_issue_verify_revoke(space: tuple[Path, Path]) -> None:
     assert events == ["issued", "revoked"]
     with pytest.raises(NotFound):
         authority.revoke_credential(folder, "urn:uuid:nope")
+
+
+def test_a_membership_credential_names_the_space(space: tuple[Path, Path]) -> None:
+    # EDC 0.14 refuses a credentialSubject holding nothing but its id (found by make interop's
+    # DCP mode: "CredentialSubject must contain claims"); memberOf names the data space.
+    folder, alpha = space
+    settings = authority.load_authority(folder)
+    _, token = authority.issue_credential(folder, subject=load_settings(alpha).did)
+    subject = parse_jws(token).payload["vc"]["credentialSubject"]
+    assert subject == {"id": load_settings(alpha).did, "memberOf": settings.did}
+    _, other = authority.issue_credential(folder, subject=load_settings(alpha).did,
+                                          attributes={"memberOf": "did:web:elsewhere"})
+    assert parse_jws(other).payload["vc"]["credentialSubject"]["memberOf"] == "did:web:elsewhere"
 
 
 def test_indices_are_distinct(space: tuple[Path, Path]) -> None:
@@ -180,3 +194,26 @@ async def test_app_serves_did_and_status_list(space: tuple[Path, Path]) -> None:
                             "now": int(time.time()), "leeway_s": 5, "resolve_key": ring.public_key}
     assert not vc.get_status(vc.verify_status_list_credential(first, **args), index)
     assert vc.get_status(vc.verify_status_list_credential(second, **args), index)
+
+
+@pytest.mark.parametrize(("accept", "as_json"), [
+    ("", False), ("*/*", False), ("application/vc+jwt", False),
+    ("application/vc+jwt, application/vc+ld+json", False),
+    ("application/vc+ld+json", True), ("application/json;q=0.9", True)])
+async def test_status_list_by_accept(space: tuple[Path, Path], accept: str,
+                                     as_json: bool) -> None:
+    # EDC 0.14 parses the status list as JSON (make interop, DCP mode); we verify the JWT.
+    folder, _ = space
+    async with TestClient(TestServer(authority.authority_app(folder))) as client:
+        response = await client.get("/status/revocation", headers={"Accept": accept})
+        assert response.status == 200 and response.headers["Vary"] == "Accept"
+        body = await response.text()
+    jwt = authority.status_list_credential(folder)
+    if as_json:
+        assert response.content_type == "application/vc+ld+json"
+        assert json.loads(body)["credentialSubject"] == parse_jws(jwt).payload["vc"][
+            "credentialSubject"]
+    else:
+        assert response.content_type == "application/vc+jwt"
+        assert parse_jws(body).payload["vc"]["credentialSubject"] == parse_jws(jwt).payload[
+            "vc"]["credentialSubject"]
