@@ -11,7 +11,7 @@ What it changes on a normal DCP-mode daemon, and why (interop/dcp-tck/README.md 
   ``scheme="http"``, and the verifier's fetches go through ``LoopbackHttp`` (http:// only to
   127.0.0.1/localhost). The verifier itself insists on an ``https://`` CredentialService, so
   the TCK's endpoint is rewritten to https in the resolved documents and mapped back to http
-  on the wire (only for ``--tck-origin``);
+  on the wire (only for ``--tck-origin``); both live in ``interop/common/loopback_dcp.py``;
 - ``POST /tck/sts/token``: the holder's STS the TCK asks for access tokens (EDC's STS API,
   client_credentials): it mints exactly what our connector puts in its own DSP requests, an
   access token for the ``audience`` DID and the requested ``bearer_access_scope``, wrapped in
@@ -33,80 +33,22 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
-from connector.adapters.http.credential_service import CS_PATH, GuardedHttp
-from connector.authority import load_credentials
+from connector.adapters.http.credential_service import CS_PATH
 from connector.config import load_settings
 from connector.core import dcp
-from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.keys import load_any_signing_key
-from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
+from loopback_dcp import HttpDidResolver, LoopbackHttp
 
 log = logging.getLogger("connector.dcp-tck")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ACCESS_TTL_S = 600
-
-
-class LoopbackHttp(GuardedHttp):
-    """GuardedHttp for a loopback test: plain http:// to loopback hosts only.
-
-    ``https://`` URLs on ``tck_origin``'s host and port are fetched over http (see
-    ``TckResolver``); everything else keeps GuardedHttp's rules (status 200, size bounds, no
-    redirects, every failure an AuthError).
-    """
-
-    def __init__(self, ssl_context: ssl.SSLContext, tck_origin: str) -> None:
-        super().__init__(ssl_context)
-        self._tck = urlsplit(tck_origin).netloc
-
-    async def _request(self, method: str, url: str, *, max_bytes: int, data: bytes | None = None,
-                       headers: Mapping[str, str] | None = None
-                       ) -> tuple[bytes, Mapping[str, str]]:
-        parts = urlsplit(url)
-        if parts.scheme == "https" and parts.netloc == self._tck:
-            url = "http://" + url.removeprefix("https://")
-        elif parts.scheme != "http" or parts.hostname not in LOOPBACK:
-            raise AuthError(f"{method} {url[:200]}: the TCK profile fetches http://loopback only")
-        try:
-            async with self.session().request(method, url, data=data, headers=headers,
-                                              allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise AuthError(f"{method} {url[:200]} answered {resp.status}")
-                body = await resp.content.read(max_bytes + 1)
-                if len(body) > max_bytes:
-                    raise AuthError(f"{method} {url[:200]}: answer larger than {max_bytes} B")
-                return body, dict(resp.headers)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise AuthError(f"{method} {url[:200]}: {type(exc).__name__}") from exc
-
-
-class TckResolver(DidResolver):
-    """did:web over http; the TCK's http CredentialService endpoints are shown as https."""
-
-    def __init__(self, http: LoopbackHttp, tck_origin: str, **kwargs: Any) -> None:
-        super().__init__(http, scheme="http", **kwargs)
-        self._tck_http = tck_origin.rstrip("/")
-
-    async def document(self, did: str) -> dict[str, Any]:
-        doc = await super().document(did)
-        services = doc.get("service")
-        if not isinstance(services, list):
-            return doc
-        fixed = []
-        for s in services:
-            endpoint = s.get("serviceEndpoint") if isinstance(s, dict) else None
-            if isinstance(endpoint, str) and endpoint.startswith(self._tck_http):
-                s = {**s, "serviceEndpoint": "https://" + endpoint.removeprefix("http://")}
-            fixed.append(s)
-        return {**doc, "service": fixed}
 
 
 class DcpTckDaemon(Daemon):
@@ -115,20 +57,10 @@ class DcpTckDaemon(Daemon):
         self._sts_secret = sts_secret.encode()
         super().__init__(load_settings(root))
 
-    def _wire_dcp(self) -> None:
-        s = self.settings
-        http = LoopbackHttp(self._client_ssl(), self._tck_origin)
-        self.dcp_http = http
-        resolver = TckResolver(http, self._tck_origin, cache_s=s.did_cache_s, clock=time.time)
-        verifier = DcpVerifier(
-            identity=self.identity, resolver=resolver, http=http,
-            trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
-            leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time)
-        self.verifier = verifier
-        self.credential_service = CredentialService(
-            identity=self.identity, verifier=verifier, own_keys=self._own_keys,
-            credentials=lambda: load_credentials(s.root), leeway_s=s.clock_leeway_s,
-            clock=time.time)
+    def _dcp_transport(self) -> tuple[LoopbackHttp, HttpDidResolver]:
+        http = LoopbackHttp(self._client_ssl(), https_origins=[self._tck_origin])
+        return http, HttpDidResolver(http, [self._tck_origin],
+                                     cache_s=self.settings.did_cache_s, clock=time.time)
 
     def _server_ssl(self) -> ssl.SSLContext | None:  # type: ignore[override]
         return None  # plain HTTP on loopback: the TCK's client trusts no self-signed cert

@@ -16,7 +16,6 @@ output; ``--suite cs|verifier`` runs one suite; ``--online`` skips the offline M
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
@@ -28,13 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.config import DSP_PATH, load_settings
-from connector.core.identity import build_did_document, signing_public_jwk
-from connector.demo import free_port, free_port_pair
-from connector.folder import init_folder
-from connector.keys import generate_ec_signing_key
+from connector.config import load_settings
+from connector.demo import free_port
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "common"))
+from loopback_dcp import loopback_folder  # noqa: E402
+
 POM = HERE / "pom.xml"
 READY_TIMEOUT_S = 20.0
 MAVEN_TIMEOUT_S = 1800.0
@@ -60,24 +59,9 @@ def tck_did(port: int, role: str) -> str:
 
 def make_folder(root: Path, issuers: list[str]) -> tuple[Path, str]:
     """A DCP-mode participant folder on plain HTTP loopback, signing with a P-256 key."""
-    port = free_port_pair()
     folder = root / "cut"
-    https = f"https://127.0.0.1:{port}"
-    init_folder(folder, name="dcp-tck-cut", url=https)
-    url = f"http://127.0.0.1:{port}"
-    toml = folder / "connector.toml"
-    text = toml.read_text().replace(f'url = "{https}"', f'url = "{url}"')
-    trusted = "\n".join(f'"{did}" = ["MembershipCredential"]' for did in issuers)
-    text += ('\n[identity]\nmode = "dcp"\nrequired_credentials = ["MembershipCredential"]\n'
-             "did_cache_s = 0\nstatus_cache_s = 0\n"
-             f"[identity.trusted_issuers]\n{trusted}\n")
-    toml.write_text(text)
-    settings = load_settings(folder)
-    settings.signing_key.unlink()
-    key = generate_ec_signing_key(settings.signing_key)
-    document = build_did_document(settings.did, url + DSP_PATH,
-                                  [(settings.signing_kid, signing_public_jwk(key))])
-    (folder / "did.json").write_text(json.dumps(document, indent=2) + "\n")
+    url = loopback_folder(folder, "dcp-tck-cut", dcp_issuers=issuers,
+                          identity="did_cache_s = 0\nstatus_cache_s = 0\n")
     return folder, url
 
 

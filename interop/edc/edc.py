@@ -31,6 +31,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 JAR = HERE / "target" / "edc-runtime.jar"
+# The same runtime with DCP identity instead of iam-mock (dcp/pom.xml, README "DCP mode").
+DCP_JAR = HERE / "dcp" / "target" / "edc-dcp-runtime.jar"
 RUN = HERE / "target" / "run"
 CAPTURES = HERE / "captures"
 BASE_PROPS = HERE / "edc.properties"
@@ -52,17 +54,24 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- build / run
 
 
-def build(force: bool = False) -> Path:
+def _newest_source(project: Path) -> float:
+    sources = [project / "pom.xml", *(project / "src").rglob("*")]
+    return max(p.stat().st_mtime for p in sources if p.is_file())
+
+
+def build(force: bool = False, dcp: bool = False) -> Path:
     """mvn package: offline first (uses ~/.m2), online if that fails. Returns the jar path."""
-    pom = HERE / "pom.xml"
-    if JAR.exists() and not force and JAR.stat().st_mtime >= pom.stat().st_mtime:
-        return JAR
+    jar = DCP_JAR if dcp else JAR
+    project = jar.parent.parent
+    pom = project / "pom.xml"
+    if jar.exists() and not force and jar.stat().st_mtime >= _newest_source(project):
+        return jar
     for extra in (["-o"], []):
         cmd = ["mvn", "-B", "-q", *extra, "-f", str(pom), "package"]
         log("build: " + " ".join(cmd))
         res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode == 0 and JAR.exists():
-            return JAR
+        if res.returncode == 0 and jar.exists():
+            return jar
         log(
             f"build {'offline ' if extra else ''}failed (rc={res.returncode}): "
             f"{res.stdout[-2000:]}{res.stderr[-2000:]}"
@@ -151,19 +160,19 @@ def protocol_url(props: dict[str, str]) -> str:
     return f"http://127.0.0.1:{props['web.http.protocol.port']}{props['web.http.protocol.path']}"
 
 
-def start(props: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
+def start(props: dict[str, str], timeout: float = 180.0, dcp: bool = False) -> subprocess.Popen:
     """Start one EDC runtime; wait until it logs 'Runtime ... ready' and management answers.
 
     The process gets attributes: .log_path, .props, .mgmt (Mgmt client), .ready_seconds.
     """
-    build()
-    pid_name = props["edc.participant.id"]
+    jar = build(dcp=dcp)
+    pid_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", props["edc.participant.id"])
     RUN.mkdir(parents=True, exist_ok=True)
     cfg = RUN / f"{pid_name}.properties"
     cfg.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
     log_path = RUN / f"{pid_name}.log"
     logf = open(log_path, "w")  # noqa: SIM115 - handed to the child process, closed in stop()
-    cmd = [JAVA, f"-Dedc.fs.config={cfg}", "-Djava.net.preferIPv4Stack=true", "-jar", str(JAR)]
+    cmd = [JAVA, f"-Dedc.fs.config={cfg}", "-Djava.net.preferIPv4Stack=true", "-jar", str(jar)]
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

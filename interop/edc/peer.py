@@ -4,10 +4,15 @@ Never for production. Like ``interop/tck/profile.py`` it lives outside the insta
 nothing in ``connector`` imports it, so no ``connector.toml`` can switch it on.
 ``interop/edc/run.py`` starts it as::
 
-    python interop/edc/peer.py DIR --edc ID=DSP_BASE [--edc ID=DSP_BASE ...]
+    python interop/edc/peer.py DIR --edc ID=DSP_BASE [--edc ID=DSP_BASE ...] [--dcp WALLET]
 
 where ``DSP_BASE`` is the EDC participant's versioned DSP base (for example
 ``http://127.0.0.1:19194/protocol/2025-1``).
+
+With ``--dcp WALLET`` (the origin of ``interop/edc/wallet.py``) the identity is the folder's
+own DCP mode instead of iam-mock: self-issued tokens, our Credential Service, EDC's
+presentations verified by our DcpVerifier. Only the transport differs from a production
+daemon: DIDs resolved over http and http://loopback fetched (``interop/common/loopback_dcp.py``).
 
 What it changes in a normal daemon (serving ``datasets/`` and ``policies/`` of DIR with the
 normal automatic reactions):
@@ -49,6 +54,9 @@ from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Claims
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
+from loopback_dcp import HttpDidResolver, LoopbackHttp
 
 log = logging.getLogger("connector.edc-interop")
 EDC_VOCAB = "https://w3id.org/edc/v0.0.1/ns/"
@@ -147,10 +155,22 @@ def _management_api_class(factory: Callable[..., ManagementApi]) -> Iterator[Non
 
 
 class EdcPeerDaemon(Daemon):
-    def __init__(self, root: Path, edc_peers: Mapping[str, str]) -> None:
+    def __init__(self, root: Path, edc_peers: Mapping[str, str], wallet: str | None = None
+                 ) -> None:
+        self._wallet = wallet
         super().__init__(load_settings(root))
-        s = self.settings
         self.edc_peers = dict(edc_peers)  # participant id -> versioned DSP base
+        if wallet is None:
+            self._use_iam_mock()
+
+    def _dcp_transport(self) -> tuple[LoopbackHttp, HttpDidResolver]:
+        origins = [self._wallet] if self._wallet else []
+        http = LoopbackHttp(self._client_ssl(), https_origins=origins)
+        return http, HttpDidResolver(http, origins, cache_s=self.settings.did_cache_s,
+                                     clock=time.time)
+
+    def _use_iam_mock(self) -> None:
+        s = self.settings
         self.identity = IamMockIdentity(did=s.did, kid=s.signing_kid,
                                         key=self.identity._key, ttl_s=s.token_ttl_s,
                                         clock=time.time)
@@ -163,7 +183,9 @@ class EdcPeerDaemon(Daemon):
         return None  # plain HTTP on loopback: EDC's JVM client trusts no self-signed cert
 
     def claims_for(self, did: str) -> Claims:
-        if did in self.edc_peers:  # the data plane re-evaluates the agreement for its assignee
+        # iam-mock: the data plane re-evaluates the agreement for its assignee (in DCP mode the
+        # verifier holds the claims EDC's presentation proved)
+        if did in self.edc_peers and self._wallet is None:
             return Claims(participant_id=did, attributes=dict(EDC_ATTRIBUTES))
         return super().claims_for(did)
 
@@ -185,14 +207,15 @@ def parse_edc(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-async def serve(root: Path, edc_peers: Mapping[str, str]) -> None:
-    daemon = EdcPeerDaemon(root, edc_peers)
+async def serve(root: Path, edc_peers: Mapping[str, str], wallet: str | None) -> None:
+    daemon = EdcPeerDaemon(root, edc_peers, wallet)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"edc-interop profile ready: {daemon.settings.public_url} "
+    mode = "DCP" if wallet else "iam-mock"
+    print(f"edc-interop profile ({mode}) ready: {daemon.settings.public_url} "
           f"(management {daemon.settings.management_url})", flush=True)
     await stop.wait()
     await daemon.stop()
@@ -204,10 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--edc", action="append", default=[], metavar="ID=DSP_BASE",
                         help="an EDC participant id and its versioned DSP base")
+    parser.add_argument("--dcp", metavar="WALLET", default=None,
+                        help="DCP identity; WALLET is the origin of interop/edc/wallet.py")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.dir, parse_edc(args.edc)))
+    asyncio.run(serve(args.dir, parse_edc(args.edc), args.dcp))
     return 0
 
 

@@ -16,8 +16,10 @@ started here is stopped in ``finally``. ``EDC_INTEROP_KEEP=1`` keeps the tempora
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -36,12 +38,19 @@ sys.path.insert(0, str(HERE))
 
 import edc  # noqa: E402  (interop/edc/edc.py, stdlib only)
 
+from connector.authority import import_credential  # noqa: E402
 from connector.config import load_settings  # noqa: E402
-from connector.demo import free_port, free_port_pair  # noqa: E402
-from connector.folder import init_folder  # noqa: E402
+from connector.demo import free_port  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent / "common"))
+from loopback_dcp import loopback_folder  # noqa: E402
 
 READY_TIMEOUT_S = 20.0
 EDC_ID = "edc-participant"
+MODES = ("iam-mock", "dcp")
+STATUS_CACHE_S = 1  # ours ([identity] status_cache_s) and EDC's, in DCP mode
+# What EDC asks for and grants (InteropDcpExtension's default scopes): EDC's own alias.
+EDC_DCP_SCOPES = "org.eclipse.edc.vc.type:MembershipCredential:read"
 OUR_DATASET = "example-weather"
 EDC_ASSET = "edc-asset-1"
 EDC_RECORDS = [{"id": i, "name": f"edc-record-{i}", "value": i * 2.5} for i in range(7)]
@@ -93,21 +102,16 @@ def free_base_port() -> int:
     raise RuntimeError("no free block of 6 ports for EDC")
 
 
-def make_folder(root: Path) -> tuple[Path, str]:
-    """Our participant folder, its public URL rewritten to plain HTTP (as in make tck)."""
-    port = free_port_pair()
+def make_folder(root: Path, authority: str | None = None) -> tuple[Path, str]:
+    """Our participant folder on plain HTTP (as in make tck); DCP mode if ``authority``."""
     folder = root / "ours"
-    init_folder(folder, name="python-connector", url=f"https://127.0.0.1:{port}")
-    toml = folder / "connector.toml"
-    toml.write_text(toml.read_text().replace(f'url = "https://127.0.0.1:{port}"',
-                                             f'url = "http://127.0.0.1:{port}"'))
-    return folder, f"http://127.0.0.1:{port}"
+    url = loopback_folder(folder, "python-connector",
+                          dcp_issuers=[authority] if authority else [],
+                          identity=f"status_cache_s = {STATUS_CACHE_S}\n")
+    return folder, url
 
 
-def start_peer(folder: Path, edc_dsp: str, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "peer.py"), str(folder),
-                             "--edc", f"{EDC_ID}={edc_dsp}"],
-                            stdout=subprocess.PIPE, stderr=log.open("wb"))
+def wait_ready(proc: subprocess.Popen[bytes], what: str, log: Path) -> subprocess.Popen[bytes]:
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -117,7 +121,25 @@ def start_peer(folder: Path, edc_dsp: str, log: Path) -> subprocess.Popen[bytes]
         if not line and proc.poll() is not None:
             break
     stop_proc(proc)
-    raise RuntimeError(f"our connector (peer.py) did not start; see {log}")
+    raise RuntimeError(f"{what} did not start; see {log}")
+
+
+def start_peer(folder: Path, edc_id: str, edc_dsp: str, log: Path,
+               wallet: str | None = None) -> subprocess.Popen[bytes]:
+    dcp = ["--dcp", wallet] if wallet else []
+    proc = subprocess.Popen([sys.executable, str(HERE / "peer.py"), str(folder),
+                             "--edc", f"{edc_id}={edc_dsp}", *dcp],
+                            stdout=subprocess.PIPE, stderr=log.open("wb"))
+    return wait_ready(proc, "our connector (peer.py)", log)
+
+
+def start_wallet(root: Path, port: int, edc_dsp: str, secret: str, member: str,
+                 credential: Path, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "wallet.py"), str(root / "wallet"),
+                             "--port", str(port), "--edc-dsp", edc_dsp, "--sts-secret", secret,
+                             "--member", member, "--member-credential", str(credential)],
+                            stdout=subprocess.PIPE, stderr=log.open("wb"))
+    return wait_ready(proc, "the EDC wallet (wallet.py)", log)
 
 
 def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
@@ -330,35 +352,117 @@ def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url
 # -- main -----------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    root = Path(tempfile.mkdtemp(prefix="connector-edc-interop-"))
-    keep = os.environ.get("EDC_INTEROP_KEEP") == "1"
-    steps = Steps()
-    peer = edc_proc = data_srv = None
+def dcp_props(props: dict[str, str], wallet: str, edc_did: str, authority: str,
+              secret: str) -> None:
+    """EDC's DCP settings: its DID, the wallet's STS, did:web over http, the trusted issuer."""
+    props.update({
+        "edc.participant.id": edc_did,
+        "edc.iam.issuer.id": edc_did,
+        "edc.iam.sts.oauth.token.url": wallet + "/edc/sts/token",
+        "edc.iam.sts.oauth.client.id": edc_did,
+        "edc.iam.sts.oauth.client.secret.alias": "sts-client-secret",
+        "interop.vault.sts-client-secret": secret,
+        "interop.dcp.scopes": EDC_DCP_SCOPES,
+        "edc.iam.did.web.use.https": "false",
+        "edc.iam.trusted-issuer.authority.id": authority,
+        # EDC parses the status-list credential as JSON (it sends "Accept: */*" by default)
+        "edc.iam.credential.revocation.mimetype": "application/vc+ld+json",
+        # status lists cached for 1 s (default 15 min), so that step C2 sees a revocation
+        "edc.iam.credential.revocation.cache.validity": "1000",
+    })
+
+
+def revocations(steps: Steps, cm: edc.Mgmt, ours: OurMgmt, wallet: str, our_dsp: str,
+                our_did: str, edc_dsp: str, edc_id: str, logs: Path) -> None:
+    """C: the authority revokes a member; the other side refuses it once its status cache ends."""
+    def revoke(did: str) -> None:
+        status, raw = http("POST", wallet + "/authority/revoke", body={"subject": did})
+        if status != 200 or not json.loads(raw)["revoked"]:
+            raise Failed(f"the wallet did not revoke {did}: {status} {raw[:200]!r}")
+        time.sleep(STATUS_CACHE_S + 0.5)
+
+    def edc_refused() -> None:
+        revoke(edc_id)
+        try:
+            cm.request_catalog(our_dsp, our_did)
+        except RuntimeError as exc:
+            if "credential revoked" not in (logs / "peer.log").read_text():
+                raise Failed("refused, but our log gives no revocation reason") from exc
+            steps.note(f"EDC's management API: {str(exc)[:160]}")
+            return
+        raise Failed("our provider still answered EDC's catalogue request")
+
+    steps.run("C1", "authority revokes EDC's membership; our provider refuses EDC", edc_refused)
+
+    def json_lists_served() -> int:
+        return (logs / "wallet.log").read_text().count("served as application/vc+ld+json")
+
+    def we_are_refused() -> None:
+        revoke(our_did)
+        before = json_lists_served()
+        try:
+            ours.call("GET", "/api/catalog?provider=" + urllib.parse.quote(edc_dsp, safe=""))
+        except Failed as exc:
+            # EDC's answer says only "Unauthorized"; that it re-read the list is in the wallet log
+            if json_lists_served() <= before:
+                raise Failed("EDC refused without fetching the status list again") from exc
+            steps.note(f"our management API: {str(exc)[:200]}")
+            return
+        raise Failed("EDC still answered our catalogue request")
+
+    steps.run("C2", "authority revokes our membership; EDC refuses us", we_are_refused)
+
+
+def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
+    """One EDC participant and our connector in ``mode``; both directions. Stops everything."""
+    dcp = mode == "dcp"
+    peer = edc_proc = data_srv = wallet_proc = None
     exchanges: list[dict[str, Any]] = []
     proxies: list[edc.LoggingProxy] = []
-    ok = {"A": False, "B": False}
-    t_all = time.perf_counter()
+    ok = {"A": False, "B": False} | ({"C": False} if dcp else {})
+    root.mkdir(parents=True)
     try:
-        steps.run("0", "build EDC 0.14.1 (mvn, cached)", edc.build)
+        steps.run("0", f"build EDC 0.14.1 ({mode}; mvn, cached)", lambda: edc.build(dcp=dcp))
         base = free_base_port()
-        folder, url = make_folder(root)
+        edc_root = f"http://127.0.0.1:{base + 4}"
+        to_edc = edc.LoggingProxy("ours-to-edc", free_port(), edc_root, exchanges)
+        proxies.append(to_edc)
+        edc_dsp = to_edc.url + "/protocol/2025-1"
+        wallet = edc_id = authority = None
+        if dcp:
+            wallet_port = free_port()
+            wallet = f"http://127.0.0.1:{wallet_port}"
+            edc_id = f"did:web:127.0.0.1%3A{wallet_port}:edc"
+            authority = f"did:web:127.0.0.1%3A{wallet_port}:authority"
+        folder, url = make_folder(root, authority)
         settings = load_settings(folder)
+        secret = secrets.token_urlsafe(16)
+        if dcp:
+            assert wallet is not None
+            credential = root / "our-membership.jwt"
+            wallet_proc = steps.run(
+                "0", "start the EDC participant's wallet (DID, STS, Credential Service) and "
+                "the authority",
+                lambda: start_wallet(root, wallet_port, edc_dsp, secret, settings.did,
+                                     credential, root / "wallet.log"))
+            import_credential(folder, credential)
+            steps.note(f"EDC is {edc_id}; authority {authority}; our MembershipCredential "
+                       "imported into credentials/")
+        edc_id = edc_id or EDC_ID
         # Logging proxies: EDC -> us (its requests as consumer) and us -> EDC (our requests as
         # consumer and our callbacks as provider); every exchange lands in <tmp>/captures/.
-        edc_root = f"http://127.0.0.1:{base + 4}"
         to_ours = edc.LoggingProxy("edc-to-ours", free_port(), url, exchanges)
-        to_edc = edc.LoggingProxy("ours-to-edc", free_port(), edc_root, exchanges)
-        proxies += [to_ours, to_edc]
-        props = edc.participant_props(EDC_ID, base,
-                                      callback_address=to_edc.url + "/protocol")
-        edc_dsp = to_edc.url + "/protocol/2025-1"
+        proxies.append(to_ours)
+        props = edc.participant_props(edc_id, base, callback_address=to_edc.url + "/protocol")
+        if dcp:
+            assert wallet is not None and authority is not None
+            dcp_props(props, wallet, edc_id, authority, secret)
         our_dsp_via_proxy = to_ours.url + "/dsp/2025-1"
-        peer = steps.run("0", "start our connector (peer.py, iam-mock profile, plain HTTP)",
-                         lambda: start_peer(folder, edc_dsp, root / "peer.log"))
+        peer = steps.run("0", f"start our connector (peer.py, {mode} profile, plain HTTP)",
+                         lambda: start_peer(folder, edc_id, edc_dsp, root / "peer.log", wallet))
         steps.note(f"ours: {settings.dsp_base} as {settings.did} (log {root / 'peer.log'})")
-        edc_proc = steps.run("0", f"start EDC participant {EDC_ID!r}",
-                             lambda: edc.start(props))
+        edc_proc = steps.run("0", f"start EDC participant {edc_id!r}",
+                             lambda: edc.start(props, dcp=dcp))
         steps.note(f"EDC: {edc_dsp}, management {edc.management_url(props)}, ready in "
                    f"{edc_proc.ready_seconds:.1f} s, VmRSS {edc.rss_kib(edc_proc) // 1024} MiB "
                    f"(log {edc_proc.log_path})")
@@ -369,17 +473,17 @@ def main() -> int:
         data_port = free_port()
         data_srv = edc.serve_directory(data_dir, data_port)
 
-        print("\n== A: EDC consumer -> our provider ==", flush=True)
+        print(f"\n== {mode} A: EDC consumer -> our provider ==", flush=True)
         t0 = time.perf_counter()
         try:
             edc_consumes(steps, edc_proc.mgmt, our_dsp_via_proxy, settings.did, folder)
             ok["A"] = True
         except Failed as exc:
             print(f"   direction A stopped at {exc}", flush=True)
-        print(f"   direction A: {'PASS' if ok['A'] else 'FAIL'} "
+        print(f"   {mode} direction A: {'PASS' if ok['A'] else 'FAIL'} "
               f"({(time.perf_counter() - t0) * 1000:.0f} ms)", flush=True)
 
-        print("\n== B: our consumer -> EDC provider ==", flush=True)
+        print(f"\n== {mode} B: our consumer -> EDC provider ==", flush=True)
         t0 = time.perf_counter()
         try:
             we_consume(steps, edc_proc.mgmt, OurMgmt(folder), edc_dsp,
@@ -387,33 +491,61 @@ def main() -> int:
             ok["B"] = True
         except Failed as exc:
             print(f"   direction B stopped at {exc}", flush=True)
-        print(f"   direction B: {'PASS' if ok['B'] else 'FAIL'} "
+        print(f"   {mode} direction B: {'PASS' if ok['B'] else 'FAIL'} "
               f"({(time.perf_counter() - t0) * 1000:.0f} ms)", flush=True)
+        if dcp:
+            assert wallet is not None
+            print(f"\n== {mode} C: revocation, both ways ==", flush=True)
+            try:
+                revocations(steps, edc_proc.mgmt, OurMgmt(folder), wallet, our_dsp_via_proxy,
+                            settings.did, edc_dsp, edc_id, root)
+                ok["C"] = True
+            except Failed as exc:
+                print(f"   revocation stopped at {exc}", flush=True)
     except Failed:
         pass
     finally:
         stop_proc(peer)
+        stop_proc(wallet_proc)
         for proxy in proxies:
             proxy.close()
-        if exchanges and keep:
+        if exchanges:
             edc.write_captures(exchanges, root / "captures")
-            print(f"{len(exchanges)} DSP exchanges captured under {root / 'captures'}")
-        elif exchanges:
-            print(f"{len(exchanges)} DSP exchanges seen (EDC_INTEROP_KEEP=1 writes them to "
-                  "<tmp>/captures/)")
+            print(f"{len(exchanges)} DSP exchanges captured (kept with EDC_INTEROP_KEEP=1)")
         if edc_proc is not None:
             edc.stop(edc_proc)
         edc.stop()
         if data_srv is not None:
             data_srv.shutdown()
             data_srv.server_close()
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make interop: our connector and EDC 0.14.1")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    args = parser.parse_args(argv)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    root = Path(tempfile.mkdtemp(prefix="connector-edc-interop-"))
+    keep = os.environ.get("EDC_INTEROP_KEEP") == "1"
+    steps = Steps()
+    results: dict[str, dict[str, bool]] = {}
+    t_all = time.perf_counter()
+    try:
+        for mode in modes:
+            print(f"\n######## identity: {mode} ########", flush=True)
+            results[mode] = run_mode(mode, root / mode, steps)
+    finally:
         if keep:
             print(f"kept {root}", flush=True)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    passed = all(ok.values())
-    print(f"\ninterop {'PASS' if passed else 'FAIL'}: EDC->us {'PASS' if ok['A'] else 'FAIL'}, "
-          f"us->EDC {'PASS' if ok['B'] else 'FAIL'} "
+    passed = all(all(r.values()) for r in results.values()) and len(results) == len(modes)
+    names = {"A": "EDC->us", "B": "us->EDC", "C": "revocation"}
+    summary = "; ".join(f"{mode}: " + ", ".join(f"{names[k]} {'PASS' if v else 'FAIL'}"
+                                                for k, v in r.items())
+                        for mode, r in results.items())
+    print(f"\ninterop {'PASS' if passed else 'FAIL'}: {summary} "
           f"(total {time.perf_counter() - t_all:.1f} s)", flush=True)
     return 0 if passed else 1
 

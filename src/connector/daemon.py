@@ -138,9 +138,14 @@ class Daemon:
 
     # -- identity: DCP wiring and [signing] reload -------------------------------------------
 
+    def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
+        """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
+        return self.dcp_http, DidResolver(self.dcp_http, cache_s=self.settings.did_cache_s,
+                                          clock=time.time)
+
     def _wire_dcp(self) -> None:
         s = self.settings
-        resolver = DidResolver(self.dcp_http, cache_s=s.did_cache_s, clock=time.time)
+        self.dcp_http, resolver = self._dcp_transport()
         verifier = DcpVerifier(
             identity=self.identity, resolver=resolver, http=self.dcp_http,
             trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
