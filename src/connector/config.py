@@ -14,6 +14,7 @@ from typing import Any
 from connector.core.dcp import SPEC_SCOPE_ALIAS
 from connector.core.errors import ConfigError
 from connector.core.hosts import parse_host_pattern
+from connector.core.identity import MAX_TOKEN_LIFETIME_S
 
 CONFIG_FILE = "connector.toml"
 # DSP 2025-1 §HTTPS binding: <base> = <root> + the path of the version entry.
@@ -130,7 +131,7 @@ def load_settings(root: Path) -> Settings:
         management_token_file=root / _get(mgmt, "token_file", str, f"{where} [management]"),
         database=root / storage.get("sqlite", "state/connector.db"),
         registries=tuple(registry.get("urls", [])),
-        token_ttl_s=int(signing.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)),
+        token_ttl_s=_token_ttl(signing, f"{where} [signing]"),
         clock_leeway_s=int(signing.get("clock_leeway_s", DEFAULT_CLOCK_LEEWAY_S)),
         data_token_ttl_s=int(server.get("data_token_ttl_s", DEFAULT_DATA_TOKEN_TTL_S)),
         identity_mode=identity["mode"],
@@ -145,6 +146,16 @@ def load_settings(root: Path) -> Settings:
             "participant", "server", "management", "storage", "signing", "registry",
             "identity"}},
     )
+
+
+def _token_ttl(signing: dict[str, Any], where: str) -> int:
+    """[signing] token_ttl_s: 1..MAX_TOKEN_LIFETIME_S (peers refuse longer-lived tokens)."""
+    value = signing.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)
+    if not isinstance(value, int) or isinstance(value, bool) or not (
+            0 < value <= MAX_TOKEN_LIFETIME_S):
+        raise ConfigError(f"{where}: key 'token_ttl_s' must be an integer from 1 to "
+                          f"{MAX_TOKEN_LIFETIME_S} (verifiers refuse longer-lived tokens)")
+    return value
 
 
 def _str_list(table: dict[str, Any], key: str, default: list[str], where: str) -> list[str]:

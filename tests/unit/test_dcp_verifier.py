@@ -304,6 +304,12 @@ def test_identity_settings(tmp_path: Any) -> None:
     assert s.scope_alias == "org.eclipse.dspace.dcp.vc.type"
     config.write_text(text + '\n[identity]\nscope_alias = "org.eclipse.edc.vc.type"\n')
     assert load_settings(tmp_path / "p").scope_alias == "org.eclipse.edc.vc.type"
+    for bad in (0, 3601, '"300"'):
+        config.write_text(text.replace("[signing]\n", f"[signing]\ntoken_ttl_s = {bad}\n"))
+        with pytest.raises(ConfigError, match="token_ttl_s"):
+            load_settings(tmp_path / "p")
+    config.write_text(text.replace("[signing]\n", "[signing]\ntoken_ttl_s = 3600\n"))
+    assert load_settings(tmp_path / "p").token_ttl_s == 3600
     config.write_text(text + '\n[identity]\nscope_alias = "a:b"\n')
     with pytest.raises(ConfigError, match="scope_alias"):
         load_settings(tmp_path / "p")

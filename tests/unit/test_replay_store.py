@@ -169,3 +169,22 @@ def test_at_the_bound_expired_jtis_behind_a_long_lived_one_are_swept(
     verifier.verify(_authorization("s3", now=int(clock.now)))  # s1, s2 swept, not "long"
     with pytest.raises(AuthError, match="replayed"):
         verifier.verify(_authorization("long", ttl=3600))
+
+
+def test_a_token_living_longer_than_the_cap_is_refused_and_not_remembered() -> None:
+    verifier = _verifier(Clock())
+    with pytest.raises(AuthError, match="token lifetime 3601 s exceeds 3600 s"):
+        verifier.verify(_authorization("years", ttl=3601))
+    assert "years" not in verifier._seen
+    verifier.verify(_authorization("hour", ttl=3600))  # at the cap: accepted
+
+
+async def test_the_dcp_verifier_applies_the_lifetime_cap() -> None:
+    w = World()
+    from connector.core.identity import issue_dcp_token
+
+    token = issue_dcp_token(w.holder.key, kid=w.holder.kid, issuer=w.holder.did,
+                            audience=w.verifier_party.did, now=NOW, jti="long",
+                            ttl_s=86_400, access_token="x")
+    with pytest.raises(AuthError, match="token lifetime 86400 s exceeds"):
+        await w.verifier.verify_token("Bearer " + token)

@@ -48,6 +48,9 @@ KEY_RELATIONSHIPS = ("authentication", "assertionMethod", "capabilityInvocation"
 DSP_SERVICE_TYPE = "DataService"
 # DCP 1.0 §Credential Service endpoint discovery: the service type a verifier looks for.
 CREDENTIAL_SERVICE_TYPE = "CredentialService"
+# The longest self-issued token life a verifier accepts (ours default to [signing] token_ttl_s =
+# 300 s, EDC's STS to 5 min): a jti is remembered until its token expires.
+MAX_TOKEN_LIFETIME_S = 3600
 
 # RFC 7518 §3.4 / RFC 8812 §3.2: the JWS alg that goes with each curve, and its hash.
 _EC_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {

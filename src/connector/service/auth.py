@@ -24,8 +24,10 @@ from connector.core import dcp
 from connector.core.credentials import issue_presentation
 from connector.core.errors import AuthError
 from connector.core.identity import (
+    MAX_TOKEN_LIFETIME_S,
     KeyRing,
     SigningKey,
+    TokenClaims,
     issue_dcp_token,
     issue_token,
     verify_token,
@@ -143,9 +145,20 @@ class Verifier:
         now = int(self._clock())
         claims = verify_token(token.strip(), audience=self.did, now=now,
                               leeway_s=self._leeway_s, keys=self._keys)
-        self._remember(claims.jti, claims.expires_at + self._leeway_s, now)
+        self._accept(claims, now)
         peer = self._peers[claims.issuer]
         return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes))
+
+    def _accept(self, claims: TokenClaims, now: int) -> None:
+        """Refuse a token living longer than MAX_TOKEN_LIFETIME_S, else remember its jti.
+
+        Replay protection holds a jti until the token expires; a token valid for years would
+        hold its slot (and, in numbers, fill the bound) for years.
+        """
+        lifetime = claims.expires_at - claims.issued_at
+        if lifetime > MAX_TOKEN_LIFETIME_S:
+            raise AuthError(f"token lifetime {lifetime} s exceeds {MAX_TOKEN_LIFETIME_S} s")
+        self._remember(claims.jti, claims.expires_at + self._leeway_s, now)
 
     def _remember(self, jti: str, until: int, now: int) -> None:
         """Accept ``jti`` once until ``until``; AuthError for a replay or past the bound."""

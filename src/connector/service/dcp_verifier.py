@@ -233,7 +233,7 @@ class DcpVerifier(Verifier):
         now = int(self._clock())
         claims = verify_dcp_token(token, audience=self.did, now=now, leeway_s=self._leeway_s,
                                   keys=ring)
-        self._remember(claims.jti, claims.expires_at + self._leeway_s, now)
+        self._accept(claims, now)
         return claims
 
     async def verify_async(self, authorization: str | None) -> Claims:
