@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +32,9 @@ from connector.demo import free_port
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "common"))
 from loopback_dcp import loopback_folder  # noqa: E402
+from procs import start_until_ready, stop_proc  # noqa: E402
 
 POM = HERE / "pom.xml"
-READY_TIMEOUT_S = 20.0
 MAVEN_TIMEOUT_S = 1800.0
 PACKAGE = "org.eclipse.dataspacetck.dcp.verification.presentation."
 SUITES = {"cs": "dataspacetck.did.holder", "verifier": "dataspacetck.did.verifier"}
@@ -67,19 +66,9 @@ def make_folder(root: Path, issuers: list[str]) -> tuple[Path, str]:
 
 def start_profile(folder: Path, tck_origin: str, secret: str,
                   log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "profile.py"), str(folder),
-                             "--tck-origin", tck_origin, "--sts-secret", secret],
-                            stdout=subprocess.PIPE, stderr=log.open("ab"))
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if b"ready" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the DCP TCK profile did not start; see {log}")
+    return start_until_ready([sys.executable, str(HERE / "profile.py"), str(folder),
+                              "--tck-origin", tck_origin, "--sts-secret", secret],
+                             log, "the DCP TCK profile")
 
 
 def properties(values: dict[str, str], *, holder_is_cut: bool) -> str:
@@ -161,8 +150,7 @@ def main() -> int:
                   file=sys.stderr)
             rc, output = run_maven(props, args.online)
             (root / f"tck-{suite}-raw.log").write_text(output)
-            proc.terminate()
-            proc.wait(10)
+            stop_proc(proc)
             proc = None
             results, complete = parse(suite, output)
             if not results or not complete:
@@ -190,9 +178,7 @@ def main() -> int:
             return 2
         return 0 if failed == 0 else 1
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+        stop_proc(proc)
         if keep:
             print(f"[dcp-tck] kept {root}", file=sys.stderr)
         else:

@@ -44,8 +44,8 @@ from connector.demo import free_port  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "common"))
 from loopback_dcp import loopback_folder  # noqa: E402
+from procs import start_until_ready, stop_proc  # noqa: E402
 
-READY_TIMEOUT_S = 20.0
 EDC_ID = "edc-participant"
 MODES = ("iam-mock", "dcp")
 STATUS_CACHE_S = 1  # ours ([identity] status_cache_s) and EDC's, in DCP mode
@@ -111,46 +111,20 @@ def make_folder(root: Path, authority: str | None = None) -> tuple[Path, str]:
     return folder, url
 
 
-def wait_ready(proc: subprocess.Popen[bytes], what: str, log: Path) -> subprocess.Popen[bytes]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if b"ready" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    stop_proc(proc)
-    raise RuntimeError(f"{what} did not start; see {log}")
-
-
 def start_peer(folder: Path, edc_id: str, edc_dsp: str, log: Path,
                wallet: str | None = None) -> subprocess.Popen[bytes]:
     dcp = ["--dcp", wallet] if wallet else []
-    proc = subprocess.Popen([sys.executable, str(HERE / "peer.py"), str(folder),
-                             "--edc", f"{edc_id}={edc_dsp}", *dcp],
-                            stdout=subprocess.PIPE, stderr=log.open("wb"))
-    return wait_ready(proc, "our connector (peer.py)", log)
+    return start_until_ready([sys.executable, str(HERE / "peer.py"), str(folder),
+                              "--edc", f"{edc_id}={edc_dsp}", *dcp],
+                             log, "our connector (peer.py)")
 
 
 def start_wallet(root: Path, port: int, edc_dsp: str, secret: str, member: str,
                  credential: Path, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "wallet.py"), str(root / "wallet"),
-                             "--port", str(port), "--edc-dsp", edc_dsp, "--sts-secret", secret,
-                             "--member", member, "--member-credential", str(credential)],
-                            stdout=subprocess.PIPE, stderr=log.open("wb"))
-    return wait_ready(proc, "the EDC wallet (wallet.py)", log)
-
-
-def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    return start_until_ready([sys.executable, str(HERE / "wallet.py"), str(root / "wallet"),
+                              "--port", str(port), "--edc-dsp", edc_dsp, "--sts-secret", secret,
+                              "--member", member, "--member-credential", str(credential)],
+                             log, "the EDC wallet (wallet.py)")
 
 
 # -- HTTP helpers --------------------------------------------------------------------------------

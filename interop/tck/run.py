@@ -15,42 +15,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from connector.config import load_settings
-from connector.demo import free_port, free_port_pair
-from connector.folder import init_folder
+from connector.demo import free_port
 
 HERE = Path(__file__).resolve().parent
-READY_TIMEOUT_S = 20.0
+sys.path.insert(0, str(HERE.parent / "common"))
+from loopback_dcp import loopback_folder  # noqa: E402
+from procs import start_until_ready, stop_proc  # noqa: E402
 
 
 def make_folder(root: Path) -> tuple[Path, str]:
     """A participant folder whose public URL is plain HTTP on loopback."""
-    port = free_port_pair()
     folder = root / "cut"
-    init_folder(folder, name="tck-cut", url=f"https://127.0.0.1:{port}")
-    toml = folder / "connector.toml"
-    toml.write_text(toml.read_text().replace(f'url = "https://127.0.0.1:{port}"',
-                                             f'url = "http://127.0.0.1:{port}"'))
-    return folder, f"http://127.0.0.1:{port}"
+    return folder, loopback_folder(folder, "tck-cut")
 
 
 def start_profile(folder: Path, authorization: str, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "profile.py"), str(folder),
-                             "--authorization", authorization],
-                            stdout=subprocess.PIPE, stderr=log.open("wb"))
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if b"ready" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the TCK profile did not start; see {log}")
+    return start_until_ready([sys.executable, str(HERE / "profile.py"), str(folder),
+                              "--authorization", authorization], log, "the TCK profile")
 
 
 def properties(values: dict[str, str]) -> str:
@@ -82,9 +66,7 @@ def main() -> int:
                                  "--log", str(root / "tck-raw.log"), *sys.argv[1:]])
         return result.returncode
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+        stop_proc(proc)
         if keep:
             print(f"kept {root}", file=sys.stderr)
         else:
