@@ -28,7 +28,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -43,6 +42,7 @@ from connector.config import load_settings
 from connector.core import dcp
 from connector.daemon import Daemon
 from connector.keys import load_any_signing_key
+from connector.signals import until_signalled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
 from loopback_dcp import HttpDidResolver, LoopbackHttp
@@ -109,12 +109,7 @@ class DcpTckDaemon(Daemon):
 async def serve(root: Path, tck_origin: str, sts_secret: str) -> None:
     daemon = DcpTckDaemon(root, tck_origin, sts_secret)
     await daemon.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"dcp-tck profile ready: {daemon.settings.public_url}", flush=True)
-    await stop.wait()
+    await until_signalled(f"dcp-tck profile ready: {daemon.settings.public_url}")
     await daemon.stop()
 
 

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -54,6 +53,7 @@ from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Claims
+from connector.signals import until_signalled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
 from loopback_dcp import HttpDidResolver, LoopbackHttp
@@ -210,14 +210,9 @@ def parse_edc(values: Sequence[str]) -> dict[str, str]:
 async def serve(root: Path, edc_peers: Mapping[str, str], wallet: str | None) -> None:
     daemon = EdcPeerDaemon(root, edc_peers, wallet)
     await daemon.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     mode = "DCP" if wallet else "iam-mock"
-    print(f"edc-interop profile ({mode}) ready: {daemon.settings.public_url} "
-          f"(management {daemon.settings.management_url})", flush=True)
-    await stop.wait()
+    await until_signalled(f"edc-interop profile ({mode}) ready: {daemon.settings.public_url} "
+                          f"(management {daemon.settings.management_url})")
     await daemon.stop()
 
 

@@ -28,7 +28,6 @@ import asyncio
 import hmac
 import json
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -59,6 +58,7 @@ from connector.core.identity import (
 from connector.keys import generate_ec_signing_key
 from connector.service.auth import Identity
 from connector.service.dcp_verifier import CredentialService, DcpVerifier
+from connector.signals import until_signalled
 
 log = logging.getLogger("connector.edc-wallet")
 TOKEN_TTL_S = 300
@@ -194,13 +194,8 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(wallet.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"wallet ready: {wallet.origin} edc={wallet.edc_did} "
-          f"authority={wallet.authority_did}", flush=True)
-    await stop.wait()
+    await until_signalled(f"wallet ready: {wallet.origin} edc={wallet.edc_did} "
+                          f"authority={wallet.authority_did}")
     await runner.cleanup()
 
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import hmac
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -39,6 +38,7 @@ from connector.daemon import Daemon, FolderState
 from connector.service.auth import Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.store import Agreement
+from connector.signals import until_signalled
 
 log = logging.getLogger("connector.tck")
 TCK = "TCK_PARTICIPANT"
@@ -229,12 +229,7 @@ class TckDaemon(Daemon):
 async def serve(root: Path, authorization: str) -> None:
     daemon = TckDaemon(root, authorization)
     await daemon.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"tck profile ready: {daemon.settings.public_url}", flush=True)
-    await stop.wait()
+    await until_signalled(f"tck profile ready: {daemon.settings.public_url}")
     await daemon.stop()
 
 

@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import secrets
-import signal
 import ssl
 import sys
 import time
@@ -59,6 +58,7 @@ from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
 from connector.service.store import OutboxItem
 from connector.service.transfers import TransferService
+from connector.signals import until_signalled
 
 log = logging.getLogger("connector")
 # How often the folder is checked for edits (mtime scan of three small directories).
@@ -319,16 +319,9 @@ async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
     settings = load_settings(root)
     daemon = Daemon(settings)
     await daemon.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     gc.freeze()  # start-up objects live forever: keep them out of every collection
-    print(f"connector {settings.name} ready: {settings.public_url} "
-          f"(management {settings.management_url})", flush=True)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
+    await until_signalled(f"connector {settings.name} ready: {settings.public_url} "
+                          f"(management {settings.management_url})", ready)
     await daemon.stop()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -46,6 +45,7 @@ from connector.registry.replication import DEFAULT_INTERVAL_S, Replicator
 from connector.registry.service import RegistryService
 from connector.registry.store import RegistryStore
 from connector.service.auth import Identity, Verifier
+from connector.signals import until_signalled
 
 log = logging.getLogger("connector.registry")
 REGISTRY_FILE = "registry.toml"
@@ -229,12 +229,7 @@ async def serve(root: Path) -> None:
     settings = load_registry_settings(root)
     daemon = RegistryDaemon(settings)
     await daemon.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"registry {settings.name} ready: {settings.public_url}", flush=True)
-    await stop.wait()
+    await until_signalled(f"registry {settings.name} ready: {settings.public_url}")
     await daemon.stop()
 
 
