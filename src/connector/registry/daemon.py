@@ -173,6 +173,10 @@ class RegistryDaemon:
     async def start(self) -> None:
         s = self.settings
         self.store = await RegistryStore.open(s.database)
+        # Replays stay refused across a restart: the jtis accepted before it, until they expire.
+        live = await self.verifier.restore(self.store)
+        if live:
+            log.info("remembering %d unexpired token ids from before the restart", live)
         self.service = RegistryService(self.store, self.peers, leeway_s=s.clock_leeway_s,
                                        clock=time.time)
         did_document = json.loads((s.root / DID_FILE).read_text())
@@ -212,6 +216,7 @@ class RegistryDaemon:
             gone = await self.service.sweep()
             if gone:
                 log.info("expired %d entries", gone)
+            await self.store.purge_jtis(int(time.time()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -53,6 +53,10 @@ FACET_SAMPLE = 2_000
 # FACET_EXACT_LIMIT (facets over every match are over ranked ones).
 RANK_CANDIDATES = 5_000
 _NEVER = 2**62
+# Seen token ids queue for at most this long, then commit together (one hop, one transaction).
+JTI_FLUSH_S = 0.01
+_RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
+               " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,8 @@ class RegistryStore:
         self._browse_facets: tuple[int, int, dict[str, list[dict[str, Any]]]] | None = None
         self._soonest = 0  # no head expires before this (a lower bound; 0: look)
         self.facet_index = FacetIndex()
+        self._jtis: list[Statement] = []  # seen token ids not yet committed
+        self._jti_flush: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> RegistryStore:
@@ -219,6 +225,9 @@ class RegistryStore:
         self._next_dataset = int(last_id) + 1
 
     async def close(self) -> None:
+        if self._jti_flush is not None:
+            self._jti_flush.cancel()
+        await self._flush_jtis()
         await self._reader.close()
         await self._writer.close()
 
@@ -293,6 +302,38 @@ class RegistryStore:
         async with self._write_lock:
             await self._run([("INSERT OR REPLACE INTO replication (peer, since) VALUES (?, ?)",
                               (peer, since))])
+
+    # -- seen token ids (service.store.SeenTokens) -------------------------------------------
+
+    def record_jti(self, jti: str, until: int) -> None:
+        """Queue a seen jti; it commits within JTI_FLUSH_S (write-behind, never waits).
+
+        A crash loses at most the jtis of the last JTI_FLUSH_S: a token accepted then could be
+        replayed once after the restart.
+        """
+        self._jtis.append((_RECORD_JTI, (jti, until)))
+        if self._jti_flush is None:
+            self._jti_flush = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(JTI_FLUSH_S)
+        await self._flush_jtis()
+
+    async def _flush_jtis(self) -> None:
+        self._jti_flush = None
+        rows, self._jtis = self._jtis, []
+        if rows:
+            async with self._write_lock:
+                await self._run(rows)
+
+    async def live_jtis(self, now: int) -> list[tuple[str, int]]:
+        rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= ?"
+                                " ORDER BY until", (now,))
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    async def purge_jtis(self, now: int) -> None:
+        async with self._write_lock:
+            await self._run([("DELETE FROM seen_tokens WHERE until < ?", (now,))])
 
     # -- reads ------------------------------------------------------------------------------
 
