@@ -147,6 +147,26 @@ async def test_unknown_offer_is_400(http: aiohttp.ClientSession, space: Space) -
     assert status == 400 and doc["code"] == "offer-rejected"
 
 
+async def test_a_callback_at_the_metadata_address_is_400_and_stores_nothing(
+        http: aiohttp.ClientSession, space: Space) -> None:
+    """SSRF (#4): we would POST the agreement to the callbackAddress; refuse it up front."""
+    body = {**request_body(space.members), "callbackAddress": "http://169.254.169.254/x"}
+    status, doc = await call(http, "POST", f"{space.base}/negotiations/request", body,
+                             space.members.token(space.provider_did))
+    assert status == 400 and doc["@type"] == "ContractNegotiationError", doc
+    assert doc["consumerPid"] == body["consumerPid"]
+    assert "callbackAddress 'http://169.254.169.254/x' refused: its host 169.254.169.254 is " \
+        "a link-local address" in doc["reason"][0]
+    assert body["consumerPid"] not in await provider_consumer_pids(http, space)
+    transfer = {"@context": CTX, "@type": "TransferRequestMessage", "consumerPid": "urn:uuid:t2",
+                "agreementId": "urn:uuid:any", "format": "HttpData-PULL",
+                "callbackAddress": "http://[::ffff:169.254.169.254]/x"}
+    status, doc = await call(http, "POST", f"{space.base}/transfers/request", transfer,
+                             space.members.token(space.provider_did))
+    assert status == 400 and doc["@type"] == "TransferError"
+    assert "callbackAddress" in doc["reason"][0] and "link-local" in doc["reason"][0]
+
+
 async def test_unknown_pid_is_404(http: aiohttp.ClientSession, space: Space) -> None:
     token = space.members.token(space.provider_did)
     status, doc = await call(http, "GET", f"{space.base}/negotiations/urn:uuid:nope", token=token)

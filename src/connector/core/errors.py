@@ -151,14 +151,17 @@ class PeerError(ConnectorError):
     status = 502
     code = "peer"
 
-    def __init__(self, message: str, *, peer_status: int | None = None) -> None:
+    def __init__(self, message: str, *, peer_status: int | None = None,
+                 final: bool = False) -> None:
         super().__init__(message)
         self.peer_status = peer_status
+        self.final = final  # not worth retrying: e.g. an address we refuse to connect to
 
     @property
     def retryable(self) -> bool:
-        """Network errors and 5xx are retried; a 4xx answer is final (EDC does the same)."""
-        return self.peer_status is None or self.peer_status >= 500
+        """Network errors and 5xx are retried; a 4xx answer is final (EDC does the same), and
+        so is a request we refused to send."""
+        return not self.final and (self.peer_status is None or self.peer_status >= 500)
 
 
 class Problem:

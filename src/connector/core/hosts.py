@@ -19,6 +19,13 @@ applies them to the URL's host and to every address that host resolves to):
   itself). Hosts are compared case-insensitively, IP addresses in normal form (an IPv6
   address with a port is written ``[::1]:8443``); internationalised names are written in
   their ASCII (``xn--``) form.
+
+A peer's DSP ``callbackAddress`` is another such URL: we send agreements, transfer starts and
+pushed data there. ``callback_refusal`` is checked where an initial message is accepted: an
+absolute http(s) URL with a host that is not an IP address ``address_refusal`` refuses
+(http and loopback/private addresses stay allowed: interop profiles call back to
+http://127.0.0.1). ``adapters.http.guard`` applies ``address_refusal`` again when sending, to
+IP addresses and to the addresses a name resolves to.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -34,6 +42,9 @@ _BRACKETED = re.compile(r"\[([0-9a-f:.]+)\](?::([0-9]+))?")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+# A last label like these makes a URL parser read the host as an IPv4 address in another
+# form (2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518).
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 EXAMPLES = "'authority.example', 'authority.example:8443', '*.members.example' or '10.0.0.7'"
 
 
@@ -62,6 +73,28 @@ def address_refusal(address: str) -> str | None:
         return "a multicast address"
     if ip == _BROADCAST:
         return "the broadcast address"
+    return None
+
+
+def callback_refusal(url: str) -> str | None:
+    """Why a peer's ``callbackAddress`` is refused (None: accepted)."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "a URL may not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "not an http or https URL"
+    host = parts.hostname
+    if not host:
+        return "a URL without a host"
+    why = address_refusal(host)
+    if why is not None:
+        return f"its host {normal_host(host)} is {why}"
+    if _ip(host) is None and _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        return f"its host {host} is an IP address in a non-standard form"
     return None
 
 

@@ -31,6 +31,7 @@ from connector.core.errors import (
     PolicyError,
     UnknownProcess,
 )
+from connector.core.hosts import callback_refusal
 from connector.core.messages import (
     ContractAgreementMessage,
     ContractNegotiation,
@@ -120,6 +121,7 @@ class NegotiationService:
         if msg.provider_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractRequestMessage needs callbackAddress "
                                    "and no providerPid", consumer_pid=msg.consumer_pid)
+        _check_callback(msg.callback_address, consumer_pid=msg.consumer_pid)
         offer = self._catalog().find_offer(_offer_id(msg.offer))
         target = msg.offer.get("target")
         if offer is None or (target is not None and target != offer.dataset_id):
@@ -155,6 +157,7 @@ class NegotiationService:
         if msg.consumer_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractOfferMessage needs callbackAddress "
                                    "and no consumerPid", provider_pid=msg.provider_pid)
+        _check_callback(msg.callback_address, provider_pid=msg.provider_pid)
         cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)
         now = self._clock()
         pid = self._new_id()
@@ -388,6 +391,16 @@ def trace_lines(decision: Decision) -> list[str]:
 def _offer_id(offer: dict[str, Any]) -> str | None:
     value = offer.get("@id")
     return value if isinstance(value, str) else None
+
+
+def _check_callback(url: str, *, consumer_pid: str | None = None,
+                    provider_pid: str | None = None) -> None:
+    """We will send to a peer's callbackAddress: refuse one aimed at internal services
+    (cloud metadata and the like, issue #4) before anything is stored."""
+    why = callback_refusal(url)
+    if why is not None:
+        raise MalformedMessage(f"callbackAddress {url[:200]!r} refused: {why}",
+                               consumer_pid=consumer_pid, provider_pid=provider_pid)
 
 
 def _pids_of(pid: str) -> dict[str, str | None]:

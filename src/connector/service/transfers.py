@@ -35,6 +35,7 @@ from connector.core.errors import (
     TransferDenied,
     UnknownProcess,
 )
+from connector.core.hosts import callback_refusal
 from connector.core.messages import (
     EDC_NS,
     DataAddress,
@@ -119,6 +120,10 @@ class TransferService:
 
     async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
         """T2: open a transfer under one of our agreements; idempotent per consumerPid."""
+        why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there (#4)
+        if why is not None:
+            raise MalformedMessage(f"callbackAddress {msg.callback_address[:200]!r} refused: "
+                                   f"{why}", area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
         existing = await self._store.find_transfer(consumer_pid=msg.consumer_pid,
                                                    role=Role.PROVIDER.value)
         if existing is not None:

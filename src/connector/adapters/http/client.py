@@ -4,16 +4,32 @@ One ``aiohttp.ClientSession`` per daemon keeps TLS connections alive (a new TLS 
 costs ~1.2 ms of CPU on this class of machine, a reused one ~12 µs; see perf-limits §3).
 Peers' self-signed certificates pinned in ``trust/`` are added as trust anchors beside the
 system ones. Errors are translated into ``PeerError`` where they enter.
+
+The addresses come from peers (a ``callbackAddress``, a data address), so requests go
+through the SSRF guard of ``adapters.http.guard`` (issue #4): a URL whose host is a
+link-local (cloud metadata), unspecified, multicast or broadcast IP address is refused before
+anything is sent, a host name resolving to one is refused when connecting (``GuardedResolver``,
+so DNS rebinding cannot get past), and so is a redirect to one. Loopback and private addresses
+pass. A refusal is a final ``PeerError`` (not retried by the outbox) saying why.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
+from connector.adapters.http.guard import (
+    GuardedResolver,
+    RefusedAddress,
+    literal_refusal,
+    redirect_guard,
+)
 from connector.adapters.http.session import ReloadableSession
 from connector.core import codec
 from connector.core.errors import PeerError
@@ -34,27 +50,60 @@ def client_ssl_context(pinned_pems: Iterable[str]) -> ssl.SSLContext:
     return ctx
 
 
+def _target(what: str, url: str) -> URL:
+    """The URL to request, parsed once; a final PeerError if its host is a refused address."""
+    try:
+        target = URL(url)
+    except (TypeError, ValueError):
+        raise PeerError(f"{what}: not a URL", final=True) from None
+    why = literal_refusal(target)
+    if why is not None:
+        raise PeerError(f"{what}: refused, {why}", final=True)
+    return target
+
+
+def _failure(what: str, exc: BaseException) -> PeerError:
+    """A network failure as a PeerError; the guard's refusals are final."""
+    refused = exc if isinstance(exc, RefusedAddress) else None
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error,
+                                                                   RefusedAddress):
+        refused = exc.os_error
+    if refused is not None:
+        return PeerError(f"{what}: refused, {refused}", final=True)
+    return PeerError(f"{what}: {type(exc).__name__}: {exc}")
+
+
 class PeerClient(ReloadableSession):
-    def __init__(self, identity: Identity, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(ssl_context, limit=256, keepalive_s=60, timeout_s=REQUEST_TIMEOUT_S)
+    """``resolver`` makes the DNS resolver that ``GuardedResolver`` wraps (default: aiohttp's
+    threaded getaddrinfo, which holds nothing to close)."""
+
+    def __init__(self, identity: Identity, ssl_context: ssl.SSLContext, *,
+                 resolver: Callable[[], AbstractResolver] = ThreadedResolver) -> None:
+        super().__init__(ssl_context, limit=256, keepalive_s=60, timeout_s=REQUEST_TIMEOUT_S,
+                         resolver=lambda: GuardedResolver(resolver()),
+                         trace_configs=lambda: [redirect_guard()])
         self._identity = identity
 
     async def post(self, url: str, audience: str, body: bytes) -> tuple[int, bytes]:
+        what = f"POST {url}"
+        target = _target(what, url)
         headers = {"Authorization": self._identity.authorization(audience),
                    "Content-Type": JSON}
         try:
-            async with self.session().post(url, data=body, headers=headers) as resp:
+            async with self.session().post(target, data=body, headers=headers) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"POST {url}: {type(exc).__name__}: {exc}") from exc
+            raise _failure(what, exc) from exc
 
     async def get(self, url: str, audience: str) -> tuple[int, bytes]:
+        what = f"GET {url}"
+        target = _target(what, url)
         headers = {"Authorization": self._identity.authorization(audience)}
         try:
-            async with self.session().get(url, headers=headers) as resp:
+            async with self.session().get(target, headers=headers) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+            raise _failure(what, exc) from exc
 
     async def deliver(self, item: OutboxItem) -> bytes:
         """Send one outbox item; any non-2xx becomes a PeerError carrying the status."""
@@ -86,27 +135,29 @@ class PeerClient(ReloadableSession):
         headers = {"Authorization": authorization}
         if offset:
             endpoint = f"{endpoint}?offset={offset}"
+        target = _target("data pull", endpoint)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
         try:
-            async with self.session().get(endpoint, headers=headers, timeout=timeout) as resp:
+            async with self.session().get(target, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise PeerError(f"data pull answered {resp.status}: "
                                     f"{_snippet(await resp.read())}", peer_status=resp.status)
                 async for chunk in resp.content.iter_any():  # what arrived, without copying
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"data pull: {type(exc).__name__}: {exc}") from exc
+            raise _failure("data pull", exc) from exc
 
     async def _exchange(self, what: str, method: str, url: str, *, authorization: str,
                         data: Any = None, content_type: str | None = None,
                         timeout: aiohttp.ClientTimeout | None = None) -> bytes:
         """One request to a peer's data plane; anything but 200 or a network failure is a
         PeerError naming ``what`` (errors are translated where they enter)."""
+        target = _target(what, url)
         headers = {"Authorization": authorization}
         if content_type:
             headers["Content-Type"] = content_type
         try:
-            async with self.session().request(method, url, data=data, headers=headers,
+            async with self.session().request(method, target, data=data, headers=headers,
                                               timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
@@ -114,7 +165,7 @@ class PeerClient(ReloadableSession):
                                     peer_status=resp.status)
                 return raw
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise _failure(what, exc) from exc
 
     async def push(self, endpoint: str, authorization: str,
                    chunks: AsyncGenerator[bytes, None]) -> None:

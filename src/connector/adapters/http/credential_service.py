@@ -14,25 +14,26 @@ logs why.
 Those URLs are chosen by the caller, so it is also an SSRF guard (issue #4, rules in
 ``core.hosts``). Before any request: the host must be in ``[identity] allowed_hosts`` when
 that list is set, and an IP-address host must not be link-local (cloud metadata),
-unspecified, multicast or broadcast. A host name is resolved once, by ``GuardedResolver``,
-which refuses it if *any* of its addresses is refused; the connection is made to exactly the
-addresses it checked, so a DNS answer that changes between check and connect (rebinding)
-cannot get past. Private and loopback addresses pass unless ``allowed_hosts`` excludes them.
+unspecified, multicast or broadcast. A host name is resolved once, by ``GuardedResolver``
+(``adapters.http.guard``, shared with ``PeerClient``), which refuses it if *any* of its
+addresses is refused; the connection is made to exactly the addresses it checked, so a DNS
+answer that changes between check and connect (rebinding) cannot get past. Private and
+loopback addresses pass unless ``allowed_hosts`` excludes them.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+from connector.adapters.http.guard import GuardedResolver, RefusedAddress
 from connector.adapters.http.session import ReloadableSession
 from connector.core.errors import AuthError, MalformedMessage
 from connector.core.hosts import AllowedHosts, address_refusal, normal_host
@@ -42,33 +43,6 @@ from connector.service.dcp_verifier import CredentialService
 FETCH_TIMEOUT_S = 5.0
 CS_PATH = "/cs"
 MAX_QUERY_BYTES = 64 * 1024
-
-
-class RefusedAddress(OSError):
-    """A host resolved to an address the verifier never connects to."""
-
-
-class GuardedResolver(AbstractResolver):
-    """DNS for ``GuardedHttp``: refuses a name if any address it resolves to is refused.
-
-    aiohttp connects to exactly the addresses returned here (and caches them for later
-    connections), so the addresses checked are the addresses connected to.
-    """
-
-    def __init__(self, inner: AbstractResolver) -> None:
-        self._inner = inner
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            why = address_refusal(result["host"])
-            if why is not None:
-                raise RefusedAddress(f"{host} resolves to {result['host']}, {why}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def _host_port(host: str, port: int) -> str:

@@ -18,11 +18,14 @@ from aiohttp.abc import AbstractResolver
 class ReloadableSession:
     def __init__(self, ssl_context: ssl.SSLContext, *, limit: int, keepalive_s: float,
                  timeout_s: float,
-                 resolver: Callable[[], AbstractResolver] | None = None) -> None:
+                 resolver: Callable[[], AbstractResolver] | None = None,
+                 trace_configs: Callable[[], list[aiohttp.TraceConfig]] | None = None) -> None:
         """``resolver`` makes each session's DNS resolver (None: aiohttp's default). It must
-        hold nothing to close: the connector does not close a resolver it was given."""
+        hold nothing to close: the connector does not close a resolver it was given.
+        ``trace_configs`` makes each session's aiohttp trace hooks."""
         self._ssl = ssl_context
         self._resolver = resolver
+        self._trace_configs = trace_configs
         self._limit, self._keepalive_s, self._timeout_s = limit, keepalive_s, timeout_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -32,7 +35,8 @@ class ReloadableSession:
                 ssl=self._ssl, limit=self._limit, keepalive_timeout=self._keepalive_s,
                 resolver=self._resolver() if self._resolver else None)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                trace_configs=self._trace_configs() if self._trace_configs else None)
         return self._session
 
     def set_ssl(self, ssl_context: ssl.SSLContext) -> None:
