@@ -124,15 +124,20 @@ class Wallet:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/authority/did.json",
-                           lambda _: web.json_response(self.authority_doc))
+        app.router.add_get("/authority/did.json", self._authority_document)
         app.router.add_get("/authority/status", self._status)
         app.router.add_post("/authority/revoke", self._revoke)
-        app.router.add_get("/edc/did.json", lambda _: web.json_response(self.edc_doc))
+        app.router.add_get("/edc/did.json", self._edc_document)
         app.router.add_post("/edc/sts/token", self._sts_token)
         app.router.add_post("/edc/cs/presentations/query", self._query)
         app.on_cleanup.append(lambda _: self._http.close())
         return app
+
+    async def _authority_document(self, request: web.Request) -> web.Response:
+        return web.json_response(self.authority_doc)
+
+    async def _edc_document(self, request: web.Request) -> web.Response:
+        return web.json_response(self.edc_doc)
 
     async def _status(self, request: web.Request) -> web.Response:
         token = vc.issue_status_list_credential(
