@@ -170,23 +170,6 @@ def records_of(raw: bytes) -> list[Any]:
 # -- direction A: EDC consumer -> our provider -------------------------------------------------
 
 
-def start_negotiation(cm: edc.Mgmt, address: str, offer: dict[str, Any], provider_id: str,
-                      target: str) -> str:
-    """EDC's ContractRequest with the offer's terms exactly as our catalogue gave them.
-
-    ``edc.Mgmt.start_negotiation`` posts under ``{"@vocab": edc}``, which turns our plain
-    leftOperand ``membership`` into ``edc:membership``; EDC then finds our agreement (plain
-    ``membership``) "not equal to the one in the contract offer". ``"@vocab": null`` in the
-    policy's own context keeps the term as EDC read it over DSP.
-    """
-    policy = {k: v for k, v in offer.items() if not k.startswith("@") or k == "@id"}
-    policy.update({"@context": [edc.ODRL_CONTEXT, {"@vocab": None}], "@type": "Offer",
-                   "assigner": provider_id, "target": target})
-    body = {"@context": edc.MGMT_CONTEXT, "@type": "ContractRequest",
-            "counterPartyAddress": address, "protocol": edc.DSP_2025, "policy": policy}
-    return str(cm.call("POST", "/v3/contractnegotiations", body)["@id"])
-
-
 def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder: Path) -> None:
     def catalogue() -> dict[str, Any]:
         doc = cm.request_catalog(our_dsp, our_did)
@@ -202,7 +185,9 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
     offer = steps.run("A1", "EDC requests our catalogue", catalogue)
 
     def negotiate() -> str:
-        neg_id = start_negotiation(cm, our_dsp, offer, our_did, OUR_DATASET)
+        # EDC's management API as its users call it (under {"@vocab": edc}): our plain
+        # ``membership`` reaches us as ``edc:membership``, and our agreement echoes it.
+        neg_id = cm.start_negotiation(our_dsp, offer, our_did, OUR_DATASET)
         neg = cm.wait_state(cm.get_negotiation, neg_id, {"FINALIZED"}, timeout=30)
         steps.note(f"EDC negotiation {neg_id} FINALIZED, agreement {neg['contractAgreementId']}")
         return str(neg["contractAgreementId"])

@@ -147,6 +147,54 @@ async def test_unknown_offer_is_400(http: aiohttp.ClientSession, space: Space) -
     assert status == 400 and doc["code"] == "offer-rejected"
 
 
+async def test_rules_other_than_the_published_ones_are_400_and_store_nothing(
+        http: aiohttp.ClientSession, space: Space) -> None:
+    """A request naming our offer but carrying weaker rules is refused, with the rules."""
+    body = request_body(space.members)
+    body["offer"]["permission"] = [{"action": "use"}]  # the membership constraint dropped
+    status, doc = await call(http, "POST", f"{space.base}/negotiations/request", body,
+                             space.members.token(space.provider_did))
+    assert status == 400 and doc["code"] == "offer-rejected", doc
+    assert "differ from the published ones" in doc["reason"][0]
+    assert '"leftOperand": "membership"' in doc["reason"][0]
+    assert body["consumerPid"] not in await provider_consumer_pids(http, space)
+
+
+async def test_the_agreement_echoes_the_rules_as_the_consumer_spelled_them(
+        http: aiohttp.ClientSession, callbacks: Space) -> None:
+    """EDC's management API hands our ``membership`` back as ``edc:membership`` and then
+    compares our agreement with the offer as it stored it (make interop, difference 6)."""
+    s, peer = callbacks, callbacks.members
+    body = request_body(peer)
+    body["@context"] = [DSP_CONTEXT, "https://w3id.org/edc/dspace/v0.0.1"]
+    body["offer"]["permission"][0]["constraint"][0]["leftOperand"] = "edc:membership"
+    status, ack = await call(http, "POST", f"{s.base}/negotiations/request", body,
+                             peer.token(s.provider_did))
+    assert status == 201, ack
+    message = await peer.next_message(f"/negotiations/{body['consumerPid']}/agreement")
+    agreement = message["agreement"]
+    # Their term, echoed as the IRI it stands for (our messages carry no ``edc`` prefix).
+    assert agreement["permission"] == [{"action": "use", "constraint": [
+        {"leftOperand": "https://w3id.org/edc/v0.0.1/ns/membership", "operator": "eq",
+         "rightOperand": "active"}]}]
+    status, _ = await call(http, "POST",
+                           f"{s.base}/negotiations/{ack['providerPid']}/agreement/verification",
+                           {"@context": CTX, "@type": "ContractAgreementVerificationMessage",
+                            "consumerPid": body["consumerPid"],
+                            "providerPid": ack["providerPid"]}, peer.token(s.provider_did))
+    assert status == 200
+    assert (await peer.next_message(f"/negotiations/{body['consumerPid']}/events")
+            )["eventType"] == "FINALIZED"
+    # The echoed rules are enforced as ours: a transfer on this agreement is granted.
+    status, tp = await call(http, "POST", f"{s.base}/transfers/request", {
+        "@context": CTX, "@type": "TransferRequestMessage", "consumerPid": "urn:uuid:echo",
+        "agreementId": agreement["@id"], "format": "HttpData-PULL",
+        "callbackAddress": peer.callback}, peer.token(s.provider_did))
+    assert status == 201, tp
+    start = await peer.next_message("/transfers/urn:uuid:echo/start")
+    assert start["@type"] == "TransferStartMessage"
+
+
 async def test_a_callback_at_the_metadata_address_is_400_and_stores_nothing(
         http: aiohttp.ClientSession, space: Space) -> None:
     """SSRF (#4): we would POST the agreement to the callbackAddress; refuse it up front."""

@@ -248,7 +248,10 @@ def contract_request(consumer_pid: str) -> dict[str, Any]:
     return {"@context": [DSP_CONTEXT], "@type": "ContractRequestMessage",
             "consumerPid": consumer_pid,
             "offer": {"@id": "urn:offer:example-weather:members-only", "@type": "Offer",
-                      "target": "example-weather", "permission": [{"action": "use"}]},
+                      "target": "example-weather",
+                      "permission": [{"action": "use", "constraint": [
+                          {"leftOperand": "membership", "operator": "eq",
+                           "rightOperand": "active"}]}]},
             "callbackAddress": "https://127.0.0.1:9/dsp/2025-1"}
 
 

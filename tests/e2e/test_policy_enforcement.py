@@ -82,7 +82,9 @@ async def test_catalogue_says_where_constraints_are_enforced(
         space: Space, apis: tuple[Management, Management]) -> None:
     _, consumer = apis
     doc = await consumer.call("GET", f"/api/catalog?provider={space.provider.url}")
-    offers = {d["@id"]: d["hasPolicy"][0] for d in doc["dataset"]}
-    assert offers["counted"]["enforcement"] == {"count": "every data access"}
-    assert offers["example-weather"]["enforcement"] == {
-        "membership": "catalogue, negotiation and every data access"}
+    where = {d["@id"]: d["enforcement"] for d in doc["dataset"]}
+    assert where["counted"] == {"urn:offer:counted:count-limited": {"count": "every data access"}}
+    assert where["example-weather"] == {"urn:offer:example-weather:members-only": {
+        "membership": "catalogue, negotiation and every data access"}}
+    # Not inside the offer: a client sending the offer back sends only ODRL.
+    assert all("enforcement" not in p for d in doc["dataset"] for p in d["hasPolicy"])

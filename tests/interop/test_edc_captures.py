@@ -25,7 +25,14 @@ from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import _pick_offer
 from connector.core import codec
 from connector.core import transfer as tp
-from connector.core.catalog import DatasetEntry, Offer, is_paging_only, same_rules
+from connector.core.catalog import (
+    DatasetEntry,
+    Offer,
+    echoed_rules,
+    equivalent_rules,
+    is_paging_only,
+    same_rules,
+)
 from connector.core.errors import Area, AuthError, MalformedMessage, NotFound
 from connector.core.messages import (
     CatalogRequestMessage,
@@ -199,7 +206,9 @@ def test_our_consumer_accepts_edcs_agreement_for_edcs_offer() -> None:
 def test_edc_compares_agreement_rules_to_its_own_stored_offer() -> None:
     """EDC checks our agreement against the offer *it stored* (PolicyEquality: everything but
     @type, assignee, target). Posted under {"@vocab": edc}, our plain leftOperand came back as
-    ``edc:membership``; our agreement echoed our own ``membership`` and EDC refused it."""
+    ``edc:membership``; our agreement echoed our own ``membership`` and EDC refused it.
+    Since then the provider echoes the consumer's spelling of equivalent rules (``edc:`` as
+    the IRI it stands for), which is what EDC stored."""
     request = capture("mgmt-vocab_02_edc-to-ours_ContractRequestMessage.json")["body"]
     asked = request["offer"]["permission"][0]["constraint"][0]["leftOperand"]
     ours = capture("mgmt-vocab_03_ours-to-edc_ContractAgreementMessage.json")
@@ -209,6 +218,11 @@ def test_edc_compares_agreement_rules_to_its_own_stored_offer() -> None:
     error = ours["response_body"]
     assert ours["status"] == 400 and error["@type"] == "ContractNegotiationError"
     assert "not equal" in str(error["reason"])
+    # What we echo now: EDC's term, as an IRI (our messages carry no edc prefix).
+    echoed = echoed_rules(request["offer"])
+    assert echoed["permission"][0]["constraint"][0]["leftOperand"] == \
+        "https://w3id.org/edc/v0.0.1/ns/membership"
+    assert equivalent_rules(request["offer"], ours["body"]["agreement"])
     # With the terms as our catalogue gave them, EDC's request and our agreement agree.
     good = capture("interop_02_edc-to-ours_ContractRequestMessage.json")["body"]["offer"]
     agreement = capture("interop_03_ours-to-edc_ContractAgreementMessage.json")

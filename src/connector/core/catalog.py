@@ -11,11 +11,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from connector.core.messages import DSP_CONTEXT
+from connector.core.errors import PolicyError
+from connector.core.messages import DSP_CONTEXT, EDC_NS
+from connector.core.policy.model import parse_policy
 
 # ODRL keys of a policy file that become part of an offer; anything else (description,
 # @context, authoring notes) stays in the file.
-_RULE_KEYS = ("permission", "prohibition", "obligation", "profile")
+RULE_KEYS = ("permission", "prohibition", "obligation", "profile")
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,16 @@ class Offer:
     policy_hash: str | None = None  # SHA-256 of the policy's canonical JSON
     policy_commit: str | None = None  # git commit of the policy file in the folder
 
-    def body(self, *, with_target: bool = False, annotate: bool = False) -> dict[str, Any]:
-        """The ODRL Offer object; ``target`` only inside negotiation messages. Annotated (in
-        the catalogue), it also says where each left operand is technically enforced."""
+    def body(self, *, with_target: bool = False) -> dict[str, Any]:
+        """The ODRL Offer object; ``target`` only inside negotiation messages."""
         out: dict[str, Any] = {"@id": self.id, "@type": "Offer"}
-        for key in _RULE_KEYS:
+        for key in RULE_KEYS:
             if key in self.policy:
                 out[key] = self.policy[key]
         if "permission" not in out and "prohibition" not in out:
             out["permission"] = [{"action": "use"}]
         if with_target:
             out["target"] = self.dataset_id
-        if annotate and (where := enforcement(self.policy)):
-            out["enforcement"] = where
         return out
 
 
@@ -82,7 +81,7 @@ def enforcement(policy: Mapping[str, Any]) -> dict[str, str]:
 
     known = enforced_operands()
     out = {}
-    for operand in _left_operands({k: policy[k] for k in _RULE_KEYS if k in policy}):
+    for operand in _left_operands({k: policy[k] for k in RULE_KEYS if k in policy}):
         name = operand.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
         out[operand] = ("not enforceable: denies" if name not in known
                         else "every data access" if name in _AT_ACCESS
@@ -105,7 +104,7 @@ def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: st
     doc: dict[str, Any] = {
         "@id": entry.id,
         "@type": "Dataset",
-        "hasPolicy": [o.body(annotate=True) for o in offers],
+        "hasPolicy": [o.body() for o in offers],
         "distribution": [{
             "@type": "Distribution",
             "format": fmt,
@@ -116,6 +115,12 @@ def dataset_doc(entry: DatasetEntry, offers: Iterable[Offer], participant_id: st
             },
         } for fmt in entry.offered_formats],
     }
+    # Where each offer's left operands are checked, beside the offers rather than in them: a
+    # client that sends an offer back as it read it (EDC's management API stores every extra
+    # key of it and compares our agreement with all of that) sends only the ODRL.
+    where = {o.id: w for o in offers if (w := enforcement(o.policy))}
+    if where:
+        doc["enforcement"] = where
     if entry.title:
         doc["title"] = entry.title
     if entry.description:
@@ -159,4 +164,44 @@ def with_context(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def same_rules(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two ODRL policies carry the same rules (ids, targets and parties aside)."""
-    return all(a.get(k) == b.get(k) for k in _RULE_KEYS)
+    return all(a.get(k) == b.get(k) for k in RULE_KEYS)
+
+
+def has_rules(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy states rules (an offer sent back by its ``@id`` alone states none)."""
+    return any(k in policy for k in RULE_KEYS)
+
+
+def rules_of(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule part of a policy (permission, prohibition, obligation, profile)."""
+    return {k: policy[k] for k in RULE_KEYS if k in policy}
+
+
+def echoed_rules(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The rules of a consumer's request, to echo in our agreement: unchanged, except that a
+    left operand written ``edc:X`` becomes the IRI it stands for. The ``edc`` prefix comes from
+    EDC's own context (``https://w3id.org/edc/dspace/v0.0.1``), which our messages do not
+    carry; EDC compares the agreement's expanded terms with the offer it stored."""
+    def walk(value: Any, key: str = "") -> Any:
+        if isinstance(value, str) and key.endswith("leftOperand") and value.startswith("edc:"):
+            return EDC_NS + value[4:]
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        return value
+
+    return {k: walk(v) for k, v in rules_of(policy).items()}
+
+
+def equivalent_rules(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two policies carry the same rules, however spelled: ``odrl:``-prefixed or full
+    ODRL IRIs, one-element arrays or bare values, our own operands in EDC's vocabulary
+    (``policy.model.compact_operand``). Compared as parsed; rules that do not parse are not
+    equivalent to anything."""
+    if same_rules(a, b):
+        return True
+    try:
+        return parse_policy(rules_of(a)) == parse_policy(rules_of(b))
+    except PolicyError:
+        return False

@@ -12,6 +12,7 @@ Automatic reactions (the connector's default behaviour, DSP 2025-1 §CN 1.2):
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,13 @@ import msgspec
 
 from connector.core import codec
 from connector.core import negotiation as cn
-from connector.core.catalog import same_rules
+from connector.core.catalog import (
+    RULE_KEYS,
+    echoed_rules,
+    equivalent_rules,
+    has_rules,
+    rules_of,
+)
 from connector.core.errors import (
     Area,
     MalformedMessage,
@@ -127,13 +134,25 @@ class NegotiationService:
         if offer is None or (target is not None and target != offer.dataset_id):
             raise OfferRejected(f"unknown offer {_offer_id(msg.offer)!r} for target {target!r}",
                                 consumer_pid=msg.consumer_pid)
+        terms = offer.body(with_target=True)
+        if has_rules(msg.offer):
+            # DSP 2025-1 §CN: the request carries the offer it accepts. Its rules must be the
+            # published ones; spelled as the consumer spelled them, they go into the agreement
+            # (EDC compares the agreement with the offer as *it* stored it).
+            if not equivalent_rules(msg.offer, terms):
+                raise OfferRejected(
+                    f"the rules requested for offer {offer.id!r} differ from the published "
+                    f"ones: {json.dumps(rules_of(terms), sort_keys=True)[:500]}",
+                    consumer_pid=msg.consumer_pid)
+            terms = {k: v for k, v in terms.items() if k not in RULE_KEYS} | echoed_rules(
+                msg.offer)
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
         now = self._clock()
         pid = self._new_id()
         record = Negotiation(
             id=pid, role=Role.PROVIDER, state=NegotiationState.REQUESTED,
             consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
-            offer=offer.body(with_target=True), counterparty_address=msg.callback_address,
+            offer=terms, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, created_at=now, updated_at=now,
             history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
         after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
@@ -178,7 +197,7 @@ class NegotiationService:
         offer = self._catalog().find_offer(_offer_id(record.offer))
         if offer is None:
             return self._terminate(record, "offer-withdrawn", "the offer is no longer published")
-        if not same_rules(record.offer, offer.body()):
+        if not equivalent_rules(record.offer, offer.body()):
             return self._terminate(record, "counter-offer-refused",
                                    "the requested rules differ from the published offer")
         try:
@@ -192,7 +211,7 @@ class NegotiationService:
                           "\n".join(trace_lines(decision)))
         if not decision.allowed:
             return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
-        msg, path = self._message_for(record, NegotiationEvent.AGREE, offer=offer.body())
+        msg, path = self._message_for(record, NegotiationEvent.AGREE)
         after = cn.apply(record, Role.PROVIDER, msg, self._clock())
         after = msgspec.structs.replace(after, policy_hash=offer.policy_hash,
                                         policy_commit=offer.policy_commit)
@@ -264,7 +283,7 @@ class NegotiationService:
             return f"agreement assignee {agreement.get('assignee')!r} is not us"
         if agreement.get("target") != record.dataset_id:
             return f"agreement target {agreement.get('target')!r} is not {record.dataset_id!r}"
-        if not same_rules(agreement, record.offer):
+        if not equivalent_rules(agreement, record.offer):
             return "agreement rules differ from the offer"
         return None
 

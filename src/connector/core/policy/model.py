@@ -77,6 +77,10 @@ class LeftOperand(StrEnum):
     PARTICIPANT_ID = "participantId"
 
 
+# Ours: not ODRL terms (ODRL 2.2 has purpose, count, dateTime, ... but no membership).
+_OWN_OPERANDS = frozenset({LeftOperand.MEMBERSHIP, LeftOperand.PARTICIPANT_ID})
+EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
+
 # Known only once an agreement exists; checked on every data access (TRANSFER scope).
 USAGE_OPERANDS = frozenset({LeftOperand.ELAPSED_TIME, LeftOperand.COUNT, LeftOperand.DELAY_PERIOD})
 
@@ -132,7 +136,7 @@ class AtomicConstraint:
     value: Value | Invalid = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "left_operand", compact_term(self.left_operand))
+        object.__setattr__(self, "left_operand", compact_operand(self.left_operand))
         object.__setattr__(self, "operator", Operator(compact_term(self.operator)))
         object.__setattr__(self, "value", typed_operand(self.left_operand, self.right_operand))
 
@@ -201,6 +205,18 @@ class PolicySyntaxError(PolicyError):
 
 
 # --- terms and keys ---------------------------------------------------------------------------
+
+
+def compact_operand(term: str) -> str:
+    """A left operand in compact form: ODRL terms as ``compact_term``; and one of our own
+    operands written in EDC's vocabulary (``edc:membership``, ``https://w3id.org/edc/v0.0.1/
+    ns/membership``) as that operand. Our catalogue writes those without a namespace, and EDC's
+    management API, posting under ``{"@vocab": edc}``, hands them back in its own."""
+    term = compact_term(term)
+    for prefix in (EDC_NS, "edc:"):
+        if term.startswith(prefix) and term[len(prefix):] in _OWN_OPERANDS:
+            return term[len(prefix):]
+    return term
 
 
 def compact_term(term: str) -> str:
