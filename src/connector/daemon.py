@@ -9,6 +9,7 @@ version stays in force, so a typo never takes the connector down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -191,6 +192,29 @@ class Daemon:
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
             log.info("signing with %s from now on", fresh.signing_kid)
+        self._reload_identity(fresh)
+
+    def _reload_identity(self, fresh: Settings) -> None:
+        """Follow edits of ``[identity]``: trusted issuers, required credentials, scope alias,
+        caches and allowed hosts take effect without a restart; a mode change needs one."""
+        keys = ("trusted_issuers", "required_credentials", "scope_alias", "status_cache_s",
+                "allowed_hosts")
+        old = self.settings
+        if all(getattr(fresh, k) == getattr(old, k) for k in keys):
+            if fresh.identity_mode != old.identity_mode:
+                log.warning("[identity] mode changed to %r: restart the daemon to apply it",
+                            fresh.identity_mode)
+            return
+        self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
+        self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)
+        if isinstance(self.verifier, DcpVerifier):
+            self.verifier.reload_identity(trusted_issuers=fresh.trusted_issuers,
+                                          required_types=fresh.required_credentials,
+                                          scope_alias=fresh.scope_alias,
+                                          status_cache_s=fresh.status_cache_s)
+            self.identity.grant(dcp.type_scopes(fresh.required_credentials, fresh.scope_alias))
+        changed = [k for k in keys if getattr(fresh, k) != getattr(old, k)]
+        log.info("reloaded [identity] (%s) without a restart", ", ".join(changed))
 
     def claims_for(self, did: str) -> Claims:
         if isinstance(self.verifier, DcpVerifier):

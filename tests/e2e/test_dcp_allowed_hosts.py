@@ -10,6 +10,7 @@ host:port is listed too, the same requests are served.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import subprocess
@@ -150,3 +151,41 @@ async def test_a_caller_outside_allowed_hosts_is_refused_then_served_once_listed
     (status, doc), (n_status, n_doc) = await _dsp_as_consumer(space)
     assert status == 200 and n_status == 201, (doc, n_doc)
     assert "allowed_hosts" not in space.provider_log()
+
+
+async def _until(s: Space, want: int, *, timeout_s: float = 10.0) -> None:
+    """Poll the consumer's catalogue request until the provider answers ``want``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (status, doc), _ = await _dsp_as_consumer(s)
+        if status == want:
+            return
+        assert time.monotonic() < deadline, (status, doc)
+        await asyncio.sleep(0.2)
+
+
+async def test_identity_settings_follow_connector_toml_without_a_restart(space: Space) -> None:
+    """[identity] edited in place: allowed_hosts and trusted issuers apply within seconds,
+    the daemon keeps running, and claims verified under the old trust are not reused."""
+    space.restart_provider([space.authority_host])
+    pid = space.provider.process.pid if space.provider.process else None
+    toml = space.provider.dir / "connector.toml"
+
+    def write(hosts: list[str], identity: str) -> None:
+        toml.write_text(space.config + identity.replace(
+            "{hosts}", f"allowed_hosts = {json.dumps(hosts)}\n"))
+
+    await _until(space, 401)
+    write([space.authority_host, space.consumer_host], space.identity)
+    await _until(space, 200)
+    authority_did = next(line.split(" = ")[0].strip('"') for line in space.identity.splitlines()
+                         if line.startswith('"did:web:'))
+    untrusted = space.identity.replace(authority_did, "did:web:nobody.example")
+    write([space.authority_host, space.consumer_host], untrusted)
+    await _until(space, 401)  # the claims cached a moment ago are not reused
+    write([space.authority_host, space.consumer_host], space.identity)
+    await _until(space, 200)
+    log = space.provider_log()
+    assert "reloaded [identity] (allowed_hosts) without a restart" in log
+    assert "reloaded [identity] (trusted_issuers) without a restart" in log
+    assert (space.provider.process.pid if space.provider.process else None) == pid

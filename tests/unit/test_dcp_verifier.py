@@ -316,3 +316,29 @@ def test_identity_settings(tmp_path: Any) -> None:
     config.write_text(text + '\n[identity]\nmode = "oauth"\n')
     with pytest.raises(ConfigError, match="mode"):
         load_settings(tmp_path / "p")
+
+
+async def test_reload_identity_drops_claims_of_an_issuer_no_longer_trusted() -> None:
+    w = World()
+    await w.verifier.verify_async(w.authorization())
+    assert w.verifier.last_claims(w.holder.did) is not None
+    posts = len(w.http.posts)
+    # Trust an issuer the holder's credential is not from: the cached claims go too.
+    w.verifier.reload_identity(trusted_issuers={"did:web:other.example": ["MembershipCredential"]},
+                               required_types=["MembershipCredential"],
+                               scope_alias=dcp.EDC_SCOPE_ALIAS, status_cache_s=30)
+    assert w.verifier.last_claims(w.holder.did) is None
+    with pytest.raises(AuthError, match="issuer"):
+        await w.verifier.verify_async(w.authorization())
+    assert len(w.http.posts) == posts + 1  # asked again, not answered from the cache
+    assert w.http.bodies[-1]["scope"] == ["org.eclipse.edc.vc.type:MembershipCredential:read"]
+    w.verifier.reload_identity(trusted_issuers={ISSUER: ["MembershipCredential"]},
+                               required_types=["MembershipCredential"],
+                               scope_alias=dcp.SPEC_SCOPE_ALIAS, status_cache_s=30)
+    assert (await w.verifier.verify_async(w.authorization())).participant_id == w.holder.did
+    kept = w.verifier.last_claims(w.holder.did)
+    w.verifier.reload_identity(trusted_issuers={ISSUER: ["MembershipCredential"],
+                                                "did:web:new.example": ["LabCredential"]},
+                               required_types=["MembershipCredential"],
+                               scope_alias=dcp.SPEC_SCOPE_ALIAS, status_cache_s=30)
+    assert w.verifier.last_claims(w.holder.did) == kept  # its issuer is still trusted

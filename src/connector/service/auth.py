@@ -69,6 +69,10 @@ class Identity:
         """Sign with another key from now on (``connector keys rotate`` switched [signing])."""
         self._kid, self._key = kid, key
 
+    def grant(self, scopes: Sequence[str]) -> None:
+        """Grant these scopes in the access tokens we hand verifiers from now on (DCP mode)."""
+        self._grants = list(scopes)
+
     def token_for(self, audience: str) -> str:
         now, jti = int(self._clock()), str(uuid.uuid4())
         if not self.dcp_mode:

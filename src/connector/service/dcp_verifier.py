@@ -215,6 +215,25 @@ class DcpVerifier(Verifier):
         self._claims: _Cache[Claims] = _Cache(clock)
         self._last: dict[str, Claims] = {}  # caller DID -> last verified claims
 
+    def reload_identity(self, *, trusted_issuers: Mapping[str, Collection[str]],
+                        required_types: Sequence[str], scope_alias: str,
+                        status_cache_s: int) -> None:
+        """Take new ``[identity]`` settings (connector.toml changed) without a restart.
+
+        Claims verified under the previous settings are dropped, so that a caller whose issuer
+        is no longer trusted is refused on its next request, and the data plane no longer
+        grants it on claims its issuer made; seen token ids are kept.
+        """
+        self._trusted = {did: tuple(types) for did, types in trusted_issuers.items()}
+        self._required = tuple(required_types)
+        self._scopes = dcp.type_scopes(self._required, scope_alias)
+        self._status_cache_s = status_cache_s
+        self._claims = _Cache(self._clock)
+        for did, claims in list(self._last.items()):
+            issuers = claims.attributes.get("issuers", [])
+            if not isinstance(issuers, list) or any(i not in self._trusted for i in issuers):
+                del self._last[did]
+
     def last_claims(self, did: str) -> Claims | None:
         """The claims last verified for ``did`` (the data plane checks pulls against them)."""
         return self._last.get(did)

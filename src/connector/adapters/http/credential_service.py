@@ -63,6 +63,10 @@ class GuardedHttp(ReloadableSession):
                          resolver=lambda: GuardedResolver(resolver()))
         self._allowed = AllowedHosts(allowed_hosts)
 
+    def set_allowed_hosts(self, allowed_hosts: Iterable[str]) -> None:
+        """Take a new ``[identity] allowed_hosts`` (connector.toml changed); next fetch on."""
+        self._allowed = AllowedHosts(allowed_hosts)
+
     def _target(self, method: str, url: str) -> URL:
         """The URL to request, parsed once; AuthError if no request may go there."""
         shown = f"{method} {url[:200]}"
