@@ -188,7 +188,11 @@ def start(props: dict[str, str], timeout: float = 180.0, dcp: bool = False) -> s
                 f"EDC {pid_name} exited rc={proc.returncode}; see {log_path}:\n"
                 + log_path.read_text()[-4000:]
             )
-        if READY_RE.search(log_path.read_text(errors="replace")):
+        text = log_path.read_text(errors="replace")
+        if "java.net.BindException" in text:  # Jetty stays up without its port: fail now
+            stop(proc)
+            raise RuntimeError(f"EDC {pid_name} could not bind a port; see {log_path}")
+        if READY_RE.search(text):
             try:
                 proc.mgmt.query(
                     "/v3/assets/request", {"@context": MGMT_CONTEXT, "@type": "QuerySpec"}

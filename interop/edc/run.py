@@ -88,17 +88,24 @@ class Steps:
 # -- processes -----------------------------------------------------------------------------------
 
 
-def free_base_port() -> int:
-    """A base port b with b+1..b+6 free (EDC's six web contexts)."""
+def reserve_base_port() -> tuple[int, list[socket.socket]]:
+    """A base port b with b+1..b+6 free (EDC's six web contexts), held by bound sockets.
+
+    Close the sockets just before EDC starts: until then no other port handed out here (our
+    connector's, the wallet's, the proxies') can land in EDC's block.
+    """
     for _ in range(100):
         base = free_port() - 1
+        held: list[socket.socket] = []
         try:
             for off in range(1, 7):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + off))
-            return base
+                s = socket.socket()
+                held.append(s)
+                s.bind(("0.0.0.0", base + off))  # EDC's Jetty listens on every interface
+            return base, held
         except OSError:
-            continue
+            for s in held:
+                s.close()
     raise RuntimeError("no free block of 6 ports for EDC")
 
 
@@ -376,13 +383,14 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
     """One EDC participant and our connector in ``mode``; both directions. Stops everything."""
     dcp = mode == "dcp"
     peer = edc_proc = data_srv = wallet_proc = None
+    held: list[socket.socket] = []
     exchanges: list[dict[str, Any]] = []
     proxies: list[edc.LoggingProxy] = []
     ok = {"A": False, "B": False} | ({"C": False} if dcp else {})
     root.mkdir(parents=True)
     try:
         steps.run("0", f"build EDC 0.14.1 ({mode}; mvn, cached)", lambda: edc.build(dcp=dcp))
-        base = free_base_port()
+        base, held = reserve_base_port()
         edc_root = f"http://127.0.0.1:{base + 4}"
         to_edc = edc.LoggingProxy("ours-to-edc", free_port(), edc_root, exchanges)
         proxies.append(to_edc)
@@ -420,6 +428,8 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
         peer = steps.run("0", f"start our connector (peer.py, {mode} profile, plain HTTP)",
                          lambda: start_peer(folder, edc_id, edc_dsp, root / "peer.log", wallet))
         steps.note(f"ours: {settings.dsp_base} as {settings.did} (log {root / 'peer.log'})")
+        for sock in held:
+            sock.close()
         edc_proc = steps.run("0", f"start EDC participant {edc_id!r}",
                              lambda: edc.start(props, dcp=dcp))
         steps.note(f"EDC: {edc_dsp}, management {edc.management_url(props)}, ready in "
@@ -464,6 +474,8 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
     except Failed:
         pass
     finally:
+        for sock in held:
+            sock.close()
         stop_proc(peer)
         stop_proc(wallet_proc)
         for proxy in proxies:
