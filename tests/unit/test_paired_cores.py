@@ -7,6 +7,7 @@ errors escape, both sides always agree on the state, terminal states stay termin
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +150,25 @@ def test_random_transfer_sequences(script: list[tuple[Role, TransferEvent]]) -> 
         theirs = tp.apply(theirs, sender, msg, float(i))
         consumer, provider = (mine, theirs) if sender is Role.CONSUMER else (theirs, mine)
         assert consumer.state is provider.state
+
+
+def test_the_same_agreement_sent_again_is_a_redelivery_not_a_transition() -> None:
+    consumer, _ = _pair(NegotiationState.REQUESTED)
+    agreement = _message(NegotiationEvent.AGREE)
+    assert not cn.is_redelivery(consumer, Role.PROVIDER, agreement)  # not held yet
+    consumer = cn.apply(consumer, Role.PROVIDER, agreement, 1.0)
+    for state in (NegotiationState.AGREED, NegotiationState.VERIFIED, NegotiationState.FINALIZED):
+        held = msgspec.structs.replace(consumer, state=state)
+        assert cn.is_redelivery(held, Role.PROVIDER, agreement)
+        try:  # as a transition it is illegal: the table is not loosened
+            cn.apply(held, Role.PROVIDER, agreement, 2.0)
+            raise AssertionError("a second agreement must not apply")
+        except InvalidTransition:
+            pass
+    assert isinstance(agreement, ContractAgreementMessage)
+    other = ContractAgreementMessage(consumer_pid="urn:c", provider_pid="urn:p",
+                                     agreement={**agreement.agreement, "@id": "urn:other"})
+    assert not cn.is_redelivery(consumer, Role.PROVIDER, other)  # a different agreement
+    assert not cn.is_redelivery(consumer, Role.CONSUMER, agreement)  # not from the provider
+    terminated = msgspec.structs.replace(consumer, state=NegotiationState.TERMINATED)
+    assert not cn.is_redelivery(terminated, Role.PROVIDER, agreement)

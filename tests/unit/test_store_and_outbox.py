@@ -141,6 +141,27 @@ async def test_4xx_is_final_and_reported(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_409_is_retried_a_few_times_then_final(tmp_path: Path) -> None:
+    """EDC answers 409 to a verification that outran its own agreement dispatch."""
+    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    failures: list[str] = []
+
+    async def on_failure(item: OutboxItem, error: str) -> None:
+        failures.append(item.url)
+
+    peer = FakePeer({"https://c/1": [409, None], "https://c/2": [409] * 10})
+    box = Outbox(store, peer.send, on_failure)
+    await box.start()
+    box.submit(await _queued(store, "urn:p", 1))
+    box.submit(await _queued(store, "urn:q", 2))
+    await box.idle()
+    assert peer.calls.count("https://c/1") == 2  # delivered on the second try
+    assert peer.calls.count("https://c/2") == outbox_module.MAX_CONFLICT_ATTEMPTS
+    assert failures == ["https://c/2"]
+    await box.close()
+    await store.close()
+
+
 async def test_order_is_kept_per_process(tmp_path: Path) -> None:
     store = await SqliteStore.open(tmp_path / "db.sqlite")
     peer = FakePeer({"https://c/1": [503]})  # the first message needs a retry

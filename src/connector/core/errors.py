@@ -159,9 +159,11 @@ class PeerError(ConnectorError):
 
     @property
     def retryable(self) -> bool:
-        """Network errors and 5xx are retried; a 4xx answer is final (EDC does the same), and
-        so is a request we refused to send."""
-        return not self.final and (self.peer_status is None or self.peer_status >= 500)
+        """Network errors, 5xx and 409 are retried; another 4xx answer is final (EDC does the
+        same), and so is a request we refused to send. EDC answers 409 to a message that came
+        before its own state caught up (a verification racing its agreement's dispatch)."""
+        return not self.final and (self.peer_status is None or self.peer_status >= 500
+                                   or self.peer_status == 409)
 
 
 class Problem:

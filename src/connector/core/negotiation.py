@@ -191,6 +191,19 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
     return msgspec.structs.replace(record, **changes)
 
 
+def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage) -> bool:
+    """Whether ``msg`` is the provider sending again the agreement we already hold.
+
+    A provider may send a message again when it did not see our answer in time (EDC 0.14
+    does, seen in ``make interop``); answered as an illegal transition, it terminates the
+    negotiation on its side. The same agreement, after we took it, is acknowledged and
+    changes nothing."""
+    return (sender is Role.PROVIDER and isinstance(msg, ContractAgreementMessage)
+            and record.agreement is not None and msg.agreement == record.agreement
+            and record.state in (NegotiationState.AGREED, NegotiationState.VERIFIED,
+                                 NegotiationState.FINALIZED))
+
+
 def noted(record: Negotiation, now: float, by: str, message: str, note: str = ""
           ) -> Negotiation:
     """The record with one more timeline line that changes no state (a policy decision)."""

@@ -166,6 +166,10 @@ class NegotiationService:
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
             sender = record.role.other
+            if cn.is_redelivery(record, sender, msg):
+                log.info("negotiation %s: the provider sent its agreement again; acknowledged",
+                         pid)
+                return record
             record = cn.apply(record, sender, msg, self._clock())
             record, out = self._react(record, claims) if self.automatic else (record, [])
             await self._save(record, out)

@@ -27,6 +27,8 @@ _INITIAL_PATHS = ("/negotiations/request", "/transfers/request")
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 30.0
 MAX_ATTEMPTS = 12
+# A 409 (the peer's state has not caught up yet) is tried this often, then dropped as a 4xx.
+MAX_CONFLICT_ATTEMPTS = 4
 # Deleting delivered rows in batches keeps one DB round trip off every message.
 FLUSH_INTERVAL_S = 0.05
 
@@ -82,7 +84,8 @@ class Outbox:
                 return
             except PeerError as exc:
                 attempts += 1
-                if not exc.retryable or attempts >= MAX_ATTEMPTS:
+                conflict_over = exc.peer_status == 409 and attempts >= MAX_CONFLICT_ATTEMPTS
+                if not exc.retryable or attempts >= MAX_ATTEMPTS or conflict_over:
                     log.warning("dropping message to %s after %d attempt(s): %s",
                                 item.url, attempts, exc.message)
                     self._done.append(item.seq)
