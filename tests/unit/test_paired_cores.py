@@ -172,3 +172,26 @@ def test_the_same_agreement_sent_again_is_a_redelivery_not_a_transition() -> Non
     assert not cn.is_redelivery(consumer, Role.CONSUMER, agreement)  # not from the provider
     terminated = msgspec.structs.replace(consumer, state=NegotiationState.TERMINATED)
     assert not cn.is_redelivery(terminated, Role.PROVIDER, agreement)
+
+
+def test_the_same_start_sent_again_is_a_redelivery_not_a_transition() -> None:
+    from connector.core.messages import TransferStartMessage
+
+    consumer = Transfer(id="urn:c", role=Role.CONSUMER, counterparty_address="https://p",
+                        state=TransferState.REQUESTED, consumer_pid="urn:c", provider_pid="urn:p",
+                        agreement_id="urn:a", format="HttpData-PULL")
+    start = TransferStartMessage(consumer_pid="urn:c", provider_pid="urn:p",
+                                 data_address=tp.pull_address("https://p/data", "t1"))
+    assert not tp.is_redelivery(consumer, Role.PROVIDER, start)
+    consumer = tp.apply(consumer, Role.PROVIDER, start, 1.0)
+    assert tp.is_redelivery(consumer, Role.PROVIDER, start)
+    try:  # as a transition it is illegal: the table is not loosened
+        tp.apply(consumer, Role.PROVIDER, start, 2.0)
+        raise AssertionError("a second Start must not apply while STARTED")
+    except InvalidTransition:
+        pass
+    other = TransferStartMessage(consumer_pid="urn:c", provider_pid="urn:p",
+                                 data_address=tp.pull_address("https://p/data", "t2"))
+    assert not tp.is_redelivery(consumer, Role.PROVIDER, other)  # another token: not the same
+    suspended = msgspec.structs.replace(consumer, state=TransferState.SUSPENDED)
+    assert not tp.is_redelivery(suspended, Role.PROVIDER, start)  # a resume is a transition

@@ -114,6 +114,16 @@ def target_state(
         ) from None
 
 
+def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage) -> bool:
+    """Whether ``msg`` is the provider's Start again, the same one we already run on.
+
+    EDC 0.14 sends a message again when it did not see our answer in time (``make interop``),
+    and terminates the transfer if the repeat is refused. The same data address while STARTED
+    is acknowledged and changes nothing; a resume (Start from SUSPENDED) is a transition."""
+    return (sender is Role.PROVIDER and isinstance(msg, TransferStartMessage)
+            and record.state is TransferState.STARTED and msg.data_address == record.data_address)
+
+
 def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> Transfer:
     """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
     event = TransferEvent(type(msg).__name__)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from connector.service.outbox import Outbox
 from connector.service.store import Agreement, Outgoing, Store
 from connector.service.watch import Watch
 
+log = logging.getLogger("connector.transfer")
 DEFAULT_FORMAT = "HttpData-PULL"
 # A refreshed data token's predecessor stays valid this long, or until the new one is used.
 TOKEN_GRACE_S = 60.0
@@ -191,6 +193,9 @@ class TransferService:
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,
                                             provider_pid=record.provider_pid)
+            if tp.is_redelivery(record, record.role.other, msg):
+                log.info("transfer %s: the provider sent its Start again; acknowledged", pid)
+                return record
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
             after = tp.apply(record, record.role.other, msg, self._clock())
             await self._save(after, [])
