@@ -40,12 +40,10 @@ import logging
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import connector.daemon as daemon_module
 from connector.adapters.http.client import PeerClient
 from connector.adapters.http.management import ManagementApi
 from connector.config import load_settings
@@ -140,17 +138,6 @@ class InteropManagementApi(ManagementApi):
         return super()._provider(url)
 
 
-@contextmanager
-def _management_api_class(factory: Callable[..., ManagementApi]) -> Iterator[None]:
-    """Daemon.start builds ``ManagementApi`` by name and offers no hook: swap it for start."""
-    saved = daemon_module.ManagementApi
-    daemon_module.ManagementApi = factory  # type: ignore[misc,assignment]
-    try:
-        yield
-    finally:
-        daemon_module.ManagementApi = saved  # type: ignore[misc]
-
-
 # -- the daemon ---------------------------------------------------------------------------------
 
 
@@ -189,12 +176,9 @@ class EdcPeerDaemon(Daemon):
             return Claims(participant_id=did, attributes=dict(EDC_ATTRIBUTES))
         return super().claims_for(did)
 
-    async def start(self) -> None:
-        def factory(**kwargs: Any) -> ManagementApi:
-            return InteropManagementApi(edc_peers=self.edc_peers, **kwargs)
-
-        with _management_api_class(factory):
-            await super().start()
+    def _management_api(self, cls: type[ManagementApi] = ManagementApi,
+                        **extra: Any) -> ManagementApi:
+        return super()._management_api(InteropManagementApi, edc_peers=self.edc_peers, **extra)
 
 
 def parse_edc(values: Sequence[str]) -> dict[str, str]:

@@ -139,6 +139,14 @@ class Daemon:
 
     # -- identity: DCP wiring and [signing] reload -------------------------------------------
 
+    def _management_api(self, cls: type[ManagementApi] = ManagementApi,
+                        **extra: Any) -> ManagementApi:
+        """The local management API; a test profile passes a subclass and its own arguments
+        (peers that cannot be pinned in trust/)."""
+        return cls(token=self.settings.management_token(), store=self.store,
+                   negotiations=self.negotiations, transfers=self.transfers, client=self.client,
+                   peers=lambda: self.folder.peers, push=self.push_receiver, **extra)
+
     def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
         """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
         return self.dcp_http, DidResolver(self.dcp_http, cache_s=self.settings.did_cache_s,
@@ -245,11 +253,7 @@ class Daemon:
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
-        mgmt = ManagementApi(token=s.management_token(), store=self.store,
-                             negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, peers=lambda: self.folder.peers,
-                             push=self.push_receiver)
-        app = mgmt.app()
+        app = self._management_api().app()
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
