@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.core.catalog import echoed_rules, equivalent_rules, has_rules, rules_of, same_rules
 from connector.core.policy.model import compact_operand, parse_policy
@@ -78,3 +80,58 @@ def test_echoed_rules_expand_edcs_prefix_and_keep_the_rest() -> None:
     assert equivalent_rules(echoed_rules(_with({"leftOperand": "edc:membership",
                                                 "operator": "eq", "rightOperand": "active"})),
                             OURS)
+
+
+# -- properties: any respelling is equivalent, any change of meaning is not --------------------
+
+_OPERANDS = ["membership", "purpose", "participantId", "count"]
+
+
+@st.composite
+def _respelled(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A policy of 1-3 atomic constraints, and the same policy spelled differently."""
+    atoms = draw(st.lists(st.tuples(st.sampled_from(_OPERANDS), st.sampled_from(["eq", "neq"]),
+                                    st.text("abc", min_size=1, max_size=3)),
+                          min_size=1, max_size=3))
+    plain = {"permission": [{"action": "use", "constraint": [
+        {"leftOperand": left, "operator": op, "rightOperand": right}
+        for left, op, right in atoms]}]}
+
+    def left(term: str) -> str:
+        prefixes = [""] if term in ("purpose", "count") else ["", "edc:", EDC_IRI]
+        if term in ("purpose", "count"):
+            prefixes += ["odrl:", "http://www.w3.org/ns/odrl/2/"]
+        return draw(st.sampled_from(prefixes)) + term
+
+    constraints = [{draw(st.sampled_from(["leftOperand", "odrl:leftOperand"])): left(lo),
+                    "operator": draw(st.sampled_from([op, "odrl:" + op, {"@id": "odrl:" + op}])),
+                    "rightOperand": right} for lo, op, right in atoms]
+    rule: dict[str, Any] = {"action": draw(st.sampled_from(["use", "odrl:use", {"@id": "use"}])),
+                            "constraint": constraints[0] if len(constraints) == 1
+                            and draw(st.booleans()) else constraints}
+    other = {"permission": rule if draw(st.booleans()) else [rule]}
+    return plain, other
+
+
+EDC_IRI = "https://w3id.org/edc/v0.0.1/ns/"
+
+
+@settings(max_examples=200, deadline=None)
+@given(_respelled())
+def test_any_respelling_is_equivalent(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    plain, other = pair
+    assert equivalent_rules(plain, other) and equivalent_rules(other, plain)
+    assert equivalent_rules(echoed_rules(other), plain)  # what we echo still means the same
+
+
+@settings(max_examples=200, deadline=None)
+@given(_respelled(), st.data())
+def test_a_changed_right_operand_is_never_equivalent(
+        pair: tuple[dict[str, Any], dict[str, Any]], data: st.DataObject) -> None:
+    plain, _ = pair
+    constraints = plain["permission"][0]["constraint"]
+    i = data.draw(st.integers(0, len(constraints) - 1))
+    changed = {"permission": [{"action": "use", "constraint": [
+        {**c, "rightOperand": c["rightOperand"] + "x"} if j == i else c
+        for j, c in enumerate(constraints)]}]}
+    assert not equivalent_rules(changed, plain)
