@@ -38,7 +38,7 @@ from connector.adapters.storage.sqlite import SqliteStore
 from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
-from connector.core.errors import ConnectorError
+from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.folder import (
     DatasetDecl,
@@ -285,8 +285,11 @@ class Daemon:
                      ssl_context: ssl.SSLContext | None) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024).start()
         self._runners.append(runner)
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024).start()
+        except OSError as exc:  # e.g. the port is taken: a clear error, not a traceback
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     async def _delivery_failed(self, item: OutboxItem, error: str) -> None:
         if await self.store.get_negotiation(item.process_id) is not None:
@@ -331,22 +334,31 @@ class Daemon:
             await asyncio.sleep(JTI_PURGE_INTERVAL_S)
 
     async def stop(self) -> None:
-        await self.pusher.close()
+        """Stop what ``start`` started, also when it failed part-way (a port taken): the
+        store's thread would otherwise keep the process from exiting."""
+        if hasattr(self, "pusher"):
+            await self.pusher.close()
         for task in self._tasks:
             task.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        await self.outbox.close()
+        if hasattr(self, "outbox"):
+            await self.outbox.close()
         await self.client.close()
         await self.dcp_http.close()
-        await self.store.close()
+        if hasattr(self, "store"):
+            await self.store.close()
 
 
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
     settings = load_settings(root)
     daemon = Daemon(settings)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.stop()
+        raise
     gc.freeze()  # start-up objects live forever: keep them out of every collection
     await until_signalled(f"connector {settings.name} ready: {settings.public_url} "
                           f"(management {settings.management_url})", ready)
