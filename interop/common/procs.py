@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,7 +21,9 @@ def start_until_ready(cmd: Sequence[str], log: Path, what: str, *,
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([proc.stdout], [], [], left)[0]:
+            break  # silent until the deadline: do not block on readline for ever
         line = proc.stdout.readline()
         if b"ready" in line:
             return proc

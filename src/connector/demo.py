@@ -9,6 +9,7 @@ using the same ``connector`` commands an operator would type.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -83,7 +84,11 @@ def start(participant: Participant, extra_env: dict[str, str] | None = None) -> 
     participant.process = proc
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        # Wait for a line at most until the deadline: a daemon that neither prints nor exits
+        # must not hang its caller (a readline alone would block for ever).
+        if not select.select([proc.stdout], [], [], left)[0]:
+            break
         line = proc.stdout.readline()
         if b"ready" in line:
             return
