@@ -34,9 +34,10 @@ DEFAULT_DID_CACHE_S = 300
 DEFAULT_STATUS_CACHE_S = 60
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the daemon and the CLI need from ``connector.toml``."""
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """What a connector and a registry share: a folder, a did:web identity served over HTTPS
+    with its own certificate, a signing key, a database."""
 
     root: Path
     name: str
@@ -48,12 +49,39 @@ class Settings:
     tls_key: Path
     signing_key: Path
     signing_kid: str
-    management_port: int
-    management_token_file: Path
     database: Path
-    registries: tuple[str, ...] = ()
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
     clock_leeway_s: int = DEFAULT_CLOCK_LEEWAY_S
+
+
+def endpoint_fields(root: Path, owner: dict[str, Any], server: dict[str, Any],
+                    signing: dict[str, Any], where: str, owner_table: str) -> dict[str, Any]:
+    """The ``Endpoint`` fields from the ``[<owner_table>]`` (name, did, url), ``[server]`` and
+    ``[signing]`` tables; ConfigError names the file, table and key."""
+    own = f"{where} [{owner_table}]"
+    return {
+        "root": root,
+        "name": _get(owner, "name", str, own),
+        "did": _get(owner, "did", str, own),
+        "public_url": _get(owner, "url", str, own).rstrip("/"),
+        "host": server.get("host", "127.0.0.1"),
+        "port": _get(server, "port", int, f"{where} [server]"),
+        "tls_cert": root / _get(server, "tls_cert", str, f"{where} [server]"),
+        "tls_key": root / _get(server, "tls_key", str, f"{where} [server]"),
+        "signing_key": root / _get(signing, "key", str, f"{where} [signing]"),
+        "signing_kid": _get(signing, "kid", str, f"{where} [signing]"),
+        "token_ttl_s": _token_ttl(signing, f"{where} [signing]"),
+        "clock_leeway_s": int(signing.get("clock_leeway_s", DEFAULT_CLOCK_LEEWAY_S)),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(Endpoint):
+    """Everything the daemon and the CLI need from ``connector.toml``."""
+
+    management_port: int
+    management_token_file: Path
+    registries: tuple[str, ...] = ()
     data_token_ttl_s: int = DEFAULT_DATA_TOKEN_TTL_S
     identity_mode: str = "pinned"
     trusted_issuers: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -117,22 +145,11 @@ def load_settings(root: Path) -> Settings:
     registry = table("registry")
     identity = _identity(table("identity"), f"{where} [identity]")
     return Settings(
-        root=root,
-        name=_get(part, "name", str, f"{where} [participant]"),
-        did=_get(part, "did", str, f"{where} [participant]"),
-        public_url=_get(part, "url", str, f"{where} [participant]").rstrip("/"),
-        host=server.get("host", "127.0.0.1"),
-        port=_get(server, "port", int, f"{where} [server]"),
-        tls_cert=root / _get(server, "tls_cert", str, f"{where} [server]"),
-        tls_key=root / _get(server, "tls_key", str, f"{where} [server]"),
-        signing_key=root / _get(signing, "key", str, f"{where} [signing]"),
-        signing_kid=_get(signing, "kid", str, f"{where} [signing]"),
+        **endpoint_fields(root, part, server, signing, where, "participant"),
         management_port=_get(mgmt, "port", int, f"{where} [management]"),
         management_token_file=root / _get(mgmt, "token_file", str, f"{where} [management]"),
         database=root / storage.get("sqlite", "state/connector.db"),
         registries=tuple(registry.get("urls", [])),
-        token_ttl_s=_token_ttl(signing, f"{where} [signing]"),
-        clock_leeway_s=int(signing.get("clock_leeway_s", DEFAULT_CLOCK_LEEWAY_S)),
         data_token_ttl_s=int(server.get("data_token_ttl_s", DEFAULT_DATA_TOKEN_TTL_S)),
         identity_mode=identity["mode"],
         trusted_issuers=identity["trusted_issuers"],

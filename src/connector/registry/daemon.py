@@ -29,7 +29,7 @@ from aiohttp import web
 
 from connector import keys
 from connector.adapters.http.client import client_ssl_context
-from connector.config import DEFAULT_CLOCK_LEEWAY_S, DEFAULT_TOKEN_TTL_S, _get
+from connector.config import Endpoint, endpoint_fields
 from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import did_web_from_url
 from connector.folder import (
@@ -56,23 +56,12 @@ RELOAD_INTERVAL_S = 1.0
 SWEEP_INTERVAL_S = 60.0
 
 
-@dataclass(frozen=True)
-class RegistrySettings:
-    root: Path
-    name: str
-    did: str
-    public_url: str
-    host: str
-    port: int
-    tls_cert: Path
-    tls_key: Path
-    signing_key: Path
-    signing_kid: str
-    database: Path
+@dataclass(frozen=True, kw_only=True)
+class RegistrySettings(Endpoint):
+    """``registry.toml``: the shared endpoint, and which registries to replicate from."""
+
     peers: tuple[str, ...] = ()
     interval_s: float = DEFAULT_INTERVAL_S
-    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
-    clock_leeway_s: int = DEFAULT_CLOCK_LEEWAY_S
 
 
 def _registry_toml(name: str, url: str, did: str, host: str, port: int,
@@ -126,16 +115,7 @@ def load_registry_settings(root: Path) -> RegistrySettings:
     if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
         raise ConfigError(f"{path} [replication]: key 'peers' must be a list of URLs")
     return RegistrySettings(
-        root=root,
-        name=_get(reg, "name", str, f"{path} [registry]"),
-        did=_get(reg, "did", str, f"{path} [registry]"),
-        public_url=_get(reg, "url", str, f"{path} [registry]").rstrip("/"),
-        host=server.get("host", "127.0.0.1"),
-        port=_get(server, "port", int, f"{path} [server]"),
-        tls_cert=root / _get(server, "tls_cert", str, f"{path} [server]"),
-        tls_key=root / _get(server, "tls_key", str, f"{path} [server]"),
-        signing_key=root / _get(signing, "key", str, f"{path} [signing]"),
-        signing_kid=_get(signing, "kid", str, f"{path} [signing]"),
+        **endpoint_fields(root, reg, server, signing, str(path), "registry"),
         database=root / data.get("storage", {}).get("sqlite", DATABASE),
         peers=tuple(p.rstrip("/") for p in peers),
         interval_s=float(replication.get("interval_s", DEFAULT_INTERVAL_S)),
