@@ -73,6 +73,10 @@ def _failure(what: str, exc: BaseException) -> PeerError:
     return PeerError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+# The header of a push body saying how many records the consumer already holds (0: all of it).
+PUSH_OFFSET = "Push-Offset"
+
+
 class PeerClient(ReloadableSession):
     """``resolver`` makes the DNS resolver that ``GuardedResolver`` wraps (default: aiohttp's
     threaded getaddrinfo, which holds nothing to close)."""
@@ -149,11 +153,12 @@ class PeerClient(ReloadableSession):
 
     async def _exchange(self, what: str, method: str, url: str, *, authorization: str,
                         data: Any = None, content_type: str | None = None,
-                        timeout: aiohttp.ClientTimeout | None = None) -> bytes:
+                        timeout: aiohttp.ClientTimeout | None = None,
+                        extra_headers: dict[str, str] | None = None) -> bytes:
         """One request to a peer's data plane; anything but 200 or a network failure is a
         PeerError naming ``what`` (errors are translated where they enter)."""
         target = _target(what, url)
-        headers = {"Authorization": authorization}
+        headers = {"Authorization": authorization, **(extra_headers or {})}
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -168,11 +173,21 @@ class PeerClient(ReloadableSession):
             raise _failure(what, exc) from exc
 
     async def push(self, endpoint: str, authorization: str,
-                   chunks: AsyncGenerator[bytes, None]) -> None:
-        """POST a push transfer's records to the consumer's endpoint as one streamed body."""
+                   chunks: AsyncGenerator[bytes, None], *, offset: int = 0) -> None:
+        """POST a push transfer's records to the consumer's endpoint as one streamed body;
+        ``offset`` records are already there (``Push-Offset``, a resume after a cut)."""
         await self._exchange("push", "POST", endpoint, authorization=authorization, data=chunks,
                              content_type="application/x-ndjson",
-                             timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
+                             timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+                             extra_headers={PUSH_OFFSET: str(offset)})
+
+    async def push_offset(self, endpoint: str, authorization: str) -> int:
+        """How many whole records of a push the consumer holds (where a resume starts)."""
+        raw = await self._exchange("push offset", "GET", endpoint, authorization=authorization)
+        records = codec.decode_json(raw).get("records")
+        if not isinstance(records, int) or isinstance(records, bool) or records < 0:
+            raise PeerError(f"push offset: not a record count: {_snippet(raw)}")
+        return records
 
     async def push_summary(self, endpoint: str, authorization: str,
                            summary: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ daemon mint a one-time bearer token and send a TransferRequestMessage with forma
 ``HttpData-PUSH`` and a data address ``https://<us>/push/<consumerPid>``. It then serves:
 
 - ``POST /push/{pid}``: the records as one JSON-lines body (chunked), written into the sink
-  and hashed as they arrive; a body cut mid-way leaves nothing accepted;
+  and hashed as they arrive. ``Push-Offset: N`` says the first N records are already there (a
+  resume): the sink keeps them and drops whatever followed;
+- ``GET /push/{pid}``: ``{"records": N}``, the whole records held after a body was cut;
 - ``POST /push/{pid}/summary``: ``{"records", "bytes", "sha256"}`` of what the provider sent;
   the consumer compares it with what it wrote (409 if they differ).
 
@@ -19,8 +21,9 @@ Provider (``Pusher``): when a push transfer becomes STARTED (the Start carries n
 address, DSP 2025-1 §TP 2.3), it authorises the transfer as a pull is authorised (state,
 revocation, the agreement's policy with the use counted), streams the source to the
 endpoint, checking between chunks that the transfer is still STARTED (a revocation or a
-termination cuts the stream), posts the summary, and completes. Any failure terminates the
-transfer with the reason.
+termination cuts the stream), posts the summary, and completes. A stream cut by the network
+resumes from the consumer's whole records (``GET``, then ``Push-Offset``), up to PUSH_ATTEMPTS
+streams; any other failure terminates the transfer with the reason.
 
 The token and the sink live in memory: a consumer restarted mid-push refuses the push (the
 provider terminates), and the transfer is requested again.
@@ -41,9 +44,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from connector.adapters.http.client import PeerClient
+from connector.adapters.http.client import PUSH_OFFSET, PeerClient
 from connector.adapters.sinks import open_sink, parse_sink
-from connector.adapters.sources import open_source
+from connector.adapters.sources import Source, open_source
 from connector.core import transfer as tp
 from connector.core.errors import AuthError, ConnectorError, MalformedMessage, NotFound, PeerError
 from connector.core.messages import DataAddress
@@ -54,6 +57,9 @@ from connector.service.transfers import TransferService
 log = logging.getLogger("connector.push")
 # How long a push may wait for our record to reach STARTED (the Start may still be in flight).
 START_WAIT_S = 10.0
+# A push cut mid-way resumes where the consumer's whole records end, this many streams at most.
+PUSH_ATTEMPTS = 4
+RESUME_DELAY_S = 0.5
 
 
 @dataclass
@@ -62,6 +68,7 @@ class _Expected:
     sink: str
     got: dict[str, Any] | None = None  # what the last complete push body held
     verified: dict[str, Any] | None = None  # ... once it matched the provider's summary
+    held: int = 0  # whole records in the sink: where a push cut mid-way resumes
 
 
 def _digest(token: str) -> str:
@@ -120,18 +127,32 @@ class PushReceiver:
         record = await self._transfers.mine(pid)
         if record.state is not TransferState.STARTED:
             raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED")
+        try:
+            offset = int(request.headers.get(PUSH_OFFSET, "0"))
+        except ValueError:
+            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count") from None
+        if not 0 <= offset <= expected.held:
+            return web.json_response({"records": expected.held}, status=409)
         expected.got = expected.verified = None
-        sink = await asyncio.to_thread(open_sink, expected.sink, 0)
+        # The first ``offset`` records stay (re-hashed); whatever followed them goes.
+        sink = await asyncio.to_thread(open_sink, expected.sink, offset)
         try:
             async for block in request.content.iter_any():
                 sink.write(block)
-        except Exception as exc:  # the stream was cut: nothing of it is accepted
-            log.info("push %s cut after %d records: %s", pid, sink.records, exc)
-            raise MalformedMessage(f"push body cut after {sink.records} records") from exc
-        finally:
+        except Exception as exc:  # cut: the whole records received stay, for a resume
             await asyncio.to_thread(sink.close)
+            expected.held = await asyncio.to_thread(lambda: sink.records)
+            log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
+            raise MalformedMessage(f"push body cut after {expected.held} records") from exc
+        await asyncio.to_thread(sink.close)
         expected.got = {"records": sink.records, "bytes": sink.size, "sha256": sink.sha256()}
+        expected.held = int(expected.got["records"])
         return web.json_response(expected.got)
+
+    async def offset(self, request: web.Request) -> web.Response:
+        """``GET /push/{pid}``: the whole records held, where the provider resumes."""
+        _, expected = self._check(request)
+        return web.json_response({"records": expected.held})
 
     async def summary(self, request: web.Request) -> web.Response:
         pid, expected = self._check(request)
@@ -152,6 +173,7 @@ class PushReceiver:
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/push/{pid}", self.receive)
+        app.router.add_get("/push/{pid}", self.offset)
         app.router.add_post("/push/{pid}/summary", self.summary)
 
 
@@ -185,6 +207,26 @@ class Pusher:
                     raise _Stopped
                 yield chunk
 
+    async def _push(self, pid: str, url: str, auth: str, source: Source) -> None:
+        """Stream the source; after a cut, ask the consumer what it holds and go on from there
+        (up to PUSH_ATTEMPTS streams). A refusal (4xx) or a stopped transfer is not retried."""
+        offset = 0
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            try:
+                await self._client.push(url, auth, self._chunks(pid, source.chunks(offset)),
+                                        offset=offset)
+                return
+            except PeerError as exc:
+                if (not exc.retryable or attempt == PUSH_ATTEMPTS
+                        or not await self._transfers.still_streaming(pid)):
+                    raise
+                log.info("push %s cut (%s); resuming, attempt %d", pid, exc.message,
+                         attempt + 1)
+            await asyncio.sleep(RESUME_DELAY_S * attempt)
+            offset = await self._client.push_offset(url, auth)
+            await self._transfers.note(pid, "provider", "push resumed",
+                                       f"from record {offset} (attempt {attempt + 1})")
+
     async def _run(self, pid: str) -> None:
         try:
             record, agreement = await self._transfers.authorize_push(pid)
@@ -196,7 +238,7 @@ class Pusher:
             source = open_source(decl)
             summary = await source.summary()
             auth = address.authorization_header()
-            await self._client.push(url, auth, self._chunks(pid, source.chunks(0)))
+            await self._push(pid, url, auth, source)
             if not await self._transfers.still_streaming(pid):
                 raise _Stopped
             await self._client.push_summary(url, auth, summary)
