@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import hmac
 import logging
 import ssl
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,13 +37,13 @@ from aiohttp import web
 
 from connector.adapters.http.credential_service import CS_PATH
 from connector.config import load_settings
-from connector.core import dcp
 from connector.daemon import Daemon
 from connector.keys import load_any_signing_key
 from connector.signals import until_signalled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
 from loopback_dcp import HttpDidResolver, LoopbackHttp
+from sts import sts_token
 
 log = logging.getLogger("connector.dcp-tck")
 ACCESS_TTL_S = 600
@@ -72,24 +70,9 @@ class DcpTckDaemon(Daemon):
         return app
 
     async def _sts_token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        secret = str(form.get("client_secret", "")).encode()
-        if form.get("grant_type") != "client_credentials" or not hmac.compare_digest(
-                secret, self._sts_secret):
-            return web.json_response({"error": "invalid_client"}, status=401)
-        audience = str(form.get("audience", ""))
-        scopes = str(form.get("bearer_access_scope", "")).split()
-        if not audience.startswith("did:") or not scopes:
-            return web.json_response({"error": "invalid_request"}, status=400)
-        me = self.identity
-        now = int(time.time())
-        key = load_any_signing_key(self.settings.signing_key)
-        access = dcp.issue_access_token(key, kid=me.kid, holder=me.did, verifier=audience,
-                                        scopes=scopes, now=now, jti=str(uuid.uuid4()),
-                                        ttl_s=ACCESS_TTL_S)
-        token = me.dcp_token(audience, access, now=now)
-        return web.json_response({"access_token": token, "token_type": "Bearer",
-                                  "expires_in": ACCESS_TTL_S})
+        return await sts_token(request, identity=self.identity,
+                               key=load_any_signing_key(self.settings.signing_key),
+                               secret=self._sts_secret, client_id=None, ttl_s=ACCESS_TTL_S)
 
     async def _store_credentials(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
 import logging
 import ssl
@@ -41,17 +40,16 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
 
 from loopback_dcp import HttpDidResolver, LoopbackHttp
+from sts import sts_token
 
 from connector.authority import status_list_response
 from connector.core import credentials as vc
-from connector.core import dcp
 from connector.core.errors import ConnectorError
 from connector.core.identity import (
     KeyRing,
     SigningKey,
     build_did_document,
     document_keys,
-    issue_dcp_token,
     signing_public_jwk,
     with_credential_service,
 )
@@ -93,8 +91,9 @@ class Wallet:
         self._edc_credential = self.issue(self.edc_did)
         http = LoopbackHttp(ssl.create_default_context(), https_origins=())
         self._http = http
-        identity = Identity(did=self.edc_did, kid=self.edc_did + "#key-1", key=self._edc_key,
-                            ttl_s=TOKEN_TTL_S, clock=time.time, dcp_mode=True)
+        identity = self._identity = Identity(
+            did=self.edc_did, kid=self.edc_did + "#key-1", key=self._edc_key, ttl_s=TOKEN_TTL_S,
+            clock=time.time, dcp_mode=True)
         resolver = HttpDidResolver(http, (), cache_s=0, clock=time.time)
         # Only verify_token is used: the caller's self-issued token, checked against its DID.
         verifier = DcpVerifier(identity=identity, resolver=resolver, http=http,
@@ -158,26 +157,8 @@ class Wallet:
         return web.json_response({"revoked": self._indices.get(subject, [])})
 
     async def _sts_token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        client_id, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
-        if client_id != self.edc_did or not hmac.compare_digest(secret.encode(), self._secret):
-            log.info("STS: refused client %r", client_id[:200])
-            return web.json_response({"error": "invalid_client"}, status=401)
-        audience = str(form.get("audience", ""))
-        scope, access = str(form.get("bearer_access_scope", "")), str(form.get("token", ""))
-        if not audience.startswith("did:") or not (scope or access):
-            return web.json_response({"error": "invalid_request"}, status=400)
-        now, kid = int(time.time()), self.edc_did + "#key-1"
-        if not access:  # EDC as a consumer: let ``audience`` read the scopes EDC asked for
-            access = dcp.issue_access_token(
-                self._edc_key, kid=kid, holder=self.edc_did, verifier=audience,
-                scopes=scope.split(), now=now, jti=str(uuid.uuid4()), ttl_s=TOKEN_TTL_S)
-        token = issue_dcp_token(self._edc_key, kid=kid, issuer=self.edc_did, audience=audience,
-                                now=now, jti=str(uuid.uuid4()), ttl_s=TOKEN_TTL_S,
-                                access_token=access)
-        log.info("STS: token for %s (%s)", audience, f"scope {scope!r}" if scope else "token")
-        return web.json_response({"access_token": token, "token_type": "Bearer",
-                                  "expires_in": TOKEN_TTL_S})
+        return await sts_token(request, identity=self._identity, key=self._edc_key,
+                               secret=self._secret, client_id=self.edc_did, ttl_s=TOKEN_TTL_S)
 
     async def _query(self, request: web.Request) -> web.Response:
         try:
