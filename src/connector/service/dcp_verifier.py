@@ -207,13 +207,10 @@ class DcpVerifier(Verifier):
         self._identity = identity
         self._resolver = resolver
         self._http = http
-        self._trusted = {did: tuple(types) for did, types in trusted_issuers.items()}
-        self._required = tuple(required_types)
-        self._scopes = dcp.type_scopes(self._required, scope_alias)
-        self._status_cache_s = status_cache_s
         self._status: _Cache[bytes] = _Cache(clock)
-        self._claims: _Cache[Claims] = _Cache(clock)
         self._last: dict[str, Claims] = {}  # caller DID -> last verified claims
+        self.reload_identity(trusted_issuers=trusted_issuers, required_types=required_types,
+                             scope_alias=scope_alias, status_cache_s=status_cache_s)
 
     def reload_identity(self, *, trusted_issuers: Mapping[str, Collection[str]],
                         required_types: Sequence[str], scope_alias: str,
@@ -228,7 +225,7 @@ class DcpVerifier(Verifier):
         self._required = tuple(required_types)
         self._scopes = dcp.type_scopes(self._required, scope_alias)
         self._status_cache_s = status_cache_s
-        self._claims = _Cache(self._clock)
+        self._claims: _Cache[Claims] = _Cache(self._clock)
         for did, claims in list(self._last.items()):
             issuers = claims.attributes.get("issuers", [])
             if not isinstance(issuers, list) or any(i not in self._trusted for i in issuers):
