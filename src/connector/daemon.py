@@ -115,7 +115,7 @@ class Daemon:
                                  dcp_mode=self.dcp_mode,
                                  grants=dcp.type_scopes(settings.required_credentials,
                                                         settings.scope_alias))
-        self._signing_stamp = self._signing_files()
+        self._config_stamp = self._config_files()
         self.did_document = self._read_did_document()
         self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
                                            leeway_s=settings.clock_leeway_s, clock=time.time)
@@ -176,15 +176,16 @@ class Daemon:
             doc = with_credential_service(doc, self.settings.public_url + CS_PATH)
         return doc
 
-    def _signing_files(self) -> tuple[float, ...]:
+    def _config_files(self) -> tuple[float, ...]:
         root = self.settings.root
         return tuple(p.stat().st_mtime if p.exists() else 0.0
                      for p in (root / CONFIG_FILE, root / "did.json"))
 
-    def _reload_signing(self) -> None:
-        """Follow ``connector keys rotate``: a new did.json, a new [signing] key and kid."""
-        stamp = self._signing_files()
-        if stamp == self._signing_stamp:
+    def _reload_config(self) -> None:
+        """Follow edits of connector.toml and did.json: ``connector keys rotate`` (a new did.json,
+        [signing] key and kid), then ``[identity]`` (``_reload_identity``)."""
+        stamp = self._config_files()
+        if stamp == self._config_stamp:
             return
         try:
             fresh = load_settings(self.settings.root)
@@ -192,9 +193,9 @@ class Daemon:
             key = load_any_signing_key(fresh.signing_key)
         except (ConnectorError, OSError, ValueError) as exc:
             log.error("connector.toml or did.json changed but cannot be loaded; keeping the "
-                      "previous signing key: %s", exc)
+                      "previous settings: %s", exc)
             return
-        self._signing_stamp = stamp
+        self._config_stamp = stamp
         self.did_document.clear()
         self.did_document.update(document)  # served as is by the DSP routes
         if fresh.signing_kid != self.identity.kid:
@@ -309,7 +310,7 @@ class Daemon:
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
-            self._reload_signing()
+            self._reload_config()
             try:
                 if _stamp(self.settings.root) == self.folder.stamp:
                     continue
