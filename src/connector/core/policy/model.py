@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from connector.core.errors import PolicyError
+from connector.core.messages import EDC_NS
 
 ODRL_NS = "http://www.w3.org/ns/odrl/2/"
 XSD_NS = "http://www.w3.org/2001/XMLSchema#"
@@ -79,7 +80,6 @@ class LeftOperand(StrEnum):
 
 # Ours: not ODRL terms (ODRL 2.2 has purpose, count, dateTime, ... but no membership).
 _OWN_OPERANDS = frozenset({LeftOperand.MEMBERSHIP, LeftOperand.PARTICIPANT_ID})
-EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
 
 # Known only once an agreement exists; checked on every data access (TRANSFER scope).
 USAGE_OPERANDS = frozenset({LeftOperand.ELAPSED_TIME, LeftOperand.COUNT, LeftOperand.DELAY_PERIOD})
