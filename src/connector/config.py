@@ -15,6 +15,7 @@ from connector.core.dcp import SPEC_SCOPE_ALIAS
 from connector.core.errors import ConfigError
 from connector.core.hosts import parse_host_pattern
 from connector.core.identity import MAX_TOKEN_LIFETIME_S
+from connector.logs import LOG_FORMATS, LOG_LEVELS, LogSettings
 
 CONFIG_FILE = "connector.toml"
 # DSP 2025-1 §HTTPS binding: <base> = <root> + the path of the version entry.
@@ -93,6 +94,7 @@ class Settings(Endpoint):
     # DCP fetches (did.json, Credential Service, status lists) only to these hosts; () = any
     # host that core.hosts.address_refusal does not refuse (see core/hosts.py).
     allowed_hosts: tuple[str, ...] = ()
+    log: LogSettings = field(default_factory=LogSettings)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -159,9 +161,10 @@ def load_settings(root: Path) -> Settings:
         scope_alias=identity["scope_alias"],
         tls_ca_files=tuple(root / f for f in identity["tls_ca_files"]),
         allowed_hosts=identity["allowed_hosts"],
+        log=log_settings(table("log"), f"{where} [log]"),
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
-            "identity"}},
+            "identity", "log"}},
     )
 
 
@@ -217,3 +220,14 @@ def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: key '{key}' must be a non-negative integer")
         out[key] = value
     return out
+
+
+def log_settings(table: dict[str, Any], where: str) -> LogSettings:
+    """The [log] table: ``format`` ("text", the default, or "json") and ``level``."""
+    fmt = table.get("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"{where}: key 'format' must be one of {', '.join(LOG_FORMATS)}")
+    level = table.get("level", "INFO")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"{where}: key 'level' must be one of {', '.join(LOG_LEVELS)}")
+    return LogSettings(format=fmt, level=level.upper())

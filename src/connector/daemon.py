@@ -15,7 +15,6 @@ import json
 import logging
 import secrets
 import ssl
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
 from connector.adapters.http.credential_service import (
     CS_PATH,
@@ -354,6 +354,7 @@ class Daemon:
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM."""
     settings = load_settings(root)
+    logs.setup(settings.log)
     daemon = Daemon(settings)
     try:
         await daemon.start()
@@ -367,6 +368,5 @@ async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
 
 
 def run_forever(root: Path) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logs.LogSettings())  # plain text until connector.toml is read
     asyncio.run(serve(root))

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import ssl
-import sys
 import time
 import tomllib
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from connector import keys
+from connector import keys, logs
 from connector.adapters.http.client import client_ssl_context
 from connector.config import Endpoint, endpoint_fields
 from connector.core.errors import ConfigError, ConnectorError
@@ -219,6 +218,5 @@ async def serve(root: Path) -> None:
 
 
 def run_forever(root: Path) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logs.LogSettings())
     asyncio.run(serve(root))
