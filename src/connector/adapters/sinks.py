@@ -3,7 +3,9 @@
 A sink is given JSON-lines chunks as they arrive and hashes them as it writes, so the copy is
 checked against the provider's summary (records, bytes, SHA-256) without a second read. Both
 sinks resume: opened at ``offset`` they keep the first ``offset`` records (re-hashing them)
-and drop whatever followed.
+and drop whatever followed. A sink holding fewer than ``offset`` records (or none: the file
+does not exist yet) cannot resume there: that is the caller's mistake, ``InvalidParameter``
+(400) naming where it can resume, never a copy with a gap.
 
 Spec strings (the CLI's ``--out``, the management API's ``sink``)::
 
@@ -20,7 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import Protocol
 
-from connector.core.errors import MalformedMessage
+from connector.core.errors import InvalidParameter, MalformedMessage
 
 SQLITE_PREFIX = "sqlite://"
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -48,11 +50,14 @@ class FileSink:
 
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.digest = hashlib.sha256()
-        self.file = path.open("r+b" if offset and path.exists() else "wb")
-        for _ in range(offset):  # re-hash the records already there, cut what follows
+        if offset and not path.is_file():
+            raise _gap(path, offset, 0)
+        self.file = path.open("r+b" if offset else "wb")
+        for held in range(offset):  # re-hash the records already there, cut what follows
             line = self.file.readline()
-            if not line:
-                break
+            if not line.endswith(b"\n"):  # fewer than offset whole records
+                self.file.close()
+                raise _gap(path, offset, held)
             self.digest.update(line)
         self.file.truncate(self.file.tell())
         self.size = self.file.tell()
@@ -81,6 +86,8 @@ class SqliteSink:
 
     def __init__(self, path: Path, table: str, offset: int = 0) -> None:
         self.digest = hashlib.sha256()
+        if offset and not path.is_file():
+            raise _gap(path, offset, 0)
         # Opened in a thread, written on the loop, closed in a thread: one user at a time.
         self.con = sqlite3.connect(path, check_same_thread=False)
         self.table = table
@@ -93,6 +100,9 @@ class SqliteSink:
             self.digest.update(line)
             self.size += len(line)
             self.records += 1
+        if self.records < offset:
+            self.con.close()
+            raise _gap(path, offset, self.records)
         self._tail = b""
 
     def write(self, block: bytes) -> None:
@@ -117,6 +127,13 @@ class SqliteSink:
             self.con.close()
 
 
+def _gap(path: Path, offset: int, held: int) -> InvalidParameter:
+    where = f"{path} holds {held} whole records" if held or path.exists() else (
+        f"{path} does not exist")
+    return InvalidParameter(f"offset {offset}: cannot resume there, {where}; resume at "
+                            f"offset {held} or less (0 starts afresh)")
+
+
 def parse_sink(spec: str) -> tuple[Path, str | None]:
     """(path, table or None) of a sink spec; MalformedMessage if it is not one."""
     if spec.startswith(SQLITE_PREFIX):
@@ -132,7 +149,12 @@ def parse_sink(spec: str) -> tuple[Path, str | None]:
 
 
 def open_sink(spec: str, offset: int = 0) -> Sink:
+    """The sink ``spec`` names, resumed at ``offset``; InvalidParameter when it cannot be
+    opened there (no such folder, not a file or database, fewer records than ``offset``)."""
     path, table = parse_sink(spec)
-    if table is not None:
-        return SqliteSink(path, table, offset)
-    return FileSink(path, offset)
+    try:
+        if table is not None:
+            return SqliteSink(path, table, offset)
+        return FileSink(path, offset)
+    except (OSError, sqlite3.Error) as exc:
+        raise InvalidParameter(f"sink {spec!r}: cannot open: {exc}") from exc

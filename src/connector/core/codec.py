@@ -6,10 +6,17 @@ Output: ``@context`` is always an array with the DSP context first (DSP 2025-1 ย
 
 Input: extra contexts and unknown fields are ignored; keys and ``@type`` values written as
 ``dspace:X`` or as absolute DSP IRIs are read as ``X`` (EDC and other peers send both forms).
+JSON from outside (bodies, token segments) is refused when nested deeper than
+``MAX_JSON_DEPTH`` before any decoder sees it: decoders recurse per level and would fail with
+a ``RecursionError`` (a 500) a few thousand levels down, and so would any code walking the
+value afterwards.
 """
 
 from __future__ import annotations
 
+import re
+from array import array
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,6 +29,38 @@ M = TypeVar("M", bound=Message)
 _PREFIXES = ("dspace:", DSP_NS)
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+# The deepest messages peers send nest 10 levels (EDC's catalogue request with its JSON-LD
+# filter, tests/interop/captures); 64 leaves room and keeps every recursive walk of a value
+# far from Python's recursion limit (1,000 frames).
+MAX_JSON_DEPTH = 64
+# A JSON string, escapes included (RFC 8259 ยง7); brackets inside strings do not nest.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the arrays and objects of the JSON text ``raw`` nest (0 for a scalar).
+
+    Linear and in C (a regex, a translate, an accumulate). For text that is not JSON (an
+    unterminated string) the figure is an upper bound, which is all a guard needs.
+    """
+    return max(accumulate(array("b", _brackets(raw))), default=0)
+
+
+def _brackets(raw: bytes) -> bytes:
+    """The brackets outside strings, each as +1 (open) or -1 (close) in a signed byte."""
+    return _STRING.sub(b"", raw).translate(_STEP, _NOT_BRACKET)
+
+
+def within_depth(raw: bytes) -> bytes:
+    """``raw`` itself, or ValueError when it nests deeper than ``MAX_JSON_DEPTH``."""
+    if _brackets(raw).count(1) <= MAX_JSON_DEPTH:  # so few opening brackets: shallow enough
+        return raw
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} allowed")
+    return raw
 
 
 def _local(name: str) -> str:
@@ -62,11 +101,16 @@ def encode_json(doc: Any) -> bytes:
 
 
 def decode_json(body: bytes, *, area: Area = Area.NEGOTIATION) -> dict[str, Any]:
-    """Parse a JSON object, raising MalformedMessage (never a bare ValueError)."""
+    """Parse a JSON object, raising MalformedMessage (never a bare ValueError).
+
+    The depth is bounded first (``MAX_JSON_DEPTH``); a RecursionError from the decoder is
+    caught too, in case a bracket count and the decoder ever disagree."""
     try:
-        doc = _decoder.decode(body)
+        doc = _decoder.decode(within_depth(body))
     except msgspec.DecodeError as exc:
         raise MalformedMessage(f"body is not valid JSON: {exc}", area=area) from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"body refused: {exc}", area=area) from exc
     if not isinstance(doc, dict):
         raise MalformedMessage("body must be a JSON object", area=area)
     return doc

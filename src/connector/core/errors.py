@@ -1,23 +1,33 @@
 """The connector's one error tree.
 
-Every error the connector raises on purpose derives from ``ConnectorError``. Each knows the
-HTTP status it maps to and, for DSP errors, the error shape the spec prescribes, so the HTTP
-edge renders all of them in one place (``adapters/http/errors.py``)::
+Every error the connector raises on purpose derives from ``ConnectorError``. Each class states
+the HTTP status it maps to, on purpose, by whose mistake it is; for DSP errors it also knows
+the error shape the spec prescribes, so the HTTP edge renders all of them in one place
+(``adapters/http/errors.py``)::
 
-    ConnectorError
-    ├── ConfigError              connector.toml, trust/ or datasets/ unreadable or invalid
-    ├── PolicyError              a policy document that cannot be parsed or evaluated
-    ├── AuthError                missing, forged, expired, replayed or misaddressed token
-    ├── ProtocolError            a DSP message we must refuse (400 unless said otherwise)
-    │   ├── MalformedMessage     not JSON, wrong @type, missing required field
-    │   ├── InvalidTransition    the state table has no cell for (sender, state, message)
-    │   ├── UnknownProcess       unknown or foreign process id (404)
-    │   └── OfferRejected        the provider does not know or will not grant the offer
-    ├── CatalogError             unknown dataset, unsupported filter
-    ├── ConflictError            a write colliding with an existing record (reused pid)
-    ├── NotFound                 management API: no such record
-    ├── TransferDenied           data plane: token unknown, expired, or policy denies
-    └── PeerError                a peer answered with an error or could not be reached
+    ConnectorError                                                     (500: never raised bare)
+    ├── ConfigError          503  this connector is not set up for it: the message names the
+    │                             file and key to fix (connector.toml, trust/, datasets/)
+    ├── PolicyError          400  a policy document that cannot be parsed or evaluated
+    ├── AuthError            401  missing, forged, expired, replayed or misaddressed token
+    │                             (404 on DSP process endpoints: existence is not revealed)
+    ├── InvalidParameter     400  a management or data-plane parameter of the wrong type or
+    │                             range (the message names the parameter)
+    ├── ProtocolError        400  a DSP message we must refuse
+    │   ├── MalformedMessage 400  not JSON, nested too deep, wrong @type, missing field
+    │   ├── InvalidTransition 400 the state table has no cell for (sender, state, message)
+    │   ├── UnknownProcess   404  unknown or foreign process id
+    │   └── OfferRejected    400  the provider does not know or will not grant the offer
+    ├── CatalogError         400  unsupported filter (404: unknown dataset)
+    ├── ConflictError        409  a write colliding with an existing record (reused pid)
+    ├── NotFound             404  management API: no such record, or the caller's file
+    ├── TransferDenied       403  data plane: token unknown, expired, or the policy denies
+    └── PeerError            502  a peer answered with an error or could not be reached
+
+The rule behind the numbers: the caller's mistake is a 4xx, a missing or wrong setting of
+ours is a 503 naming the key (the caller may retry once the operator fixed it), a peer's
+failure is a 502. Anything else that escapes a handler is a bug: the middleware answers 500
+with an error id and logs the traceback under the same id.
 
 DSP 2025-1 §CN/§TP HTTPS bindings: an illegal transition is a 400 carrying a
 ``ContractNegotiationError`` / ``TransferError`` with both process ids; an unknown or
@@ -49,8 +59,11 @@ class ConnectorError(Exception):
 
 
 class ConfigError(ConnectorError):
-    """Configuration unreadable or invalid; the message names the file and key."""
+    """Configuration unreadable or invalid; the message names the file and key.
 
+    Served as 503: the request may succeed once the operator sets the key."""
+
+    status = 503
     code = "config"
 
 
@@ -66,6 +79,13 @@ class AuthError(ConnectorError):
 
     status = 401
     code = "unauthorized"
+
+
+class InvalidParameter(ConnectorError):
+    """A query or body parameter of the wrong type or range; the message names it."""
+
+    status = 400
+    code = "invalid-parameter"
 
 
 class ProtocolError(ConnectorError):

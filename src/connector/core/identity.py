@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 from jwt.exceptions import InvalidKeyError
 
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConfigError
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -393,8 +394,8 @@ def _split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes
     if len(parts) != 3:
         raise AuthError("malformed token: not a compact JWS")
     try:
-        header = json.loads(_b64url_decode(parts[0]))
-        payload = json.loads(_b64url_decode(parts[1]))
+        header = json.loads(within_depth(_b64url_decode(parts[0])))
+        payload = json.loads(within_depth(_b64url_decode(parts[1])))
         signature = _b64url_decode(parts[2])
     except (ValueError, binascii.Error) as exc:
         raise AuthError("malformed token: bad base64url or JSON") from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from connector import logs
 from connector.config import DSP_PATH
 from connector.core import codec
 from connector.core.catalog import is_paging_only, with_context
@@ -71,7 +72,9 @@ class DspRoutes:
 
     async def caller(self, request: web.Request) -> Claims:
         """The caller's verified claims, before the body is read (DCP mode does network IO)."""
-        return await self.d.verifier.verify_async(request.headers.get("Authorization"))
+        claims = await self.d.verifier.verify_async(request.headers.get("Authorization"))
+        logs.bind(peer=claims.participant_id)  # every later line of this request names it
+        return claims
 
     async def body(self, request: web.Request, area: Area) -> bytes:
         if request.content_length is not None and request.content_length > MAX_BODY:

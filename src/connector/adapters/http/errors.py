@@ -4,15 +4,24 @@ DSP 2025-1 §CN/§TP HTTPS bindings: errors on negotiation and transfer endpoint
 ``ContractNegotiationError`` / ``TransferError`` bodies carrying both pids; an unauthorised
 caller gets a 404 there, so that existence is not revealed. Catalogue errors are
 ``CatalogError`` bodies. The management API answers ``{"error", "message"}``.
+
+Every error of the tree is answered with the status its class states (``core/errors.py``).
+Anything else escaping a handler is a bug: it is answered 500 in the same shape, with an
+error id that the log line carrying its traceback repeats, and nothing of its text. A caller
+that hung up before the answer (``ConnectionError`` with the transport closed) gets one quiet
+log line instead of aiohttp's traceback. Outside values in log lines are quoted with ``%r``;
+``connector.logs`` escapes whatever else reaches a line.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from connector import logs
 from connector.core import codec
 from connector.core.errors import (
     Area,
@@ -71,12 +80,47 @@ def _render_plain(exc: ConnectorError) -> web.Response:
     return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
 
 
+def _render(request: web.Request, exc: ConnectorError) -> web.Response:
+    area = area_of(request.path) if request.app.get("dsp") else None
+    return _render_dsp(request, area, exc) if area else _render_plain(exc)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    logs.bind(process_id=request.match_info.get("pid") or request.match_info.get("id"))
     try:
         return await handler(request)
     except ConnectorError as exc:
-        log.info("%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code,
-                 exc.message)
-        area = area_of(request.path) if request.app.get("dsp") else None
-        return _render_dsp(request, area, exc) if area else _render_plain(exc)
+        log.info("%s %r -> %d %s: %s", request.method, request.path, exc.status, exc.code,
+                 exc.message, extra={"status": exc.status, "reason": exc.message})
+        return _render(request, exc)
+    except web.HTTPException:
+        raise  # aiohttp's own answers: 404 no route, 405, 413 too large
+    except ConnectionError as exc:
+        if not _client_gone(request):
+            return _internal(request, exc)
+        log.info("%s %r: the caller disconnected before the answer (%s)", request.method,
+                 request.path, type(exc).__name__)
+        return web.Response(status=499)  # never sent: aiohttp sees the closed transport
+    except Exception as exc:
+        return _internal(request, exc)
+
+
+def _internal(request: web.Request, exc: Exception) -> web.Response:
+    """A bug: 500 with an id, the traceback logged under the same id."""
+    error_id = secrets.token_hex(8)
+    log.error("%s %r -> 500 internal error %s", request.method, request.path, error_id,
+              exc_info=exc, extra={"error_id": error_id})
+    return _render(request, InternalError(f"internal error {error_id}"))
+
+
+class InternalError(ConnectorError):
+    """What a bug is answered with (only ever created here, never raised)."""
+
+    status = 500
+    code = "internal"

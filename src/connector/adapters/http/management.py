@@ -20,7 +20,8 @@ from aiohttp import web
 from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.config import DSP_PATH
-from connector.core.errors import AuthError, MalformedMessage, NotFound, PeerError
+from connector.core import codec
+from connector.core.errors import AuthError, InvalidParameter, NotFound, PeerError
 from connector.core.transfer import TransferEvent, TransferState
 from connector.service.negotiations import NegotiationService
 from connector.service.store import Store
@@ -41,10 +42,47 @@ def _out(value: Any, status: int = 200) -> web.Response:
 
 
 def _wait(request: web.Request) -> float:
-    try:
-        return min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", "0"))))
-    except ValueError:
+    """``?wait=SECONDS`` (a non-negative number; at most MAX_WAIT_S is waited)."""
+    raw = request.query.get("wait")
+    if raw is None:
         return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0.0 <= wait < float("inf"):  # also refuses nan
+        raise InvalidParameter(f"wait must be a non-negative number of seconds, not {raw!r}")
+    return min(MAX_WAIT_S, wait)
+
+
+def _query_count(request: web.Request, name: str) -> int:
+    """A non-negative integer query parameter (0 when absent)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidParameter(f"{name} must be a non-negative integer, not {raw!r}")
+    return int(raw)
+
+
+def _body_count(body: Mapping[str, Any], name: str) -> int:
+    """A non-negative integer member of a JSON body (0 when absent)."""
+    value = body.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidParameter(f"{name} must be a non-negative integer, not "
+                               f"{msgspec.json.encode(value).decode()[:100]}")
+    return value
+
+
+def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
+    """A string member of a JSON body (``default`` when absent or null)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{name} must be a string, not "
+                               f"{msgspec.json.encode(value).decode()[:100]}")
+    return value
 
 
 def root_of(url: str) -> str:
@@ -97,14 +135,14 @@ class ManagementApi:
         return _out(await self._fetch_catalog(base, did, reuse=False))
 
     async def negotiate(self, request: web.Request) -> web.Response:
+        wait = _wait(request)  # every parameter checked before anything starts
         body = await _body(request)
-        base, did = self._provider(str(body.get("provider", "")))
-        dataset_id = str(body.get("datasetId", ""))
+        base, did = self._provider(_body_text(body, "provider"))
+        dataset_id = _body_text(body, "datasetId")
         catalog = await self._fetch_catalog(base, did, reuse=True)
         offer = _pick_offer(catalog, dataset_id, body.get("offerId"))
         record = await self._negotiations.start(provider_base=base, provider_id=did,
                                                 dataset_id=dataset_id, offer=offer)
-        wait = _wait(request)
         if wait:
             record = await self._negotiations.wait(record.id, wait)
         return _out(_negotiation_view(record), 201)
@@ -112,9 +150,9 @@ class ManagementApi:
     async def offer(self, request: web.Request) -> web.Response:
         """Provider-initiated negotiation: offer a dataset to a pinned consumer."""
         body = await _body(request)
-        base, did = self._provider(str(body.get("consumer", "")))
+        base, did = self._provider(_body_text(body, "consumer"))
         record = await self._negotiations.offer(
-            consumer_base=base, consumer_id=did, dataset_id=str(body.get("datasetId", "")),
+            consumer_base=base, consumer_id=did, dataset_id=_body_text(body, "datasetId"),
             send=self._client.send_initial)
         return _out(_negotiation_view(record), 201)
 
@@ -128,7 +166,7 @@ class ManagementApi:
         if action == "accept":
             record = await self._negotiations.accept(pid)
         elif action == "terminate":
-            reason = str((await _body(request)).get("reason", "terminated by operator"))
+            reason = _body_text(await _body(request), "reason", "terminated by operator")
             record = await self._negotiations.terminate(pid, reason)
         else:
             raise NotFound(f"no action {action!r}")
@@ -144,14 +182,14 @@ class ManagementApi:
         return _out(await self._store.list_transfers())
 
     async def transfer_start(self, request: web.Request) -> web.Response:
+        wait = _wait(request)
         body = await _body(request)
         push_to = None
         if body.get("push"):
             if self._push is None:
                 raise NotFound("this connector receives no pushes")
-            push_to = self._push.address_for(str(body.get("sink", "")))
-        record = await self._transfers.start(str(body.get("agreementId", "")), push_to=push_to)
-        wait = _wait(request)
+            push_to = self._push.address_for(_body_text(body, "sink"))
+        record = await self._transfers.start(_body_text(body, "agreementId"), push_to=push_to)
         if wait:
             record = await self._transfers.wait_started(record.id, wait)
         return _out(record, 201)
@@ -165,9 +203,8 @@ class ManagementApi:
         event = events.get(request.match_info["action"])
         if event is None:
             raise NotFound(f"no action {request.match_info['action']!r}")
-        reason = (await _body(request)).get("reason") if request.can_read_body else None
-        return _out(await self._transfers.act(request.match_info["id"], event,
-                                              str(reason) if reason else None))
+        reason = _body_text(await _body(request), "reason") or None
+        return _out(await self._transfers.act(request.match_info["id"], event, reason))
 
     def _pull_address(self, record: Any) -> tuple[str, str]:
         """(endpoint, Authorization value) of a STARTED transfer's pull address."""
@@ -184,9 +221,8 @@ class ManagementApi:
         a stream cut mid-way ends without a proper end, so a partial copy is never taken
         for a whole one.
         """
-        pid = request.match_info["id"]
+        pid, offset = request.match_info["id"], _query_count(request, "offset")
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
-        offset = int(request.query.get("offset", "0") or 0)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         started = False
         try:
@@ -217,7 +253,8 @@ class ManagementApi:
         checks count and SHA-256 against the provider's summary, and completes."""
         pid = request.match_info["id"]
         body = await _body(request)
-        spec, offset = str(body.get("sink") or body.get("path", "")), int(body.get("offset", 0))
+        spec = _body_text(body, "sink") or _body_text(body, "path")
+        offset = _body_count(body, "offset")
         parse_sink(spec)
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
         summary = await self._client.data_summary(endpoint, token)
@@ -265,7 +302,7 @@ class ManagementApi:
 
     async def revoke(self, request: web.Request) -> web.Response:
         """Provider: withdraw an agreement; open transfers under it are terminated."""
-        reason = str((await _body(request)).get("reason", "revoked by the provider"))
+        reason = _body_text(await _body(request), "reason", "revoked by the provider")
         ended = await self._transfers.revoke_agreement(request.match_info["id"], reason)
         return _out({"revoked": request.match_info["id"], "terminated": [t.id for t in ended]})
 
@@ -295,15 +332,10 @@ class ManagementApi:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of the request body ({} without one); 400 if it is not one."""
     if not request.can_read_body:
         return {}
-    try:
-        doc = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"body is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise MalformedMessage("body must be a JSON object")
-    return doc
+    return codec.decode_json(await request.read())
 
 
 async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink) -> None:

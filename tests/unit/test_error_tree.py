@@ -1,0 +1,83 @@
+"""The error tree states every status on purpose; JSON depth is bounded before decoding."""
+
+from __future__ import annotations
+
+import base64
+
+import aiohttp
+import pytest
+
+from connector.core import codec, errors
+from connector.core.errors import Area, ConnectorError, MalformedMessage
+from connector.core.identity import AuthError, KeyRing, verify_token
+from connector.registry.publisher import Signer
+from connector.registry.search import RegistrySearch
+from connector.registry.store import SearchQuery
+
+# By whose mistake each class is: the caller's (4xx), our configuration (503), a peer (502).
+INTENDED = {
+    "ConfigError": 503, "PolicyError": 400, "AuthError": 401, "InvalidParameter": 400,
+    "ProtocolError": 400, "MalformedMessage": 400, "InvalidTransition": 400,
+    "UnknownProcess": 404, "OfferRejected": 400, "CatalogError": 400, "ConflictError": 409,
+    "NotFound": 404, "TransferDenied": 403, "PeerError": 502,
+}
+
+
+def _tree() -> list[type[ConnectorError]]:
+    found, todo = [], [ConnectorError]
+    while todo:
+        cls = todo.pop()
+        found.extend(cls.__subclasses__())
+        todo.extend(cls.__subclasses__())
+    return [c for c in found if c.__module__ == errors.__name__]
+
+
+def test_every_class_of_the_tree_states_its_status_on_purpose() -> None:
+    tree = {cls.__name__: cls for cls in _tree()}
+    assert set(tree) == set(INTENDED), "a new error class needs its intended status here"
+    for name, status in INTENDED.items():
+        assert tree[name].status == status, name
+        assert name in (errors.__doc__ or ""), f"{name} is not drawn in the docstring"
+    assert not any(500 <= cls.status < 502 for cls in tree.values())
+
+
+async def test_the_setting_to_fix_is_named_by_a_configuration_error() -> None:
+    searcher = RegistrySearch([], Signer(did="did:web:x", kid="k", key=None),
+                              session=_no_session, cache=None)
+    with pytest.raises(errors.ConfigError, match=r"\[registry\] urls.*connector.toml"):
+        await searcher.search(SearchQuery(text="x"))
+
+
+def _no_session() -> aiohttp.ClientSession:
+    raise AssertionError("no registry is asked")
+
+
+@pytest.mark.parametrize(("raw", "depth"), [
+    (b"1", 0), (b"{}", 1), (b'[[1], {"a": [2]}]', 3), (b'{"a": "[[[[{{{{"}', 1),
+    (b'["\\\\", "\\"[[["]', 1), (b"[" * 100 + b"]" * 100, 100), (b"[]" * 10_000, 1),
+])
+def test_json_depth_counts_brackets_outside_strings(raw: bytes, depth: int) -> None:
+    assert codec.json_depth(raw) == depth
+
+
+@pytest.mark.parametrize("raw", [b"[" * 5000 + b"]" * 5000,
+                                 b'{"a":' * 3000 + b"1" + b"}" * 3000,
+                                 b"[" * (codec.MAX_JSON_DEPTH + 1) + b"]" * 65,
+                                 b"[" * 100_000])
+def test_deep_json_is_a_malformed_message_never_a_recursion_error(raw: bytes) -> None:
+    with pytest.raises(MalformedMessage, match="deep") as info:
+        codec.decode_json(raw, area=Area.TRANSFER)
+    assert info.value.area is Area.TRANSFER and info.value.status == 400
+
+
+def test_json_as_deep_as_allowed_decodes() -> None:
+    depth = codec.MAX_JSON_DEPTH
+    doc = codec.decode_json(b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}")
+    assert "a" in doc
+
+
+def test_a_token_with_a_deep_json_segment_is_an_auth_error() -> None:
+    segment = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).rstrip(b"=").decode()
+    for token in (f"{segment}.e30.c2ln", f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln"):
+        with pytest.raises(AuthError, match="malformed token"):
+            verify_token(token, keys=KeyRing({}), audience="did:web:x", now=0, leeway_s=5)
