@@ -38,6 +38,10 @@ from typing import Any, TextIO
 from aiohttp.http_exceptions import HttpProcessingError
 
 LOG_FORMATS = ("text", "json")
+# Libraries whose DEBUG records carry the data they handle: aiosqlite logs every statement
+# with its parameters (data-plane tokens, seen token ids). They stay at WARNING whatever
+# [log] level says, so that no level ever writes a token.
+QUIET_LIBRARIES = ("aiosqlite", "asyncpg")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields a record may carry (``extra=`` or ``bind``) that the JSON form writes out.
@@ -154,3 +158,5 @@ def setup(settings: LogSettings, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler(settings, stream))
     root.setLevel(settings.level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -22,7 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import Protocol
 
-from connector.core.errors import InvalidParameter, MalformedMessage
+from connector.core.errors import InvalidParameter
 
 SQLITE_PREFIX = "sqlite://"
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -135,16 +135,16 @@ def _gap(path: Path, offset: int, held: int) -> InvalidParameter:
 
 
 def parse_sink(spec: str) -> tuple[Path, str | None]:
-    """(path, table or None) of a sink spec; MalformedMessage if it is not one."""
+    """(path, table or None) of a sink spec; InvalidParameter if it is not one."""
     if spec.startswith(SQLITE_PREFIX):
         rest, _, table = spec[len(SQLITE_PREFIX):].partition("#")
         path = Path(rest)
         if not path.is_absolute() or not _TABLE.match(table):
-            raise MalformedMessage(f"sink {spec!r}: use sqlite:///ABSOLUTE/PATH.db#table")
+            raise InvalidParameter(f"sink {spec!r}: use sqlite:///ABSOLUTE/PATH.db#table")
         return path, table
     path = Path(spec)
     if not path.is_absolute():
-        raise MalformedMessage(f"sink {spec!r}: a file sink's path must be absolute")
+        raise InvalidParameter(f"sink {spec!r}: a file sink's path must be absolute")
     return path, None
 
 
