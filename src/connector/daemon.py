@@ -36,21 +36,15 @@ from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore
-from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
 from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
-from connector.folder import (
-    DatasetDecl,
-    Peer,
-    load_datasets,
-    load_policies,
-    load_trust,
-    policy_commits,
-    policy_hash,
-)
 from connector.keys import check_private_mode, load_any_signing_key, write_private
+from connector.participant.credentials import load_credentials
+from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.policies import load_policies, policy_commits, policy_hash
+from connector.participant.trust import Peer, load_trust
 from connector.registry.publisher import RegistryPublisher
 from connector.registry.search import RegistrySearch, add_search_route
 from connector.service.auth import Identity, Verifier

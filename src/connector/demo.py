@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.folder import add_trusted_peer, init_folder
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
 
 # Start-up must print the ready line within this many seconds (it takes ~0.3 s here).
 READY_TIMEOUT_S = 20.0

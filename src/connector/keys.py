@@ -87,7 +87,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 def generate_ec_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Generate a P-256 (ES256) signing key and write it to ``path`` as PKCS#8 PEM, mode 0600.
 
-    P-256 is what the DCP TCK and every EDC build accept (identity-policy note §1.5).
+    P-256 is what the DCP TCK and every EDC build accept (``make dcp-tck``, ``make interop``).
     """
     key = ec.generate_private_key(ec.SECP256R1())
     write_private(path, _pkcs8_pem(key))

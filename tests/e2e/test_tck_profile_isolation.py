@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from connector.demo import Participant, free_port_pair, start, stop
-from connector.folder import init_folder
+from connector.participant.init import init_folder
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "connector"
 

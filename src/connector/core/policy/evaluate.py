@@ -20,7 +20,8 @@ check sees one instant, so it cannot tell *when* each member became true; it req
 members to hold now, evaluated and traced in document order, and is otherwise ``and``.
 Members are never short-circuited, so every ERROR surfaces and the trace is complete.
 
-Rules, following EDC (identity-policy note §2.4; ``edc-policy-engine-semantics/cases.json``):
+Rules, following EDC's policy engine (its cases, edc-01 to edc-19, are
+``tests/conformance/odrl/edc-cases.json``):
 
 1. Every permission must hold (EDC: conjunctive, edc-07): all its constraints, and all the
    constraints of its duties (duties are checked as constraints, not tracked as performed).
