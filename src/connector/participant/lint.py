@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,22 @@ def _toml_error_line(exc: tomllib.TOMLDecodeError, text: str) -> int:
     return int(match.group(1)) if match else max(1, len(text.splitlines()))
 
 
-def _parse_toml(path: Path, name: str, out: list[Problem]) -> tuple[str, dict[str, Any]] | None:
+def _read_text(path: Path, name: str, out: list[Problem]) -> str | None:
     try:
-        text = path.read_text()
-        return text, tomllib.loads(text)
+        return path.read_text()
     except OSError as exc:
         out.append(Problem(name, 1, f"cannot read: {exc.strerror}"))
     except UnicodeDecodeError:
         out.append(Problem(name, 1, "not UTF-8 text"))
+    return None
+
+
+def _parse_toml(path: Path, name: str, out: list[Problem]) -> tuple[str, dict[str, Any]] | None:
+    text = _read_text(path, name, out)
+    if text is None:
+        return None
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = _TOML_POSITION.sub("", str(exc)).strip()
         out.append(Problem(name, _toml_error_line(exc, text), f"invalid TOML: {message}"))
@@ -79,13 +88,11 @@ def _parse_toml(path: Path, name: str, out: list[Problem]) -> tuple[str, dict[st
 
 
 def _parse_json(path: Path, name: str, out: list[Problem]) -> tuple[str, Any] | None:
+    text = _read_text(path, name, out)
+    if text is None:
+        return None
     try:
-        text = path.read_text()
         return text, json.loads(text)
-    except OSError as exc:
-        out.append(Problem(name, 1, f"cannot read: {exc.strerror}"))
-    except UnicodeDecodeError:
-        out.append(Problem(name, 1, "not UTF-8 text"))
     except json.JSONDecodeError as exc:
         out.append(Problem(name, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
     return None
@@ -163,14 +170,20 @@ def _check_signing_key_matches(
                            f"publicKeyJwk does not match the private key {key_path}"))
 
 
+def _parsed(root: Path, folder: str, suffix: str, out: list[Problem]
+            ) -> Iterator[tuple[str, str, Any]]:
+    """(name, text, data) of each ``folder/*suffix`` file that parses (TOML or JSON)."""
+    parse = _parse_toml if suffix == ".toml" else _parse_json
+    for path in sorted((root / folder).glob(f"*{suffix}")):
+        name = _rel(root, f"{folder}/{path.name}")
+        parsed = parse(path, name, out)
+        if parsed is not None:
+            yield name, *parsed
+
+
 def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
     seen: dict[str, str] = {}
-    for path in sorted((root / "datasets").glob("*.toml")):
-        name = _rel(root, f"datasets/{path.name}")
-        parsed = _parse_toml(path, name, out)
-        if parsed is None:
-            continue
-        text, data = parsed
+    for name, text, data in _parsed(root, "datasets", ".toml", out):
         problems = dataset_problems(data)
         out.extend(Problem(name, _line_of(text, key), msg) for key, msg in problems)
         if problems:
@@ -198,12 +211,7 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
 
 
 def _check_trust(root: Path, out: list[Problem]) -> None:
-    for path in sorted((root / "trust").glob("*.json")):
-        name = _rel(root, f"trust/{path.name}")
-        parsed = _parse_json(path, name, out)
-        if parsed is None:
-            continue
-        text, data = parsed
+    for name, text, data in _parsed(root, "trust", ".json", out):
         problems = peer_problems(data)
         out.extend(Problem(name, _line_of(text, key, quoted=True), msg) for key, msg in problems)
         if not problems:
