@@ -48,10 +48,10 @@ from connector.core.identity import (
     with_credential_service,
 )
 from connector.core.messages import DSP_CONTEXT
-from connector.demo import Participant, create_space, free_port, free_port_pair, start, stop
 from connector.participant import credentials
 from connector.participant.init import init_folder
 from connector.participant.trust import add_trusted_peer
+from tests.harness import Participant, create_space, free_port, free_port_pair, start, stop
 from tests.unit.test_rotation import _assert_no_key_material
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
