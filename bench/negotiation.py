@@ -1,7 +1,7 @@
 """Contract negotiations per second between two real connector daemons on loopback.
 
 The provider and the consumer are created and started exactly as ``make demo`` does
-(``connector.demo.create_space`` and ``start``): two ``connector run`` processes speaking
+(``tests.harness.create_space`` and ``start``): two ``connector run`` processes speaking
 DSP over HTTPS on 127.0.0.1. The bench process is the driver, a third process: one aiohttp
 ClientSession calls the consumer's management API (plain HTTP on port+1, bearer token)
 with ``POST /api/negotiations?wait=30``, which returns once the negotiation is terminal.
@@ -23,12 +23,12 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from tests.harness import Participant, create_space, start, stop
 
 from bench import CpuMeter, LoadResult, emit, load, log
 from bench.loopback import RawServer
 from bench.loopback import measure as measure_raw
 from connector.config import load_settings
-from connector.demo import Participant, create_space, start, stop
 
 DATASET = "example-weather"
 OFFER = "urn:offer:example-weather:members-only"

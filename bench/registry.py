@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import CpuMeter, log, percentile
 from connector.core.identity import public_jwk
-from connector.folder import Peer
+from connector.participant.trust import Peer
 from connector.registry.model import sign_snapshot
 from connector.registry.service import RegistryService
 from connector.registry.store import RANK_CANDIDATES, RegistryStore, SearchQuery

@@ -1,7 +1,7 @@
 """Pulling a 1 GB JSON-lines dataset over HTTPS between two connector daemons.
 
 A provider and a consumer are created and started as ``make demo`` does
-(``connector.demo.create_space``, ``start``); before the start, a ~1 GB JSON-lines file
+(``tests.harness.create_space``, ``start``); before the start, a ~1 GB JSON-lines file
 (100 MB with ``--quick``) of ~100-byte records is written into the provider's
 ``data/big.jsonl`` and declared as dataset ``big`` under ``open-use``. The bench process
 drives the consumer's management API (plain HTTP on port+1, bearer token): negotiate, start
@@ -338,7 +338,7 @@ async def drive(provider: Any, consumer: Any, out: Path, reps: int,
 
 
 def run(*, quick: bool) -> None:
-    from connector.demo import Participant, create_space, start, stop
+    from tests.harness import Participant, create_space, start, stop
 
     size = SIZE_QUICK if quick else SIZE_FULL
     reps = 1 if quick else 3

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from procs import free_port_pair
 from yarl import URL
 
 from connector.adapters.http.credential_service import GuardedHttp
 from connector.config import DSP_PATH, load_settings
 from connector.core.errors import AuthError
 from connector.core.identity import build_did_document, signing_public_jwk
-from connector.demo import free_port_pair
-from connector.folder import init_folder
 from connector.keys import generate_ec_signing_key
+from connector.participant.init import init_folder
 from connector.service.dcp_verifier import DidResolver
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

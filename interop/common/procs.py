@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import select
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+# Free loopback ports come from the tests' harness; interop runs inside the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.harness import free_port, free_port_pair
+
+__all__ = ["free_port", "free_port_pair", "start_until_ready", "stop_proc"]
 
 READY_TIMEOUT_S = 20.0
 

@@ -120,24 +120,6 @@ class IamMockVerifier(Verifier):
 # -- lenient edges for what EDC sends ---------------------------------------------------------
 
 
-# -- EDC as a provider for the management API --------------------------------------------------
-
-
-class InteropManagementApi(ManagementApi):
-    """Resolves an EDC participant, given by its DSP base (or the root before /2025-1)."""
-
-    def __init__(self, *, edc_peers: Mapping[str, str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._edc = {base.rstrip("/"): pid for pid, base in edc_peers.items()}
-
-    def _provider(self, url: str) -> tuple[str, str]:
-        url = url.rstrip("/")
-        for base, pid in self._edc.items():
-            if url in (base, base.rsplit("/", 1)[0]):
-                return base, pid
-        return super()._provider(url)
-
-
 # -- the daemon ---------------------------------------------------------------------------------
 
 
@@ -176,9 +158,9 @@ class EdcPeerDaemon(Daemon):
             return Claims(participant_id=did, attributes=dict(EDC_ATTRIBUTES))
         return super().claims_for(did)
 
-    def _management_api(self, cls: type[ManagementApi] = ManagementApi,
-                        **extra: Any) -> ManagementApi:
-        return super()._management_api(InteropManagementApi, edc_peers=self.edc_peers, **extra)
+    def _management_api(self, *, unpinned: Mapping[str, str] | None = None) -> ManagementApi:
+        """EDC cannot be pinned in trust/: the management API resolves it by its DSP base."""
+        return super()._management_api(unpinned={**self.edc_peers, **(unpinned or {})})
 
 
 def parse_edc(values: Sequence[str]) -> dict[str, str]:

@@ -38,13 +38,12 @@ sys.path.insert(0, str(HERE))
 
 import edc  # noqa: E402  (interop/edc/edc.py, stdlib only)
 
-from connector.authority import import_credential  # noqa: E402
 from connector.config import load_settings  # noqa: E402
-from connector.demo import free_port  # noqa: E402
+from connector.participant.credentials import import_credential  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "common"))
 from loopback_dcp import loopback_folder  # noqa: E402
-from procs import start_until_ready, stop_proc  # noqa: E402
+from procs import free_port, start_until_ready, stop_proc  # noqa: E402
 
 EDC_ID = "edc-participant"
 MODES = ("iam-mock", "dcp")

@@ -18,12 +18,11 @@ import tempfile
 from pathlib import Path
 
 from connector.config import load_settings
-from connector.demo import free_port
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "common"))
 from loopback_dcp import loopback_folder  # noqa: E402
-from procs import start_until_ready, stop_proc  # noqa: E402
+from procs import free_port, start_until_ready, stop_proc  # noqa: E402
 
 
 def make_folder(root: Path) -> tuple[Path, str]:

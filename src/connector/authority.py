@@ -1,6 +1,6 @@
-"""A data-space authority (credential issuer) and the member side of its credentials. IO shell.
+"""A data-space authority (credential issuer). IO shell.
 
-The authority is a did:web issuer (identity-policy note §1.11 "DCP-lite"): it signs membership
+The authority is a did:web issuer (README.md "Identity"): it signs membership
 credentials as VC JWTs offline, and serves over HTTPS only two public documents, its
 ``did.json`` and its revocation list (a Bitstring Status List credential, re-signed on each
 change). EDC peers list its DID in ``edc.iam.trustedissuer.*``; our verifier in its trusted
@@ -11,7 +11,7 @@ issuers. The folder::
 
 ``issued.jsonl`` logs every issued and revoked credential (ids, subjects, status indices; the
 credentials themselves are not secret but are not kept). The member imports the VC JWT it was
-given into ``credentials/`` of its participant folder (public; may be committed).
+given into ``credentials/`` of its participant folder (``participant.credentials``).
 """
 
 from __future__ import annotations
@@ -33,16 +33,15 @@ from typing import Any
 from aiohttp import web
 
 from connector import keys
-from connector.config import load_settings
 from connector.core import credentials as vc
-from connector.core.errors import AuthError, ConfigError, NotFound
+from connector.core.errors import ConfigError, NotFound
 from connector.core.identity import (
     build_did_document,
     did_web_from_url,
     parse_jws,
     signing_public_jwk,
 )
-from connector.folder import parse_public_url
+from connector.participant.layout import check_init_target, parse_public_url
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ STATUS_FILE = "state/revocation.bin"
 ISSUED_FILE = "issued.jsonl"
 STATUS_PATH = "/status/revocation"
 DID_PATH = "/.well-known/did.json"
-CREDENTIALS_DIR = "credentials"
 # A membership lasts a year unless --valid-days says otherwise.
 DEFAULT_VALID_DAYS = 365
 # The served status-list credential is re-signed on every change and valid for a day; verifiers
@@ -105,8 +103,7 @@ def init_authority(dir: Path, *, url: str) -> AuthoritySettings:
     """Create an authority folder at ``dir`` (absent or empty) for ``https://HOST:PORT``."""
     host, _ = parse_public_url(url)
     url = url.rstrip("/")
-    if dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
-        raise ConfigError(f"{dir}: exists and is not an empty directory")
+    check_init_target(dir)
     did = did_web_from_url(url)
     for sub in ("tls", "state"):
         (dir / sub).mkdir(parents=True, exist_ok=True)
@@ -323,47 +320,3 @@ async def serve_authority(dir: Path, *, stop: asyncio.Event | None = None) -> No
 def run_authority(dir: Path) -> None:
     """``connector authority run DIR``: serve until interrupted."""
     asyncio.run(serve_authority(dir))
-
-
-# --- the member side: credentials/ of a participant folder --------------------------------------
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.") or "vc"
-
-
-def import_credential(dir: Path, source: Path, *, now: float | None = None) -> Path:
-    """Store the VC JWT in ``source`` under ``credentials/`` of the participant folder ``dir``.
-
-    Its subject must be this participant's DID and it must not have expired; the signature is
-    the verifier's business (it resolves the issuer). Returns the written path.
-    """
-    did = load_settings(dir).did
-    try:
-        token = source.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read a credential") from exc
-    try:
-        jws = parse_jws(token)
-    except AuthError as exc:
-        raise ConfigError(f"{source}: not a VC JWT ({exc.message})") from exc
-    body = jws.payload.get("vc")
-    subject = body.get("credentialSubject") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or not isinstance(subject, dict):
-        raise ConfigError(f"{source}: not a VC JWT (no vc claim with a credentialSubject)")
-    if subject.get("id") != did or jws.payload.get("sub", did) != did:
-        raise ConfigError(f"{source}: the credential is about {subject.get('id')!r}, not {did}")
-    exp = jws.payload.get("exp")
-    if isinstance(exp, int) and exp < (time.time() if now is None else now):
-        raise ConfigError(f"{source}: the credential has expired")
-    name = _slug(str(jws.payload.get("jti") or body.get("id") or uuid.uuid4()).split(":")[-1])
-    target = dir / CREDENTIALS_DIR / f"{name}.jwt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(token + "\n")
-    return target
-
-
-def load_credentials(dir: Path) -> list[str]:
-    """The VC JWTs of ``credentials/*.jwt``, for our Credential Service to present."""
-    folder = dir / CREDENTIALS_DIR
-    return [p.read_text().strip() for p in sorted(folder.glob("*.jwt"))] if folder.is_dir() else []

@@ -56,21 +56,22 @@ def _add_identity_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _identity(args: argparse.Namespace) -> int:
     """Dispatch of the commands ``_add_identity_parsers`` declares. Prints no key material."""
-    from connector import authority, rotation
+    from connector import authority
+    from connector.participant import credentials, keys
 
     if args.command == "keys":
         if args.retire:
-            rotation.retire_signing_key(args.dir, args.retire)
+            keys.retire_signing_key(args.dir, args.retire)
             print(f"retired {args.retire}")
         elif args.activate:
-            rotation.activate_signing_key(args.dir, args.activate)
+            keys.activate_signing_key(args.dir, args.activate)
             print(f"signing with {args.activate}")
         else:
-            kid = rotation.rotate_signing_key(args.dir, publish_only=args.publish_only)
+            kid = keys.rotate_signing_key(args.dir, publish_only=args.publish_only)
             print(f"published {kid}" if args.publish_only else f"signing with {kid}")
         return 0
     if args.command == "credentials":
-        print(f"imported {authority.import_credential(args.dir, args.file)}")
+        print(f"imported {credentials.import_credential(args.dir, args.file)}")
         return 0
     command = args.authority_command
     if command == "init":
@@ -175,13 +176,13 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "init":
-        from connector.folder import init_folder
+        from connector.participant.init import init_folder
 
         init_folder(args.dir, name=args.name, url=args.url, management_port=args.management_port)
         print(f"initialised {args.dir}")
         return 0
     if cmd == "policy":
-        from connector.folder import check_folder
+        from connector.participant.lint import check_folder
 
         problems = check_folder(args.dir)
         for problem in problems:
@@ -191,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     if cmd in ("keys", "authority", "credentials"):
         return _identity(args)
     if cmd == "trust":
-        from connector.folder import add_trusted_peer
+        from connector.participant.trust import add_trusted_peer
 
         attrs = dict(a.split("=", 1) for a in args.attr)
         path = add_trusted_peer(args.dir, args.source, attributes=attrs, tls_cert=args.tls_cert)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import sys
 import time
@@ -17,6 +16,7 @@ import msgspec
 
 from connector.config import Settings, load_settings
 from connector.core.errors import PeerError
+from connector.service.consumer import CopyCounter, complete_records, copy_mismatch
 
 
 class Management:
@@ -120,24 +120,6 @@ async def negotiate(m: Management, args: argparse.Namespace) -> int:
     return 1
 
 
-def _complete_records(part: Path) -> tuple[int, str]:
-    """Cut a partial last record off ``part``; return (records, sha256) of what remains."""
-    digest, records, keep = hashlib.sha256(), 0, 0
-    tail = b""
-    with part.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            data = tail + chunk
-            end = data.rfind(b"\n") + 1  # complete records end at the last newline
-            digest.update(data[:end])
-            records += data.count(b"\n", 0, end)
-            keep += end
-            tail = data[end:]
-    if tail:  # a record cut mid-way: drop it, the resume fetches it whole
-        with part.open("r+b") as f:
-            f.truncate(keep)
-    return records, digest.hexdigest()
-
-
 class Progress:
     """Records, bytes, rate and ETA on stderr, at most twice a second."""
 
@@ -166,7 +148,7 @@ async def _open_or_resume(m: Management, args: argparse.Namespace, part: Path,
         if info.get("agreement") == args.agreement_id:
             record = await m.call("GET", f"/api/transfers/{info['transfer']}")
             if record["state"] == "STARTED":
-                records, _ = _complete_records(part)
+                records = complete_records(part).records
                 print(f"resuming transfer {record['id']} at record {records}", file=sys.stderr)
                 return record, records
     record = await m.call("POST", f"/api/transfers?wait={args.timeout}",
@@ -198,20 +180,19 @@ async def _to_stdout(m: Management, args: argparse.Namespace) -> int:
         return 1
     tid = record["id"]
     summary = await m.call("GET", f"/api/transfers/{tid}/summary")
-    digest, records, size = hashlib.sha256(), 0, 0
+    counter = CopyCounter()
     out = sys.stdout.buffer
     async for chunk in m.stream(f"/api/transfers/{tid}/data"):
         out.write(chunk)
-        digest.update(chunk)
-        records += chunk.count(b"\n")
-        size += len(chunk)
+        counter.update(chunk)
     out.flush()
-    got = {"records": records, "bytes": size, "sha256": digest.hexdigest()}
-    if got != summary:
-        print(f"copy does not match the provider's: {got} != {summary}", file=sys.stderr)
+    got = counter.copy()
+    problem = copy_mismatch(got, summary)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
     await m.call("POST", f"/api/transfers/{tid}/complete")
-    print(f"{records} records, {size} bytes, sha256 {got['sha256']} verified -> stdout",
+    print(f"{got.records} records, {got.bytes} bytes, sha256 {got.sha256} verified -> stdout",
           file=sys.stderr)
     return 0
 
@@ -300,16 +281,16 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
               f"{': ' + state['reason'] if state.get('reason') else ''}): {exc.message}; "
               "run the same command again to resume", file=sys.stderr)
         return 1
-    records, sha256 = _complete_records(part)
-    if summary is not None and (records, sha256) != (summary["records"], summary["sha256"]):
-        print(f"\ncopy does not match the provider's: {records} records sha256 {sha256}, "
-              f"expected {summary['records']} sha256 {summary['sha256']}", file=sys.stderr)
+    got = complete_records(part)
+    problem = copy_mismatch(got, summary) if summary is not None else None
+    if problem is not None:
+        print(f"\n{problem}", file=sys.stderr)
         return 1
     part.replace(out)
     meta.unlink()
     await m.call("POST", f"/api/transfers/{tid}/complete")
     check = "verified" if summary is not None else "UNVERIFIED"
-    print(f"\r{records} records, {out.stat().st_size} bytes, sha256 {sha256} {check} -> {out}")
+    print(f"\r{got.records} records, {got.bytes} bytes, sha256 {got.sha256} {check} -> {out}")
     return 0
 
 

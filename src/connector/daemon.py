@@ -16,6 +16,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,25 +36,20 @@ from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore
-from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
 from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
-from connector.folder import (
-    DatasetDecl,
-    Peer,
-    load_datasets,
-    load_policies,
-    load_trust,
-    policy_commits,
-    policy_hash,
-)
 from connector.keys import check_private_mode, load_any_signing_key, write_private
+from connector.participant.credentials import load_credentials
+from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.policies import load_policies, policy_commits, policy_hash
+from connector.participant.trust import Peer, load_trust
 from connector.registry.publisher import RegistryPublisher
 from connector.registry.search import RegistrySearch, add_search_route
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
+from connector.service.consumer import ConsumerService
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
 from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
@@ -139,13 +135,14 @@ class Daemon:
 
     # -- identity: DCP wiring and [signing] reload -------------------------------------------
 
-    def _management_api(self, cls: type[ManagementApi] = ManagementApi,
-                        **extra: Any) -> ManagementApi:
-        """The local management API; a test profile passes a subclass and its own arguments
-        (peers that cannot be pinned in trust/)."""
-        return cls(token=self.settings.management_token(), store=self.store,
-                   negotiations=self.negotiations, transfers=self.transfers, client=self.client,
-                   peers=lambda: self.folder.peers, push=self.push_receiver, **extra)
+    def _management_api(self, *, unpinned: Mapping[str, str] | None = None) -> ManagementApi:
+        """The local management API. ``unpinned``: participant id -> DSP base of peers that
+        cannot be pinned in trust/ (a test profile's EDC)."""
+        consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
+                                   unpinned=unpinned)
+        return ManagementApi(token=self.settings.management_token(), store=self.store,
+                             negotiations=self.negotiations, transfers=self.transfers,
+                             client=self.client, consumer=consumer, push=self.push_receiver)
 
     def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
         """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""

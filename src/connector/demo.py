@@ -8,7 +8,6 @@ using the same ``connector`` commands an operator would type.
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
 import socket
@@ -21,105 +20,98 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.folder import add_trusted_peer, init_folder
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
 
 # Start-up must print the ready line within this many seconds (it takes ~0.3 s here).
 READY_TIMEOUT_S = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 also free (the management API listens on p+1)."""
+def _free_ports(count: int) -> int:
+    """A loopback port p with p+1 .. p+count-1 free too (a connector's management API
+    listens on p+1)."""
     for _ in range(50):
-        port = free_port()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
+            for extra in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + extra))
             return port
         except OSError:
             continue
-    raise RuntimeError("no free pair of ports")
+    raise RuntimeError("no free ports")
 
 
 @dataclass
 class Participant:
+    """One folder of the demo space and the daemon process serving it."""
+
     name: str
     dir: Path
     url: str
+    command: tuple[str, ...] = ("run",)  # ("registry", "run") for the registry
     process: subprocess.Popen[bytes] | None = None
-    command: tuple[str, ...] = ("run",)  # ("registry", "run") for a registry
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a ``connector`` command in this participant's folder."""
         return subprocess.run([sys.executable, "-m", "connector.cli", *args, "--dir",
-                               str(self.dir)], capture_output=True, text=True, timeout=timeout)
+                               str(self.dir)], capture_output=True, text=True, timeout=120)
 
+    def start(self) -> None:
+        """Start the daemon and wait for its ready line (RuntimeError naming its log if not)."""
+        with (self.dir / "state" / "daemon.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "connector.cli", *self.command, str(self.dir)],
+                stdout=subprocess.PIPE, stderr=log)
+        out = self.process.stdout
+        assert out is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        # select before each readline: a daemon that neither prints nor exits must not hang us.
+        while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
+            line = out.readline()
+            if b"ready" in line:
+                return
+            if not line:
+                break
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; see {self.dir}/state/daemon.log")
 
-def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None
-                 ) -> tuple[Participant, Participant]:
-    """A provider and a consumer, each pinning the other."""
-    parts = []
-    for name in ("provider", "consumer"):
-        url = f"https://127.0.0.1:{free_port_pair()}"
-        init_folder(root / name, name=name, url=url)
-        parts.append(Participant(name, root / name, url))
-    provider, consumer = parts
-    attrs = {"membership": "active"} if consumer_attrs is None else consumer_attrs
-    add_trusted_peer(provider.dir, consumer.dir, attributes=attrs, tls_cert=None)
-    add_trusted_peer(consumer.dir, provider.dir, attributes={}, tls_cert=None)
-    return provider, consumer
-
-
-def start(participant: Participant, extra_env: dict[str, str] | None = None) -> None:
-    """Start ``connector run`` and wait for its ready line."""
-    log = (participant.dir / "state" / "daemon.log").open("wb")
-    env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", *participant.command,
-                             str(participant.dir)], stdout=subprocess.PIPE, stderr=log, env=env)
-    participant.process = proc
-    assert proc.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while (left := deadline - time.monotonic()) > 0:
-        # Wait for a line at most until the deadline: a daemon that neither prints nor exits
-        # must not hang its caller (a readline alone would block for ever).
-        if not select.select([proc.stdout], [], [], left)[0]:
-            break
-        line = proc.stdout.readline()
-        if b"ready" in line:
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the daemon has not ended within 10 s."""
+        if self.process is None:
             return
-        if not line and proc.poll() is not None:
-            break
-    stop(participant)
-    raise RuntimeError(f"{participant.name} did not start; see {participant.dir}/state/daemon.log")
-
-
-def stop(participant: Participant) -> None:
-    proc = participant.process
-    if proc is None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    participant.process = None
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
 @contextmanager
 def running(participants: Sequence[Participant]) -> Iterator[None]:
     try:
         for p in participants:
-            start(p)
+            p.start()
         yield
     finally:
         for p in participants:
-            stop(p)
+            p.stop()
+
+
+def create_space(root: Path) -> tuple[Participant, Participant]:
+    """A provider and a consumer, each pinning the other."""
+    provider, consumer = (Participant(name, root / name, f"https://127.0.0.1:{_free_ports(2)}")
+                          for name in ("provider", "consumer"))
+    for p in (provider, consumer):
+        init_folder(p.dir, name=p.name, url=p.url)
+    add_trusted_peer(provider.dir, consumer.dir, attributes={"membership": "active"},
+                     tls_cert=None)
+    add_trusted_peer(consumer.dir, provider.dir, attributes={}, tls_cert=None)
+    return provider, consumer
 
 
 class Steps:
@@ -147,8 +139,8 @@ def create_registry(root: Path, members: Sequence[Participant]) -> Participant:
     from connector.registry.daemon import init_registry
     from connector.registry.membership import join_registry
 
-    registry = Participant("registry", root / "registry", f"https://127.0.0.1:{free_port()}",
-                           command=("registry", "run"))
+    registry = Participant("registry", root / "registry",
+                           f"https://127.0.0.1:{_free_ports(1)}", command=("registry", "run"))
     init_registry(registry.dir, url=registry.url)
     for member in members:
         join_registry(member.dir, registry.dir)

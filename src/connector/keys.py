@@ -71,14 +71,7 @@ def check_private_mode(path: Path) -> None:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 signing key at ``path``; it must be mode 0600 and unencrypted PEM."""
-    check_private_mode(path)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
-        # The exception text may quote the file; keep only our own words.
-        raise ConfigError(f"{path}: not an unencrypted PEM private key") from exc
+    key = load_any_signing_key(path)
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path}: signing key must be Ed25519")
     return key
@@ -87,7 +80,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 def generate_ec_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Generate a P-256 (ES256) signing key and write it to ``path`` as PKCS#8 PEM, mode 0600.
 
-    P-256 is what the DCP TCK and every EDC build accept (identity-policy note §1.5).
+    P-256 is what the DCP TCK and every EDC build accept (``make dcp-tck``, ``make interop``).
     """
     key = ec.generate_private_key(ec.SECP256R1())
     write_private(path, _pkcs8_pem(key))
@@ -102,6 +95,7 @@ def load_any_signing_key(path: Path) -> Ed25519PrivateKey | ec.EllipticCurvePriv
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except (ValueError, TypeError) as exc:
+        # The exception text may quote the file; keep only our own words.
         raise ConfigError(f"{path}: not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path}: signing key must be Ed25519 or EC")

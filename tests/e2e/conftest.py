@@ -26,10 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connector.client import Management
 from connector.config import DSP_PATH, load_settings
 from connector.core.identity import did_web_from_url, issue_token
-from connector.demo import Participant, create_space, free_port, start, stop
-from connector.folder import add_trusted_peer, init_folder
 from connector.keys import load_signing_key
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
 from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture for tests/e2e)
+from tests.harness import Participant, create_space, free_port, start, stop
 
 
 @dataclass

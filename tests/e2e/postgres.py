@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from connector.demo import free_port
+from tests.harness import free_port
 
 ROWS = 300
 USER = "connector"

@@ -17,7 +17,7 @@ import pytest_asyncio
 from connector import authority
 from connector.core import credentials as vc
 from connector.core.identity import KeyRing, did_web_to_url, document_keys
-from connector.demo import free_port
+from tests.harness import free_port
 from tests.unit.test_rotation import _assert_no_key_material
 
 

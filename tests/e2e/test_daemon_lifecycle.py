@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import load_settings
-from connector.demo import create_space
+from tests.harness import create_space
 
 
 @pytest.mark.parametrize("which", ["management", "public"])

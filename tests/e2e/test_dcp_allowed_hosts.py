@@ -32,7 +32,6 @@ from connector.core import dcp
 from connector.core.errors import PeerError
 from connector.core.identity import did_web_from_url
 from connector.core.messages import DSP_CONTEXT
-from connector.demo import Participant, create_space, free_port, start, stop
 from connector.keys import load_any_signing_key
 from connector.service.auth import Identity
 from tests.e2e.test_identity_edge import (
@@ -41,6 +40,7 @@ from tests.e2e.test_identity_edge import (
     _wait_listening,
     contract_request,
 )
+from tests.harness import Participant, create_space, free_port, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -48,8 +48,10 @@ from connector.core.identity import (
     with_credential_service,
 )
 from connector.core.messages import DSP_CONTEXT
-from connector.demo import Participant, create_space, free_port, free_port_pair, start, stop
-from connector.folder import add_trusted_peer, init_folder
+from connector.participant import credentials
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
+from tests.harness import Participant, create_space, free_port, free_port_pair, start, stop
 from tests.unit.test_rotation import _assert_no_key_material
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -136,7 +138,7 @@ def _member(authority_dir: Path, folder: Path, did: str) -> str:
     credential_id, token = authority.issue_credential(authority_dir, subject=did)
     source = folder / "state" / "membership.jwt"
     source.write_text(token)
-    authority.import_credential(folder, source)
+    credentials.import_credential(folder, source)
     return credential_id
 
 

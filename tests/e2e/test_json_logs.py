@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
-from connector.demo import Participant, create_space, start, stop
 from connector.keys import load_signing_key
+from tests.harness import Participant, create_space, start, stop
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.")
 

@@ -11,7 +11,7 @@ import pytest
 
 from connector.client import Management
 from connector.config import load_settings
-from connector.demo import create_space, running
+from tests.harness import create_space, running
 
 
 def _git(folder: Path, *args: str) -> str:

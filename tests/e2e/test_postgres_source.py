@@ -24,10 +24,10 @@ import pytest_asyncio
 
 from connector.client import Management
 from connector.config import load_settings
-from connector.demo import Participant, create_space, start, stop
-from connector.folder import check_folder
 from connector.keys import write_private
+from connector.participant.lint import check_folder
 from tests.e2e.postgres import QUERY, ROWS, Postgres, row_values
+from tests.harness import Participant, create_space, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -22,8 +22,8 @@ import pytest_asyncio
 
 from connector.client import Management
 from connector.config import load_settings
-from connector.demo import Participant, create_space, free_port, start, stop
 from tests.e2e.conftest import BIG_RECORDS, add_big_dataset
+from tests.harness import Participant, create_space, free_port, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CUT_AFTER = 3_000_000  # bytes towards the consumer on one connection (the big push is ~40 MB)

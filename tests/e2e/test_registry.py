@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.config import load_settings
 from connector.daemon import read_folder
-from connector.demo import Participant, create_space, free_port, running
-from connector.folder import add_trusted_peer, init_folder
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
 from connector.registry.daemon import REGISTRY_FILE, init_registry
 from connector.registry.membership import join_registry, pair_registries
 from connector.registry.model import sign_snapshot
 from connector.registry.publisher import RegistryPublisher, Signer, registry_catalog
 from connector.registry.search import find_provider_url
+from tests.harness import Participant, create_space, free_port, running
 
 READY_TIMEOUT_S = 20.0
 

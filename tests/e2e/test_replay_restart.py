@@ -19,11 +19,11 @@ import pytest_asyncio
 
 from connector.config import DSP_PATH, load_settings
 from connector.core.identity import did_web_from_url
-from connector.demo import Participant, create_space, start, stop
-from connector.folder import add_trusted_peer
 from connector.keys import load_signing_key
+from connector.participant.trust import add_trusted_peer
 from tests.e2e.conftest import Peer, _callback_app, _peer_folder, free_port
 from tests.e2e.test_dsp_edge import CTX, call, request_body
+from tests.harness import Participant, create_space, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from connector.client import Management
 from connector.config import load_settings
-from connector.demo import Participant, create_space, free_port, start, stop
 from connector.keys import write_private
+from tests.harness import Participant, create_space, free_port, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from connector.demo import Participant, free_port_pair, start, stop
-from connector.folder import init_folder
+from connector.participant.init import init_folder
+from tests.harness import Participant, free_port_pair, start, stop
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "connector"
 

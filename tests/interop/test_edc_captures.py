@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
-from connector.adapters.http.management import _pick_offer
 from connector.core import codec
 from connector.core import transfer as tp
 from connector.core.catalog import (
@@ -50,6 +49,7 @@ from connector.core.messages import (
 )
 from connector.core.negotiation import Negotiation, NegotiationState, Role
 from connector.service.catalog import Catalog
+from connector.service.consumer import pick_offer
 from connector.service.negotiations import NegotiationService
 
 CAPTURES = Path(__file__).resolve().parent / "captures"
@@ -159,14 +159,14 @@ def test_pick_offer_from_edc_catalog(name: str, asset: str) -> None:
     assert catalog["@type"] == "Catalog"
     dataset = next(d for d in catalog["dataset"] if d["@id"] == asset)
     published = dataset["hasPolicy"][0]
-    offer = _pick_offer(catalog, asset, None)
+    offer = pick_offer(catalog, asset, None)
     assert offer == published
     assert offer["@type"] == "Offer" and "permission" not in offer  # EDC: no empty rule arrays
-    assert _pick_offer(catalog, asset, published["@id"]) == published
+    assert pick_offer(catalog, asset, published["@id"]) == published
     with pytest.raises(NotFound):
-        _pick_offer(catalog, asset, "not-an-edc-offer")
+        pick_offer(catalog, asset, "not-an-edc-offer")
     with pytest.raises(NotFound):
-        _pick_offer(catalog, "not-an-edc-asset", None)
+        pick_offer(catalog, "not-an-edc-asset", None)
     # EDC's DSP base is not <root>/dsp/2025-1 (see README "Differences": provider base).
     endpoints = {d["accessService"]["endpointURL"] for d in dataset["distribution"]}
     assert all(e.endswith("/protocol/2025-1") for e in endpoints)
@@ -174,7 +174,7 @@ def test_pick_offer_from_edc_catalog(name: str, asset: str) -> None:
 
 def test_pick_offer_from_edc_dataset_document() -> None:
     dataset = capture("edc-edc_16_Dataset.json")["response_body"]
-    offer = _pick_offer({"dataset": [dataset]}, "asset-1", None)
+    offer = pick_offer({"dataset": [dataset]}, "asset-1", None)
     assert offer["@id"] == dataset["hasPolicy"][0]["@id"]
 
 
@@ -188,7 +188,7 @@ def _consumer_record(offer: dict[str, Any], agreement: dict[str, Any], did: str)
 
 def test_our_consumer_accepts_edcs_agreement_for_edcs_offer() -> None:
     catalog = capture("edc-edc_01_CatalogRequestMessage.json")["response_body"]
-    offer = {**_pick_offer(catalog, "asset-1", None), "target": "asset-1"}
+    offer = {**pick_offer(catalog, "asset-1", None), "target": "asset-1"}
     agreement = codec.decode(capture("edc-edc_03_ContractAgreementMessage.json")["body"],
                              ContractAgreementMessage, area=Area.NEGOTIATION).agreement
     assert same_rules(agreement, offer)  # neither carries rules: equal

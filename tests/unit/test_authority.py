@@ -19,8 +19,9 @@ from connector.config import load_settings
 from connector.core import credentials as vc
 from connector.core.errors import AuthError, ConfigError, NotFound
 from connector.core.identity import KeyRing, document_keys, parse_jws
-from connector.folder import init_folder
 from connector.keys import load_any_signing_key
+from connector.participant import credentials
+from connector.participant.init import init_folder
 from tests.unit.test_rotation import _assert_no_key_material
 
 AUTHORITY_URL = "https://127.0.0.1:7443"
@@ -135,18 +136,18 @@ def test_import_credential(space: tuple[Path, Path], tmp_path: Path) -> None:
     folder, alpha = space
     _, token = authority.issue_credential(folder, subject=load_settings(alpha).did)
     (tmp_path / "vc.jwt").write_text(token + "\n")
-    path = authority.import_credential(alpha, tmp_path / "vc.jwt")
+    path = credentials.import_credential(alpha, tmp_path / "vc.jwt")
     assert path.parent == alpha / "credentials" and path.suffix == ".jwt"
-    assert authority.load_credentials(alpha) == [token]
+    assert credentials.load_credentials(alpha) == [token]
     _, other = authority.issue_credential(folder, subject="did:web:gamma.example.org")
     (tmp_path / "other.jwt").write_text(other)
     with pytest.raises(ConfigError, match="not did:web"):
-        authority.import_credential(alpha, tmp_path / "other.jwt")
+        credentials.import_credential(alpha, tmp_path / "other.jwt")
     (tmp_path / "junk.jwt").write_text("hello")
     with pytest.raises(ConfigError, match="not a VC JWT"):
-        authority.import_credential(alpha, tmp_path / "junk.jwt")
+        credentials.import_credential(alpha, tmp_path / "junk.jwt")
     with pytest.raises(ConfigError, match="expired"):
-        authority.import_credential(alpha, tmp_path / "vc.jwt", now=time.time() + 400 * 86_400)
+        credentials.import_credential(alpha, tmp_path / "vc.jwt", now=time.time() + 400 * 86_400)
 
 
 def test_cli_round_trip_prints_no_key_material(

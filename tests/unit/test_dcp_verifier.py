@@ -287,7 +287,7 @@ def test_identity_grants_the_configured_scopes() -> None:
 
 
 def test_identity_settings(tmp_path: Any) -> None:
-    from connector.folder import init_folder
+    from connector.participant.init import init_folder
 
     init_folder(tmp_path / "p", name="p", url="https://127.0.0.1:8443")
     config = tmp_path / "p" / "connector.toml"

@@ -267,7 +267,7 @@ async def test_a_name_resolving_to_metadata_is_refused_without_a_connection() ->
 
 
 def _config(tmp_path: Path, identity: str) -> Path:
-    from connector.folder import init_folder
+    from connector.participant.init import init_folder
 
     init_folder(tmp_path / "p", name="p", url="https://127.0.0.1:8443")
     config = tmp_path / "p" / "connector.toml"

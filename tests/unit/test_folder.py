@@ -6,8 +6,6 @@ import ipaddress
 import json
 import shutil
 import stat
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,17 +14,13 @@ from cryptography import x509
 from connector.config import load_settings
 from connector.core.errors import ConfigError, Problem
 from connector.core.identity import KeyRing, issue_token, public_jwk, verify_token
-from connector.folder import (
-    DatasetDecl,
-    add_trusted_peer,
-    check_folder,
-    init_folder,
-    load_datasets,
-    load_policies,
-    load_trust,
-    templates_dir,
-)
 from connector.keys import load_signing_key
+from connector.participant import lint
+from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.init import init_folder, templates_dir
+from connector.participant.lint import check_folder
+from connector.participant.policies import load_policies
+from connector.participant.trust import add_trusted_peer, load_trust
 
 URL = "https://127.0.0.1:8443"
 DID = "did:web:127.0.0.1%3A8443"
@@ -373,9 +367,7 @@ def test_check_delegates_policies_to_the_policy_checker(
         seen.append(Path(file).name)
         return [Problem(file, 2, "fake finding")] if "count" in file else []
 
-    fake = types.ModuleType("connector.core.policy.check")
-    fake.check_policy_document = check_policy_document  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "connector.core.policy.check", fake)
+    monkeypatch.setattr(lint, "check_policy_document", check_policy_document)
     assert _lines(check_folder(folder)) == [
         f"{folder / 'policies/count-limited.json'}:2: fake finding"]
     assert sorted(seen) == sorted(f"{name}.json" for name in TEMPLATES)

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "connector"
 FORBIDDEN = {
     "core": {"aiohttp", "aiosqlite", "asyncpg", "asyncio", "connector.service",
              "connector.adapters", "connector.daemon", "connector.cli", "connector.config",
-             "connector.folder", "connector.keys", "uuid", "os", "time"},
+             "connector.participant", "connector.keys", "uuid", "os", "time"},
     "service": {"aiohttp", "aiosqlite", "asyncpg", "connector.adapters", "connector.daemon",
                 "connector.cli"},
     "adapters": {"connector.daemon", "connector.cli"},

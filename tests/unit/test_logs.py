@@ -120,7 +120,7 @@ def test_log_table_of_connector_toml() -> None:
 
 def test_settings_carry_the_log_table(tmp_path: Path) -> None:
     from connector.config import load_settings
-    from connector.folder import init_folder
+    from connector.participant.init import init_folder
 
     init_folder(tmp_path / "p", name="p", url="https://127.0.0.1:8443")
     toml = tmp_path / "p" / "connector.toml"

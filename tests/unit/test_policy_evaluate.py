@@ -16,7 +16,7 @@ from connector.core.policy import (
     evaluate,
     parse_policy,
 )
-from connector.core.policy.evaluate import compare
+from connector.core.policy.constraints import compare
 from connector.core.policy.model import Operator
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

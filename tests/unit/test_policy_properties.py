@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.core.policy import PolicyContext, Scope, evaluate, parse_policy
-from connector.core.policy.evaluate import compare
+from connector.core.policy.constraints import compare
 from connector.core.policy.model import Operator, parse_xsd_datetime
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

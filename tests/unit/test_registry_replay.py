@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.core.errors import AuthError
 from connector.core.identity import issue_token, public_jwk
-from connector.folder import Peer
+from connector.participant.trust import Peer
 from connector.registry import store as store_module
 from connector.registry.store import RegistryStore
 from connector.service.auth import Verifier

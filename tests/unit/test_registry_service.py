@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.core.errors import AuthError
 from connector.core.identity import public_jwk
-from connector.folder import Peer
+from connector.participant.trust import Peer
 from connector.registry import store as store_module
 from connector.registry.model import NotMember, PublicationRefused, sign_snapshot
 from connector.registry.service import RegistryService

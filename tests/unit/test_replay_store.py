@@ -18,7 +18,7 @@ from connector.adapters.storage.sqlite import SqliteStore
 from connector.core import dcp
 from connector.core.errors import AuthError
 from connector.core.identity import issue_token, parse_jws, public_jwk
-from connector.folder import Peer
+from connector.participant.trust import Peer
 from connector.service import auth
 from connector.service.auth import Verifier
 from tests.unit.test_dcp_verifier import World

@@ -18,14 +18,15 @@ from connector.cli import main
 from connector.config import load_settings
 from connector.core.errors import AuthError, ConfigError
 from connector.core.identity import KeyRing, document_keys, issue_token, verify_token
-from connector.folder import check_folder, init_folder
 from connector.keys import load_any_signing_key
-from connector.rotation import (
+from connector.participant.init import init_folder
+from connector.participant.keys import (
     ROTATIONS_FILE,
     activate_signing_key,
     retire_signing_key,
     rotate_signing_key,
 )
+from connector.participant.lint import check_folder
 
 T0 = 1_750_000_000.0
 AUDIENCE = "did:web:peer.example.org"

@@ -25,8 +25,10 @@ from connector.adapters.sources import (
     record_chunks,
 )
 from connector.core.errors import ConfigError
-from connector.folder import check_folder, init_folder, load_datasets
 from connector.keys import write_private
+from connector.participant.datasets import load_datasets
+from connector.participant.init import init_folder
+from connector.participant.lint import check_folder
 
 
 @pytest.fixture(scope="module")

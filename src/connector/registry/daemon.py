@@ -31,14 +31,9 @@ from connector.adapters.http.client import client_ssl_context
 from connector.config import Endpoint, endpoint_fields
 from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import did_web_from_url
-from connector.folder import (
-    DID_FILE,
-    _toml_str,
-    endpoint_toml,
-    load_trust,
-    parse_public_url,
-    write_identity,
-)
+from connector.participant.init import endpoint_toml, owner_toml, write_identity
+from connector.participant.layout import DID_FILE, check_init_target, parse_public_url, toml_str
+from connector.participant.trust import load_trust
 from connector.registry.http import RegistryApi
 from connector.registry.replication import DEFAULT_INTERVAL_S, Replicator
 from connector.registry.service import RegistryService
@@ -65,13 +60,9 @@ class RegistrySettings(Endpoint):
 
 def _registry_toml(name: str, url: str, did: str, host: str, port: int,
                    peers: Sequence[str]) -> str:
-    listed = ", ".join(_toml_str(p.rstrip("/")) for p in peers)
+    listed = ", ".join(toml_str(p.rstrip("/")) for p in peers)
     return f"""\
-[registry]
-name = {_toml_str(name)}
-did = {_toml_str(did)}
-url = {_toml_str(url)}
-
+{owner_toml("registry", name, did, url)}
 {endpoint_toml(did, host, port)}
 [storage]
 sqlite = "{DATABASE}"
@@ -88,8 +79,7 @@ def init_registry(dir: Path, *, url: str, name: str = "registry",
     """Create a registry folder at ``dir`` (absent or empty) for the public root ``url``."""
     host, port = parse_public_url(url)
     url = url.rstrip("/")
-    if dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
-        raise ConfigError(f"{dir}: exists and is not an empty directory")
+    check_init_target(dir)
     did = did_web_from_url(url)
     (dir / "state").mkdir(parents=True, exist_ok=True)
     (dir / REGISTRY_FILE).write_text(_registry_toml(name, url, did, host, port, peers))

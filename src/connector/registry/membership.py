@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 from connector.config import CONFIG_FILE, load_settings
-from connector.folder import DID_FILE, TLS_CERT, _toml_str, add_trusted_peer
+from connector.participant.layout import DID_FILE, TLS_CERT, toml_str
+from connector.participant.trust import add_trusted_peer
 from connector.registry.daemon import load_registry_settings
 from connector.registry.service import REGISTRY_ROLE
 
@@ -35,7 +36,7 @@ def join_registry(participant_dir: Path, registry_dir: Path, *,
     registries = list(load_settings(participant_dir).registries)
     if url in registries:
         return
-    line = "urls = [" + ", ".join(_toml_str(u) for u in [*registries, url]) + "]"
+    line = "urls = [" + ", ".join(toml_str(u) for u in [*registries, url]) + "]"
     path = participant_dir / CONFIG_FILE
     text = path.read_text()
     if _URLS.search(text):

@@ -29,7 +29,7 @@ from aiohttp import web
 from connector.adapters.http.client import client_ssl_context
 from connector.config import DSP_PATH, Settings, load_settings
 from connector.core.errors import ConfigError, NotFound, PeerError
-from connector.folder import load_trust
+from connector.participant.trust import load_trust
 from connector.registry.publisher import Signer
 from connector.registry.store import SearchQuery
 

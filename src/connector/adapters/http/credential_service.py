@@ -11,7 +11,7 @@ documents must be served where the DID says), bounds every answer's size and tim
 every failure into an AuthError, so that the DSP edge answers 404 (401 on the catalogue) and
 logs why.
 
-Those URLs are chosen by the caller, so it is also an SSRF guard (issue #4, rules in
+Those URLs are chosen by the caller, so it is also an SSRF guard (README.md "Identity"; rules in
 ``core.hosts``). Before any request: the host must be in ``[identity] allowed_hosts`` when
 that list is set, and an IP-address host must not be link-local (cloud metadata),
 unspecified, multicast or broadcast. A host name is resolved once, by ``GuardedResolver``

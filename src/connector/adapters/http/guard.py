@@ -1,4 +1,5 @@
-"""The network half of the SSRF guard (issue #4): where our HTTP clients may connect.
+"""The network half of the SSRF guard (README.md "Identity"): where our HTTP clients may
+connect.
 
 ``core.hosts.address_refusal`` says which addresses are never connected to (link-local, where
 cloud metadata services answer; unspecified; multicast; broadcast). Both clients that send

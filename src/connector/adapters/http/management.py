@@ -19,10 +19,10 @@ from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink, parse_sink
-from connector.config import DSP_PATH
 from connector.core import codec
 from connector.core.errors import AuthError, InvalidParameter, NotFound, PeerError
 from connector.core.transfer import TransferEvent, TransferState
+from connector.service.consumer import ConsumerService, Copy, verify_copy
 from connector.service.negotiations import NegotiationService
 from connector.service.store import Store
 from connector.service.transfers import TransferService
@@ -31,9 +31,6 @@ log = logging.getLogger("connector.management")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Long polls end after this many seconds at most, whatever the client asks.
 MAX_WAIT_S = 120.0
-# A negotiation reuses a provider's catalogue fetched this recently (the provider re-checks
-# its policy on the request anyway); `connector catalog` always fetches afresh.
-CATALOG_REUSE_S = 30.0
 
 
 def _out(value: Any, status: int = 200) -> web.Response:
@@ -85,24 +82,17 @@ def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
     return value
 
 
-def root_of(url: str) -> str:
-    """A provider's root URL, whether given as root or as its DSP base."""
-    url = url.rstrip("/")
-    return url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
-
-
 class ManagementApi:
     def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
-                 transfers: TransferService, client: PeerClient,
-                 peers: Callable[[], Mapping[str, Any]], push: Any = None) -> None:
+                 transfers: TransferService, client: PeerClient, consumer: ConsumerService,
+                 push: Any = None) -> None:
         self._push = push  # a PushReceiver (adapters/http/push.py), where pushes land
         self._token = token
         self._store = store
         self._negotiations = negotiations
         self._transfers = transfers
         self._client = client
-        self._peers = peers
-        self._catalogs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._consumer = consumer
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -112,37 +102,19 @@ class ManagementApi:
             raise AuthError("management token missing or wrong")
         return await handler(request)
 
-    def _provider(self, url: str) -> tuple[str, str]:
-        """(DSP base, participant id) of a pinned peer given its root URL or DSP base."""
-        given = url.rstrip("/")
-        for peer in self._peers().values():
-            base = peer.dsp_base or root_of(peer.url) + DSP_PATH
-            if given in (base, root_of(peer.url)) or root_of(given) == root_of(peer.url):
-                return base, peer.did
-        raise NotFound(f"no pinned peer with URL {given!r}: add it with `connector trust add`")
-
-    async def _fetch_catalog(self, base: str, did: str, *, reuse: bool) -> dict[str, Any]:
-        now = time.monotonic()
-        cached = self._catalogs.get(base)
-        if reuse and cached is not None and now - cached[0] < CATALOG_REUSE_S:
-            return cached[1]
-        doc = await self._client.catalog(base, did)
-        self._catalogs[base] = (now, doc)
-        return doc
-
     async def catalog(self, request: web.Request) -> web.Response:
-        base, did = self._provider(request.query.get("provider", ""))
-        return _out(await self._fetch_catalog(base, did, reuse=False))
+        provider = self._consumer.provider(request.query.get("provider", ""))
+        return _out(await self._consumer.catalog(provider))
 
     async def negotiate(self, request: web.Request) -> web.Response:
         wait = _wait(request)  # every parameter checked before anything starts
         body = await _body(request)
-        base, did = self._provider(_body_text(body, "provider"))
         dataset_id = _body_text(body, "datasetId")
-        catalog = await self._fetch_catalog(base, did, reuse=True)
-        offer = _pick_offer(catalog, dataset_id, body.get("offerId"))
-        record = await self._negotiations.start(provider_base=base, provider_id=did,
-                                                dataset_id=dataset_id, offer=offer)
+        chosen = await self._consumer.choose_offer(_body_text(body, "provider"), dataset_id,
+                                                   body.get("offerId"))
+        record = await self._negotiations.start(
+            provider_base=chosen.provider.dsp_base, provider_id=chosen.provider.participant_id,
+            dataset_id=dataset_id, offer=chosen.offer)
         if wait:
             record = await self._negotiations.wait(record.id, wait)
         return _out(_negotiation_view(record), 201)
@@ -150,9 +122,10 @@ class ManagementApi:
     async def offer(self, request: web.Request) -> web.Response:
         """Provider-initiated negotiation: offer a dataset to a pinned consumer."""
         body = await _body(request)
-        base, did = self._provider(_body_text(body, "consumer"))
+        peer = self._consumer.provider(_body_text(body, "consumer"))
         record = await self._negotiations.offer(
-            consumer_base=base, consumer_id=did, dataset_id=_body_text(body, "datasetId"),
+            consumer_base=peer.dsp_base, consumer_id=peer.participant_id,
+            dataset_id=_body_text(body, "datasetId"),
             send=self._client.send_initial)
         return _out(_negotiation_view(record), 201)
 
@@ -264,14 +237,11 @@ class ManagementApi:
             await _drain(self._client.pull(endpoint, token, offset), sink)
         finally:
             await asyncio.to_thread(sink.close)
-        got = {"bytes": sink.size, "sha256": sink.sha256()}
-        if got != {k: summary.get(k) for k in got}:
-            got["records"] = await asyncio.to_thread(lambda: sink.records)
-            raise PeerError(f"copy does not match the provider's summary: {got} != {summary}")
-        # The same bytes, hence the same records (JSON lines: one per line).
-        got["records"] = summary["records"]
+        records = await asyncio.to_thread(lambda: sink.records)
+        copy = Copy(records=records, bytes=sink.size, sha256=sink.sha256())
+        verify_copy(copy, summary)
         await self._transfers.act(pid, TransferEvent.COMPLETE)
-        return _out({**got, "seconds": round(time.monotonic() - t0, 3)})
+        return _out({**copy.as_dict(), "seconds": round(time.monotonic() - t0, 3)})
 
     async def transfer_summary(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
@@ -346,20 +316,6 @@ async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink) -> None:
     async with aclosing(chunks):
         async for chunk in chunks:
             sink.write(chunk)
-
-
-def _pick_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: Any) -> dict[str, Any]:
-    for dataset in catalog.get("dataset", []) or []:
-        if dataset.get("@id") != dataset_id:
-            continue
-        offers = dataset.get("hasPolicy", [])
-        if isinstance(offers, dict):
-            offers = [offers]
-        for offer in offers:
-            if offer_id is None or offer.get("@id") == offer_id:
-                return dict(offer)
-        raise NotFound(f"dataset {dataset_id!r} has no offer {offer_id!r} for us")
-    raise NotFound(f"the provider shows us no dataset {dataset_id!r}")
 
 
 def _negotiation_view(record: Any) -> dict[str, Any]:

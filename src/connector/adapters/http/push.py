@@ -52,6 +52,7 @@ from connector.core.errors import AuthError, ConnectorError, MalformedMessage, N
 from connector.core.messages import DataAddress
 from connector.core.negotiation import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
+from connector.service.consumer import COPY_FIELDS, Copy, copy_mismatch
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.push")
@@ -66,8 +67,8 @@ RESUME_DELAY_S = 0.5
 class _Expected:
     token_hash: str
     sink: str
-    got: dict[str, Any] | None = None  # what the last complete push body held
-    verified: dict[str, Any] | None = None  # ... once it matched the provider's summary
+    got: Copy | None = None  # what the last complete push body held
+    verified: Copy | None = None  # ... once it matched the provider's summary
     held: int = 0  # whole records in the sink: where a push cut mid-way resumes
 
 
@@ -107,7 +108,7 @@ class PushReceiver:
         expected = self._expected.get(pid)
         if expected is None or expected.verified is None:
             raise NotFound(f"no verified push for transfer {pid!r}")
-        return expected.verified
+        return expected.verified.as_dict()
 
     def _check(self, request: web.Request) -> tuple[str, _Expected]:
         pid = request.match_info["pid"]
@@ -145,9 +146,9 @@ class PushReceiver:
             log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
             raise MalformedMessage(f"push body cut after {expected.held} records") from exc
         await asyncio.to_thread(sink.close)
-        expected.got = {"records": sink.records, "bytes": sink.size, "sha256": sink.sha256()}
-        expected.held = int(expected.got["records"])
-        return web.json_response(expected.got)
+        expected.got = Copy(records=sink.records, bytes=sink.size, sha256=sink.sha256())
+        expected.held = expected.got.records
+        return web.json_response(expected.got.as_dict())
 
     async def offset(self, request: web.Request) -> web.Response:
         """``GET /push/{pid}``: the whole records held, where the provider resumes."""
@@ -160,13 +161,13 @@ class PushReceiver:
             claimed = msgspec.json.decode(await request.read(), type=dict[str, Any])
         except msgspec.DecodeError as exc:
             raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
-        claimed = {k: claimed.get(k) for k in ("records", "bytes", "sha256")}
-        if expected.got != claimed:
+        claimed = {k: claimed.get(k) for k in COPY_FIELDS}
+        received = expected.got.as_dict() if expected.got is not None else None
+        if expected.got is None or copy_mismatch(expected.got, claimed) is not None:
             await self._transfers.note(pid, "consumer", "push copy does not match",
-                                       f"received {expected.got}, provider says {claimed}")
-            return web.json_response({"received": expected.got, "summary": claimed},
-                                     status=409)
-        expected.verified = claimed
+                                       f"received {received}, provider says {claimed}")
+            return web.json_response({"received": received, "summary": claimed}, status=409)
+        expected.verified = expected.got
         await self._transfers.note(pid, "consumer", "push copy verified",
                                    f"{claimed['records']} records sha256 {claimed['sha256']}")
         return web.json_response(claimed)

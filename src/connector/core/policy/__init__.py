@@ -7,7 +7,7 @@ the same JSON). ``evaluate(..., strict_odrl=True)`` reads a policy as the ODRL f
 do (``strict``). All of it is pure: no IO, time comes in the context.
 """
 
-from connector.core.policy.evaluate import (
+from connector.core.policy.constraints import (
     ConstraintResult,
     Decision,
     DutyState,
@@ -16,8 +16,8 @@ from connector.core.policy.evaluate import (
     RuleReport,
     Scope,
     enforced_operands,
-    evaluate,
 )
+from connector.core.policy.evaluate import evaluate
 from connector.core.policy.model import Policy, parse_policy
 
 __all__ = [

@@ -50,7 +50,7 @@ _ORDER_OPERATORS = frozenset({Operator.LT, Operator.LTEQ, Operator.GT, Operator.
 _SCALAR_OPERATORS = _ORDER_OPERATORS | {Operator.EQ, Operator.NEQ}
 _TEXT_OPERANDS = frozenset({LeftOperand.PURPOSE, LeftOperand.SPATIAL, LeftOperand.MEMBERSHIP,
                             LeftOperand.PARTICIPANT_ID})
-# delayPeriod means "at least this long after the agreement" (see evaluate.py).
+# delayPeriod means "at least this long after the agreement" (see constraints.py).
 _DELAY_OPERATORS = frozenset({Operator.EQ, Operator.GTEQ, Operator.GT})
 _ENFORCED_SET = frozenset(operand.value for operand in LeftOperand)
 _ENFORCED = ", ".join(sorted(_ENFORCED_SET))

@@ -66,7 +66,7 @@ class LogicalKind(StrEnum):
 
 
 class LeftOperand(StrEnum):
-    """The left operands this engine enforces (identity-policy note §2.3)."""
+    """The left operands this engine enforces (ODRL 2.2 Vocabulary, leftOperand)."""
 
     DATE_TIME = "dateTime"
     ELAPSED_TIME = "elapsedTime"

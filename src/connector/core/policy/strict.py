@@ -23,7 +23,7 @@ draft and the SolidLab suite read it:
 
 from __future__ import annotations
 
-from connector.core.policy.evaluate import (
+from connector.core.policy.constraints import (
     ConstraintResult,
     Decision,
     DutyState,

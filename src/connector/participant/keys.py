@@ -1,8 +1,8 @@
-"""Signing-key rotation of a participant folder: ``connector keys rotate DIR [--retire KID]``.
+"""The folder's signing keys: rotation, ``connector keys rotate DIR [--retire KID]``.
 
-Identity-policy note §1.9 (participant key rotation): publish the new key as a further
-verification method, sign with it, keep the old method until every token the old key signed has
-expired, then remove it. ``rotate`` writes ``keys/signing-key-N.pem`` (0600), adds
+A participant rotates its key as DID Core §5.2 allows: publish the new key as a further
+verification method, sign with it, keep the old method until every token the old key signed
+has expired, then remove it. ``rotate`` writes ``keys/signing-key-N.pem`` (0600), adds
 ``<did>#key-N`` to ``did.json`` with every relationship the old key had, switches
 ``connector.toml`` [signing] ``key``/``kid`` and records when the old key stopped signing in
 ``state/rotations.json``. ``retire`` refuses until that moment plus the token lifetime and the
@@ -14,11 +14,9 @@ must re-pin (``connector trust add``) before our tokens carry the new kid; DCP v
 DID documents (EDC: 5 min), so a zero-failure rotation publishes first (``--publish-only``),
 waits that long, then activates (``--activate KID``).
 """
-
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -29,31 +27,19 @@ from connector import keys
 from connector.config import CONFIG_FILE, load_settings
 from connector.core.errors import ConfigError
 from connector.core.identity import KEY_RELATIONSHIPS, signing_public_jwk
+from connector.participant.layout import DID_FILE, ROTATIONS_FILE, write_atomic, write_json
 
-DID_FILE = "did.json"
-ROTATIONS_FILE = "state/rotations.json"
 _KEY_FRAGMENT = re.compile(r"#key-(\d+)$")
 
 
 def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, None if there is no such file."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` in one step, so a crash leaves the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _rotations(dir: Path) -> dict[str, dict[str, Any]]:
@@ -122,9 +108,9 @@ def rotate_signing_key(
                 else keys.generate_ec_signing_key)
     new = generate(dir / key_rel)
     _add_method(document, settings.did, kid, signing_public_jwk(new))
-    _write_json(dir / DID_FILE, document)
+    write_json(dir / DID_FILE, document)
     record[kid] = {"key": key_rel, "published_at": int(now)}
-    _write_json(dir / ROTATIONS_FILE, record)
+    write_json(dir / ROTATIONS_FILE, record)
     if not publish_only:
         activate_signing_key(dir, kid, now=now)
     return kid
@@ -148,9 +134,9 @@ def activate_signing_key(dir: Path, kid: str, *, now: float | None = None) -> No
     record.setdefault(settings.signing_kid, {"key": old_rel})
     record[settings.signing_kid]["signing_until"] = int(now)
     record[kid]["signing_from"] = int(now)
-    _write_json(dir / ROTATIONS_FILE, record)
+    write_json(dir / ROTATIONS_FILE, record)
     config = dir / CONFIG_FILE
-    _write_atomic(config, _set_signing(config.read_text(), record[kid]["key"], kid))
+    write_atomic(config, _set_signing(config.read_text(), record[kid]["key"], kid))
 
 
 def _remove_method(document: dict[str, Any], did: str, kid: str) -> bool:
@@ -194,10 +180,10 @@ def retire_signing_key(dir: Path, kid: str, *, now: float | None = None) -> int:
     document = _document(dir, settings.did)
     if not _remove_method(document, settings.did, kid):
         raise ConfigError(f"{kid}: not in {DID_FILE}")
-    _write_json(dir / DID_FILE, document)
+    write_json(dir / DID_FILE, document)
     key_file = settings.root / str(record[kid].get("key", ""))
     if record[kid].get("key") and key_file.is_file() and key_file != settings.signing_key:
         key_file.unlink()
     record[kid]["retired_at"] = int(now)
-    _write_json(dir / ROTATIONS_FILE, record)
+    write_json(dir / ROTATIONS_FILE, record)
     return margin

@@ -1,0 +1,121 @@
+"""The test harness for end-to-end tests, benchmarks and interop runs: free loopback ports,
+participant folders pinned to each other, and ``connector`` daemons run as real processes
+(``connector run`` over HTTPS on loopback), started until their ready line and stopped.
+
+Used from the repository root (``tests``, ``bench`` and ``interop`` import it as
+``tests.harness``); ``make demo`` has its own small runner in ``connector.demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.participant.init import init_folder
+from connector.participant.trust import add_trusted_peer
+
+# Start-up must print the ready line within this many seconds (it takes ~0.3 s here).
+READY_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 also free (the management API listens on p+1)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free pair of ports")
+
+
+@dataclass
+class Participant:
+    name: str
+    dir: Path
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    command: tuple[str, ...] = ("run",)  # ("registry", "run") for a registry
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a ``connector`` command in this participant's folder."""
+        return subprocess.run([sys.executable, "-m", "connector.cli", *args, "--dir",
+                               str(self.dir)], capture_output=True, text=True, timeout=timeout)
+
+
+def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None
+                 ) -> tuple[Participant, Participant]:
+    """A provider and a consumer, each pinning the other."""
+    parts = []
+    for name in ("provider", "consumer"):
+        url = f"https://127.0.0.1:{free_port_pair()}"
+        init_folder(root / name, name=name, url=url)
+        parts.append(Participant(name, root / name, url))
+    provider, consumer = parts
+    attrs = {"membership": "active"} if consumer_attrs is None else consumer_attrs
+    add_trusted_peer(provider.dir, consumer.dir, attributes=attrs, tls_cert=None)
+    add_trusted_peer(consumer.dir, provider.dir, attributes={}, tls_cert=None)
+    return provider, consumer
+
+
+def start(participant: Participant, extra_env: dict[str, str] | None = None) -> None:
+    """Start ``connector run`` and wait for its ready line."""
+    log = (participant.dir / "state" / "daemon.log").open("wb")
+    env = {**os.environ, **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", *participant.command,
+                             str(participant.dir)], stdout=subprocess.PIPE, stderr=log, env=env)
+    participant.process = proc
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while (left := deadline - time.monotonic()) > 0:
+        # Wait for a line at most until the deadline: a daemon that neither prints nor exits
+        # must not hang its caller (a readline alone would block for ever).
+        if not select.select([proc.stdout], [], [], left)[0]:
+            break
+        line = proc.stdout.readline()
+        if b"ready" in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    stop(participant)
+    raise RuntimeError(f"{participant.name} did not start; see {participant.dir}/state/daemon.log")
+
+
+def stop(participant: Participant) -> None:
+    proc = participant.process
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    participant.process = None
+
+
+@contextmanager
+def running(participants: Sequence[Participant]) -> Iterator[None]:
+    try:
+        for p in participants:
+            start(p)
+        yield
+    finally:
+        for p in participants:
+            stop(p)
