@@ -33,6 +33,29 @@ DEFAULT_DID_CACHE_S = 300
 # Status lists are reused at most this long (and at most the server's max-age): this bounds how
 # long a revoked member is still served.
 DEFAULT_STATUS_CACHE_S = 60
+# [metrics] listen: Prometheus's conventional exporter range (9464 is OpenTelemetry's port for
+# its Prometheus exporter); loopback only unless the operator says otherwise.
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+# [health]: ready fails when the TLS certificate expires within this many days; a warning
+# metric (connector_tls_certificate_expiring) comes first, certificate_warn_days before.
+DEFAULT_CERT_MIN_DAYS = 1
+DEFAULT_CERT_WARN_DAYS = 14
+# The outbox is stuck when messages wait and no delivery was attempted for this long: four
+# times the longest back-off between two attempts (service/outbox.py MAX_DELAY_S = 30 s).
+DEFAULT_OUTBOX_STUCK_S = 120
+# After SIGTERM, ready answers 503 this long before the listeners close (time for a load
+# balancer or Kubernetes to stop sending); 0 on a single machine, 5 in the Helm chart.
+DEFAULT_DRAIN_S = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthSettings:
+    """``[health]``: what /health/ready demands, and the drain on SIGTERM."""
+
+    certificate_min_days: float = DEFAULT_CERT_MIN_DAYS
+    certificate_warn_days: float = DEFAULT_CERT_WARN_DAYS
+    outbox_stuck_s: float = DEFAULT_OUTBOX_STUCK_S
+    drain_s: float = DEFAULT_DRAIN_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +118,11 @@ class Settings(Endpoint):
     # host that core.hosts.address_refusal does not refuse (see core/hosts.py).
     allowed_hosts: tuple[str, ...] = ()
     log: LogSettings = field(default_factory=LogSettings)
+    # [metrics] listen "host:port", or None when switched off; metrics_explicit: written in
+    # the file (a port that cannot be taken is then an error, not a warning).
+    metrics_listen: tuple[str, int] | None = None
+    metrics_explicit: bool = False
+    health: HealthSettings = field(default_factory=HealthSettings)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -146,6 +174,7 @@ def load_settings(root: Path) -> Settings:
     where = str(path)
     registry = table("registry")
     identity = _identity(table("identity"), f"{where} [identity]")
+    metrics = table("metrics")
     return Settings(
         **endpoint_fields(root, part, server, signing, where, "participant"),
         management_port=_get(mgmt, "port", int, f"{where} [management]"),
@@ -162,9 +191,12 @@ def load_settings(root: Path) -> Settings:
         tls_ca_files=tuple(root / f for f in identity["tls_ca_files"]),
         allowed_hosts=identity["allowed_hosts"],
         log=log_settings(table("log"), f"{where} [log]"),
+        metrics_listen=_metrics_listen(metrics, f"{where} [metrics]"),
+        metrics_explicit="listen" in metrics or "enabled" in metrics,
+        health=_health(table("health"), f"{where} [health]"),
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
-            "identity", "log"}},
+            "identity", "log", "metrics", "health"}},
     )
 
 
@@ -231,3 +263,39 @@ def log_settings(table: dict[str, Any], where: str) -> LogSettings:
     if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
         raise ConfigError(f"{where}: key 'level' must be one of {', '.join(LOG_LEVELS)}")
     return LogSettings(format=fmt, level=level.upper())
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError when it is neither."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _metrics_listen(table: dict[str, Any], where: str) -> tuple[str, int] | None:
+    """[metrics]: ``enabled = false`` or ``listen = ""`` switch the listener off."""
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}: key 'enabled' must be true or false")
+    listen = table.get("listen", DEFAULT_METRICS_LISTEN)
+    if not isinstance(listen, str):
+        raise ConfigError(f"{where}: key 'listen' must be a string \"host:port\"")
+    if not enabled or not listen:
+        return None
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key 'listen': {exc}") from None
+
+
+def _health(table: dict[str, Any], where: str) -> HealthSettings:
+    values: dict[str, float] = {}
+    for key in ("certificate_min_days", "certificate_warn_days", "outbox_stuck_s", "drain_s"):
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: key '{key}' must be a non-negative number")
+        values[key] = float(value)
+    return HealthSettings(**values)

@@ -16,12 +16,13 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
@@ -33,13 +34,16 @@ from connector.adapters.http.credential_service import (
 from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
+from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
+from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.push import Pusher, PushReceiver
-from connector.adapters.storage.sqlite import SqliteStore
+from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
 from connector.core.errors import ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
+from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
@@ -53,7 +57,7 @@ from connector.service.consumer import ConsumerService
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
 from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
-from connector.service.store import OutboxItem
+from connector.service.store import OutboxItem, Store
 from connector.service.transfers import TransferService
 from connector.signals import until_signalled
 
@@ -88,14 +92,15 @@ def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
     return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
 
 
-def read_folder(settings: Settings) -> FolderState:
+def read_folder(settings: Settings,
+                on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
     root = settings.root
     datasets = load_datasets(root)
     policies = load_policies(root)
     catalog = Catalog.from_folder(
         datasets, policies, participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
-        commits=policy_commits(root))
+        commits=policy_commits(root), on_decision=on_decision)
     return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
                        catalog=catalog, stamp=_stamp(root))
 
@@ -103,7 +108,11 @@ def read_folder(settings: Settings) -> FolderState:
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.folder = read_folder(settings)
+        # [metrics]: None when switched off (then nothing is measured at all).
+        self.metrics = (Metrics(peers=lambda: self.folder.peers)
+                        if settings.metrics_listen is not None else None)
+        self.outbox_watch = OutboxWatch()
+        self.folder = read_folder(settings, self._on_decision)
         key = load_any_signing_key(settings.signing_key)
         self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
@@ -119,7 +128,8 @@ class Daemon:
         self.dcp_http = GuardedHttp(self._client_ssl(), allowed_hosts=settings.allowed_hosts)
         if self.dcp_mode:
             self._wire_dcp()
-        self.client = PeerClient(self.identity, self._client_ssl())
+        self.client = PeerClient(self.identity, self._client_ssl(),
+                                 on_data=self.metrics.received if self.metrics else None)
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -231,12 +241,14 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
-        self.store = await SqliteStore.open(s.database)
+        self.health = self._health()
+        await self._serve_metrics()
+        self.store = self._observed_store(await SqliteStore.open(s.database))
         # Replays stay refused across a restart: the jtis accepted before it, until they expire.
         live = await self.verifier.restore(self.store)
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
-        self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed,
+        self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
                              self._initial_ack)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
@@ -246,6 +258,7 @@ class Daemon:
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
             token_secret=data_token_secret(s.root))
+        self._observe_services()
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
@@ -256,21 +269,26 @@ class Daemon:
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
+        self._tasks.append(asyncio.create_task(self.health.run()))
         # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
         self.publisher = RegistryPublisher.from_settings(
-            s, session=self.client.session, catalog=lambda: self.folder.catalog)
+            s, session=self.client.session, catalog=lambda: self.folder.catalog,
+            on_published=self.metrics.on_publication if self.metrics else None)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
 
     def _public_app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=self._public_middlewares(),
+                              client_max_size=1024 * 1024)
         app["dsp"] = True
+        self.health.register(app)  # for load balancers: the listener they balance
         DspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
                           negotiations=self.negotiations, transfers=self.transfers,
                           did_document=self.did_document)).register(app)
         if self.credential_service is not None:
             CredentialServiceRoutes(self.credential_service).register(app)
-        DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
+        DataPlane(self.transfers, lambda: self.folder.datasets,
+                  on_served=self.metrics.served if self.metrics else None).register(app)
         self.push_receiver.register(app)
         return app
 
@@ -290,6 +308,7 @@ class Daemon:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     async def _delivery_failed(self, item: OutboxItem, error: str) -> None:
+        self.outbox_watch.settled(item)
         if await self.store.get_negotiation(item.process_id) is not None:
             await self.negotiations.on_delivery_failed(item.process_id, error)
         else:
@@ -311,7 +330,7 @@ class Daemon:
             try:
                 if _stamp(self.settings.root) == self.folder.stamp:
                     continue
-                fresh = read_folder(self.settings)
+                fresh = read_folder(self.settings, self._on_decision)
             except (ConnectorError, OSError) as exc:
                 log.error("folder changed but cannot be loaded; keeping the previous "
                           "version: %s", exc)
@@ -330,6 +349,60 @@ class Daemon:
             except Exception as exc:  # the database failed: try again next time
                 log.error("cannot purge expired token ids: %s", exc)
             await asyncio.sleep(JTI_PURGE_INTERVAL_S)
+
+    # -- operations: metrics, health, drain ----------------------------------------------------
+
+    def _on_decision(self, scope: Scope, decision: Decision) -> None:
+        if self.metrics is not None:
+            self.metrics.on_decision(scope, decision)
+
+    def _health(self) -> Health:
+        s = self.settings
+        return Health(database=s.database, schema_version=max(n for n, _ in migrations()),
+                      tls_cert=s.tls_cert, key_files=lambda: (self.settings.signing_key,
+                                                              self.settings.tls_key),
+                      settings=s.health, outbox=self.outbox_watch, metrics=self.metrics)
+
+    async def _serve_metrics(self) -> None:
+        """The metrics listener (``/metrics``, ``/health/*``), first up and last down. A port
+        taken is an error when ``[metrics]`` names it, a warning for the default."""
+        listen = self.settings.metrics_listen
+        if self.metrics is None or listen is None:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics.handle)
+        self.health.register(app)
+        try:
+            await self._serve(app, listen[0], listen[1], None)
+        except ConfigError as exc:
+            if self.settings.metrics_explicit:
+                raise
+            log.warning("metrics are off: %s (set [metrics] listen, or enabled = false)", exc)
+
+    def _observed_store(self, store: SqliteStore) -> Store:
+        return self.metrics.timed_store(store) if self.metrics is not None else store
+
+    def _outbox_send(self) -> Callable[[OutboxItem], Awaitable[bytes]]:
+        send: Callable[[OutboxItem], Awaitable[bytes]] = self.client.deliver
+        if self.metrics is not None:
+            send = self.metrics.metered_send(send)
+        return self.outbox_watch.wrap(send)
+
+    def _observe_services(self) -> None:
+        if self.metrics is not None:
+            self.negotiations.listeners.append(self.metrics.on_negotiation)
+            self.transfers.listeners.append(self.metrics.on_transfer)
+
+    def _public_middlewares(self) -> list[Middleware]:
+        if self.metrics is None:
+            return [error_middleware]
+        return [self.metrics.dsp_middleware, error_middleware, self.metrics.refusal_middleware]
+
+    async def drain(self) -> None:
+        """SIGTERM: ready answers 503 for [health] drain_s; ``stop`` then lets in-flight
+        requests finish (aiohttp's graceful shutdown) before the process exits."""
+        if hasattr(self, "health"):
+            await self.health.drain()
 
     async def stop(self) -> None:
         """Stop what ``start`` started, also when it failed part-way (a port taken): the
@@ -361,6 +434,7 @@ async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
     gc.freeze()  # start-up objects live forever: keep them out of every collection
     await until_signalled(f"connector {settings.name} ready: {settings.public_url} "
                           f"(management {settings.management_url})", ready)
+    await daemon.drain()
     await daemon.stop()
 
 

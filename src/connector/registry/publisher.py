@@ -121,8 +121,10 @@ class RegistryPublisher:
     def __init__(self, registries: Sequence[str], signer: Signer, *,
                  session: Callable[[], aiohttp.ClientSession],
                  catalog: Callable[[], Mapping[str, Any]], ttl_s: int = DEFAULT_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_published: Callable[[str, bool], None] | None = None) -> None:
         self._registries = [r.rstrip("/") for r in registries]
+        self._on_published = on_published  # (registry, succeeded) of each attempt (metrics)
         self._signer = signer
         self._session = session
         self._catalog = catalog
@@ -133,10 +135,12 @@ class RegistryPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, session: Callable[[], aiohttp.ClientSession],
-                      catalog: Callable[[], Catalog]) -> RegistryPublisher:
+                      catalog: Callable[[], Catalog],
+                      on_published: Callable[[str, bool], None] | None = None
+                      ) -> RegistryPublisher:
         """For the connector daemon: its registries, its key, its live catalogue."""
         return cls(settings.registries, Signer.from_settings(settings), session=session,
-                   catalog=lambda: registry_catalog(catalog()))
+                   catalog=lambda: registry_catalog(catalog()), on_published=on_published)
 
     def changed(self) -> None:
         """The folder changed: publish again now (a no-op for registries if nothing did)."""
@@ -159,6 +163,8 @@ class RegistryPublisher:
             except PeerError as exc:
                 log.warning("publishing to %s failed: %s", registry, exc.message)
                 out[registry] = None
+            if self._on_published is not None:
+                self._on_published(registry, out[registry] is not None)
         return out
 
     async def run(self) -> None:

@@ -29,7 +29,9 @@ class Catalog:
     """The datasets and offers of one participant folder (rebuilt when the folder changes)."""
 
     def __init__(self, entries: Iterable[DatasetEntry], *, participant_id: str,
-                 dsp_base: str, clock: Callable[[], float]) -> None:
+                 dsp_base: str, clock: Callable[[], float],
+                 on_decision: Callable[[Scope, Decision], None] | None = None) -> None:
+        self._on_decision = on_decision  # every evaluation's scope and verdict (metrics)
         self.entries = {e.id: e for e in entries}
         self.participant_id = participant_id
         self.dsp_base = dsp_base
@@ -46,7 +48,8 @@ class Catalog:
     def from_folder(cls, datasets: Iterable[Any], policies: Mapping[str, Mapping[str, Any]], *,
                     participant_id: str, dsp_base: str, clock: Callable[[], float],
                     hashes: Mapping[str, str] | None = None,
-                    commits: Mapping[str, str] | None = None) -> Catalog:
+                    commits: Mapping[str, str] | None = None,
+                    on_decision: Callable[[Scope, Decision], None] | None = None) -> Catalog:
         """Build from ``folder.load_datasets`` / ``load_policies`` results; each offer
         remembers its policy's content hash and git commit for the agreements made on it."""
         hashes, commits = hashes or {}, commits or {}
@@ -59,7 +62,8 @@ class Catalog:
             entries.append(DatasetEntry(id=d.id, title=d.title, description=d.description,
                                         keywords=tuple(d.keywords), format=d.format,
                                         offers=offers, formats=tuple(getattr(d, "formats", ()))))
-        return cls(entries, participant_id=participant_id, dsp_base=dsp_base, clock=clock)
+        return cls(entries, participant_id=participant_id, dsp_base=dsp_base, clock=clock,
+                   on_decision=on_decision)
 
     def decide(self, offer: Offer, claims: Claims, scope: Scope) -> Decision:
         """Evaluate one published offer for a caller; a broken policy raises PolicyError."""
@@ -86,7 +90,10 @@ class Catalog:
         ctx = PolicyContext(scope=scope, now=datetime.fromtimestamp(self._clock(), UTC),
                             participant_id=claims.participant_id, claims=claims.attributes,
                             agreement_time=agreement_time, use_count=use_count)
-        return evaluate(parsed, ctx)
+        decision = evaluate(parsed, ctx)
+        if self._on_decision is not None:
+            self._on_decision(scope, decision)
+        return decision
 
     def visible_offers(self, entry: DatasetEntry, claims: Claims) -> list[Offer]:
         out = []

@@ -82,11 +82,13 @@ class PeerClient(ReloadableSession):
     threaded getaddrinfo, which holds nothing to close)."""
 
     def __init__(self, identity: Identity, ssl_context: ssl.SSLContext, *,
-                 resolver: Callable[[], AbstractResolver] = ThreadedResolver) -> None:
+                 resolver: Callable[[], AbstractResolver] = ThreadedResolver,
+                 on_data: Callable[[bytes], None] | None = None) -> None:
         super().__init__(ssl_context, limit=256, keepalive_s=60, timeout_s=REQUEST_TIMEOUT_S,
                          resolver=lambda: GuardedResolver(resolver()),
                          trace_configs=lambda: [redirect_guard()])
         self._identity = identity
+        self._on_data = on_data  # each chunk of records a pull receives (metrics)
 
     async def post(self, url: str, audience: str, body: bytes) -> tuple[int, bytes]:
         what = f"POST {url}"
@@ -147,6 +149,8 @@ class PeerClient(ReloadableSession):
                     raise PeerError(f"data pull answered {resp.status}: "
                                     f"{_snippet(await resp.read())}", peer_status=resp.status)
                 async for chunk in resp.content.iter_any():  # what arrived, without copying
+                    if self._on_data is not None:
+                        self._on_data(chunk)
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _failure("data pull", exc) from exc

@@ -48,9 +48,11 @@ def _bearer(request: web.Request) -> str | None:
 
 class DataPlane:
     def __init__(self, transfers: TransferService,
-                 datasets: Callable[[], Mapping[str, Any]]) -> None:
+                 datasets: Callable[[], Mapping[str, Any]], *,
+                 on_served: Callable[[bytes], None] | None = None) -> None:
         self._transfers = transfers
         self._datasets = datasets
+        self._on_served = on_served  # each chunk of records written (metrics)
 
     async def _source(self, request: web.Request, *, use: bool = True) -> tuple[str, Any]:
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
@@ -84,6 +86,8 @@ class DataPlane:
                     log.info("transfer %s: consumer disconnected at record offset %d+", pid,
                              offset)
                     return response
+                if self._on_served is not None:
+                    self._on_served(chunk)
                 chunk = await anext(chunks, None)
         finally:
             await chunks.aclose()
