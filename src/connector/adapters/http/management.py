@@ -21,7 +21,15 @@ from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.config import DSP_PATH
 from connector.core import codec
-from connector.core.errors import AuthError, InvalidParameter, NotFound, PeerError
+from connector.core.errors import (
+    AuthError,
+    ConflictError,
+    ConnectorError,
+    InvalidParameter,
+    NotFound,
+    PeerError,
+    TransferDenied,
+)
 from connector.core.transfer import TransferEvent, TransferState
 from connector.service.negotiations import NegotiationService
 from connector.service.store import Store
@@ -235,9 +243,9 @@ class ManagementApi:
         except ConnectionError:  # our own client went away; it resumes by offset
             log.info("transfer %s: the local reader disconnected", pid)
             return response
-        except PeerError:
+        except PeerError as exc:
             if not started:
-                raise
+                raise _refusal(exc) from exc
             log.warning("transfer %s: pull interrupted", pid)
             if request.transport is not None:
                 request.transport.close()
@@ -257,17 +265,23 @@ class ManagementApi:
         offset = _body_count(body, "offset")
         parse_sink(spec)
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
-        summary = await self._client.data_summary(endpoint, token)
-        t0 = time.monotonic()
-        sink = await asyncio.to_thread(open_sink, spec, offset)
         try:
-            await _drain(self._client.pull(endpoint, token, offset), sink)
-        finally:
-            await asyncio.to_thread(sink.close)
+            summary = await self._client.data_summary(endpoint, token)
+            t0 = time.monotonic()
+            sink = await asyncio.to_thread(open_sink, spec, offset)
+            try:
+                await _drain(self._client.pull(endpoint, token, offset), sink)
+            finally:
+                await asyncio.to_thread(sink.close)
+        except PeerError as exc:
+            raise _refusal(exc) from exc
         got = {"bytes": sink.size, "sha256": sink.sha256()}
         if got != {k: summary.get(k) for k in got}:
+            # Whose fault is unknown (a sink resumed over other content, or the provider's
+            # stream): a conflict the caller resolves by pulling again from offset 0.
             got["records"] = await asyncio.to_thread(lambda: sink.records)
-            raise PeerError(f"copy does not match the provider's summary: {got} != {summary}")
+            raise ConflictError(f"copy does not match the provider's summary: {got} != "
+                                f"{summary}; pull again from offset 0")
         # The same bytes, hence the same records (JSON lines: one per line).
         got["records"] = summary["records"]
         await self._transfers.act(pid, TransferEvent.COMPLETE)
@@ -280,9 +294,12 @@ class ManagementApi:
             return _out(await self._client.data_summary(endpoint, token))
         except PeerError as exc:
             if exc.peer_status != 403 or "expired" not in exc.message:
-                raise
-        endpoint, token = await self._refresh(pid)  # expired: refresh once, then ask again
-        return _out(await self._client.data_summary(endpoint, token))
+                raise _refusal(exc) from exc
+        try:  # expired: refresh once, then ask again
+            endpoint, token = await self._refresh(pid)
+            return _out(await self._client.data_summary(endpoint, token))
+        except PeerError as exc:
+            raise _refusal(exc) from exc
 
     async def _refresh(self, pid: str) -> tuple[str, str]:
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
@@ -291,7 +308,10 @@ class ManagementApi:
 
     async def transfer_refresh(self, request: web.Request) -> web.Response:
         """A fresh data token for a STARTED transfer (kept in our record)."""
-        await self._refresh(request.match_info["id"])
+        try:
+            await self._refresh(request.match_info["id"])
+        except PeerError as exc:
+            raise _refusal(exc) from exc
         return _out(await self._transfers.mine(request.match_info["id"]))
 
     async def transfer_push(self, request: web.Request) -> web.Response:
@@ -329,6 +349,15 @@ class ManagementApi:
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         return app
+
+
+def _refusal(exc: PeerError) -> ConnectorError:
+    """The provider's data plane refusing our token (403: the transfer was suspended,
+    terminated, revoked, or its token replaced) is a refusal the local caller hears as one,
+    403, not as a failure of the provider (502)."""
+    if exc.peer_status == 403:
+        return TransferDenied(f"the provider refuses: {exc.message}")
+    return exc
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
