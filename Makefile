@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck dcp-tck interop clean
+.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# The long forms of the robustness suites (README "Soak"). `make test` runs each short.
+soak: soak-fuzz
+
+# 5,000 generated and mutated DSP messages and 2,000 management calls against running
+# daemons; FUZZ_SEED=N replays a run.
+soak-fuzz: $(STAMP)
+	FUZZ_DSP_REQUESTS=$${FUZZ_DSP_REQUESTS:-5000} \
+	FUZZ_MANAGEMENT_REQUESTS=$${FUZZ_MANAGEMENT_REQUESTS:-2000} \
+	$(PY) -m pytest -q -s tests/fuzz
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -111,6 +111,16 @@ async def test_malformed_numeric_body_parameters_are_a_400_naming_them(
     assert answer["error"] == "invalid-parameter" and answer["message"].startswith("offset")
 
 
+@pytest.mark.parametrize("offset", ["%C2%B2", "-1", "x", "1.0", "%EF%BC%91"])
+async def test_a_malformed_offset_on_the_data_plane_is_a_400(
+        space: Space, http: aiohttp.ClientSession, offset: str) -> None:
+    """Checked before the token: a superscript two or a full-width one passes isdigit()."""
+    status, body = await raw_call(http, "GET", f"{space.provider.url}/data?offset={offset}",
+                                  data=None, headers={})
+    assert status == 400, body
+    assert body["message"].startswith("offset")
+
+
 async def _started_transfer(consumer: Management, space: Space) -> str:
     record = await consumer.call("POST", "/api/negotiations?wait=20",
                                  {"provider": space.provider.url, "datasetId": "example-weather"})

@@ -81,3 +81,14 @@ def test_a_token_with_a_deep_json_segment_is_an_auth_error() -> None:
     for token in (f"{segment}.e30.c2ln", f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln"):
         with pytest.raises(AuthError, match="malformed token"):
             verify_token(token, keys=KeyRing({}), audience="did:web:x", now=0, leeway_s=5)
+
+
+def test_a_providers_refusal_of_our_data_token_is_a_403_not_a_502() -> None:
+    from connector.adapters.http.management import _refusal
+
+    refused = _refusal(errors.PeerError("data summary answered 403: unknown data token",
+                                        peer_status=403))
+    assert isinstance(refused, errors.TransferDenied) and refused.status == 403
+    assert "unknown data token" in refused.message
+    down = errors.PeerError("cannot connect")
+    assert _refusal(down) is down and down.status == 502

@@ -27,7 +27,7 @@ from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize
     record_chunks,
     summarize,
 )
-from connector.core.errors import MalformedMessage, TransferDenied
+from connector.core.errors import InvalidParameter, TransferDenied
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.dataplane")
@@ -36,8 +36,8 @@ NDJSON = "application/x-ndjson"
 
 def _offset(request: web.Request) -> int:
     raw = request.query.get("offset", "0")
-    if not raw.isdigit():
-        raise MalformedMessage(f"offset must be a non-negative integer, not {raw!r}")
+    if not (raw.isascii() and raw.isdigit()):  # "²".isdigit() is true, int("²") fails
+        raise InvalidParameter(f"offset must be a non-negative integer, not {raw!r}")
     return int(raw)
 
 

@@ -9,8 +9,8 @@ Every error of the tree is answered with the status its class states (``core/err
 Anything else escaping a handler is a bug: it is answered 500 in the same shape, with an
 error id that the log line carrying its traceback repeats, and nothing of its text. A caller
 that hung up before the answer (``ConnectionError`` with the transport closed) gets one quiet
-log line instead of aiohttp's traceback. Outside values in log lines are quoted with ``%r``;
-``connector.logs`` escapes whatever else reaches a line.
+log line instead of aiohttp's traceback. ``connector.logs`` escapes the outside values (the
+path, a peer's reason) that reach a line.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ConnectorError as exc:
-        log.info("%s %r -> %d %s: %s", request.method, request.path, exc.status, exc.code,
+        log.info("%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code,
                  exc.message, extra={"status": exc.status, "reason": exc.message})
         return _render(request, exc)
     except web.HTTPException:

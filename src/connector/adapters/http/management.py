@@ -20,9 +20,17 @@ from aiohttp import web
 from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.core import codec
-from connector.core.errors import AuthError, InvalidParameter, NotFound, PeerError
+from connector.core.errors import (
+    AuthError,
+    ConflictError,
+    ConnectorError,
+    InvalidParameter,
+    NotFound,
+    PeerError,
+    TransferDenied,
+)
 from connector.core.transfer import TransferEvent, TransferState
-from connector.service.consumer import ConsumerService, Copy, verify_copy
+from connector.service.consumer import ConsumerService, Copy, copy_mismatch
 from connector.service.negotiations import NegotiationService
 from connector.service.store import Store
 from connector.service.transfers import TransferService
@@ -208,9 +216,9 @@ class ManagementApi:
         except ConnectionError:  # our own client went away; it resumes by offset
             log.info("transfer %s: the local reader disconnected", pid)
             return response
-        except PeerError:
+        except PeerError as exc:
             if not started:
-                raise
+                raise _refusal(exc) from exc
             log.warning("transfer %s: pull interrupted", pid)
             if request.transport is not None:
                 request.transport.close()
@@ -230,16 +238,23 @@ class ManagementApi:
         offset = _body_count(body, "offset")
         parse_sink(spec)
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
-        summary = await self._client.data_summary(endpoint, token)
-        t0 = time.monotonic()
-        sink = await asyncio.to_thread(open_sink, spec, offset)
         try:
-            await _drain(self._client.pull(endpoint, token, offset), sink)
-        finally:
-            await asyncio.to_thread(sink.close)
+            summary = await self._client.data_summary(endpoint, token)
+            t0 = time.monotonic()
+            sink = await asyncio.to_thread(open_sink, spec, offset)
+            try:
+                await _drain(self._client.pull(endpoint, token, offset), sink)
+            finally:
+                await asyncio.to_thread(sink.close)
+        except PeerError as exc:
+            raise _refusal(exc) from exc
         records = await asyncio.to_thread(lambda: sink.records)
         copy = Copy(records=records, bytes=sink.size, sha256=sink.sha256())
-        verify_copy(copy, summary)
+        problem = copy_mismatch(copy, summary)
+        if problem is not None:
+            # Whose fault is unknown (a sink resumed over other content, or the provider's
+            # stream): a conflict the caller resolves by pulling again from offset 0.
+            raise ConflictError(f"{problem}; pull again from offset 0")
         await self._transfers.act(pid, TransferEvent.COMPLETE)
         return _out({**copy.as_dict(), "seconds": round(time.monotonic() - t0, 3)})
 
@@ -250,9 +265,12 @@ class ManagementApi:
             return _out(await self._client.data_summary(endpoint, token))
         except PeerError as exc:
             if exc.peer_status != 403 or "expired" not in exc.message:
-                raise
-        endpoint, token = await self._refresh(pid)  # expired: refresh once, then ask again
-        return _out(await self._client.data_summary(endpoint, token))
+                raise _refusal(exc) from exc
+        try:  # expired: refresh once, then ask again
+            endpoint, token = await self._refresh(pid)
+            return _out(await self._client.data_summary(endpoint, token))
+        except PeerError as exc:
+            raise _refusal(exc) from exc
 
     async def _refresh(self, pid: str) -> tuple[str, str]:
         endpoint, token = self._pull_address(await self._transfers.mine(pid))
@@ -261,7 +279,10 @@ class ManagementApi:
 
     async def transfer_refresh(self, request: web.Request) -> web.Response:
         """A fresh data token for a STARTED transfer (kept in our record)."""
-        await self._refresh(request.match_info["id"])
+        try:
+            await self._refresh(request.match_info["id"])
+        except PeerError as exc:
+            raise _refusal(exc) from exc
         return _out(await self._transfers.mine(request.match_info["id"]))
 
     async def transfer_push(self, request: web.Request) -> web.Response:
@@ -299,6 +320,15 @@ class ManagementApi:
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         return app
+
+
+def _refusal(exc: PeerError) -> ConnectorError:
+    """The provider's data plane refusing our token (403: the transfer was suspended,
+    terminated, revoked, or its token replaced) is a refusal the local caller hears as one,
+    403, not as a failure of the provider (502)."""
+    if exc.peer_status == 403:
+        return TransferDenied(f"the provider refuses: {exc.message}")
+    return exc
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
