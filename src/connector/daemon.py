@@ -17,7 +17,7 @@ import secrets
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,11 @@ from typing import Any
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient, client_ssl_context
-from connector.adapters.http.credential_service import (
-    CS_PATH,
-    CredentialServiceRoutes,
-    GuardedHttp,
-)
+from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
 from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
+from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore
@@ -122,6 +119,8 @@ class Daemon:
         self.client = PeerClient(self.identity, self._client_ssl())
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # What start() opened that stop() closes, in the order opened (closed in reverse).
+        self._opened: list[Callable[[], Awaitable[None]]] = []
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -232,12 +231,14 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         self.store = await SqliteStore.open(s.database)
+        self._opened.append(self.store.close)
         # Replays stay refused across a restart: the jtis accepted before it, until they expire.
         live = await self.verifier.restore(self.store)
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed,
                              self._initial_ack)
+        self._opened.append(self.outbox.close)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, clock=time.time)
@@ -249,6 +250,7 @@ class Daemon:
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
+        self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()
@@ -333,19 +335,16 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop what ``start`` started, also when it failed part-way (a port taken): the
-        store's thread would otherwise keep the process from exiting."""
-        if hasattr(self, "pusher"):
-            await self.pusher.close()
+        store's thread would otherwise keep the process from exiting. Reverse order of start:
+        tasks, listeners, then pusher, outbox and store."""
         for task in self._tasks:
             task.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        if hasattr(self, "outbox"):
-            await self.outbox.close()
+        while self._opened:
+            await self._opened.pop()()
         await self.client.close()
         await self.dcp_http.close()
-        if hasattr(self, "store"):
-            await self.store.close()
 
 
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
