@@ -98,8 +98,12 @@ def read_folder(settings: Settings) -> FolderState:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 unpinned_peers: Mapping[str, str] | None = None) -> None:
+        """``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
+        trust/ (EDC under its test identity), which the management API addresses all the same."""
         self.settings = settings
+        self.unpinned_peers = dict(unpinned_peers or {})
         self.folder = read_folder(settings)
         key = load_any_signing_key(settings.signing_key)
         self.dcp_mode = settings.identity_mode == "dcp"
@@ -134,11 +138,9 @@ class Daemon:
 
     # -- identity: DCP wiring and [signing] reload -------------------------------------------
 
-    def _management_api(self, *, unpinned: Mapping[str, str] | None = None) -> ManagementApi:
-        """The local management API. ``unpinned``: participant id -> DSP base of peers that
-        cannot be pinned in trust/ (a test profile's EDC)."""
+    def _management_api(self) -> ManagementApi:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
-                                   unpinned=unpinned)
+                                   unpinned=self.unpinned_peers)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)
