@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from procs import free_port_pair
 from yarl import URL
 
-from connector.adapters.http.credential_service import GuardedHttp
+from connector.adapters.http.guard import GuardedHttp
 from connector.config import DSP_PATH, load_settings
 from connector.core.errors import AuthError
 from connector.core.identity import build_did_document, signing_public_jwk

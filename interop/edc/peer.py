@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from connector.adapters.http.client import PeerClient
-from connector.adapters.http.management import ManagementApi
 from connector.config import load_settings
 from connector.core.errors import AuthError
 from connector.daemon import Daemon
@@ -127,7 +126,8 @@ class EdcPeerDaemon(Daemon):
     def __init__(self, root: Path, edc_peers: Mapping[str, str], wallet: str | None = None
                  ) -> None:
         self._wallet = wallet
-        super().__init__(load_settings(root))
+        # EDC cannot be pinned in trust/: the management API finds it by its DSP base.
+        super().__init__(load_settings(root), unpinned_peers=edc_peers)
         self.edc_peers = dict(edc_peers)  # participant id -> versioned DSP base
         if wallet is None:
             self._use_iam_mock()
@@ -157,10 +157,6 @@ class EdcPeerDaemon(Daemon):
         if did in self.edc_peers and self._wallet is None:
             return Claims(participant_id=did, attributes=dict(EDC_ATTRIBUTES))
         return super().claims_for(did)
-
-    def _management_api(self, *, unpinned: Mapping[str, str] | None = None) -> ManagementApi:
-        """EDC cannot be pinned in trust/: the management API resolves it by its DSP base."""
-        return super()._management_api(unpinned={**self.edc_peers, **(unpinned or {})})
 
 
 def parse_edc(values: Sequence[str]) -> dict[str, str]:

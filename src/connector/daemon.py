@@ -26,14 +26,11 @@ from aiohttp.typedefs import Middleware
 
 from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
-from connector.adapters.http.credential_service import (
-    CS_PATH,
-    CredentialServiceRoutes,
-    GuardedHttp,
-)
+from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
 from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
+from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
@@ -106,8 +103,12 @@ def read_folder(settings: Settings,
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 unpinned_peers: Mapping[str, str] | None = None) -> None:
+        """``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
+        trust/ (EDC under its test identity), which the management API addresses all the same."""
         self.settings = settings
+        self.unpinned_peers = dict(unpinned_peers or {})
         # [metrics]: None when switched off (then nothing is measured at all).
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
                         if settings.metrics_listen is not None else None)
@@ -132,6 +133,9 @@ class Daemon:
                                  on_data=self.metrics.received if self.metrics else None)
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # What start() opened that stop() closes, in the order opened (closed in reverse).
+        self._opened: list[Callable[[], Awaitable[None]]] = []
+        self.health = self._health()
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -145,11 +149,9 @@ class Daemon:
 
     # -- identity: DCP wiring and [signing] reload -------------------------------------------
 
-    def _management_api(self, *, unpinned: Mapping[str, str] | None = None) -> ManagementApi:
-        """The local management API. ``unpinned``: participant id -> DSP base of peers that
-        cannot be pinned in trust/ (a test profile's EDC)."""
+    def _management_api(self) -> ManagementApi:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
-                                   unpinned=unpinned)
+                                   unpinned=self.unpinned_peers)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)
@@ -241,15 +243,17 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
-        self.health = self._health()
         await self._serve_metrics()
-        self.store = self._observed_store(await SqliteStore.open(s.database))
+        store = await SqliteStore.open(s.database)
+        self._opened.append(store.close)
+        self.store = self._observed_store(store)
         # Replays stay refused across a restart: the jtis accepted before it, until they expire.
         live = await self.verifier.restore(self.store)
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
                              self._initial_ack)
+        self._opened.append(self.outbox.close)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, clock=time.time)
@@ -262,6 +266,7 @@ class Daemon:
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
+        self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()
@@ -401,24 +406,20 @@ class Daemon:
     async def drain(self) -> None:
         """SIGTERM: ready answers 503 for [health] drain_s; ``stop`` then lets in-flight
         requests finish (aiohttp's graceful shutdown) before the process exits."""
-        if hasattr(self, "health"):
-            await self.health.drain()
+        await self.health.drain()
 
     async def stop(self) -> None:
         """Stop what ``start`` started, also when it failed part-way (a port taken): the
-        store's thread would otherwise keep the process from exiting."""
-        if hasattr(self, "pusher"):
-            await self.pusher.close()
+        store's thread would otherwise keep the process from exiting. Reverse order of start:
+        tasks, listeners, then pusher, outbox and store."""
         for task in self._tasks:
             task.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        if hasattr(self, "outbox"):
-            await self.outbox.close()
+        while self._opened:
+            await self._opened.pop()()
         await self.client.close()
         await self.dcp_http.close()
-        if hasattr(self, "store"):
-            await self.store.close()
 
 
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:

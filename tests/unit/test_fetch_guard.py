@@ -16,8 +16,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from connector.adapters.http.credential_service import GuardedHttp
-from connector.adapters.http.guard import GuardedResolver, RefusedAddress
+from connector.adapters.http.guard import GuardedHttp, GuardedResolver, RefusedAddress
 from connector.config import load_settings
 from connector.core import credentials as vc
 from connector.core.errors import AuthError, ConfigError

@@ -1,8 +1,9 @@
-"""Which hosts the DCP verifier may fetch from: the pure half of its SSRF guard (issue #4).
+"""Which hosts the DCP verifier may fetch from: the pure half of its SSRF guard (README.md,
+"Identity").
 
 A caller's token makes the verifier fetch URLs the caller chose: its did.json, the
 CredentialService its DID document names, the status lists its credentials point at. Two
-rules bound where those requests may go (``adapters.http.credential_service.GuardedHttp``
+rules bound where those requests may go (``adapters.http.guard.GuardedHttp``
 applies them to the URL's host and to every address that host resolves to):
 
 * ``address_refusal``, always, whatever the configuration: a link-local address

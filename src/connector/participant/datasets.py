@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.core.errors import ConfigError
-from connector.participant.layout import read_toml
+from connector.participant.layout import raise_first, read_toml
 
 DEFAULT_FORMAT = "HttpData-PULL"
 SOURCE_TYPES = ("csv", "jsonl", "sqlite", "postgres", "http")
@@ -145,9 +145,7 @@ def load_datasets(dir: Path) -> list[DatasetDecl]:
     decls: dict[str, DatasetDecl] = {}
     for path in sorted((dir / "datasets").glob("*.toml")):
         data = read_toml(path)
-        problems = dataset_problems(data)
-        if problems:
-            raise ConfigError(f"{path}: {problems[0][1]}")
+        raise_first(path, dataset_problems(data))
         decl = dataset_decl(data, dir.resolve())
         if decl.id in decls:
             raise ConfigError(f"{path}: key 'id': dataset id {decl.id!r} is declared twice")

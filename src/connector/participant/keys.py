@@ -27,7 +27,13 @@ from connector import keys
 from connector.config import CONFIG_FILE, load_settings
 from connector.core.errors import ConfigError
 from connector.core.identity import KEY_RELATIONSHIPS, signing_public_jwk
-from connector.participant.layout import DID_FILE, ROTATIONS_FILE, write_atomic, write_json
+from connector.participant.layout import (
+    DID_FILE,
+    ROTATIONS_FILE,
+    raise_first,
+    write_atomic,
+    write_json,
+)
 
 _KEY_FRAGMENT = re.compile(r"#key-(\d+)$")
 
@@ -47,10 +53,26 @@ def _rotations(dir: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def _document(dir: Path, did: str) -> dict[str, Any]:
-    document = _read_json(dir / DID_FILE)
+def document_problems(document: Any, did: str, kid: str) -> list[tuple[str, str]]:
+    """(key, message) for what ``did.json`` must say: the participant's DID as its ``id``,
+    and the signing key ``kid`` among its verification methods (DID Core 1.0 §5.2)."""
     if not isinstance(document, dict) or document.get("id") != did:
-        raise ConfigError(f"{dir / DID_FILE}: id must be the participant DID {did}")
+        return [("id", f"id must be the participant DID {did}")]
+    if kid not in verification_methods(document):
+        return [("verificationMethod", f"does not list the signing key {kid}")]
+    return []
+
+
+def verification_methods(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The verification methods of a DID document, by id."""
+    return {m["id"]: m for m in document.get("verificationMethod", [])
+            if isinstance(m, dict) and isinstance(m.get("id"), str)}
+
+
+def _document(dir: Path, did: str, kid: str) -> dict[str, Any]:
+    document = _read_json(dir / DID_FILE)
+    raise_first(dir / DID_FILE, document_problems(document, did, kid))
+    assert isinstance(document, dict)
     return document
 
 
@@ -98,7 +120,7 @@ def rotate_signing_key(
     """
     settings = load_settings(dir)
     now = time.time() if now is None else now
-    document = _document(dir, settings.did)
+    document = _document(dir, settings.did, settings.signing_kid)
     record = _rotations(dir)
     number = _next_number(document, record)
     kid = f"{settings.did}#key-{number}"
@@ -177,7 +199,7 @@ def retire_signing_key(dir: Path, kid: str, *, now: float | None = None) -> int:
     if now < until + margin:
         raise ConfigError(f"{kid} signed tokens until {_iso(until)}; they stay valid until "
                           f"{_iso(until + margin)}: retire in {int(until + margin - now) + 1} s")
-    document = _document(dir, settings.did)
+    document = _document(dir, settings.did, settings.signing_kid)
     if not _remove_method(document, settings.did, kid):
         raise ConfigError(f"{kid}: not in {DID_FILE}")
     write_json(dir / DID_FILE, document)

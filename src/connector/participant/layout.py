@@ -71,6 +71,13 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def raise_first(path: Path, problems: list[tuple[str, str]]) -> None:
+    """ConfigError naming ``path`` and the first of ``problems`` (each a (key, message) of a
+    rule the linter reports in full), if there is one: how a loader applies the rules."""
+    if problems:
+        raise ConfigError(f"{path}: {problems[0][1]}")
+
+
 def check_init_target(root: Path) -> None:
     """ConfigError unless ``root`` is absent or an empty directory (``init`` commands)."""
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

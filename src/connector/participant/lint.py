@@ -21,6 +21,7 @@ from connector.core.errors import ConfigError, Problem
 from connector.core.identity import signing_public_jwk
 from connector.core.policy.check import check_policy_document
 from connector.participant.datasets import dataset_problems
+from connector.participant.keys import document_problems, verification_methods
 from connector.participant.layout import DID_FILE
 from connector.participant.policies import name_problem, policy_files
 from connector.participant.trust import peer_from, peer_problems
@@ -75,24 +76,16 @@ def _read_text(path: Path, name: str, out: list[Problem]) -> str | None:
     return None
 
 
-def _parse_toml(path: Path, name: str, out: list[Problem]) -> tuple[str, dict[str, Any]] | None:
+def _parse(path: Path, name: str, out: list[Problem]) -> tuple[str, Any] | None:
+    """The text and the data of a ``.toml`` or JSON file, or None with the problem in ``out``."""
     text = _read_text(path, name, out)
     if text is None:
         return None
     try:
-        return text, tomllib.loads(text)
+        return text, (tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
     except tomllib.TOMLDecodeError as exc:
         message = _TOML_POSITION.sub("", str(exc)).strip()
         out.append(Problem(name, _toml_error_line(exc, text), f"invalid TOML: {message}"))
-    return None
-
-
-def _parse_json(path: Path, name: str, out: list[Problem]) -> tuple[str, Any] | None:
-    text = _read_text(path, name, out)
-    if text is None:
-        return None
-    try:
-        return text, json.loads(text)
     except json.JSONDecodeError as exc:
         out.append(Problem(name, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
     return None
@@ -101,7 +94,7 @@ def _parse_json(path: Path, name: str, out: list[Problem]) -> tuple[str, Any] | 
 def _check_settings(root: Path, out: list[Problem]) -> list[tuple[str, Path]]:
     """Check connector.toml; return (toml key, path) of the private files it names, if valid."""
     name = _rel(root, CONFIG_FILE)
-    parsed = _parse_toml(root / CONFIG_FILE, name, out)
+    parsed = _parse(root / CONFIG_FILE, name, out)
     if parsed is None:
         return []  # no names to follow; keys/ is still checked file by file
     text = parsed[0]
@@ -136,7 +129,7 @@ def _check_private_files(root: Path, named: list[tuple[str, Path]], out: list[Pr
 
 def _check_did_document(root: Path, out: list[Problem]) -> None:
     name = _rel(root, DID_FILE)
-    parsed = _parse_json(root / DID_FILE, name, out)
+    parsed = _parse(root / DID_FILE, name, out)
     if parsed is None:
         return
     text, document = parsed
@@ -144,18 +137,11 @@ def _check_did_document(root: Path, out: list[Problem]) -> None:
         settings = load_settings(root)
     except ConfigError:
         return  # reported by _check_settings
-    if not isinstance(document, dict) or document.get("id") != settings.did:
-        out.append(Problem(name, _line_of(text, "id", quoted=True),
-                           f"id must be the participant DID {settings.did}"))
-        return
-    methods = {m.get("id"): m for m in document.get("verificationMethod", [])
-               if isinstance(m, dict)}
-    if settings.signing_kid not in methods:
-        out.append(Problem(name, _line_of(text, "verificationMethod", quoted=True),
-                           f"does not list the signing key {settings.signing_kid}"))
-        return
-    _check_signing_key_matches(settings.signing_key, methods[settings.signing_kid], name, text,
-                               out)
+    problems = document_problems(document, settings.did, settings.signing_kid)
+    out.extend(Problem(name, _line_of(text, key, quoted=True), msg) for key, msg in problems)
+    if not problems:
+        method = verification_methods(document)[settings.signing_kid]
+        _check_signing_key_matches(settings.signing_key, method, name, text, out)
 
 
 def _check_signing_key_matches(
@@ -173,10 +159,9 @@ def _check_signing_key_matches(
 def _parsed(root: Path, folder: str, suffix: str, out: list[Problem]
             ) -> Iterator[tuple[str, str, Any]]:
     """(name, text, data) of each ``folder/*suffix`` file that parses (TOML or JSON)."""
-    parse = _parse_toml if suffix == ".toml" else _parse_json
     for path in sorted((root / folder).glob(f"*{suffix}")):
         name = _rel(root, f"{folder}/{path.name}")
-        parsed = parse(path, name, out)
+        parsed = _parse(path, name, out)
         if parsed is not None:
             yield name, *parsed
 

@@ -18,7 +18,14 @@ from urllib.parse import unquote
 from connector.config import CONFIG_FILE, DSP_PATH
 from connector.core.errors import ConfigError
 from connector.core.identity import DSP_SERVICE_TYPE, KeyRing
-from connector.participant.layout import DID_FILE, TLS_CERT, read_json, read_toml, write_json
+from connector.participant.layout import (
+    DID_FILE,
+    TLS_CERT,
+    raise_first,
+    read_json,
+    read_toml,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -82,9 +89,7 @@ def load_trust(dir: Path) -> dict[str, Peer]:
     peers: dict[str, Peer] = {}
     for path in sorted((dir / "trust").glob("*.json")):
         data = read_json(path)
-        problems = peer_problems(data)
-        if problems:
-            raise ConfigError(f"{path}: {problems[0][1]}")
+        raise_first(path, peer_problems(data))
         try:
             peer = peer_from(data)
         except ConfigError as exc:
@@ -169,9 +174,7 @@ def add_trusted_peer(
         "tls_cert": _read_certificate(cert_path) if cert_path else None,
         "attributes": dict(attributes),
     }
-    problems = peer_problems(data)
-    if problems:
-        raise ConfigError(f"{did_path}: {problems[0][1]}")
+    raise_first(did_path, peer_problems(data))
     try:
         peer_from(data)
     except ConfigError as exc:

@@ -27,7 +27,6 @@ from connector.core.policy.constraints import (
     ConstraintResult,
     Decision,
     DutyState,
-    EvaluationRequest,
     PolicyContext,
     RuleReport,
     all_hold,
@@ -88,7 +87,7 @@ def evaluate_strict(policy: Policy, ctx: PolicyContext) -> Decision:
 
 def _permission(rule: Rule, path: str, policy: Policy, ctx: PolicyContext,
                 trace: list[ConstraintResult]) -> RuleReport:
-    mismatch = _mismatch(rule, policy, ctx.request)
+    mismatch = _mismatch(rule, policy, ctx)
     if mismatch:
         return RuleReport(path, rule.id, False, mismatch)
     holds = must_hold(rule.constraints, path, ctx, trace)
@@ -100,7 +99,7 @@ def _permission(rule: Rule, path: str, policy: Policy, ctx: PolicyContext,
 
 def _prohibition(rule: Rule, path: str, policy: Policy, ctx: PolicyContext,
                  trace: list[ConstraintResult]) -> RuleReport:
-    mismatch = _mismatch(rule, policy, ctx.request)
+    mismatch = _mismatch(rule, policy, ctx)
     if mismatch:
         return RuleReport(path, rule.id, False, mismatch)
     return RuleReport(path, rule.id, all_hold(rule.constraints, path, ctx, trace))
@@ -114,8 +113,10 @@ def _duty_met(duty: Rule, path: str, ctx: PolicyContext, trace: list[ConstraintR
     return state in (DutyState.FULFILLED, DutyState.PENDING)
 
 
-def _mismatch(rule: Rule, policy: Policy, request: EvaluationRequest | None) -> str:
-    """Why ``rule`` does not apply to ``request``; empty when it does."""
+def _mismatch(rule: Rule, policy: Policy, ctx: PolicyContext) -> str:
+    """Why ``rule`` does not apply to the context's request; empty when it does (or when
+    there is no request)."""
+    request = ctx.request
     if request is None:
         return ""
     if request.action is not None and not includes(rule.action, request.action):
