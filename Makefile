@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz clean
+.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz soak-crash image deploy-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ dcp-tck: $(STAMP)
 
 interop: $(STAMP)
 	$(PY) interop/edc/run.py
+
+# The container image (podman; deploy/README.md). Installs podman, runc and debootstrap and
+# builds the local Debian base when absent. BASE=... IMAGE=... override the defaults.
+image: $(STAMP)
+	PYTHON=$(PY) bash deploy/image.sh
+
+# The image run as provider and consumer (catalogue -> negotiation -> pull), the Helm chart
+# linted, rendered and validated against the Kubernetes schemas, the alert rules checked.
+deploy-check: $(STAMP)
+	$(PY) deploy/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,6 +30,12 @@ def _transfer(quick: bool) -> None:
     transfer.run(quick=quick)
 
 
+def _metrics(quick: bool) -> None:
+    from bench import metrics_cost
+
+    metrics_cost.run(quick=quick)
+
+
 def _registry(quick: bool) -> None:
     import json
 
@@ -44,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "registry": _registry,
     "negotiation": _negotiation,
     "transfer": _transfer,
+    "metrics": _metrics,
 }
 
 

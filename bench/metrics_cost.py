@@ -1,0 +1,138 @@
+"""What the metrics cost: negotiations per second with ``[metrics]`` on and off, same run.
+
+Two pairs of connector daemons are created and started as ``make demo`` does; one pair has
+``[metrics] enabled = false`` (no instrument is even created), the other a metrics listener
+that is scraped once a second during its phases, as Prometheus would. The phases alternate,
+off, on, on, off, off, on, ..., each at c=64 through the consumer's management API (as
+``bench/negotiation.py`` drives it), so that the growth of the stored negotiations and the
+load of other processes fall on both variants alike. The rate and the daemons' CPU per
+negotiation are summed per variant; the ``on`` lines carry the ``off`` figure as ``limit``,
+so ``ratio`` is what is left with metrics on (target: at least 0.95).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from bench import CpuMeter, emit, load, log
+from connector.config import load_settings
+from connector.demo import Participant, create_space, free_port, start, stop
+
+DATASET = "example-weather"
+CONCURRENCY = 64
+ROUNDS = 4  # pairs of phases, off then on, then on then off, ...
+MAX_PER_PHASE = 100_000
+SCRAPE_INTERVAL_S = 1.0
+
+
+def _pid(p: Participant) -> int:
+    assert p.process is not None, f"{p.name} is not running"
+    return p.process.pid
+
+
+def make_pair(root: Path, metrics: bool) -> tuple[Participant, Participant, list[str]]:
+    provider, consumer = create_space(root)
+    targets = []
+    for p in (provider, consumer):
+        with (p.dir / "connector.toml").open("a") as f:
+            if metrics:
+                target = f"127.0.0.1:{free_port()}"
+                targets.append(target)
+                f.write(f'\n[metrics]\nlisten = "{target}"\n')
+            else:
+                f.write("\n[metrics]\nenabled = false\n")
+    return provider, consumer, targets
+
+
+async def scrape(session: aiohttp.ClientSession, targets: list[str], stop_at: float) -> int:
+    """Scrape ``targets`` once a second until ``stop_at``; the number of scrapes."""
+    done = 0
+    while time.perf_counter() < stop_at:
+        for target in targets:
+            async with session.get(f"http://{target}/metrics") as resp:
+                await resp.read()
+                done += 1
+        await asyncio.sleep(SCRAPE_INTERVAL_S)
+    return done
+
+
+async def phase(session: aiohttp.ClientSession, provider: Participant, consumer: Participant,
+                targets: list[str], duration_s: float) -> tuple[float, float, int]:
+    """One timed phase: (negotiations/s, daemons' CPU µs per negotiation, errors)."""
+    settings = load_settings(consumer.dir)
+    url = settings.management_url + "/api/negotiations?wait=30"
+    headers = {"Authorization": f"Bearer {settings.management_token()}",
+               "Content-Type": "application/json"}
+    body = msgspec.json.encode({"provider": provider.url, "datasetId": DATASET})
+
+    async def call() -> bool:
+        async with session.post(url, data=body, headers=headers) as resp:
+            doc: dict[str, Any] = msgspec.json.decode(await resp.read())
+            return resp.status == 201 and doc.get("state") == "FINALIZED"
+
+    pids = {p.name: _pid(p) for p in (provider, consumer)}
+    scraper = asyncio.create_task(scrape(session, targets, time.perf_counter() + duration_s))
+    with CpuMeter(pids) as cpu:
+        result = await load(call, concurrency=CONCURRENCY, duration_s=duration_s,
+                            max_count=MAX_PER_PHASE)
+    await scraper
+    used = sum(cpu.cpu_s.values())
+    return result.rate, used / max(1, result.completed) * 1e6, result.errors
+
+
+async def drive(pairs: dict[str, tuple[Participant, Participant, list[str]]],
+                duration_s: float, warmup_s: float) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for name, (provider, consumer, targets) in pairs.items():
+            log(f"metrics {name}: warm-up {warmup_s:g} s")
+            await phase(session, provider, consumer, targets, warmup_s)
+        for i in range(ROUNDS):
+            order = list(pairs.items())
+            for name, (provider, consumer, targets) in order[::-1] if i % 2 else order:
+                rate, cpu_us, failed = await phase(session, provider, consumer, targets,
+                                                   duration_s)
+                errors += failed
+                log(f"metrics {name} round {i + 1}: {rate:.1f} negotiations/s, "
+                    f"{cpu_us:.0f} µs CPU each, {failed} errors")
+                out[name].append((rate, cpu_us))
+    emit("metrics_bench_errors", errors, "count")
+    return out
+
+
+def run(*, quick: bool) -> None:
+    duration_s = 2.0 if quick else 6.0
+    warmup_s = 0.5 if quick else 1.0
+    root = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    running: list[Participant] = []
+    try:
+        pairs = {"off": make_pair(root / "off", False), "on": make_pair(root / "on", True)}
+        for provider, consumer, _ in pairs.values():
+            for p in (provider, consumer):
+                start(p)
+                running.append(p)
+        results = asyncio.run(drive(pairs, duration_s, warmup_s))
+    finally:
+        for p in running:
+            stop(p)
+        shutil.rmtree(root, ignore_errors=True)
+    rate = {name: sum(r for r, _ in rows) / len(rows) for name, rows in results.items()}
+    cpu = {name: sum(c for _, c in rows) / len(rows) for name, rows in results.items()}
+    c = f"c{CONCURRENCY}"
+    emit(f"negotiations_per_s_metrics_off_{c}", rate["off"], "negotiations/s")
+    emit(f"negotiations_per_s_metrics_on_{c}", rate["on"], "negotiations/s", limit=rate["off"])
+    emit(f"negotiation_daemon_cpu_us_metrics_off_{c}", cpu["off"], "us/negotiation")
+    emit(f"negotiation_daemon_cpu_us_metrics_on_{c}", cpu["on"], "us/negotiation",
+         limit=cpu["off"])
+    emit("metrics_negotiation_rate_cost_percent", (1 - rate["on"] / rate["off"]) * 100, "%")
