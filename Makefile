@@ -35,5 +35,15 @@ dcp-tck: $(STAMP)
 interop: $(STAMP)
 	$(PY) interop/edc/run.py
 
+# `make soak`: the long checks, not part of `make test` (README, "Soak tests").
+.PHONY: soak soak-crash
+# Seconds of SIGKILLs under load in the crash soak (half of soak's ten minutes).
+CRASH_SOAK_S ?= 300
+
+soak: soak-crash
+
+soak-crash: $(STAMP)
+	CRASH_SOAK_S=$(CRASH_SOAK_S) $(PY) -m tests.e2e.crash_harness
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
