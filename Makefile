@@ -43,7 +43,7 @@ CRASH_SOAK_S ?= 300
 soak: soak-crash
 
 soak-crash: $(STAMP)
-	CRASH_SOAK_S=$(CRASH_SOAK_S) $(PY) -m tests.e2e.crash_harness
+	CRASH_SOAK_S=$(CRASH_SOAK_S) $(PY) -m tests.crash
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """Crash consistency, short form: two daemons SIGKILLed three times (each at least once) under
 concurrent negotiations and pulls, with delivered outbox rows written back after each kill.
-``tests/e2e/crash_harness.py`` defines "acknowledged" and what is expected of each process.
+``tests/crash/__init__.py`` defines "acknowledged" and what is expected of each process.
 
 Replay a failure with the seed its message names:
 ``CRASH_SEED=N .venv/bin/python -m pytest tests/e2e/test_crash_consistency.py``.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.crash_harness import CrashRun, Plan, seed_from_env
+from tests.crash.run import CrashRun, Plan, seed_from_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
