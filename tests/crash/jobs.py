@@ -26,7 +26,7 @@ READ_PAUSE_S = 0.004
 RECEIVE_WINDOW = 32 * 1024
 # A call to a daemon that is down (being restarted) is tried again after this pause.
 RETRY_PAUSE_S = 0.2
-# Negotiation states that are not the end of the road (the peer still has to answer).
+# A negotiation ends in one of these; a transfer in one of those still waits for the provider.
 NEGOTIATION_TERMINAL = ("FINALIZED", "TERMINATED")
 TRANSFER_TRANSIENT = ("REQUESTED",)
 
@@ -47,8 +47,9 @@ class Job:
     problem: str | None = None
 
 
-class Unreachable(Exception):
-    """A daemon stayed down past the deadline."""
+class JobFailed(Exception):
+    """A job could not finish what was acknowledged: a process ended otherwise than
+    expected, a copy did not verify, or a daemon stayed down past the deadline."""
 
 
 def _small_window(addr_info: Any) -> socket.socket:
@@ -111,10 +112,10 @@ class Driver:
                     raise
                 self._note(exc, method, path)
                 if time.monotonic() > self.deadline[0]:
-                    raise Unreachable(f"{method} {path}: {exc.message}") from exc
+                    raise JobFailed(f"{method} {path}: {exc.message}") from exc
             except (OSError, TimeoutError) as exc:
                 if time.monotonic() > self.deadline[0]:
-                    raise Unreachable(f"{method} {path}: {exc}") from exc
+                    raise JobFailed(f"{method} {path}: {exc}") from exc
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def create(self, job: Job, path: str, body: dict[str, Any]) -> str:
@@ -131,7 +132,7 @@ class Driver:
                 pass
             job.failed_calls += 1
             if time.monotonic() > self.deadline[0]:
-                raise Unreachable(f"POST {path} never acknowledged")
+                raise JobFailed(f"POST {path} never acknowledged")
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def negotiate(self, job: Job) -> None:
@@ -140,10 +141,10 @@ class Driver:
         record = await self.call("GET", f"/api/negotiations/{job.negotiation}")
         while record["state"] not in NEGOTIATION_TERMINAL:
             if time.monotonic() > self.deadline[0]:
-                raise Unreachable(f"negotiation {job.negotiation} still {record['state']}")
+                raise JobFailed(f"negotiation {job.negotiation} still {record['state']}")
             record = await self.call("GET", f"/api/negotiations/{job.negotiation}?wait=2")
         if record["state"] != "FINALIZED":
-            raise Unreachable(f"negotiation {job.negotiation} ended {record['state']}: "
+            raise JobFailed(f"negotiation {job.negotiation} ended {record['state']}: "
                               f"{record.get('reason')}")
         job.agreement = str(record["agreementId"])
 
@@ -152,11 +153,11 @@ class Driver:
         record = await self.call("GET", f"/api/transfers/{job.transfer}")
         while record["state"] in TRANSFER_TRANSIENT:
             if time.monotonic() > self.deadline[0]:
-                raise Unreachable(f"transfer {job.transfer} still {record['state']}")
+                raise JobFailed(f"transfer {job.transfer} still {record['state']}")
             await asyncio.sleep(RETRY_PAUSE_S)
             record = await self.call("GET", f"/api/transfers/{job.transfer}")
         if record["state"] != "STARTED":
-            raise Unreachable(f"transfer {job.transfer} is {record['state']}: "
+            raise JobFailed(f"transfer {job.transfer} is {record['state']}: "
                               f"{record.get('reason')}")
 
     async def pull(self, job: Job, part: Path) -> None:
@@ -179,24 +180,30 @@ class Driver:
                     self._note(exc, "GET", "/api/transfers/{id}/data")
                 job.resumes += part.stat().st_size > before  # cut mid-way, not refused
                 if time.monotonic() > self.deadline[0]:
-                    raise Unreachable(f"pull of {job.transfer} never finished") from exc
+                    raise JobFailed(f"pull of {job.transfer} never finished") from exc
                 await asyncio.sleep(RETRY_PAUSE_S)
         records, sha256 = whole_records(part)
         got = {"records": records, "bytes": part.stat().st_size, "sha256": sha256}
         if got != summary:
-            raise Unreachable(f"copy of {job.transfer} {got} != provider's summary {summary}")
+            raise JobFailed(f"copy of {job.transfer} {got} != provider's summary {summary}")
         if part.read_bytes() != source_of(self.provider, job.dataset).read_bytes():
-            raise Unreachable(f"copy of {job.transfer} differs from the provider's source")
+            raise JobFailed(f"copy of {job.transfer} differs from the provider's source")
         job.verified = True
 
     async def complete(self, job: Job) -> None:
+        """Complete the verified copy; a call lost to a kill is asked again (a 400 then
+        means the lost one did complete it, which the state shows)."""
         path = f"/api/transfers/{job.transfer}"
         while True:
-            with contextlib.suppress(PeerError):  # a 400: the call before did complete it
+            with contextlib.suppress(PeerError):
                 await self.call("POST", f"{path}/complete")
-            if (await self.call("GET", path))["state"] == "COMPLETED":
+            record = await self.call("GET", path)
+            if record["state"] == "COMPLETED":
                 job.completed = True
                 return
+            if record["state"] != "STARTED" or time.monotonic() > self.deadline[0]:
+                raise JobFailed(f"transfer {job.transfer} is {record['state']}, not COMPLETED:"
+                                f" {record.get('reason')}")
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def run(self, job: Job, work: Path) -> None:
@@ -205,7 +212,7 @@ class Driver:
             await self.open_transfer(job)
             await self.pull(job, work / f"job-{job.number}.jsonl")
             await self.complete(job)
-        except (Unreachable, PeerError) as exc:
+        except (JobFailed, PeerError) as exc:
             job.problem = str(exc)
 
 

@@ -34,6 +34,10 @@ from tests.crash.space import (
     sigkill,
 )
 
+# While jobs are still being started, a call gives up after this long (the work's length plus
+# this): far beyond any kill's downtime, so only a process stuck for good stops its job.
+JOB_HORIZON_S = 300.0
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -93,8 +97,7 @@ class Report:
                                        for k in self.kills)]
         lines += [f"  kill {i + 1} re-delivers {row}" for i, k in enumerate(self.kills)
                   for row in k.redelivered]
-        lines += [
-                 f"folders and daemon logs: {self.root}"]
+        lines.append(f"folders and daemon logs: {self.root}")
         lines += [f"MISMATCH {m}" for m in self.mismatches]
         lines += [f"500 {e}" for e in self.server_errors]
         lines += ["log: " + line for line in log_excerpt(self.root)]
@@ -106,7 +109,7 @@ class CrashRun:
         self.plan = plan
         # Kills and jobs draw from two generators, so that one's timing never shifts the other.
         self.kill_rng = random.Random(f"{plan.seed}/kills")
-        self.rng = random.Random(f"{plan.seed}/jobs")
+        self.job_rng = random.Random(f"{plan.seed}/jobs")
         self.report = Report(seed=plan.seed, root=root)
         self.provider, self.consumer = make_space(root)
         self.parts = {"provider": self.provider, "consumer": self.consumer}
@@ -133,23 +136,30 @@ class CrashRun:
         return plan.kills is None or done < plan.kills
 
     async def killer(self) -> None:
-        while self._kills_left():
-            kill = self._schedule()
-            await asyncio.sleep(kill.at)
-            kill.at = time.monotonic() - self.t0
-            for name in kill.victims:
-                sigkill(self.parts[name])
-                broken = integrity(self.parts[name])
-                if broken:
-                    self.report.mismatches.append(f"{name} database after SIGKILL: {broken}")
-                for row in self.taps[name].redeliver(self.kill_rng):
-                    kill.redelivered.append(f"{name} {message_kind(row[2])} {row[1]}")
-            self.report.kills.append(kill)
-            await asyncio.sleep(kill.down)
-            self.generation += 1
-            for name in kill.victims:
-                await asyncio.to_thread(restart, self.parts[name], self.generation)
-        self.stopping.set()
+        """Kill, damage the outbox as a kill can, wait, restart; until the plan is done (or
+        a restart failed: the work stops too, and the run fails with the reason)."""
+        try:
+            while self._kills_left():
+                kill = self._schedule()
+                await asyncio.sleep(kill.at)
+                kill.at = time.monotonic() - self.t0
+                for name in kill.victims:
+                    self._kill(name, kill)
+                self.report.kills.append(kill)
+                await asyncio.sleep(kill.down)
+                self.generation += 1
+                for name in kill.victims:
+                    await asyncio.to_thread(restart, self.parts[name], self.generation)
+        finally:
+            self.stopping.set()
+
+    def _kill(self, name: str, kill: Kill) -> None:
+        sigkill(self.parts[name])
+        broken = integrity(self.parts[name])
+        if broken:
+            self.report.mismatches.append(f"{name} database after SIGKILL: {broken}")
+        for row in self.taps[name].redeliver(self.kill_rng):
+            kill.redelivered.append(f"{name} {message_kind(row[2])} {row[1]}")
 
     async def tap(self) -> None:
         """Watch both outboxes (see OutboxTap) until the work stops."""
@@ -170,11 +180,13 @@ class CrashRun:
             while len(running) >= self.plan.concurrency:
                 _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             number = len(self.report.jobs)
-            dataset = self.rng.choices(list(DATASETS), [w for _, _, w in DATASETS.values()])[0]
+            dataset = self.job_rng.choices(list(DATASETS), [w for _, _, w in DATASETS.values()])[0]
             job = Job(number=number, dataset=dataset)
             self.report.jobs.append(job)
             running.add(asyncio.create_task(driver.run(job, work)))
-            await asyncio.sleep(self.rng.uniform(0.0, 0.2))
+            await asyncio.sleep(self.job_rng.uniform(0.0, 0.2))
+        # No more work: what is under way must finish within the drain time.
+        driver.deadline[0] = time.monotonic() + self.plan.drain_s
         if running:
             await asyncio.wait(running)
 
@@ -203,7 +215,8 @@ class CrashRun:
         consumer_api = Management(load_settings(self.consumer.dir))
         provider_api = Management(load_settings(self.provider.dir))
         reader = SlowReader(load_settings(self.consumer.dir))
-        horizon = (self.plan.seconds or 600.0) + 600.0  # moved to drain_s once work stops
+        # Calls give up at this deadline, moved to drain_s ahead once no new job starts.
+        horizon = (self.plan.seconds or 0.0) + JOB_HORIZON_S
         driver = Driver(consumer_api, reader, self.provider, report.server_errors,
                         [time.monotonic() + horizon])
         work = report.root / "copies"
@@ -216,7 +229,6 @@ class CrashRun:
             await killer
             await tap
             report.work_s = time.monotonic() - self.t0
-            driver.deadline[0] = time.monotonic() + self.plan.drain_s
             consumer, provider = await self.settle(driver, provider_api)
             report.mismatches += [f"job {j.number}: {j.problem}" for j in report.jobs
                                   if j.problem]
