@@ -24,7 +24,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 # The long forms of the robustness suites (README "Soak"). `make test` runs each short.
-soak: soak-fuzz
+soak: soak-fuzz soak-crash
 
 # 5,000 generated and mutated DSP messages and 2,000 management calls against running
 # daemons; FUZZ_SEED=N replays a run.
@@ -54,6 +54,13 @@ image: $(STAMP)
 # linted, rendered and validated against the Kubernetes schemas, the alert rules checked.
 deploy-check: $(STAMP)
 	$(PY) deploy/check.py
+
+# `make soak`: the long checks, not part of `make test` (README, "Soak tests").
+# Seconds of SIGKILLs under load in the crash soak (half of soak's ten minutes).
+CRASH_SOAK_S ?= 300
+
+soak-crash: $(STAMP)
+	CRASH_SOAK_S=$(CRASH_SOAK_S) $(PY) -m tests.crash
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

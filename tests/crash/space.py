@@ -1,0 +1,167 @@
+"""The two daemons of a crash run: their folders, databases, kills and restarts."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from connector.config import DSP_PATH, load_settings
+from connector.demo import Participant, create_space, start
+
+# What the jobs pull: dataset id -> (file under data/, records written for it, weight of the
+# choice). The ten example records come with every participant folder. A kill cuts a pull only
+# if the records still to come exceed what the kernel's socket buffers hold (a few MB on
+# loopback), hence the long one (~10 MB, pulled in ~2.5 s, see READ_PAUSE_S).
+DATASETS = {
+    "example-weather": ("example.jsonl", 0, 1),
+    "crash-series": ("series.jsonl", 40_000, 2),
+    "crash-long": ("long.jsonl", 200_000, 1),
+}
+# A restart whose port another program took meanwhile is tried this often, a second apart.
+RESTART_ATTEMPTS = 10
+LOG_MARKERS = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
+
+
+def make_space(root: Path) -> tuple[Participant, Participant]:
+    """Provider and consumer folders; the provider offers longer series besides the example.
+
+    The records are written first: the ports are picked last, just before the daemons start,
+    so that little else on the machine can take them in between."""
+    records = root / "records"
+    records.mkdir()
+    for name, count, _ in DATASETS.values():
+        if count:
+            with (records / name).open("w") as f:
+                for i in range(count):
+                    f.write(json.dumps({"seq": i, "station": f"s-{i % 31}",
+                                        "reading": round((i * 7919 % 1000) / 10, 1)}) + "\n")
+    provider, consumer = create_space(root)
+    (consumer.dir / "datasets" / "example.toml").unlink()  # the consumer offers nothing
+    for dataset, (name, count, _) in DATASETS.items():
+        if count:
+            (records / name).rename(provider.dir / "data" / name)
+            (provider.dir / "datasets" / f"{dataset}.toml").write_text(
+                f'id = "{dataset}"\ntitle = "{dataset}"\ndescription = "{count} readings"\n'
+                'keywords = ["series"]\npolicies = ["members-only"]\n'
+                f'[source]\ntype = "jsonl"\npath = "data/{name}"\n')
+    return provider, consumer
+
+
+def source_of(provider: Participant, dataset: str) -> Path:
+    return provider.dir / "data" / DATASETS[dataset][0]
+
+
+def database(participant: Participant) -> Path:
+    return load_settings(participant.dir).database
+
+
+def integrity(participant: Participant) -> list[str]:
+    """What ``PRAGMA integrity_check`` and ``foreign_key_check`` find wrong (empty: sound)."""
+    conn = sqlite3.connect(database(participant))
+    try:
+        found = [str(r[0]) for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        found += [f"foreign key: {r}" for r in conn.execute("PRAGMA foreign_key_check")]
+        return found
+    finally:
+        conn.close()
+
+
+def outbox_depth(participant: Participant) -> int:
+    conn = sqlite3.connect(f"file:{database(participant)}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    finally:
+        conn.close()
+
+
+OutboxRow = tuple[int, str, str, str, bytes]  # seq, process_id, url, audience, body
+
+
+def outbox_rows(participant: Participant) -> dict[int, OutboxRow]:
+    conn = sqlite3.connect(f"file:{database(participant)}?mode=ro", uri=True, timeout=5)
+    try:
+        return {r[0]: r for r in conn.execute(
+            "SELECT seq, process_id, url, audience, body FROM outbox")}
+    finally:
+        conn.close()
+
+
+def message_kind(url: str) -> str:
+    """``negotiations/request``, ``negotiations/agreement/verification``, ``transfers/start``..."""
+    area, _, rest = url.partition(DSP_PATH + "/")[2].partition("/")
+    if rest == "request":  # the initial request names no pid yet
+        return f"{area}/request"
+    return area + "/" + rest.partition("/")[2]
+
+
+class OutboxTap:
+    """Remembers every outbox row it saw, to tell which ones were delivered since."""
+
+    def __init__(self, participant: Participant) -> None:
+        self.participant = participant
+        self.seen: dict[int, OutboxRow] = {}
+
+    def poll(self) -> None:
+        if self.participant.process is not None:
+            self.seen.update(outbox_rows(self.participant))
+
+    def redeliver(self, rng: random.Random) -> list[OutboxRow]:
+        """With the daemon dead: write back one delivered row of each kind (the state a
+        kill between delivery and deletion leaves); forget the rest (seqs get reused)."""
+        present = outbox_rows(self.participant)
+        by_kind: dict[str, list[OutboxRow]] = defaultdict(list)
+        for seq in sorted(self.seen):
+            if seq not in present:
+                by_kind[message_kind(self.seen[seq][2])].append(self.seen[seq])
+        chosen = sorted(rng.choice(rows) for _, rows in sorted(by_kind.items()))
+        conn = sqlite3.connect(database(self.participant))
+        try:
+            with conn:
+                conn.executemany("INSERT INTO outbox (seq, process_id, url, audience, body,"
+                                 " next_attempt) VALUES (?, ?, ?, ?, ?, 0)", chosen)
+        finally:
+            conn.close()
+        self.seen.clear()
+        return chosen
+
+
+def sigkill(participant: Participant) -> None:
+    proc = participant.process
+    assert proc is not None, f"{participant.name} is not running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    participant.process = None
+
+
+def restart(participant: Participant, generation: int) -> None:
+    """Start again in the same folder (same ports), keeping the previous run's log.
+
+    While the daemon was down, another program on the machine may have been given one of its
+    ports for an outgoing connection: then wait for the port a few times."""
+    for attempt in range(RESTART_ATTEMPTS):
+        log = participant.dir / "state" / "daemon.log"
+        if log.exists():
+            log.rename(log.with_name(f"daemon.{generation}.{attempt}.log"))
+        try:
+            start(participant)
+            return
+        except RuntimeError:
+            if "address already in use" not in log.read_text(errors="replace"):
+                raise
+            time.sleep(1.0)
+    raise RuntimeError(f"{participant.name}: its ports stayed taken; see {log.parent}")
+
+
+def log_excerpt(root: Path, limit: int = 60) -> list[str]:
+    """Warnings, errors and tracebacks of every daemon run under ``root``, oldest first."""
+    found = []
+    for log in sorted(root.glob("*/state/daemon*.log"), key=lambda p: p.stat().st_mtime):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(marker in line for marker in LOG_MARKERS):
+                found.append(f"{log.parent.parent.name}/{log.name}: {line[:300]}")
+    return found[:limit]
