@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient, client_ssl_context
@@ -52,6 +53,8 @@ from connector.folder import (
 from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.registry.publisher import RegistryPublisher
 from connector.registry.search import RegistrySearch, add_search_route
+from connector.registry.witness import WitnessSender
+from connector.service.audit import AuditTrail, StepAudit, audit_settings
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
@@ -201,6 +204,11 @@ class Daemon:
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
             log.info("signing with %s from now on", fresh.signing_kid)
+        if getattr(self, "trail", None) is not None:
+            assert self.trail is not None
+            self.trail.reload_key(kid=fresh.signing_kid, key=key)
+            self._audit_reload("keys", {"keys": self._own_keys_jwks(),
+                                        "signing": fresh.signing_kid})
         self._reload_identity(fresh)
 
     def _reload_identity(self, fresh: Settings) -> None:
@@ -234,7 +242,8 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.settings
-        self.store = await SqliteStore.open(s.database)
+        self.store = await SqliteStore.open(s.database, audit=self._step_audit())
+        await self._start_audit()
         # Replays stay refused across a restart: the jtis accepted before it, until they expire.
         live = await self.verifier.restore(self.store)
         if live:
@@ -265,15 +274,59 @@ class Daemon:
             s, session=self.client.session, catalog=lambda: self.folder.catalog)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
 
+    # -- audit trail (service/audit.py, docs/audit.md) ----------------------------------------
+
+    def _step_audit(self) -> StepAudit | None:
+        self.audit_settings = audit_settings(self.settings.extra, str(self.settings.root))
+        if not self.audit_settings.enabled:
+            return None
+        return StepAudit(clock=time.time, policy_text=self._policy_text)
+
+    def _policy_text(self, digest: str) -> bytes | None:
+        """The policy document (canonical JSON, ``folder.policy_hash``'s form) with that hash."""
+        for offer in self.folder.catalog.offers.values():
+            if offer.policy_hash == digest:
+                return msgspec.json.encode(offer.policy, order="sorted")
+        return None
+
+    async def _start_audit(self) -> None:
+        s = self.settings
+        self.trail: AuditTrail | None = None
+        if not self.audit_settings.enabled:
+            return
+        witness = (WitnessSender(s.registries, session=self.client.session)
+                   if self.audit_settings.witness and s.registries else None)
+        self.trail = AuditTrail(self.store, did=s.did, kid=s.signing_kid,
+                                key=load_any_signing_key(s.signing_key),
+                                settings=self.audit_settings, clock=time.time,
+                                on_checkpoint=witness or (lambda _jws: None))
+        self.store.on_audit = self.trail.appended
+        await self.trail.keys(self._own_keys_jwks(), s.signing_kid)
+        await self.trail.append("start", (), {"policies": self._policy_versions()})
+        self._tasks.append(asyncio.create_task(self.trail.run()))
+
+    def _own_keys_jwks(self) -> dict[str, dict[str, Any]]:
+        return document_keys(self.did_document, self.settings.did)
+
+    def _policy_versions(self) -> dict[str, dict[str, str | None]]:
+        return {o.policy_name: {"hash": o.policy_hash, "commit": o.policy_commit}
+                for o in self.folder.catalog.offers.values()}
+
+    def _audit_reload(self, what: str, data: dict[str, Any]) -> None:
+        """Record a reload (its own step; a failure to record it is logged)."""
+        if self.trail is not None:
+            task = asyncio.create_task(self.trail.append("reload", (), {"what": what, **data}))
+            task.add_done_callback(_log_audit_failure)
+
     def _public_app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
         app["dsp"] = True
         DspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
                           negotiations=self.negotiations, transfers=self.transfers,
-                          did_document=self.did_document)).register(app)
+                          did_document=self.did_document, trail=self.trail)).register(app)
         if self.credential_service is not None:
             CredentialServiceRoutes(self.credential_service).register(app)
-        DataPlane(self.transfers, lambda: self.folder.datasets).register(app)
+        DataPlane(self.transfers, lambda: self.folder.datasets, trail=self.trail).register(app)
         self.push_receiver.register(app)
         return app
 
@@ -320,6 +373,8 @@ class Daemon:
                           "version: %s", exc)
                 continue
             self.folder = fresh
+            self._audit_reload("folder", {"policies": self._policy_versions(),
+                                          "trust": sorted(fresh.peers)})
             self.publisher.changed()
             self.verifier.reload(fresh.peers)
             self.client.set_ssl(self._client_ssl())
@@ -345,10 +400,21 @@ class Daemon:
             await runner.cleanup()
         if hasattr(self, "outbox"):
             await self.outbox.close()
+        if getattr(self, "trail", None) is not None:
+            assert self.trail is not None
+            try:  # the tail written since the last checkpoint gets one before we stop
+                await self.trail.checkpoint()
+            except ConnectorError as exc:
+                log.error("cannot write the last audit checkpoint: %s", exc.message)
         await self.client.close()
         await self.dcp_http.close()
         if hasattr(self, "store"):
             await self.store.close()
+
+
+def _log_audit_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cannot write an audit entry: %s", task.exception())
 
 
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:

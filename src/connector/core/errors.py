@@ -17,6 +17,7 @@ edge renders all of them in one place (``adapters/http/errors.py``)::
     ├── ConflictError            a write colliding with an existing record (reused pid)
     ├── NotFound                 management API: no such record
     ├── TransferDenied           data plane: token unknown, expired, or policy denies
+    ├── AuditError               the audit entry of a step cannot be written (503)
     └── PeerError                a peer answered with an error or could not be reached
 
 DSP 2025-1 §CN/§TP HTTPS bindings: an illegal transition is a 400 carrying a
@@ -143,6 +144,14 @@ class TransferDenied(ConnectorError):
 
     status = 403
     code = "denied"
+
+
+class AuditError(ConnectorError):
+    """The audit trail cannot be written, so the step it would record is refused; or it
+    cannot be read."""
+
+    status = 503
+    code = "audit"
 
 
 class PeerError(ConnectorError):
