@@ -39,11 +39,18 @@ def _registry(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _audit(quick: bool) -> None:
+    from bench import audit
+
+    audit.run(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
     "negotiation": _negotiation,
     "transfer": _transfer,
+    "audit": _audit,
 }
 
 
