@@ -126,7 +126,8 @@ def test_a_rewritten_and_re_signed_chain_passes_alone_but_not_the_witness() -> N
     assert verify(rewritten, signed(rewritten)) == (None, "")  # the owner's key re-signed it
     assert witness_problem(original, witnessed) == (None, "")
     seq, problem = witness_problem(rewritten, witnessed)
-    assert seq == 8 and "differs from what the witness saw" in problem
+    assert seq == 8 and "differs from what the witness saw (history rewritten after entry 4)" \
+        in problem
     seq, problem = witness_problem(original[:6], witnessed)
     assert seq == 8 and "missing" in problem
 

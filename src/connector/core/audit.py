@@ -253,6 +253,7 @@ def witness_problem(entries: Sequence[Entry], witnessed: Iterable[tuple[int, str
     """Compare the chain with the (seq, head) pairs a witness received: the first it lacks."""
     by_seq = {e.seq: e.hash for e in entries}
     first = entries[0].seq if entries else None
+    matched = 0  # the last witnessed entry the local chain still agrees with
     for seq, head in sorted(witnessed):
         if first is not None and seq < first:
             continue  # pruned locally
@@ -260,5 +261,6 @@ def witness_problem(entries: Sequence[Entry], witnessed: Iterable[tuple[int, str
             return seq, f"entry {seq}, witnessed, is missing from the local chain"
         if by_seq[seq] != head:
             return seq, (f"entry {seq}: the local chain differs from what the witness saw "
-                         "(history rewritten)")
+                         f"(history rewritten after entry {matched})")
+        matched = seq
     return None, ""
