@@ -159,11 +159,13 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
     digests = _evidence_digests(concerning)
     peer = agreement["assignee"] if agreement["assigner"] == settings.did else agreement[
         "assigner"]
+    evidence = audit_file.read_evidence(db, digests)
     bundle = build_bundle(
         agreement_id=agreement_id, participant=settings.did, entries=stretch,
         concerning={e.seq for e in concerning}, checkpoint=checkpoint,
-        did_documents={settings.did: _document(settings), **_peer_document(settings, peer)},
-        evidence=audit_file.read_evidence(db, digests))
+        did_documents={settings.did: _document(settings),
+                       **_peer_document(settings, peer, evidence)},
+        evidence=evidence)
     out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}: {len(concerning)} entries about {agreement_id}, "
           f"signed through entry {cp.seq}")
@@ -192,14 +194,19 @@ def _evidence_digests(entries: list[Entry]) -> list[str]:
         body = entry.decoded()
         data = body["data"]
         if body["kind"] == "dsp.in":
-            out += [str(data.get("tokenDigest")), str(data.get("bodyDigest"))]
+            out += [str(data.get(k)) for k in ("tokenDigest", "bodyDigest", "peerDocument")]
         elif body["kind"] == "agreement":
             out += [str(data.get("agreementDigest")), str(data.get("policyHash"))]
     return out
 
 
-def _peer_document(settings: Settings, peer: str) -> dict[str, dict[str, Any]]:
-    """The peer's keys as a DID document, from trust/ (a pinned peer)."""
+def _peer_document(settings: Settings, peer: str,
+                   evidence: dict[str, tuple[str, bytes]]) -> dict[str, dict[str, Any]]:
+    """The peer's DID document: the last one kept with its messages, else from trust/."""
+    kept = [json.loads(content) for kind, content in evidence.values() if kind == "did"]
+    mine = [d for d in kept if isinstance(d, dict) and d.get("id") == peer]
+    if mine:
+        return {peer: mine[-1]}
     pinned = load_trust(settings.root).get(peer)
     if pinned is None:
         return {}

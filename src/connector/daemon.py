@@ -260,7 +260,8 @@ class Daemon:
             token_secret=data_token_secret(s.root))
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)
-        self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
+        self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
+                             trail=self.trail)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()

@@ -96,7 +96,13 @@ async def test_both_sides_export_bundles_that_verify_offline_and_catch_tampering
         first = next(e for e in b["entries"] if e["body"])
         first["body"] = first["body"].replace('"kind":', '"kind" :', 1)
 
+    def document(b: dict[str, Any]) -> None:
+        held = evidence_of(b, "did")
+        held["content"] = base64.b64encode(base64.b64decode(held["content"]).replace(
+            b'"kty":"OKP"', b'"kty":"OKP" ')).decode()
+
     for name, change, side, words in (
+            ("did", document, consumer, "DID document does not match its digest"),
             ("policy", policy, provider, "policy text"),
             ("token", token, provider, "token"),
             ("token", token, consumer, "token"),

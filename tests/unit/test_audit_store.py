@@ -9,7 +9,9 @@ verify`` must name the broken entry.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,10 +27,11 @@ from connector.adapters.storage.sqlite import SqliteStore
 from connector.config import Settings, load_settings
 from connector.core.audit import sign_checkpoint
 from connector.core.errors import AuditError, AuthError, ConfigError
-from connector.core.identity import issue_token
+from connector.core.identity import document_keys, issue_token
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
 from connector.folder import init_folder
 from connector.keys import load_any_signing_key
+from connector.rotation import retire_signing_key, rotate_signing_key
 from connector.service import audit
 from connector.service.audit import AuditSettings, AuditTrail, StepAudit, audit_settings
 from connector.service.auth import bind_body
@@ -258,3 +261,30 @@ def test_audit_settings_are_read_and_checked() -> None:
     assert (read.checkpoint_entries, read.checkpoint_seconds) == (10, 2.0)
     with pytest.raises(ConfigError, match="checkpoint_entries"):
         audit_settings({"audit": {"checkpoint_entries": 0}}, "x")
+
+
+async def test_checkpoints_signed_before_a_rotation_verify_after_the_old_key_is_retired(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    root = folder.settings.root
+    old_kid = folder.settings.signing_kid
+
+    def own_keys() -> dict[str, dict[str, object]]:
+        settings = load_settings(root)
+        return document_keys(json.loads((root / "did.json").read_text()), settings.did)
+
+    await folder.trail.keys(own_keys(), old_kid)
+    await some_steps(folder, 6)
+    new_kid = rotate_signing_key(root, now=time.time())
+    retire_signing_key(root, old_kid, now=time.time() + 100_000)
+    assert old_kid not in own_keys()
+    rotated = load_settings(root)
+    folder.trail.reload_key(kid=new_kid, key=load_any_signing_key(rotated.signing_key))
+    await folder.trail.keys(own_keys(), new_kid)  # what the daemon does when did.json changes
+    await some_steps(folder, 3, prefix="after")
+    await folder.trail.checkpoint()
+    code, out = verify(folder, capsys)
+    assert code == 0 and "signed through entry 11" in out, out
+    with sqlite3.connect(folder.db) as conn:
+        kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
+                for (jws,) in conn.execute("SELECT jws FROM audit_checkpoints")}
+    assert kids == {old_kid, new_kid}

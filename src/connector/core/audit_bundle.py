@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,11 @@ def _check_token(body: Mapping[str, Any], evidence: Mapping[str, tuple[str, byte
     issuer = str(jws.payload.get("iss"))
     if issuer != data.get("peer"):
         raise _Broken(f"entry {seq}: the token was issued by {issuer!r}, not the peer")
-    document = documents.get(issuer)
+    kept = evidence.get(str(data.get("peerDocument")))  # the keys it was checked with then
+    document = json.loads(kept[1]) if kept is not None and kept[0] == "did" else documents.get(
+        issuer)
+    if kept is not None and sha256_hex(kept[1]) != data.get("peerDocument"):
+        raise _Broken(f"entry {seq}: the peer's DID document does not match its digest")
     if not isinstance(document, dict):
         raise _Broken(f"entry {seq}: no DID document for {issuer!r} to check its token")
     key = KeyRing(document_keys(document, issuer)).public_key(jws.kid or "")

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connector.core.audit import Event, sha256_hex, sign_checkpoint
+from connector.core.audit import Event, canonical, sha256_hex, sign_checkpoint
 from connector.core.errors import ConfigError
 from connector.core.identity import SigningKey
 from connector.core.negotiation import HistoryEntry, Negotiation
@@ -85,6 +85,7 @@ class Inbound:
     token: str | None
     body: bytes
     bound: bool  # the token carried the body digest claim (and it matched)
+    document: Mapping[str, Any] | None = None  # the peer's DID document its token verified with
     used: bool = False
 
     def event_data(self) -> dict[str, Any]:
@@ -170,12 +171,16 @@ class StepAudit:
         if message is None:
             return batch
         data = {**message.event_data(), "kept": keep_evidence}
-        batch.events.append(Event("dsp.in", now, (process_id,), data))
         if keep_evidence:  # the messages that form an agreement: the peer's signature over them
             if message.token:
                 batch.evidence.append((str(data["tokenDigest"]), "token",
                                        message.token.encode()))
             batch.evidence.append((str(data["bodyDigest"]), "body", message.body))
+            if message.document is not None:
+                document = canonical(message.document)
+                data["peerDocument"] = sha256_hex(document)
+                batch.evidence.append((data["peerDocument"], "did", document))
+        batch.events.append(Event("dsp.in", now, (process_id,), data))
         return batch
 
     def _agreement(self, batch: AuditBatch, now: float, agreement: Agreement) -> None:

@@ -31,6 +31,7 @@ from connector.core.identity import (
     KeyRing,
     SigningKey,
     TokenClaims,
+    build_did_document,
     issue_dcp_token,
     issue_token,
     parse_jws,
@@ -142,6 +143,13 @@ class Verifier:
         self._peers = dict(peers)
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
+
+    def peer_document(self, did: str) -> dict[str, Any] | None:
+        """The caller's keys as a DID document (kept as evidence with its signed messages)."""
+        peer = self._peers.get(did)
+        if peer is None:
+            return None
+        return build_did_document(did, peer.dsp_base or peer.url, list(peer.keys.items()))
 
     def requires_binding(self, did: str) -> bool:
         """Whether ``did``'s tokens must carry the body digest claim: our pinned peers' must

@@ -88,8 +88,10 @@ class DspRoutes:
             authorization = request.headers.get("Authorization")
             binding = bind_body(authorization, raw, required=self.d.verifier.requires_binding(
                 claims.participant_id))
-            audit.received(audit.Inbound(peer=claims.participant_id, token_id=binding.token_id,
-                                         token=binding.token, body=raw, bound=binding.bound))
+            did = claims.participant_id
+            audit.received(audit.Inbound(peer=did, token_id=binding.token_id,
+                                         token=binding.token, body=raw, bound=binding.bound,
+                                         document=self.d.verifier.peer_document(did)))
         return raw
 
     # -- well-known ----------------------------------------------------------------------------
