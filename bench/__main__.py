@@ -45,12 +45,19 @@ def _registry(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _audit(quick: bool) -> None:
+    from bench import audit
+
+    audit.run(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
     "negotiation": _negotiation,
     "transfer": _transfer,
     "metrics": _metrics,
+    "audit": _audit,
 }
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from tests.harness import Participant, create_space, free_port, start, stop
 
 from bench import CpuMeter, emit, load, log
 from connector.config import load_settings
-from connector.demo import Participant, create_space, free_port, start, stop
 
 DATASET = "example-weather"
 CONCURRENCY = 64

@@ -98,8 +98,8 @@ def iam_mock_client_id(authorization: str | None) -> str:
 class IamMockIdentity(Identity):
     """Signs nothing: names us by our participant id in iam-mock's JSON form."""
 
-    def authorization(self, audience: str) -> str:
-        return iam_mock_authorization(self.did, audience)
+    def authorization(self, audience: str, body: bytes | None = None) -> str:
+        return iam_mock_authorization(self.did, audience)  # nothing signed: nothing to bind
 
 
 class IamMockVerifier(Verifier):

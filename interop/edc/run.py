@@ -176,6 +176,19 @@ def records_of(raw: bytes) -> list[Any]:
 # -- direction A: EDC consumer -> our provider -------------------------------------------------
 
 
+def evidence_bundle(folder: Path, agreement: str, name: str) -> str:
+    """``connector audit export`` of an agreement made with EDC, then ``verify-bundle`` on the
+    file alone; notes which of EDC's messages are unbound (its tokens carry no body digest)."""
+    out = folder / "state" / f"evidence-{name}.json"
+    for args in (("export", agreement, "--out", str(out), "--dir", str(folder)),
+                 ("verify-bundle", str(out))):
+        done = subprocess.run([sys.executable, "-m", "connector.cli", "audit", *args],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise Failed(f"audit {args[0]}: {done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
 def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder: Path) -> None:
     def catalogue() -> dict[str, Any]:
         doc = cm.request_catalog(our_dsp, our_did)
@@ -199,6 +212,8 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
         return str(neg["contractAgreementId"])
 
     agreement = steps.run("A2", "EDC negotiates our offer to FINALIZED", negotiate)
+    steps.note(steps.run("A2b", "our evidence bundle of that agreement verifies offline",
+                         lambda: evidence_bundle(folder, agreement, "A")))
 
     def transfer() -> tuple[str, dict[str, Any]]:
         tp_id = cm.start_transfer(our_dsp, agreement)
@@ -244,7 +259,8 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
 # -- direction B: our consumer -> EDC provider -------------------------------------------------
 
 
-def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url: str) -> None:
+def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url: str,
+               folder: Path) -> None:
     def seed() -> None:
         pm.create_asset(EDC_ASSET, data_url)
         pm.create_policy("interop-open-policy")
@@ -274,6 +290,8 @@ def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url
         return str(record["agreementId"])
 
     agreement = steps.run("B3", "our consumer negotiates EDC's offer to FINALIZED", negotiate)
+    steps.note(steps.run("B3b", "our evidence bundle of that agreement verifies offline",
+                         lambda: evidence_bundle(folder, agreement, "B")))
 
     def transfer() -> str:
         record = ours.call("POST", "/api/transfers?wait=30", {"agreementId": agreement},
@@ -455,7 +473,7 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
         t0 = time.perf_counter()
         try:
             we_consume(steps, edc_proc.mgmt, OurMgmt(folder), edc_dsp,
-                       f"http://127.0.0.1:{data_port}/records.jsonl")
+                       f"http://127.0.0.1:{data_port}/records.jsonl", folder)
             ok["B"] = True
         except Failed as exc:
             print(f"   direction B stopped at {exc}", flush=True)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from connector import audit_commands
 from connector.core.errors import ConnectorError
 
 
@@ -170,6 +171,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--json", action="store_true", help="the registry's JSON answer")
     _dir_arg(p)
+    audit_commands.add_parsers(sub)
     return parser
 
 
@@ -189,6 +191,8 @@ def _run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(problems)} problem(s)" if problems else "ok")
         return 1 if problems else 0
+    if cmd == "audit":
+        return audit_commands.run(args)
     if cmd in ("keys", "authority", "credentials"):
         return _identity(args)
     if cmd == "trust":

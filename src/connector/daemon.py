@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -48,6 +49,8 @@ from connector.participant.policies import load_policies, policy_commits, policy
 from connector.participant.trust import Peer, load_trust
 from connector.registry.publisher import RegistryPublisher
 from connector.registry.search import RegistrySearch, add_search_route
+from connector.registry.witness import WitnessSender
+from connector.service.audit import AuditTrail, StepAudit, audit_settings
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.consumer import ConsumerService
@@ -136,6 +139,7 @@ class Daemon:
         # What start() opened that stop() closes, in the order opened (closed in reverse).
         self._opened: list[Callable[[], Awaitable[None]]] = []
         self.health = self._health()
+        self.trail: AuditTrail | None = None  # start() opens it when [audit] is on
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -210,6 +214,10 @@ class Daemon:
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
             log.info("signing with %s from now on", fresh.signing_kid)
+        if self.trail is not None:
+            self.trail.reload_key(kid=fresh.signing_kid, key=key)
+            self._audit_reload("keys", {"keys": self._own_keys_jwks(),
+                                        "signing": fresh.signing_kid})
         self._reload_identity(fresh)
 
     def _reload_identity(self, fresh: Settings) -> None:
@@ -244,9 +252,10 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         await self._serve_metrics()
-        store = await SqliteStore.open(s.database)
+        store = await SqliteStore.open(s.database, audit=self._step_audit())
         self._opened.append(store.close)
         self.store = self._observed_store(store)
+        await self._start_audit(store)
         # Replays stay refused across a restart: the jtis accepted before it, until they expire.
         live = await self.verifier.restore(self.store)
         if live:
@@ -265,7 +274,8 @@ class Daemon:
         self._observe_services()
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)
-        self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets)
+        self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
+                             trail=self.trail)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
@@ -282,6 +292,59 @@ class Daemon:
             on_published=self.metrics.on_publication if self.metrics else None)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
 
+    # -- audit trail (service/audit.py, docs/audit.md) ----------------------------------------
+
+    def _step_audit(self) -> StepAudit | None:
+        self.audit_settings = audit_settings(self.settings.extra, str(self.settings.root))
+        if not self.audit_settings.enabled:
+            return None
+        return StepAudit(clock=time.time, policy_text=self._policy_text)
+
+    def _policy_text(self, digest: str) -> bytes | None:
+        """The policy document (canonical JSON, ``folder.policy_hash``'s form) with that hash."""
+        for offer in self.folder.catalog.offers.values():
+            if offer.policy_hash == digest:
+                return msgspec.json.encode(offer.policy, order="sorted")
+        return None
+
+    async def _start_audit(self, store: SqliteStore) -> None:
+        s = self.settings
+        if not self.audit_settings.enabled:
+            return
+        witness = (WitnessSender(s.registries, session=self.client.session)
+                   if self.audit_settings.witness and s.registries else None)
+        self.trail = AuditTrail(store, did=s.did, kid=s.signing_kid,
+                                key=load_any_signing_key(s.signing_key),
+                                settings=self.audit_settings, clock=time.time,
+                                on_checkpoint=witness or (lambda _jws: None))
+        store.on_audit = self.trail.appended
+        self._opened.append(self._last_checkpoint)
+        await self.trail.keys(self._own_keys_jwks(), s.signing_kid)
+        await self.trail.append("start", (), {"policies": self._policy_versions()})
+        self._tasks.append(asyncio.create_task(self.trail.run()))
+
+    async def _last_checkpoint(self) -> None:
+        """The tail written since the last checkpoint gets one before the store closes."""
+        if self.trail is None:
+            return
+        try:
+            await self.trail.checkpoint()
+        except ConnectorError as exc:
+            log.error("cannot write the last audit checkpoint: %s", exc.message)
+
+    def _own_keys_jwks(self) -> dict[str, dict[str, Any]]:
+        return document_keys(self.did_document, self.settings.did)
+
+    def _policy_versions(self) -> dict[str, dict[str, str | None]]:
+        return {o.policy_name: {"hash": o.policy_hash, "commit": o.policy_commit}
+                for o in self.folder.catalog.offers.values()}
+
+    def _audit_reload(self, what: str, data: dict[str, Any]) -> None:
+        """Record a reload (its own step; a failure to record it is logged)."""
+        if self.trail is not None:
+            task = asyncio.create_task(self.trail.append("reload", (), {"what": what, **data}))
+            task.add_done_callback(_log_audit_failure)
+
     def _public_app(self) -> web.Application:
         app = web.Application(middlewares=self._public_middlewares(),
                               client_max_size=1024 * 1024)
@@ -289,11 +352,12 @@ class Daemon:
         self.health.register(app)  # for load balancers: the listener they balance
         DspRoutes(DspDeps(verifier=self.verifier, catalog=lambda: self.folder.catalog,
                           negotiations=self.negotiations, transfers=self.transfers,
-                          did_document=self.did_document)).register(app)
+                          did_document=self.did_document, trail=self.trail)).register(app)
         if self.credential_service is not None:
             CredentialServiceRoutes(self.credential_service).register(app)
         DataPlane(self.transfers, lambda: self.folder.datasets,
-                  on_served=self.metrics.served if self.metrics else None).register(app)
+                  on_served=self.metrics.served if self.metrics else None,
+                  trail=self.trail).register(app)
         self.push_receiver.register(app)
         return app
 
@@ -341,6 +405,8 @@ class Daemon:
                           "version: %s", exc)
                 continue
             self.folder = fresh
+            self._audit_reload("folder", {"policies": self._policy_versions(),
+                                          "trust": sorted(fresh.peers)})
             self.publisher.changed()
             self.verifier.reload(fresh.peers)
             self.client.set_ssl(self._client_ssl())
@@ -420,6 +486,11 @@ class Daemon:
             await self._opened.pop()()
         await self.client.close()
         await self.dcp_http.close()
+
+
+def _log_audit_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cannot write an audit entry: %s", task.exception())
 
 
 async def serve(root: Path, ready: asyncio.Event | None = None) -> None:

@@ -16,8 +16,8 @@ import aiohttp
 from connector.client import Management
 from connector.config import Settings
 from connector.core.errors import PeerError
-from connector.demo import Participant
 from tests.crash.space import source_of
+from tests.harness import Participant
 
 # The job reads its pull slowly (this pause per READ_CHUNK bytes: ~4 MB/s) through a small
 # receive window, so that a long pull is still under way when a kill lands.

@@ -13,7 +13,6 @@ from typing import Any
 
 from connector.client import Management
 from connector.config import load_settings
-from connector.demo import start, stop
 from tests.crash.checks import (
     Side,
     negotiation_mismatches,
@@ -33,6 +32,7 @@ from tests.crash.space import (
     restart,
     sigkill,
 )
+from tests.harness import start, stop
 
 # While jobs are still being started, a call gives up after this long (the work's length plus
 # this): far beyond any kill's downtime, so only a process stuck for good stops its job.

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from connector.config import DSP_PATH, load_settings
-from connector.demo import Participant, create_space, start
+from tests.harness import Participant, create_space, start
 
 # What the jobs pull: dataset id -> (file under data/, records written for it, weight of the
 # choice). The ten example records come with every participant folder. A kill cuts a pull only

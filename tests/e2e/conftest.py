@@ -8,10 +8,11 @@ callback server in the test process that records what the provider sends back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,27 @@ from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture
 from tests.harness import Participant, create_space, free_port, start, stop
 
 
+class PeerToken(str):
+    """A scripted peer's token (without the body digest claim, as text) that can be signed
+    again, same jti and times, bound to the body of the request it goes with, as our
+    connectors send them (``for_body``)."""
+
+    _make: Callable[[bytes | None], str]
+
+    def __new__(cls, text: str, make: Callable[[bytes | None], str]) -> PeerToken:
+        token = super().__new__(cls, text)
+        token._make = make
+        return token
+
+    def for_body(self, body: bytes) -> str:
+        return self._make(body)
+
+
+def bound(token: str | None, body: bytes | None) -> str | None:
+    """``token`` bound to ``body`` when it is a scripted peer's; as it is otherwise."""
+    return token.for_body(body or b"") if isinstance(token, PeerToken) else token
+
+
 @dataclass
 class Peer:
     """A participant the test plays by hand."""
@@ -45,10 +67,18 @@ class Peer:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def token(self, audience: str, *, now: int | None = None, ttl: int = 60,
-              key: Ed25519PrivateKey | None = None, jti: str | None = None) -> str:
-        return issue_token(key or self.key, kid=self.kid, issuer=self.did, audience=audience,
-                           now=int(time.time()) if now is None else now,
-                           jti=jti or str(uuid.uuid4()), ttl_s=ttl)
+              key: Ed25519PrivateKey | None = None, jti: str | None = None) -> PeerToken:
+        """A self-issued token; ``call`` signs it again bound to the body it sends."""
+        now = int(time.time()) if now is None else now
+        jti = jti or str(uuid.uuid4())
+
+        def make(body: bytes | None) -> str:
+            digest = None if body is None else hashlib.sha256(body).hexdigest()
+            return issue_token(key or self.key, kid=self.kid, issuer=self.did,
+                               audience=audience, now=now, jti=jti, ttl_s=ttl,
+                               body_digest=digest)
+
+        return PeerToken(make(None), make)
 
     async def next_message(self, path_part: str, timeout: float = 10) -> dict[str, Any]:
         """Wait for the provider to send a message whose path contains ``path_part``."""

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.core.messages import DSP_CONTEXT
-from tests.e2e.conftest import Peer, Space
+from tests.e2e.conftest import Peer, Space, bound
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 OFFER_ID = "urn:offer:example-weather:members-only"
@@ -26,9 +26,10 @@ CTX = [DSP_CONTEXT]
 async def call(http: aiohttp.ClientSession, method: str, url: str, body: Any = None,
                token: str | None = None) -> tuple[int, dict[str, Any]]:
     headers = {"Content-Type": "application/json"}
+    data = body if isinstance(body, bytes) or body is None else msgspec.json.encode(body)
+    token = bound(token, data)  # signed for this body, as our connectors sign theirs
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    data = body if isinstance(body, bytes) or body is None else msgspec.json.encode(body)
     async with http.request(method, url, data=data, headers=headers) as resp:
         raw = await resp.read()
         return resp.status, (msgspec.json.decode(raw) if raw else {})

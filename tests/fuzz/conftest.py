@@ -18,13 +18,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from connector.folder import add_trusted_peer
 
 from connector.config import DSP_PATH, load_settings
 from connector.core.identity import did_web_from_url
-from connector.demo import create_space, free_port, start, stop
 from connector.keys import load_signing_key
+from connector.participant.trust import add_trusted_peer
 from tests.e2e.conftest import Peer, Space, _callback_app, _peer_folder
+from tests.harness import create_space, free_port, start, stop
 
 DEFAULT_REQUESTS = 500
 

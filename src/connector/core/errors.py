@@ -22,6 +22,8 @@ the error shape the spec prescribes, so the HTTP edge renders all of them in one
     ├── ConflictError        409  a write colliding with an existing record (reused pid)
     ├── NotFound             404  management API: no such record, or the caller's file
     ├── TransferDenied       403  data plane: token unknown, expired, or the policy denies
+    ├── AuditError           503  the audit entry of a step cannot be written: the step does
+    │                             not happen (a full disk or read-only store)
     └── PeerError            502  a peer answered with an error or could not be reached
 
 The rule behind the numbers: the caller's mistake is a 4xx, a missing or wrong setting of
@@ -163,6 +165,14 @@ class TransferDenied(ConnectorError):
 
     status = 403
     code = "denied"
+
+
+class AuditError(ConnectorError):
+    """The audit trail cannot be written, so the step it would record is refused; or it
+    cannot be read."""
+
+    status = 503
+    code = "audit"
 
 
 class PeerError(ConnectorError):

@@ -52,6 +52,9 @@ CREDENTIAL_SERVICE_TYPE = "CredentialService"
 # The longest self-issued token life a verifier accepts (ours default to [signing] token_ttl_s =
 # 300 s, EDC's STS to 5 min): a jti is remembered until its token expires.
 MAX_TOKEN_LIFETIME_S = 3600
+# The self-issued token claim binding it to the request it came with: the SHA-256 (hex) of the
+# body (of the empty body for a GET). Ours always carry it (docs/audit.md).
+BODY_DIGEST_CLAIM = "body_sha256"
 
 # RFC 7518 §3.4 / RFC 8812 §3.2: the JWS alg that goes with each curve, and its hash.
 _EC_ALGS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
@@ -278,12 +281,15 @@ def issue_token(
     now: int,
     jti: str,
     ttl_s: int,
+    body_digest: str | None = None,
 ) -> str:
     """A self-issued ID token (DCP 1.0 §Self-Issued ID Tokens), ``ttl_s`` long.
 
     EdDSA-signed for an Ed25519 key, ES256/ES384/ES512 for an EC key (``signing_algorithm``).
+    ``body_digest`` (the SHA-256, hex, of the request body the token goes with) becomes the
+    ``body_sha256`` claim: the token then signs the message too (docs/audit.md).
     """
-    claims = {
+    claims: dict[str, Any] = {
         "iss": issuer,
         "sub": issuer,
         "aud": audience,
@@ -291,6 +297,8 @@ def issue_token(
         "iat": now,
         "exp": now + ttl_s,
     }
+    if body_digest is not None:
+        claims[BODY_DIGEST_CLAIM] = body_digest
     return sign_jwt(key, kid=kid, claims=claims)
 
 
@@ -312,6 +320,7 @@ def issue_dcp_token(
     jti: str,
     ttl_s: int,
     access_token: str,
+    body_digest: str | None = None,
 ) -> str:
     """A self-issued ID token carrying the DCP ``token`` claim (an access token for our CS).
 
@@ -320,8 +329,10 @@ def issue_dcp_token(
     """
     if not access_token:
         raise ConfigError("a DCP self-issued token needs a non-empty access token")
-    claims = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti, "iat": now,
-              "exp": now + ttl_s, "token": access_token}
+    claims: dict[str, Any] = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti,
+                              "iat": now, "exp": now + ttl_s, "token": access_token}
+    if body_digest is not None:
+        claims[BODY_DIGEST_CLAIM] = body_digest
     return sign_jwt(key, kid=kid, claims=claims)
 
 

@@ -6,6 +6,9 @@
                                         answers 304 while the held snapshot needs no renewal
     GET  /search?q=&publisher=&keyword=&theme=&format=&limit=&offset=
     GET  /changes?since=VERSION&limit=N the change feed replicas pull
+    POST /audit/checkpoints             body: a member's signed audit checkpoint (the JWS is the
+                                        member's signature); kept with the time received
+    GET  /audit/checkpoints?participant=DID  what that member sent, to compare its chain with
     GET  /.well-known/did.json, /health
 
 Every GET but the last two needs a self-issued token (``Authorization: Bearer``, ``aud`` =
@@ -108,6 +111,18 @@ class RegistryApi:
         return _out({"changes": [{"version": v, "snapshot": jws} for v, jws in rows],
                      "latest": self._service.store.version})
 
+    async def witness(self, request: web.Request) -> web.Response:
+        jws = (await request.read()).decode("ascii", "replace").strip()
+        if not jws:
+            raise MalformedMessage("body must be an audit checkpoint JWS")
+        return _out({"receivedAt": await self._service.witness(jws)})
+
+    async def witnessed(self, request: web.Request) -> web.Response:
+        self._caller(request)
+        participant = request.query.get("participant", "")
+        return _out({"participant": participant,
+                     "checkpoints": await self._service.witnessed(participant)})
+
     async def did_document(self, request: web.Request) -> web.Response:
         return _out(self._did_document)
 
@@ -122,6 +137,8 @@ class RegistryApi:
         r.add_get("/participant", self.participant)
         r.add_get("/search", self.search)
         r.add_get("/changes", self.changes)
+        r.add_post("/audit/checkpoints", self.witness)
+        r.add_get("/audit/checkpoints", self.witnessed)
         r.add_get("/.well-known/did.json", self.did_document)
         r.add_get("/health", self.health)
         return app

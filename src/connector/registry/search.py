@@ -134,7 +134,7 @@ def provider_root(endpoint: str) -> str:
 # --- the three callers ----------------------------------------------------------------------------
 
 
-def _pinned_session(root: Path) -> aiohttp.ClientSession:
+def pinned_session(root: Path) -> aiohttp.ClientSession:
     """A session trusting the system CAs and the certificates pinned in ``trust/``."""
     ctx = client_ssl_context(p.tls_cert_pem or "" for p in load_trust(root).values())
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
@@ -143,7 +143,7 @@ def _pinned_session(root: Path) -> aiohttp.ClientSession:
 async def search_folder(root: Path, query: SearchQuery) -> dict[str, Any]:
     """Search the registries of the participant folder ``root`` (no daemon needed)."""
     settings = load_settings(root)
-    session = _pinned_session(root)
+    session = pinned_session(root)
     try:
         return await RegistrySearch.from_settings(settings, session=lambda: session).search(query)
     finally:

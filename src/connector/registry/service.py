@@ -8,6 +8,8 @@
    accepted as a no-op, so replicas that pull each other converge and never ping-pong.
 3. Searches and change feeds are for members and for peer registries (``role = registry``).
 4. Entries expire at their signed ``exp``; searches never show them, a sweep deletes them.
+5. A member's audit checkpoint (``core.audit``) signed with its pinned key is witnessed: kept
+   with the time received, and shown to members and peer registries.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from connector.core.audit import check_checkpoint_signature, parse_checkpoint
 from connector.core.identity import KeyRing
 from connector.registry.model import NotMember, claimed_publisher, is_member, read_snapshot
 from connector.registry.store import RegistryStore, SearchQuery, SearchResult
@@ -62,6 +65,22 @@ class RegistryService:
         version = await self.store.put(snapshot)
         head = self.store.heads.get(publisher)
         return Published(etag=head.etag if head else snapshot.etag, version=version)
+
+    async def witness(self, jws: str) -> float:
+        """Keep a member's signed audit checkpoint; returns the time it was received."""
+        checkpoint = parse_checkpoint(jws)
+        peer = self._peers.get(checkpoint.issuer)
+        if peer is None or not is_member(peer.attributes):
+            raise NotMember(f"{checkpoint.issuer[:200]!r} is not a member of this data space")
+        check_checkpoint_signature(checkpoint, self._members)
+        received = self._clock()
+        await self.store.witness(checkpoint.issuer, checkpoint.seq, checkpoint.head, received,
+                                 jws)
+        return received
+
+    async def witnessed(self, participant: str) -> list[dict[str, Any]]:
+        return [{"seq": seq, "head": head, "receivedAt": at, "checkpoint": jws}
+                for seq, head, at, jws in await self.store.witnessed(participant)]
 
     def unchanged(self, publisher: str, etag: str) -> bool:
         """Whether the registry holds ``etag`` for ``publisher`` and needs no renewal yet.

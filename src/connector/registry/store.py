@@ -335,7 +335,22 @@ class RegistryStore:
         async with self._write_lock:
             await self._run([("DELETE FROM seen_tokens WHERE until < ?", (now,))])
 
+    async def witness(self, participant: str, seq: int, head: str, received_at: float,
+                      jws: str) -> None:
+        """Keep a member's audit checkpoint as received (the first one for a seq stays)."""
+        async with self._write_lock:
+            await self._run([("INSERT INTO witnessed_checkpoints (participant, seq, head,"
+                              " received_at, jws) VALUES (?, ?, ?, ?, ?)"
+                              " ON CONFLICT DO NOTHING",
+                              (participant, seq, head, received_at, jws))])
+
     # -- reads ------------------------------------------------------------------------------
+
+    async def witnessed(self, participant: str) -> list[tuple[int, str, float, str]]:
+        """(seq, head, received_at, jws) of the checkpoints ``participant`` sent, in order."""
+        rows = await self._rows("SELECT seq, head, received_at, jws FROM witnessed_checkpoints"
+                                " WHERE participant = ? ORDER BY seq", (participant,))
+        return [(int(r[0]), str(r[1]), float(r[2]), str(r[3])) for r in rows]
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return await self._reader.run(lambda c: c.execute(sql, args).fetchall())

@@ -16,6 +16,8 @@ through ``verify_async`` (the DSP routes always call that one).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,12 +26,15 @@ from connector.core import dcp
 from connector.core.credentials import issue_presentation
 from connector.core.errors import AuthError
 from connector.core.identity import (
+    BODY_DIGEST_CLAIM,
     MAX_TOKEN_LIFETIME_S,
     KeyRing,
     SigningKey,
     TokenClaims,
+    build_did_document,
     issue_dcp_token,
     issue_token,
+    parse_jws,
     verify_token,
 )
 from connector.service.catalog import Claims
@@ -73,25 +78,27 @@ class Identity:
         """Grant these scopes in the access tokens we hand verifiers from now on (DCP mode)."""
         self._grants = list(scopes)
 
-    def token_for(self, audience: str) -> str:
+    def token_for(self, audience: str, body: bytes | None = None) -> str:
+        """Our self-issued token for ``audience``; bound to ``body`` when given (its digest)."""
         now, jti = int(self._clock()), str(uuid.uuid4())
+        digest = None if body is None else hashlib.sha256(body).hexdigest()
         if not self.dcp_mode:
             return issue_token(self._key, kid=self._kid, issuer=self.did, audience=audience,
-                               now=now, jti=jti, ttl_s=self._ttl_s)
+                               now=now, jti=jti, ttl_s=self._ttl_s, body_digest=digest)
         # DCP 1.0 "Verifiable Presentation Access Token": the receiver may read the credential types
         # the space requires ([identity] required_credentials), nothing else.
         access = dcp.issue_access_token(
             self._key, kid=self._kid, holder=self.did, verifier=audience,
             scopes=self._grants, now=now, jti=str(uuid.uuid4()), ttl_s=self._ttl_s)
-        return self.dcp_token(audience, access, now=now, jti=jti)
+        return self.dcp_token(audience, access, now=now, jti=jti, body_digest=digest)
 
     def dcp_token(self, audience: str, access_token: str, *, now: int | None = None,
-                  jti: str | None = None) -> str:
+                  jti: str | None = None, body_digest: str | None = None) -> str:
         """A DCP self-issued token forwarding ``access_token`` (a query to a holder's CS)."""
         return issue_dcp_token(
             self._key, kid=self._kid, issuer=self.did, audience=audience,
             now=int(self._clock()) if now is None else now, jti=jti or str(uuid.uuid4()),
-            ttl_s=self._ttl_s, access_token=access_token)
+            ttl_s=self._ttl_s, access_token=access_token, body_digest=body_digest)
 
     def presentation(self, audience: str, credentials: list[str], ttl_s: int = 60) -> str:
         """A VP JWT showing ``credentials`` to ``audience``, signed with our current key."""
@@ -99,8 +106,8 @@ class Identity:
                                   credentials=credentials, now=int(self._clock()),
                                   jti=str(uuid.uuid4()), ttl_s=ttl_s)
 
-    def authorization(self, audience: str) -> str:
-        return "Bearer " + self.token_for(audience)
+    def authorization(self, audience: str, body: bytes | None = None) -> str:
+        return "Bearer " + self.token_for(audience, body)
 
 
 class Verifier:
@@ -136,6 +143,18 @@ class Verifier:
         self._peers = dict(peers)
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
+
+    def peer_document(self, did: str) -> dict[str, Any] | None:
+        """The caller's keys as a DID document (kept as evidence with its signed messages)."""
+        peer = self._peers.get(did)
+        if peer is None:
+            return None
+        return build_did_document(did, peer.dsp_base or peer.url, list(peer.keys.items()))
+
+    def requires_binding(self, did: str) -> bool:
+        """Whether ``did``'s tokens must carry the body digest claim: our pinned peers' must
+        (they are connectors like this one); DCP mode overrides this (EDC sends none)."""
+        return did in self._peers
 
     async def verify_async(self, authorization: str | None) -> Claims:
         """What the DSP routes call: ``verify`` here; DCP mode overrides it with network IO."""
@@ -193,3 +212,42 @@ class Verifier:
             if until >= now:
                 return
             del seen[jti]
+
+
+class Binding:
+    """How a verified request's token relates to its body (``bind_body``)."""
+
+    __slots__ = ("bound", "token", "token_id")
+
+    def __init__(self, token: str | None, token_id: str | None, bound: bool) -> None:
+        self.token = token  # the compact JWS, kept as evidence; None when it is not one
+        self.token_id = token_id
+        self.bound = bound
+
+
+def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Binding:
+    """Check the body digest claim of an already verified token against ``body``.
+
+    A claim that does not match is refused like a forged token (AuthError); a token without
+    the claim is refused when ``required`` (our pinned peers), else accepted as unbound
+    evidence (EDC's tokens, a test profile's static token).
+    """
+    token = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() == (
+        "bearer ") else (authorization or "").strip()
+    try:
+        payload = parse_jws(token).payload
+    except AuthError:
+        if required:
+            raise
+        return Binding(None, None, False)
+    jti = payload.get("jti")
+    claimed = payload.get(BODY_DIGEST_CLAIM)
+    token_id = jti if isinstance(jti, str) else None
+    if claimed is None:
+        if required:
+            raise AuthError(f"token carries no {BODY_DIGEST_CLAIM} claim")
+        return Binding(token, token_id, False)
+    if not isinstance(claimed, str) or not hmac.compare_digest(
+            claimed, hashlib.sha256(body).hexdigest()):
+        raise AuthError("the token was signed for another message body")
+    return Binding(token, token_id, True)

@@ -155,6 +155,11 @@ class DidResolver:
 
         return await self._docs.load(did, fetch)
 
+    def cached(self, did: str) -> dict[str, Any] | None:
+        """The document last fetched for ``did`` (what its caller's token was checked with)."""
+        hit = self._docs.get(did)
+        return hit[2] if hit is not None else None
+
     async def keys(self, did: str, relationship: str, *, want: str | None = None) -> KeyRing:
         """The keys of ``did`` for ``relationship``; refetch once if ``want`` is missing."""
         ring = KeyRing(document_keys(await self.document(did), did, relationship=relationship))
@@ -230,6 +235,13 @@ class DcpVerifier(Verifier):
             issuers = claims.attributes.get("issuers", [])
             if not isinstance(issuers, list) or any(i not in self._trusted for i in issuers):
                 del self._last[did]
+
+    def requires_binding(self, did: str) -> bool:
+        """DCP peers (EDC) send no body digest claim: a token without it is marked unbound."""
+        return False
+
+    def peer_document(self, did: str) -> dict[str, Any] | None:
+        return self._resolver.cached(did)
 
     def last_claims(self, did: str) -> Claims | None:
         """The claims last verified for ``did`` (the data plane checks pulls against them)."""

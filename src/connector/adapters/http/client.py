@@ -93,7 +93,7 @@ class PeerClient(ReloadableSession):
     async def post(self, url: str, audience: str, body: bytes) -> tuple[int, bytes]:
         what = f"POST {url}"
         target = _target(what, url)
-        headers = {"Authorization": self._identity.authorization(audience),
+        headers = {"Authorization": self._identity.authorization(audience, body),
                    "Content-Type": JSON}
         try:
             async with self.session().post(target, data=body, headers=headers) as resp:
@@ -104,7 +104,7 @@ class PeerClient(ReloadableSession):
     async def get(self, url: str, audience: str) -> tuple[int, bytes]:
         what = f"GET {url}"
         target = _target(what, url)
-        headers = {"Authorization": self._identity.authorization(audience)}
+        headers = {"Authorization": self._identity.authorization(audience, b"")}
         try:
             async with self.session().get(target, headers=headers) as resp:
                 return resp.status, await resp.read()

@@ -27,7 +27,8 @@ from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize
     record_chunks,
     summarize,
 )
-from connector.core.errors import InvalidParameter, TransferDenied
+from connector.core.errors import ConnectorError, InvalidParameter, TransferDenied
+from connector.service.audit import AuditTrail
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.dataplane")
@@ -46,24 +47,62 @@ def _bearer(request: web.Request) -> str | None:
     return header[7:] if header[:7].lower() == "bearer " else (header or None)
 
 
+class _Sent:
+    """What one pull response carried: records (whole JSON lines) and bytes."""
+
+    __slots__ = ("bytes", "complete", "records")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.bytes = 0
+        self.complete = False
+
+    def add(self, chunk: bytes) -> None:
+        self.records += chunk.count(b"\n")
+        self.bytes += len(chunk)
+
+
 class DataPlane:
     def __init__(self, transfers: TransferService,
                  datasets: Callable[[], Mapping[str, Any]], *,
-                 on_served: Callable[[bytes], None] | None = None) -> None:
+                 on_served: Callable[[bytes], None] | None = None,
+                 trail: AuditTrail | None = None) -> None:
         self._transfers = transfers
         self._datasets = datasets
         self._on_served = on_served  # each chunk of records written (metrics)
+        self._trail = trail  # one audit entry before a stream and one after it (None: off)
 
     async def _source(self, request: web.Request, *, use: bool = True) -> tuple[str, Any]:
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
             raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
+        request["agreement_id"] = agreement.id
         return record.id, decl
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         offset = _offset(request)
         pid, decl = await self._source(request)
+        sent = _Sent()
+        await self._audit(request, pid, offset, sent, complete=None)  # refused if unrecorded
+        try:
+            return await self._stream(request, pid, offset, decl, sent)
+        finally:
+            try:
+                await self._audit(request, pid, offset, sent, complete=sent.complete)
+            except ConnectorError as exc:  # the bytes are gone: say so, loudly
+                log.error("transfer %s: the stream's audit entry could not be written: %s",
+                          pid, exc.message)
+
+    async def _audit(self, request: web.Request, pid: str, offset: int, sent: _Sent,
+                     complete: bool | None) -> None:
+        if self._trail is not None:
+            await self._trail.data_access(agreement=request["agreement_id"], transfer=pid,
+                                          offset=offset, records=sent.records, size=sent.bytes,
+                                          complete=complete)
+
+    async def _stream(self, request: web.Request, pid: str, offset: int, decl: Any,
+                      sent: _Sent) -> web.StreamResponse:
         chunks = open_source(decl).chunks(offset)
         try:
             # The first chunk before the headers: an upstream that fails fails with a status.
@@ -82,6 +121,7 @@ class DataPlane:
                     return response
                 try:
                     await response.write(chunk)
+                    sent.add(chunk)
                 except ConnectionError:  # the consumer went away; it resumes by offset
                     log.info("transfer %s: consumer disconnected at record offset %d+", pid,
                              offset)
@@ -92,6 +132,7 @@ class DataPlane:
         finally:
             await chunks.aclose()
         await response.write_eof()
+        sent.complete = True
         return response
 
     async def summary(self, request: web.Request) -> web.Response:

@@ -35,7 +35,8 @@ from connector.core.messages import (
     TransferSuspensionMessage,
     TransferTerminationMessage,
 )
-from connector.service.auth import Verifier
+from connector.service import audit
+from connector.service.auth import Verifier, bind_body
 from connector.service.catalog import Catalog, Claims
 from connector.service.negotiations import NegotiationService
 from connector.service.transfers import TransferService
@@ -52,6 +53,7 @@ class DspDeps:
     negotiations: NegotiationService
     transfers: TransferService
     did_document: dict[str, Any]
+    trail: audit.AuditTrail | None = None  # records catalogue answers (None: no audit trail)
 
 
 def _json(msg: Message, status: int = 200) -> web.Response:
@@ -74,12 +76,25 @@ class DspRoutes:
         """The caller's verified claims, before the body is read (DCP mode does network IO)."""
         claims = await self.d.verifier.verify_async(request.headers.get("Authorization"))
         logs.bind(peer=claims.participant_id)  # every later line of this request names it
+        request["dsp_caller"] = claims
         return claims
 
     async def body(self, request: web.Request, area: Area) -> bytes:
+        """The body of a verified request, checked against its token's body digest claim and
+        handed to the audit trail as the message the steps it causes answer."""
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise MalformedMessage("body too large", area=area)
-        return await request.read()
+        raw = await request.read()
+        claims: Claims | None = request.get("dsp_caller")
+        if claims is not None:
+            authorization = request.headers.get("Authorization")
+            binding = bind_body(authorization, raw, required=self.d.verifier.requires_binding(
+                claims.participant_id))
+            did = claims.participant_id
+            audit.received(audit.Inbound(peer=did, token_id=binding.token_id,
+                                         token=binding.token, body=raw, bound=binding.bound,
+                                         document=self.d.verifier.peer_document(did)))
+        return raw
 
     # -- well-known ----------------------------------------------------------------------------
 
@@ -101,7 +116,10 @@ class DspRoutes:
                            area=Area.CATALOG)
         if msg.filter and not is_paging_only(msg.filter):
             raise CatalogError("catalog filter expressions are not supported", status=400)
-        return _doc(self.d.catalog().catalog(claims))
+        doc = self.d.catalog().catalog(claims)
+        if self.d.trail is not None:
+            await self.d.trail.catalog_answer(claims.participant_id, doc)
+        return _doc(doc)
 
     async def dataset(self, request: web.Request) -> web.Response:
         claims = await self.caller(request)

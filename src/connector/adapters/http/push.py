@@ -52,6 +52,7 @@ from connector.core.errors import AuthError, ConnectorError, MalformedMessage, N
 from connector.core.messages import DataAddress
 from connector.core.negotiation import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
+from connector.service.audit import AuditTrail
 from connector.service.consumer import COPY_FIELDS, Copy, copy_mismatch
 from connector.service.transfers import TransferService
 
@@ -186,10 +187,12 @@ class Pusher:
     """Provider side: runs each push transfer once it is STARTED."""
 
     def __init__(self, transfers: TransferService, client: PeerClient,
-                 datasets: Callable[[], Mapping[str, Any]]) -> None:
+                 datasets: Callable[[], Mapping[str, Any]], *,
+                 trail: AuditTrail | None = None) -> None:
         self._transfers = transfers
         self._client = client
         self._datasets = datasets
+        self._trail = trail  # an audit entry before the push and one after it (None: off)
         self._running: dict[str, asyncio.Task[None]] = {}
         transfers.listeners.append(self.on_change)
 
@@ -239,10 +242,17 @@ class Pusher:
             source = open_source(decl)
             summary = await source.summary()
             auth = address.authorization_header()
+            if self._trail is not None:  # refused (the push does not start) if unrecorded
+                await self._trail.data_access(agreement=agreement.id, transfer=pid, offset=0,
+                                              records=0, size=0, complete=None)
             await self._push(pid, url, auth, source)
             if not await self._transfers.still_streaming(pid):
                 raise _Stopped
             await self._client.push_summary(url, auth, summary)
+            if self._trail is not None:
+                await self._trail.data_access(
+                    agreement=agreement.id, transfer=pid, offset=0,
+                    records=int(summary["records"]), size=int(summary["bytes"]), complete=True)
             await self._transfers.act(pid, TransferEvent.COMPLETE)
             log.info("push %s done: %s records", pid, summary["records"])
         except _Stopped:

@@ -10,6 +10,9 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
   read are kept (bounded, write-through after commit; finished ones are dropped) and reads by
   id cost no hop;
 - outbox sequence numbers are allocated in memory from the table's maximum at start-up;
+- **audit entries** (``service.audit``) join the transaction of the step they record; the
+  writer numbers and chains them (``core.audit``) when it commits, from the chain's head it
+  keeps in memory, so a batch that fails leaves the chain as it was;
 - **seen token ids** (``record_jti``) are written behind: the row joins the next group commit
   (or one JTI_FLUSH_S later if nothing else is written), so a replay check never waits for
   the disk. A crash loses at most the jtis of the group not yet committed (milliseconds of
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,9 +35,11 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from connector.core.errors import ConflictError
+from connector.core.audit import GENESIS, Entry, chain_events
+from connector.core.errors import AuditError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
+from connector.service.audit import AuditBatch, StepAudit
 from connector.service.store import Agreement, OutboxItem, Outgoing
 
 T = TypeVar("T")
@@ -61,13 +66,14 @@ _UPSERT_TRANSFER = (
 class _Txn:
     """One submitted transaction waiting for the group-commit writer."""
 
-    __slots__ = ("cached", "future", "statements")
+    __slots__ = ("audit", "cached", "future", "statements")
 
     def __init__(self, statements: list[Statement], cached: list[tuple[str, Any]],
-                 future: asyncio.Future[None]) -> None:
+                 future: asyncio.Future[None], audit: AuditBatch | None = None) -> None:
         self.statements = statements
         self.cached = cached
         self.future = future
+        self.audit = audit
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -84,8 +90,11 @@ def migrations() -> list[tuple[int, str]]:
 class SqliteStore:
     """``Store`` on one SQLite file."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, audit: StepAudit | None = None) -> None:
         self._conn = conn
+        self._audit = audit  # None: no audit trail (``[audit] enabled = false``)
+        self._audit_head: tuple[int, str] = (0, GENESIS)
+        self.on_audit: Callable[[int], None] = lambda _count: None  # entries committed
         self._lock = asyncio.Lock()
         self._neg_dec = msgspec.json.Decoder(Negotiation)
         self._tr_dec = msgspec.json.Decoder(Transfer)
@@ -99,14 +108,18 @@ class SqliteStore:
         self._committing = False
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, *, audit: StepAudit | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None)
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA foreign_keys=ON")
-        store = cls(conn)
+        store = cls(conn, audit)
         await store._migrate()
+        rows = await conn.execute_fetchall(
+            "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        for seq, head in rows:
+            store._audit_head = (int(seq), str(head))
         rows = await conn.execute_fetchall("SELECT coalesce(max(seq), 0) FROM outbox")
         store._next_seq = int(next(iter(rows))[0]) + 1
         store._writer = asyncio.create_task(store._write_loop())
@@ -156,7 +169,8 @@ class SqliteStore:
             self._cache.pop(next(iter(self._cache)))
 
     async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
-                           cached: list[tuple[str, Any]]) -> list[OutboxItem]:
+                           cached: list[tuple[str, Any]], audit: AuditBatch | None = None
+                           ) -> list[OutboxItem]:
         """Queue a transaction for the writer; return once it has committed."""
         items = []
         for out in outbox:
@@ -168,7 +182,7 @@ class SqliteStore:
             items.append(OutboxItem(seq=seq, process_id=out.process_id, url=out.url,
                                     audience=out.audience, body=out.body))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Txn(statements, cached, future))
+        self._pending.append(_Txn(statements, cached, future, audit))
         self._wake.set()
         await future
         return items
@@ -186,9 +200,23 @@ class SqliteStore:
                 finally:
                     self._committing = False
 
+    def _chained(self, batch: list[_Txn]) -> tuple[list[Statement], tuple[int, str], int]:
+        """The batch's statements with its audit entries chained on from the current head."""
+        statements = [st for txn in batch for st in txn.statements]
+        seq, head = self._audit_head
+        count = 0
+        for txn in batch:
+            if txn.audit:
+                entries = chain_events(seq + 1, head, txn.audit.events)
+                statements.extend(_entry_rows(entries, txn.audit))
+                seq, head = entries[-1].seq, entries[-1].hash
+                count += len(entries)
+        return statements, (seq, head), count
+
     async def _commit(self, batch: list[_Txn]) -> None:
+        statements, head, count = self._chained(batch)
         try:
-            await self._run([st for txn in batch for st in txn.statements])
+            await self._run(statements)
         except sqlite3.IntegrityError as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(ConflictError(f"conflicting write: {exc}"))
@@ -199,8 +227,11 @@ class SqliteStore:
         except Exception as exc:  # the database failed: every waiter hears of it
             for txn in batch:
                 if not txn.future.done():
-                    txn.future.set_exception(exc)
+                    txn.future.set_exception(_refusal(exc) if txn.audit else exc)
             return
+        self._audit_head = head
+        if count:
+            self.on_audit(count)
         for txn in batch:
             for key, record in txn.cached:
                 state = getattr(record, "state", None)
@@ -253,7 +284,8 @@ class SqliteStore:
                  agreement.assigner, agreement.assignee, agreement.created_at,
                  _enc.encode(agreement)),
             ))
-        return await self._transaction(statements, outbox, [(f"n:{record.id}", record)])
+        audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
+        return await self._transaction(statements, outbox, [(f"n:{record.id}", record)], audit)
 
     async def list_negotiations(self) -> list[Negotiation]:
         rows = await self._rows("SELECT body FROM negotiations ORDER BY updated_at")
@@ -269,9 +301,11 @@ class SqliteStore:
 
     async def save_agreement(self, agreement: Agreement) -> None:
         """Rewrite an agreement's record (its revocation); the contract itself never changes."""
+        audit = self._audit.revocation(agreement) if self._audit and agreement.revoked else None
         await self._transaction([(
             "UPDATE agreements SET body = ? WHERE id = ?",
-            (_enc.encode(agreement), agreement.id))], (), [(f"a:{agreement.id}", agreement)])
+            (_enc.encode(agreement), agreement.id))], (), [(f"a:{agreement.id}", agreement)],
+            audit)
 
     # -- transfers ------------------------------------------------------------------------
 
@@ -293,6 +327,7 @@ class SqliteStore:
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         upsert = "" if expect_new else _UPSERT_TRANSFER
+        audit = self._audit.transfer(record, outbox) if self._audit else None
         return await self._transaction([(
             "INSERT INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
             " agreement_id, token_hash, prev_token_hash, updated_at, body)"
@@ -300,7 +335,7 @@ class SqliteStore:
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        )], outbox, [(f"t:{record.id}", record)])
+        )], outbox, [(f"t:{record.id}", record)], audit)
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -317,6 +352,31 @@ class SqliteStore:
             " ON CONFLICT (agreement_id) DO UPDATE SET uses = uses + excluded.uses"
             " RETURNING uses", (agreement_id, delta))
         return int(rows[0][0])
+
+    # -- audit trail (service.audit.AuditLog) -------------------------------------------------
+
+    async def append_audit(self, batch: AuditBatch) -> None:
+        """Events that are a step of their own (a catalogue answer, a data access, a reload)."""
+        if self._audit is not None and batch:
+            await self._transaction([], (), [], batch)
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
+        return self._audit_head
+
+    async def last_checkpoint(self) -> tuple[int, float]:
+        rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), float(rows[0][1])) if rows else (0, 0.0)
+
+    async def add_checkpoint(self, seq: int, at: float, jws: str) -> None:
+        await self._transaction([(
+            "INSERT INTO audit_checkpoints (seq, at, jws) VALUES (?, ?, ?)"
+            " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))], (), [])
+
+    async def agreement_uses(self, agreement_id: str) -> int:
+        rows = await self._rows("SELECT uses FROM agreement_uses WHERE agreement_id = ?",
+                                (agreement_id,))
+        return int(rows[0][0]) if rows else 0
 
     # -- seen token ids ---------------------------------------------------------------------
 
@@ -358,6 +418,24 @@ class SqliteStore:
             await self._conn.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
                 (attempts, next_attempt, error, seq))
+
+
+def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
+    rows: list[Statement] = []
+    for entry, event in zip(entries, batch.events, strict=True):
+        rows.append(("INSERT INTO audit_entries (seq, digest, hash, body) VALUES (?, ?, ?, ?)",
+                     (entry.seq, entry.digest, entry.hash, entry.body)))
+        rows.extend(("INSERT OR IGNORE INTO audit_refs (ref, seq) VALUES (?, ?)", (ref, entry.seq))
+                    for ref in dict.fromkeys(event.refs) if ref)
+    rows.extend(("INSERT OR IGNORE INTO audit_evidence (digest, kind, content) VALUES (?, ?, ?)",
+                 item) for item in batch.evidence)
+    return rows
+
+
+def _refusal(exc: Exception) -> AuditError:
+    """The step is refused because its audit entry could not be written with it."""
+    return AuditError(f"refused: the step and its audit entry could not be written ({exc}); "
+                      "nothing was changed")
 
 
 def _log_jti_failure(future: asyncio.Future[None]) -> None:

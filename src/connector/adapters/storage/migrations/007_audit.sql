@@ -1,0 +1,30 @@
+-- 007: the audit trail (core/audit.py, docs/audit.md). ``audit_entries`` is append-only: the
+-- triggers refuse an UPDATE; only ``connector audit prune`` deletes (the oldest entries, up to a
+-- signed checkpoint). ``audit_refs`` indexes entries by the ids they concern (``audit show``).
+-- ``audit_evidence`` keeps, outside the chain, what an entry only names by digest: the peer's
+-- signed token and the body of a negotiation message, the policy text of an agreement.
+CREATE TABLE audit_entries (
+    seq     INTEGER PRIMARY KEY,
+    digest  TEXT NOT NULL,
+    hash    TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE TRIGGER audit_entries_append_only BEFORE UPDATE ON audit_entries
+BEGIN
+    SELECT RAISE(ABORT, 'audit entries are append-only');
+END;
+CREATE TABLE audit_refs (
+    ref  TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (ref, seq)
+) WITHOUT ROWID;
+CREATE TABLE audit_checkpoints (
+    seq  INTEGER PRIMARY KEY,
+    at   REAL NOT NULL,
+    jws  TEXT NOT NULL
+);
+CREATE TABLE audit_evidence (
+    digest   TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    content  BLOB NOT NULL
+) WITHOUT ROWID;

@@ -1,0 +1,266 @@
+"""The audit trail's format: entries, the hash chain, signed checkpoints. Pure: no IO, no clock.
+
+Theory of operation (docs/audit.md has the whole picture).
+
+An **event** is what happened (``kind``, the ids it concerns, a small JSON object of facts; never
+record content, never token or key material). The store numbers it and chains it:
+
+    digest_n = SHA-256(body_n)               body_n = canonical JSON of {seq, at, kind, refs, data}
+    hash_n   = SHA-256(hash_{n-1} || digest_n)   (hex strings, hash_0 = GENESIS)
+
+so changing one byte of a body breaks its digest, deleting or reordering entries breaks the next
+link, and an entry can be shown as ``(seq, digest)`` alone (an evidence bundle redacts the entries
+that concern other agreements) without breaking the chain.
+
+A **checkpoint** is a compact JWS (RFC 7515) signed with the participant's key over
+``{iss, seq, head, iat}``: the chain's hash at ``seq``. It verifies with the keys of the
+participant's DID document; keys rotated out are vouched for by ``keys`` entries of the chain
+itself, which the newest checkpoint (signed with a current key) covers. A truncated tail is
+found when a checkpoint names an entry that is gone; a chain rewritten and re-signed with the
+participant's own key is found only by comparing with checkpoints a witness kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.core.errors import AuthError
+from connector.core.identity import (
+    KeyRing,
+    SigningKey,
+    document_keys,
+    parse_jws,
+    sign_jwt,
+    verify_jws_signature,
+)
+
+GENESIS = "0" * 64
+CHECKPOINT_TYP = "audit-checkpoint+jwt"
+BUNDLE_FORMAT = "connector-audit-bundle/1"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something to record; the store gives it its sequence number and its place in the chain."""
+
+    kind: str
+    at: float
+    refs: tuple[str, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One chained entry as stored: ``body`` is the canonical JSON its ``digest`` is over."""
+
+    seq: int
+    digest: str
+    hash: str
+    body: bytes
+
+    def decoded(self) -> dict[str, Any]:
+        value = json.loads(self.body)
+        return value if isinstance(value, dict) else {}
+
+
+def canonical(value: Any) -> bytes:
+    """The one JSON form everything here hashes: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def link(prev: str, digest: str) -> str:
+    """The chain hash of an entry whose body has ``digest``, after an entry hashing to ``prev``."""
+    return sha256_hex((prev + digest).encode("ascii"))
+
+
+def make_entry(seq: int, prev: str, event: Event) -> Entry:
+    """Number and chain ``event``."""
+    body = canonical({"seq": seq, "at": event.at, "kind": event.kind, "refs": list(event.refs),
+                      "data": dict(event.data)})
+    digest = sha256_hex(body)
+    return Entry(seq=seq, digest=digest, hash=link(prev, digest), body=body)
+
+
+def chain_events(seq: int, prev: str, events: Iterable[Event]) -> list[Entry]:
+    """Entries for ``events`` numbered from ``seq`` on, the first linked to ``prev``."""
+    out = []
+    for event in events:
+        entry = make_entry(seq, prev, event)
+        out.append(entry)
+        seq, prev = seq + 1, entry.hash
+    return out
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def sign_checkpoint(key: SigningKey, *, kid: str, did: str, seq: int, head: str, now: int) -> str:
+    """A checkpoint JWS over the chain's hash ``head`` at entry ``seq``."""
+    return sign_jwt(key, kid=kid, claims={"iss": did, "seq": seq, "head": head, "iat": now},
+                    typ=CHECKPOINT_TYP)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's verified-or-not contents (``parse_checkpoint``)."""
+
+    seq: int
+    head: str
+    issuer: str
+    kid: str
+    issued_at: int
+    jws: str
+
+
+def parse_checkpoint(jws: str) -> Checkpoint:
+    """Decode a checkpoint without checking its signature; AuthError when malformed."""
+    parsed = parse_jws(jws)
+    p = parsed.payload
+    seq, head, iss, iat = p.get("seq"), p.get("head"), p.get("iss"), p.get("iat")
+    if (parsed.header.get("typ") != CHECKPOINT_TYP or not isinstance(seq, int)
+            or not isinstance(head, str) or not isinstance(iss, str)
+            or not isinstance(iat, int) or parsed.kid is None):
+        raise AuthError("malformed audit checkpoint")
+    return Checkpoint(seq=seq, head=head, issuer=iss, kid=parsed.kid, issued_at=iat, jws=jws)
+
+
+def check_checkpoint_signature(checkpoint: Checkpoint, keys: KeyRing) -> None:
+    """AuthError unless ``keys`` holds the checkpoint's kid and its signature verifies."""
+    key = keys.public_key(checkpoint.kid)
+    if key is None:
+        raise AuthError(f"checkpoint signed with unknown key {checkpoint.kid[:200]!r}")
+    verify_jws_signature(parse_jws(checkpoint.jws), key)
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``verify_chain`` found: ``broken`` names the first broken entry (or None)."""
+
+    entries: int
+    checkpoints: int
+    first_seq: int | None
+    last_seq: int | None
+    broken: int | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def key_history(did: str, document: Mapping[str, Any], entries: Iterable[Entry]
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(current keys from the DID document, every key the chain's ``keys`` entries announced)."""
+    current = document_keys(document, did, relationship="assertionMethod")
+    announced: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        body = entry.decoded()
+        if body.get("kind") == "keys":
+            for kid, jwk in (body.get("data", {}).get("keys") or {}).items():
+                if isinstance(kid, str) and isinstance(jwk, dict) and kid.startswith(did + "#"):
+                    announced[kid] = jwk
+    return current, announced
+
+
+def verify_links(entries: Sequence[Entry], start_prev: str | None) -> tuple[int | None, str]:
+    """The first entry whose digest, number or link is wrong, and why; (None, "") if none.
+
+    ``start_prev`` is the hash the first entry must follow (GENESIS, or a kept checkpoint's
+    head after a prune); None accepts whatever it follows (a segment in a bundle).
+    """
+    prev = start_prev
+    expected_seq = entries[0].seq if entries else 0
+    for entry in entries:
+        if entry.seq != expected_seq:
+            return entry.seq, f"entry {entry.seq}: expected entry {expected_seq} here (a gap)"
+        if entry.body and sha256_hex(entry.body) != entry.digest:
+            return entry.seq, f"entry {entry.seq}: its content does not match its digest"
+        if entry.body and entry.decoded().get("seq") != entry.seq:
+            return entry.seq, f"entry {entry.seq}: its content names another position"
+        if prev is not None and link(prev, entry.digest) != entry.hash:
+            return entry.seq, (f"entry {entry.seq}: not chained to entry {entry.seq - 1} "
+                               "(an entry before it was removed, changed or moved)")
+        prev, expected_seq = entry.hash, entry.seq + 1
+    return None, ""
+
+
+def verify_chain(entries: Sequence[Entry], checkpoints: Sequence[str], *, did: str,
+                 document: Mapping[str, Any], start_prev: str = GENESIS) -> Report:
+    """Recompute the chain and check every checkpoint: signature, and the head it names.
+
+    The newest checkpoint must be signed with a key of ``document`` (the DID document as it is
+    now); older ones may be signed with a key the chain announced (rotated out since).
+    """
+    first = entries[0].seq if entries else None
+    last = entries[-1].seq if entries else None
+
+    def fail(seq: int | None, problem: str) -> Report:
+        return Report(len(entries), len(checkpoints), first, last, seq, problem)
+
+    parsed = []
+    for jws in checkpoints:
+        try:
+            parsed.append(parse_checkpoint(jws))
+        except AuthError as exc:
+            return fail(None, f"checkpoint: {exc.message}")
+    parsed.sort(key=lambda c: c.seq)
+    if first is not None and first > 1:  # pruned: the kept chain hangs from a checkpoint
+        anchor = next((c for c in parsed if c.seq == first - 1), None)
+        if anchor is None:
+            return fail(first, f"entries before {first} are gone and no signed checkpoint "
+                               f"at entry {first - 1} anchors the rest")
+        start_prev = anchor.head
+    broken, problem = verify_links(entries, start_prev)
+    if broken is not None:
+        return fail(broken, problem)
+    by_seq = {e.seq: e for e in entries}
+    current, announced = key_history(did, document, entries)
+    for i, cp in enumerate(parsed):
+        newest = i == len(parsed) - 1
+        ring = KeyRing(current if newest else {**announced, **current})
+        try:
+            if cp.issuer != did:
+                raise AuthError(f"issued by {cp.issuer[:200]!r}, not {did!r}")
+            check_checkpoint_signature(cp, ring)
+        except AuthError as exc:
+            return fail(cp.seq, f"checkpoint at entry {cp.seq}: {exc.message}")
+        entry = by_seq.get(cp.seq)
+        if entry is None:
+            if first is not None and cp.seq < first:
+                continue  # pruned: the kept chain starts after it (its head is checked above)
+            return fail(cp.seq, f"entry {cp.seq}, signed in a checkpoint, is missing "
+                                "(the chain was truncated)")
+        if entry.hash != cp.head:
+            return fail(cp.seq, f"entry {cp.seq}: the chain's hash differs from the one "
+                                "its signed checkpoint names")
+    return fail(None, "")
+
+
+def witness_problem(entries: Sequence[Entry], witnessed: Iterable[tuple[int, str]]
+                    ) -> tuple[int | None, str]:
+    """Compare the chain with the (seq, head) pairs a witness received: the first it lacks."""
+    by_seq = {e.seq: e.hash for e in entries}
+    first = entries[0].seq if entries else None
+    matched = 0  # the last witnessed entry the local chain still agrees with
+    for seq, head in sorted(witnessed):
+        if first is not None and seq < first:
+            continue  # pruned locally
+        if seq not in by_seq:
+            return seq, f"entry {seq}, witnessed, is missing from the local chain"
+        if by_seq[seq] != head:
+            return seq, (f"entry {seq}: the local chain differs from what the witness saw "
+                         f"(history rewritten after entry {matched})")
+        matched = seq
+    return None, ""

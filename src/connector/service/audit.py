@@ -1,0 +1,326 @@
+"""The audit trail's service side: which events a step produces, and the signed checkpoints.
+
+The store writes a step's audit entries in the transaction of the step itself (if they cannot
+be written, the step does not happen); this module says what they are:
+
+- ``StepAudit`` turns a persisted step (a negotiation or transfer record, the agreement it
+  produced, the messages it queues, a revocation) into ``core.audit.Event`` values, plus the
+  evidence kept beside the chain (the peer's signed token and the message body; the policy
+  text of an agreement). The inbound DSP message a step answers is handed over by the DSP
+  route through a context variable (``received``): the route knows the verified token, the
+  store knows the step, and neither needs to change its signature for the other.
+- ``AuditTrail`` appends events that are steps of their own (catalogue answers, data
+  accesses, reloads, key announcements) and signs a checkpoint every ``entries`` entries or
+  ``seconds`` seconds (``[audit]`` in connector.toml).
+
+Nothing here holds record content, a data token or key material: entries name tokens by
+``jti`` and SHA-256, bodies by SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connector.core.audit import Event, canonical, sha256_hex, sign_checkpoint
+from connector.core.errors import ConfigError
+from connector.core.identity import SigningKey
+from connector.core.negotiation import HistoryEntry, Negotiation
+from connector.core.transfer import Transfer
+from connector.service.store import Agreement, Outgoing
+
+log = logging.getLogger("connector.audit")
+# A checkpoint at least every 1000 entries or every 60 s (when anything was written): what an
+# attacker could cut from the tail unnoticed, without a witness, is bounded by the two.
+DEFAULT_CHECKPOINT_ENTRIES = 1000
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+# Processes whose timeline length is remembered (to audit only the new steps of a record).
+MAX_TRACKED_PROCESSES = 100_000
+# A history line from the policy saying it refused: a denial, with its per-constraint reasons.
+_DENIAL_WORDS = ("denied", "cannot evaluate")
+
+Evidence = tuple[str, str, bytes]  # (digest, kind, content)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]`` in connector.toml."""
+
+    enabled: bool = True
+    checkpoint_entries: int = DEFAULT_CHECKPOINT_ENTRIES
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    witness: bool = True  # send checkpoints to the [registry] urls
+
+
+def audit_settings(extra: Mapping[str, Any], where: str) -> AuditSettings:
+    """Read ``[audit]`` (from ``Settings.extra``); ConfigError names the key."""
+    table = extra.get("audit", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [audit] must be a table")
+    enabled, witness = table.get("enabled", True), table.get("witness", True)
+    entries = table.get("checkpoint_entries", DEFAULT_CHECKPOINT_ENTRIES)
+    seconds = table.get("checkpoint_seconds", DEFAULT_CHECKPOINT_SECONDS)
+    if not isinstance(enabled, bool) or not isinstance(witness, bool):
+        raise ConfigError(f"{where} [audit]: 'enabled' and 'witness' must be true or false")
+    if not isinstance(entries, int) or isinstance(entries, bool) or entries < 1:
+        raise ConfigError(f"{where} [audit]: key 'checkpoint_entries' must be an integer >= 1")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+        raise ConfigError(f"{where} [audit]: key 'checkpoint_seconds' must be a number > 0")
+    return AuditSettings(enabled=enabled, checkpoint_entries=entries,
+                         checkpoint_seconds=float(seconds), witness=witness)
+
+
+@dataclass
+class Inbound:
+    """What the DSP route verified about the message being handled (``received``)."""
+
+    peer: str
+    token_id: str | None
+    token: str | None
+    body: bytes
+    bound: bool  # the token carried the body digest claim (and it matched)
+    document: Mapping[str, Any] | None = None  # the peer's DID document its token verified with
+    used: bool = False
+
+    def event_data(self) -> dict[str, Any]:
+        return {"type": _message_type(self.body), "peer": self.peer, "tokenId": self.token_id,
+                "tokenDigest": sha256_hex(self.token.encode()) if self.token else None,
+                "bodyDigest": sha256_hex(self.body), "bound": self.bound}
+
+
+_inbound: ContextVar[Inbound | None] = ContextVar("audit_inbound", default=None)
+
+
+def received(message: Inbound) -> None:
+    """The DSP route: the verified message this request's steps answer (one entry, once)."""
+    _inbound.set(message)
+
+
+def _take_inbound() -> Inbound | None:
+    message = _inbound.get()
+    if message is None or message.used:
+        return None
+    message.used = True
+    return message
+
+
+@dataclass
+class AuditBatch:
+    """The events of one step and the evidence kept beside them, written with the step."""
+
+    events: list[Event] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events)
+
+
+class StepAudit:
+    """Derives a step's audit events; the store calls it inside ``_transaction``'s callers."""
+
+    def __init__(self, *, clock: Callable[[], float],
+                 policy_text: Callable[[str], bytes | None] = lambda _hash: None) -> None:
+        self._clock = clock
+        self._policy_text = policy_text  # the canonical policy document with that hash
+        self._audited: dict[str, int] = {}  # process id -> history lines already audited
+
+    def negotiation(self, record: Negotiation, outbox: Sequence[Outgoing],
+                    agreement: Agreement | None) -> AuditBatch:
+        now = self._clock()
+        batch = self._inbound(now, record.id, keep_evidence=True)
+        refs = (record.id,)
+        steps = self._new_steps(record.id, record.history, record.state.terminal)
+        data = {"role": record.role.value, "state": record.state.value,
+                "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
+                "dataset": record.dataset_id, "peer": record.counterparty_id, "steps": steps}
+        batch.events.append(Event("negotiation", now, refs, data))
+        self._denials(batch, now, refs, steps)
+        if agreement is not None:
+            self._agreement(batch, now, agreement)
+        self._outgoing(batch, now, refs, outbox)
+        return batch
+
+    def transfer(self, record: Transfer, outbox: Sequence[Outgoing]) -> AuditBatch:
+        now = self._clock()
+        batch = self._inbound(now, record.id, keep_evidence=False)
+        refs = (record.id, record.agreement_id)
+        steps = self._new_steps(record.id, record.history, record.state.terminal)
+        data = {"role": record.role.value, "state": record.state.value,
+                "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
+                "agreement": record.agreement_id, "peer": record.counterparty_id, "steps": steps}
+        batch.events.append(Event("transfer", now, refs, data))
+        self._denials(batch, now, refs, steps)
+        self._outgoing(batch, now, refs, outbox)
+        return batch
+
+    def revocation(self, agreement: Agreement) -> AuditBatch:
+        return AuditBatch([Event("revocation", self._clock(), (agreement.id,),
+                                 {"agreement": agreement.id, "reason": agreement.revoked})])
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    def _inbound(self, now: float, process_id: str, *, keep_evidence: bool) -> AuditBatch:
+        batch = AuditBatch()
+        message = _take_inbound()
+        if message is None:
+            return batch
+        data = {**message.event_data(), "kept": keep_evidence}
+        if keep_evidence:  # the messages that form an agreement: the peer's signature over them
+            if message.token:
+                batch.evidence.append((str(data["tokenDigest"]), "token",
+                                       message.token.encode()))
+            batch.evidence.append((str(data["bodyDigest"]), "body", message.body))
+            if message.document is not None:
+                document = canonical(message.document)
+                data["peerDocument"] = sha256_hex(document)
+                batch.evidence.append((data["peerDocument"], "did", document))
+        batch.events.append(Event("dsp.in", now, (process_id,), data))
+        return batch
+
+    def _agreement(self, batch: AuditBatch, now: float, agreement: Agreement) -> None:
+        body = json.dumps(agreement.body, sort_keys=True, separators=(",", ":")).encode()
+        digest = sha256_hex(body)
+        batch.evidence.append((digest, "agreement", body))
+        if agreement.policy_hash:
+            text = self._policy_text(agreement.policy_hash)
+            if text is not None:
+                batch.evidence.append((agreement.policy_hash, "policy", text))
+        batch.events.append(Event("agreement", now, (agreement.id, agreement.negotiation_id), {
+            "agreement": agreement.id, "negotiation": agreement.negotiation_id,
+            "role": agreement.role, "dataset": agreement.dataset_id,
+            "assigner": agreement.assigner, "assignee": agreement.assignee,
+            "agreementDigest": digest, "policyHash": agreement.policy_hash,
+            "policyCommit": agreement.policy_commit}))
+
+    def _outgoing(self, batch: AuditBatch, now: float, refs: tuple[str, ...],
+                  outbox: Sequence[Outgoing]) -> None:
+        for out in outbox:
+            batch.events.append(Event("dsp.out", now, refs, {
+                "type": _message_type(out.body), "peer": out.audience, "url": out.url,
+                "bodyDigest": sha256_hex(out.body)}))
+
+    def _new_steps(self, pid: str, history: Sequence[HistoryEntry], done: bool
+                   ) -> list[dict[str, Any]]:
+        start = self._audited.pop(pid, 0)  # unknown (new, or before a restart): all
+        if not done:
+            if len(self._audited) >= MAX_TRACKED_PROCESSES:
+                self._audited.pop(next(iter(self._audited)))
+            self._audited[pid] = len(history)
+        return [{"by": h.by, "message": h.message, "state": h.state, "note": h.note}
+                for h in history[start:]]
+
+    @staticmethod
+    def _denials(batch: AuditBatch, now: float, refs: tuple[str, ...],
+                 steps: list[dict[str, Any]]) -> None:
+        for step in steps:
+            if step["by"] == "policy" and any(w in step["message"] for w in _DENIAL_WORDS):
+                batch.events.append(Event("denial", now, refs, {
+                    "decision": step["message"], "reasons": step["note"].splitlines()}))
+
+
+def _message_type(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("@type")
+    except (ValueError, AttributeError):
+        return "?"
+    return str(value) if value is not None else "?"
+
+
+class AuditLog(Protocol):
+    """What the trail needs of the store (``SqliteStore`` implements it)."""
+
+    async def append_audit(self, batch: AuditBatch) -> None: ...
+
+    async def audit_head(self) -> tuple[int, str]: ...
+
+    async def last_checkpoint(self) -> tuple[int, float]: ...
+
+    async def add_checkpoint(self, seq: int, at: float, jws: str) -> None: ...
+
+    async def agreement_uses(self, agreement_id: str) -> int: ...
+
+
+class AuditTrail:
+    """Appends the events that are steps of their own, and signs checkpoints."""
+
+    def __init__(self, log_store: AuditLog, *, did: str, kid: str, key: SigningKey,
+                 settings: AuditSettings, clock: Callable[[], float],
+                 on_checkpoint: Callable[[str], None] = lambda _jws: None) -> None:
+        self._store = log_store
+        self.did = did
+        self._kid, self._key = kid, key
+        self.settings = settings
+        self._clock = clock
+        self._on_checkpoint = on_checkpoint
+        self._wake = asyncio.Event()
+        self._since = 0  # entries appended since the last checkpoint (approximate)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AuditTrail(did={self.did!r}, kid={self._kid!r})"
+
+    def reload_key(self, *, kid: str, key: SigningKey) -> None:
+        self._kid, self._key = kid, key
+
+    def appended(self, count: int) -> None:
+        """The store committed ``count`` entries; a checkpoint is due every N of them."""
+        self._since += count
+        if self._since >= self.settings.checkpoint_entries:
+            self._wake.set()
+
+    async def append(self, kind: str, refs: Sequence[str], data: Mapping[str, Any]) -> None:
+        """One event as its own step (AuditError if it cannot be written)."""
+        await self._store.append_audit(
+            AuditBatch([Event(kind, self._clock(), tuple(refs), dict(data))]))
+
+    async def catalog_answer(self, peer: str, catalog: Mapping[str, Any]) -> None:
+        """To whom we showed which offers (their ids), never the catalogue itself."""
+        offers = [str(p.get("@id")) for d in catalog.get("dataset", []) if isinstance(d, dict)
+                  for p in d.get("hasPolicy", []) if isinstance(p, dict)]
+        await self.append("catalog", (peer,), {"peer": peer, "offers": offers})
+
+    async def data_access(self, *, agreement: str, transfer: str, offset: int, records: int,
+                          size: int, complete: bool | None) -> None:
+        """Two entries per streamed response, never one per record: before the first byte
+        (``complete`` None: the access granted, with the use count after it) and after the
+        last (records and bytes sent, and whether the stream ended whole)."""
+        uses = await self._store.agreement_uses(agreement)
+        await self.append("data.access" if complete is None else "data.sent",
+                          (transfer, agreement), {
+            "agreement": agreement, "transfer": transfer, "offset": offset, "records": records,
+            "bytes": size, "complete": complete, "usesAfter": uses})
+
+    async def keys(self, keys: Mapping[str, Mapping[str, Any]], signing_kid: str) -> None:
+        """Announce our public keys (key history: rotated-out keys still verify checkpoints)."""
+        await self.append("keys", (), {"keys": {k: dict(v) for k, v in keys.items()},
+                                       "signing": signing_kid})
+
+    async def checkpoint(self) -> str | None:
+        """Sign the chain's head now, unless a checkpoint already covers it."""
+        seq, head = await self._store.audit_head()
+        last_seq, _ = await self._store.last_checkpoint()
+        if seq == 0 or seq == last_seq:
+            return None
+        now = self._clock()
+        jws = sign_checkpoint(self._key, kid=self._kid, did=self.did, seq=seq, head=head,
+                              now=int(now))
+        await self._store.add_checkpoint(seq, now, jws)
+        self._since = 0
+        self._on_checkpoint(jws)
+        return jws
+
+    async def run(self) -> None:
+        """Checkpoint every ``checkpoint_seconds`` (if anything changed) or N entries."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.checkpoint_seconds)
+            self._wake.clear()
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # the database failed: try again next time
+                log.error("cannot write an audit checkpoint: %s", exc)

@@ -1,0 +1,290 @@
+"""The audit trail in the real SQLite store, and ``connector audit`` on the file it leaves.
+
+A participant folder is created for real (keys, did.json); steps are saved through
+``SqliteStore`` with ``StepAudit``; the database is then tampered with by hand (as an
+attacker with the file would: the append-only trigger dropped first) and ``connector audit
+verify`` must name the broken entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connector import cli
+from connector.adapters.storage.sqlite import SqliteStore
+from connector.config import Settings, load_settings
+from connector.core.audit import sign_checkpoint
+from connector.core.errors import AuditError, AuthError, ConfigError
+from connector.core.identity import document_keys, issue_token
+from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
+from connector.keys import load_any_signing_key
+from connector.participant.init import init_folder
+from connector.participant.keys import retire_signing_key, rotate_signing_key
+from connector.service import audit
+from connector.service.audit import AuditSettings, AuditTrail, StepAudit, audit_settings
+from connector.service.auth import bind_body
+from connector.service.store import Agreement, Outgoing
+
+PEER = "did:web:peer.example"
+
+
+@dataclass
+class Folder:
+    settings: Settings
+    store: SqliteStore
+    trail: AuditTrail
+
+    @property
+    def db(self) -> Path:
+        return self.settings.database
+
+
+@pytest_asyncio.fixture
+async def folder(tmp_path: Path) -> AsyncIterator[Folder]:
+    init_folder(tmp_path / "acme", name="acme", url="https://127.0.0.1:18443")
+    settings = load_settings(tmp_path / "acme")
+    store = await SqliteStore.open(settings.database, audit=StepAudit(clock=time.time))
+    trail = AuditTrail(store, did=settings.did, kid=settings.signing_kid,
+                       key=load_any_signing_key(settings.signing_key),
+                       settings=AuditSettings(), clock=time.time)
+    store.on_audit = trail.appended
+    yield Folder(settings, store, trail)
+    await store.close()
+
+
+def negotiation(pid: str, state: NegotiationState = NegotiationState.REQUESTED,
+                steps: int = 1) -> Negotiation:
+    history = [HistoryEntry(at=1.0, by="consumer", message="ContractRequestMessage",
+                            state="REQUESTED")] * steps
+    return Negotiation(id=pid, role=Role.PROVIDER, state=state, consumer_pid=f"c-{pid}",
+                       provider_pid=pid, dataset_id="weather", offer={"@id": "o"},
+                       counterparty_address="https://peer.example/dsp",
+                       counterparty_id=PEER, created_at=1.0, updated_at=1.0, history=history)
+
+
+async def some_steps(f: Folder, n: int = 12, prefix: str = "n") -> None:
+    for i in range(n):
+        await f.store.save_negotiation(negotiation(f"{prefix}{i}"), expect_new=True)
+        if i % 4 == 3:
+            await f.trail.checkpoint()
+
+
+def verify(f: Folder, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = cli.main(["audit", "verify", "--dir", str(f.settings.root), *args])
+    return code, capsys.readouterr().out
+
+
+def tamper(db: Path, *statements: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS audit_entries_append_only")
+        for sql in statements:
+            conn.execute(sql)
+
+
+# -- what a step writes ---------------------------------------------------------------------------
+
+
+async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
+        folder: Folder) -> None:
+    token = "header.payload.signature"
+    audit.received(audit.Inbound(peer=PEER, token_id="jti-1", token=token, body=b'{"@type":'
+                                 b'"ContractRequestMessage"}', bound=True))
+    out = Outgoing(process_id="n1", url="https://peer.example/dsp/negotiations/c/agreement",
+                   audience=PEER, body=b'{"@type":"ContractAgreementMessage"}')
+    agreement = Agreement(id="a1", negotiation_id="n1", role="provider", dataset_id="weather",
+                          assigner="did:web:acme", assignee=PEER, created_at=1.0,
+                          body={"@id": "a1"}, policy_hash="f" * 64, policy_commit="abc")
+    await folder.store.save_negotiation(negotiation("n1", NegotiationState.FINALIZED),
+                                        outbox=[out], agreement=agreement, expect_new=True)
+    with sqlite3.connect(folder.db) as conn:
+        kinds = [r[0] for r in conn.execute(
+            "SELECT json_extract(body, '$.kind') FROM audit_entries ORDER BY seq")]
+        evidence = dict(conn.execute("SELECT kind, content FROM audit_evidence"))
+        refs = {r[0] for r in conn.execute("SELECT ref FROM audit_refs")}
+    assert kinds == ["dsp.in", "negotiation", "agreement", "dsp.out"]
+    assert evidence["token"] == token.encode() and b"ContractRequestMessage" in evidence["body"]
+    assert {"n1", "a1"} <= refs
+    # Once consumed, the same inbound message is not recorded again by a second step.
+    await folder.store.save_negotiation(negotiation("n1", steps=2))
+    with sqlite3.connect(folder.db) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0] == 5
+
+
+async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    await asyncio.gather(*(folder.store.save_negotiation(negotiation(f"n{i}"), expect_new=True)
+                           for i in range(50)))
+    await folder.trail.checkpoint()
+    code, out = verify(folder, capsys)
+    assert code == 0 and "50 entries" in out and "signed through entry 50" in out
+
+
+async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    await some_steps(folder, 4)
+    # The audit table cannot be written (simulated: it is moved away under the store).
+    with sqlite3.connect(folder.db) as conn:
+        conn.execute("ALTER TABLE audit_entries RENAME TO audit_entries_away")
+    with pytest.raises(AuditError) as info:
+        await folder.store.save_negotiation(negotiation("refused"), expect_new=True)
+    assert info.value.status == 503
+    assert "the step and its audit entry could not be written" in info.value.message
+    assert "no such table: audit_entries" in info.value.message
+    assert await folder.store.get_negotiation("refused") is None  # the step did not happen
+    with sqlite3.connect(folder.db) as conn:
+        assert conn.execute("SELECT count(*) FROM negotiations WHERE id = 'refused'"
+                            ).fetchone()[0] == 0
+        conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
+    await folder.store.save_negotiation(negotiation("after"), expect_new=True)
+    await folder.trail.checkpoint()
+    code, out = verify(folder, capsys)
+    assert code == 0 and "5 entries" in out, out
+
+
+async def test_the_audit_table_is_append_only(folder: Folder) -> None:
+    await some_steps(folder, 2)
+    with sqlite3.connect(folder.db) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE audit_entries SET body = x'00' WHERE seq = 1")
+
+
+# -- tampering, found by `connector audit verify` -----------------------------------------------
+
+TAMPERING: dict[str, tuple[Callable[[], tuple[str, ...]], str]] = {
+    "one byte changed": (lambda: (
+        "INSERT INTO audit_entries (seq, digest, hash, body) SELECT 1000, digest, hash,"
+        " replace(body, 'REQUESTED', 'REQUESTEX') FROM audit_entries WHERE seq = 6",
+        "DELETE FROM audit_entries WHERE seq = 6",
+        "UPDATE audit_entries SET seq = 6 WHERE seq = 1000"),
+        "BROKEN at entry 6: entry 6: its content does not match its digest"),
+    "one entry deleted": (lambda: ("DELETE FROM audit_entries WHERE seq = 5",),
+                          "BROKEN at entry 6: entry 6: expected entry 5 here"),
+    "two entries reordered": (lambda: (
+        "UPDATE audit_entries SET seq = 1000 WHERE seq = 2",
+        "UPDATE audit_entries SET seq = 2 WHERE seq = 3",
+        "UPDATE audit_entries SET seq = 3 WHERE seq = 1000"),
+        "BROKEN at entry 2: entry 2: its content names another position"),
+    "tail truncated": (lambda: ("DELETE FROM audit_entries WHERE seq > 9",),
+                       "BROKEN at entry 12: entry 12, signed in a checkpoint, is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+async def test_tampering_is_found_and_names_the_entry(
+        folder: Folder, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    await some_steps(folder)
+    assert verify(folder, capsys)[0] == 0
+    statements, expected = TAMPERING[case]
+    tamper(folder.db, *statements())
+    code, out = verify(folder, capsys)
+    assert code == 1 and expected in out, out
+
+
+async def test_a_replaced_checkpoint_signature_is_found(
+        folder: Folder, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    await some_steps(folder)
+    init_folder(tmp_path / "mallory", name="mallory", url="https://127.0.0.1:18444")
+    other = load_any_signing_key(load_settings(tmp_path / "mallory").signing_key)
+    with sqlite3.connect(folder.db) as conn:
+        seq, jws = conn.execute("SELECT seq, jws FROM audit_checkpoints WHERE seq = 8").fetchone()
+        head = conn.execute("SELECT hash FROM audit_entries WHERE seq = 8").fetchone()[0]
+    forged = sign_checkpoint(other, kid=folder.settings.signing_kid, did=folder.settings.did,
+                             seq=seq, head=head, now=1)
+    tamper(folder.db, f"UPDATE audit_checkpoints SET jws = '{jws.rsplit('.', 1)[0]}."
+                      f"{forged.rsplit('.', 1)[1]}' WHERE seq = 8")
+    code, out = verify(folder, capsys)
+    assert code == 1 and "BROKEN at entry 8: checkpoint at entry 8: signature invalid" in out
+
+
+async def test_prune_keeps_the_chain_verifiable_from_a_signed_checkpoint(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    await some_steps(folder)
+    root = str(folder.settings.root)
+    assert cli.main(["audit", "prune", "--before", "2999-01-01", "--dir", root]) == 0
+    assert "pruned 12 entries" in capsys.readouterr().out
+    await some_steps(folder, 4, prefix="later")
+    code, out = verify(folder, capsys)
+    assert code == 0 and "4 entries (13..16)" in out, out
+    # Without the checkpoint it hangs from, the rest no longer verifies.
+    tamper(folder.db, "DELETE FROM audit_checkpoints WHERE seq = 12")
+    code, out = verify(folder, capsys)
+    assert code == 1 and "no signed checkpoint at entry 12" in out, out
+
+
+async def test_show_prints_one_process_s_entries_in_order(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    await some_steps(folder, 3)
+    await folder.store.save_negotiation(negotiation("n1", NegotiationState.TERMINATED, 2))
+    assert cli.main(["audit", "show", "n1", "--dir", str(folder.settings.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(line.split()[0]) for line in lines] == [2, 4]
+    assert "TERMINATED" in lines[1]
+
+
+# -- messages bound to their tokens --------------------------------------------------------------
+
+
+def _token(body: bytes | None) -> str:
+    digest = None if body is None else hashlib.sha256(body).hexdigest()
+    return "Bearer " + issue_token(Ed25519PrivateKey.generate(), kid=PEER + "#k", issuer=PEER,
+                                   audience="did:web:me", now=1, jti="j", ttl_s=60,
+                                   body_digest=digest)
+
+
+def test_a_body_digest_claim_binds_the_token_to_its_body() -> None:
+    binding = bind_body(_token(b"{}"), b"{}", required=True)
+    assert binding.bound and binding.token_id == "j" and binding.token
+    with pytest.raises(AuthError, match="another message body"):
+        bind_body(_token(b"{}"), b'{"x":1}', required=False)
+    with pytest.raises(AuthError, match="no body_sha256 claim"):
+        bind_body(_token(None), b"{}", required=True)
+    unbound = bind_body(_token(None), b"{}", required=False)
+    assert not unbound.bound and unbound.token is not None
+    static = bind_body("Bearer not-a-jws", b"{}", required=False)
+    assert not static.bound and static.token is None
+
+
+def test_audit_settings_are_read_and_checked() -> None:
+    assert audit_settings({}, "x") == AuditSettings()
+    read = audit_settings({"audit": {"checkpoint_entries": 10, "checkpoint_seconds": 2}}, "x")
+    assert (read.checkpoint_entries, read.checkpoint_seconds) == (10, 2.0)
+    with pytest.raises(ConfigError, match="checkpoint_entries"):
+        audit_settings({"audit": {"checkpoint_entries": 0}}, "x")
+
+
+async def test_checkpoints_signed_before_a_rotation_verify_after_the_old_key_is_retired(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    root = folder.settings.root
+    old_kid = folder.settings.signing_kid
+
+    def own_keys() -> dict[str, dict[str, object]]:
+        settings = load_settings(root)
+        return document_keys(json.loads((root / "did.json").read_text()), settings.did)
+
+    await folder.trail.keys(own_keys(), old_kid)
+    await some_steps(folder, 6)
+    new_kid = rotate_signing_key(root, now=time.time())
+    retire_signing_key(root, old_kid, now=time.time() + 100_000)
+    assert old_kid not in own_keys()
+    rotated = load_settings(root)
+    folder.trail.reload_key(kid=new_kid, key=load_any_signing_key(rotated.signing_key))
+    await folder.trail.keys(own_keys(), new_kid)  # what the daemon does when did.json changes
+    await some_steps(folder, 3, prefix="after")
+    await folder.trail.checkpoint()
+    code, out = verify(folder, capsys)
+    assert code == 0 and "signed through entry 11" in out, out
+    with sqlite3.connect(folder.db) as conn:
+        kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
+                for (jws,) in conn.execute("SELECT jws FROM audit_checkpoints")}
+    assert kids == {old_kid, new_kid}
