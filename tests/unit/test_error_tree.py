@@ -19,7 +19,7 @@ INTENDED = {
     "ConfigError": 503, "PolicyError": 400, "AuthError": 401, "InvalidParameter": 400,
     "ProtocolError": 400, "MalformedMessage": 400, "InvalidTransition": 400,
     "UnknownProcess": 404, "OfferRejected": 400, "CatalogError": 400, "ConflictError": 409,
-    "NotFound": 404, "TransferDenied": 403, "PeerError": 502,
+    "NotFound": 404, "TransferDenied": 403, "PeerError": 502, "AuditError": 503,
 }
 
 

@@ -23,20 +23,23 @@ SRC = ROOT / "src" / "connector"
 ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "signals": frozenset(),
-    "config": frozenset({"core"}),
+    "logs": frozenset(),
+    "config": frozenset({"core", "logs"}),
     "keys": frozenset({"core"}),
     "service": frozenset({"core", "config"}),
     "participant": frozenset({"core", "config", "keys"}),
-    "adapters": frozenset({"core", "config", "keys", "service"}),
+    "adapters": frozenset({"core", "config", "keys", "service", "logs"}),
     "registry": frozenset({"core", "config", "keys", "service", "adapters", "participant",
-                           "signals"}),
+                           "signals", "logs"}),
     "client": frozenset({"core", "config", "service"}),
     "authority": frozenset({"core", "keys", "participant"}),
     "demo": frozenset({"core", "participant", "registry"}),
     "daemon": frozenset({"core", "config", "keys", "service", "adapters", "participant",
-                         "registry", "signals"}),
+                         "registry", "signals", "logs"}),
+    "audit_commands": frozenset({"core", "config", "keys", "participant", "adapters",
+                                 "registry"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority"}),
+                      "authority", "audit_commands"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
@@ -60,7 +63,9 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
             if node.module == "connector":
-                names.update(f"connector.{alias.name}" for alias in node.names)
+                # the package's metadata (``__version__``) is the root, not a unit
+                names.update(f"connector.{alias.name}" for alias in node.names
+                             if not _dunder(alias.name))
     return names
 
 
@@ -83,6 +88,15 @@ def _arrow_violations(path: Path, src: Path = SRC) -> list[str]:
     return bad
 
 
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+def _private(name: str) -> bool:
+    """``_name`` is private; a dunder (``__version__``) is the module's public metadata."""
+    return name.startswith("_") and not _dunder(name)
+
+
 def _private_imports(path: Path, src: Path = SRC) -> list[str]:
     """``from connector.x import _name`` and ``module._name`` of an imported connector module."""
     tree = ast.parse(path.read_text())
@@ -91,7 +105,7 @@ def _private_imports(path: Path, src: Path = SRC) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("connector"):
             for alias in node.names:
-                if alias.name.startswith("_"):
+                if _private(alias.name):
                     bad.append(f"{path.relative_to(src)} imports {node.module}.{alias.name}")
                 modules.add(alias.asname or alias.name)
         elif isinstance(node, ast.Import):
@@ -128,7 +142,7 @@ def _readme_arrows() -> dict[str, frozenset[str]]:
     block = section.split("```", 2)[1]
     arrows = {}
     for line in block.splitlines():
-        match = re.match(r"^\s*([a-z]+)/?\s+->\s*(.*?)\s*(?:#.*)?$", line)
+        match = re.match(r"^\s*([a-z_]+)/?\s+->\s*(.*?)\s*(?:#.*)?$", line)
         if match:
             targets = {t.strip().rstrip("/") for t in match.group(2).split(",")}
             arrows[match.group(1)] = frozenset(targets - {"(nothing)", ""})
