@@ -47,7 +47,7 @@ class Catalog:
                     participant_id: str, dsp_base: str, clock: Callable[[], float],
                     hashes: Mapping[str, str] | None = None,
                     commits: Mapping[str, str] | None = None) -> Catalog:
-        """Build from ``folder.load_datasets`` / ``load_policies`` results; each offer
+        """Build from ``participant.datasets.load_datasets`` / ``load_policies`` results; each offer
         remembers its policy's content hash and git commit for the agreements made on it."""
         hashes, commits = hashes or {}, commits or {}
         entries = []
