@@ -55,7 +55,7 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=
 
 
 class SourceDecl(Protocol):
-    """What a dataset declaration (``folder.DatasetDecl``) says about its source."""
+    """What a dataset declaration (``participant.datasets.DatasetDecl``) says about its source."""
 
     source_type: str
     source_path: Path | None

@@ -139,7 +139,6 @@ def dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
     )
 
 
-
 def load_datasets(dir: Path) -> list[DatasetDecl]:
     """All ``datasets/*.toml`` of the folder, sorted by id; ConfigError names file and key."""
     decls: dict[str, DatasetDecl] = {}

@@ -42,7 +42,6 @@ path = "data/example.jsonl"
 """
 
 
-
 def owner_toml(table: str, name: str, did: str, url: str) -> str:
     """The table naming a daemon folder's owner (``[participant]``, ``[registry]``)."""
     return f"[{table}]\nname = {toml_str(name)}\ndid = {toml_str(did)}\nurl = {toml_str(url)}\n"
@@ -105,7 +104,6 @@ def templates_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[3] / "policies"
-
 
 
 def init_folder(

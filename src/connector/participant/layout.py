@@ -99,7 +99,6 @@ def parse_public_url(url: str) -> tuple[str, int]:
     return parts.hostname.lower(), port
 
 
-
 def bind_host(host: str) -> str:
     """Where the server listens: loopback stays loopback, an IP is bound as is, a name on all."""
     if host == "localhost":

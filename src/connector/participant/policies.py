@@ -57,7 +57,6 @@ def load_policies(dir: Path) -> dict[str, dict[str, Any]]:
     return policies
 
 
-
 def policy_hash(document: Mapping[str, Any]) -> str:
     """SHA-256 of a policy's canonical JSON (sorted keys): the same rules, the same hash,
     whether written as JSON or YAML."""

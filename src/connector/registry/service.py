@@ -46,7 +46,8 @@ class RegistryService:
         self.reload(peers)
 
     def reload(self, peers: Mapping[str, Any]) -> None:
-        """New pinned peers (``folder.load_trust`` values): members' keys verify snapshots."""
+        """New pinned peers (``participant.trust.load_trust`` values): members' keys verify
+        snapshots."""
         self._peers = dict(peers)
         self._members = KeyRing({kid: jwk for p in self._peers.values()
                                  if is_member(p.attributes) for kid, jwk in p.keys.items()})

@@ -139,7 +139,7 @@ class Verifier:
         return len(loaded)
 
     def reload(self, peers: Mapping[str, Any]) -> None:
-        """Take a new set of pinned peers (``folder.load_trust`` values)."""
+        """Take a new set of pinned peers (``participant.trust.load_trust`` values)."""
         self._peers = dict(peers)
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})

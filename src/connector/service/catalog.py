@@ -50,8 +50,8 @@ class Catalog:
                     hashes: Mapping[str, str] | None = None,
                     commits: Mapping[str, str] | None = None,
                     on_decision: Callable[[Scope, Decision], None] | None = None) -> Catalog:
-        """Build from ``folder.load_datasets`` / ``load_policies`` results; each offer
-        remembers its policy's content hash and git commit for the agreements made on it."""
+        """Build from ``participant.datasets.load_datasets`` / ``load_policies`` results; each
+        offer        remembers its policy's content hash and git commit for the agreements made on it."""
         hashes, commits = hashes or {}, commits or {}
         entries = []
         for d in datasets:

@@ -180,7 +180,6 @@ def enforced_operands() -> frozenset[str]:
     return frozenset(operand.value for operand in LeftOperand)
 
 
-
 # --- rule kinds -------------------------------------------------------------------------------
 
 
