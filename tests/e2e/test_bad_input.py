@@ -54,7 +54,7 @@ def management_headers(space: Space, who: str = "consumer") -> tuple[str, dict[s
                                   "/transfers/urn:uuid:x/completion"])
 async def test_deeply_nested_json_on_dsp_routes_is_a_400_in_the_dsp_shape(
         space: Space, http: aiohttp.ClientSession, path: str) -> None:
-    token = space.members.token(space.provider_did)
+    token = space.members.token(space.provider_did).for_body(deep_body())
     status, body = await raw_call(http, "POST", space.base + path, data=deep_body(),
                                   headers={"Authorization": f"Bearer {token}",
                                            "Content-Type": "application/json"})

@@ -51,7 +51,7 @@ class Catalog:
                     commits: Mapping[str, str] | None = None,
                     on_decision: Callable[[Scope, Decision], None] | None = None) -> Catalog:
         """Build from ``participant.datasets.load_datasets`` / ``load_policies`` results; each
-        offer        remembers its policy's content hash and git commit for the agreements made on it."""
+        offer remembers its policy's content hash and git commit for the agreements made on it."""
         hashes, commits = hashes or {}, commits or {}
         entries = []
         for d in datasets:
