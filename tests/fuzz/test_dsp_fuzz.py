@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -24,6 +25,7 @@ import pytest
 from connector.client import Management
 from connector.config import load_settings
 from tests.e2e.conftest import Space
+from tests.e2e.test_bad_input import LINE_START
 from tests.e2e.test_dsp_edge import CTX, call, finalized, open_negotiation
 from tests.fuzz.conftest import requests, rss_kib
 from tests.fuzz.generate import HOSTILE, Generator, body
@@ -35,7 +37,7 @@ IN_FLIGHT = 8
 # request would pass this within a few thousand requests.
 RSS_GROWTH_LIMIT_KIB = 96 * 1024
 
-# (method, path under the DSP base, or absolute when it starts with "/data", schema kind)
+# (method, path under the DSP base, or from the root for /data and /push, schema kind)
 ROUTES: list[tuple[str, str, str | None]] = [
     ("POST", "/catalog/request", "catalog/catalog-request-message"),
     ("GET", "/catalog/datasets/{id}", None),
@@ -59,6 +61,9 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/data", None),
     ("GET", "/data/summary", None),
     ("POST", "/data/token", None),
+    ("POST", "/push/{pid}", None),
+    ("GET", "/push/{pid}", None),
+    ("POST", "/push/{pid}/summary", None),
 ]
 PRINTABLE = [h for h in HOSTILE if h.isprintable() and h.isascii()]  # what a header may hold
 ODD_PIDS = ["", "%2F..%2F", "urn:uuid:" + "x" * 3000, "%00", "%0Aforged", "é", "..", "%25",
@@ -113,7 +118,7 @@ def _plan(g: Generator, s: Space, count: int) -> list[Request]:
         path = path.format(pid=_quoted(pid, "%:"), id=_quoted(g.string(), ""))
         what = [f"{method} {path[:80]}"]
         headers = {"Content-Type": "application/json"}
-        if path.startswith("/data"):
+        if path.startswith(("/data", "/push")):
             url = s.provider.url + path + g.rng.choice(["", "?offset=3", "?offset=-1",
                                                         "?offset=x", "?offset=" + "9" * 40])
             headers["Authorization"] = "Bearer " + g.rng.choice([*g.pids, *PRINTABLE])
@@ -149,6 +154,14 @@ async def _storm(http: aiohttp.ClientSession, planned: list[Request]
             return await _send(http, r)
 
     return await asyncio.gather(*(one(r) for r in planned))
+
+
+def assert_clean_log(log: Path, seed: int) -> None:
+    """No traceback (a bug, whatever status it was answered with) and one line per record."""
+    lines = log.read_text(errors="replace").splitlines()
+    assert not [x for x in lines if "Traceback" in x], f"seed {seed}: a traceback in {log}"
+    strays = [x for x in lines if not LINE_START.match(x)]
+    assert strays == [], f"seed {seed}: lines that are not records: {strays[:3]}"
 
 
 async def negotiate_and_pull(space: Space) -> None:
@@ -187,5 +200,6 @@ async def test_generated_and_mutated_dsp_messages_never_get_a_5xx(
                 if status >= 500 or (status == 0 and r.data is not None and len(r.data) < 1e6)]
     assert failures == [], f"seed {seed}: {failures[:5]}"
     assert space.provider.process.poll() is None, f"seed {seed}: the provider died"  # type: ignore[union-attr]
+    assert_clean_log(space.provider.dir / "state" / "daemon.log", seed)
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, f"seed {seed}: RSS grew"
     await negotiate_and_pull(space)
