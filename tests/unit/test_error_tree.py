@@ -92,3 +92,25 @@ def test_a_providers_refusal_of_our_data_token_is_a_403_not_a_502() -> None:
     assert "unknown data token" in refused.message
     down = errors.PeerError("cannot connect")
     assert _refusal(down) is down and down.status == 502
+
+
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+def test_a_registry_snapshot_with_a_deep_payload_is_refused_as_malformed() -> None:
+    from connector.registry.model import claimed_publisher
+
+    segment = base64.urlsafe_b64encode(DEEP).rstrip(b"=").decode()
+    with pytest.raises(AuthError, match="malformed snapshot"):
+        claimed_publisher(f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln")
+
+
+async def test_a_deep_did_document_is_refused_as_not_json() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (DEEP, {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="not JSON"):
+        await resolver.document("did:web:peer.example")

@@ -38,6 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from connector.core import credentials as vc
 from connector.core import dcp
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConnectorError
 from connector.core.identity import (
     CREDENTIAL_SERVICE_TYPE,
@@ -146,7 +147,7 @@ class DidResolver:
         async def fetch() -> tuple[float, dict[str, Any]]:
             body, _ = await self._http.get(url, max_bytes=MAX_DID_DOCUMENT_BYTES)
             try:
-                doc = json.loads(body)
+                doc = json.loads(within_depth(body))
             except ValueError:
                 raise AuthError(f"DID document of {did[:200]}: not JSON") from None
             if not isinstance(doc, dict) or doc.get("id") != did:
@@ -277,7 +278,7 @@ class DcpVerifier(Verifier):
         body = await self._http.post_json(endpoint.rstrip("/") + "/presentations/query", query,
                                           authorization=auth, max_bytes=MAX_PRESENTATION_BYTES)
         try:
-            response = json.loads(body)
+            response = json.loads(within_depth(body))
         except ValueError:
             raise AuthError("presentation response: not JSON") from None
         presentations = dcp.parse_presentation_response(response)

@@ -35,6 +35,7 @@ from yarl import URL
 
 from connector.adapters.http.guard import GuardedResolver, RefusedAddress
 from connector.adapters.http.session import ReloadableSession
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, MalformedMessage
 from connector.core.hosts import AllowedHosts, address_refusal, normal_host
 from connector.service.dcp_verifier import CredentialService
@@ -137,7 +138,7 @@ class CredentialServiceRoutes:
         authorization = request.headers.get("Authorization")
         raw = await request.content.read(MAX_QUERY_BYTES + 1)
         try:
-            body = json.loads(raw)
+            body = json.loads(within_depth(raw))
         except ValueError:
             body = None  # the token is checked first; then this is a 400
         answer = await self._service.query(authorization, body)
