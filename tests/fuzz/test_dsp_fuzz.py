@@ -80,20 +80,30 @@ class Request:
     what: list[str]
 
 
-async def _processes(http: aiohttp.ClientSession, s: Space) -> list[str]:
-    """Real pids of both roles on the daemon, in several states, plus agreement ids."""
+@dataclass
+class Process:
+    """One of the daemon's processes: the pid in its paths, and both pids of its messages."""
+
+    path_pid: str
+    consumer_pid: str
+    provider_pid: str
+
+
+async def _processes(http: aiohttp.ClientSession, s: Space) -> tuple[list[Process], list[str]]:
+    """Real processes of both roles on the daemon, in several states; and more ids to mix
+    in (agreement ids, made-up pids)."""
     m = s.members
-    pids: list[str] = []
-    pids += await open_negotiation(http, s, m)  # the provider answers with an agreement
+    cpid, ppid = await open_negotiation(http, s, m)  # the provider answers with an agreement
+    processes = [Process(ppid, cpid, ppid)]
     cpid, ppid, agreement = await finalized(http, s, m)
-    pids += [cpid, ppid, agreement]
+    processes.append(Process(ppid, cpid, ppid))
     transfer_cpid = f"urn:uuid:{uuid.uuid4()}"
     status, ack = await call(http, "POST", f"{s.base}/transfers/request", {
         "@context": CTX, "@type": "TransferRequestMessage", "consumerPid": transfer_cpid,
         "agreementId": agreement, "format": "HttpData-PULL", "callbackAddress": m.callback},
         m.token(s.provider_did))
     assert status == 201, ack
-    pids += [transfer_cpid, ack["providerPid"]]
+    processes.append(Process(ack["providerPid"], transfer_cpid, ack["providerPid"]))
     offered_ppid = f"urn:uuid:{uuid.uuid4()}"  # the daemon as consumer: offered by the member
     status, ack = await call(http, "POST", f"{s.base}/negotiations/offers", {
         "@context": CTX, "@type": "ContractOfferMessage", "providerPid": offered_ppid,
@@ -101,20 +111,24 @@ async def _processes(http: aiohttp.ClientSession, s: Space) -> list[str]:
                   "permission": [{"action": "use"}]},
         "callbackAddress": m.callback}, m.token(s.provider_did))
     assert status == 201, ack
-    pids += [offered_ppid, ack["consumerPid"]]
-    return pids + [f"urn:uuid:{uuid.UUID(int=i)}" for i in range(3)]
+    processes.append(Process(ack["consumerPid"], ack["consumerPid"], offered_ppid))
+    made_up = [f"urn:uuid:{uuid.UUID(int=i)}" for i in range(3)]
+    return processes, [agreement, *made_up]
 
 
 def _quoted(text: str, safe: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe=safe)
 
 
-def _plan(g: Generator, s: Space, count: int) -> list[Request]:
+def _plan(g: Generator, s: Space, processes: list[Process], count: int) -> list[Request]:
     """Every request of the run, decided up front from the seed alone."""
     planned = []
     for i in range(count):
         method, path, kind = g.rng.choice(ROUTES)
-        pid = g.rng.choice(g.pids) if g.rng.random() < 0.85 else g.rng.choice(ODD_PIDS)
+        aimed = g.rng.choice(processes) if g.rng.random() < 0.6 else None
+        g.aimed = (aimed.consumer_pid, aimed.provider_pid) if aimed else None
+        pid = (aimed.path_pid if aimed else g.rng.choice(g.pids) if g.rng.random() < 0.8
+               else g.rng.choice(ODD_PIDS))
         path = path.format(pid=_quoted(pid, "%:"), id=_quoted(g.string(), ""))
         what = [f"{method} {path[:80]}"]
         headers = {"Content-Type": "application/json"}
@@ -186,8 +200,10 @@ async def test_generated_and_mutated_dsp_messages_never_get_a_5xx(
         fuzz_callbacks: Space, fuzz_http: aiohttp.ClientSession, seed: int) -> None:
     space, http = fuzz_callbacks, fuzz_http
     pid = space.provider.process.pid  # type: ignore[union-attr]
-    g = Generator(random.Random(seed), await _processes(http, space), space.members.callback)
-    planned = _plan(g, space, requests("DSP"))
+    processes, ids = await _processes(http, space)
+    pids = [pid for p in processes for pid in (p.consumer_pid, p.provider_pid)] + ids
+    g = Generator(random.Random(seed), pids, space.members.callback)
+    planned = _plan(g, space, processes, requests("DSP"))
     rss_before = rss_kib(pid)
     t0 = time.monotonic()
     results = await _storm(http, planned)
