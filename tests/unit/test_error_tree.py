@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import aiohttp
 import pytest
@@ -114,3 +115,19 @@ async def test_a_deep_did_document_is_refused_as_not_json() -> None:
     resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
     with pytest.raises(AuthError, match="not JSON"):
         await resolver.document("did:web:peer.example")
+
+
+async def test_an_unusable_key_in_a_peers_did_document_is_an_auth_error_not_ours() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    did = "did:web:peer.example"
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "d": "private-material"}
+    doc = {"id": did, "verificationMethod": [{"id": f"{did}#k", "type": "JsonWebKey2020",
+                                              "controller": did, "publicKeyJwk": jwk}]}
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (
+        json.dumps(doc).encode(), {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="private key material"):
+        await resolver.keys(did, "capabilityInvocation")

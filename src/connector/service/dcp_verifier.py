@@ -39,7 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from connector.core import credentials as vc
 from connector.core import dcp
 from connector.core.codec import within_depth
-from connector.core.errors import AuthError, ConnectorError
+from connector.core.errors import AuthError, ConfigError, ConnectorError
 from connector.core.identity import (
     CREDENTIAL_SERVICE_TYPE,
     DcpTokenClaims,
@@ -158,15 +158,24 @@ class DidResolver:
 
     async def keys(self, did: str, relationship: str, *, want: str | None = None) -> KeyRing:
         """The keys of ``did`` for ``relationship``; refetch once if ``want`` is missing."""
-        ring = KeyRing(document_keys(await self.document(did), did, relationship=relationship))
+        ring = _ring(await self.document(did), did, relationship)
         if want is None or want in ring:
             return ring
         hit = self._docs.get(did)
         if hit is not None and self._clock() - hit[0] >= MIN_REFETCH_S:
             self._docs.drop(did)  # a rotated key: the cached copy may predate it
-            document = await self.document(did)
-            ring = KeyRing(document_keys(document, did, relationship=relationship))
+            ring = _ring(await self.document(did), did, relationship)
         return ring
+
+
+def _ring(document: dict[str, Any], did: str, relationship: str) -> KeyRing:
+    """The keys of a resolved DID document. A key we cannot use there is the caller's
+    problem (AuthError), not a setting of ours (KeyRing raises ConfigError, as it does for
+    the keys of trust/)."""
+    try:
+        return KeyRing(document_keys(document, did, relationship=relationship))
+    except ConfigError as exc:
+        raise AuthError(f"DID document of {did[:200]}: {exc.message}") from exc
 
 
 def _bearer(authorization: str | None) -> str:
