@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import aiohttp
 import pytest
@@ -92,3 +93,41 @@ def test_a_providers_refusal_of_our_data_token_is_a_403_not_a_502() -> None:
     assert "unknown data token" in refused.message
     down = errors.PeerError("cannot connect")
     assert _refusal(down) is down and down.status == 502
+
+
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+def test_a_registry_snapshot_with_a_deep_payload_is_refused_as_malformed() -> None:
+    from connector.registry.model import claimed_publisher
+
+    segment = base64.urlsafe_b64encode(DEEP).rstrip(b"=").decode()
+    with pytest.raises(AuthError, match="malformed snapshot"):
+        claimed_publisher(f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln")
+
+
+async def test_a_deep_did_document_is_refused_as_not_json() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (DEEP, {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="not JSON"):
+        await resolver.document("did:web:peer.example")
+
+
+async def test_an_unusable_key_in_a_peers_did_document_is_an_auth_error_not_ours() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    did = "did:web:peer.example"
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "d": "private-material"}
+    doc = {"id": did, "verificationMethod": [{"id": f"{did}#k", "type": "JsonWebKey2020",
+                                              "controller": did, "publicKeyJwk": jwk}]}
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (
+        json.dumps(doc).encode(), {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="private key material"):
+        await resolver.keys(did, "capabilityInvocation")

@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from connector.core.codec import within_depth
 from connector.core.errors import MalformedMessage
 from connector.service.dcp_verifier import CredentialService
 
@@ -31,7 +32,7 @@ class CredentialServiceRoutes:
         authorization = request.headers.get("Authorization")
         raw = await request.content.read(MAX_QUERY_BYTES + 1)
         try:
-            body = json.loads(raw)
+            body = json.loads(within_depth(raw))
         except ValueError:
             body = None  # the token is checked first; then this is a 400
         answer = await self._service.query(authorization, body)

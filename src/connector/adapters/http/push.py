@@ -48,6 +48,7 @@ from connector.adapters.http.client import PUSH_OFFSET, PeerClient
 from connector.adapters.sinks import open_sink, parse_sink
 from connector.adapters.sources import Source, open_source
 from connector.core import transfer as tp
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConnectorError, MalformedMessage, NotFound, PeerError
 from connector.core.messages import DataAddress
 from connector.core.negotiation import Role
@@ -159,8 +160,9 @@ class PushReceiver:
     async def summary(self, request: web.Request) -> web.Response:
         pid, expected = self._check(request)
         try:
-            claimed = msgspec.json.decode(await request.read(), type=dict[str, Any])
-        except msgspec.DecodeError as exc:
+            claimed = msgspec.json.decode(within_depth(await request.read()),
+                                          type=dict[str, Any])
+        except ValueError as exc:  # msgspec.DecodeError is one; so is a body nested too deep
             raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
         claimed = {k: claimed.get(k) for k in COPY_FIELDS}
         received = expected.got.as_dict() if expected.got is not None else None
