@@ -105,6 +105,7 @@ class OutboxTap:
     def __init__(self, participant: Participant) -> None:
         self.participant = participant
         self.seen: dict[int, OutboxRow] = {}
+        self.written_back: set[tuple[str, str]] = set()  # (process, url): each row once
 
     def poll(self) -> None:
         if self.participant.process is not None:
@@ -116,8 +117,9 @@ class OutboxTap:
         present = outbox_rows(self.participant)
         by_kind: dict[str, list[OutboxRow]] = defaultdict(list)
         for seq in sorted(self.seen):
-            if seq not in present:
-                by_kind[message_kind(self.seen[seq][2])].append(self.seen[seq])
+            row = self.seen[seq]
+            if seq not in present and (row[1], row[2]) not in self.written_back:
+                by_kind[message_kind(row[2])].append(row)
         chosen = sorted(rng.choice(rows) for _, rows in sorted(by_kind.items()))
         conn = sqlite3.connect(database(self.participant))
         try:
@@ -126,6 +128,7 @@ class OutboxTap:
                                  " next_attempt) VALUES (?, ?, ?, ?, ?, 0)", chosen)
         finally:
             conn.close()
+        self.written_back.update((row[1], row[2]) for row in chosen)
         self.seen.clear()
         return chosen
 
