@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import time
@@ -160,10 +161,29 @@ def restart(participant: Participant, generation: int) -> None:
     raise RuntimeError(f"{participant.name}: its ports stayed taken; see {log.parent}")
 
 
+def daemon_logs(root: Path) -> list[Path]:
+    """Every daemon run's log under ``root``, oldest first."""
+    return sorted(root.glob("*/state/daemon*.log"), key=lambda p: p.stat().st_mtime)
+
+
+def log_problems(root: Path) -> list[str]:
+    """Lines that must never appear, kills or not: a traceback (an error nobody handled), or
+    a 5xx answered on a DSP or data-plane route (a management call may answer 502 while the
+    other daemon is down: that is the peer's failure, reported as such)."""
+    found = []
+    for log in daemon_logs(root):
+        for line in log.read_text(errors="replace").splitlines():
+            answered_5xx = re.search(r"connector\.http: [A-Z]+ (\S+) -> 5\d\d ", line)
+            if "Traceback" in line or "Error handling request" in line or (
+                    answered_5xx and not answered_5xx.group(1).startswith("/api/")):
+                found.append(f"{log.parent.parent.name}/{log.name}: {line[:300]}")
+    return found
+
+
 def log_excerpt(root: Path, limit: int = 60) -> list[str]:
     """Warnings, errors and tracebacks of every daemon run under ``root``, oldest first."""
     found = []
-    for log in sorted(root.glob("*/state/daemon*.log"), key=lambda p: p.stat().st_mtime):
+    for log in daemon_logs(root):
         for line in log.read_text(errors="replace").splitlines():
             if any(marker in line for marker in LOG_MARKERS):
                 found.append(f"{log.parent.parent.name}/{log.name}: {line[:300]}")
