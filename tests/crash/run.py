@@ -26,6 +26,7 @@ from tests.crash.space import (
     OutboxTap,
     integrity,
     log_excerpt,
+    log_problems,
     make_space,
     message_kind,
     outbox_depth,
@@ -244,6 +245,7 @@ class CrashRun:
             broken = integrity(part)
             if broken:
                 report.mismatches.append(f"{name} database at the end: {broken}")
+        report.mismatches += [f"daemon log: {line}" for line in log_problems(report.root)]
         return report
 
 
