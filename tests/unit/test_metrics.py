@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from connector.adapters.http.health import OutboxWatch, probe_store
@@ -22,7 +23,9 @@ from connector.config import load_settings
 from connector.core.errors import ConfigError, PeerError
 from connector.core.policy import Decision
 from connector.core.policy.evaluate import ConstraintResult
+from connector.demo import free_port
 from connector.folder import init_folder
+from connector.registry.publisher import RegistryPublisher, Signer
 from connector.service.store import OutboxItem
 
 
@@ -180,3 +183,21 @@ def test_bad_metrics_or_health_settings_name_the_key(tmp_path: Path, extra: str)
     with pytest.raises(ConfigError) as info:
         load_settings(_folder(tmp_path, extra))
     assert "[metrics]" in info.value.message or "[health]" in info.value.message
+
+
+def test_publications_are_counted_by_registry_and_result(tmp_path: Path) -> None:
+    settings = load_settings(_folder(tmp_path, ""))
+    metrics = Metrics()
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def publish() -> dict[str, str | None]:
+        async with aiohttp.ClientSession() as session:
+            publisher = RegistryPublisher([url], Signer.from_settings(settings),
+                                          session=lambda: session, catalog=lambda: {"@id": "c"},
+                                          on_published=metrics.on_publication)
+            return await publisher.publish_all()
+
+    assert asyncio.run(publish()) == {url: None}
+    sample = metrics.registry.get_sample_value
+    assert sample("connector_registry_publications_total",
+                  {"registry": url, "result": "failed"}) == 1
