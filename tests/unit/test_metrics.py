@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -250,3 +252,19 @@ def test_a_key_readable_by_others_fails_ready_without_naming_its_path(tmp_path: 
     asyncio.run(health.check())
     problem = health.problems["keys"]
     assert not health.ready and problem is not None and str(key.parent) not in problem
+
+
+def test_an_outbox_waiting_without_attempts_is_stuck(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "")
+    metrics = Metrics()
+    health = _health(folder, metrics, outbox_stuck_s=0)
+    asyncio.run(health.check())
+    assert health.ready and metrics.registry.get_sample_value("connector_outbox_depth") == 0
+    with sqlite3.connect(load_settings(folder).database) as db:
+        db.execute("INSERT INTO outbox (process_id, url, audience, body, next_attempt)"
+                   " VALUES ('p', 'https://peer/x', 'did:web:peer', x'', 0)")
+    asyncio.run(health.check())  # waiting since now
+    time.sleep(0.01)
+    asyncio.run(health.check())  # ... and nothing attempted since
+    assert not health.ready and "no delivery attempted" in str(health.problems["outbox"])
+    assert metrics.registry.get_sample_value("connector_outbox_depth") == 1
