@@ -240,7 +240,7 @@ class Daemon:
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self.client.deliver, self._delivery_failed,
-                             self._initial_ack)
+                             self._initial_ack, fetch=self.client.get)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, clock=time.time)

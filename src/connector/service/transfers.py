@@ -28,6 +28,7 @@ from connector.core import codec
 from connector.core import transfer as tp
 from connector.core.errors import (
     Area,
+    ConflictError,
     InvalidTransition,
     MalformedMessage,
     NotFound,
@@ -46,7 +47,7 @@ from connector.core.messages import (
     TransferProcess,
     TransferRequestMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role
+from connector.core.process import HistoryEntry, Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
@@ -121,18 +122,38 @@ class TransferService:
         return await self._owned(pid, claims)
 
     async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
-        """T2: open a transfer under one of our agreements; idempotent per consumerPid."""
+        """T2: open a transfer under one of our agreements. The same request sent again gets
+        the same process (DSP 2025-1 §TP 3.2; ``core.process``)."""
         why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there (#4)
         if why is not None:
             raise MalformedMessage(f"callbackAddress {msg.callback_address[:200]!r} refused: "
                                    f"{why}", area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
-        existing = await self._store.find_transfer(consumer_pid=msg.consumer_pid,
-                                                   role=Role.PROVIDER.value)
+        async with self._locks.hold(_peer_key(claims.participant_id, msg.consumer_pid)):
+            existing = await self._known(msg, claims)
+            if existing is not None:
+                return existing
+            record = await self._requested(msg, claims)
+            started, out = self._start(record) if self.automatic else (record, [])
+            try:
+                async with self._locks.hold(record.id):
+                    await self._save(started, out, new=True)
+            except ConflictError:  # the same request, committed first elsewhere
+                existing = await self._known(msg, claims)
+                if existing is None:
+                    raise
+                return existing
+            return record
+
+    async def _known(self, msg: TransferRequestMessage, claims: Claims) -> Transfer | None:
+        existing = await self._store.find_transfer(
+            consumer_pid=msg.consumer_pid, role=Role.PROVIDER.value,
+            counterparty=claims.participant_id)
         if existing is not None:
-            if existing.counterparty_id != claims.participant_id:
-                raise ProtocolError("consumerPid already in use", area=Area.TRANSFER,
-                                    consumer_pid=msg.consumer_pid)
-            return existing  # DSP 2025-1 §TP 3.2: the same request gets the same process
+            log.info("transfer %s: the request was sent again; acknowledged", existing.id)
+        return existing
+
+    async def _requested(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
+        """The REQUESTED record a transfer request opens, once it checks out."""
         agreement = await self._store.get_agreement(msg.agreement_id)
         if (agreement is None or agreement.role != Role.PROVIDER.value
                 or agreement.assignee != claims.participant_id):
@@ -150,7 +171,7 @@ class TransferService:
             _check_push_address(msg)
         tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
         now, pid = self._clock(), self._new_id()
-        record = Transfer(
+        return Transfer(
             id=pid, role=Role.PROVIDER, state=TransferState.REQUESTED,
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
@@ -159,10 +180,6 @@ class TransferService:
             created_at=now, updated_at=now,
             history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
                                   state="REQUESTED")])
-        started, out = self._start(record) if self.automatic else (record, [])
-        async with self._locks.hold(pid):
-            await self._save(started, out, new=True)
-        return record
 
     def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
         """Provider: mint a fresh data token and send Start with the pull address. A push
@@ -182,10 +199,16 @@ class TransferService:
         return started, [self._outgoing(started, msg, self._their_path(record,
                                                                         TransferEvent.START))]
 
-    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims) -> Transfer:
+    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims, *,
+                         message_id: str | None = None) -> Transfer:
+        """Any message on an existing transfer, for either role; a message already applied,
+        sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
+            if tp.is_redelivery(record, record.role.other, msg, message_id):
+                log.info("transfer %s: %s sent again; acknowledged", pid, type(msg).__name__)
+                return record
             if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
                     and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
                 problem = self.completion_guard(record)
@@ -193,11 +216,9 @@ class TransferService:
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,
                                             provider_pid=record.provider_pid)
-            if tp.is_redelivery(record, record.role.other, msg):
-                log.info("transfer %s: the provider sent its Start again; acknowledged", pid)
-                return record
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
-            after = tp.apply(record, record.role.other, msg, self._clock())
+            after = tp.apply(record, record.role.other, msg, self._clock(),
+                             message_id=message_id)
             await self._save(after, [])
             return after
 
@@ -426,17 +447,44 @@ class TransferService:
         return await self.mine(pid)
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
+        """A message could not be delivered (4xx or retries exhausted): end our side, unless
+        the peer's own state shows it took the message before (a repeat it refused)."""
         async with self._locks.hold(process_id):
             record = await self._store.get_transfer(process_id)
             if record is None or record.state.terminal:
+                return
+            if await self._peer_holds(record):
+                log.info("transfer %s: the peer refused a message it had already taken (%s); "
+                         "kept", process_id, error)
                 return
             msg = tp.message_for(record, TransferEvent.TERMINATE,
                                  reason=f"peer unreachable or refused: {error}")
             after = tp.apply(record, record.role, msg, self._clock())
             await self._save(after, [])
 
+    async def _peer_holds(self, record: Transfer) -> bool:
+        """Whether the peer's transfer is where ours is, or past it by its own moves."""
+        theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+        if not theirs:
+            return False
+        url = f"{record.counterparty_address.rstrip('/')}/transfers/{theirs}"
+        body = await self._outbox.ask(url, record.counterparty_id or "")
+        if body is None:
+            return False
+        try:
+            ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
+        except ProtocolError:
+            return False
+        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
+        return same and tp.peer_took_it(record, ack.state)
+
 
 _replace = msgspec.structs.replace
+
+
+def _peer_key(counterparty: str | None, consumer_pid: str) -> str:
+    """The lock that serialises a peer's requests for one consumerPid."""
+    return f"initial\x00{counterparty}\x00{consumer_pid}"
 
 
 def _check_pids(record: Transfer, msg: TransferMessage) -> None:

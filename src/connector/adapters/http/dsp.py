@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from connector.config import DSP_PATH
@@ -51,6 +52,23 @@ class DspDeps:
     negotiations: NegotiationService
     transfers: TransferService
     did_document: dict[str, Any]
+
+
+class _Node(msgspec.Struct):
+    """A JSON-LD node's own identity: the ``@id`` a sender gives its message."""
+
+    id: str | None = msgspec.field(default=None, name="@id")
+
+
+_node = msgspec.json.Decoder(_Node)
+
+
+def message_id(body: bytes) -> str | None:
+    """The ``@id`` of a message body that already decoded as a message; None if absent."""
+    try:
+        return _node.decode(body).id
+    except msgspec.DecodeError:  # ValidationError included: an @id that is not a string
+        return None
 
 
 def _json(msg: Message, status: int = 200) -> web.Response:
@@ -130,9 +148,10 @@ class DspRoutes:
                                                                Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            msg = codec.decode(await self.body(request, Area.NEGOTIATION), kind,
-                               area=Area.NEGOTIATION)
-            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims)
+            raw = await self.body(request, Area.NEGOTIATION)
+            msg = codec.decode(raw, kind, area=Area.NEGOTIATION)
+            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims,
+                                                          message_id=message_id(raw))
             return _json(record.ack())
         return handler
 
@@ -154,8 +173,10 @@ class DspRoutes:
                                                             Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            msg = codec.decode(await self.body(request, Area.TRANSFER), kind, area=Area.TRANSFER)
-            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims)
+            raw = await self.body(request, Area.TRANSFER)
+            msg = codec.decode(raw, kind, area=Area.TRANSFER)
+            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims,
+                                                       message_id=message_id(raw))
             return _json(record.ack())
         return handler
 
