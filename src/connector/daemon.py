@@ -38,7 +38,8 @@ from connector.adapters.storage.sqlite import SqliteStore
 from connector.authority import load_credentials
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
-from connector.core.errors import ConfigError, ConnectorError
+from connector.core.binding import created_by
+from connector.core.errors import Area, ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.folder import (
     DatasetDecl,
@@ -300,7 +301,7 @@ class Daemon:
 
     async def _initial_ack(self, item: OutboxItem, body: bytes) -> None:
         try:
-            if item.url.endswith("/negotiations/request"):
+            if created_by(item.url) is Area.NEGOTIATION:
                 await self.negotiations.on_initial_ack(item.process_id, body)
             else:
                 await self.transfers.on_initial_ack(item.process_id, body)

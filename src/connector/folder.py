@@ -33,7 +33,8 @@ import msgspec
 
 import connector
 from connector import keys
-from connector.config import CONFIG_FILE, DSP_PATH, load_settings
+from connector.config import CONFIG_FILE, load_settings
+from connector.core.binding import DSP_PATH
 from connector.core.errors import ConfigError, PolicyError, Problem
 from connector.core.identity import (
     DSP_SERVICE_TYPE,

@@ -23,6 +23,7 @@ import msgspec
 
 from connector.core import codec
 from connector.core import negotiation as cn
+from connector.core.binding import path_for, process_path
 from connector.core.catalog import (
     RULE_KEYS,
     echoed_rules,
@@ -85,9 +86,10 @@ class NegotiationService:
 
     # -- persistence with effects ------------------------------------------------------------
 
-    def _outgoing(self, record: Negotiation, msg: Message, path: str) -> Outgoing:
+    def _outgoing(self, record: Negotiation, msg: Message) -> Outgoing:
+        """``msg`` to our counterparty, at its path in the binding table."""
         base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=f"{base}{path}",
+        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
                         audience=record.counterparty_id or "", body=codec.encode(msg))
 
     async def _save(self, record: Negotiation, out: list[Outgoing], *, new: bool = False) -> None:
@@ -240,49 +242,45 @@ class NegotiationService:
                           "\n".join(trace_lines(decision)))
         if not decision.allowed:
             return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
-        msg, path = self._message_for(record, NegotiationEvent.AGREE)
+        msg = self._message_for(record, NegotiationEvent.AGREE)
         after = cn.apply(record, Role.PROVIDER, msg, self._clock())
         after = msgspec.structs.replace(after, policy_hash=offer.policy_hash,
                                         policy_commit=offer.policy_commit)
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _message_for(self, record: Negotiation, event: NegotiationEvent, *,
                      reason: str = "", code: str = "terminated-by-operator",
-                     offer: dict[str, Any] | None = None) -> tuple[NegotiationMessage, str]:
-        """The message carrying ``event`` from us on this negotiation, and its path there."""
+                     offer: dict[str, Any] | None = None) -> NegotiationMessage:
+        """The message carrying ``event`` from us on this negotiation."""
         cpid, ppid = record.consumer_pid, record.provider_pid or ""
         E = NegotiationEvent
         if event is E.OFFER:
-            return (ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer),
-                    f"/negotiations/{cpid}/offers")
+            return ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer)
         if event is E.REQUEST:
-            return (ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
-                                           offer=record.offer), f"/negotiations/{ppid}/request")
+            return ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
+                                          offer=record.offer)
         if event is E.ACCEPT:
-            return cn.event(record, "ACCEPTED"), f"/negotiations/{ppid}/events"
+            return cn.event(record, "ACCEPTED")
         if event is E.FINALIZE:
-            return cn.event(record, "FINALIZED"), f"/negotiations/{cpid}/events"
+            return cn.event(record, "FINALIZED")
         if event is E.VERIFY:
-            return cn.verification(record), f"/negotiations/{ppid}/agreement/verification"
+            return cn.verification(record)
         if event is E.AGREE:
             agreement = cn.build_agreement(
                 offer or record.offer, agreement_id=self._new_id(), dataset_id=record.dataset_id,
                 assigner=self.did, assignee=record.counterparty_id or "",
                 timestamp=_iso(self._clock()))
-            return (ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
-                                             agreement=agreement),
-                    f"/negotiations/{cpid}/agreement")
-        their = cpid if record.role is Role.PROVIDER else ppid
-        msg = ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
-                                                    code=code, reason=[reason or "terminated"])
-        return msg, f"/negotiations/{their}/termination"
+            return ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
+                                            agreement=agreement)
+        return ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
+                                                     code=code, reason=[reason or "terminated"])
 
     def _terminate(self, record: Negotiation, code: str, reason: str
                    ) -> tuple[Negotiation, list[Outgoing]]:
         log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
-        msg, path = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
+        msg = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
         after = cn.apply(record, record.role, msg, self._clock())
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _react(self, record: Negotiation, claims: Claims) -> tuple[Negotiation, list[Outgoing]]:
         """The default automatic reaction to the state an inbound message produced."""
@@ -302,9 +300,9 @@ class NegotiationService:
 
     def _step(self, record: Negotiation, event: NegotiationEvent
               ) -> tuple[Negotiation, list[Outgoing]]:
-        msg, path = self._message_for(record, event)
+        msg = self._message_for(record, event)
         after = cn.apply(record, record.role, msg, self._clock())
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _agreement_problem(self, record: Negotiation) -> str | None:
         agreement = record.agreement or {}
@@ -333,7 +331,7 @@ class NegotiationService:
         msg = ContractRequestMessage(consumer_pid=pid, offer=offer,
                                      callback_address=self.dsp_base)
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
-        await self._save(record, [self._outgoing(record, msg, "/negotiations/request")], new=True)
+        await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
 
     async def offer(self, *, consumer_base: str, consumer_id: str, dataset_id: str,
@@ -350,8 +348,8 @@ class NegotiationService:
         pid = self._new_id()
         offer = entry.offers[0].body(with_target=True)
         msg = ContractOfferMessage(provider_pid=pid, offer=offer, callback_address=self.dsp_base)
-        ack = codec.decode(await send(f"{consumer_base.rstrip('/')}/negotiations/offers",
-                                      consumer_id, codec.encode(msg)),
+        url = consumer_base.rstrip("/") + path_for(msg, Role.CONSUMER)
+        ack = codec.decode(await send(url, consumer_id, codec.encode(msg)),
                            ContractNegotiation, area=Area.NEGOTIATION)
         now = self._clock()
         record = Negotiation(
@@ -434,7 +432,7 @@ class NegotiationService:
         theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
         if not theirs:
             return False
-        url = f"{record.counterparty_address.rstrip('/')}/negotiations/{theirs}"
+        url = record.counterparty_address.rstrip("/") + process_path(Area.NEGOTIATION, theirs)
         body = await self._outbox.ask(url, record.counterparty_id or "")
         if body is None:
             return False

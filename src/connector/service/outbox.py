@@ -19,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+from connector.core.binding import created_by
 from connector.core.errors import PeerError
 from connector.service.store import OutboxItem, Store
 
@@ -28,8 +29,6 @@ Send = Callable[[OutboxItem], Awaitable[bytes]]
 OnAck = Callable[[OutboxItem, bytes], Awaitable[None]]
 # GET (url, audience) -> (status, body): how a peer's view of a process is read.
 Fetch = Callable[[str, str], Awaitable[tuple[int, bytes]]]
-# DSP 2025-1 §CN 3.2 / §TP 3.2: the answer to a process-creating request carries the peer's pid.
-_INITIAL_PATHS = ("/negotiations/request", "/transfers/request")
 # Back-off: 0.25 s doubling to 30 s; after 12 attempts (about 3 minutes) the message is dropped.
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 30.0
@@ -98,7 +97,9 @@ class Outbox:
             try:
                 body = await self._send(item)
                 self._done.append(item.seq)
-                if self._on_ack is not None and item.url.endswith(_INITIAL_PATHS):
+                # DSP 2025-1 §CN 3.2 / §TP 3.2: the answer to a message that creates a
+                # process carries the peer's pid.
+                if self._on_ack is not None and created_by(item.url) is not None:
                     await self._on_ack(item, body)
                 return
             except PeerError as exc:

@@ -26,6 +26,7 @@ import msgspec
 
 from connector.core import codec
 from connector.core import transfer as tp
+from connector.core.binding import path_for, process_path
 from connector.core.errors import (
     Area,
     ConflictError,
@@ -91,9 +92,10 @@ class TransferService:
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
         self.completion_guard: Callable[[Transfer], str | None] | None = None
 
-    def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
+    def _outgoing(self, record: Transfer, msg: Message) -> Outgoing:
+        """``msg`` to our counterparty, at its path in the binding table."""
         base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=f"{base}{path}",
+        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
                         audience=record.counterparty_id or "", body=codec.encode(msg))
 
     async def _save(self, record: Transfer, out: list[Outgoing], *, new: bool = False) -> None:
@@ -102,12 +104,6 @@ class TransferService:
         self.watch.changed(record.id, record)
         for listener in self.listeners:
             listener(record, new)
-
-    def _their_path(self, record: Transfer, event: TransferEvent) -> str:
-        pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-        verb = {TransferEvent.START: "start", TransferEvent.COMPLETE: "completion",
-                TransferEvent.SUSPEND: "suspension", TransferEvent.TERMINATE: "termination"}[event]
-        return f"/transfers/{pid}/{verb}"
 
     async def _owned(self, pid: str, claims: Claims) -> Transfer:
         record = await self._store.get_transfer(pid)
@@ -187,8 +183,7 @@ class TransferService:
         if record.format == tp.PUSH_FORMAT:
             msg = tp.message_for(record, TransferEvent.START)
             started = tp.apply(record, Role.PROVIDER, msg, self._clock())
-            return started, [self._outgoing(started, msg, self._their_path(
-                record, TransferEvent.START))]
+            return started, [self._outgoing(started, msg)]
         token = secrets.token_urlsafe(32)
         address = tp.pull_address(self.data_url, token)
         msg = tp.message_for(record, TransferEvent.START, data_address=address)
@@ -196,8 +191,7 @@ class TransferService:
         started = tp.apply(record, Role.PROVIDER, msg, now)
         started = _replace(started, token_hash=token_hash(token),
                            token_expires_at=now + self._token_ttl_s, data_address=None)
-        return started, [self._outgoing(started, msg, self._their_path(record,
-                                                                        TransferEvent.START))]
+        return started, [self._outgoing(started, msg)]
 
     async def on_message(self, pid: str, msg: TransferMessage, claims: Claims, *,
                          message_id: str | None = None) -> Transfer:
@@ -401,7 +395,7 @@ class TransferService:
             record = _replace(record, format=tp.PUSH_FORMAT)
         address = push_to(pid) if push_to is not None else None  # not kept: it holds a token
         msg = tp.request_message(record, self.dsp_base, address)
-        await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
+        await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
 
     async def on_initial_ack(self, pid: str, body: bytes) -> None:
@@ -430,7 +424,7 @@ class TransferService:
                     code = "terminated-by-operator"
                 msg = tp.message_for(record, event, reason=reason, code=code)
                 after = tp.apply(record, record.role, msg, self._clock())
-                out = [self._outgoing(after, msg, self._their_path(record, event))]
+                out = [self._outgoing(after, msg)]
             await self._save(after, out)
             return after
 
@@ -467,7 +461,7 @@ class TransferService:
         theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
         if not theirs:
             return False
-        url = f"{record.counterparty_address.rstrip('/')}/transfers/{theirs}"
+        url = record.counterparty_address.rstrip("/") + process_path(Area.TRANSFER, theirs)
         body = await self._outbox.ask(url, record.counterparty_id or "")
         if body is None:
             return False

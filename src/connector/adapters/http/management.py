@@ -19,7 +19,7 @@ from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink, parse_sink
-from connector.config import DSP_PATH
+from connector.core.binding import DSP_PATH
 from connector.core.errors import AuthError, MalformedMessage, NotFound, PeerError
 from connector.core.transfer import TransferEvent, TransferState
 from connector.service.negotiations import NegotiationService
