@@ -39,7 +39,8 @@ from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
-from connector.core.errors import ConfigError, ConnectorError
+from connector.core.binding import created_by
+from connector.core.errors import Area, ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
@@ -261,7 +262,7 @@ class Daemon:
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
-                             self._initial_ack)
+                             self._initial_ack, fetch=self.client.get)
         self._opened.append(self.outbox.close)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
@@ -385,7 +386,7 @@ class Daemon:
 
     async def _initial_ack(self, item: OutboxItem, body: bytes) -> None:
         try:
-            if item.url.endswith("/negotiations/request"):
+            if created_by(item.url) is Area.NEGOTIATION:
                 await self.negotiations.on_initial_ack(item.process_id, body)
             else:
                 await self.transfers.on_initial_ack(item.process_id, body)

@@ -11,7 +11,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from tests.harness import Participant, create_space, start
 
 # What the jobs pull: dataset id -> (file under data/, records written for it, weight of the

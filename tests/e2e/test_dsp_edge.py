@@ -244,7 +244,10 @@ async def test_illegal_transition_is_400_and_changes_nothing(http: aiohttp.Clien
         ("agreement/verification", {"@type": "ContractAgreementVerificationMessage"}),
         ("events", {"@type": "ContractNegotiationEventMessage", "eventType": "ACCEPTED"}),
     ]:
-        msg = {"@context": CTX, "consumerPid": cpid, "providerPid": ppid, **body}
+        # Each under an @id of its own: not the verification already applied, sent again,
+        # which is acknowledged (tests/e2e/test_redelivery.py), but a new, illegal message.
+        msg = {"@context": CTX, "@id": f"urn:uuid:{uuid.uuid4()}", "consumerPid": cpid,
+               "providerPid": ppid, **body}
         status, doc = await call(http, "POST", f"{s.base}/negotiations/{ppid}/{path}", msg,
                                  s.members.token(s.provider_did))
         assert status == 400, (path, doc)

@@ -36,9 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from connector import authority, keys
 from connector.client import Management
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
 from connector.core import credentials as vc
 from connector.core import dcp as dcp_messages
+from connector.core.binding import DSP_PATH
 from connector.core.errors import PeerError
 from connector.core.identity import (
     build_did_document,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from tests.e2e.prometheus import running_prometheus
 from tests.harness import Participant, create_space, free_port, start, stop
 

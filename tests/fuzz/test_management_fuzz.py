@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 
 from connector.client import Management
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from tests.e2e.conftest import Space
 from tests.fuzz.conftest import requests, rss_kib
 from tests.fuzz.generate import HOSTILE, NOT_JSON

@@ -13,6 +13,11 @@ are about to send (``sender`` = our role) and what we receive (``sender`` = the 
 as h11 does for HTTP. A missing cell is an ``InvalidTransition`` naming role, state and
 message, which the HTTP edge renders as a 400 ``ContractNegotiationError``.
 
+A message the table refuses that is the same message as one already applied (same type,
+pids, content and ``@id``), sent again in the state it produced or any later one, is
+acknowledged without a transition (``is_redelivery``; the rule is written out in
+``core.process``); any other refused message is the 400.
+
 ``apply`` is pure: it returns the new record, never touches IO; time and ids come in as
 arguments. What to send next is decided by ``next_step`` (the automatic reactions of a
 connector that has already decided whether to grant the offer).
@@ -37,15 +42,9 @@ from connector.core.messages import (
     ContractRequestMessage,
     NegotiationMessage,
 )
-
-
-class Role(StrEnum):
-    CONSUMER = "consumer"
-    PROVIDER = "provider"
-
-    @property
-    def other(self) -> Role:
-        return Role.PROVIDER if self is Role.CONSUMER else Role.CONSUMER
+from connector.core.process import HistoryEntry as HistoryEntry
+from connector.core.process import Role as Role
+from connector.core.process import message_digest, seen, took_effect
 
 
 class NegotiationState(StrEnum):
@@ -93,16 +92,6 @@ TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], Neg
         if not state.terminal
     },
 }
-
-
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a process's timeline (``connector why``): who did what, and why."""
-
-    at: float
-    by: str  # "consumer", "provider" or "policy"
-    message: str
-    state: str
-    note: str = ""
 
 
 class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -169,10 +158,14 @@ def reason_text(reason: list[Any] | None, code: str | None) -> str:
     return f"{code}: {text}" if code else text
 
 
-def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float) -> Negotiation:
-    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
+def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float, *,
+          message_id: str | None = None) -> Negotiation:
+    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal.
+
+    A message from the peer leaves its digest in the timeline (see ``core.process``)."""
     pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid}
-    new_state = target_state(sender, record.state, event_of(msg), **pids)
+    event = event_of(msg)
+    new_state = target_state(sender, record.state, event, **pids)
     changes: dict[str, Any] = {"state": new_state, "updated_at": now}
     sent_provider_pid = getattr(msg, "provider_pid", None)
     if record.provider_pid is None and sent_provider_pid:
@@ -185,23 +178,34 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
         note = f"agreement {msg.agreement.get('@id')}"
     elif isinstance(msg, ContractNegotiationTerminationMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    entry = HistoryEntry(at=now, by=sender.value, message=event_of(msg).value,
-                         state=new_state.value, note=note)
+    digest = message_digest(msg, message_id) if sender is not record.role else None
+    entry = HistoryEntry(at=now, by=sender.value, message=event.value,
+                         state=new_state.value, note=note, digest=digest)
     changes["history"] = [*record.history, entry]
     return msgspec.structs.replace(record, **changes)
 
 
-def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage) -> bool:
-    """Whether ``msg`` is the provider sending again the agreement we already hold.
+def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage,
+                  message_id: str | None = None) -> bool:
+    """Whether ``msg`` is a message already applied, sent again (the rule in ``core.process``):
+    the table refuses it now, and the same message from ``sender`` is in the timeline.
 
-    A provider may send a message again when it did not see our answer in time (EDC 0.14
-    does, seen in ``make interop``); answered as an illegal transition, it terminates the
-    negotiation on its side. The same agreement, after we took it, is acknowledged and
-    changes nothing."""
-    return (sender is Role.PROVIDER and isinstance(msg, ContractAgreementMessage)
-            and record.agreement is not None and msg.agreement == record.agreement
-            and record.state in (NegotiationState.AGREED, NegotiationState.VERIFIED,
-                                 NegotiationState.FINALIZED))
+    EDC sends its agreement again when it did not see our answer in time (``make interop``);
+    refused, the repeat would make it terminate a negotiation both sides hold as agreed."""
+    event = event_of(msg)
+    if (sender, record.state, event) in TRANSITIONS:
+        return False
+    return seen(record.history, sender, event.value, message_digest(msg, message_id))
+
+
+def peer_took_it(record: Negotiation, peer_state: str) -> bool:
+    """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
+    try:
+        theirs = NegotiationState(peer_state)
+    except ValueError:
+        return False
+    return took_effect(TRANSITIONS, record.state, theirs, record.role.other,
+                       NegotiationEvent.TERMINATE)
 
 
 def noted(record: Negotiation, now: float, by: str, message: str, note: str = ""

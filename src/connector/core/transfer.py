@@ -5,7 +5,9 @@ Theory of operation
 As for negotiations (see ``negotiation.py``): one record per party, two pids, one table
 ``TRANSITIONS[(sender_role, state, event)] -> new state`` that judges both what we send and
 what we receive. DSP 2025-1 §TP 1.2: only the provider starts a REQUESTED process; either
-party may suspend, resume (Start from SUSPENDED), complete or terminate.
+party may suspend, resume (Start from SUSPENDED), complete or terminate. A message already
+applied and sent again is acknowledged without a transition (``is_redelivery``, the rule of
+``core.process``); a resume is a transition, not a repeat, because the table allows it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from connector.core.messages import (
     TransferSuspensionMessage,
     TransferTerminationMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role, reason_text
+from connector.core.negotiation import reason_text
+from connector.core.process import HistoryEntry, Role, message_digest, seen, took_effect
 
 
 class TransferState(StrEnum):
@@ -114,18 +117,35 @@ def target_state(
         ) from None
 
 
-def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage) -> bool:
-    """Whether ``msg`` is the provider's Start again, the same one we already run on.
+def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
+                  message_id: str | None = None) -> bool:
+    """Whether ``msg`` is a message already applied, sent again (the rule in ``core.process``):
+    the table refuses it now, and the same message from ``sender`` is in the timeline.
 
-    EDC 0.14 sends a message again when it did not see our answer in time (``make interop``),
-    and terminates the transfer if the repeat is refused. The same data address while STARTED
-    is acknowledged and changes nothing; a resume (Start from SUSPENDED) is a transition."""
-    return (sender is Role.PROVIDER and isinstance(msg, TransferStartMessage)
-            and record.state is TransferState.STARTED and msg.data_address == record.data_address)
+    EDC sends its Start again when it did not see our answer in time (``make interop``), and
+    terminates the transfer if the repeat is refused. A resume (Start from SUSPENDED) is a
+    transition, not a repeat."""
+    event = TransferEvent(type(msg).__name__)
+    if (sender, record.state, event) in TRANSITIONS:
+        return False
+    return seen(record.history, sender, event.value, message_digest(msg, message_id))
 
 
-def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> Transfer:
-    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
+def peer_took_it(record: Transfer, peer_state: str) -> bool:
+    """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
+    try:
+        theirs = TransferState(peer_state)
+    except ValueError:
+        return False
+    return took_effect(TRANSITIONS, record.state, theirs, record.role.other,
+                       TransferEvent.TERMINATE)
+
+
+def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
+          message_id: str | None = None) -> Transfer:
+    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal.
+
+    A message from the peer leaves its digest in the timeline (see ``core.process``)."""
     event = TransferEvent(type(msg).__name__)
     new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
                              provider_pid=record.provider_pid)
@@ -138,8 +158,9 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> T
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
+    digest = message_digest(msg, message_id) if sender is not record.role else None
     entry = HistoryEntry(at=now, by=sender.value, message=event.value, state=new_state.value,
-                         note=note)
+                         note=note, digest=digest)
     changes["history"] = [*record.history, entry]
     return msgspec.structs.replace(record, **changes)
 

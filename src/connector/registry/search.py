@@ -27,7 +27,8 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import client_ssl_context
-from connector.config import DSP_PATH, Settings, load_settings
+from connector.config import Settings, load_settings
+from connector.core.binding import DSP_PATH
 from connector.core.codec import within_depth
 from connector.core.errors import ConfigError, NotFound, PeerError
 from connector.participant.trust import load_trust

@@ -23,6 +23,7 @@ import msgspec
 
 from connector.core import codec
 from connector.core import negotiation as cn
+from connector.core.binding import path_for, process_path
 from connector.core.catalog import (
     RULE_KEYS,
     echoed_rules,
@@ -32,10 +33,12 @@ from connector.core.catalog import (
 )
 from connector.core.errors import (
     Area,
+    ConflictError,
     MalformedMessage,
     NotFound,
     OfferRejected,
     PolicyError,
+    ProtocolError,
     UnknownProcess,
 )
 from connector.core.hosts import callback_refusal
@@ -48,14 +51,9 @@ from connector.core.messages import (
     Message,
     NegotiationMessage,
 )
-from connector.core.negotiation import (
-    HistoryEntry,
-    Negotiation,
-    NegotiationEvent,
-    NegotiationState,
-    Role,
-)
+from connector.core.negotiation import Negotiation, NegotiationEvent, NegotiationState
 from connector.core.policy import Decision, Scope
+from connector.core.process import HistoryEntry, Role
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
@@ -88,9 +86,10 @@ class NegotiationService:
 
     # -- persistence with effects ------------------------------------------------------------
 
-    def _outgoing(self, record: Negotiation, msg: Message, path: str) -> Outgoing:
+    def _outgoing(self, record: Negotiation, msg: Message) -> Outgoing:
+        """``msg`` to our counterparty, at its path in the binding table."""
         base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=f"{base}{path}",
+        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
                         audience=record.counterparty_id or "", body=codec.encode(msg))
 
     async def _save(self, record: Negotiation, out: list[Outgoing], *, new: bool = False) -> None:
@@ -124,11 +123,30 @@ class NegotiationService:
         return await self._owned(pid, claims)
 
     async def on_initial_request(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
-        """N2: a consumer opens a negotiation with us as provider. Returns the REQUESTED ack."""
+        """N2: a consumer opens a negotiation with us as provider. Returns the REQUESTED ack,
+        or the negotiation this request opened before if it is sent again."""
         if msg.provider_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractRequestMessage needs callbackAddress "
                                    "and no providerPid", consumer_pid=msg.consumer_pid)
         _check_callback(msg.callback_address, consumer_pid=msg.consumer_pid)
+        async with self._locks.hold(_peer_key(claims.participant_id, msg.consumer_pid)):
+            existing = await self._known(msg, claims)
+            if existing is not None:
+                return existing
+            record = self._requested(msg, claims)
+            after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
+            try:
+                async with self._locks.hold(record.id):
+                    await self._save(after, out, new=True)
+            except ConflictError:  # the same request, committed first elsewhere
+                existing = await self._known(msg, claims)
+                if existing is None:
+                    raise
+                return existing
+            return record
+
+    def _requested(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
+        """The REQUESTED record an initial request opens, once its offer checks out."""
         offer = self._catalog().find_offer(_offer_id(msg.offer))
         target = msg.offer.get("target")
         if offer is None or (target is not None and target != offer.dataset_id):
@@ -149,28 +167,37 @@ class NegotiationService:
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
         now = self._clock()
         pid = self._new_id()
-        record = Negotiation(
+        return Negotiation(
             id=pid, role=Role.PROVIDER, state=NegotiationState.REQUESTED,
             consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
-            offer=terms, counterparty_address=msg.callback_address,
+            offer=terms, counterparty_address=msg.callback_address or "",
             counterparty_id=claims.participant_id, created_at=now, updated_at=now,
             history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
-        after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
-        async with self._locks.hold(pid):
-            await self._save(after, out, new=True)
-        return record
 
-    async def on_message(self, pid: str, msg: NegotiationMessage, claims: Claims) -> Negotiation:
-        """Any message on an existing negotiation, for either role. Returns the new record."""
+    async def _known(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation | None:
+        """The negotiation this peer already opened with this consumerPid: an initial request
+        sent again gets the same process (``core.process``, the unique key in the store)."""
+        existing = await self._store.find_negotiation(
+            counterparty=claims.participant_id, consumer_pid=msg.consumer_pid,
+            role=Role.PROVIDER.value)
+        if existing is not None:
+            log.info("negotiation %s: the initial request was sent again; acknowledged",
+                     existing.id)
+        return existing
+
+    async def on_message(self, pid: str, msg: NegotiationMessage, claims: Claims, *,
+                         message_id: str | None = None) -> Negotiation:
+        """Any message on an existing negotiation, for either role. Returns the new record;
+        a message already applied, sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
             sender = record.role.other
-            if cn.is_redelivery(record, sender, msg):
-                log.info("negotiation %s: the provider sent its agreement again; acknowledged",
-                         pid)
+            if cn.is_redelivery(record, sender, msg, message_id):
+                log.info("negotiation %s: %s sent again; acknowledged", pid,
+                         cn.event_of(msg).value)
                 return record
-            record = cn.apply(record, sender, msg, self._clock())
+            record = cn.apply(record, sender, msg, self._clock(), message_id=message_id)
             record, out = self._react(record, claims) if self.automatic else (record, [])
             await self._save(record, out)
             return record
@@ -215,49 +242,45 @@ class NegotiationService:
                           "\n".join(trace_lines(decision)))
         if not decision.allowed:
             return self._terminate(record, "policy-denied", "; ".join(decision.reasons))
-        msg, path = self._message_for(record, NegotiationEvent.AGREE)
+        msg = self._message_for(record, NegotiationEvent.AGREE)
         after = cn.apply(record, Role.PROVIDER, msg, self._clock())
         after = msgspec.structs.replace(after, policy_hash=offer.policy_hash,
                                         policy_commit=offer.policy_commit)
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _message_for(self, record: Negotiation, event: NegotiationEvent, *,
                      reason: str = "", code: str = "terminated-by-operator",
-                     offer: dict[str, Any] | None = None) -> tuple[NegotiationMessage, str]:
-        """The message carrying ``event`` from us on this negotiation, and its path there."""
+                     offer: dict[str, Any] | None = None) -> NegotiationMessage:
+        """The message carrying ``event`` from us on this negotiation."""
         cpid, ppid = record.consumer_pid, record.provider_pid or ""
         E = NegotiationEvent
         if event is E.OFFER:
-            return (ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer),
-                    f"/negotiations/{cpid}/offers")
+            return ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer)
         if event is E.REQUEST:
-            return (ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
-                                           offer=record.offer), f"/negotiations/{ppid}/request")
+            return ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
+                                          offer=record.offer)
         if event is E.ACCEPT:
-            return cn.event(record, "ACCEPTED"), f"/negotiations/{ppid}/events"
+            return cn.event(record, "ACCEPTED")
         if event is E.FINALIZE:
-            return cn.event(record, "FINALIZED"), f"/negotiations/{cpid}/events"
+            return cn.event(record, "FINALIZED")
         if event is E.VERIFY:
-            return cn.verification(record), f"/negotiations/{ppid}/agreement/verification"
+            return cn.verification(record)
         if event is E.AGREE:
             agreement = cn.build_agreement(
                 offer or record.offer, agreement_id=self._new_id(), dataset_id=record.dataset_id,
                 assigner=self.did, assignee=record.counterparty_id or "",
                 timestamp=_iso(self._clock()))
-            return (ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
-                                             agreement=agreement),
-                    f"/negotiations/{cpid}/agreement")
-        their = cpid if record.role is Role.PROVIDER else ppid
-        msg = ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
-                                                    code=code, reason=[reason or "terminated"])
-        return msg, f"/negotiations/{their}/termination"
+            return ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
+                                            agreement=agreement)
+        return ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
+                                                     code=code, reason=[reason or "terminated"])
 
     def _terminate(self, record: Negotiation, code: str, reason: str
                    ) -> tuple[Negotiation, list[Outgoing]]:
         log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
-        msg, path = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
+        msg = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
         after = cn.apply(record, record.role, msg, self._clock())
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _react(self, record: Negotiation, claims: Claims) -> tuple[Negotiation, list[Outgoing]]:
         """The default automatic reaction to the state an inbound message produced."""
@@ -277,9 +300,9 @@ class NegotiationService:
 
     def _step(self, record: Negotiation, event: NegotiationEvent
               ) -> tuple[Negotiation, list[Outgoing]]:
-        msg, path = self._message_for(record, event)
+        msg = self._message_for(record, event)
         after = cn.apply(record, record.role, msg, self._clock())
-        return after, [self._outgoing(after, msg, path)]
+        return after, [self._outgoing(after, msg)]
 
     def _agreement_problem(self, record: Negotiation) -> str | None:
         agreement = record.agreement or {}
@@ -308,7 +331,7 @@ class NegotiationService:
         msg = ContractRequestMessage(consumer_pid=pid, offer=offer,
                                      callback_address=self.dsp_base)
         cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
-        await self._save(record, [self._outgoing(record, msg, "/negotiations/request")], new=True)
+        await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
 
     async def offer(self, *, consumer_base: str, consumer_id: str, dataset_id: str,
@@ -325,8 +348,8 @@ class NegotiationService:
         pid = self._new_id()
         offer = entry.offers[0].body(with_target=True)
         msg = ContractOfferMessage(provider_pid=pid, offer=offer, callback_address=self.dsp_base)
-        ack = codec.decode(await send(f"{consumer_base.rstrip('/')}/negotiations/offers",
-                                      consumer_id, codec.encode(msg)),
+        url = consumer_base.rstrip("/") + path_for(msg, Role.CONSUMER)
+        ack = codec.decode(await send(url, consumer_id, codec.encode(msg)),
                            ContractNegotiation, area=Area.NEGOTIATION)
         now = self._clock()
         record = Negotiation(
@@ -390,14 +413,35 @@ class NegotiationService:
         return latest if latest is not record else await self._mine(pid)
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
-        """A message could not be delivered (4xx or retries exhausted): end our side."""
+        """A message could not be delivered (4xx or retries exhausted): end our side, unless
+        the peer's own state shows it took the message before (a repeat it refused)."""
         async with self._locks.hold(process_id):
             record = await self._store.get_negotiation(process_id)
             if record is None or record.state.terminal:
                 return
+            if await self._peer_holds(record):
+                log.info("negotiation %s: the peer refused a message it had already taken "
+                         "(%s); kept", process_id, error)
+                return
             after, _ = cn.terminate(record, record.role, f"peer unreachable or refused: {error}",
                                     "delivery-failed", self._clock())
             await self._save(after, [])
+
+    async def _peer_holds(self, record: Negotiation) -> bool:
+        """Whether the peer's negotiation is where ours is, or past it by its own moves."""
+        theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+        if not theirs:
+            return False
+        url = record.counterparty_address.rstrip("/") + process_path(Area.NEGOTIATION, theirs)
+        body = await self._outbox.ask(url, record.counterparty_id or "")
+        if body is None:
+            return False
+        try:
+            ack = codec.decode(body, ContractNegotiation, area=Area.NEGOTIATION)
+        except ProtocolError:
+            return False
+        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
+        return same and cn.peer_took_it(record, ack.state)
 
 
 def created(now: float, by: str, event: NegotiationEvent, state: str) -> HistoryEntry:
@@ -424,6 +468,11 @@ def _check_callback(url: str, *, consumer_pid: str | None = None,
     if why is not None:
         raise MalformedMessage(f"callbackAddress {url[:200]!r} refused: {why}",
                                consumer_pid=consumer_pid, provider_pid=provider_pid)
+
+
+def _peer_key(counterparty: str | None, consumer_pid: str) -> str:
+    """The lock that serialises a peer's initial requests for one consumerPid."""
+    return f"initial\x00{counterparty}\x00{consumer_pid}"
 
 
 def _pids_of(pid: str) -> dict[str, str | None]:

@@ -26,8 +26,10 @@ import msgspec
 
 from connector.core import codec
 from connector.core import transfer as tp
+from connector.core.binding import path_for, process_path
 from connector.core.errors import (
     Area,
+    ConflictError,
     InvalidTransition,
     MalformedMessage,
     NotFound,
@@ -46,7 +48,7 @@ from connector.core.messages import (
     TransferProcess,
     TransferRequestMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role
+from connector.core.process import HistoryEntry, Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
@@ -90,9 +92,10 @@ class TransferService:
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
         self.completion_guard: Callable[[Transfer], str | None] | None = None
 
-    def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
+    def _outgoing(self, record: Transfer, msg: Message) -> Outgoing:
+        """``msg`` to our counterparty, at its path in the binding table."""
         base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=f"{base}{path}",
+        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
                         audience=record.counterparty_id or "", body=codec.encode(msg))
 
     async def _save(self, record: Transfer, out: list[Outgoing], *, new: bool = False) -> None:
@@ -101,12 +104,6 @@ class TransferService:
         self.watch.changed(record.id, record)
         for listener in self.listeners:
             listener(record, new)
-
-    def _their_path(self, record: Transfer, event: TransferEvent) -> str:
-        pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-        verb = {TransferEvent.START: "start", TransferEvent.COMPLETE: "completion",
-                TransferEvent.SUSPEND: "suspension", TransferEvent.TERMINATE: "termination"}[event]
-        return f"/transfers/{pid}/{verb}"
 
     async def _owned(self, pid: str, claims: Claims) -> Transfer:
         record = await self._store.get_transfer(pid)
@@ -121,18 +118,38 @@ class TransferService:
         return await self._owned(pid, claims)
 
     async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
-        """T2: open a transfer under one of our agreements; idempotent per consumerPid."""
+        """T2: open a transfer under one of our agreements. The same request sent again gets
+        the same process (DSP 2025-1 §TP 3.2; ``core.process``)."""
         why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there (#4)
         if why is not None:
             raise MalformedMessage(f"callbackAddress {msg.callback_address[:200]!r} refused: "
                                    f"{why}", area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
-        existing = await self._store.find_transfer(consumer_pid=msg.consumer_pid,
-                                                   role=Role.PROVIDER.value)
+        async with self._locks.hold(_peer_key(claims.participant_id, msg.consumer_pid)):
+            existing = await self._known(msg, claims)
+            if existing is not None:
+                return existing
+            record = await self._requested(msg, claims)
+            started, out = self._start(record) if self.automatic else (record, [])
+            try:
+                async with self._locks.hold(record.id):
+                    await self._save(started, out, new=True)
+            except ConflictError:  # the same request, committed first elsewhere
+                existing = await self._known(msg, claims)
+                if existing is None:
+                    raise
+                return existing
+            return record
+
+    async def _known(self, msg: TransferRequestMessage, claims: Claims) -> Transfer | None:
+        existing = await self._store.find_transfer(
+            consumer_pid=msg.consumer_pid, role=Role.PROVIDER.value,
+            counterparty=claims.participant_id)
         if existing is not None:
-            if existing.counterparty_id != claims.participant_id:
-                raise ProtocolError("consumerPid already in use", area=Area.TRANSFER,
-                                    consumer_pid=msg.consumer_pid)
-            return existing  # DSP 2025-1 §TP 3.2: the same request gets the same process
+            log.info("transfer %s: the request was sent again; acknowledged", existing.id)
+        return existing
+
+    async def _requested(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
+        """The REQUESTED record a transfer request opens, once it checks out."""
         agreement = await self._store.get_agreement(msg.agreement_id)
         if (agreement is None or agreement.role != Role.PROVIDER.value
                 or agreement.assignee != claims.participant_id):
@@ -150,7 +167,7 @@ class TransferService:
             _check_push_address(msg)
         tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
         now, pid = self._clock(), self._new_id()
-        record = Transfer(
+        return Transfer(
             id=pid, role=Role.PROVIDER, state=TransferState.REQUESTED,
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
@@ -159,10 +176,6 @@ class TransferService:
             created_at=now, updated_at=now,
             history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
                                   state="REQUESTED")])
-        started, out = self._start(record) if self.automatic else (record, [])
-        async with self._locks.hold(pid):
-            await self._save(started, out, new=True)
-        return record
 
     def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
         """Provider: mint a fresh data token and send Start with the pull address. A push
@@ -170,8 +183,7 @@ class TransferService:
         if record.format == tp.PUSH_FORMAT:
             msg = tp.message_for(record, TransferEvent.START)
             started = tp.apply(record, Role.PROVIDER, msg, self._clock())
-            return started, [self._outgoing(started, msg, self._their_path(
-                record, TransferEvent.START))]
+            return started, [self._outgoing(started, msg)]
         token = secrets.token_urlsafe(32)
         address = tp.pull_address(self.data_url, token)
         msg = tp.message_for(record, TransferEvent.START, data_address=address)
@@ -179,13 +191,18 @@ class TransferService:
         started = tp.apply(record, Role.PROVIDER, msg, now)
         started = _replace(started, token_hash=token_hash(token),
                            token_expires_at=now + self._token_ttl_s, data_address=None)
-        return started, [self._outgoing(started, msg, self._their_path(record,
-                                                                        TransferEvent.START))]
+        return started, [self._outgoing(started, msg)]
 
-    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims) -> Transfer:
+    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims, *,
+                         message_id: str | None = None) -> Transfer:
+        """Any message on an existing transfer, for either role; a message already applied,
+        sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
             _check_pids(record, msg)
+            if tp.is_redelivery(record, record.role.other, msg, message_id):
+                log.info("transfer %s: %s sent again; acknowledged", pid, type(msg).__name__)
+                return record
             if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
                     and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
                 problem = self.completion_guard(record)
@@ -193,11 +210,9 @@ class TransferService:
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,
                                             provider_pid=record.provider_pid)
-            if tp.is_redelivery(record, record.role.other, msg):
-                log.info("transfer %s: the provider sent its Start again; acknowledged", pid)
-                return record
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
-            after = tp.apply(record, record.role.other, msg, self._clock())
+            after = tp.apply(record, record.role.other, msg, self._clock(),
+                             message_id=message_id)
             await self._save(after, [])
             return after
 
@@ -380,7 +395,7 @@ class TransferService:
             record = _replace(record, format=tp.PUSH_FORMAT)
         address = push_to(pid) if push_to is not None else None  # not kept: it holds a token
         msg = tp.request_message(record, self.dsp_base, address)
-        await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
+        await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
 
     async def on_initial_ack(self, pid: str, body: bytes) -> None:
@@ -409,7 +424,7 @@ class TransferService:
                     code = "terminated-by-operator"
                 msg = tp.message_for(record, event, reason=reason, code=code)
                 after = tp.apply(record, record.role, msg, self._clock())
-                out = [self._outgoing(after, msg, self._their_path(record, event))]
+                out = [self._outgoing(after, msg)]
             await self._save(after, out)
             return after
 
@@ -426,17 +441,44 @@ class TransferService:
         return await self.mine(pid)
 
     async def on_delivery_failed(self, process_id: str, error: str) -> None:
+        """A message could not be delivered (4xx or retries exhausted): end our side, unless
+        the peer's own state shows it took the message before (a repeat it refused)."""
         async with self._locks.hold(process_id):
             record = await self._store.get_transfer(process_id)
             if record is None or record.state.terminal:
+                return
+            if await self._peer_holds(record):
+                log.info("transfer %s: the peer refused a message it had already taken (%s); "
+                         "kept", process_id, error)
                 return
             msg = tp.message_for(record, TransferEvent.TERMINATE,
                                  reason=f"peer unreachable or refused: {error}")
             after = tp.apply(record, record.role, msg, self._clock())
             await self._save(after, [])
 
+    async def _peer_holds(self, record: Transfer) -> bool:
+        """Whether the peer's transfer is where ours is, or past it by its own moves."""
+        theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+        if not theirs:
+            return False
+        url = record.counterparty_address.rstrip("/") + process_path(Area.TRANSFER, theirs)
+        body = await self._outbox.ask(url, record.counterparty_id or "")
+        if body is None:
+            return False
+        try:
+            ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
+        except ProtocolError:
+            return False
+        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
+        return same and tp.peer_took_it(record, ack.state)
+
 
 _replace = msgspec.structs.replace
+
+
+def _peer_key(counterparty: str | None, consumer_pid: str) -> str:
+    """The lock that serialises a peer's requests for one consumerPid."""
+    return f"initial\x00{counterparty}\x00{consumer_pid}"
 
 
 def _check_pids(record: Transfer, msg: TransferMessage) -> None:

@@ -38,7 +38,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from yarl import URL
 
 from connector import __version__
-from connector.config import DSP_PATH
+from connector.core.binding import DSP_PATH
 from connector.core.errors import AuthError, PeerError
 from connector.core.negotiation import Negotiation, NegotiationState
 from connector.core.policy import Decision, Scope

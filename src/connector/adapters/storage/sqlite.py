@@ -287,6 +287,14 @@ class SqliteStore:
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, [(f"n:{record.id}", record)], audit)
 
+    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
+                               role: str) -> Negotiation | None:
+        """The process a peer's consumerPid names in ``role`` (migration 006's unique key)."""
+        rows = await self._rows(
+            "SELECT id FROM negotiations WHERE counterparty IS ? AND consumer_pid = ?"
+            " AND role = ? AND duplicate_of IS NULL", (counterparty, consumer_pid, role))
+        return await self.get_negotiation(rows[0][0]) if rows else None
+
     async def list_negotiations(self) -> list[Negotiation]:
         rows = await self._rows("SELECT body FROM negotiations ORDER BY updated_at")
         return [self._neg_dec.decode(r[0]) for r in rows]
@@ -313,9 +321,17 @@ class SqliteStore:
         return await self._body("SELECT body FROM transfers WHERE id = ?", f"t:{id}",
                                 self._tr_dec, id)
 
-    async def find_transfer(self, *, consumer_pid: str, role: str) -> Transfer | None:
-        rows = await self._rows(
-            "SELECT id FROM transfers WHERE consumer_pid = ? AND role = ?", (consumer_pid, role))
+    async def find_transfer(self, *, consumer_pid: str, role: str,
+                            counterparty: str | None = None) -> Transfer | None:
+        """The transfer a consumerPid names in ``role``; with ``counterparty``, the one that
+        peer's consumerPid names (migration 006's unique key)."""
+        if counterparty is None:
+            rows = await self._rows("SELECT id FROM transfers WHERE consumer_pid = ? AND role = ?"
+                                    " ORDER BY rowid LIMIT 1", (consumer_pid, role))
+        else:
+            rows = await self._rows(
+                "SELECT id FROM transfers WHERE counterparty IS ? AND consumer_pid = ?"
+                " AND role = ? AND duplicate_of IS NULL", (counterparty, consumer_pid, role))
         return await self.get_transfer(rows[0][0]) if rows else None
 
     async def find_transfer_by_token(self, token_hash: str) -> Transfer | None:
