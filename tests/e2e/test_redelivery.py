@@ -29,9 +29,9 @@ from connector.core.messages import (
     ContractAgreementVerificationMessage,
     ContractNegotiationEventMessage,
 )
-from connector.demo import Participant, create_space, start, stop
 from tests.e2e.conftest import Space
 from tests.e2e.test_dsp_edge import CTX, call, finalized, request_body
+from tests.harness import Participant, create_space, start, stop
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
