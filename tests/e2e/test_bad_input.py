@@ -251,9 +251,10 @@ async def test_a_peers_refusal_reason_with_control_characters_is_logged_on_one_l
                               {"leftOperand": "membership", "operator": "eq",
                                "rightOperand": "active"}]}]},
                 "callbackAddress": f"http://127.0.0.1:{port}/cb"}
+        data = msgspec.json.encode(body)
         status, ack = await raw_call(
-            http, "POST", f"{space.base}/negotiations/request", data=msgspec.json.encode(body),
-            headers={"Authorization": f"Bearer {peer.token(space.provider_did)}",
+            http, "POST", f"{space.base}/negotiations/request", data=data,
+            headers={"Authorization": f"Bearer {peer.token(space.provider_did).for_body(data)}",
                      "Content-Type": "application/json"})
         assert status == 201, ack
         for _ in range(400):  # the outbox delivers, is refused, logs
