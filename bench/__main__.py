@@ -39,11 +39,21 @@ def _registry(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _json_depth(quick: bool) -> None:
+    import json
+
+    from bench import json_depth
+
+    for line in json_depth.run(quick):
+        print(json.dumps(line), flush=True)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
     "negotiation": _negotiation,
     "transfer": _transfer,
+    "json_depth": _json_depth,
 }
 
 
