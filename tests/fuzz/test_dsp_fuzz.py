@@ -138,7 +138,10 @@ def _plan(g: Generator, s: Space, processes: list[Process], count: int) -> list[
             headers["Authorization"] = "Bearer " + g.rng.choice([*g.pids, *PRINTABLE])
         else:
             url = s.base + path
-            headers["Authorization"] = "Bearer " + s.members.token(s.provider_did)
+            # Mostly the member; sometimes the outsider, pinned but without the attributes
+            # the policies ask for: a valid token whose claims are denied.
+            caller = s.outsider if g.rng.random() < 0.1 else s.members
+            headers["Authorization"] = "Bearer " + caller.token(s.provider_did)
         data = None
         if kind is not None:
             data, done = body(g, kind)

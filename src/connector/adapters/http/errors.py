@@ -28,6 +28,7 @@ from connector.core.errors import (
     AuthError,
     CatalogError,
     ConnectorError,
+    InternalError,
     ProtocolError,
     UnknownProcess,
 )
@@ -117,10 +118,3 @@ def _internal(request: web.Request, exc: Exception) -> web.Response:
     log.error("%s %r -> 500 internal error %s", request.method, request.path, error_id,
               exc_info=exc, extra={"error_id": error_id})
     return _render(request, InternalError(f"internal error {error_id}"))
-
-
-class InternalError(ConnectorError):
-    """What a bug is answered with (only ever created here, never raised)."""
-
-    status = 500
-    code = "internal"
