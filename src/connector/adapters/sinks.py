@@ -123,11 +123,12 @@ def parse_sink(spec: str) -> tuple[Path, str | None]:
         rest, _, table = spec[len(SQLITE_PREFIX):].partition("#")
         path = Path(rest)
         if not path.is_absolute() or not _TABLE.match(table):
-            raise MalformedMessage(f"sink {spec!r}: use sqlite:///ABSOLUTE/PATH.db#table")
+            raise MalformedMessage(f"sink {spec!r}: use sqlite:///ABSOLUTE/PATH.db#table",
+                                   area=None)
         return path, table
     path = Path(spec)
     if not path.is_absolute():
-        raise MalformedMessage(f"sink {spec!r}: a file sink's path must be absolute")
+        raise MalformedMessage(f"sink {spec!r}: a file sink's path must be absolute", area=None)
     return path, None
 
 

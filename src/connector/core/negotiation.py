@@ -77,8 +77,10 @@ _CONSUMER, _PROVIDER = Role.CONSUMER, Role.PROVIDER
 
 # DSP 2025-1 §CN 1.2 (the contract negotiation state machine).
 TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], NegotiationState] = {
-    (_CONSUMER, None, _EVENT.REQUEST): _STATE.REQUESTED,  # consumer-initiated, §CN 3.2
-    (_PROVIDER, None, _EVENT.OFFER): _STATE.OFFERED,  # provider-initiated, §CN 3.3
+    # The two initial rows: consumer-initiated (POST /negotiations/request) and
+    # provider-initiated (POST /negotiations/offers), §CN HTTPS binding.
+    (_CONSUMER, None, _EVENT.REQUEST): _STATE.REQUESTED,
+    (_PROVIDER, None, _EVENT.OFFER): _STATE.OFFERED,
     (_PROVIDER, _STATE.REQUESTED, _EVENT.OFFER): _STATE.OFFERED,
     (_PROVIDER, _STATE.REQUESTED, _EVENT.AGREE): _STATE.AGREED,
     (_CONSUMER, _STATE.OFFERED, _EVENT.REQUEST): _STATE.REQUESTED,  # counter-request
@@ -134,7 +136,7 @@ def event_of(msg: NegotiationMessage) -> NegotiationEvent:
             return NegotiationEvent.FINALIZE
         raise MalformedMessage(
             f"unknown eventType {msg.event_type!r}",
-            consumer_pid=msg.consumer_pid, provider_pid=msg.provider_pid,
+            consumer_pid=msg.consumer_pid, provider_pid=msg.provider_pid, area=Area.NEGOTIATION
         )
     return NegotiationEvent(type(msg).__name__)
 

@@ -137,7 +137,7 @@ def initial(table: Table[StateT, EventT], sender: Role) -> tuple[EventT, StateT]
     for (who, state, event), after in table.items():
         if who is sender and state is None:
             return event, after
-    raise InvalidTransition(f"the {sender.value} does not open this process")
+    raise InvalidTransition(f"the {sender.value} does not open this process", area=None)
 
 
 def first_line(table: Table[StateT, EventT], sender: Role, now: float

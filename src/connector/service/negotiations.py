@@ -111,7 +111,8 @@ class NegotiationService(ProcessService[Negotiation]):
         the REQUESTED ack, or the negotiation this request opened before if it is sent again."""
         if msg.provider_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractRequestMessage needs callbackAddress "
-                                   "and no providerPid", consumer_pid=msg.consumer_pid)
+                                   "and no providerPid", area=Area.NEGOTIATION,
+                                   consumer_pid=msg.consumer_pid)
         _check_callback(msg.callback_address, consumer_pid=msg.consumer_pid)
 
         async def opening() -> tuple[Negotiation, Negotiation, list[Outgoing]]:
@@ -127,7 +128,7 @@ class NegotiationService(ProcessService[Negotiation]):
         target = msg.offer.get("target")
         if offer is None or (target is not None and target != offer.dataset_id):
             raise OfferRejected(f"unknown offer {_offer_id(msg.offer)!r} for target {target!r}",
-                                consumer_pid=msg.consumer_pid)
+                                consumer_pid=msg.consumer_pid, area=Area.NEGOTIATION)
         terms = offer.body(with_target=True)
         if has_rules(msg.offer):
             # DSP 2025-1 §CN: the request carries the offer it accepts. Its rules must be the
@@ -137,7 +138,7 @@ class NegotiationService(ProcessService[Negotiation]):
                 raise OfferRejected(
                     f"the rules requested for offer {offer.id!r} differ from the published "
                     f"ones: {json.dumps(rules_of(terms), sort_keys=True)[:500]}",
-                    consumer_pid=msg.consumer_pid)
+                    consumer_pid=msg.consumer_pid, area=Area.NEGOTIATION)
             terms = {k: v for k, v in terms.items() if k not in RULE_KEYS} | echoed_rules(
                 msg.offer)
         pid = self._new_id()
@@ -165,10 +166,12 @@ class NegotiationService(ProcessService[Negotiation]):
             return record
 
     async def on_initial_offer(self, msg: ContractOfferMessage, claims: Claims) -> Negotiation:
-        """N8: a provider opens a negotiation with us as consumer; we wait for our operator."""
+        """A provider opens a negotiation with us as consumer (DSP 2025-1 §CN HTTPS binding,
+        POST /negotiations/offers); we wait for our operator."""
         if msg.consumer_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractOfferMessage needs callbackAddress "
-                                   "and no consumerPid", provider_pid=msg.provider_pid)
+                                   "and no consumerPid", area=Area.NEGOTIATION,
+                                   provider_pid=msg.provider_pid)
         _check_callback(msg.callback_address, provider_pid=msg.provider_pid)
         pid = self._new_id()
         record = cn.opened(
@@ -276,7 +279,8 @@ class NegotiationService(ProcessService[Negotiation]):
 
     async def offer(self, *, consumer_base: str, consumer_id: str, dataset_id: str,
                     send: Callable[[str, str, bytes], Awaitable[bytes]]) -> Negotiation:
-        """Open a negotiation as provider (N8): send our offer, persist with the consumerPid.
+        """Open a negotiation as provider (DSP 2025-1 §CN HTTPS binding): send our offer,
+        persist it with the consumerPid the consumer answers.
 
         The initial offer is sent directly rather than through the outbox: until the consumer
         answers 201 we do not know its pid, and an operator who starts this sees the error.
@@ -348,8 +352,9 @@ def _offer_id(offer: dict[str, Any]) -> str | None:
 def _check_callback(url: str, *, consumer_pid: str | None = None,
                     provider_pid: str | None = None) -> None:
     """We will send to a peer's callbackAddress: refuse one aimed at internal services
-    (cloud metadata and the like, issue #4) before anything is stored."""
+    (cloud metadata and the like) before anything is stored."""
     why = callback_refusal(url)
     if why is not None:
         raise MalformedMessage(f"callbackAddress {url[:200]!r} refused: {why}",
-                               consumer_pid=consumer_pid, provider_pid=provider_pid)
+                               area=Area.NEGOTIATION, consumer_pid=consumer_pid,
+                               provider_pid=provider_pid)

@@ -37,7 +37,7 @@ NDJSON = "application/x-ndjson"
 def _offset(request: web.Request) -> int:
     raw = request.query.get("offset", "0")
     if not raw.isdigit():
-        raise MalformedMessage(f"offset must be a non-negative integer, not {raw!r}")
+        raise MalformedMessage(f"offset must be a non-negative integer, not {raw!r}", area=None)
     return int(raw)
 
 

@@ -300,9 +300,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(await request.read())
     except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"body is not JSON: {exc}") from exc
+        raise MalformedMessage(f"body is not JSON: {exc}", area=None) from exc
     if not isinstance(doc, dict):
-        raise MalformedMessage("body must be a JSON object")
+        raise MalformedMessage("body must be a JSON object", area=None)
     return doc
 
 

@@ -1,7 +1,7 @@
 """The embedded SQLite store (aiosqlite, WAL, numbered migrations).
 
 One connection, one writer. Every aiosqlite call is a hop to its thread, which costs
-60-300 µs of CPU on a 2-core VM (perf-limits §4), so:
+60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
 - **group commit**: transactions submitted while the writer is busy are committed together
   in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
