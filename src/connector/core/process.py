@@ -26,9 +26,10 @@ transition). Any other message the table refuses is still the 400 of DSP 2025-1 
 "HTTPS binding". A message the table allows is applied, even if an equal one came before (a
 resumed transfer's Start, a second round of offers).
 
-The initial messages (a consumer's first ContractRequestMessage or TransferRequestMessage)
-follow the same rule one level up: the services look the process up by the peer and its
-``consumerPid`` (a unique key in the store) and answer with the process that already exists.
+The initial messages (a consumer's first ContractRequestMessage or TransferRequestMessage, a
+provider's first ContractOfferMessage) follow the same rule one level up: the services look
+the process up by the peer and the pid it chose (its ``consumerPid``, or its ``providerPid``
+for an offer; a unique key in the store) and answer with the process that already exists.
 """
 
 from __future__ import annotations

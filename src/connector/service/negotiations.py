@@ -94,9 +94,12 @@ class NegotiationService(ProcessService[Negotiation]):
         return await self._store.save_negotiation(record, outbox=out, agreement=agreement,
                                                   expect_new=new)
 
-    async def _find(self, counterparty: str, consumer_pid: str) -> Negotiation | None:
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> Negotiation | None:
+        if opener is Role.CONSUMER:
+            return await self._store.find_negotiation(
+                counterparty=counterparty, role=Role.PROVIDER.value, consumer_pid=pid)
         return await self._store.find_negotiation(
-            counterparty=counterparty, consumer_pid=consumer_pid, role=Role.PROVIDER.value)
+            counterparty=counterparty, role=Role.CONSUMER.value, provider_pid=pid)
 
     def _ended(self, record: Negotiation, reason: str) -> Negotiation:
         return cn.terminate(record, record.role, reason, "delivery-failed", self._clock())[0]
@@ -120,7 +123,8 @@ class NegotiationService(ProcessService[Negotiation]):
             after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
             return record, after, out
 
-        return await self._open_once(claims.participant_id, msg.consumer_pid, opening)
+        return await self._open_once(claims.participant_id, Role.CONSUMER, msg.consumer_pid,
+                                     opening)
 
     def _requested(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
         """The REQUESTED record an initial request opens, once its offer checks out."""
@@ -173,14 +177,19 @@ class NegotiationService(ProcessService[Negotiation]):
                                    "and no consumerPid", area=Area.NEGOTIATION,
                                    provider_pid=msg.provider_pid)
         _check_callback(msg.callback_address, provider_pid=msg.provider_pid)
-        pid = self._new_id()
-        record = cn.opened(
-            Role.PROVIDER, id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
-            provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
-            offer=msg.offer, counterparty_address=msg.callback_address,
-            counterparty_id=claims.participant_id)
-        await self._save(record, [], new=True)
-        return record
+        callback = msg.callback_address
+
+        async def opening() -> tuple[Negotiation, Negotiation, list[Outgoing]]:
+            pid = self._new_id()
+            record = cn.opened(
+                Role.PROVIDER, id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
+                provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
+                offer=msg.offer, counterparty_address=callback,
+                counterparty_id=claims.participant_id)
+            return record, record, []
+
+        return await self._open_once(claims.participant_id, Role.PROVIDER, msg.provider_pid,
+                                     opening)
 
     # -- reactions --------------------------------------------------------------------------
 

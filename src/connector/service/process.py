@@ -20,6 +20,7 @@ from connector.core.binding import path_for, process_path
 from connector.core.errors import Area, ConflictError, NotFound, ProtocolError, UnknownProcess
 from connector.core.messages import ContractNegotiation, Message, TransferProcess
 from connector.core.negotiation import Negotiation
+from connector.core.process import Role
 from connector.core.transfer import Transfer
 from connector.service.catalog import Claims
 from connector.service.locks import KeyedLocks
@@ -66,8 +67,9 @@ class ProcessService(Generic[RecordT]):
                        ) -> list[OutboxItem]:
         raise NotImplementedError
 
-    async def _find(self, counterparty: str, consumer_pid: str) -> RecordT | None:
-        """Our provider-side process for a peer's consumerPid (the store's unique key)."""
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> RecordT | None:
+        """The process a peer opened as ``opener`` and names ``pid`` (a unique key in the
+        store: its consumerPid if it is the consumer, its providerPid if the provider)."""
         raise NotImplementedError
 
     def _ended(self, record: RecordT, reason: str) -> RecordT:
@@ -113,13 +115,13 @@ class ProcessService(Generic[RecordT]):
 
     # -- process-creating messages ------------------------------------------------------------
 
-    async def _open_once(self, counterparty: str, consumer_pid: str,
+    async def _open_once(self, counterparty: str, opener: Role, pid: str,
                          opening: Opening[RecordT]) -> RecordT:
-        """Open a process for a peer's initial request, or return the one that request opened
-        before (``core.process``): serialised per (peer, consumerPid) here, and by the
-        store's unique key across replicas."""
-        async with self._locks.hold(f"initial\x00{counterparty}\x00{consumer_pid}"):
-            existing = await self._known(counterparty, consumer_pid)
+        """Open a process for a peer's initial message, or return the one that message opened
+        before (``core.process``): serialised per (peer, its pid) here, and by the store's
+        unique key across replicas."""
+        async with self._locks.hold(f"initial\x00{counterparty}\x00{opener.value}\x00{pid}"):
+            existing = await self._known(counterparty, opener, pid)
             if existing is not None:
                 return existing
             first, after, out = await opening()
@@ -127,14 +129,14 @@ class ProcessService(Generic[RecordT]):
                 async with self._locks.hold(first.id):
                     await self._save(after, out, new=True)
             except ConflictError:  # the same request, committed first elsewhere
-                existing = await self._known(counterparty, consumer_pid)
+                existing = await self._known(counterparty, opener, pid)
                 if existing is None:
                     raise
                 return existing
             return first
 
-    async def _known(self, counterparty: str, consumer_pid: str) -> RecordT | None:
-        existing = await self._find(counterparty, consumer_pid)
+    async def _known(self, counterparty: str, opener: Role, pid: str) -> RecordT | None:
+        existing = await self._find(counterparty, opener, pid)
         if existing is not None:
             self.log.info("%s %s: the initial request was sent again; acknowledged",
                           self.area.value, existing.id)

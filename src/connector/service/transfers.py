@@ -95,9 +95,9 @@ class TransferService(ProcessService[Transfer]):
                        ) -> list[OutboxItem]:
         return await self._store.save_transfer(record, outbox=out, expect_new=new)
 
-    async def _find(self, counterparty: str, consumer_pid: str) -> Transfer | None:
-        return await self._store.find_transfer(consumer_pid=consumer_pid,
-                                               role=Role.PROVIDER.value,
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> Transfer | None:
+        # Only a consumer opens a transfer (DSP 2025-1 §TP 1.2).
+        return await self._store.find_transfer(consumer_pid=pid, role=Role.PROVIDER.value,
                                                counterparty=counterparty)
 
     def _ended(self, record: Transfer, reason: str) -> Transfer:
@@ -122,7 +122,8 @@ class TransferService(ProcessService[Transfer]):
             started, out = self._start(record) if self.automatic else (record, [])
             return record, started, out
 
-        return await self._open_once(claims.participant_id, msg.consumer_pid, opening)
+        return await self._open_once(claims.participant_id, Role.CONSUMER, msg.consumer_pid,
+                                     opening)
 
     async def _requested(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
         """The REQUESTED record a transfer request opens, once it checks out."""

@@ -255,12 +255,16 @@ class SqliteStore:
             ))
         return await self._transaction(statements, outbox, [(f"n:{record.id}", record)])
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The process a peer's consumerPid names in ``role`` (migration 006's unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
+        unique key) or, given instead, its providerPid (migration 007's)."""
+        column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
+            "provider_pid", provider_pid)
         rows = await self._rows(
-            "SELECT id FROM negotiations WHERE counterparty IS ? AND consumer_pid = ?"
-            " AND role = ? AND duplicate_of IS NULL", (counterparty, consumer_pid, role))
+            f"SELECT id FROM negotiations WHERE counterparty IS ? AND {column} = ?"
+            " AND role = ? AND duplicate_of IS NULL", (counterparty, pid, role))
         return await self.get_negotiation(rows[0][0]) if rows else None
 
     async def list_negotiations(self) -> list[Negotiation]:
