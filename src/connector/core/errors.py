@@ -93,7 +93,11 @@ class InvalidParameter(ConnectorError):
 
 
 class ProtocolError(ConnectorError):
-    """A DSP message the connector refuses. Carries both pids for the error body."""
+    """A DSP message the connector refuses. Carries both pids for the error body.
+
+    ``area`` is required, so that a transfer error never renders as a negotiation error:
+    the DSP error shape it takes (DSP 2025-1 §CN/§TP HTTPS binding), or None for a message
+    that is not a DSP process message (it renders in the shape of the route it reached)."""
 
     status = 400
     code = "bad-request"
@@ -102,7 +106,7 @@ class ProtocolError(ConnectorError):
         self,
         message: str,
         *,
-        area: Area = Area.NEGOTIATION,
+        area: Area | None,
         consumer_pid: str | None = None,
         provider_pid: str | None = None,
     ) -> None:

@@ -77,9 +77,11 @@ class Store(SeenTokens, Protocol):
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]: ...
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The negotiation a peer's consumerPid names in ``role``: one at most (a unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's consumerPid (or, given instead, its providerPid) names in
+        ``role``: one at most (a unique key)."""
         ...
 
     async def list_negotiations(self) -> list[Negotiation]: ...

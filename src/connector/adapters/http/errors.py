@@ -68,7 +68,7 @@ def _render_dsp(request: web.Request, area: Area, exc: ConnectorError) -> web.Re
     pids: dict[str, str | None] = {}
     if isinstance(exc, ProtocolError):
         pids = {"consumer_pid": exc.consumer_pid, "provider_pid": exc.provider_pid}
-        area = exc.area if area is not Area.CATALOG else area
+        area = (exc.area or area) if area is not Area.CATALOG else area
     if isinstance(exc, AuthError) and area is not Area.CATALOG:
         status, code, message = 404, UnknownProcess.code, "not found"
     if isinstance(exc, CatalogError):

@@ -129,11 +129,12 @@ class PushReceiver:
                                          START_WAIT_S)
         record = await self._transfers.mine(pid)
         if record.state is not TransferState.STARTED:
-            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED")
+            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED",
+                                   area=None)
         try:
             offset = int(request.headers.get(PUSH_OFFSET, "0"))
         except ValueError:
-            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count") from None
+            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count", area=None) from None
         if not 0 <= offset <= expected.held:
             return web.json_response({"records": expected.held}, status=409)
         expected.got = expected.verified = None
@@ -146,7 +147,8 @@ class PushReceiver:
             await asyncio.to_thread(sink.close)
             expected.held = await asyncio.to_thread(lambda: sink.records)
             log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
-            raise MalformedMessage(f"push body cut after {expected.held} records") from exc
+            raise MalformedMessage(f"push body cut after {expected.held} records",
+                                   area=None) from exc
         await asyncio.to_thread(sink.close)
         expected.got = Copy(records=sink.records, bytes=sink.size, sha256=sink.sha256())
         expected.held = expected.got.records
@@ -163,7 +165,7 @@ class PushReceiver:
             claimed = msgspec.json.decode(within_depth(await request.read()),
                                           type=dict[str, Any])
         except ValueError as exc:  # msgspec.DecodeError is one; so is a body nested too deep
-            raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
+            raise MalformedMessage(f"summary is not a JSON object: {exc}", area=None) from exc
         claimed = {k: claimed.get(k) for k in COPY_FIELDS}
         received = expected.got.as_dict() if expected.got is not None else None
         if expected.got is None or copy_mismatch(expected.got, claimed) is not None:

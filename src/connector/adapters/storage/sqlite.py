@@ -1,7 +1,7 @@
 """The embedded SQLite store (aiosqlite, WAL, numbered migrations).
 
 One connection, one writer. Every aiosqlite call is a hop to its thread, which costs
-60-300 µs of CPU on a 2-core VM (perf-limits §4), so:
+60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
 - **group commit**: transactions submitted while the writer is busy are committed together
   in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
@@ -287,12 +287,16 @@ class SqliteStore:
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, [(f"n:{record.id}", record)], audit)
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The process a peer's consumerPid names in ``role`` (migration 006's unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
+        unique key) or, given instead, its providerPid (migration 007's)."""
+        column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
+            "provider_pid", provider_pid)
         rows = await self._rows(
-            "SELECT id FROM negotiations WHERE counterparty IS ? AND consumer_pid = ?"
-            " AND role = ? AND duplicate_of IS NULL", (counterparty, consumer_pid, role))
+            f"SELECT id FROM negotiations WHERE counterparty IS ? AND {column} = ?"
+            " AND role = ? AND duplicate_of IS NULL", (counterparty, pid, role))
         return await self.get_negotiation(rows[0][0]) if rows else None
 
     async def list_negotiations(self) -> list[Negotiation]:
