@@ -192,6 +192,7 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         self._peers = peers
         self._clock = clock
+        self._kinds: dict[tuple[str, str], str] = {}  # (method, route) -> DSP message type
         r = self.registry
         Gauge("connector_build_info", "Version of the running connector (always 1).",
               ["version"], registry=r).labels(__version__).set(1)
@@ -312,9 +313,22 @@ class Metrics:
             status = exc.status
             raise
         finally:
-            kind = message_type(request.method, request.path[len(DSP_PATH):])
+            kind = self._kind_of(request)
             self.dsp_in(kind, str(status)).inc()
             self.dsp_in_seconds(kind).observe(self._clock() - t0)
+
+    def _kind_of(self, request: web.Request) -> str:
+        """The message type of a request, memoised per route (a request matching no route is
+        typed from its path, not memoised: its path is the caller's choice)."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return message_type(request.method, request.path[len(DSP_PATH):])
+        key = (request.method, resource.canonical)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = message_type(request.method,
+                                                   resource.canonical[len(DSP_PATH):])
+        return kind
 
     @web.middleware
     async def refusal_middleware(self, request: web.Request,
