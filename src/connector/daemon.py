@@ -35,6 +35,7 @@ from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
+from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
@@ -282,6 +283,8 @@ class Daemon:
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
+            app.middlewares.insert(0, contract)
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))

@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.http.openapi import serve_document
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.core import codec
 from connector.core.errors import (
@@ -319,6 +320,8 @@ class ManagementApi:
         r.add_get("/api/transfers/{id}/push", self.transfer_push)
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
+        # The contract of all the above (adapters/http/openapi.yaml).
+        r.add_get("/api/openapi.json", serve_document)
         return app
 
 
