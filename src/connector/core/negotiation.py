@@ -197,12 +197,8 @@ def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage,
 
 def peer_took_it(record: Negotiation, peer_state: str) -> bool:
     """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
-    try:
-        theirs = NegotiationState(peer_state)
-    except ValueError:
-        return False
-    return process.took_effect(TRANSITIONS, record.state, theirs, record.role.other,
-                               NegotiationEvent.TERMINATE)
+    return process.peer_took_it(TRANSITIONS, record.state, record.role, peer_state,
+                                NegotiationEvent.TERMINATE)
 
 
 def terminate(record: Negotiation, sender: Role, reason: str, code: str, now: float) -> tuple[

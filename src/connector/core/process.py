@@ -107,6 +107,16 @@ def took_effect(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours
     return theirs in reached
 
 
+def peer_took_it(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours: StateT,
+                 role: Role, peer_state: str, terminate: EventT) -> bool:
+    """``took_effect`` for the state a peer reports (any string: it comes from outside)."""
+    try:
+        theirs = type(ours)(peer_state)
+    except ValueError:
+        return False
+    return took_effect(table, ours, theirs, role.other, terminate)
+
+
 # -- what both tables' records share -----------------------------------------------------------
 
 if TYPE_CHECKING:

@@ -134,12 +134,8 @@ def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
 
 def peer_took_it(record: Transfer, peer_state: str) -> bool:
     """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
-    try:
-        theirs = TransferState(peer_state)
-    except ValueError:
-        return False
-    return process.took_effect(TRANSITIONS, record.state, theirs, record.role.other,
-                               TransferEvent.TERMINATE)
+    return process.peer_took_it(TRANSITIONS, record.state, record.role, peer_state,
+                                TransferEvent.TERMINATE)
 
 
 def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
