@@ -291,7 +291,7 @@ class SqliteStore:
                                consumer_pid: str | None = None,
                                provider_pid: str | None = None) -> Negotiation | None:
         """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
-        unique key) or, given instead, its providerPid (migration 007's)."""
+        unique key) or, given instead, its providerPid (migration 008's)."""
         column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
             "provider_pid", provider_pid)
         rows = await self._rows(
