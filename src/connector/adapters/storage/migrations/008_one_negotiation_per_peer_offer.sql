@@ -1,4 +1,4 @@
--- 007: a provider's providerPid names one negotiation a consumer holds with it. The same
+-- 008: a provider's providerPid names one negotiation a consumer holds with it. The same
 -- initial ContractOfferMessage sent again (DSP 2025-1 §CN HTTPS binding, POST
 -- /negotiations/offers) gets the same negotiation, as a repeated initial request does (006).
 -- Earlier duplicates are kept and marked, as in 006.
