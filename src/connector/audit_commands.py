@@ -108,35 +108,38 @@ def show(settings: Settings, id: str) -> int:
 def _concerning(settings: Settings, id: str) -> list[Entry]:
     """The entries about ``id``; for an agreement, its negotiation's and transfers' too."""
     db = settings.database
-    seqs = set(audit_file.read_refs(db, [id]))
-    entries, _ = audit_file.read_chain(db)
-    by_seq = {e.seq: e for e in entries}
+    direct = audit_file.read_entries(db, audit_file.read_refs(db, [id]))
     related = set()
-    for seq in seqs:
-        body = by_seq[seq].decoded() if seq in by_seq else {}
-        if body.get("kind") == "agreement":
-            related.add(str(body["data"]["negotiation"]))
+    for entry in direct:
+        body = entry.decoded()
+        made = body["data"].get("agreement")
+        if body.get("kind") == "negotiation" and isinstance(made, dict):
+            related.add(str(made["negotiation"]))
         if body.get("kind") in ("transfer", "data.access", "data.sent"):
             related.add(str(body["data"].get("transfer") or body["refs"][0]))
-    seqs.update(audit_file.read_refs(db, related))
-    return [by_seq[s] for s in sorted(seqs) if s in by_seq]
+    more = set(audit_file.read_refs(db, related)) - {e.seq for e in direct}
+    return sorted([*direct, *audit_file.read_entries(db, more)], key=lambda e: e.seq)
 
 
 def _line(body: dict[str, Any]) -> str:
     at = datetime.fromtimestamp(float(body["at"]), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    data = body["data"]
-    kind = body["kind"]
+    data, kind = body["data"], body["kind"]
     if kind in ("negotiation", "transfer"):
-        steps = "; ".join(f"{s['by']} {s['message']} -> {s['state']}" for s in data["steps"])
-        what = f"{data['role']} {data['state']}" + (f" ({steps})" if steps else "")
-    elif kind in ("dsp.in", "dsp.out"):
-        bound = "" if kind == "dsp.out" else (" bound" if data.get("bound") else " unbound")
-        what = f"{data['type']} {'from' if kind == 'dsp.in' else 'to'} {data['peer']}{bound}"
-    elif kind == "denial":
-        what = f"{data['decision']}: " + " | ".join(data["reasons"])
-    elif kind == "agreement":
-        what = (f"{data['agreement']} {data['assigner']} -> {data['assignee']} policy "
-                f"{data['policyHash']} commit {data['policyCommit']}")
+        parts = [f"{data['role']} {data['state']}"]
+        if data.get("in"):
+            message = data["in"]
+            parts.append(f"received {message['type']} from {message['peer']} "
+                         f"({'bound' if message.get('bound') else 'unbound'})")
+        parts += [f"{s['by']}: {s['message']} -> {s['state']}" for s in data["steps"]]
+        parts += [f"DENIED {d['decision']}: " + " | ".join(d["reasons"])
+                  for d in data.get("denials", [])]
+        made = data.get("agreement")
+        if isinstance(made, dict):
+            parts.append(f"agreement {made['agreement']} ({made['assigner']} -> "
+                         f"{made['assignee']}) policy {made['policyHash']} commit "
+                         f"{made['policyCommit']}")
+        parts += [f"sent {m['type']} to {m['peer']}" for m in data.get("out", [])]
+        what = "; ".join(parts)
     elif kind in ("data.access", "data.sent"):
         what = (f"records {data['records']} bytes {data['bytes']} from offset "
                 f"{data['offset']}, uses {data['usesAfter']}, complete {data['complete']}")
@@ -148,18 +151,17 @@ def _line(body: dict[str, Any]) -> str:
 def export(settings: Settings, agreement_id: str, out: Path) -> int:
     db = settings.database
     concerning = _concerning(settings, agreement_id)
-    agreement = next((e.decoded()["data"] for e in concerning
-                      if e.decoded()["kind"] == "agreement"), None)
+    agreement = next((made for e in concerning
+                      if isinstance(made := e.decoded()["data"].get("agreement"), dict)), None)
     if agreement is None:
         raise AuditError(f"no agreement {agreement_id!r} in the audit trail")
     checkpoint = _covering_checkpoint(settings, concerning[-1].seq)
     cp = parse_checkpoint(checkpoint)
-    entries, _ = audit_file.read_chain(db)
-    stretch = [e for e in entries if concerning[0].seq <= e.seq <= cp.seq]
+    stretch = audit_file.read_range(db, concerning[0].seq, cp.seq)
     digests = _evidence_digests(concerning)
     peer = agreement["assignee"] if agreement["assigner"] == settings.did else agreement[
         "assigner"]
-    evidence = audit_file.read_evidence(db, digests)
+    evidence = audit_file.read_evidence(db, [e.seq for e in concerning], digests)
     bundle = build_bundle(
         agreement_id=agreement_id, participant=settings.did, entries=stretch,
         concerning={e.seq for e in concerning}, checkpoint=checkpoint,
@@ -175,12 +177,12 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
 def _covering_checkpoint(settings: Settings, seq: int) -> str:
     """A checkpoint at or after ``seq`` signed with our current key; signs one if needed."""
     db = settings.database
-    entries, checkpoints = audit_file.read_chain(db)
-    for jws in checkpoints:
+    for jws in audit_file.read_checkpoints(db):
         cp = parse_checkpoint(jws)
         if cp.seq >= seq and cp.kid == settings.signing_kid:
             return jws
-    head = entries[-1]
+    head = audit_file.read_head(db)
+    assert head is not None  # the agreement's own entries are there
     now = time.time()
     jws = sign_checkpoint(load_any_signing_key(settings.signing_key), kid=settings.signing_kid,
                           did=settings.did, seq=head.seq, head=head.hash, now=int(now))
@@ -191,12 +193,12 @@ def _covering_checkpoint(settings: Settings, seq: int) -> str:
 def _evidence_digests(entries: list[Entry]) -> list[str]:
     out = []
     for entry in entries:
-        body = entry.decoded()
-        data = body["data"]
-        if body["kind"] == "dsp.in":
-            out += [str(data.get(k)) for k in ("tokenDigest", "bodyDigest", "peerDocument")]
-        elif body["kind"] == "agreement":
-            out += [str(data.get("agreementDigest")), str(data.get("policyHash"))]
+        data = entry.decoded()["data"]
+        inbound, made = data.get("in"), data.get("agreement")
+        if isinstance(inbound, dict):
+            out += [str(inbound.get(k)) for k in ("tokenDigest", "bodyDigest", "peerDocument")]
+        if isinstance(made, dict):
+            out += [str(made.get("agreementDigest")), str(made.get("policyHash"))]
     return out
 
 

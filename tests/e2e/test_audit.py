@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from connector.client import Management
+from connector.config import load_settings
 from tests.e2e.conftest import Space
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -80,8 +81,10 @@ async def test_both_sides_export_bundles_that_verify_offline_and_catch_tampering
     # provider signed (its token over the ContractAgreementMessage).
     provider, consumer = bundles["provider"], bundles["consumer"]
     assert evidence_of(provider, "policy")
-    kinds = {json.loads(e["body"])["kind"] for e in consumer["entries"] if e["body"]}
-    assert {"agreement", "dsp.in", "dsp.out", "negotiation"} <= kinds
+    steps = [json.loads(e["body"])["data"] for e in consumer["entries"] if e["body"]]
+    received = [d["in"]["type"] for d in steps if "in" in d]
+    assert "ContractAgreementMessage" in received
+    assert any(isinstance(d.get("agreement"), dict) for d in steps)
 
     def policy(b: dict[str, Any]) -> None:
         text = evidence_of(b, "policy")
@@ -119,11 +122,18 @@ async def test_show_tells_an_agreement_s_story_in_order(
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     kinds = [line.split()[2] for line in lines]
-    assert kinds.index("dsp.in") < kinds.index("agreement") < kinds.index("data.access")
-    assert "ContractRequestMessage from" in shown.stdout and " bound" in shown.stdout
-    assert kinds.index("data.access") < kinds.index("data.sent")
+    made = next(i for i, line in enumerate(lines) if f"agreement {agreement} (" in line)
+    asked = next(i for i, line in enumerate(lines) if "received ContractRequestMessage" in line)
+    assert asked <= made < kinds.index("data.access") < kinds.index("data.sent")
+    assert "(bound)" in lines[asked]
     seqs = [int(line.split()[0]) for line in lines]
     assert seqs == sorted(seqs)
+    # Catalogue answers: to whom, which offers (the management API fetched one per
+    # negotiation), found by the peer's DID.
+    consumer_did = load_settings(space.consumer.dir).did
+    answers = space.provider.cli("audit", "show", consumer_did)
+    assert answers.returncode == 0, answers.stderr
+    assert "catalog" in answers.stdout and "urn:offer:example-weather" in answers.stdout
     # No record content, no token in the trail: the dataset's records never appear.
     sample = (space.provider.dir / "data" / "example.jsonl").read_text().splitlines()[0]
     assert sample not in shown.stdout

@@ -109,17 +109,24 @@ async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
     await folder.store.save_negotiation(negotiation("n1", NegotiationState.FINALIZED),
                                         outbox=[out], agreement=agreement, expect_new=True)
     with sqlite3.connect(folder.db) as conn:
-        kinds = [r[0] for r in conn.execute(
-            "SELECT json_extract(body, '$.kind') FROM audit_entries ORDER BY seq")]
+        (body,), = conn.execute("SELECT body FROM audit_entries")
         evidence = dict(conn.execute("SELECT kind, content FROM audit_evidence"))
         refs = {r[0] for r in conn.execute("SELECT ref FROM audit_refs")}
-    assert kinds == ["dsp.in", "negotiation", "agreement", "dsp.out"]
+    entry = json.loads(body)  # one entry for the step, its parts in sections
+    assert entry["kind"] == "negotiation" and entry["data"]["state"] == "FINALIZED"
+    assert entry["data"]["in"] == {
+        "type": "ContractRequestMessage", "peer": PEER, "tokenId": "jti-1", "bound": True,
+        "tokenDigest": hashlib.sha256(token.encode()).hexdigest(), "kept": True,
+        "bodyDigest": hashlib.sha256(evidence["body"]).hexdigest()}
+    assert entry["data"]["agreement"]["policyHash"] == "f" * 64
+    assert entry["data"]["out"][0]["type"] == "ContractAgreementMessage"
     assert evidence["token"] == token.encode() and b"ContractRequestMessage" in evidence["body"]
     assert {"n1", "a1"} <= refs
     # Once consumed, the same inbound message is not recorded again by a second step.
     await folder.store.save_negotiation(negotiation("n1", steps=2))
     with sqlite3.connect(folder.db) as conn:
-        assert conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0] == 5
+        (second,), = conn.execute("SELECT body FROM audit_entries WHERE seq = 2")
+    assert "in" not in json.loads(second)["data"]
 
 
 async def test_concurrent_steps_make_one_valid_chain(folder: Folder,

@@ -141,15 +141,19 @@ class Verifier:
     def reload(self, peers: Mapping[str, Any]) -> None:
         """Take a new set of pinned peers (``folder.load_trust`` values)."""
         self._peers = dict(peers)
+        self._documents: dict[str, dict[str, Any]] = {}  # built from _peers when asked
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
 
     def peer_document(self, did: str) -> dict[str, Any] | None:
         """The caller's keys as a DID document (kept as evidence with its signed messages)."""
+        document = self._documents.get(did)
         peer = self._peers.get(did)
-        if peer is None:
-            return None
-        return build_did_document(did, peer.dsp_base or peer.url, list(peer.keys.items()))
+        if document is None and peer is not None:
+            document = build_did_document(did, peer.dsp_base or peer.url,
+                                          list(peer.keys.items()))
+            self._documents[did] = document
+        return document
 
     def requires_binding(self, did: str) -> bool:
         """Whether ``did``'s tokens must carry the body digest claim: our pinned peers' must

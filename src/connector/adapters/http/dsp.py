@@ -119,7 +119,7 @@ class DspRoutes:
             raise CatalogError("catalog filter expressions are not supported", status=400)
         doc = self.d.catalog().catalog(claims)
         if self.d.trail is not None:
-            await self.d.trail.catalog_answer(claims.participant_id, doc)
+            self.d.trail.catalog_answer(claims.participant_id, doc)
         return _doc(doc)
 
     async def dataset(self, request: web.Request) -> web.Response:

@@ -44,6 +44,27 @@ def read_chain(path: Path) -> tuple[list[Entry], list[str]]:
     return entries, checkpoints
 
 
+def read_range(path: Path, first: int, last: int) -> list[Entry]:
+    """The entries numbered ``first`` to ``last``, in order."""
+    with closing(_connect(path)) as conn:
+        return _entries(conn.execute(
+            "SELECT seq, digest, hash, body FROM audit_entries WHERE seq BETWEEN ? AND ?"
+            " ORDER BY seq", (first, last)))
+
+
+def read_checkpoints(path: Path) -> list[str]:
+    with closing(_connect(path)) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT jws FROM audit_checkpoints ORDER BY seq")]
+
+
+def read_head(path: Path) -> Entry | None:
+    """The last entry, or None when the trail is empty."""
+    with closing(_connect(path)) as conn:
+        found = _entries(conn.execute("SELECT seq, digest, hash, body FROM audit_entries"
+                                      " ORDER BY seq DESC LIMIT 1"))
+    return found[0] if found else None
+
+
 def read_refs(path: Path, refs: Iterable[str]) -> list[int]:
     """The sequence numbers of the entries concerning any of ``refs``, in order."""
     with closing(_connect(path)) as conn:
@@ -54,13 +75,27 @@ def read_refs(path: Path, refs: Iterable[str]) -> list[int]:
     return sorted(seqs)
 
 
-def read_evidence(path: Path, digests: Iterable[str]) -> dict[str, tuple[str, bytes]]:
-    """digest -> (kind, content) of the evidence kept beside the chain."""
+def read_entries(path: Path, seqs: Iterable[int]) -> list[Entry]:
+    """The entries with these numbers (those still there), in order."""
+    with closing(_connect(path)) as conn:
+        rows = [row for seq in sorted(set(seqs)) for row in conn.execute(
+            "SELECT seq, digest, hash, body FROM audit_entries WHERE seq = ?", (seq,))]
+    return _entries(rows)
+
+
+def read_evidence(path: Path, seqs: Iterable[int], digests: Iterable[str]
+                  ) -> dict[str, tuple[str, bytes]]:
+    """digest -> (kind, content) of the evidence kept with entries ``seqs`` and of the shared
+    evidence among ``digests``."""
     out: dict[str, tuple[str, bytes]] = {}
     with closing(_connect(path)) as conn:
+        for seq in sorted(set(seqs)):
+            for digest, kind, content in conn.execute(
+                    "SELECT digest, kind, content FROM audit_evidence WHERE seq = ?", (seq,)):
+                out[str(digest)] = (str(kind), bytes(content))
         for digest in dict.fromkeys(digests):
             for kind, content in conn.execute(
-                    "SELECT kind, content FROM audit_evidence WHERE digest = ?", (digest,)):
+                    "SELECT kind, content FROM audit_shared WHERE digest = ?", (digest,)):
                 out[digest] = (str(kind), bytes(content))
     return out
 
