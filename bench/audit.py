@@ -16,6 +16,7 @@ import asyncio
 import shutil
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,19 @@ def _entries(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0])
 
 
+async def _settled(db: Path, quiet_s: float = 1.0, deadline_s: float = 15.0) -> int:
+    """The entry count once it has not changed for ``quiet_s`` (the provider writes the
+    stream's last entry after the consumer has read its last byte)."""
+    count, since = _entries(db), time.monotonic()
+    end = since + deadline_s
+    while time.monotonic() < end and time.monotonic() - since < quiet_s:
+        await asyncio.sleep(0.1)
+        now = _entries(db)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def _big_dataset(provider: Participant, size: int) -> int:
     """A dataset of ``size`` bytes of JSON lines on the provider; returns its records."""
     line = b'{"seq": %d, "station": "s-%d", "payload": "' + b"x" * 200 + b'"}\n'
@@ -133,7 +147,7 @@ async def _pull(provider: Participant, consumer: Participant, out: Path) -> tupl
                                   {"agreementId": record["agreementId"]})
         before = _entries(db)
         records, _ = await api.download(f"/api/transfers/{transfer['id']}/data", out)
-        return int(records), _entries(db) - before
+        return int(records), await _settled(db) - before
     finally:
         await api.close()
 
