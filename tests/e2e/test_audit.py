@@ -6,8 +6,10 @@ but the file, and each fails once its policy text, a peer token or an entry is a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from connector.client import Management
 from connector.config import load_settings
+from connector.demo import create_space, running
 from tests.e2e.conftest import Space
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -137,3 +140,36 @@ async def test_show_tells_an_agreement_s_story_in_order(
     # No record content, no token in the trail: the dataset's records never appear.
     sample = (space.provider.dir / "data" / "example.jsonl").read_text().splitlines()[0]
     assert sample not in shown.stdout
+
+
+async def test_a_step_whose_entry_cannot_be_written_does_not_happen(tmp_path: Path) -> None:
+    """The provider's audit table cannot be written (moved away under the running daemon, as
+    a full or read-only store would refuse it): the consumer's request is refused with 503
+    and nothing is stored; once the table is back, the consumer's retry goes through and the
+    chain is intact."""
+    provider, consumer = create_space(tmp_path)
+    db = load_settings(provider.dir).database
+    with running([provider, consumer]):
+        api = Management(load_settings(consumer.dir))
+        try:
+            with sqlite3.connect(db) as conn:
+                conn.execute("ALTER TABLE audit_entries RENAME TO audit_entries_away")
+            record = await api.call("POST", "/api/negotiations",
+                                    {"provider": provider.url, "datasetId": "example-weather"})
+            log = provider.dir / "state" / "daemon.log"
+            for _ in range(200):
+                if "the step and its audit entry could not be written" in log.read_text():
+                    break
+                await asyncio.sleep(0.05)
+            text = log.read_text()
+            assert "-> 503 audit: refused: the step and its audit entry could not be written" \
+                in text, text[-2000:]
+            with sqlite3.connect(db) as conn:
+                assert conn.execute("SELECT count(*) FROM negotiations").fetchone()[0] == 0
+                conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
+            done = await api.call("GET", f"/api/negotiations/{record['id']}?wait=20")
+            assert done["state"] == "FINALIZED", done  # the outbox retried the 503
+        finally:
+            await api.close()
+        verified = provider.cli("audit", "verify")
+        assert verified.returncode == 0 and "audit trail ok" in verified.stdout, verified.stdout

@@ -220,6 +220,8 @@ async def test_prune_keeps_the_chain_verifiable_from_a_signed_checkpoint(
     root = str(folder.settings.root)
     assert cli.main(["audit", "prune", "--before", "2999-01-01", "--dir", root]) == 0
     assert "pruned 12 entries" in capsys.readouterr().out
+    with sqlite3.connect(folder.db) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_refs WHERE seq <= 12").fetchone() == (0,)
     await some_steps(folder, 4, prefix="later")
     code, out = verify(folder, capsys)
     assert code == 0 and "4 entries (13..16)" in out, out

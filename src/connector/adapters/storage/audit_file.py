@@ -114,10 +114,12 @@ def checkpoints_before(path: Path, before: float) -> list[tuple[int, float]]:
 
 
 def prune_through(path: Path, seq: int) -> int:
-    """Delete the entries up to and including ``seq`` and the checkpoints before it (the one
-    at ``seq`` stays: the kept chain starts from its signed head). Returns entries deleted."""
+    """Delete the entries up to and including ``seq``, the evidence kept with them, and the
+    checkpoints before it (the one at ``seq`` stays: the kept chain starts from its signed
+    head). Returns the entries deleted."""
     with closing(_connect(path, write=True)) as conn, conn:
         deleted = conn.execute("DELETE FROM audit_entries WHERE seq <= ?", (seq,)).rowcount
         conn.execute("DELETE FROM audit_refs WHERE seq <= ?", (seq,))
+        conn.execute("DELETE FROM audit_evidence WHERE seq <= ?", (seq,))
         conn.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (seq,))
     return int(deleted)
