@@ -137,6 +137,11 @@ async def test_show_tells_an_agreement_s_story_in_order(
     answers = space.provider.cli("audit", "show", consumer_did)
     assert answers.returncode == 0, answers.stderr
     assert "catalog" in answers.stdout and "urn:offer:example-weather" in answers.stdout
+    # The daemon announced its keys (the key history) and what it started with.
+    with sqlite3.connect(load_settings(space.provider.dir).database) as conn:
+        kinds = {k for (k,) in conn.execute(
+            "SELECT DISTINCT json_extract(body, '$.kind') FROM audit_entries")}
+    assert {"keys", "start", "catalog", "negotiation", "transfer", "data.access"} <= kinds
     # No record content, no token in the trail: the dataset's records never appear.
     sample = (space.provider.dir / "data" / "example.jsonl").read_text().splitlines()[0]
     assert sample not in shown.stdout

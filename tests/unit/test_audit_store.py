@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from connector import cli
 from connector.adapters.storage.sqlite import SqliteStore
@@ -297,3 +298,26 @@ async def test_checkpoints_signed_before_a_rotation_verify_after_the_old_key_is_
         kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
                 for (jws,) in conn.execute("SELECT jws FROM audit_checkpoints")}
     assert kids == {old_kid, new_kid}
+
+
+async def test_denials_carry_their_reasons_and_revocations_are_recorded(
+        folder: Folder) -> None:
+    denied = HistoryEntry(at=2.0, by="policy", message="members-only denied for " + PEER,
+                          state="REQUESTED", note="✗ membership eq active: found none\n"
+                                                  "✓ purpose eq research: found research")
+    record = negotiation("d1")
+    record = replace(record, history=[*record.history, denied])
+    await folder.store.save_negotiation(record, expect_new=True)
+    agreement = Agreement(id="a9", negotiation_id="n9", role="provider", dataset_id="weather",
+                          assigner="did:web:acme", assignee=PEER, created_at=1.0,
+                          body={"@id": "a9"})
+    await folder.store.save_agreement(replace(agreement, revoked="consent withdrawn"))
+    with sqlite3.connect(folder.db) as conn:
+        bodies = [json.loads(b) for (b,) in conn.execute(
+            "SELECT body FROM audit_entries ORDER BY seq")]
+    assert bodies[0]["data"]["denials"] == [{
+        "decision": "members-only denied for " + PEER,
+        "reasons": ["✗ membership eq active: found none",
+                    "✓ purpose eq research: found research"]}]
+    assert bodies[1]["kind"] == "revocation"
+    assert bodies[1]["data"] == {"agreement": "a9", "reason": "consent withdrawn"}
