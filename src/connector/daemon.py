@@ -129,6 +129,7 @@ class Daemon:
         self.client = PeerClient(self.identity, self._client_ssl())
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.trail: AuditTrail | None = None  # the audit trail, once started (docs/audit.md)
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -204,8 +205,7 @@ class Daemon:
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
             log.info("signing with %s from now on", fresh.signing_kid)
-        if getattr(self, "trail", None) is not None:
-            assert self.trail is not None
+        if self.trail is not None:
             self.trail.reload_key(kid=fresh.signing_kid, key=key)
             self._audit_reload("keys", {"keys": self._own_keys_jwks(),
                                         "signing": fresh.signing_kid})
@@ -292,7 +292,6 @@ class Daemon:
 
     async def _start_audit(self) -> None:
         s = self.settings
-        self.trail: AuditTrail | None = None
         if not self.audit_settings.enabled:
             return
         witness = (WitnessSender(s.registries, session=self.client.session)
@@ -401,12 +400,11 @@ class Daemon:
             await runner.cleanup()
         if hasattr(self, "outbox"):
             await self.outbox.close()
-        if getattr(self, "trail", None) is not None:
-            assert self.trail is not None
+        if self.trail is not None:
             try:  # the tail written since the last checkpoint gets one before we stop
                 await self.trail.checkpoint()
-            except ConnectorError as exc:
-                log.error("cannot write the last audit checkpoint: %s", exc.message)
+            except Exception as exc:  # the store failed: stop anyway, and say so
+                log.error("cannot write the last audit checkpoint: %s", exc)
         await self.client.close()
         await self.dcp_http.close()
         if hasattr(self, "store"):
