@@ -56,6 +56,8 @@ def verify(settings: Settings, witness: str | None) -> int:
 
 def _summary(report: Report, checkpoints: list[str]) -> str:
     signed = max((parse_checkpoint(c).seq for c in checkpoints), default=0)
+    if not report.entries:
+        return "audit trail ok: no entries yet"
     return (f"audit trail ok: {report.entries} entries ({report.first_seq}..{report.last_seq}),"
             f" {report.checkpoints} checkpoints, signed through entry {signed}")
 
