@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,25 @@ def _document(settings: Settings) -> dict[str, Any]:
     return doc
 
 
+def _verified(settings: Settings, keep: Collection[int] = ()) -> tuple[Report, list[str]]:
+    db = settings.database
+    checkpoints = audit_file.read_checkpoints(db)
+    return verify_chain(audit_file.iter_chain(db), checkpoints, did=settings.did,
+                        document=_document(settings), keep=keep), checkpoints
+
+
 def verify(settings: Settings, witness: str | None) -> int:
-    entries, checkpoints = audit_file.read_chain(settings.database)
-    report = verify_chain(entries, checkpoints, did=settings.did, document=_document(settings))
+    seen: list[tuple[int, str]] = []
+    if witness is not None:
+        from connector.registry.witness import witnessed
+
+        seen = witnessed(settings, witness)
+    report, checkpoints = _verified(settings, keep={seq for seq, _ in seen})
     if not report.ok:
         print(f"audit trail BROKEN at entry {report.broken}: {report.problem}")
         return 1
     if witness is not None:
-        from connector.registry.witness import witnessed
-
-        seq, problem = witness_problem(entries, witnessed(settings, witness))
+        seq, problem = witness_problem(report, seen)
         if problem:
             print(f"audit trail BROKEN at entry {seq}: {problem} ({witness})")
             return 1
@@ -202,12 +212,11 @@ def verify_bundle_file(path: Path) -> int:
 def prune(settings: Settings, before: float) -> int:
     """Drop the entries up to the newest checkpoint signed before ``before``."""
     db = settings.database
-    entries, checkpoints = audit_file.read_chain(db)
-    report = verify_chain(entries, checkpoints, did=settings.did, document=_document(settings))
+    report, _ = _verified(settings)
     if not report.ok:
         raise AuditError(f"refusing to prune a broken trail (entry {report.broken}: "
                          f"{report.problem})")
-    first = entries[0].seq if entries else 1
+    first = report.first_seq or 1
     anchors = [seq for seq, _ in audit_file.checkpoints_before(db, before) if seq >= first]
     if not anchors:
         print("nothing to prune: no checkpoint was signed before that date")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
 
 from connector import cli
+from connector.adapters.storage import audit_file
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.config import Settings, load_settings
 from connector.core.audit import sign_checkpoint
@@ -137,6 +138,8 @@ async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
     await folder.trail.checkpoint()
     code, out = verify(folder, capsys)
     assert code == 0 and "50 entries" in out and "signed through entry 50" in out
+    walked = [e.seq for e in audit_file.iter_chain(folder.db, chunk=7)]  # 8 reads of 7
+    assert walked == list(range(1, 51))
 
 
 async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(

@@ -8,12 +8,15 @@ head, which a prune of old entries never touches.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 from connector.core.audit import Entry
 from connector.core.errors import AuditError
+
+# Entries read at a time when walking the whole chain.
+CHUNK = 5_000
 
 
 def _connect(path: Path, *, write: bool = False) -> sqlite3.Connection:
@@ -34,14 +37,18 @@ def _entries(rows: Iterable[tuple[int, str, str, bytes | str]]) -> list[Entry]:
                   body=r[3].encode() if isinstance(r[3], str) else bytes(r[3])) for r in rows]
 
 
-def read_chain(path: Path) -> tuple[list[Entry], list[str]]:
-    """Every entry in order of ``seq`` and every checkpoint JWS."""
+def iter_chain(path: Path, chunk: int = CHUNK) -> Iterator[Entry]:
+    """Every entry in order of ``seq``, read ``chunk`` at a time (memory stays flat)."""
     with closing(_connect(path)) as conn:
-        entries = _entries(conn.execute(
-            "SELECT seq, digest, hash, body FROM audit_entries ORDER BY seq"))
-        checkpoints = [str(r[0]) for r in conn.execute(
-            "SELECT jws FROM audit_checkpoints ORDER BY seq")]
-    return entries, checkpoints
+        after = -1
+        while True:
+            rows = _entries(conn.execute(
+                "SELECT seq, digest, hash, body FROM audit_entries WHERE seq > ?"
+                " ORDER BY seq LIMIT ?", (after, chunk)))
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].seq
 
 
 def read_range(path: Path, first: int, last: int) -> list[Entry]:
