@@ -13,6 +13,7 @@ number, not one per record).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -25,8 +26,10 @@ import aiohttp
 import msgspec
 
 from bench import CpuMeter, LoadResult, emit, load, log
+from connector.adapters.storage import audit_file
 from connector.client import Management
 from connector.config import load_settings
+from connector.core.audit import verify_chain
 from connector.demo import Participant, create_space, start, stop
 
 DATASET = "example-weather"
@@ -118,6 +121,20 @@ async def _settled(db: Path, quiet_s: float = 1.0, deadline_s: float = 15.0) -> 
     return count
 
 
+def _verify(provider: Participant) -> tuple[int, float]:
+    """Verify the provider's trail as ``connector audit verify`` does: (entries, seconds)."""
+    settings = load_settings(provider.dir)
+    document = json.loads((provider.dir / "did.json").read_text())
+    t0 = time.perf_counter()
+    report = verify_chain(audit_file.iter_chain(settings.database),
+                          audit_file.read_checkpoints(settings.database), did=settings.did,
+                          document=document)
+    elapsed = time.perf_counter() - t0
+    if not report.ok:
+        raise RuntimeError(f"the provider's trail does not verify: {report.problem}")
+    return report.entries, elapsed
+
+
 def _big_dataset(provider: Participant, size: int) -> int:
     """A dataset of ``size`` bytes of JSON lines on the provider; returns its records."""
     line = b'{"seq": %d, "station": "s-%d", "payload": "' + b"x" * 200 + b'"}\n'
@@ -167,6 +184,7 @@ def run(*, quick: bool) -> None:
         totals = asyncio.run(_compare(spaces, duration_s, warmup_s))
         provider, consumer = spaces["on"]
         pulled, added = asyncio.run(_pull(provider, consumer, root / "pulled.jsonl"))
+        verified, verify_s = _verify(provider)
     finally:
         for p in running:
             stop(p)
@@ -190,3 +208,7 @@ def run(*, quick: bool) -> None:
     emit("audit_pull_records", pulled, "records")
     # The entries the provider wrote while it streamed them all: a bounded number.
     emit("audit_entries_per_pull", added, "entries")
+    # `connector audit verify`'s walk (digests, links, checkpoint signatures) of the
+    # provider's whole trail, after every phase above.
+    emit("audit_verify_entries", verified, "entries")
+    emit("audit_verify_entries_per_s", verified / verify_s if verify_s else 0.0, "entries/s")
