@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from connector.core import dcp
@@ -218,15 +219,13 @@ class Verifier:
             del seen[jti]
 
 
+@dataclass(frozen=True, slots=True)
 class Binding:
     """How a verified request's token relates to its body (``bind_body``)."""
 
-    __slots__ = ("bound", "token", "token_id")
-
-    def __init__(self, token: str | None, token_id: str | None, bound: bool) -> None:
-        self.token = token  # the compact JWS, kept as evidence; None when it is not one
-        self.token_id = token_id
-        self.bound = bound
+    token: str | None  # the compact JWS, kept as evidence; None when it is not one
+    token_id: str | None
+    bound: bool
 
 
 def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Binding:
@@ -236,8 +235,8 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
     the claim is refused when ``required`` (our pinned peers), else accepted as unbound
     evidence (EDC's tokens, a test profile's static token).
     """
-    token = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() == (
-        "bearer ") else (authorization or "").strip()
+    raw = authorization or ""
+    token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
     try:
         payload = parse_jws(token).payload
     except AuthError:
