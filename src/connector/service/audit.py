@@ -180,9 +180,9 @@ class StepAudit:
               ) -> dict[str, Any]:
         steps = self._new_steps(pid, history, done)
         data: dict[str, Any] = {"role": role, "state": state, "steps": steps}
-        denials = [{"decision": s["message"], "reasons": s["note"].splitlines()}
-                   for s in steps if s["by"] == "policy"
-                   and any(w in s["message"] for w in _DENIAL_WORDS)]
+        denials = [{"decision": s.message, "reasons": s.note.splitlines()}
+                   for s in steps if s.by == "policy"
+                   and any(w in s.message for w in _DENIAL_WORDS)]
         if denials:
             data["denials"] = denials
         inbound = self._inbound(batch, keep_evidence)
@@ -246,14 +246,15 @@ class StepAudit:
                            for out in outbox]
 
     def _new_steps(self, pid: str, history: Sequence[HistoryEntry], done: bool
-                   ) -> list[dict[str, Any]]:
+                   ) -> list[HistoryEntry]:
+        """The timeline lines added since this process was last audited (encoded as they
+        are: ``at``, ``by``, ``message``, ``state``, ``note``)."""
         start = self._audited.pop(pid, 0)  # unknown (new, or before a restart): all
         if not done:
             if len(self._audited) >= MAX_TRACKED_PROCESSES:
                 self._audited.pop(next(iter(self._audited)))
             self._audited[pid] = len(history)
-        return [{"by": h.by, "message": h.message, "state": h.state, "note": h.note}
-                for h in history[start:]]
+        return list(history[start:])
 
 
 class _Typed(msgspec.Struct):

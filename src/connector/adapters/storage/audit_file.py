@@ -12,11 +12,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 
+import msgspec
+
 from connector.core.audit import Entry
 from connector.core.errors import AuditError
 
 # Entries read at a time when walking the whole chain.
 CHUNK = 5_000
+# The evidence column of an entry (written by ``sqlite._entry_rows``).
+_evidence = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
 
 
 def _connect(path: Path, *, write: bool = False) -> sqlite3.Connection:
@@ -78,7 +82,8 @@ def read_refs(path: Path, refs: Iterable[str]) -> list[int]:
         seqs: set[int] = set()
         for ref in refs:
             seqs.update(int(r[0]) for r in conn.execute(
-                "SELECT seq FROM audit_refs WHERE ref = ?", (ref,)))
+                "SELECT seq FROM audit_entries WHERE ref1 = ? UNION"
+                " SELECT seq FROM audit_entries WHERE ref2 = ?", (ref, ref)))
     return sorted(seqs)
 
 
@@ -97,9 +102,11 @@ def read_evidence(path: Path, seqs: Iterable[int], digests: Iterable[str]
     out: dict[str, tuple[str, bytes]] = {}
     with closing(_connect(path)) as conn:
         for seq in sorted(set(seqs)):
-            for digest, kind, content in conn.execute(
-                    "SELECT digest, kind, content FROM audit_evidence WHERE seq = ?", (seq,)):
-                out[str(digest)] = (str(kind), bytes(content))
+            for (kept,) in conn.execute(
+                    "SELECT evidence FROM audit_entries WHERE seq = ? AND evidence IS NOT NULL",
+                    (seq,)):
+                for digest, kind, content in _evidence.decode(kept):
+                    out[digest] = (kind, content)
         for digest in dict.fromkeys(digests):
             for kind, content in conn.execute(
                     "SELECT kind, content FROM audit_shared WHERE digest = ?", (digest,)):
@@ -126,7 +133,5 @@ def prune_through(path: Path, seq: int) -> int:
     head). Returns the entries deleted."""
     with closing(_connect(path, write=True)) as conn, conn:
         deleted = conn.execute("DELETE FROM audit_entries WHERE seq <= ?", (seq,)).rowcount
-        conn.execute("DELETE FROM audit_refs WHERE seq <= ?", (seq,))
-        conn.execute("DELETE FROM audit_evidence WHERE seq <= ?", (seq,))
         conn.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (seq,))
     return int(deleted)

@@ -53,6 +53,10 @@ Statement = tuple[str, Sequence[Any]]
 JTI_FLUSH_S = 0.01
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
                " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
+_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row.
+_evidence = msgspec.msgpack.Encoder()
 _UPSERT_NEGOTIATION = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
     " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
@@ -439,19 +443,16 @@ class SqliteStore:
 
 
 def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
+    """One row per entry: the chained body, the ids it concerns (two at most) and, on the
+    step's first entry, the evidence it names; shared evidence goes to its own table."""
+    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows: list[Statement] = []
-    for entry, event in zip(entries, batch.events, strict=True):
-        rows.append(("INSERT INTO audit_entries (seq, digest, hash, body) VALUES (?, ?, ?, ?)",
-                     (entry.seq, entry.digest, entry.hash, entry.body)))
-        rows.extend(("INSERT OR IGNORE INTO audit_refs (ref, seq) VALUES (?, ?)", (ref, entry.seq))
-                    for ref in dict.fromkeys(event.refs) if ref)
-    for digest, kind, content in batch.evidence:  # kept with the step's (first) entry
-        if kind in SHARED_EVIDENCE:
-            rows.append(("INSERT OR IGNORE INTO audit_shared (digest, kind, content)"
-                         " VALUES (?, ?, ?)", (digest, kind, content)))
-        else:
-            rows.append(("INSERT INTO audit_evidence (seq, digest, kind, content)"
-                         " VALUES (?, ?, ?, ?)", (entries[0].seq, digest, kind, content)))
+    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
+        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
+        rows.append((_INSERT_ENTRY, (entry.seq, entry.digest, entry.hash, entry.body, refs[0],
+                                     refs[1], _evidence.encode(own) if own and i == 0 else None)))
+    rows.extend(("INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)",
+                 e) for e in batch.evidence if e[1] in SHARED_EVIDENCE)
     return rows
 
 
