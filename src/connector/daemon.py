@@ -333,8 +333,8 @@ class Daemon:
             return
         try:
             await self.trail.checkpoint()
-        except ConnectorError as exc:
-            log.error("cannot write the last audit checkpoint: %s", exc.message)
+        except Exception as exc:  # the store failed: stop anyway, and say so
+            log.error("cannot write the last audit checkpoint: %s", exc)
 
     def _own_keys_jwks(self) -> dict[str, dict[str, Any]]:
         return document_keys(self.did_document, self.settings.did)

@@ -10,6 +10,7 @@ body. A trailing slash is accepted on every path (the TCK's callback paths vary)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ from connector.service.transfers import TransferService
 JSON = "application/json"
 # A DSP control message is small; 1 MiB leaves room for large offers and refuses floods.
 MAX_BODY = 1024 * 1024
+# The caller ``DspRoutes.caller`` verified in this request's task, whose token ``body`` binds.
+_verified_caller: ContextVar[Claims | None] = ContextVar("dsp_verified_caller", default=None)
 
 
 @dataclass
@@ -86,7 +89,7 @@ class DspRoutes:
         """The caller's verified claims, before the body is read (DCP mode does network IO)."""
         claims = await self.d.verifier.verify_async(request.headers.get("Authorization"))
         logs.bind(peer=claims.participant_id)  # every later line of this request names it
-        request["dsp_caller"] = claims
+        _verified_caller.set(claims)  # for ``body``: each request runs in its own task
         return claims
 
     async def body(self, request: web.Request, area: Area) -> bytes:
@@ -95,7 +98,7 @@ class DspRoutes:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise MalformedMessage("body too large", area=area)
         raw = await request.read()
-        claims: Claims | None = request.get("dsp_caller")
+        claims = _verified_caller.get()
         if claims is not None:
             authorization = request.headers.get("Authorization")
             binding = bind_body(authorization, raw, required=self.d.verifier.requires_binding(
@@ -128,7 +131,7 @@ class DspRoutes:
             raise CatalogError("catalog filter expressions are not supported", status=400)
         doc = self.d.catalog().catalog(claims)
         if self.d.trail is not None:
-            await self.d.trail.catalog_answer(claims.participant_id, doc)
+            self.d.trail.catalog_answer(claims.participant_id, doc)
         return _doc(doc)
 
     async def dataset(self, request: web.Request) -> web.Response:
