@@ -71,13 +71,14 @@ def negotiate_and_pull(space: Observed, out: Path) -> str:
     return agreement
 
 
-def dsp_post(space: Observed, path: str, authorization: str | None) -> int:
+def dsp_post(space: Observed, path: str, authorization: str | None, *,
+             base: str = DSP_PATH) -> int:
     """POST an empty JSON body to the provider's DSP ``path``; the HTTP status."""
     tls = ssl.create_default_context(cafile=str(space.provider.dir / "tls" / "cert.pem"))
     headers = {"Content-Type": "application/json"}
     if authorization is not None:
         headers["Authorization"] = authorization
-    request = urllib.request.Request(space.provider.url + DSP_PATH + path, data=b"{}",
+    request = urllib.request.Request(space.provider.url + base + path, data=b"{}",
                                      headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10, context=tls) as resp:
@@ -96,6 +97,7 @@ def test_prometheus_reads_back_negotiation_transfer_and_refusal_counters(
         negotiate_and_pull(observed, tmp_path / "copy.jsonl")
         assert dsp_post(observed, "/negotiations/request", None) == 404
         assert dsp_post(observed, "/negotiations/request", "Bearer not.a.token") == 404
+        assert dsp_post(observed, "/push/urn:uuid:0", "Bearer guess", base="") == 401
 
         def at_least(expr: str, value: float) -> None:
             prom.wait_for(expr, value)
@@ -131,6 +133,8 @@ def test_prometheus_reads_back_negotiation_transfer_and_refusal_counters(
                  f'reason="missing"}}', 1)
         at_least(f'connector_token_verifications_refused_total{{job="{provider}",'
                  f'reason="malformed"}}', 1)
+        at_least(f'connector_token_verifications_refused_total{{job="{provider}",'
+                 f'reason="push_token"}}', 1)
         at_least(f'connector_dsp_messages_received_total{{job="{provider}",'
                  f'type="ContractRequestMessage",status="404"}}', 2)
         at_least(f'sum(connector_storage_seconds_count{{job="{provider}",'

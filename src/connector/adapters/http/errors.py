@@ -27,6 +27,9 @@ from connector.core.messages import DSP_CONTEXT
 log = logging.getLogger("connector.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The error a response was rendered from, kept on the request for outer middlewares (metrics).
+REQUEST_ERROR = "connector.error"
+
 _ERROR_TYPES = {Area.NEGOTIATION: "ContractNegotiationError", Area.TRANSFER: "TransferError",
                 Area.CATALOG: "CatalogError"}
 
@@ -78,5 +81,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ConnectorError as exc:
         log.info("%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code,
                  exc.message)
+        request[REQUEST_ERROR] = exc
         area = area_of(request.path) if request.app.get("dsp") else None
         return _render_dsp(request, area, exc) if area else _render_plain(exc)
