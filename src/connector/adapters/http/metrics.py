@@ -35,7 +35,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from connector import __version__
 from connector.adapters.http.errors import REQUEST_ERROR
@@ -118,7 +117,7 @@ _CONSTRAINTS = frozenset(op.value for op in LeftOperand)
 def message_type(method: str, path: str) -> str:
     """The DSP message type of a request to ``path`` (ours or a peer's), or ``other``."""
     for area in ("negotiations", "transfers", "catalog"):
-        at = path.find(f"/{area}/")
+        at = path.rfind(f"/{area}/")  # the binding part ends the path
         if at < 0:
             continue
         parts = path[at + len(area) + 2:].strip("/").split("/")
@@ -344,7 +343,8 @@ class Metrics:
 
     def metered_send(self, send: Send) -> Send:
         async def metered(item: OutboxItem) -> bytes:
-            kind = message_type("POST", URL(item.url).path)
+            # The area's segment cannot occur in scheme or host: the whole URL will do.
+            kind = message_type("POST", item.url)
             t0 = self._clock()
             try:
                 body = await send(item)
