@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import ssl
 import urllib.error
@@ -183,3 +184,17 @@ def test_metrics_hold_no_process_id_token_or_key_path(observed: Observed,
         assert leaked == [], f"{participant.name} exposes {leaked}"
         assert not re.search(r"urn:uuid|Bearer|eyJ", text)
         assert "keys/" not in text and str(participant.dir) not in text
+
+
+def test_a_configured_metrics_port_that_is_taken_stops_the_start(tmp_path: Path) -> None:
+    provider, _ = create_space(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (provider.dir / "connector.toml").open("a") as f:
+            f.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        with pytest.raises(RuntimeError, match="did not start"):
+            start(provider)
+    log = (provider.dir / "state" / "daemon.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in log
