@@ -28,7 +28,7 @@ log = logging.getLogger("connector.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The error a response was rendered from, kept on the request for outer middlewares (metrics).
-REQUEST_ERROR = "connector.error"
+REQUEST_ERROR = web.RequestKey("connector.error", ConnectorError)
 
 _ERROR_TYPES = {Area.NEGOTIATION: "ContractNegotiationError", Area.TRANSFER: "TransferError",
                 Area.CATALOG: "CatalogError"}
