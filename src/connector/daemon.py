@@ -471,7 +471,7 @@ class Daemon:
     def _public_middlewares(self) -> list[Middleware]:
         if self.metrics is None:
             return [error_middleware]
-        return [self.metrics.dsp_middleware, error_middleware, self.metrics.refusal_middleware]
+        return [self.metrics.dsp_middleware, error_middleware]
 
     async def drain(self) -> None:
         """SIGTERM: ready answers 503 for [health] drain_s; ``stop`` then lets in-flight
