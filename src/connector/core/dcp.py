@@ -35,11 +35,8 @@ MEMBERSHIP_SCOPE = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 SCOPE_OPERATIONS = ("read", "write", "*", "all")
 
 
-class UnsupportedQuery(ProtocolError):
+class UnsupportedQuery(ProtocolError, status=501, code="not-implemented"):
     """A presentation definition query: optional in DCP 1.0, not implemented (501)."""
-
-    status = 501
-    code = "not-implemented"
 
 
 @dataclass(frozen=True)

@@ -62,18 +62,12 @@ _SIGNED_URL = re.compile(
     r"key|code)=", re.IGNORECASE)
 
 
-class PublicationRefused(ConnectorError):
+class PublicationRefused(ConnectorError, status=422, code="refused"):
     """A snapshot the registry will not hold: malformed, data-bearing, too big, stale."""
 
-    status = 422
-    code = "refused"
 
-
-class NotMember(AuthError):
+class NotMember(AuthError, status=403, code="not-member"):
     """The publisher or caller is not a pinned member (``membership = active``) of the space."""
-
-    status = 403
-    code = "not-member"
 
 
 def is_member(attributes: Mapping[str, Any]) -> bool:
