@@ -275,7 +275,7 @@ class RegistryStore:
             rowid = self._next_dataset
             self._next_dataset += 1
             out.append((_INSERT_DATASET, (
-                rowid, snap.publisher, meta.dataset_id, meta.title, meta.description,
+                rowid, snap.publisher, meta.id, meta.title, meta.description,
                 json.dumps(meta.keywords), json.dumps(meta.themes), json.dumps(meta.formats),
                 snap.expires_at)))
             for kind, values in (("keyword", meta.keywords), ("theme", meta.themes),
