@@ -35,6 +35,7 @@ from connector.core.identity import (
     Jws,
     PublicKey,
     SigningKey,
+    jwt_strings,
     parse_jws,
     sign_jwt,
     verify_jws_signature,
@@ -275,15 +276,9 @@ def _status_entries(vc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _presentation_credentials(jws: Jws) -> list[str]:
     vp = _object(jws.payload.get("vp"), "presentation (no vp claim)")
-    credentials = vp.get("verifiableCredential")
-    if isinstance(credentials, str | dict):
-        credentials = [credentials]
-    if not isinstance(credentials, list) or not credentials:
-        raise AuthError("presentation holds no credentials")
-    if not all(isinstance(c, str) for c in credentials):
-        # Linked-data proofs would need RDF canonicalisation (identity-policy note §1.11).
-        raise AuthError("presentation holds a non-JWT credential (only JWT credentials)")
-    return list(credentials)
+    return jwt_strings(
+        vp.get("verifiableCredential"), missing="presentation holds no credentials",
+        not_jwt="presentation holds a non-JWT credential (only JWT credentials)")
 
 
 @dataclass(frozen=True)

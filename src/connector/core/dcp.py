@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.core.errors import AuthError, MalformedMessage, ProtocolError
-from connector.core.identity import KeyRing, SigningKey, parse_jws, sign_jwt, verify_jws_signature
+from connector.core.identity import (
+    KeyRing,
+    SigningKey,
+    jwt_strings,
+    parse_jws,
+    sign_jwt,
+    verify_jws_signature,
+)
 
 DCP_CONTEXT = "https://w3id.org/dspace-dcp/v1.0/dcp.jsonld"
 # EDC's DefaultCredentialServiceClient puts this context first (presentation exchange).
@@ -132,14 +139,9 @@ def parse_presentation_response(body: Any) -> list[str]:
     """The VP JWTs of a PresentationResponseMessage; AuthError for anything else."""
     if not isinstance(body, dict):
         raise AuthError("presentation response: not a JSON object")
-    presentations = body.get("presentation")
-    if isinstance(presentations, str):
-        presentations = [presentations]
-    if not isinstance(presentations, list) or not presentations:
-        raise AuthError("presentation response: no presentation")
-    if not all(isinstance(p, str) for p in presentations):
-        raise AuthError("presentation response: only JWT presentations are supported")
-    return list(presentations)
+    return jwt_strings(
+        body.get("presentation"), missing="presentation response: no presentation",
+        not_jwt="presentation response: only JWT presentations are supported")
 
 
 # --- access tokens ------------------------------------------------------------------------------

@@ -269,6 +269,21 @@ def build_did_document(
     return document
 
 
+def jwt_strings(value: Any, *, missing: str, not_jwt: str) -> list[str]:
+    """The compact JWTs of a JSON value holding one JWT or a non-empty list of them (a VP's
+    ``verifiableCredential``, a DCP PresentationResponseMessage's ``presentation``).
+
+    AuthError ``missing`` when there is none, ``not_jwt`` when one is an embedded JSON object:
+    an embedded proof (W3C VC Data Model 1.1 §4.7, Proofs) would need RDF canonicalisation,
+    so only JWTs are accepted."""
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list) or not items:
+        raise AuthError(missing)
+    if not all(isinstance(item, str) for item in items):
+        raise AuthError(not_jwt)
+    return list(items)
+
+
 # --- self-issued ID tokens --------------------------------------------------------------------
 
 
