@@ -132,32 +132,34 @@ class StepAudit:
 
     def negotiation(self, record: Negotiation, outbox: Sequence[Outgoing],
                     agreement: Agreement | None) -> AuditBatch:
-        now = self._clock()
-        batch = self._inbound(now, record.id, keep_evidence=True)
         refs = (record.id,)
-        steps = self._new_steps(record.id, record.history, record.state.terminal)
-        data = {"role": record.role.value, "state": record.state.value,
-                "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
-                "dataset": record.dataset_id, "peer": record.counterparty_id, "steps": steps}
-        batch.events.append(Event("negotiation", now, refs, data))
-        self._denials(batch, now, refs, steps)
+        batch, now = self._process("negotiation", record, refs, {"dataset": record.dataset_id},
+                                   keep_evidence=True)
         if agreement is not None:
             self._agreement(batch, now, agreement)
         self._outgoing(batch, now, refs, outbox)
         return batch
 
     def transfer(self, record: Transfer, outbox: Sequence[Outgoing]) -> AuditBatch:
-        now = self._clock()
-        batch = self._inbound(now, record.id, keep_evidence=False)
         refs = (record.id, record.agreement_id)
+        batch, now = self._process("transfer", record, refs, {"agreement": record.agreement_id},
+                                   keep_evidence=False)
+        self._outgoing(batch, now, refs, outbox)
+        return batch
+
+    def _process(self, kind: str, record: Negotiation | Transfer, refs: tuple[str, ...],
+                 named: dict[str, Any], *, keep_evidence: bool) -> tuple[AuditBatch, float]:
+        """The batch of a negotiation's or transfer's step: the inbound message, the process
+        event (``named``: what it is about) and its denials."""
+        now = self._clock()
+        batch = self._inbound(now, record.id, keep_evidence=keep_evidence)
         steps = self._new_steps(record.id, record.history, record.state.terminal)
         data = {"role": record.role.value, "state": record.state.value,
                 "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
-                "agreement": record.agreement_id, "peer": record.counterparty_id, "steps": steps}
-        batch.events.append(Event("transfer", now, refs, data))
+                **named, "peer": record.counterparty_id, "steps": steps}
+        batch.events.append(Event(kind, now, refs, data))
         self._denials(batch, now, refs, steps)
-        self._outgoing(batch, now, refs, outbox)
-        return batch
+        return batch, now
 
     def revocation(self, agreement: Agreement) -> AuditBatch:
         return AuditBatch([Event("revocation", self._clock(), (agreement.id,),
