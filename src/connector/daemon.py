@@ -325,7 +325,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         self._tasks.append(asyncio.create_task(self.health.run()))
-        # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
+        # README §Registry: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
         self.publisher = RegistryPublisher.from_settings(
             s, session=self.client.session, catalog=lambda: self.folder.catalog,

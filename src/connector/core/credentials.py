@@ -5,8 +5,8 @@ a VC JWT in the VC Data Model 1.1 JWT encoding (§6.3.1: ``iss`` = issuer, ``sub
 ``credentialSubject.id``, ``jti`` = credential id, ``nbf``/``exp`` = validity, the credential
 itself under ``vc``). The holder wraps the VC JWTs it chooses to show into a VP JWT signed by
 itself for one verifier (``iss`` = holder, ``aud`` = verifier, ``vp.verifiableCredential``).
-The verifier checks, per DCP 1.0 §Presentation Validation and EDC's rules (identity-policy note
-§1.6): the VP's signer is the holder that signed the DSP request, every VC is signed by its
+The verifier checks, per DCP 1.0 §Presentation Validation and EDC's rules (docs/interop-notes.md
+§5): the VP's signer is the holder that signed the DSP request, every VC is signed by its
 issuer, the issuer is trusted for the credential's type, the subject is the holder, the
 validity window holds, no status bit is set, and every required type is present.
 

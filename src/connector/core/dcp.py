@@ -1,6 +1,6 @@
 """DCP 1.0 Credential Service messages, scopes and access tokens. Pure: no IO, no clock.
 
-Theory of operation (identity-policy note §1.3, §1.6, §1.11). A consumer (holder) sends its DSP
+Theory of operation (DCP 1.0; docs/interop-notes.md §2). A consumer (holder) sends its DSP
 request with a self-issued token whose ``token`` claim is an *access token*: a JWT the holder
 signs for its own Credential Service, naming the verifier (``sub``) and the scopes it may ask
 for. The provider (verifier) forwards that access token inside its own self-issued token to
@@ -57,7 +57,8 @@ class Scope:
 
 
 def parse_scope(text: str) -> Scope:
-    """Parse a DCP scope tolerantly (note §1.3); MalformedMessage when it has no alias:value."""
+    """Parse a DCP scope tolerantly (docs/interop-notes.md §2, Scopes); MalformedMessage
+    when it has no alias:value."""
     parts = text.split(":")
     operation = parts.pop() if len(parts) > 2 and parts[-1] in SCOPE_OPERATIONS else "read"
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -153,8 +154,8 @@ def issue_access_token(
 ) -> str:
     """The access token for the ``token`` claim: lets ``verifier`` read ``scopes`` from our CS.
 
-    Shaped as EDC's embedded STS does it (note §1.2): ``iss`` = ``aud`` = holder, ``sub`` =
-    verifier, ``scope`` = space-separated scopes.
+    Shaped as EDC's embedded STS does it (docs/interop-notes.md §2): ``iss`` = ``aud`` =
+    holder, ``sub`` = verifier, ``scope`` = space-separated scopes.
     """
     claims = {"iss": holder, "sub": verifier, "aud": holder, "jti": jti, "iat": now,
               "exp": now + ttl_s, "scope": " ".join(scopes)}

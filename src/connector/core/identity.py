@@ -199,7 +199,7 @@ def document_keys(
     ``relationship`` (DCP 1.0: ``capabilityInvocation`` for self-issued tokens,
     ``assertionMethod`` for credentials, ``authentication`` for presentations), only the
     methods it names count; when it omits it, as EDC's documents may, every method counts
-    (identity-policy note §1.5). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
+    (docs/interop-notes.md §4). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
     """
     if document.get("id") != did:
         raise AuthError(f"DID document id {str(document.get('id'))[:200]!r} is not {did!r}")

@@ -1,9 +1,9 @@
 """DCP mode: who is calling, proven by a resolved did:web key and verifiable credentials.
 
-Theory of operation (identity-policy note §1.3, §1.11). A DSP request carries a self-issued
-token signed with a key of the caller's DID document and, in its ``token`` claim, an access
-token for the caller's Credential Service. ``DcpVerifier.verify_async``, before the body is
-read:
+Theory of operation (DCP 1.0 §Resolution API; docs/interop-notes.md §2). A DSP request
+carries a self-issued token signed with a key of the caller's DID document and, in its
+``token`` claim, an access token for the caller's Credential Service.
+``DcpVerifier.verify_async``, before the body is read:
 
 1. resolves the caller's ``did.json`` (cached ``did_cache_s``; refetched early, at most every
    few seconds, when the token names a key the cached copy lacks, so that a rotated key works),
@@ -131,7 +131,8 @@ class _Cache(Generic[V]):
 
 
 class DidResolver:
-    """did:web documents over HTTPS, cached ``cache_s`` (identity-policy note §1.4)."""
+    """did:web documents over HTTPS, cached ``cache_s`` (W3C did:web method;
+    docs/interop-notes.md §3)."""
 
     def __init__(self, http: Http, *, cache_s: int, clock: Callable[[], float],
                  scheme: str = "https") -> None:
