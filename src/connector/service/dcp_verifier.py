@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from connector.core import credentials as vc
@@ -351,31 +352,32 @@ class DcpVerifier(Verifier):
         return bits, max(0.0, hit[1] - self._clock()) if hit else 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class CredentialService:
-    """Our Credential Service (holder side): ``POST /cs/presentations/query``."""
+    """Our Credential Service (holder side): ``POST /cs/presentations/query``.
 
-    def __init__(self, *, identity: Identity, verifier: DcpVerifier,
-                 own_keys: Callable[[], KeyRing], credentials: Callable[[], list[str]],
-                 leeway_s: int, clock: Callable[[], float]) -> None:
-        self._identity = identity
-        self._verifier = verifier
-        self._own_keys = own_keys
-        self._credentials = credentials
-        self._leeway_s = leeway_s
-        self._clock = clock
+    ``own_keys``: the keys our access tokens may be signed with (every key still in our
+    did.json); ``credentials``: the VC JWTs of ``credentials/``, read on each query."""
+
+    identity: Identity
+    verifier: DcpVerifier
+    own_keys: Callable[[], KeyRing]
+    credentials: Callable[[], list[str]]
+    leeway_s: int
+    clock: Callable[[], float]
 
     async def query(self, authorization: str | None, body: Any) -> dict[str, Any]:
         """The PresentationResponseMessage for a verifier; AuthError / MalformedMessage."""
-        token = await self._verifier.verify_token(authorization)
+        token = await self.verifier.verify_token(authorization)
         granted = dcp.verify_access_token(
-            token.access_token, holder=self._identity.did, verifier=token.issuer,
-            now=int(self._clock()), leeway_s=self._leeway_s, keys=self._own_keys())
+            token.access_token, holder=self.identity.did, verifier=token.issuer,
+            now=int(self.clock()), leeway_s=self.leeway_s, keys=self.own_keys())
         scopes = dcp.parse_presentation_query(body)
         try:
-            held = self._credentials()
+            held = self.credentials()
         except (OSError, ConnectorError) as exc:
             log.error("cannot read credentials/: %s", exc)
             held = []
         chosen = dcp.select_credentials(held, scopes, granted)
-        presentations = [self._identity.presentation(token.issuer, chosen)] if chosen else []
+        presentations = [self.identity.presentation(token.issuer, chosen)] if chosen else []
         return dcp.presentation_response(presentations)
