@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import ipaddress
 import json
 import logging
 import secrets
@@ -36,7 +37,7 @@ from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
-from connector.adapters.http.push import Pusher, PushReceiver
+from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
@@ -107,13 +108,50 @@ def read_folder(settings: Settings,
                        catalog=catalog, stamp=_stamp(root))
 
 
+# How the DCP verifier reaches holders and did:web documents, from the settings and the client
+# TLS context: ``GuardedHttp`` and ``DidResolver`` unless an embedding passes its own.
+DcpTransport = Callable[[Settings, ssl.SSLContext], tuple[GuardedHttp, DidResolver]]
+
+
+def dcp_transport(settings: Settings, client_ssl: ssl.SSLContext) -> tuple[GuardedHttp,
+                                                                            DidResolver]:
+    """The production DCP transport: HTTPS to the hosts ``[identity]`` allows."""
+    http = GuardedHttp(client_ssl, allowed_hosts=settings.allowed_hosts)
+    return http, DidResolver(http, cache_s=settings.did_cache_s, clock=time.time)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Daemon:
     def __init__(self, settings: Settings, *,
-                 unpinned_peers: Mapping[str, str] | None = None) -> None:
-        """``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
-        trust/ (EDC under its test identity), which the management API addresses all the same."""
+                 unpinned_peers: Mapping[str, str] | None = None, tls: bool = True,
+                 automatic: bool = True, dcp_transport: DcpTransport = dcp_transport,
+                 extra_routes: Callable[[web.Application], None] | None = None) -> None:
+        """What an embedding (the interoperability profiles under ``interop/``) may set that
+        ``connector.toml`` cannot:
+
+        - ``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
+          trust/ (EDC under its test identity), which the management API addresses all the same;
+        - ``tls=False``: the DSP listener speaks plain HTTP, on a loopback host only (a test
+          kit whose client trusts no self-signed certificate);
+        - ``automatic=False``: negotiations and transfers advance only when asked to (the
+          test kit drives each step);
+        - ``dcp_transport``: how the DCP verifier fetches (a loopback test kit's plain HTTP);
+        - ``extra_routes``: adds the embedding's own routes to the DSP listener's app.
+        """
         self.settings = settings
         self.unpinned_peers = dict(unpinned_peers or {})
+        if not tls and not is_loopback(settings.host):
+            raise ConfigError(f"plain HTTP is for a loopback listener, not {settings.host}")
+        self._tls = tls
+        self._automatic = automatic
+        self._extra_routes = extra_routes
         # [metrics]: None when switched off (then nothing is measured at all).
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
                         if settings.metrics_listen is not None else None)
@@ -131,7 +169,7 @@ class Daemon:
         self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
                                            leeway_s=settings.clock_leeway_s, clock=time.time)
         self.credential_service: CredentialService | None = None
-        self.dcp_http = GuardedHttp(self._client_ssl(), allowed_hosts=settings.allowed_hosts)
+        self.dcp_http, self._did_resolver = dcp_transport(settings, self._client_ssl())
         if self.dcp_mode:
             self._wire_dcp()
         self.client = PeerClient(self.identity, self._client_ssl(),
@@ -162,16 +200,10 @@ class Daemon:
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)
 
-    def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
-        """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
-        return self.dcp_http, DidResolver(self.dcp_http, cache_s=self.settings.did_cache_s,
-                                          clock=time.time)
-
     def _wire_dcp(self) -> None:
         s = self.settings
-        self.dcp_http, resolver = self._dcp_transport()
         verifier = DcpVerifier(
-            identity=self.identity, resolver=resolver, http=self.dcp_http,
+            identity=self.identity, resolver=self._did_resolver, http=self.dcp_http,
             trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
             leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time,
             scope_alias=s.scope_alias)
@@ -267,20 +299,24 @@ class Daemon:
         self._opened.append(self.outbox.close)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
-            did=s.did, dsp_base=s.dsp_base, clock=time.time)
+            did=s.did, dsp_base=s.dsp_base, clock=time.time, automatic=self._automatic)
+        # Push: we receive at /push/{pid} as consumer; a pushed copy completes once verified.
+        pushed = PushedCopies()
         self.transfers = TransferService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
-            token_secret=data_token_secret(s.root))
+            token_secret=data_token_secret(s.root), automatic=self._automatic,
+            completion_guard=pushed.completion_problem)
         self._observe_services()
-        # Push: we receive at /push/{pid} as consumer, and push as provider.
-        self.push_receiver = PushReceiver(self.transfers, s.public_url)
+        # ... and push as provider.
+        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
                              trail=self.trail)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
-        await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
+        await self._serve(self._public_app(), s.host, s.port,
+                          self._server_ssl() if self._tls else None)
         app = self._management_api().app()
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
         if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
@@ -289,7 +325,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         self._tasks.append(asyncio.create_task(self.health.run()))
-        # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
+        # README §Registry: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
         self.publisher = RegistryPublisher.from_settings(
             s, session=self.client.session, catalog=lambda: self.folder.catalog,
@@ -363,6 +399,8 @@ class Daemon:
                   on_served=self.metrics.served if self.metrics else None,
                   trail=self.trail).register(app)
         self.push_receiver.register(app)
+        if self._extra_routes is not None:
+            self._extra_routes(app)
         return app
 
     def _server_ssl(self) -> ssl.SSLContext:

@@ -1,6 +1,6 @@
 """DCP 1.0 Credential Service messages, scopes and access tokens. Pure: no IO, no clock.
 
-Theory of operation (identity-policy note §1.3, §1.6, §1.11). A consumer (holder) sends its DSP
+Theory of operation (DCP 1.0; docs/interop-notes.md §2). A consumer (holder) sends its DSP
 request with a self-issued token whose ``token`` claim is an *access token*: a JWT the holder
 signs for its own Credential Service, naming the verifier (``sub``) and the scopes it may ask
 for. The provider (verifier) forwards that access token inside its own self-issued token to
@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.core.errors import AuthError, MalformedMessage, ProtocolError
-from connector.core.identity import KeyRing, SigningKey, parse_jws, sign_jwt, verify_jws_signature
+from connector.core.identity import (
+    KeyRing,
+    SigningKey,
+    jwt_strings,
+    parse_jws,
+    sign_jwt,
+    verify_jws_signature,
+)
 
 DCP_CONTEXT = "https://w3id.org/dspace-dcp/v1.0/dcp.jsonld"
 # EDC's DefaultCredentialServiceClient puts this context first (presentation exchange).
@@ -35,11 +42,8 @@ MEMBERSHIP_SCOPE = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 SCOPE_OPERATIONS = ("read", "write", "*", "all")
 
 
-class UnsupportedQuery(ProtocolError):
+class UnsupportedQuery(ProtocolError, status=501, code="not-implemented"):
     """A presentation definition query: optional in DCP 1.0, not implemented (501)."""
-
-    status = 501
-    code = "not-implemented"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class Scope:
 
 
 def parse_scope(text: str) -> Scope:
-    """Parse a DCP scope tolerantly (note §1.3); MalformedMessage when it has no alias:value."""
+    """Parse a DCP scope tolerantly (docs/interop-notes.md §2, Scopes); MalformedMessage
+    when it has no alias:value."""
     parts = text.split(":")
     operation = parts.pop() if len(parts) > 2 and parts[-1] in SCOPE_OPERATIONS else "read"
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -135,14 +140,9 @@ def parse_presentation_response(body: Any) -> list[str]:
     """The VP JWTs of a PresentationResponseMessage; AuthError for anything else."""
     if not isinstance(body, dict):
         raise AuthError("presentation response: not a JSON object")
-    presentations = body.get("presentation")
-    if isinstance(presentations, str):
-        presentations = [presentations]
-    if not isinstance(presentations, list) or not presentations:
-        raise AuthError("presentation response: no presentation")
-    if not all(isinstance(p, str) for p in presentations):
-        raise AuthError("presentation response: only JWT presentations are supported")
-    return list(presentations)
+    return jwt_strings(
+        body.get("presentation"), missing="presentation response: no presentation",
+        not_jwt="presentation response: only JWT presentations are supported")
 
 
 # --- access tokens ------------------------------------------------------------------------------
@@ -154,8 +154,8 @@ def issue_access_token(
 ) -> str:
     """The access token for the ``token`` claim: lets ``verifier`` read ``scopes`` from our CS.
 
-    Shaped as EDC's embedded STS does it (note §1.2): ``iss`` = ``aud`` = holder, ``sub`` =
-    verifier, ``scope`` = space-separated scopes.
+    Shaped as EDC's embedded STS does it (docs/interop-notes.md §2): ``iss`` = ``aud`` =
+    holder, ``sub`` = verifier, ``scope`` = space-separated scopes.
     """
     claims = {"iss": holder, "sub": verifier, "aud": holder, "jti": jti, "iat": now,
               "exp": now + ttl_s, "scope": " ".join(scopes)}

@@ -186,19 +186,20 @@ def request_message(record: Transfer, callback_address: str,
 HTTP_PULL_ENDPOINT_TYPE = "https://w3id.org/idsa/v4.1/HTTP"
 
 
+def bearer_properties(token: str) -> list[EndpointProperty]:
+    """The endpoint properties of a bearer-token address (DSP 2025-1 §TP 2.3 example)."""
+    return [EndpointProperty(name="authorization", value=token),
+            EndpointProperty(name="authType", value="bearer")]
+
+
 def pull_address(endpoint: str, token: str) -> DataAddress:
-    return DataAddress(
-        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
-        endpoint=endpoint,
-        endpoint_properties=[
-            EndpointProperty(name="authorization", value=token),
-            EndpointProperty(name="authType", value="bearer"),
-            # The same under EDC's names, which its consumers read (interop/edc/README.md).
-            EndpointProperty(name=EDC_NS + "endpoint", value=endpoint),
-            EndpointProperty(name=EDC_NS + "authorization", value=token),
-            EndpointProperty(name=EDC_NS + "authType", value="bearer"),
-        ],
-    )
+    """Where a consumer pulls from: our data plane and the bearer token we minted."""
+    # The same under EDC's names, which its consumers read (interop/edc/README.md).
+    edc = [EndpointProperty(name=EDC_NS + name, value=value)
+           for name, value in (("endpoint", endpoint), ("authorization", token),
+                               ("authType", "bearer"))]
+    return DataAddress(endpoint_type=HTTP_PULL_ENDPOINT_TYPE, endpoint=endpoint,
+                       endpoint_properties=bearer_properties(token) + edc)
 
 
 PUSH_FORMAT = "HttpData-PUSH"
@@ -206,11 +207,5 @@ PUSH_FORMAT = "HttpData-PUSH"
 
 def push_address(endpoint: str, token: str) -> DataAddress:
     """Where a provider pushes to: the consumer's endpoint and the bearer token it minted."""
-    return DataAddress(
-        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
-        endpoint=endpoint,
-        endpoint_properties=[
-            EndpointProperty(name="authorization", value=token),
-            EndpointProperty(name="authType", value="bearer"),
-        ],
-    )
+    return DataAddress(endpoint_type=HTTP_PULL_ENDPOINT_TYPE, endpoint=endpoint,
+                       endpoint_properties=bearer_properties(token))

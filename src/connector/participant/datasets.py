@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connector.core.catalog import DatasetText
 from connector.core.errors import ConfigError
 from connector.participant.layout import raise_first, read_toml
 
@@ -28,13 +29,9 @@ _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 
 
 @dataclass(frozen=True)
-class DatasetDecl:
+class DatasetDecl(DatasetText):
     """One ``datasets/*.toml``: a dataset, where its records live and the policies it offers."""
 
-    id: str
-    title: str
-    description: str
-    keywords: tuple[str, ...]
     policies: tuple[str, ...]
     format: str
     source_type: str

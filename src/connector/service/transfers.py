@@ -70,7 +70,8 @@ class TransferService(ProcessService[Transfer]):
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
                  new_id: Callable[[], str] = new_urn,
-                 automatic: bool = True, token_secret: bytes | None = None) -> None:
+                 automatic: bool = True, token_secret: bytes | None = None,
+                 completion_guard: Callable[[Transfer], str | None] | None = None) -> None:
         # automatic=False: the provider does not start on its own.
         super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
                          automatic=automatic)
@@ -84,7 +85,7 @@ class TransferService(ProcessService[Transfer]):
         self._token_ttl_s = token_ttl_s
         self._claims_for = claims_for
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
-        self.completion_guard: Callable[[Transfer], str | None] | None = None
+        self._completion_guard = completion_guard
 
     # -- the shared shape's storage ------------------------------------------------------------
 
@@ -177,8 +178,8 @@ class TransferService(ProcessService[Transfer]):
                 log.info("transfer %s: %s sent again; acknowledged", pid, type(msg).__name__)
                 return record
             if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
-                    and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
-                problem = self.completion_guard(record)
+                    and record.format == tp.PUSH_FORMAT and self._completion_guard is not None):
+                problem = self._completion_guard(record)
                 if problem is not None:  # a push is complete only once its copy checks out
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,

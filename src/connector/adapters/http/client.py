@@ -1,12 +1,12 @@
 """Talking to peers over HTTPS: signed DSP requests, catalogue fetches and data pulls.
 
 One ``aiohttp.ClientSession`` per daemon keeps TLS connections alive (a new TLS connection
-costs ~1.2 ms of CPU on this class of machine, a reused one ~12 µs; see perf-limits §3).
+costs ~1.2 ms of CPU on this class of machine, a reused one ~12 µs; docs/interop-notes.md §6).
 Peers' self-signed certificates pinned in ``trust/`` are added as trust anchors beside the
 system ones. Errors are translated into ``PeerError`` where they enter.
 
 The addresses come from peers (a ``callbackAddress``, a data address), so requests go
-through the SSRF guard of ``adapters.http.guard`` (issue #4): a URL whose host is a
+through the SSRF guard of ``adapters.http.guard``: a URL whose host is a
 link-local (cloud metadata), unspecified, multicast or broadcast IP address is refused before
 anything is sent, a host name resolving to one is refused when connecting (``GuardedResolver``,
 so DNS rebinding cannot get past), and so is a redirect to one. Loopback and private addresses
