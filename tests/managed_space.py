@@ -23,6 +23,8 @@ class ManagedSpace:
     registry: Registry
     transfer_id: str
     agreement_id: str
+    negotiation_id: str
+    offer_id: str
 
     def management(self, who: Participant) -> tuple[str, dict[str, str]]:
         """The management API's base URL and the headers carrying its token."""
@@ -31,7 +33,8 @@ class ManagedSpace:
             "Authorization": f"Bearer {settings.management_token()}"}
 
 
-async def _negotiate_and_start(space: tuple[Participant, Participant]) -> tuple[str, str]:
+async def _negotiate_and_start(space: tuple[Participant, Participant]
+                               ) -> tuple[str, str, str, str]:
     provider, consumer = space
     api = Management(load_settings(consumer.dir))
     try:
@@ -41,7 +44,7 @@ async def _negotiate_and_start(space: tuple[Participant, Participant]) -> tuple[
         transfer = await api.call("POST", "/api/transfers?wait=30",
                                   {"agreementId": record["agreementId"]})
         assert transfer["state"] == "STARTED", transfer
-        return transfer["id"], record["agreementId"]
+        return transfer["id"], record["agreementId"], record["id"], record["offer"]["@id"]
     finally:
         await api.close()
 
@@ -56,8 +59,8 @@ def managed_space(root: Path) -> Iterator[ManagedSpace]:
     try:
         start(provider)
         start(consumer)
-        transfer_id, agreement_id = asyncio.run(_negotiate_and_start((provider, consumer)))
-        yield ManagedSpace(provider, consumer, registry, transfer_id, agreement_id)
+        ids = asyncio.run(_negotiate_and_start((provider, consumer)))
+        yield ManagedSpace(provider, consumer, registry, *ids)
     finally:
         stop(consumer)
         stop(provider)

@@ -39,6 +39,8 @@ from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.console.web import Console, ConsoleDeps, read_folder_view
+from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
 from connector.core.errors import Area, ConfigError, ConnectorError
@@ -162,6 +164,20 @@ class Daemon:
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)
 
+    def _console(self, search: RegistrySearch) -> Console:
+        """The data steward's console over the same services as the management API."""
+        s = self.settings
+        consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
+                                   unpinned=self.unpinned_peers)
+        return Console(ConsoleDeps(
+            token=s.management_token(), store=self.store, negotiations=self.negotiations,
+            transfers=self.transfers, consumer=consumer, client=self.client,
+            search=search.search, pulls_dir=s.root / "state" / "pulls",
+            warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
+            folder=lambda: read_folder_view(
+                s.root, did=s.did, signing_kid=self.identity.kid,
+                peers=self.folder.peers.values(), datasets=self.folder.datasets.values())))
+
     def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
         """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
         return self.dcp_http, DidResolver(self.dcp_http, cache_s=self.settings.did_cache_s,
@@ -282,7 +298,9 @@ class Daemon:
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()
-        add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        search = RegistrySearch.from_settings(s, session=self.client.session)
+        add_search_route(app, search)
+        mount_console(app, self._console(search))  # /console: connector/console/
         if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
             app.middlewares.insert(0, contract)
         await self._serve(app, "127.0.0.1", s.management_port, None)

@@ -1,0 +1,199 @@
+"""What the console's pages show, computed from records and documents (no IO).
+
+ODRL constraints (ODRL 2.2 §2.5) are put into words the templates translate; agreements
+get their use limit and expiry from their ``count`` and ``dateTime`` constraints; lists are
+filtered and paged here, so a page costs the same whatever the store holds beyond a page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+# ODRL 2.2 operators, as the console says them (each is a catalogue message).
+OPERATOR_WORDS = {"eq": "is", "neq": "is not", "lt": "less than", "lteq": "at most",
+                  "gt": "more than", "gteq": "at least", "isAnyOf": "is one of",
+                  "isNoneOf": "is none of", "isA": "is a", "hasPart": "has part",
+                  "isPartOf": "is part of", "isAllOf": "is all of"}
+PAGE_SIZE = 50  # rows of a list page
+RECENT = 10  # lines of recent activity on the overview
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    left: str
+    operator: str  # a catalogue message, e.g. "at most"
+    right: str
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _operand(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("@value", value.get("@id", value)))
+    if isinstance(value, list):
+        return ", ".join(_operand(v) for v in value)
+    return str(value)
+
+
+def constraints(policy: Mapping[str, Any]) -> list[Constraint]:
+    """The constraints of every permission of an ODRL policy, in reading order."""
+    found = []
+    for rule in _as_list(policy.get("permission")):
+        if not isinstance(rule, dict):
+            continue
+        for c in _as_list(rule.get("constraint")):
+            if isinstance(c, dict):
+                operator = _operand(c.get("operator", ""))
+                found.append(Constraint(_operand(c.get("leftOperand", "")),
+                                        OPERATOR_WORDS.get(operator, operator),
+                                        _operand(c.get("rightOperand", ""))))
+    return found
+
+
+def use_limit(policy: Mapping[str, Any]) -> int | None:
+    """The most uses a ``count`` constraint allows, None without one."""
+    for c in constraints(policy):
+        if c.left == "count" and c.right.isdigit():
+            if c.operator == "at most":
+                return int(c.right)
+            if c.operator == "less than":
+                return int(c.right) - 1
+    return None
+
+
+def expiry(policy: Mapping[str, Any]) -> str | None:
+    """The end of a ``dateTime`` window (ISO 8601 as written), None without one."""
+    for c in constraints(policy):
+        if c.left == "dateTime" and c.operator in ("at most", "less than"):
+            return c.right
+    return None
+
+
+@dataclass(frozen=True)
+class Offer:
+    id: str
+    description: str
+    policy: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    title: str
+    description: str
+    keywords: list[str]
+    offers: list[Offer]
+
+
+def datasets(catalog: Mapping[str, Any]) -> list[Dataset]:
+    """The datasets of a DCAT catalogue (DSP 2025-1 §Catalog) with their offers."""
+    found = []
+    for d in _as_list(catalog.get("dataset")):
+        if not isinstance(d, dict):
+            continue
+        offers = [Offer(str(o.get("@id", "")), _text(o.get("description")), o)
+                  for o in _as_list(d.get("hasPolicy")) if isinstance(o, dict)]
+        found.append(Dataset(str(d.get("@id", "")), _text(d.get("title")),
+                             _text(d.get("description")),
+                             [_text(k) for k in _as_list(d.get("keyword"))], offers))
+    return found
+
+
+def find_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: str) -> Offer | None:
+    for d in datasets(catalog):
+        if d.id == dataset_id:
+            return next((o for o in d.offers if o.id == offer_id), None)
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return str(value.get("@value", ""))
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    satisfied: bool | None  # None: a line that is not a constraint's result
+    text: str
+
+
+def trace(note: str) -> list[TraceLine]:
+    """A history note's lines; a policy decision's lines start with ✓ or ✗."""
+    lines = []
+    for line in note.splitlines():
+        if line.startswith("✓"):
+            lines.append(TraceLine(True, line[1:].strip()))
+        elif line.startswith("✗"):
+            lines.append(TraceLine(False, line[1:].strip()))
+        elif line.strip():
+            lines.append(TraceLine(None, line.strip()))
+    return lines
+
+
+def when(at: float | None) -> str:
+    """A timestamp as the console shows it (UTC, to the second)."""
+    if not at:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + " UTC"
+
+
+def filtered(records: Iterable[T], **wanted: str) -> list[T]:
+    """Records whose attributes equal every non-empty ``wanted`` value (enums by value)."""
+    wanted = {k: v for k, v in wanted.items() if v}
+    return [r for r in records
+            if all(str(getattr(getattr(r, k), "value", getattr(r, k))) == v
+                   for k, v in wanted.items())]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: Sequence[Any]
+    number: int
+    pages: int
+    total: int
+
+
+def page(rows: Sequence[T], number: int) -> Page:
+    """Page ``number`` (from 1) of ``rows``, newest first."""
+    pages = max(1, -(-len(rows) // PAGE_SIZE))
+    number = min(max(1, number), pages)
+    newest = list(reversed(rows[-(number * PAGE_SIZE):len(rows) - (number - 1) * PAGE_SIZE]))
+    return Page(newest, number, pages, len(rows))
+
+
+@dataclass(frozen=True)
+class Activity:
+    at: float
+    kind: str  # "negotiation" or "transfer"
+    id: str
+    by: str
+    message: str
+    state: str
+
+
+def recent(negotiations: Iterable[Any], transfers: Iterable[Any]) -> list[Activity]:
+    """The RECENT newest timeline lines across all processes."""
+    lines = [Activity(e.at, kind, r.id, e.by, e.message, e.state)
+             for kind, records in (("negotiation", negotiations), ("transfer", transfers))
+             for r in records for e in r.history[-RECENT:]]
+    return sorted(lines, key=lambda a: a.at, reverse=True)[:RECENT]
+
+
+def counts(records: Iterable[Any]) -> dict[str, int]:
+    """How many records are in each state."""
+    found: dict[str, int] = {}
+    for r in records:
+        found[r.state.value] = found.get(r.state.value, 0) + 1
+    return dict(sorted(found.items()))
