@@ -12,6 +12,7 @@ from pathlib import Path
 from connector.client import Management
 from connector.config import load_settings
 from connector.registry.membership import join_registry
+from tests.e2e.conftest import add_big_dataset
 from tests.e2e.test_registry import Registry, make_registry
 from tests.harness import Participant, create_space, start, stop
 
@@ -52,6 +53,7 @@ async def _negotiate_and_start(space: tuple[Participant, Participant]
 def managed_space(root: Path) -> Iterator[ManagedSpace]:
     """The space under ``root``, running until the generator is closed."""
     provider, consumer = create_space(root)
+    add_big_dataset(provider.dir)  # long enough a pull to watch it go
     registry = make_registry(root, "registry")
     join_registry(provider.dir, registry.dir)
     join_registry(consumer.dir, registry.dir)

@@ -142,6 +142,11 @@ def trace(note: str) -> list[TraceLine]:
     return lines
 
 
+def short(pid: str) -> str:
+    """A process id as lists show it: ``urn:uuid:`` dropped, its first eight characters."""
+    return pid.removeprefix("urn:uuid:")[:8]
+
+
 def when(at: float | None) -> str:
     """A timestamp as the console shows it (UTC, to the second)."""
     if not at:

@@ -60,8 +60,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
                     "Cache-Control": "no-store"}
-STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
-OPEN_PATHS = {f"{PREFIX}/login", f"{PREFIX}/static/console.css", f"{PREFIX}/static/console.js"}
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+OPEN_PATHS = {f"{PREFIX}/login"} | {f"{PREFIX}/static/{name}"
+                                    for name in ("console.css", "console.js", "favicon.svg")}
 
 
 @dataclass
@@ -106,9 +107,10 @@ class Progress:
     bytes: int = 0
     done: bool = False
     error: str | None = None
+    ended: float | None = None
 
     def view(self, now: float) -> dict[str, Any]:
-        seconds = max(now - self.started, 1e-6)
+        seconds = max((self.ended or now) - self.started, 1e-6)
         return {"records": self.records, "bytes": self.bytes,
                 "rate": round(self.records / seconds), "done": self.done, "error": self.error}
 
@@ -145,7 +147,8 @@ class ConsoleDeps:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(PACKAGE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(when=views.when, constraints=views.constraints, prefix=PREFIX)
+    env.globals.update(when=views.when, constraints=views.constraints, short=views.short,
+                       prefix=PREFIX)
     return env
 
 
@@ -384,7 +387,7 @@ class Console:
             progress.error = "internal error"
             log.error("console pull of %s failed", pid, exc_info=exc)
         finally:
-            progress.done = True
+            progress.done, progress.ended = True, self._d.clock()
 
     async def agreements(self, request: web.Request) -> web.Response:
         rows = await self._d.store.list_agreements()
