@@ -3,8 +3,6 @@ console's sessions (idle expiry)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from connector.console import views
 from connector.console.i18n import negotiate_language
 from connector.console.web import SESSION_IDLE_S, Sessions
@@ -35,18 +33,12 @@ def test_a_decision_trace_keeps_each_constraints_result() -> None:
         (None, "a plain line")]
 
 
-def test_lists_are_filtered_and_paged_newest_first() -> None:
-    rows = [SimpleNamespace(state=SimpleNamespace(value="A" if i % 2 else "B"), role="consumer",
-                            n=i) for i in range(120)]
-    picked = views.filtered(rows, state="A", role="consumer")
-    assert [r.n for r in picked][:3] == [1, 3, 5] and len(picked) == 60
-    assert views.filtered(rows, state="", role="") == rows
-    first = views.page(picked, 1)
-    assert (first.number, first.pages, first.total) == (1, 2, 60)
-    assert [r.n for r in first.rows][:2] == [119, 117] and len(first.rows) == 50
-    last = views.page(picked, 99)
-    assert last.number == 2 and [r.n for r in last.rows] == [19, 17, 15, 13, 11, 9, 7, 5, 3, 1]
-    assert views.page([], 1).rows == []
+def test_the_page_asked_for_stays_within_the_pages() -> None:
+    assert views.pages_of(0) == 1 and views.pages_of(50) == 1 and views.pages_of(51) == 2
+    assert views.page_number("2", 120) == 2
+    assert views.page_number("9", 120) == 3
+    for raw in ("0", "-1", "x", "", "²", "9" * 40):
+        assert views.page_number(raw, 120) == 1
 
 
 def test_sessions_end_when_idle() -> None:

@@ -2,7 +2,7 @@
 
 ODRL constraints (ODRL 2.2 §2.5) are put into words the templates translate; agreements
 get their use limit and expiry from their ``count`` and ``dateTime`` constraints; lists are
-filtered and paged here, so a page costs the same whatever the store holds beyond a page.
+paged by the store (``Store.page_*``), so a page costs the same whatever it holds beyond.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 # ODRL 2.2 operators, as the console says them (each is a catalogue message).
 OPERATOR_WORDS = {"eq": "is", "neq": "is not", "lt": "less than", "lteq": "at most",
@@ -19,8 +19,6 @@ OPERATOR_WORDS = {"eq": "is", "neq": "is not", "lt": "less than", "lteq": "at mo
                   "isPartOf": "is part of", "isAllOf": "is all of"}
 PAGE_SIZE = 50  # rows of a list page
 RECENT = 10  # lines of recent activity on the overview
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,14 +152,6 @@ def when(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + " UTC"
 
 
-def filtered(records: Iterable[T], **wanted: str) -> list[T]:
-    """Records whose attributes equal every non-empty ``wanted`` value (enums by value)."""
-    wanted = {k: v for k, v in wanted.items() if v}
-    return [r for r in records
-            if all(str(getattr(getattr(r, k), "value", getattr(r, k))) == v
-                   for k, v in wanted.items())]
-
-
 @dataclass(frozen=True)
 class Page:
     rows: Sequence[Any]
@@ -170,12 +160,14 @@ class Page:
     total: int
 
 
-def page(rows: Sequence[T], number: int) -> Page:
-    """Page ``number`` (from 1) of ``rows``, newest first."""
-    pages = max(1, -(-len(rows) // PAGE_SIZE))
-    number = min(max(1, number), pages)
-    newest = list(reversed(rows[-(number * PAGE_SIZE):len(rows) - (number - 1) * PAGE_SIZE]))
-    return Page(newest, number, pages, len(rows))
+def page_number(raw: str, total: int) -> int:
+    """The page asked for (from 1, ``?page=``), within the pages ``total`` rows make."""
+    number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 7 else 1
+    return min(max(1, number), pages_of(total))
+
+
+def pages_of(total: int) -> int:
+    return max(1, -(-total // PAGE_SIZE))
 
 
 @dataclass(frozen=True)
@@ -196,9 +188,3 @@ def recent(negotiations: Iterable[Any], transfers: Iterable[Any]) -> list[Activi
     return sorted(lines, key=lambda a: a.at, reverse=True)[:RECENT]
 
 
-def counts(records: Iterable[Any]) -> dict[str, int]:
-    """How many records are in each state."""
-    found: dict[str, int] = {}
-    for r in records:
-        found[r.state.value] = found.get(r.state.value, 0) + 1
-    return dict(sorted(found.items()))
