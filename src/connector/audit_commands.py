@@ -101,7 +101,7 @@ def show(settings: Settings, id: str) -> int:
     if not entries:
         raise AuditError(f"no audit entry concerns {id!r}")
     for entry in entries:
-        print(_line(entry.decoded()))
+        print(entry_line(entry.decoded()))
     return 0
 
 
@@ -122,7 +122,8 @@ def _concerning(settings: Settings, id: str) -> list[Entry]:
     return [by_seq[s] for s in sorted(seqs) if s in by_seq]
 
 
-def _line(body: dict[str, Any]) -> str:
+def entry_line(body: dict[str, Any]) -> str:
+    """One entry as ``audit show`` prints it (and the console shows it)."""
     at = datetime.fromtimestamp(float(body["at"]), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     data = body["data"]
     kind = body["kind"]
@@ -146,6 +147,15 @@ def _line(body: dict[str, Any]) -> str:
 
 
 def export(settings: Settings, agreement_id: str, out: Path) -> int:
+    bundle, entries, signed = agreement_bundle(settings, agreement_id)
+    out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}: {entries} entries about {agreement_id}, signed through entry {signed}")
+    return 0
+
+
+def agreement_bundle(settings: Settings, agreement_id: str) -> tuple[dict[str, Any], int, int]:
+    """The evidence bundle of an agreement (docs/audit.md), how many entries concern it,
+    and the entry its checkpoint signs through (one is signed now if none covers it)."""
     db = settings.database
     concerning = _concerning(settings, agreement_id)
     agreement = next((e.decoded()["data"] for e in concerning
@@ -166,10 +176,7 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
         did_documents={settings.did: _document(settings),
                        **_peer_document(settings, peer, evidence)},
         evidence=evidence)
-    out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out}: {len(concerning)} entries about {agreement_id}, "
-          f"signed through entry {cp.seq}")
-    return 0
+    return bundle, len(concerning), cp.seq
 
 
 def _covering_checkpoint(settings: Settings, seq: int) -> str:

@@ -172,7 +172,8 @@ class Daemon:
         return Console(ConsoleDeps(
             token=s.management_token(), store=self.store, negotiations=self.negotiations,
             transfers=self.transfers, consumer=consumer, client=self.client,
-            search=search.search, pulls_dir=s.root / "state" / "pulls",
+            search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
+            audit_enabled=self.audit_settings.enabled,
             warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
             folder=lambda: read_folder_view(
                 s.root, did=s.did, signing_kid=self.identity.kid,

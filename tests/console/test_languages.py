@@ -52,7 +52,7 @@ def pages(space: ManagedSpace) -> list[str]:
             f"/discover/confirm?provider={provider}&dataset=example-weather&offer="
             + quote(space.offer_id, safe=""),
             "/negotiations", f"/negotiations/{space.negotiation_id}", "/transfers",
-            f"/transfers/{space.transfer_id}", "/agreements", "/policies"]
+            f"/transfers/{space.transfer_id}", "/agreements", "/policies", "/audit"]
 
 
 def foreign(texts: list[str], language: str) -> list[str]:

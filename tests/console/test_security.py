@@ -23,7 +23,7 @@ def pages(space: ManagedSpace) -> list[str]:
             f"/discover/confirm?provider={provider}&dataset=example-weather&offer=x",
             "/negotiations", "/negotiations?state=FINALIZED&role=consumer",
             "/transfers", f"/transfers/{space.transfer_id}", "/agreements", "/policies",
-            "/negotiations/no-such-id"]
+            "/audit", "/negotiations/no-such-id"]
 
 
 async def test_no_session_redirects_to_the_login(managed_space: ManagedSpace) -> None:

@@ -32,7 +32,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "registry": frozenset({"core", "config", "keys", "service", "adapters", "participant",
                            "signals", "logs"}),
     "console": frozenset({"core", "config", "keys", "service", "adapters", "participant",
-                          "registry", "logs"}),
+                          "registry", "logs", "audit_commands"}),
     "client": frozenset({"core", "config", "service"}),
     "authority": frozenset({"core", "keys", "participant"}),
     "demo": frozenset({"core", "participant", "registry"}),

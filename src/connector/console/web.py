@@ -34,8 +34,12 @@ from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
 from connector.adapters.sinks import Sink, open_sink
+from connector.adapters.storage import audit_file
+from connector.audit_commands import agreement_bundle, entry_line
+from connector.config import Settings
 from connector.console import views
 from connector.console.i18n import LANGUAGES, catalogue, negotiate_language
+from connector.core.audit import Report, parse_checkpoint, verify_chain
 from connector.core.errors import ConnectorError, InvalidParameter, NotFound, PeerError
 from connector.core.negotiation import NegotiationState
 from connector.core.transfer import Transfer, TransferEvent, TransferState
@@ -142,6 +146,8 @@ class ConsoleDeps:
     warnings: Callable[[], dict[str, str]]  # failing readiness checks: name -> problem
     folder: Callable[[], FolderView]
     pulls_dir: Path
+    settings: Settings
+    audit_enabled: bool
     clock: Callable[[], float] = time.time
     pulls: dict[str, Progress] = field(default_factory=dict)
 
@@ -428,6 +434,23 @@ class Console:
         return self._page(request, "policies.html", {"folder": self._d.folder(),
                                                      "agreements_by_hash": by_hash})
 
+    async def audit(self, request: web.Request) -> web.Response:
+        state = (await asyncio.to_thread(_audit_state, self._d.settings)
+                 if self._d.audit_enabled else None)
+        return self._page(request, "audit.html", {"audit": state})
+
+    async def audit_export(self, request: web.Request) -> web.Response:
+        """The evidence bundle of an agreement, as a file to keep with the contract."""
+        if not self._d.audit_enabled:
+            raise NotFound("the audit trail is off ([audit] enabled = false)")
+        agreement = str(request["form"].get("agreement", "")).strip()
+        bundle, _, _ = await asyncio.to_thread(agreement_bundle, self._d.settings, agreement)
+        name = "".join(c if c.isalnum() or c in "-." else "-" for c in agreement)[:80]
+        return web.Response(
+            body=json.dumps(bundle, indent=1, sort_keys=True).encode(),
+            content_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="audit-{name}.json"'})
+
     # -- the application ------------------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -453,12 +476,35 @@ class Console:
         r.add_get("/agreements", self.agreements)
         r.add_post("/agreements/{id}/revoke", self.revoke)
         r.add_get("/policies", self.policies)
+        r.add_get("/audit", self.audit)
+        r.add_post("/audit/export", self.audit_export)
         return app
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class AuditState:
+    report: Report
+    signed_through: int
+    newest: list[str]  # entries as `connector audit show` prints them, newest first
+
+
+# Entries the audit page lists (the whole trail is verified).
+AUDIT_NEWEST = 50
+
+
+def _audit_state(settings: Settings) -> AuditState:
+    """The trail verified as `connector audit verify` does, and its newest entries."""
+    entries, checkpoints = audit_file.read_chain(settings.database)
+    document = json.loads((settings.root / "did.json").read_text(encoding="utf-8"))
+    report = verify_chain(entries, checkpoints, did=settings.did, document=document)
+    signed = max((parse_checkpoint(c).seq for c in checkpoints), default=0)
+    newest = [entry_line(e.decoded()) for e in reversed(entries[-AUDIT_NEWEST:])]
+    return AuditState(report, signed, newest)
 
 
 def _pull_address(record: Transfer) -> tuple[str, str]:
