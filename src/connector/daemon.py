@@ -175,9 +175,19 @@ class Daemon:
             search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
             audit_enabled=self.audit_settings.enabled,
             warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
+            refused_tokens=self._refused_tokens,
             folder=lambda: read_folder_view(
                 s.root, did=s.did, signing_kid=self.identity.kid,
                 peers=self.folder.peers.values(), datasets=self.folder.datasets.values())))
+
+    def _refused_tokens(self) -> dict[str, int]:
+        """Callers' tokens refused since the start, by reason (from the metrics)."""
+        if self.metrics is None:
+            return {}
+        return {sample.labels["reason"]: int(sample.value)
+                for metric in self.metrics.tokens_refused.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.value}
 
     def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
         """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""

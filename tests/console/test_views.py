@@ -58,3 +58,19 @@ def test_the_browser_language_picks_ours() -> None:
     assert negotiate_language("fr-FR,fr;q=0.9,en;q=0.8") == "fr"
     assert negotiate_language("de,en;q=0.5") == "en"
     assert negotiate_language("") == "en"
+
+
+def test_a_credential_shows_type_issuer_expiry_and_status_list() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from connector.core.credentials import StatusEntry, issue_credential
+
+    jwt = issue_credential(
+        Ed25519PrivateKey.generate(), kid="did:web:a#k", issuer="did:web:a",
+        subject="did:web:me", credential_id="urn:c", now=1_700_000_000, valid_s=3600,
+        status=StatusEntry(list_url="https://a/status/1", index=7))
+    shown = views.credential(jwt)
+    assert shown.types == "MembershipCredential" and shown.issuer == "did:web:a"
+    assert shown.expires == "2023-11-14T23:13:20Z"
+    assert shown.status == "https://a/status/1#7"
+    assert views.credential("not a jwt") == views.Credential("?", "?", "", "")

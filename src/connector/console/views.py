@@ -7,6 +7,8 @@ paged by the store (``Store.page_*``), so a page costs the same whatever it hold
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -188,3 +190,31 @@ def recent(negotiations: Iterable[Any], transfers: Iterable[Any]) -> list[Activi
     return sorted(lines, key=lambda a: a.at, reverse=True)[:RECENT]
 
 
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What the policies page shows of one of our verifiable credentials (a VC JWT)."""
+
+    types: str
+    issuer: str
+    expires: str  # "" when it does not say
+    status: str  # the status list entry a verifier checks for revocation, "" if none
+
+
+def credential(jwt: str) -> Credential:
+    """The claims of a VC JWT, read without verifying it (it is our own, from our folder;
+    peers verify it, and its revocation, when we present it)."""
+    try:
+        payload = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return Credential("?", "?", "", "")
+    vc = claims.get("vc", claims) if isinstance(claims, dict) else {}
+    types = [t for t in _as_list(vc.get("type")) if t != "VerifiableCredential"]
+    expires = vc.get("validUntil") or vc.get("expirationDate") or (
+        when(claims["exp"]) if isinstance(claims.get("exp"), int | float) else "")
+    status = " ".join(f"{s.get('statusListCredential', '')}#{s.get('statusListIndex', '')}"
+                      for s in _as_list(vc.get("credentialStatus")) if isinstance(s, dict))
+    issuer = vc.get("issuer") or claims.get("iss", "")
+    return Credential(", ".join(map(str, types)), _operand(issuer), str(expires), status)

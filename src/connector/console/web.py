@@ -43,6 +43,7 @@ from connector.core.audit import Report, parse_checkpoint, verify_chain
 from connector.core.errors import ConnectorError, InvalidParameter, NotFound, PeerError
 from connector.core.negotiation import NegotiationState
 from connector.core.transfer import Transfer, TransferEvent, TransferState
+from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl
 from connector.participant.lint import check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
@@ -131,6 +132,7 @@ class FolderView:
     problems: list[str]  # `connector policy check` results
     peers: list[Mapping[str, Any]]  # did, url, attributes, keys
     keys: list[str]  # kids in our did.json
+    credentials: list[views.Credential]  # ours, presented in DCP mode
     offers: Mapping[str, list[str]]  # policy name -> dataset ids offering it
 
 
@@ -144,6 +146,7 @@ class ConsoleDeps:
     client: PeerClient
     search: Callable[[SearchQuery], Awaitable[dict[str, Any]]]
     warnings: Callable[[], dict[str, str]]  # failing readiness checks: name -> problem
+    refused_tokens: Callable[[], dict[str, int]]  # callers' tokens refused since start, by reason
     folder: Callable[[], FolderView]
     pulls_dir: Path
     settings: Settings
@@ -278,7 +281,7 @@ class Console:
         running = {pid: p.view(self._d.clock()) for pid, p in self._d.pulls.items()
                    if not p.done}
         return self._page(request, "overview.html", {
-            "warnings": self._d.warnings(),
+            "warnings": self._d.warnings(), "refused": self._d.refused_tokens(),
             "negotiations": await store.state_counts("negotiations"),
             "transfers": await store.state_counts("transfers"), "agreements": agreements,
             "recent": views.recent(negotiations, transfers), "running": running})
@@ -560,4 +563,5 @@ def read_folder_view(root: Path, *, did: str, signing_kid: str, peers: Iterable[
         peers=[{"did": p.did, "url": p.url, "attributes": dict(p.attributes),
                 "keys": sorted(p.keys)} for p in peers],
         keys=[str(m.get("id", "")) for m in did_doc.get("verificationMethod", [])],
+        credentials=[views.credential(jwt) for jwt in load_credentials(root)],
         offers=offers)
