@@ -39,7 +39,8 @@ from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
-from connector.console.web import Console, ConsoleDeps, read_folder_view
+from connector.console.facts import read_folder_view
+from connector.console.web import Console, ConsoleDeps
 from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by

@@ -22,9 +22,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -33,23 +32,17 @@ import jinja2
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
-from connector.adapters.sinks import Sink, open_sink
-from connector.adapters.storage import audit_file
-from connector.audit_commands import agreement_bundle, entry_line
+from connector.audit_commands import agreement_bundle
 from connector.config import Settings
 from connector.console import views
+from connector.console.facts import FolderView, audit_state
 from connector.console.i18n import LANGUAGES, catalogue, negotiate_language
-from connector.core.audit import Report, parse_checkpoint, verify_chain
-from connector.core.errors import ConnectorError, InvalidParameter, NotFound, PeerError
+from connector.console.pulls import Pulls
+from connector.core.errors import ConnectorError, InvalidParameter, NotFound
 from connector.core.negotiation import NegotiationState
-from connector.core.transfer import Transfer, TransferEvent, TransferState
-from connector.participant.credentials import load_credentials
-from connector.participant.datasets import DatasetDecl
-from connector.participant.lint import check_folder
-from connector.participant.policies import load_policies, policy_commits, policy_hash
-from connector.participant.trust import Peer
+from connector.core.transfer import TransferState
 from connector.registry.store import SearchQuery
-from connector.service.consumer import ConsumerService, Copy, copy_mismatch
+from connector.service.consumer import ConsumerService
 from connector.service.negotiations import NegotiationService
 from connector.service.store import ListQuery, Store
 from connector.service.transfers import TransferService
@@ -106,37 +99,6 @@ class Sessions:
 
 
 @dataclass
-class Progress:
-    """A pull the console runs: what arrived so far, and how it ended."""
-
-    started: float
-    records: int = 0
-    bytes: int = 0
-    done: bool = False
-    error: str | None = None
-    ended: float | None = None
-
-    def view(self, now: float) -> dict[str, Any]:
-        seconds = max((self.ended or now) - self.started, 1e-6)
-        return {"records": self.records, "bytes": self.bytes,
-                "rate": round(self.records / seconds), "done": self.done, "error": self.error}
-
-
-@dataclass(frozen=True)
-class FolderView:
-    """The read-only folder facts the policies page shows."""
-
-    did: str
-    signing_kid: str
-    policies: Mapping[str, Mapping[str, Any]]  # name -> {"hash", "commit", "document"}
-    problems: list[str]  # `connector policy check` results
-    peers: list[Mapping[str, Any]]  # did, url, attributes, keys
-    keys: list[str]  # kids in our did.json
-    credentials: list[views.Credential]  # ours, presented in DCP mode
-    offers: Mapping[str, list[str]]  # policy name -> dataset ids offering it
-
-
-@dataclass
 class ConsoleDeps:
     token: str
     store: Store
@@ -152,7 +114,6 @@ class ConsoleDeps:
     settings: Settings
     audit_enabled: bool
     clock: Callable[[], float] = time.time
-    pulls: dict[str, Progress] = field(default_factory=dict)
 
 
 def _environment() -> jinja2.Environment:
@@ -168,7 +129,8 @@ class Console:
         self._d = deps
         self._sessions = Sessions()
         self._env = _environment()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pulls = Pulls(transfers=deps.transfers, client=deps.client,
+                            folder=deps.pulls_dir, clock=deps.clock)
 
     # -- middleware: headers, session, CSRF, errors as pages ------------------------------
 
@@ -278,8 +240,7 @@ class Console:
         _, negotiations = await store.page_negotiations(newest)
         _, transfers = await store.page_transfers(newest)
         agreements, _ = await store.page_agreements(ListQuery(limit=0))
-        running = {pid: p.view(self._d.clock()) for pid, p in self._d.pulls.items()
-                   if not p.done}
+        running = self._pulls.running()
         return self._page(request, "overview.html", {
             "warnings": self._d.warnings(), "refused": self._d.refused_tokens(),
             "negotiations": await store.state_counts("negotiations"),
@@ -359,18 +320,15 @@ class Console:
 
     async def transfer_detail(self, request: web.Request) -> web.Response:
         record = await self._d.transfers.mine(request.match_info["id"])
-        progress = self._d.pulls.get(record.id)
         return self._page(request, "transfer.html", {
-            "t": record, "trace": views.trace,
-            "progress": progress.view(self._d.clock()) if progress else None})
+            "t": record, "trace": views.trace, "progress": self._pulls.view(record.id)})
 
     async def transfer_live(self, request: web.Request) -> web.Response:
         record = await self._d.transfers.mine(request.match_info["id"])
-        progress = self._d.pulls.get(record.id)
-        view = progress.view(self._d.clock()) if progress else {}
-        return web.json_response({"state": record.state.value, **view,
+        progress = self._pulls.view(record.id)
+        return web.json_response({"state": record.state.value, **(progress or {}),
                                   "final": record.state.terminal and (not progress
-                                                                      or progress.done)})
+                                                                      or progress["done"])})
 
     async def transfer_start(self, request: web.Request) -> web.StreamResponse:
         record = await self._d.transfers.start(str(request["form"].get("agreement", "")))
@@ -378,39 +336,8 @@ class Console:
 
     async def transfer_pull(self, request: web.Request) -> web.StreamResponse:
         record = await self._d.transfers.mine(request.match_info["id"])
-        _pull_address(record)  # refused now, not in the background, when there is none
-        running = self._d.pulls.get(record.id)
-        if running is None or running.done:
-            progress = Progress(started=self._d.clock())
-            self._d.pulls[record.id] = progress
-            task = asyncio.create_task(self._pull(record.id, progress))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._pulls.start(record)
         raise web.HTTPSeeOther(f"{PREFIX}/transfers/{record.id}")
-
-    async def _pull(self, pid: str, progress: Progress) -> None:
-        """Pull into ``pulls_dir/<pid>.jsonl``, check the copy, complete the transfer."""
-        try:
-            endpoint, token = _pull_address(await self._d.transfers.mine(pid))
-            summary = await self._d.client.data_summary(endpoint, token)
-            self._d.pulls_dir.mkdir(parents=True, exist_ok=True)
-            sink = open_sink(str(self._d.pulls_dir / f"{pid}.jsonl"))
-            try:
-                await _drain(self._d.client.pull(endpoint, token), sink, progress)
-            finally:
-                sink.close()
-            problem = copy_mismatch(Copy(sink.records, sink.size, sink.sha256()), summary)
-            if problem is not None:
-                raise InvalidParameter(problem)
-            await self._d.transfers.act(pid, TransferEvent.COMPLETE)
-        except ConnectorError as exc:
-            progress.error = exc.message
-            log.info("console pull of %s stopped: %s", pid, exc.message)
-        except Exception as exc:  # a bug must not vanish with the task
-            progress.error = "internal error"
-            log.error("console pull of %s failed", pid, exc_info=exc)
-        finally:
-            progress.done, progress.ended = True, self._d.clock()
 
     async def agreements(self, request: web.Request) -> web.Response:
         page, filters = await self._listed(request, "dataset", self._d.store.page_agreements)
@@ -434,11 +361,12 @@ class Console:
         for a in agreements:
             if a.policy_hash:
                 by_hash.setdefault(a.policy_hash, []).append(a.id)
-        return self._page(request, "policies.html", {"folder": self._d.folder(),
+        folder = await asyncio.to_thread(self._d.folder)  # git and the linter: blocking
+        return self._page(request, "policies.html", {"folder": folder,
                                                      "agreements_by_hash": by_hash})
 
     async def audit(self, request: web.Request) -> web.Response:
-        state = (await asyncio.to_thread(_audit_state, self._d.settings)
+        state = (await asyncio.to_thread(audit_state, self._d.settings)
                  if self._d.audit_enabled else None)
         return self._page(request, "audit.html", {"audit": state})
 
@@ -484,50 +412,7 @@ class Console:
         return app
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@dataclass(frozen=True)
-class AuditState:
-    report: Report
-    signed_through: int
-    newest: list[str]  # entries as `connector audit show` prints them, newest first
-
-
-# Entries the audit page lists (the whole trail is verified).
-AUDIT_NEWEST = 50
-
-
-def _audit_state(settings: Settings) -> AuditState:
-    """The trail verified as `connector audit verify` does, and its newest entries."""
-    entries, checkpoints = audit_file.read_chain(settings.database)
-    document = json.loads((settings.root / "did.json").read_text(encoding="utf-8"))
-    report = verify_chain(entries, checkpoints, did=settings.did, document=document)
-    signed = max((parse_checkpoint(c).seq for c in checkpoints), default=0)
-    newest = [entry_line(e.decoded()) for e in reversed(entries[-AUDIT_NEWEST:])]
-    return AuditState(report, signed, newest)
-
-
-def _pull_address(record: Transfer) -> tuple[str, str]:
-    """(endpoint, Authorization value) of a STARTED consumer transfer."""
-    address = record.data_address
-    url = address.url() if address is not None else None
-    if record.state is not TransferState.STARTED or address is None or not url:
-        raise NotFound(f"transfer {record.id!r} is {record.state.value} with no data address")
-    return url, address.authorization_header()
-
-
-async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink, progress: Progress) -> None:
-    try:
-        async with aclosing(chunks):
-            async for chunk in chunks:
-                sink.write(chunk)
-                progress.records = sink.records
-                progress.bytes = sink.size
-    except PeerError as exc:
-        raise PeerError(f"the pull stopped: {exc.message}", peer_status=exc.peer_status) from exc
+        await self._pulls.close()
 
 
 def mount(app: web.Application, console: Console) -> None:
@@ -543,25 +428,3 @@ def mount(app: web.Application, console: Console) -> None:
         await console.close()
 
     app.on_cleanup.append(close)
-
-
-def read_folder_view(root: Path, *, did: str, signing_kid: str, peers: Iterable[Peer],
-                     datasets: Iterable[DatasetDecl]) -> FolderView:
-    """The policies page's facts, read from the participant folder ``root`` now."""
-    documents = load_policies(root)
-    commits = policy_commits(root)
-    offers: dict[str, list[str]] = {}
-    for d in datasets:
-        for name in d.policies:
-            offers.setdefault(name, []).append(d.id)
-    did_doc = json.loads((root / "did.json").read_text(encoding="utf-8"))
-    return FolderView(
-        did=did, signing_kid=signing_kid,
-        policies={name: {"hash": policy_hash(doc), "commit": commits.get(name, ""),
-                         "document": doc} for name, doc in sorted(documents.items())},
-        problems=[str(p) for p in check_folder(root)],
-        peers=[{"did": p.did, "url": p.url, "attributes": dict(p.attributes),
-                "keys": sorted(p.keys)} for p in peers],
-        keys=[str(m.get("id", "")) for m in did_doc.get("verificationMethod", [])],
-        credentials=[views.credential(jwt) for jwt in load_credentials(root)],
-        offers=offers)
