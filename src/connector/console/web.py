@@ -341,10 +341,12 @@ class Console:
 
     async def agreements(self, request: web.Request) -> web.Response:
         page, filters = await self._listed(request, "dataset", self._d.store.page_agreements)
-        uses = {a.id: len(await self._d.store.list_transfers(a.id)) for a in page.rows}
+        store = self._d.store
+        transfers = {a.id: len(await store.list_transfers(a.id)) for a in page.rows}
+        uses = {a.id: await store.agreement_uses(a.id) for a in page.rows}  # the provider counts
         return self._page(request, "agreements.html", {
-            "page": page, "filters": filters, "uses": uses, "use_limit": views.use_limit,
-            "expiry": views.expiry})
+            "page": page, "filters": filters, "uses": uses, "transfers": transfers,
+            "use_limit": views.use_limit, "expiry": views.expiry})
 
     async def revoke(self, request: web.Request) -> web.Response:
         reason = str(request["form"].get("reason", "")).strip()
