@@ -12,6 +12,7 @@ from pathlib import Path
 from connector.client import Management
 from connector.config import load_settings
 from connector.registry.membership import join_registry
+from tests.e2e.conftest import add_big_dataset
 from tests.e2e.test_registry import Registry, make_registry
 from tests.harness import Participant, create_space, start, stop
 
@@ -23,6 +24,8 @@ class ManagedSpace:
     registry: Registry
     transfer_id: str
     agreement_id: str
+    negotiation_id: str
+    offer_id: str
 
     def management(self, who: Participant) -> tuple[str, dict[str, str]]:
         """The management API's base URL and the headers carrying its token."""
@@ -31,7 +34,8 @@ class ManagedSpace:
             "Authorization": f"Bearer {settings.management_token()}"}
 
 
-async def _negotiate_and_start(space: tuple[Participant, Participant]) -> tuple[str, str]:
+async def _negotiate_and_start(space: tuple[Participant, Participant]
+                               ) -> tuple[str, str, str, str]:
     provider, consumer = space
     api = Management(load_settings(consumer.dir))
     try:
@@ -41,7 +45,7 @@ async def _negotiate_and_start(space: tuple[Participant, Participant]) -> tuple[
         transfer = await api.call("POST", "/api/transfers?wait=30",
                                   {"agreementId": record["agreementId"]})
         assert transfer["state"] == "STARTED", transfer
-        return transfer["id"], record["agreementId"]
+        return transfer["id"], record["agreementId"], record["id"], record["offer"]["@id"]
     finally:
         await api.close()
 
@@ -49,6 +53,7 @@ async def _negotiate_and_start(space: tuple[Participant, Participant]) -> tuple[
 def managed_space(root: Path) -> Iterator[ManagedSpace]:
     """The space under ``root``, running until the generator is closed."""
     provider, consumer = create_space(root)
+    add_big_dataset(provider.dir)  # long enough a pull to watch it go
     registry = make_registry(root, "registry")
     join_registry(provider.dir, registry.dir)
     join_registry(consumer.dir, registry.dir)
@@ -56,8 +61,8 @@ def managed_space(root: Path) -> Iterator[ManagedSpace]:
     try:
         start(provider)
         start(consumer)
-        transfer_id, agreement_id = asyncio.run(_negotiate_and_start((provider, consumer)))
-        yield ManagedSpace(provider, consumer, registry, transfer_id, agreement_id)
+        ids = asyncio.run(_negotiate_and_start((provider, consumer)))
+        yield ManagedSpace(provider, consumer, registry, *ids)
     finally:
         stop(consumer)
         stop(provider)

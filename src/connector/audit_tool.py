@@ -77,7 +77,7 @@ def show(settings: Settings, id: str) -> int:
     if not entries:
         raise AuditError(f"no audit entry concerns {id!r}")
     for entry in entries:
-        print(_line(entry.decoded()))
+        print(entry_line(entry.decoded()))
     return 0
 
 
@@ -97,7 +97,7 @@ def _concerning(settings: Settings, id: str) -> list[Entry]:
     return sorted([*direct, *audit_file.read_entries(db, more)], key=lambda e: e.seq)
 
 
-def _line(body: dict[str, Any]) -> str:
+def entry_line(body: dict[str, Any]) -> str:
     at = datetime.fromtimestamp(float(body["at"]), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     data, kind = body["data"], body["kind"]
     if kind in ("negotiation", "transfer"):
@@ -125,6 +125,15 @@ def _line(body: dict[str, Any]) -> str:
 
 
 def export(settings: Settings, agreement_id: str, out: Path) -> int:
+    bundle, entries, signed = agreement_bundle(settings, agreement_id)
+    out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}: {entries} entries about {agreement_id}, signed through entry {signed}")
+    return 0
+
+
+def agreement_bundle(settings: Settings, agreement_id: str) -> tuple[dict[str, Any], int, int]:
+    """The evidence bundle of an agreement (docs/audit.md), how many entries concern it,
+    and the entry its checkpoint signs through (one is signed now if none covers it)."""
     db = settings.database
     concerning = _concerning(settings, agreement_id)
     agreement = next((made for e in concerning
@@ -144,10 +153,7 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
         did_documents={settings.did: _document(settings),
                        **_peer_document(settings, peer, evidence)},
         evidence=evidence)
-    out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out}: {len(concerning)} entries about {agreement_id}, "
-          f"signed through entry {cp.seq}")
-    return 0
+    return bundle, len(concerning), cp.seq
 
 
 def _covering_checkpoint(settings: Settings, seq: int) -> str:

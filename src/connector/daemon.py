@@ -40,6 +40,9 @@ from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.console.facts import read_folder_view
+from connector.console.web import Console, ConsoleDeps
+from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
 from connector.core.errors import Area, ConfigError, ConnectorError
@@ -200,6 +203,31 @@ class Daemon:
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)
 
+    def _console(self, search: RegistrySearch) -> Console:
+        """The data steward's console over the same services as the management API."""
+        s = self.settings
+        consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
+                                   unpinned=self.unpinned_peers)
+        return Console(ConsoleDeps(
+            token=s.management_token(), store=self.store, negotiations=self.negotiations,
+            transfers=self.transfers, consumer=consumer, client=self.client,
+            search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
+            audit_enabled=self.audit_settings.enabled,
+            warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
+            refused_tokens=self._refused_tokens,
+            folder=lambda: read_folder_view(
+                s.root, did=s.did, signing_kid=self.identity.kid,
+                peers=self.folder.peers.values(), datasets=self.folder.datasets.values())))
+
+    def _refused_tokens(self) -> dict[str, int]:
+        """Callers' tokens refused since the start, by reason (from the metrics)."""
+        if self.metrics is None:
+            return {}
+        return {sample.labels["reason"]: int(sample.value)
+                for metric in self.metrics.tokens_refused.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.value}
+
     def _wire_dcp(self) -> None:
         s = self.settings
         verifier = DcpVerifier(
@@ -318,7 +346,9 @@ class Daemon:
         await self._serve(self._public_app(), s.host, s.port,
                           self._server_ssl() if self._tls else None)
         app = self._management_api().app()
-        add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        search = RegistrySearch.from_settings(s, session=self.client.session)
+        add_search_route(app, search)
+        mount_console(app, self._console(search))  # /console: connector/console/
         if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
             app.middlewares.insert(0, contract)
         await self._serve(app, "127.0.0.1", s.management_port, None)

@@ -41,7 +41,7 @@ from connector.core.errors import AuditError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
 from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
-from connector.service.store import Agreement, OutboxItem, Outgoing
+from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
 T = TypeVar("T")
 log = logging.getLogger("connector.store")
@@ -410,6 +410,41 @@ class SqliteStore:
         await self._transaction([(
             "INSERT INTO audit_checkpoints (seq, at, jws) VALUES (?, ?, ?)"
             " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))], (), [])
+
+    # -- pages for the console: filtered and counted in SQL, bodies decoded per page --------
+
+    async def _page(self, table: str, subject: str, order: str, query: ListQuery
+                    ) -> tuple[int, list[Any]]:
+        filters = [(c, v) for c, v in (("state", query.state), ("role", query.role),
+                                       (subject, query.subject)) if v]
+        where = " AND ".join(f"{column} = ?" for column, _ in filters)
+        where = f" WHERE {where}" if where else ""
+        args = [v for _, v in filters]
+        total = (await self._rows(f"SELECT COUNT(*) FROM {table}{where}", args))[0][0]
+        rows = await self._rows(f"SELECT body FROM {table}{where} ORDER BY {order} DESC "
+                                "LIMIT ? OFFSET ?", [*args, query.limit, query.offset])
+        return int(total), [r[0] for r in rows]
+
+    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
+        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
+        return total, [self._neg_dec.decode(b) for b in bodies]
+
+    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
+        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
+        return total, [self._tr_dec.decode(b) for b in bodies]
+
+    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
+        # Agreements have no state: a state filter matches none of them.
+        if query.state:
+            return 0, []
+        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
+        return total, [self._ag_dec.decode(b) for b in bodies]
+
+    async def state_counts(self, kind: str) -> dict[str, int]:
+        table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]
+        rows = await self._rows(f"SELECT state, COUNT(*) FROM {table} GROUP BY state "
+                                "ORDER BY state")
+        return {str(state): int(count) for state, count in rows}
 
     async def agreement_uses(self, agreement_id: str) -> int:
         rows = await self._rows("SELECT uses FROM agreement_uses WHERE agreement_id = ?",
