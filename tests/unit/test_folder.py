@@ -218,13 +218,19 @@ def test_trust_add_from_a_folder_round_trips(folder: Path, peer_folder: Path) ->
     assert peer.tls_cert_pem == (peer_folder / "tls/cert.pem").read_text()
     assert dict(peer.attributes) == {"membership": "active", "purpose": "research,ai"}
     assert check_folder(folder) == []
-    # Pinning again (a key rotation, new attributes) replaces the file.
+    # Pinning again (a key rotation) keeps the attributes unless told to replace them.
     add_trusted_peer(folder, peer_folder, attributes={}, tls_cert=None)
+    assert dict(load_trust(folder)["did:web:beta.example.org%3A9443"].attributes) == {
+        "membership": "active", "purpose": "research,ai"}
+    add_trusted_peer(folder, peer_folder, attributes={}, tls_cert=None, replace_attributes=True)
     assert dict(load_trust(folder)["did:web:beta.example.org%3A9443"].attributes) == {}
 
 
 def test_trust_add_from_a_did_json(folder: Path, peer_folder: Path) -> None:
-    path = add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None)
+    with pytest.raises(ConfigError, match="no TLS certificate"):
+        add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None)
+    path = add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None,
+                            system_ca=True)
     peer = load_trust(folder)["did:web:beta.example.org%3A9443"]
     assert path.name == "beta.example.org-9443.json"
     assert peer.url == "https://beta.example.org:9443"

@@ -24,6 +24,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "signals": frozenset(),
     "logs": frozenset(),
+    "console": frozenset({"core"}),
     "config": frozenset({"core", "logs"}),
     "keys": frozenset({"core"}),
     "service": frozenset({"core", "config"}),
@@ -31,7 +32,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "adapters": frozenset({"core", "config", "keys", "service", "logs"}),
     "registry": frozenset({"core", "config", "keys", "service", "adapters", "participant",
                            "signals", "logs"}),
-    "client": frozenset({"core", "config", "service"}),
+    "client": frozenset({"core", "config", "service", "console"}),
     "authority": frozenset({"core", "keys", "participant"}),
     "demo": frozenset({"core", "participant", "registry"}),
     "daemon": frozenset({"core", "config", "keys", "service", "adapters", "participant",
@@ -39,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "audit_commands": frozenset({"core", "config", "keys", "participant", "adapters",
                                  "registry"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority", "audit_commands"}),
+                      "authority", "audit_commands", "console"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {

@@ -297,6 +297,18 @@ class ManagementApi:
         ended = await self._transfers.revoke_agreement(request.match_info["id"], reason)
         return _out({"revoked": request.match_info["id"], "terminated": [t.id for t in ended]})
 
+    async def agreement(self, request: web.Request) -> web.Response:
+        """One agreement, with ``uses`` (counted by the provider; null on the consumer's
+        side) and the ids of the transfers made under it (``connector agreements``)."""
+        found = await self._store.get_agreement(request.match_info["id"])
+        if found is None:
+            raise NotFound(f"no agreement {request.match_info['id']!r}")
+        # Adding 0 reads the count in the same atomic statement that counts uses.
+        uses = await self._store.add_use(found.id, 0) if found.role == "provider" else None
+        transfers = [t.id for t in await self._store.list_transfers(found.id)]
+        view = msgspec.to_builtins(found)
+        return _out({**view, "uses": uses, "transfers": transfers})
+
     def app(self) -> web.Application:
         from connector.adapters.http.errors import error_middleware
 
@@ -319,6 +331,7 @@ class ManagementApi:
         r.add_get("/api/transfers/{id}/push", self.transfer_push)
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
+        r.add_get("/api/agreements/{id}", self.agreement)
         return app
 
 
