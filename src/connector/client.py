@@ -100,7 +100,9 @@ async def catalog(m: Management, args: argparse.Namespace) -> int:
             rows.append([ds.get("@id", ""), offer.get("@id", ""), ds.get("title", ""),
                          policy_summary(offer)])
     console.print_table(["DATASET", "OFFER", "TITLE", "CONSTRAINTS"], rows,
-                        empty="no offers for us")
+                        empty="no offers for us: the provider shows only offers whose "
+                        "policy our pinned attributes satisfy; `connector negotiate URL "
+                        "DATASET` says which terms a dataset needs")
     return 0
 
 

@@ -155,7 +155,8 @@ class Daemon:
 
     def _management_api(self) -> ManagementApi:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
-                                   unpinned=self.unpinned_peers)
+                                   unpinned=self.unpinned_peers,
+                                   explain_hidden=self.client.dataset_refusal)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
                              client=self.client, consumer=consumer, push=self.push_receiver)

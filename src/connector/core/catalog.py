@@ -53,6 +53,7 @@ class DatasetEntry:
     format: str
     offers: tuple[Offer, ...]
     formats: tuple[str, ...] = ()  # every transfer format offered; empty: just ``format``
+    confidential: bool = False  # hidden offers: say nothing of them (not even the dataset)
 
     @property
     def offered_formats(self) -> tuple[str, ...]:
