@@ -169,6 +169,32 @@ class Progress:
               end="", file=sys.stderr, flush=True)
 
 
+# Refusals a later run can get past: a data token that expired (the next run refreshes it
+# before pulling) and a transfer the provider suspended (it may resume it).
+_PASSING_REFUSALS = ("expired", "SUSPENDED")
+
+
+def retry_can_succeed(exc: PeerError) -> bool:
+    """Whether running the same command again may finish the copy: after a network cut or
+    a provider error, yes; after the provider refused the access for good (its policy
+    denies, e.g. the use count is exhausted; the agreement is revoked; the dataset's source
+    is gone), no."""
+    if exc.peer_status != 403:
+        return True
+    return any(word in exc.message for word in _PASSING_REFUSALS)
+
+
+async def _end(m: Management, tid: str, reason: str) -> int:
+    """Terminate a transfer the provider refuses for good, with its reason (the provider is
+    told too), and say so; no advice to run again."""
+    try:
+        record = await m.call("POST", f"/api/transfers/{tid}/terminate", {"reason": reason})
+    except PeerError:  # already ended on our side (e.g. the provider terminated it)
+        record = await m.call("GET", f"/api/transfers/{tid}")
+    print(f"\ntransfer {tid} {record['state']}: {reason}", file=sys.stderr)
+    return 1
+
+
 async def _open_or_resume(m: Management, args: argparse.Namespace, part: Path,
                           meta: Path) -> tuple[dict[str, Any], int] | None:
     """Resume the interrupted transfer recorded beside ``part``, or open a new one."""
@@ -306,6 +332,10 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
                          progress=Progress(summary["bytes"] if summary else 0,
                                            part.stat().st_size))
     except PeerError as exc:
+        if not retry_can_succeed(exc):
+            part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return await _end(m, tid, exc.message)
         state = await m.call("GET", f"/api/transfers/{tid}")
         print(f"\ntransfer {tid} interrupted ({state['state']}"
               f"{': ' + state['reason'] if state.get('reason') else ''}): {exc.message}; "

@@ -36,6 +36,7 @@ from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.push import Pusher, PushReceiver
+from connector.adapters.sources import missing_source
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
@@ -45,6 +46,7 @@ from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.lint import MISSING_SOURCE, check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
 from connector.participant.trust import Peer, load_trust
 from connector.registry.publisher import RegistryPublisher
@@ -76,6 +78,8 @@ class FolderState:
     datasets: dict[str, DatasetDecl]
     catalog: Catalog
     stamp: tuple[tuple[str, float], ...] = field(default=())
+    # Declared datasets not offered, with the reason (a missing source file).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def data_token_secret(root: Path) -> bytes:
@@ -87,22 +91,44 @@ def data_token_secret(root: Path) -> bytes:
     return path.read_bytes()
 
 
-def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
+def _stamp(root: Path, datasets: Mapping[str, DatasetDecl] | None = None
+           ) -> tuple[tuple[str, float], ...]:
+    """What a change of the folder changes: the files of trust/, datasets/ and policies/,
+    and whether each dataset's source file is there (-1 when it is not)."""
     files = [p for d in ("trust", "datasets", "policies") for p in sorted((root / d).glob("*"))]
-    return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+    sources = [d.source_path for d in (datasets or {}).values() if d.source_path is not None]
+    return (tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+            + tuple((str(p), 0.0 if p.exists() else -1.0) for p in sources))
 
 
 def read_folder(settings: Settings,
                 on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
+    """The folder as the daemon serves it; a dataset whose source file is missing is kept
+    (a pull under an earlier agreement is refused with that reason) but not offered."""
     root = settings.root
     datasets = load_datasets(root)
+    declared = {d.id: d for d in datasets}
+    unavailable = {d.id: why for d in datasets
+                   if (why := missing_source(d.source_type, d.source_path)) is not None}
     policies = load_policies(root)
     catalog = Catalog.from_folder(
-        datasets, policies, participant_id=settings.did, dsp_base=settings.dsp_base,
+        [d for d in datasets if d.id not in unavailable], policies,
+        participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
         commits=policy_commits(root), on_decision=on_decision)
-    return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
-                       catalog=catalog, stamp=_stamp(root))
+    return FolderState(peers=load_trust(root), datasets=declared, catalog=catalog,
+                       stamp=_stamp(root, declared), unavailable=unavailable)
+
+
+def refused_edit(root: Path) -> str | None:
+    """Why an edit of the folder is not taken: the first problem ``connector policy check``
+    reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
+    source file is no reason: only that dataset goes unoffered."""
+    problems = [p for p in check_folder(root) if not p.message.startswith(MISSING_SOURCE)]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
 
 
 class Daemon:
@@ -117,6 +143,8 @@ class Daemon:
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
         self.folder = read_folder(settings, self._on_decision)
+        for dataset, why in self.folder.unavailable.items():
+            log.warning("dataset %s is not offered: %s", dataset, why)
         key = load_any_signing_key(settings.signing_key)
         self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
@@ -394,17 +422,25 @@ class Daemon:
             log.warning("ignoring the peer's answer to %s: %s", item.url, exc.message)
 
     async def _reload_loop(self) -> None:
+        refused: tuple[tuple[str, float], ...] = ()  # the folder as last refused
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
             self._reload_config()
-            try:
-                if _stamp(self.settings.root) == self.folder.stamp:
-                    continue
-                fresh = read_folder(self.settings, self._on_decision)
-            except (ConnectorError, OSError) as exc:
-                log.error("folder changed but cannot be loaded; keeping the previous "
-                          "version: %s", exc)
+            stamp = _stamp(self.settings.root, self.folder.datasets)
+            if stamp in (self.folder.stamp, refused):
                 continue
+            try:  # the daemon takes what `connector policy check` passes, nothing less
+                reason = refused_edit(self.settings.root)
+                fresh = read_folder(self.settings, self._on_decision) if reason is None else None
+            except (ConnectorError, OSError) as exc:
+                reason, fresh = str(exc), None
+            if fresh is None:
+                refused = stamp  # one warning per change, not one per second
+                log.warning("folder edit not applied, the previous version stays in force: "
+                            "%s; run `connector policy check`", reason)
+                continue
+            refused = ()
+            self._log_unavailable(fresh)
             self.folder = fresh
             self._audit_reload("folder", {"policies": self._policy_versions(),
                                           "trust": sorted(fresh.peers)})
@@ -413,6 +449,16 @@ class Daemon:
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
+
+    def _log_unavailable(self, fresh: FolderState) -> None:
+        """A WARNING for each dataset that stops being offered, an INFO for each that is
+        offered again."""
+        for dataset, why in fresh.unavailable.items():
+            if self.folder.unavailable.get(dataset) != why:
+                log.warning("dataset %s is not offered: %s", dataset, why)
+        for dataset in self.folder.unavailable.keys() - fresh.unavailable.keys():
+            if dataset in fresh.datasets:
+                log.info("dataset %s is offered again: its source is back", dataset)
 
     async def _purge_loop(self) -> None:
         while True:
