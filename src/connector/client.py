@@ -355,12 +355,15 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
 
 
 async def status(m: Management, args: argparse.Namespace) -> int:
+    daemon = await m.call("GET", "/api/status")
     negs = await m.call("GET", "/api/negotiations")
     ags = await m.call("GET", "/api/agreements")
     trs = await m.call("GET", "/api/transfers")
     if args.json:
-        console.print_json({"negotiations": negs, "agreements": ags, "transfers": trs})
+        console.print_json({"daemon": daemon, "negotiations": negs, "agreements": ags,
+                            "transfers": trs})
         return 0
+    print("\n".join(daemon_lines(daemon)))
     short = console.short_id
     console.print_table(
         ["NEGOTIATION", "ROLE", "STATE", "DATASET", "AGREEMENT"],
@@ -375,6 +378,19 @@ async def status(m: Management, args: argparse.Namespace) -> int:
         [[short(t["id"]), t["role"], t["state"], short(t["agreementId"]), t.get("reason") or ""]
          for t in trs], title="transfers")
     return 0
+
+
+def daemon_lines(daemon: dict[str, Any]) -> list[str]:
+    """The daemon's own lines atop ``connector status``."""
+    lines = [f"{daemon.get('name')} ({daemon.get('did')}), connector {daemon.get('version')}, "
+             f"identity {daemon.get('identityMode')}",
+             f"  public URL {daemon.get('publicUrl')}, management API "
+             f"{daemon.get('managementUrl')}"]
+    if daemon.get("restartNeeded"):
+        lines.append(f"  restart needed to apply: {', '.join(daemon['restartNeeded'])}")
+    for dataset, why in (daemon.get("unavailableDatasets") or {}).items():
+        lines.append(f"  dataset {dataset} is not offered: {why}")
+    return lines
 
 
 async def agreements(m: Management, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+import connector
 from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
 from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
@@ -120,6 +121,36 @@ def read_folder(settings: Settings,
                        stamp=_stamp(root, declared), unavailable=unavailable)
 
 
+# The connector.toml settings a running daemon follows; any other edit waits for a restart.
+LIVE_SETTINGS = frozenset({"signing_key", "signing_kid", "trusted_issuers",
+                           "required_credentials", "scope_alias", "status_cache_s",
+                           "allowed_hosts"})
+# How an edit waiting for a restart is named: its table and key in connector.toml.
+SETTING_NAMES = {
+    "registries": "[registry] urls", "identity_mode": "[identity] mode",
+    "host": "[server] host", "port": "[server] port", "tls_cert": "[server] tls_cert",
+    "tls_key": "[server] tls_key", "public_url": "[participant] url",
+    "name": "[participant] name", "did": "[participant] did",
+    "management_port": "[management] port", "management_token_file": "[management] token_file",
+    "database": "[storage] sqlite", "token_ttl_s": "[signing] token_ttl_s",
+    "clock_leeway_s": "[signing] clock_leeway_s", "did_cache_s": "[identity] did_cache_s",
+    "tls_ca_files": "[identity] tls_ca_files", "log": "[log]", "health": "[health]",
+    "metrics_listen": "[metrics]", "metrics_explicit": "[metrics]",
+    "data_token_ttl_s": "[server] data_token_ttl_s",
+}
+# Fields that are no setting of their own (the folder; the raw tables the others come from).
+_NOT_SETTINGS = frozenset({"root", "extra"})
+
+
+def restart_needed(running: Settings, fresh: Settings) -> list[str]:
+    """The edited settings of ``fresh`` that the daemon started with ``running`` does not
+    follow until it restarts, by their names in connector.toml."""
+    names = [SETTING_NAMES.get(f.name, f.name) for f in dataclasses.fields(Settings)
+             if f.name not in LIVE_SETTINGS | _NOT_SETTINGS
+             and getattr(fresh, f.name) != getattr(running, f.name)]
+    return list(dict.fromkeys(names))
+
+
 def refused_edit(root: Path) -> str | None:
     """Why an edit of the folder is not taken: the first problem ``connector policy check``
     reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
@@ -137,6 +168,8 @@ class Daemon:
         """``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
         trust/ (EDC under its test identity), which the management API addresses all the same."""
         self.settings = settings
+        self._started_settings = settings  # what edits waiting for a restart are told from
+        self.restart_needed: list[str] = []
         self.unpinned_peers = dict(unpinned_peers or {})
         # [metrics]: None when switched off (then nothing is measured at all).
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
@@ -187,7 +220,16 @@ class Daemon:
                                    explain_hidden=self.client.dataset_refusal)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, consumer=consumer, push=self.push_receiver)
+                             client=self.client, consumer=consumer, push=self.push_receiver,
+                             status=self.status_view)
+
+    def status_view(self) -> dict[str, Any]:
+        """What ``connector status`` says about the daemon itself."""
+        started = self._started_settings
+        return {"version": connector.__version__, "name": started.name, "did": started.did,
+                "publicUrl": started.public_url, "managementUrl": started.management_url,
+                "identityMode": started.identity_mode, "restartNeeded": self.restart_needed,
+                "unavailableDatasets": self.folder.unavailable}
 
     def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
         """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
@@ -248,6 +290,20 @@ class Daemon:
             self._audit_reload("keys", {"keys": self._own_keys_jwks(),
                                         "signing": fresh.signing_kid})
         self._reload_identity(fresh)
+        self._note_restart_needed(fresh)
+
+    def _note_restart_needed(self, fresh: Settings) -> None:
+        """Log once which edited settings wait for a restart (``connector status`` shows
+        them too); the running daemon keeps the values it started with."""
+        pending = restart_needed(self._started_settings, fresh)
+        if pending == self.restart_needed:
+            return
+        self.restart_needed = pending
+        if pending:
+            log.warning("connector.toml: %s changed; restart the daemon to apply it (it runs "
+                        "with the previous value until then)", ", ".join(pending))
+        else:
+            log.info("connector.toml: no edit waits for a restart any more")
 
     def _reload_identity(self, fresh: Settings) -> None:
         """Follow edits of ``[identity]``: trusted issuers, required credentials, scope alias,
@@ -256,9 +312,6 @@ class Daemon:
                 "allowed_hosts")
         old = self.settings
         if all(getattr(fresh, k) == getattr(old, k) for k in keys):
-            if fresh.identity_mode != old.identity_mode:
-                log.warning("[identity] mode changed to %r: restart the daemon to apply it",
-                            fresh.identity_mode)
             return
         self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
         self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)

@@ -139,3 +139,22 @@ def test_an_exhausted_use_count_ends_the_transfer(pair: tuple[Participant, Parti
     assert "run the same command again" not in second.stderr
     again = consumer.cli("transfer", agreement, "--out", str(tmp_path / "2.jsonl"))
     assert again.returncode == 1 and "run the same command again" not in again.stderr
+
+
+def test_a_setting_needing_a_restart_says_so(pair: tuple[Participant, Participant]) -> None:
+    provider, _ = pair
+    toml = provider.dir / "connector.toml"
+    before = toml.read_text()
+    toml.write_text(before + '\n[registry]\nurls = ["https://127.0.0.1:9"]\n')
+    _until(lambda: "restart the daemon" in _log(provider), "the restart notice")
+    [notice] = [line for line in _log(provider).splitlines() if "restart the daemon" in line]
+    assert "WARNING" in notice and "[registry] urls changed" in notice
+    shown = provider.cli("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "restart needed to apply: [registry] urls" in shown.stdout
+    assert "management API http://127.0.0.1:" in shown.stdout
+    status = json.loads(provider.cli("status", "--json").stdout)
+    assert status["daemon"]["restartNeeded"] == ["[registry] urls"]
+    toml.write_text(before)  # undone: nothing waits any more
+    _until(lambda: json.loads(provider.cli("status", "--json").stdout)["daemon"][
+        "restartNeeded"] == [], "the notice withdrawn")

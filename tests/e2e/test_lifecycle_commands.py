@@ -84,7 +84,9 @@ async def test_negotiation_terminate(space: Space,
 async def test_status_and_catalog_as_json(space: Space) -> None:
     status = _json(space.consumer.cli("status", "--json"))
     assert isinstance(status, dict)
-    assert set(status) == {"negotiations", "agreements", "transfers"}
+    assert set(status) == {"daemon", "negotiations", "agreements", "transfers"}
+    assert status["daemon"]["managementUrl"].startswith("http://127.0.0.1:")
+    assert status["daemon"]["restartNeeded"] == []
     catalog = _json(space.consumer.cli("catalog", space.provider.url, "--json"))
     assert isinstance(catalog, dict)
     datasets = catalog["dataset"] if isinstance(catalog["dataset"], list) else [catalog["dataset"]]

@@ -93,7 +93,8 @@ def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
 class ManagementApi:
     def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
                  transfers: TransferService, client: PeerClient, consumer: ConsumerService,
-                 push: Any = None) -> None:
+                 push: Any = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._status = status  # the daemon's own state (version, URLs, pending restarts)
         self._push = push  # a PushReceiver (adapters/http/push.py), where pushes land
         self._token = token
         self._store = store
@@ -309,6 +310,11 @@ class ManagementApi:
         view = msgspec.to_builtins(found)
         return _out({**view, "uses": uses, "transfers": transfers})
 
+    async def status(self, request: web.Request) -> web.Response:
+        """The daemon itself: version, URLs, edits waiting for a restart (``connector
+        status``)."""
+        return _out(self._status() if self._status is not None else {})
+
     def app(self) -> web.Application:
         from connector.adapters.http.errors import error_middleware
 
@@ -332,6 +338,7 @@ class ManagementApi:
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         r.add_get("/api/agreements/{id}", self.agreement)
+        r.add_get("/api/status", self.status)
         return app
 
 
