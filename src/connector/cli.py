@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from connector import __version__, audit_commands, console
-from connector.core.errors import ConnectorError
+from connector.core.errors import ConfigError, ConnectorError
 
 DESCRIPTION = """\
 Your organisation's data-space connector: share datasets with partners under usage
@@ -155,8 +155,6 @@ def _add_identity_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _attributes(pairs: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` arguments as a dict; ConfigError for one without ``=``."""
-    from connector.core.errors import ConfigError
-
     bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--attr {bad[0]!r}: expected KEY=VALUE")
@@ -258,6 +256,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--management-port", type=int, default=None,
                    help="port of the management API on 127.0.0.1 (default: the public "
                    "port + 1)")
+    p.add_argument("--tls-cert", type=Path, default=None,
+                   help="a certificate (with its chain) a CA issued for the URL's host, "
+                   "instead of a self-signed one (default: self-signed)")
+    p.add_argument("--tls-key", type=Path, default=None,
+                   help="the private key of --tls-cert (copied into keys/, 0600)")
 
     p = sub.add_parser("policy", help="policy tools")
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
@@ -352,10 +355,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "init":
-        from connector.participant.init import init_folder
+        from connector.participant.init import init_folder, next_steps
 
-        init_folder(args.dir, name=args.name, url=args.url, management_port=args.management_port)
-        print(f"initialised {args.dir}")
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
+        init_folder(args.dir, name=args.name, url=args.url,
+                    management_port=args.management_port, tls=tls)
+        print("\n".join(next_steps(args.dir, public_ca=tls is not None)))
         return 0
     if cmd == "policy":
         from connector.participant.lint import check_folder

@@ -232,3 +232,81 @@ def test_a_closed_pipe_ends_quietly(two: tuple[Path, Path]) -> None:
     proc.wait(60)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 1
+
+
+def _ca_issued(tmp_path: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for ``host`` signed by a throwaway CA (with the chain), and its key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=90))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    cert_path, key_path = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert_path.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_init_takes_a_certificate_from_a_ca_and_prints_next_steps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert, key = _ca_issued(tmp_path, "connector.acme.example")
+    folder = tmp_path / "acme"
+    assert main(["init", "--dir", str(folder), "--name", "acme", "--url",
+                 "https://connector.acme.example", "--tls-cert", str(cert),
+                 "--tls-key", str(key)]) == 0
+    out = capsys.readouterr().out
+    assert (folder / "tls" / "cert.pem").read_bytes() == cert.read_bytes()
+    assert (folder / "keys" / "tls-key.pem").read_bytes() == key.read_bytes()
+    assert (folder / "keys" / "tls-key.pem").stat().st_mode & 0o777 == 0o600
+    assert "did:web:connector.acme.example" in out
+    assert "management API:     http://127.0.0.1:444" in out  # the port is said
+    assert "send each partner your public files: did.json\n" in out  # no certificate to pin
+    assert "--system-ca" in out and "git add ." in out
+    assert main(["policy", "check", "--dir", str(folder)]) == 0
+
+
+def test_init_refuses_a_certificate_that_does_not_fit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert, key = _ca_issued(tmp_path, "other.example")
+    assert main(["init", "--dir", str(tmp_path / "a"), "--name", "a", "--url",
+                 "https://connector.acme.example", "--tls-cert", str(cert),
+                 "--tls-key", str(key)]) == 2
+    assert "does not name connector.acme.example" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
+    _, other_key = _ca_issued(tmp_path / "b", "connector.acme.example")
+    assert main(["init", "--dir", str(tmp_path / "c"), "--name", "c", "--url",
+                 "https://other.example", "--tls-cert", str(cert),
+                 "--tls-key", str(other_key)]) == 2
+    assert "not the key of the certificate" in capsys.readouterr().err
+    assert main(["init", "--dir", str(tmp_path / "d"), "--name", "d", "--url",
+                 "https://other.example", "--tls-cert", str(cert)]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_init_prints_what_to_send_a_partner(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path / "a"), "--name", "a",
+                 "--url", "https://127.0.0.1:8443"]) == 0
+    out = capsys.readouterr().out
+    assert "send each partner your public files: did.json and tls/cert.pem" in out
+    assert "management API:     http://127.0.0.1:8444" in out
+    assert "--tls-cert THEIR-cert.pem" in out
