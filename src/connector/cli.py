@@ -181,9 +181,9 @@ def _keys(args: argparse.Namespace) -> int:
     else:
         kid = keys.rotate_signing_key(args.dir, publish_only=args.publish_only)
         print(f"published {kid}" if args.publish_only else f"signing with {kid}")
-        print("next: restart the daemon, then have each partner re-pin you (`connector trust "
-              "add` with your did.json) and re-publish to your registries; see "
-              "docs/key-rotation.md", file=sys.stderr)
+        print("next: send your did.json to each partner and to each registry you publish to; "
+              "they re-pin you with `connector trust add` (until then they refuse your "
+              "tokens as signed by an older key); see docs/key-rotation.md", file=sys.stderr)
     return 0
 
 

@@ -50,7 +50,7 @@ from connector.participant.datasets import DatasetDecl, load_datasets
 from connector.participant.lint import MISSING_SOURCE, check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
 from connector.participant.trust import Peer, load_trust
-from connector.registry.publisher import RegistryPublisher
+from connector.registry.publisher import RegistryPublisher, Signer
 from connector.registry.search import RegistrySearch, add_search_route
 from connector.registry.witness import WitnessSender
 from connector.service.audit import AuditTrail, StepAudit, audit_settings
@@ -125,8 +125,13 @@ def read_folder(settings: Settings,
 LIVE_SETTINGS = frozenset({"signing_key", "signing_kid", "trusted_issuers",
                            "required_credentials", "scope_alias", "status_cache_s",
                            "allowed_hosts"})
-# How an edit waiting for a restart is named: its table and key in connector.toml.
+# Each setting by its table and key in connector.toml (docs/settings.md lists them all).
 SETTING_NAMES = {
+    "signing_key": "[signing] key", "signing_kid": "[signing] kid",
+    "trusted_issuers": "[identity] trusted_issuers",
+    "required_credentials": "[identity] required_credentials",
+    "scope_alias": "[identity] scope_alias", "status_cache_s": "[identity] status_cache_s",
+    "allowed_hosts": "[identity] allowed_hosts",
     "registries": "[registry] urls", "identity_mode": "[identity] mode",
     "host": "[server] host", "port": "[server] port", "tls_cert": "[server] tls_cert",
     "tls_key": "[server] tls_key", "public_url": "[participant] url",
@@ -284,6 +289,7 @@ class Daemon:
         self.did_document.update(document)  # served as is by the DSP routes
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
+            self.publisher.use_signer(Signer(did=fresh.did, kid=fresh.signing_kid, key=key))
             log.info("signing with %s from now on", fresh.signing_kid)
         if self.trail is not None:
             self.trail.reload_key(kid=fresh.signing_kid, key=key)
