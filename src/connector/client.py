@@ -144,7 +144,25 @@ async def negotiate(m: Management, args: argparse.Namespace) -> int:
     if record["state"] == "FINALIZED":
         print(record["agreementId"])
         return 0
-    print(f"negotiation {record['id']} {record['state']}: {record.get('reason') or 'timed out'}",
+    if record["state"] != "TERMINATED":
+        return await _unanswered(m, record, args.timeout)
+    print(f"negotiation {record['id']} {record['state']}: {record.get('reason')}",
+          file=sys.stderr)
+    return 1
+
+
+async def _unanswered(m: Management, record: dict[str, Any], timeout: float) -> int:
+    """A negotiation the provider left unanswered: ended here (the provider is told), not
+    left waiting for ever, with what to look at."""
+    reason = f"no answer from the provider within {timeout:g} s"
+    try:
+        record = await m.call("POST", f"/api/negotiations/{record['id']}/terminate",
+                              {"reason": reason})
+    except PeerError:  # it ended meanwhile: say how
+        record = await m.call("GET", f"/api/negotiations/{record['id']}")
+    print(f"negotiation {record['id']} {record['state']}: {record.get('reason') or reason}; "
+          "check that the provider runs, that each side pins the other and that both use the "
+          "same [identity] mode (its log says what it refused; docs/troubleshooting.md)",
           file=sys.stderr)
     return 1
 

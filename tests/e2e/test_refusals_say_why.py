@@ -83,3 +83,16 @@ def test_identity_refusals_name_their_cause(tmp_path: Path) -> None:
                           lambda r: r.returncode != 0)
         assert "not pinned by this provider" in unpinned.stderr, unpinned.stderr
         assert "connector trust add" in unpinned.stderr
+
+
+def test_an_unanswered_negotiation_ends_with_the_reason(tmp_path: Path) -> None:
+    provider, consumer = create_space(tmp_path)
+    with running([provider, consumer]):
+        assert consumer.cli("catalog", provider.url).returncode == 0  # the offer is known
+        stop(provider)  # and then the provider never answers
+        done = consumer.cli("negotiate", provider.url, DATASET, "--timeout", "3")
+        assert done.returncode == 1
+        assert "TERMINATED" in done.stderr and "no answer from the provider" in done.stderr
+        assert "[identity] mode" in done.stderr
+        status = json.loads(consumer.cli("status", "--json").stdout)
+        assert [n["state"] for n in status["negotiations"]] == ["TERMINATED"]
