@@ -167,26 +167,6 @@ async def _unanswered(m: Management, record: dict[str, Any], timeout: float) -> 
     return 1
 
 
-class Progress:
-    """Records, bytes, rate and ETA on stderr, at most twice a second."""
-
-    def __init__(self, total_bytes: int, already: int) -> None:
-        self.total, self.already = total_bytes, already
-        self.t0 = self.last = time.monotonic()
-
-    def __call__(self, records: int, size: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.5:
-            return
-        self.last = now
-        done = self.already + size
-        rate = size / max(now - self.t0, 1e-6)
-        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate > 0 and self.total else ""
-        total = f"/{self.total / 1e6:.1f}" if self.total else ""
-        print(f"\r{records} records  {done / 1e6:.1f}{total} MB  {rate / 1e6:.1f} MB/s  {eta}",
-              end="", file=sys.stderr, flush=True)
-
-
 # Refusals a later run can get past: a data token that expired (the next run refreshes it
 # before pulling) and a transfer the provider suspended (it may resume it).
 _PASSING_REFUSALS = ("expired", "SUSPENDED")
@@ -346,9 +326,10 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
               file=sys.stderr)
         summary = None
     try:
-        await m.download(f"/api/transfers/{tid}/data?offset={offset}", part, append=True,
-                         progress=Progress(summary["bytes"] if summary else 0,
-                                           part.stat().st_size))
+        with console.download_progress(summary["bytes"] if summary else None,
+                                       part.stat().st_size) as progress:
+            await m.download(f"/api/transfers/{tid}/data?offset={offset}", part,
+                             append=True, progress=progress)
     except PeerError as exc:
         if not retry_can_succeed(exc):
             part.unlink(missing_ok=True)

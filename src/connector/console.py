@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from connector.core.errors import InvalidParameter, NotFound
@@ -70,6 +79,26 @@ def _width() -> int | None:
     """None on a terminal (rich asks it for its width); in a pipe or a file, rows are not
     folded, so ``grep`` finds whole ids (whatever ``COLUMNS`` a parent shell exported)."""
     return None if sys.stdout.isatty() else UNFOLDED_WIDTH
+
+
+@contextmanager
+def download_progress(total_bytes: int | None, already: int
+                      ) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (bytes, rate, ETA, records) for a download that resumes at
+    ``already`` bytes; the callback takes (records, bytes) received so far. Nothing is
+    drawn when stderr is not a terminal (a log or a pipe keeps only the outcome)."""
+    if not sys.stderr.isatty():
+        yield lambda records, size: None
+        return
+    columns = (TextColumn("{task.fields[records]} records"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("transfer", total=total_bytes, completed=already, records=0)
+
+        def update(records: int, size: int) -> None:
+            bar.update(task, completed=already + size, records=records)
+
+        yield update
 
 
 def print_json(value: Any) -> None:

@@ -310,3 +310,12 @@ def test_init_prints_what_to_send_a_partner(tmp_path: Path,
     assert "send each partner your public files: did.json and tls/cert.pem" in out
     assert "management API:     http://127.0.0.1:8444" in out
     assert "--tls-cert THEIR-cert.pem" in out
+
+
+def test_download_progress_draws_nothing_outside_a_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from connector.console import download_progress
+
+    with download_progress(1000, 0) as progress:
+        progress(5, 500)
+    assert capsys.readouterr().err == ""
