@@ -51,6 +51,10 @@ def test_a_hidden_offer_names_its_unmet_terms_unless_confidential(
     assert f"the provider shows us no dataset {DATASET!r}" in refused.stderr
     assert "offer 'members-only': membership eq active failed" in refused.stderr
     assert "{" not in refused.stderr  # a sentence, not a JSON body
+    # The provider's log says it too.
+    log = (provider.dir / "state" / "daemon.log").read_text()
+    assert f"dataset {DATASET} is hidden from did:web:" in log
+    assert "membership eq active failed" in log
     # The provider marks the dataset's existence confidential: nothing more is said.
     declaration = provider.dir / "datasets" / "example.toml"
     declaration.write_text("confidential = true\n" + declaration.read_text())

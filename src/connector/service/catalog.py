@@ -6,6 +6,7 @@ DSP 2025-1 §CAT: a consumer sees only the offers whose policy its verified clai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from connector.core.catalog import DatasetEntry, Offer, catalog_doc, dataset_doc
 from connector.core.errors import CatalogError, PolicyError
 from connector.core.policy import Decision, PolicyContext, Scope, evaluate, parse_policy
 from connector.core.policy.model import Policy
+
+log = logging.getLogger("connector.catalog")
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,11 @@ class Catalog:
         if entry is None or (not offers and entry.confidential):
             raise CatalogError(f"unknown dataset {dataset_id!r}", status=404)
         if not offers:
+            unmet = "; ".join(self.unmet(entry, claims))
+            log.info("dataset %s is hidden from %s: %s", dataset_id, claims.participant_id,
+                     unmet)
             raise CatalogError(f"dataset {dataset_id!r} is offered on terms you do not meet: "
-                               + "; ".join(self.unmet(entry, claims)), status=404)
+                               + unmet, status=404)
         return dataset_doc(entry, offers, self.participant_id, self.dsp_base)
 
     def unmet(self, entry: DatasetEntry, claims: Claims) -> list[str]:
