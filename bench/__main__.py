@@ -51,6 +51,15 @@ def _audit(quick: bool) -> None:
     audit.run(quick=quick)
 
 
+def _json_depth(quick: bool) -> None:
+    import json
+
+    from bench import json_depth
+
+    for line in json_depth.run(quick):
+        print(json.dumps(line), flush=True)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
@@ -58,6 +67,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "transfer": _transfer,
     "metrics": _metrics,
     "audit": _audit,
+    "json_depth": _json_depth,
 }
 
 

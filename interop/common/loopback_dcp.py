@@ -20,7 +20,8 @@ from procs import free_port_pair
 from yarl import URL
 
 from connector.adapters.http.guard import GuardedHttp
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from connector.core.errors import AuthError
 from connector.core.identity import build_did_document, signing_public_jwk
 from connector.keys import generate_ec_signing_key

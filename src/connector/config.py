@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connector.core.binding import DSP_PATH
 from connector.core.dcp import SPEC_SCOPE_ALIAS
 from connector.core.errors import ConfigError
 from connector.core.hosts import parse_host_pattern
@@ -18,8 +19,6 @@ from connector.core.identity import MAX_TOKEN_LIFETIME_S
 from connector.logs import LOG_FORMATS, LOG_LEVELS, LogSettings
 
 CONFIG_FILE = "connector.toml"
-# DSP 2025-1 §HTTPS binding: <base> = <root> + the path of the version entry.
-DSP_PATH = "/dsp/2025-1"
 # Self-issued tokens live 5 minutes; EDC's STS uses 10 (edc.iam.sts.signature.token.expiration).
 DEFAULT_TOKEN_TTL_S = 300
 # Clock skew tolerated on iat/nbf/exp; EDC allows 4-5 s.

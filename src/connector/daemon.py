@@ -36,12 +36,14 @@ from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.health import Health, OutboxWatch
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
+from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.sources import missing_source
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
-from connector.core.errors import ConfigError, ConnectorError
+from connector.core.binding import created_by
+from connector.core.errors import Area, ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
@@ -349,7 +351,7 @@ class Daemon:
         if live:
             log.info("remembering %d unexpired token ids from before the restart", live)
         self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
-                             self._initial_ack)
+                             self._initial_ack, fetch=self.client.get)
         self._opened.append(self.outbox.close)
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
@@ -369,6 +371,8 @@ class Daemon:
         await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
         app = self._management_api().app()
         add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
+            app.middlewares.insert(0, contract)
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
@@ -417,8 +421,8 @@ class Daemon:
             return
         try:
             await self.trail.checkpoint()
-        except ConnectorError as exc:
-            log.error("cannot write the last audit checkpoint: %s", exc.message)
+        except Exception as exc:  # the store failed: stop anyway, and say so
+            log.error("cannot write the last audit checkpoint: %s", exc)
 
     def _own_keys_jwks(self) -> dict[str, dict[str, Any]]:
         return document_keys(self.did_document, self.settings.did)
@@ -473,7 +477,7 @@ class Daemon:
 
     async def _initial_ack(self, item: OutboxItem, body: bytes) -> None:
         try:
-            if item.url.endswith("/negotiations/request"):
+            if created_by(item.url) is Area.NEGOTIATION:
                 await self.negotiations.on_initial_ack(item.process_id, body)
             else:
                 await self.transfers.on_initial_ack(item.process_id, body)
@@ -573,7 +577,7 @@ class Daemon:
     def _public_middlewares(self) -> list[Middleware]:
         if self.metrics is None:
             return [error_middleware]
-        return [self.metrics.dsp_middleware, error_middleware, self.metrics.refusal_middleware]
+        return [self.metrics.dsp_middleware, error_middleware]
 
     async def drain(self) -> None:
         """SIGTERM: ready answers 503 for [health] drain_s; ``stop`` then lets in-flight

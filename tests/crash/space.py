@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from tests.harness import Participant, create_space, start
 
 # What the jobs pull: dataset id -> (file under data/, records written for it, weight of the
@@ -105,6 +107,7 @@ class OutboxTap:
     def __init__(self, participant: Participant) -> None:
         self.participant = participant
         self.seen: dict[int, OutboxRow] = {}
+        self.written_back: set[tuple[str, str]] = set()  # (process, url): each row once
 
     def poll(self) -> None:
         if self.participant.process is not None:
@@ -116,8 +119,9 @@ class OutboxTap:
         present = outbox_rows(self.participant)
         by_kind: dict[str, list[OutboxRow]] = defaultdict(list)
         for seq in sorted(self.seen):
-            if seq not in present:
-                by_kind[message_kind(self.seen[seq][2])].append(self.seen[seq])
+            row = self.seen[seq]
+            if seq not in present and (row[1], row[2]) not in self.written_back:
+                by_kind[message_kind(row[2])].append(row)
         chosen = sorted(rng.choice(rows) for _, rows in sorted(by_kind.items()))
         conn = sqlite3.connect(database(self.participant))
         try:
@@ -126,6 +130,7 @@ class OutboxTap:
                                  " next_attempt) VALUES (?, ?, ?, ?, ?, 0)", chosen)
         finally:
             conn.close()
+        self.written_back.update((row[1], row[2]) for row in chosen)
         self.seen.clear()
         return chosen
 
@@ -157,10 +162,29 @@ def restart(participant: Participant, generation: int) -> None:
     raise RuntimeError(f"{participant.name}: its ports stayed taken; see {log.parent}")
 
 
+def daemon_logs(root: Path) -> list[Path]:
+    """Every daemon run's log under ``root``, oldest first."""
+    return sorted(root.glob("*/state/daemon*.log"), key=lambda p: p.stat().st_mtime)
+
+
+def log_problems(root: Path) -> list[str]:
+    """Lines that must never appear, kills or not: a traceback (an error nobody handled), or
+    a 5xx answered on a DSP or data-plane route (a management call may answer 502 while the
+    other daemon is down: that is the peer's failure, reported as such)."""
+    found = []
+    for log in daemon_logs(root):
+        for line in log.read_text(errors="replace").splitlines():
+            answered_5xx = re.search(r"connector\.http: [A-Z]+ (\S+) -> 5\d\d ", line)
+            if "Traceback" in line or "Error handling request" in line or (
+                    answered_5xx and not answered_5xx.group(1).startswith("/api/")):
+                found.append(f"{log.parent.parent.name}/{log.name}: {line[:300]}")
+    return found
+
+
 def log_excerpt(root: Path, limit: int = 60) -> list[str]:
     """Warnings, errors and tracebacks of every daemon run under ``root``, oldest first."""
     found = []
-    for log in sorted(root.glob("*/state/daemon*.log"), key=lambda p: p.stat().st_mtime):
+    for log in daemon_logs(root):
         for line in log.read_text(errors="replace").splitlines():
             if any(marker in line for marker in LOG_MARKERS):
                 found.append(f"{log.parent.parent.name}/{log.name}: {line[:300]}")

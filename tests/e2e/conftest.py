@@ -25,7 +25,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.client import Management
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from connector.core.identity import did_web_from_url, issue_token
 from connector.keys import load_signing_key
 from connector.participant.init import init_folder

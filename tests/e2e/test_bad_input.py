@@ -16,11 +16,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.messages import DSP_CONTEXT
 from tests.e2e.conftest import Space
+from tests.harness import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 DEEP = 5000  # levels: far past any decoder's recursion limit
@@ -219,6 +221,52 @@ async def test_outside_values_with_control_characters_never_start_a_log_line(
         assert f"{marker}-{i}" in lines[0]
     lines = _new_lines(space, start)
     assert lines and all(LINE_START.match(line) for line in lines), lines
+    assert not any(line.startswith("FORGED") or "\x1b" in line for line in lines)
+
+
+async def test_a_peers_refusal_reason_with_control_characters_is_logged_on_one_line(
+        space: Space, http: aiohttp.ClientSession) -> None:
+    """The provider delivers its agreement to a callback that refuses it with a reason
+    crafted to forge lines; the outbox logs the refusal (and the negotiation ends)."""
+    marker = uuid.uuid4().hex
+    evil = f"{marker}\nFORGED 2026-01-01 00:00:00,000 ERROR connector: owned\r\x1b[2J"
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(text=evil, status=400)  # not even JSON: raw text, as sent
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    start = _log(space).stat().st_size
+    try:
+        peer = space.members
+        body = {"@context": [DSP_CONTEXT], "@type": "ContractRequestMessage",
+                "consumerPid": f"urn:uuid:{uuid.uuid4()}",
+                "offer": {"@id": "urn:offer:example-weather:members-only", "@type": "Offer",
+                          "target": "example-weather",
+                          "permission": [{"action": "use", "constraint": [
+                              {"leftOperand": "membership", "operator": "eq",
+                               "rightOperand": "active"}]}]},
+                "callbackAddress": f"http://127.0.0.1:{port}/cb"}
+        data = msgspec.json.encode(body)
+        status, ack = await raw_call(
+            http, "POST", f"{space.base}/negotiations/request", data=data,
+            headers={"Authorization": f"Bearer {peer.token(space.provider_did).for_body(data)}",
+                     "Content-Type": "application/json"})
+        assert status == 201, ack
+        for _ in range(400):  # the outbox delivers, is refused, logs
+            if marker in _log(space).read_bytes()[start:].decode():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    lines = _new_lines(space, start)
+    carrying = [line for line in lines if marker in line]
+    assert carrying, lines
+    assert all(LINE_START.match(line) for line in lines), lines
     assert not any(line.startswith("FORGED") or "\x1b" in line for line in lines)
 
 

@@ -19,12 +19,6 @@ from tests.crash.run import CrashRun, Plan, seed_from_env
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-# Temporary, until the DSP receivers are idempotent: today a re-delivered initial
-# ContractRequestMessage opens a second provider negotiation for the same consumerPid, and a
-# re-delivered TransferStartMessage answered 400 by a consumer that already completed makes
-# the provider terminate its transfer. Strict: the marker must go when they are fixed.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="re-delivered DSP messages are not yet harmless on every receiver")
 async def test_acknowledged_work_survives_sigkill_of_either_daemon(tmp_path: Path) -> None:
     seed = seed_from_env()
     print(f"CRASH_SEED={seed}")

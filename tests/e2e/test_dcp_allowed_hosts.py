@@ -27,8 +27,9 @@ from yarl import URL
 
 from connector import authority
 from connector.client import Management
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
 from connector.core import dcp
+from connector.core.binding import DSP_PATH
 from connector.core.errors import PeerError
 from connector.core.identity import did_web_from_url
 from connector.core.messages import DSP_CONTEXT

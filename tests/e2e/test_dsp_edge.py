@@ -244,7 +244,10 @@ async def test_illegal_transition_is_400_and_changes_nothing(http: aiohttp.Clien
         ("agreement/verification", {"@type": "ContractAgreementVerificationMessage"}),
         ("events", {"@type": "ContractNegotiationEventMessage", "eventType": "ACCEPTED"}),
     ]:
-        msg = {"@context": CTX, "consumerPid": cpid, "providerPid": ppid, **body}
+        # Each under an @id of its own: not the verification already applied, sent again,
+        # which is acknowledged (tests/e2e/test_redelivery.py), but a new, illegal message.
+        msg = {"@context": CTX, "@id": f"urn:uuid:{uuid.uuid4()}", "consumerPid": cpid,
+               "providerPid": ppid, **body}
         status, doc = await call(http, "POST", f"{s.base}/negotiations/{ppid}/{path}", msg,
                                  s.members.token(s.provider_did))
         assert status == 400, (path, doc)
@@ -259,7 +262,8 @@ def _forged_key() -> Ed25519PrivateKey:
 
 
 @pytest.mark.parametrize("attack", ["missing", "garbage", "forged", "expired", "future",
-                                    "wrong-audience", "replayed"])
+                                    "wrong-audience", "replayed", "other-body",
+                                    "unbound"])
 async def test_bad_tokens_are_404_and_persist_nothing(http: aiohttp.ClientSession,
                                                       callbacks: Space, attack: str) -> None:
     s = callbacks
@@ -274,6 +278,10 @@ async def test_bad_tokens_are_404_and_persist_nothing(http: aiohttp.ClientSessio
         "expired": m.token(s.provider_did, now=now - 3600, ttl=60),
         "future": m.token(s.provider_did, now=now + 3600),
         "wrong-audience": m.token("did:web:someone-else"),
+        # Bound to another message body, or to none (a pinned peer must bind it): a plain str
+        # is sent as it is, not signed again for the body (``bound``).
+        "other-body": m.token(s.provider_did).for_body(b'{"@type": "another message"}'),
+        "unbound": m.token(s.provider_did)[:],
     }
     if attack == "replayed":
         token = m.token(s.provider_did)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
+from connector.core.identity import did_web_from_url, issue_token
 from connector.keys import load_signing_key
 from tests.harness import Participant, create_space, start, stop
 
@@ -60,6 +63,15 @@ async def done(pair: tuple[Participant, Participant]) -> dict[str, Any]:
             await api.call("POST", "/api/transfers/nope/pull", {"sink": "relative.jsonl"})
         url = f"{provider.url}/dsp/2025-1/negotiations/x"  # a DSP refusal, with its reason
         async with aiohttp.ClientSession() as http, http.get(url, ssl=False) as r:
+            assert r.status == 404
+        # The consumer, authenticated, asks for a process it does not have: the provider's
+        # line names the consumer's DID as the peer.
+        me = load_settings(consumer.dir)
+        token = issue_token(load_signing_key(me.signing_key), kid=me.signing_kid,
+                            issuer=me.did, audience=did_web_from_url(provider.url),
+                            now=int(time.time()), jti=str(uuid.uuid4()), ttl_s=60)
+        async with aiohttp.ClientSession() as http, http.get(
+                url + "-unknown", ssl=False, headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 404
     finally:
         await api.close()
@@ -113,6 +125,9 @@ def test_every_line_is_one_json_object_with_the_fields(
                       (pair[0].dir / "state" / "daemon.log").read_text().splitlines()]
     refused = [d for d in provider_lines if d.get("status") == 401]
     assert refused and refused[-1]["reason"] and refused[-1]["process_id"] == "x"
+    unknown = [d for d in provider_lines if d.get("process_id") == "x-unknown"]
+    consumer_did = load_settings(pair[1].dir).did
+    assert unknown and unknown[-1]["peer"] == consumer_did and unknown[-1]["status"] == 404
 
 
 def test_no_key_token_or_secret_in_the_logs_of_a_negotiation_and_transfer(

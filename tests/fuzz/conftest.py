@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from connector.core.identity import did_web_from_url
 from connector.keys import load_signing_key
 from connector.participant.trust import add_trusted_peer

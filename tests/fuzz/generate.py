@@ -76,6 +76,9 @@ class Generator:
     def __init__(self, rng: random.Random, pids: list[str], callback: str) -> None:
         self.rng = rng
         self.pids = pids  # real process ids of the daemon under test, and made-up ones
+        # (consumerPid, providerPid) of the process a message is aimed at, when it is one
+        # of the daemon's: the body then names it as its peer would.
+        self.aimed: tuple[str, str] | None = None
         self.callback = callback
 
     def instance(self, kind: str) -> Any:
@@ -145,6 +148,8 @@ class Generator:
     def field(self, name: str, schema: Schema, base: str, depth: int) -> Any:
         """Pids from the pool and our callback most of the time: that reaches the state
         machines instead of stopping at 'unknown process'."""
+        if name in ("consumerPid", "providerPid") and self.aimed and self.rng.random() < 0.9:
+            return self.aimed[name == "providerPid"]
         if name in ("consumerPid", "providerPid", "agreementId") and self.rng.random() < 0.8:
             return self.rng.choice(self.pids)
         if name == "callbackAddress" and self.rng.random() < 0.7:

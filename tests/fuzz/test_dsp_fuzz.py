@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -24,6 +25,7 @@ import pytest
 from connector.client import Management
 from connector.config import load_settings
 from tests.e2e.conftest import Space
+from tests.e2e.test_bad_input import LINE_START
 from tests.e2e.test_dsp_edge import CTX, call, finalized, open_negotiation
 from tests.fuzz.conftest import requests, rss_kib
 from tests.fuzz.generate import HOSTILE, Generator, body
@@ -35,7 +37,7 @@ IN_FLIGHT = 8
 # request would pass this within a few thousand requests.
 RSS_GROWTH_LIMIT_KIB = 96 * 1024
 
-# (method, path under the DSP base, or absolute when it starts with "/data", schema kind)
+# (method, path under the DSP base, or from the root for /data and /push, schema kind)
 ROUTES: list[tuple[str, str, str | None]] = [
     ("POST", "/catalog/request", "catalog/catalog-request-message"),
     ("GET", "/catalog/datasets/{id}", None),
@@ -59,6 +61,9 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/data", None),
     ("GET", "/data/summary", None),
     ("POST", "/data/token", None),
+    ("POST", "/push/{pid}", None),
+    ("GET", "/push/{pid}", None),
+    ("POST", "/push/{pid}/summary", None),
 ]
 PRINTABLE = [h for h in HOSTILE if h.isprintable() and h.isascii()]  # what a header may hold
 ODD_PIDS = ["", "%2F..%2F", "urn:uuid:" + "x" * 3000, "%00", "%0Aforged", "é", "..", "%25",
@@ -75,20 +80,30 @@ class Request:
     what: list[str]
 
 
-async def _processes(http: aiohttp.ClientSession, s: Space) -> list[str]:
-    """Real pids of both roles on the daemon, in several states, plus agreement ids."""
+@dataclass
+class Process:
+    """One of the daemon's processes: the pid in its paths, and both pids of its messages."""
+
+    path_pid: str
+    consumer_pid: str
+    provider_pid: str
+
+
+async def _processes(http: aiohttp.ClientSession, s: Space) -> tuple[list[Process], list[str]]:
+    """Real processes of both roles on the daemon, in several states; and more ids to mix
+    in (agreement ids, made-up pids)."""
     m = s.members
-    pids: list[str] = []
-    pids += await open_negotiation(http, s, m)  # the provider answers with an agreement
+    cpid, ppid = await open_negotiation(http, s, m)  # the provider answers with an agreement
+    processes = [Process(ppid, cpid, ppid)]
     cpid, ppid, agreement = await finalized(http, s, m)
-    pids += [cpid, ppid, agreement]
+    processes.append(Process(ppid, cpid, ppid))
     transfer_cpid = f"urn:uuid:{uuid.uuid4()}"
     status, ack = await call(http, "POST", f"{s.base}/transfers/request", {
         "@context": CTX, "@type": "TransferRequestMessage", "consumerPid": transfer_cpid,
         "agreementId": agreement, "format": "HttpData-PULL", "callbackAddress": m.callback},
         m.token(s.provider_did))
     assert status == 201, ack
-    pids += [transfer_cpid, ack["providerPid"]]
+    processes.append(Process(ack["providerPid"], transfer_cpid, ack["providerPid"]))
     offered_ppid = f"urn:uuid:{uuid.uuid4()}"  # the daemon as consumer: offered by the member
     status, ack = await call(http, "POST", f"{s.base}/negotiations/offers", {
         "@context": CTX, "@type": "ContractOfferMessage", "providerPid": offered_ppid,
@@ -96,30 +111,37 @@ async def _processes(http: aiohttp.ClientSession, s: Space) -> list[str]:
                   "permission": [{"action": "use"}]},
         "callbackAddress": m.callback}, m.token(s.provider_did))
     assert status == 201, ack
-    pids += [offered_ppid, ack["consumerPid"]]
-    return pids + [f"urn:uuid:{uuid.UUID(int=i)}" for i in range(3)]
+    processes.append(Process(ack["consumerPid"], ack["consumerPid"], offered_ppid))
+    made_up = [f"urn:uuid:{uuid.UUID(int=i)}" for i in range(3)]
+    return processes, [agreement, *made_up]
 
 
 def _quoted(text: str, safe: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe=safe)
 
 
-def _plan(g: Generator, s: Space, count: int) -> list[Request]:
+def _plan(g: Generator, s: Space, processes: list[Process], count: int) -> list[Request]:
     """Every request of the run, decided up front from the seed alone."""
     planned = []
     for i in range(count):
         method, path, kind = g.rng.choice(ROUTES)
-        pid = g.rng.choice(g.pids) if g.rng.random() < 0.85 else g.rng.choice(ODD_PIDS)
+        aimed = g.rng.choice(processes) if g.rng.random() < 0.6 else None
+        g.aimed = (aimed.consumer_pid, aimed.provider_pid) if aimed else None
+        pid = (aimed.path_pid if aimed else g.rng.choice(g.pids) if g.rng.random() < 0.8
+               else g.rng.choice(ODD_PIDS))
         path = path.format(pid=_quoted(pid, "%:"), id=_quoted(g.string(), ""))
         what = [f"{method} {path[:80]}"]
         headers = {"Content-Type": "application/json"}
-        if path.startswith("/data"):
+        if path.startswith(("/data", "/push")):
             url = s.provider.url + path + g.rng.choice(["", "?offset=3", "?offset=-1",
                                                         "?offset=x", "?offset=" + "9" * 40])
             headers["Authorization"] = "Bearer " + g.rng.choice([*g.pids, *PRINTABLE])
         else:
             url = s.base + path
-            headers["Authorization"] = "Bearer " + s.members.token(s.provider_did)
+            # Mostly the member; sometimes the outsider, pinned but without the attributes
+            # the policies ask for: a valid token whose claims are denied.
+            caller = s.outsider if g.rng.random() < 0.1 else s.members
+            headers["Authorization"] = "Bearer " + caller.token(s.provider_did)
         data = None
         if kind is not None:
             data, done = body(g, kind)
@@ -151,6 +173,14 @@ async def _storm(http: aiohttp.ClientSession, planned: list[Request]
     return await asyncio.gather(*(one(r) for r in planned))
 
 
+def assert_clean_log(log: Path, seed: int) -> None:
+    """No traceback (a bug, whatever status it was answered with) and one line per record."""
+    lines = log.read_text(errors="replace").splitlines()
+    assert not [x for x in lines if "Traceback" in x], f"seed {seed}: a traceback in {log}"
+    strays = [x for x in lines if not LINE_START.match(x)]
+    assert strays == [], f"seed {seed}: lines that are not records: {strays[:3]}"
+
+
 async def negotiate_and_pull(space: Space) -> None:
     """The consumer daemon negotiates and pulls from the provider daemon, as `connector` does."""
     api = Management(load_settings(space.consumer.dir))
@@ -173,8 +203,10 @@ async def test_generated_and_mutated_dsp_messages_never_get_a_5xx(
         fuzz_callbacks: Space, fuzz_http: aiohttp.ClientSession, seed: int) -> None:
     space, http = fuzz_callbacks, fuzz_http
     pid = space.provider.process.pid  # type: ignore[union-attr]
-    g = Generator(random.Random(seed), await _processes(http, space), space.members.callback)
-    planned = _plan(g, space, requests("DSP"))
+    processes, ids = await _processes(http, space)
+    pids = [pid for p in processes for pid in (p.consumer_pid, p.provider_pid)] + ids
+    g = Generator(random.Random(seed), pids, space.members.callback)
+    planned = _plan(g, space, processes, requests("DSP"))
     rss_before = rss_kib(pid)
     t0 = time.monotonic()
     results = await _storm(http, planned)
@@ -187,5 +219,6 @@ async def test_generated_and_mutated_dsp_messages_never_get_a_5xx(
                 if status >= 500 or (status == 0 and r.data is not None and len(r.data) < 1e6)]
     assert failures == [], f"seed {seed}: {failures[:5]}"
     assert space.provider.process.poll() is None, f"seed {seed}: the provider died"  # type: ignore[union-attr]
+    assert_clean_log(space.provider.dir / "state" / "daemon.log", seed)
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, f"seed {seed}: RSS grew"
     await negotiate_and_pull(space)

@@ -25,11 +25,12 @@ import aiohttp
 import pytest
 
 from connector.client import Management
-from connector.config import DSP_PATH, load_settings
+from connector.config import load_settings
+from connector.core.binding import DSP_PATH
 from tests.e2e.conftest import Space
 from tests.fuzz.conftest import requests, rss_kib
 from tests.fuzz.generate import HOSTILE, NOT_JSON
-from tests.fuzz.test_dsp_fuzz import RSS_GROWTH_LIMIT_KIB, negotiate_and_pull
+from tests.fuzz.test_dsp_fuzz import RSS_GROWTH_LIMIT_KIB, assert_clean_log, negotiate_and_pull
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 IN_FLIGHT = 8
@@ -207,5 +208,6 @@ async def test_management_api_fuzzed_from_its_routes_never_gets_a_5xx(
                 if (status >= 500 or status == 0) and not _by_design(status, answer)]
     assert failures == [], f"seed {seed}: {failures[:5]}"
     assert all(poll() is None for poll in pids.values()), f"seed {seed}: a daemon died"
+    assert_clean_log(space.consumer.dir / "state" / "daemon.log", seed)
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, f"seed {seed}: RSS grew"
     await negotiate_and_pull(space)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.crash.checks import Side, negotiation_mismatches, transfer_mismatches
 from tests.crash.jobs import Job, whole_records
-from tests.crash.space import message_kind
+from tests.crash.space import log_problems, message_kind
 
 
 def neg(pid: str, role: str, state: str, cpid: str, ppid: str | None,
@@ -99,3 +99,18 @@ def test_message_kinds_name_the_dsp_endpoint_without_pids() -> None:
     assert message_kind(f"{base}/negotiations/urn:uuid:x/agreement/verification") == (
         "negotiations/agreement/verification")
     assert message_kind(f"{base}/transfers/urn:uuid:x/completion") == "transfers/completion"
+
+
+def test_tracebacks_and_5xx_on_dsp_routes_in_a_daemon_log_are_problems(tmp_path: Path) -> None:
+    log = tmp_path / "provider" / "state" / "daemon.log"
+    log.parent.mkdir(parents=True)
+    lines = [
+        "INFO connector.http: GET /api/transfers/x/summary -> 502 peer: cannot connect",
+        "INFO connector.http: POST /dsp/2025-1/negotiations/x/events -> 400 invalid-transition",
+        "INFO connector.http: POST /dsp/2025-1/negotiations/request -> 502 peer: oops",
+        "ERROR aiohttp.server: Error handling request",
+        "Traceback (most recent call last):",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    found = log_problems(tmp_path)
+    assert [f.split(": ", 1)[1] for f in found] == lines[2:]

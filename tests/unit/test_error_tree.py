@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import aiohttp
 import pytest
@@ -14,12 +15,14 @@ from connector.registry.publisher import Signer
 from connector.registry.search import RegistrySearch
 from connector.registry.store import SearchQuery
 
-# By whose mistake each class is: the caller's (4xx), our configuration (503), a peer (502).
+# By whose mistake each class is: the caller's (4xx), our configuration (503), a peer (502),
+# a bug of ours (500, only ever answered by the middleware).
 INTENDED = {
     "ConfigError": 503, "PolicyError": 400, "AuthError": 401, "InvalidParameter": 400,
     "ProtocolError": 400, "MalformedMessage": 400, "InvalidTransition": 400,
     "UnknownProcess": 404, "OfferRejected": 400, "CatalogError": 400, "ConflictError": 409,
     "NotFound": 404, "TransferDenied": 403, "PeerError": 502, "AuditError": 503,
+    "InternalError": 500,
 }
 
 
@@ -38,7 +41,8 @@ def test_every_class_of_the_tree_states_its_status_on_purpose() -> None:
     for name, status in INTENDED.items():
         assert tree[name].status == status, name
         assert name in (errors.__doc__ or ""), f"{name} is not drawn in the docstring"
-    assert not any(500 <= cls.status < 502 for cls in tree.values())
+    bugs = [name for name, cls in tree.items() if 500 <= cls.status < 502]
+    assert bugs == ["InternalError"], "only a bug is a 500"
 
 
 async def test_the_setting_to_fix_is_named_by_a_configuration_error() -> None:
@@ -92,3 +96,49 @@ def test_a_providers_refusal_of_our_data_token_is_a_403_not_a_502() -> None:
     assert "unknown data token" in refused.message
     down = errors.PeerError("cannot connect")
     assert _refusal(down) is down and down.status == 502
+
+
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+def test_a_registry_snapshot_with_a_deep_payload_is_refused_as_malformed() -> None:
+    from connector.registry.model import claimed_publisher
+
+    segment = base64.urlsafe_b64encode(DEEP).rstrip(b"=").decode()
+    with pytest.raises(AuthError, match="malformed snapshot"):
+        claimed_publisher(f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln")
+
+
+async def test_a_deep_did_document_is_refused_as_not_json() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (DEEP, {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="not JSON"):
+        await resolver.document("did:web:peer.example")
+
+
+async def test_an_unusable_key_in_a_peers_did_document_is_an_auth_error_not_ours() -> None:
+    from connector.service.dcp_verifier import DidResolver
+    from tests.unit.test_dcp_verifier import FakeHttp
+
+    did = "did:web:peer.example"
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "d": "private-material"}
+    doc = {"id": did, "verificationMethod": [{"id": f"{did}#k", "type": "JsonWebKey2020",
+                                              "controller": did, "publicKeyJwk": jwk}]}
+    http = FakeHttp()
+    http.pages["https://peer.example/.well-known/did.json"] = (
+        json.dumps(doc).encode(), {})
+    resolver = DidResolver(http, cache_s=300, clock=lambda: 0.0)
+    with pytest.raises(AuthError, match="private key material"):
+        await resolver.keys(did, "capabilityInvocation")
+
+
+def test_nothing_raises_internal_error_only_the_middleware_answers_with_it() -> None:
+    from pathlib import Path
+
+    src = Path(errors.__file__).resolve().parents[1]
+    raising = [p for p in src.rglob("*.py") if "raise InternalError" in p.read_text()]
+    assert raising == []

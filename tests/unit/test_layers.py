@@ -37,8 +37,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "demo": frozenset({"core", "participant", "registry"}),
     "daemon": frozenset({"core", "config", "keys", "service", "adapters", "participant",
                          "registry", "signals", "logs"}),
-    "audit_commands": frozenset({"core", "config", "keys", "participant", "adapters",
-                                 "registry"}),
+    "audit_tool": frozenset({"core", "config", "keys", "participant", "adapters", "registry"}),
+    "audit_commands": frozenset({"config", "audit_tool"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
                       "authority", "audit_commands", "console"}),
 }

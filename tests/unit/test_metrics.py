@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from connector.adapters.http.health import OutboxWatch, probe_store
+from connector.adapters.http.health import (
+    Health,
+    OutboxWatch,
+    certificate_not_after,
+    probe_store,
+)
 from connector.adapters.http.metrics import (
     DSP_MESSAGE_TYPES,
     MAX_PEER_LABELS,
@@ -18,12 +26,14 @@ from connector.adapters.http.metrics import (
     refusal_reason,
 )
 from connector.adapters.storage.sqlite import SqliteStore, migrations
-from connector.config import load_settings
+from connector.config import HealthSettings, load_settings
 from connector.core.errors import ConfigError, PeerError
 from connector.core.policy import Decision
 from connector.core.policy.evaluate import ConstraintResult
 from connector.participant.init import init_folder
+from connector.registry.publisher import RegistryPublisher, Signer
 from connector.service.store import OutboxItem
+from tests.harness import free_port
 
 
 @pytest.mark.parametrize(("method", "path", "kind"), [
@@ -180,3 +190,81 @@ def test_bad_metrics_or_health_settings_name_the_key(tmp_path: Path, extra: str)
     with pytest.raises(ConfigError) as info:
         load_settings(_folder(tmp_path, extra))
     assert "[metrics]" in info.value.message or "[health]" in info.value.message
+
+
+def test_publications_are_counted_by_registry_and_result(tmp_path: Path) -> None:
+    settings = load_settings(_folder(tmp_path, ""))
+    metrics = Metrics()
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def publish() -> dict[str, str | None]:
+        async with aiohttp.ClientSession() as session:
+            publisher = RegistryPublisher([url], Signer.from_settings(settings),
+                                          session=lambda: session, catalog=lambda: {"@id": "c"},
+                                          on_published=metrics.on_publication)
+            return await publisher.publish_all()
+
+    assert asyncio.run(publish()) == {url: None}
+    sample = metrics.registry.get_sample_value
+    assert sample("connector_registry_publications_total",
+                  {"registry": url, "result": "failed"}) == 1
+
+
+def _health(folder: Path, metrics: Metrics, days_left: float = 100,
+            **settings: float) -> Health:
+    """A Health of ``folder`` whose clock stands ``days_left`` before the certificate ends."""
+    s = load_settings(folder)
+    not_after = certificate_not_after(s.tls_cert.read_bytes())
+
+    async def migrate() -> None:
+        await (await SqliteStore.open(s.database)).close()
+
+    asyncio.run(migrate())
+    return Health(database=s.database, schema_version=max(n for n, _ in migrations()),
+                  tls_cert=s.tls_cert, key_files=lambda: (s.signing_key, s.tls_key),
+                  settings=HealthSettings(**settings), outbox=OutboxWatch(), metrics=metrics,
+                  clock=lambda: not_after - days_left * 86_400)
+
+
+def test_certificate_expiry_warns_first_then_fails_ready(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "")
+    sample = None
+    for days_left, ready, expiring in ((100, True, 0), (10, True, 1), (0.5, False, 1)):
+        metrics = Metrics()
+        health = _health(folder, metrics, days_left, certificate_min_days=1,
+                         certificate_warn_days=14)
+        asyncio.run(health.check())
+        sample = metrics.registry.get_sample_value
+        assert health.ready is ready, health.problems
+        assert sample("connector_tls_certificate_expiring") == expiring
+        assert sample("connector_ready") == (1 if ready else 0)
+    assert sample is not None and sample("connector_health_check_ok",
+                                         {"check": "certificate"}) == 0
+
+
+def test_a_key_readable_by_others_fails_ready_without_naming_its_path(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "")
+    health = _health(folder, Metrics())
+    asyncio.run(health.check())
+    assert health.ready
+    key = load_settings(folder).signing_key
+    key.chmod(0o644)
+    asyncio.run(health.check())
+    problem = health.problems["keys"]
+    assert not health.ready and problem is not None and str(key.parent) not in problem
+
+
+def test_an_outbox_waiting_without_attempts_is_stuck(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "")
+    metrics = Metrics()
+    health = _health(folder, metrics, outbox_stuck_s=0)
+    asyncio.run(health.check())
+    assert health.ready and metrics.registry.get_sample_value("connector_outbox_depth") == 0
+    with sqlite3.connect(load_settings(folder).database) as db:
+        db.execute("INSERT INTO outbox (process_id, url, audience, body, next_attempt)"
+                   " VALUES ('p', 'https://peer/x', 'did:web:peer', x'', 0)")
+    asyncio.run(health.check())  # waiting since now
+    time.sleep(0.01)
+    asyncio.run(health.check())  # ... and nothing attempted since
+    assert not health.ready and "no delivery attempted" in str(health.problems["outbox"])
+    assert metrics.registry.get_sample_value("connector_outbox_depth") == 1

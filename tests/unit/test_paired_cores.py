@@ -170,8 +170,12 @@ def test_the_same_agreement_sent_again_is_a_redelivery_not_a_transition() -> Non
                                      agreement={**agreement.agreement, "@id": "urn:other"})
     assert not cn.is_redelivery(consumer, Role.PROVIDER, other)  # a different agreement
     assert not cn.is_redelivery(consumer, Role.CONSUMER, agreement)  # not from the provider
+    # Any later state, terminal ones included (core.process): the ack then says TERMINATED.
     terminated = msgspec.structs.replace(consumer, state=NegotiationState.TERMINATED)
-    assert not cn.is_redelivery(terminated, Role.PROVIDER, agreement)
+    assert cn.is_redelivery(terminated, Role.PROVIDER, agreement)
+    # The same content under another @id is another message (the DSP TCK's negative tests).
+    assert cn.is_redelivery(consumer, Role.PROVIDER, agreement, None)
+    assert not cn.is_redelivery(consumer, Role.PROVIDER, agreement, "urn:message:2")
 
 
 def test_the_same_start_sent_again_is_a_redelivery_not_a_transition() -> None:

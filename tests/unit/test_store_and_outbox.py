@@ -21,7 +21,7 @@ from connector.service.store import Agreement, OutboxItem, Outgoing
 
 def _negotiation(pid: str = "urn:p", state: NegotiationState = NegotiationState.REQUESTED
                  ) -> Negotiation:
-    return Negotiation(id=pid, role=Role.PROVIDER, state=state, consumer_pid="urn:c",
+    return Negotiation(id=pid, role=Role.PROVIDER, state=state, consumer_pid=f"{pid}:c",
                        provider_pid=pid, dataset_id="ds", offer={"@id": "o"},
                        counterparty_address="https://c", counterparty_id="did:c",
                        created_at=1.0, updated_at=1.0)

@@ -57,7 +57,7 @@ def parse_scope(text: str) -> Scope:
     parts = text.split(":")
     operation = parts.pop() if len(parts) > 2 and parts[-1] in SCOPE_OPERATIONS else "read"
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise MalformedMessage(f"scope {text[:200]!r}: expected alias:value[:operation]")
+        raise MalformedMessage(f"scope {text[:200]!r}: expected alias:value[:operation]", area=None)
     alias, value = parts[0], ":".join(parts[1:])
     kind = "id" if alias.endswith(".vc.id") else "type"
     return Scope(alias, kind, value, operation)
@@ -81,20 +81,22 @@ def parse_presentation_query(body: Any) -> tuple[Scope, ...]:
     ``presentationDefinition``, or an empty one of them; 501 for a real presentation definition.
     """
     if not isinstance(body, dict):
-        raise MalformedMessage("a PresentationQueryMessage must be a JSON object")
+        raise MalformedMessage("a PresentationQueryMessage must be a JSON object", area=None)
     kind = body.get("type", body.get("@type"))
     if kind not in (QUERY_TYPE, f"https://w3id.org/dspace-dcp/v1.0/{QUERY_TYPE}"):
-        raise MalformedMessage(f"expected type {QUERY_TYPE}, got {str(kind)[:100]!r}")
+        raise MalformedMessage(f"expected type {QUERY_TYPE}, got {str(kind)[:100]!r}", area=None)
     scope, definition = body.get("scope"), body.get("presentationDefinition")
     if scope is not None and definition is not None:
-        raise MalformedMessage("a query has either scope or presentationDefinition, not both")
+        raise MalformedMessage("a query has either scope or presentationDefinition, not both",
+                               area=None)
     if definition is not None or "presentationDefinition" in body:
         # DCP-TCK: an empty or null definition is a 4xx, not a 501.
         if not definition:
-            raise MalformedMessage("empty presentationDefinition")
-        raise UnsupportedQuery("presentation definitions are not supported; query by scope")
+            raise MalformedMessage("empty presentationDefinition", area=None)
+        raise UnsupportedQuery("presentation definitions are not supported; query by scope",
+                               area=None)
     if not isinstance(scope, list) or not scope or not all(isinstance(s, str) for s in scope):
-        raise MalformedMessage("scope must be a non-empty list of strings")
+        raise MalformedMessage("scope must be a non-empty list of strings", area=None)
     return tuple(parse_scope(s) for s in scope)
 
 

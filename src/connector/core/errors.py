@@ -24,7 +24,9 @@ the error shape the spec prescribes, so the HTTP edge renders all of them in one
     ├── TransferDenied       403  data plane: token unknown, expired, or the policy denies
     ├── AuditError           503  the audit entry of a step cannot be written: the step does
     │                             not happen (a full disk or read-only store)
-    └── PeerError            502  a peer answered with an error or could not be reached
+    ├── PeerError            502  a peer answered with an error or could not be reached
+    └── InternalError        500  a bug: what the middleware answers, with an error id, when
+                                  anything outside this tree escapes a handler (never raised)
 
 The rule behind the numbers: the caller's mistake is a 4xx, a missing or wrong setting of
 ours is a 503 naming the key (the caller may retry once the operator fixed it), a peer's
@@ -91,7 +93,11 @@ class InvalidParameter(ConnectorError):
 
 
 class ProtocolError(ConnectorError):
-    """A DSP message the connector refuses. Carries both pids for the error body."""
+    """A DSP message the connector refuses. Carries both pids for the error body.
+
+    ``area`` is required, so that a transfer error never renders as a negotiation error:
+    the DSP error shape it takes (DSP 2025-1 §CN/§TP HTTPS binding), or None for a message
+    that is not a DSP process message (it renders in the shape of the route it reached)."""
 
     status = 400
     code = "bad-request"
@@ -100,7 +106,7 @@ class ProtocolError(ConnectorError):
         self,
         message: str,
         *,
-        area: Area = Area.NEGOTIATION,
+        area: Area | None,
         consumer_pid: str | None = None,
         provider_pid: str | None = None,
     ) -> None:
@@ -194,6 +200,14 @@ class PeerError(ConnectorError):
         before its own state caught up (a verification racing its agreement's dispatch)."""
         return not self.final and (self.peer_status is None or self.peer_status >= 500
                                    or self.peer_status == 409)
+
+
+class InternalError(ConnectorError):
+    """The answer to a bug, carrying the error id its logged traceback repeats. Created by
+    the HTTP error middleware only; nothing raises it."""
+
+    status = 500
+    code = "internal"
 
 
 class Problem:

@@ -5,7 +5,9 @@ Theory of operation
 As for negotiations (see ``negotiation.py``): one record per party, two pids, one table
 ``TRANSITIONS[(sender_role, state, event)] -> new state`` that judges both what we send and
 what we receive. DSP 2025-1 §TP 1.2: only the provider starts a REQUESTED process; either
-party may suspend, resume (Start from SUSPENDED), complete or terminate.
+party may suspend, resume (Start from SUSPENDED), complete or terminate. A message already
+applied and sent again is acknowledged without a transition (``is_redelivery``, the rule of
+``core.process``); a resume is a transition, not a repeat, because the table allows it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from connector.core.errors import Area, InvalidTransition
+from connector.core import process
+from connector.core.errors import Area
 from connector.core.messages import (
     EDC_NS,
     DataAddress,
@@ -29,7 +32,8 @@ from connector.core.messages import (
     TransferSuspensionMessage,
     TransferTerminationMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role, reason_text
+from connector.core.negotiation import reason_text
+from connector.core.process import HistoryEntry, Role
 
 
 class TransferState(StrEnum):
@@ -52,19 +56,20 @@ class TransferEvent(StrEnum):
     TERMINATE = "TransferTerminationMessage"
 
 
-S, E, C, P = TransferState, TransferEvent, Role.CONSUMER, Role.PROVIDER
-_BOTH = (C, P)
+_STATE, _EVENT = TransferState, TransferEvent
+_CONSUMER, _PROVIDER = Role.CONSUMER, Role.PROVIDER
+_BOTH = (_CONSUMER, _PROVIDER)
 
-# DSP 2025-1 §TP 1.2 and the notes' table §4.
+# DSP 2025-1 §TP 1.2 (the transfer process state machine).
 TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferState] = {
-    (C, None, E.REQUEST): S.REQUESTED,
-    (P, S.REQUESTED, E.START): S.STARTED,
-    **{(r, S.REQUESTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
-    **{(r, S.STARTED, E.COMPLETE): S.COMPLETED for r in _BOTH},
-    **{(r, S.STARTED, E.SUSPEND): S.SUSPENDED for r in _BOTH},
-    **{(r, S.STARTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
-    **{(r, S.SUSPENDED, E.START): S.STARTED for r in _BOTH},
-    **{(r, S.SUSPENDED, E.TERMINATE): S.TERMINATED for r in _BOTH},
+    (_CONSUMER, None, _EVENT.REQUEST): _STATE.REQUESTED,
+    (_PROVIDER, _STATE.REQUESTED, _EVENT.START): _STATE.STARTED,
+    **{(r, _STATE.REQUESTED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.COMPLETE): _STATE.COMPLETED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.SUSPEND): _STATE.SUSPENDED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
+    **{(r, _STATE.SUSPENDED, _EVENT.START): _STATE.STARTED for r in _BOTH},
+    **{(r, _STATE.SUSPENDED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
 }
 
 
@@ -104,50 +109,52 @@ def target_state(
     consumer_pid: str | None = None, provider_pid: str | None = None,
 ) -> TransferState:
     """Look the cell up, or raise InvalidTransition naming sender, state and message."""
-    try:
-        return TRANSITIONS[(sender, state, event)]
-    except KeyError:
-        where = f"in state {state.value}" if state else "to start a transfer"
-        raise InvalidTransition(
-            f"cannot accept {event.value} from {sender.value} {where}",
-            area=Area.TRANSFER, consumer_pid=consumer_pid, provider_pid=provider_pid,
-        ) from None
+    return process.lookup(TRANSITIONS, sender, state, event, area=Area.TRANSFER,
+                          consumer_pid=consumer_pid, provider_pid=provider_pid)
 
 
-def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage) -> bool:
-    """Whether ``msg`` is the provider's Start again, the same one we already run on.
-
-    EDC 0.14 sends a message again when it did not see our answer in time (``make interop``),
-    and terminates the transfer if the repeat is refused. The same data address while STARTED
-    is acknowledged and changes nothing; a resume (Start from SUSPENDED) is a transition."""
-    return (sender is Role.PROVIDER and isinstance(msg, TransferStartMessage)
-            and record.state is TransferState.STARTED and msg.data_address == record.data_address)
+def opened(*, id: str, role: Role, now: float, **fields: Any) -> Transfer:
+    """A new record, in the state the table's initial row (the consumer's request) opens."""
+    state, first = process.first_line(TRANSITIONS, Role.CONSUMER, now)
+    return Transfer(id=id, role=role, state=state, created_at=now, updated_at=now,
+                    history=[first], **fields)
 
 
-def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float) -> Transfer:
-    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal."""
+def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
+                  message_id: str | None = None) -> bool:
+    """Whether ``msg`` is a message already applied, sent again (the rule in ``core.process``):
+    the table refuses it now, and the same message from ``sender`` is in the timeline.
+
+    EDC sends its Start again when it did not see our answer in time (``make interop``), and
+    terminates the transfer if the repeat is refused. A resume (Start from SUSPENDED) is a
+    transition, not a repeat."""
+    event = TransferEvent(type(msg).__name__)
+    return process.is_repeat(TRANSITIONS, record, sender, event, msg, message_id)
+
+
+def peer_took_it(record: Transfer, peer_state: str) -> bool:
+    """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
+    return process.peer_took_it(TRANSITIONS, record.state, record.role, peer_state,
+                                TransferEvent.TERMINATE)
+
+
+def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
+          message_id: str | None = None) -> Transfer:
+    """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal.
+
+    A message from the peer leaves its digest in the timeline (see ``core.process``)."""
     event = TransferEvent(type(msg).__name__)
     new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
                              provider_pid=record.provider_pid)
-    changes: dict[str, Any] = {"state": new_state, "updated_at": now}
-    sent_provider_pid = getattr(msg, "provider_pid", None)
-    if record.provider_pid is None and sent_provider_pid:
-        changes["provider_pid"] = sent_provider_pid
+    changes: dict[str, Any] = {"state": new_state, "updated_at": now,
+                               **process.learnt_pid(record, msg)}
     note = ""
     if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    entry = HistoryEntry(at=now, by=sender.value, message=event.value, state=new_state.value,
-                         note=note)
-    changes["history"] = [*record.history, entry]
-    return msgspec.structs.replace(record, **changes)
-
-
-def noted(record: Transfer, now: float, by: str, message: str, note: str = "") -> Transfer:
-    """The record with one more timeline line that changes no state (a data-plane denial)."""
-    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
-    return msgspec.structs.replace(record, history=[*record.history, entry])
+    entry = process.line(record, sender, event, new_state, msg, now, note, message_id)
+    return msgspec.structs.replace(record, history=[*record.history, entry], **changes)
 
 
 def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = None,
@@ -156,13 +163,13 @@ def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = 
     """The message that carries ``event`` for this process (both pids filled)."""
     pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid or ""}
     reasons = [reason] if reason else None
-    if event is E.START:
+    if event is TransferEvent.START:
         return TransferStartMessage(**pids, data_address=data_address)
-    if event is E.COMPLETE:
+    if event is TransferEvent.COMPLETE:
         return TransferCompletionMessage(**pids)
-    if event is E.SUSPEND:
+    if event is TransferEvent.SUSPEND:
         return TransferSuspensionMessage(**pids, code=code, reason=reasons)
-    if event is E.TERMINATE:
+    if event is TransferEvent.TERMINATE:
         return TransferTerminationMessage(**pids, code=code, reason=reasons)
     raise ValueError(f"{event} is not sent on an existing process")
 

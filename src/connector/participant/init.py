@@ -10,7 +10,8 @@ from pathlib import Path
 
 import connector
 from connector import keys
-from connector.config import CONFIG_FILE, DSP_PATH
+from connector.config import CONFIG_FILE
+from connector.core.binding import DSP_PATH
 from connector.core.errors import ConfigError
 from connector.core.identity import build_did_document, did_web_from_url, public_jwk
 from connector.participant.layout import (

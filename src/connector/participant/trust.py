@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote
 
-from connector.config import CONFIG_FILE, DSP_PATH
+from connector.config import CONFIG_FILE
+from connector.core.binding import DSP_PATH
 from connector.core.errors import ConfigError
 from connector.core.identity import DSP_SERVICE_TYPE, KeyRing
 from connector.participant.layout import (

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConnectorError
 from connector.core.identity import KeyRing, SigningKey, sign_jwt, verify_token
 
@@ -274,7 +275,7 @@ def _segment(token: str, index: int) -> dict[str, Any]:
         raise AuthError("malformed snapshot: not a compact JWS")
     try:
         raw = base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4))
-        value = json.loads(raw)
+        value = json.loads(within_depth(raw))
     except ValueError as exc:
         raise AuthError("malformed snapshot: bad base64url or JSON") from exc
     if not isinstance(value, dict):

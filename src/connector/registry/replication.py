@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 import msgspec
 
+from connector.core.codec import within_depth
 from connector.core.errors import ConnectorError, PeerError
 from connector.core.identity import did_web_from_url
 from connector.registry.service import MAX_CHANGES, RegistryService
@@ -80,7 +81,7 @@ class Replicator:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
         try:
-            doc = msgspec.json.decode(body)
+            doc = msgspec.json.decode(within_depth(body))
             return [(int(c["version"]), str(c["snapshot"])) for c in doc["changes"]]
         except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"GET {url}: not a change feed") from exc

@@ -27,7 +27,9 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import client_ssl_context
-from connector.config import DSP_PATH, Settings, load_settings
+from connector.config import Settings, load_settings
+from connector.core.binding import DSP_PATH
+from connector.core.codec import within_depth
 from connector.core.errors import ConfigError, NotFound, PeerError
 from connector.participant.trust import load_trust
 from connector.registry.publisher import Signer
@@ -98,7 +100,10 @@ class RegistrySearch:
         if resp.status != 200:
             raise PeerError(f"{registry} answered {resp.status}: {body[:200]!r}",
                             peer_status=resp.status)
-        doc = msgspec.json.decode(body)
+        try:
+            doc = msgspec.json.decode(within_depth(body))
+        except ValueError as exc:  # msgspec.DecodeError is one
+            raise PeerError(f"{registry}: not a search result: {exc}") from exc
         if not isinstance(doc, dict):
             raise PeerError(f"{registry}: not a search result")
         return doc

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from connector.core import dcp
@@ -141,15 +142,19 @@ class Verifier:
     def reload(self, peers: Mapping[str, Any]) -> None:
         """Take a new set of pinned peers (``participant.trust.load_trust`` values)."""
         self._peers = dict(peers)
+        self._documents: dict[str, dict[str, Any]] = {}  # built from _peers when asked
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
 
     def peer_document(self, did: str) -> dict[str, Any] | None:
         """The caller's keys as a DID document (kept as evidence with its signed messages)."""
+        document = self._documents.get(did)
         peer = self._peers.get(did)
-        if peer is None:
-            return None
-        return build_did_document(did, peer.dsp_base or peer.url, list(peer.keys.items()))
+        if document is None and peer is not None:
+            document = build_did_document(did, peer.dsp_base or peer.url,
+                                          list(peer.keys.items()))
+            self._documents[did] = document
+        return document
 
     def requires_binding(self, did: str) -> bool:
         """Whether ``did``'s tokens must carry the body digest claim: our pinned peers' must
@@ -241,15 +246,13 @@ class Verifier:
             del seen[jti]
 
 
+@dataclass(frozen=True, slots=True)
 class Binding:
     """How a verified request's token relates to its body (``bind_body``)."""
 
-    __slots__ = ("bound", "token", "token_id")
-
-    def __init__(self, token: str | None, token_id: str | None, bound: bool) -> None:
-        self.token = token  # the compact JWS, kept as evidence; None when it is not one
-        self.token_id = token_id
-        self.bound = bound
+    token: str | None  # the compact JWS, kept as evidence; None when it is not one
+    token_id: str | None
+    bound: bool
 
 
 def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Binding:
@@ -259,8 +262,8 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
     the claim is refused when ``required`` (our pinned peers), else accepted as unbound
     evidence (EDC's tokens, a test profile's static token).
     """
-    token = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() == (
-        "bearer ") else (authorization or "").strip()
+    raw = authorization or ""
+    token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
     try:
         payload = parse_jws(token).payload
     except AuthError:

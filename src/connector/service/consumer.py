@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from connector.config import DSP_PATH
+from connector.core.binding import DSP_PATH
 from connector.core.errors import NotFound, PeerError
 
 # The fields of a data plane's summary that a copy must match, in the order they are reported.

@@ -38,7 +38,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from connector.core import credentials as vc
 from connector.core import dcp
-from connector.core.errors import AuthError, ConnectorError
+from connector.core.codec import within_depth
+from connector.core.errors import AuthError, ConfigError, ConnectorError
 from connector.core.identity import (
     CREDENTIAL_SERVICE_TYPE,
     DcpTokenClaims,
@@ -146,7 +147,7 @@ class DidResolver:
         async def fetch() -> tuple[float, dict[str, Any]]:
             body, _ = await self._http.get(url, max_bytes=MAX_DID_DOCUMENT_BYTES)
             try:
-                doc = json.loads(body)
+                doc = json.loads(within_depth(body))
             except ValueError:
                 raise AuthError(f"DID document of {did[:200]}: not JSON") from None
             if not isinstance(doc, dict) or doc.get("id") != did:
@@ -162,15 +163,24 @@ class DidResolver:
 
     async def keys(self, did: str, relationship: str, *, want: str | None = None) -> KeyRing:
         """The keys of ``did`` for ``relationship``; refetch once if ``want`` is missing."""
-        ring = KeyRing(document_keys(await self.document(did), did, relationship=relationship))
+        ring = _ring(await self.document(did), did, relationship)
         if want is None or want in ring:
             return ring
         hit = self._docs.get(did)
         if hit is not None and self._clock() - hit[0] >= MIN_REFETCH_S:
             self._docs.drop(did)  # a rotated key: the cached copy may predate it
-            document = await self.document(did)
-            ring = KeyRing(document_keys(document, did, relationship=relationship))
+            ring = _ring(await self.document(did), did, relationship)
         return ring
+
+
+def _ring(document: dict[str, Any], did: str, relationship: str) -> KeyRing:
+    """The keys of a resolved DID document. A key we cannot use there is the caller's
+    problem (AuthError), not a setting of ours (KeyRing raises ConfigError, as it does for
+    the keys of trust/)."""
+    try:
+        return KeyRing(document_keys(document, did, relationship=relationship))
+    except ConfigError as exc:
+        raise AuthError(f"DID document of {did[:200]}: {exc.message}") from exc
 
 
 def _bearer(authorization: str | None) -> str:
@@ -289,7 +299,7 @@ class DcpVerifier(Verifier):
         body = await self._http.post_json(endpoint.rstrip("/") + "/presentations/query", query,
                                           authorization=auth, max_bytes=MAX_PRESENTATION_BYTES)
         try:
-            response = json.loads(body)
+            response = json.loads(within_depth(body))
         except ValueError:
             raise AuthError("presentation response: not JSON") from None
         presentations = dcp.parse_presentation_response(response)

@@ -5,6 +5,11 @@ that produced it, then handed here. It leaves after the handler's ACK (the dispa
 its own task), is retried with exponential back-off on network errors and 5xx, and dropped
 with a logged reason on a 4xx, which is final (EDC does the same). Delivered rows are deleted
 in batches. On start-up every row still in the table is sent again.
+
+Delivery is at least once, so a peer may refuse a message it had in fact taken (a repeat sent
+after a crash, to a peer that does not recognise repeats). Before a refusal ends a process,
+its service asks the peer for its state (``ask``: a GET on the peer's process, DSP 2025-1
+§CN/§TP "HTTPS binding") and keeps the process when the peer already holds what we sent.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+from connector.core.binding import created_by
 from connector.core.errors import PeerError
 from connector.service.store import OutboxItem, Store
 
@@ -21,8 +27,8 @@ log = logging.getLogger("connector.outbox")
 
 Send = Callable[[OutboxItem], Awaitable[bytes]]
 OnAck = Callable[[OutboxItem, bytes], Awaitable[None]]
-# DSP 2025-1 §CN 3.2 / §TP 3.2: the answer to a process-creating request carries the peer's pid.
-_INITIAL_PATHS = ("/negotiations/request", "/transfers/request")
+# GET (url, audience) -> (status, body): how a peer's view of a process is read.
+Fetch = Callable[[str, str], Awaitable[tuple[int, bytes]]]
 # Back-off: 0.25 s doubling to 30 s; after 12 attempts (about 3 minutes) the message is dropped.
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 30.0
@@ -36,8 +42,9 @@ FLUSH_INTERVAL_S = 0.05
 class Outbox:
     def __init__(self, store: Store, send: Send,
                  on_failure: Callable[[OutboxItem, str], Awaitable[None]] | None = None,
-                 on_ack: OnAck | None = None) -> None:
+                 on_ack: OnAck | None = None, fetch: Fetch | None = None) -> None:
         self._store = store
+        self._fetch = fetch
         self._send = send
         self._on_failure = on_failure
         self._on_ack = on_ack
@@ -73,13 +80,26 @@ class Outbox:
         finally:
             del self._queues[process_id]
 
+    async def ask(self, url: str, audience: str) -> bytes | None:
+        """The peer's answer to a GET on ``url`` if it is a 200; None if it cannot tell."""
+        if self._fetch is None:
+            return None
+        try:
+            status, body = await self._fetch(url, audience)
+        except PeerError as exc:
+            log.info("cannot ask %s: %s", url, exc.message)
+            return None
+        return body if status == 200 else None
+
     async def _deliver(self, item: OutboxItem) -> None:
         attempts = item.attempts
         while not self._closed:
             try:
                 body = await self._send(item)
                 self._done.append(item.seq)
-                if self._on_ack is not None and item.url.endswith(_INITIAL_PATHS):
+                # DSP 2025-1 §CN 3.2 / §TP 3.2: the answer to a message that creates a
+                # process carries the peer's pid.
+                if self._on_ack is not None and created_by(item.url) is not None:
                     await self._on_ack(item, body)
                 return
             except PeerError as exc:

@@ -17,14 +17,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import msgspec
 
-from connector.core import codec
+from connector.core import process as proc
 from connector.core import transfer as tp
 from connector.core.errors import (
     Area,
@@ -34,25 +33,22 @@ from connector.core.errors import (
     PolicyError,
     ProtocolError,
     TransferDenied,
-    UnknownProcess,
 )
 from connector.core.hosts import callback_refusal
 from connector.core.messages import (
     EDC_NS,
     DataAddress,
-    Message,
     TransferCompletionMessage,
     TransferMessage,
     TransferProcess,
     TransferRequestMessage,
 )
-from connector.core.negotiation import HistoryEntry, Role
+from connector.core.process import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
-from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
-from connector.service.store import Agreement, Outgoing, Store
-from connector.service.watch import Watch
+from connector.service.process import ProcessService, new_urn
+from connector.service.store import Agreement, OutboxItem, Outgoing, Store
 
 log = logging.getLogger("connector.transfer")
 DEFAULT_FORMAT = "HttpData-PULL"
@@ -64,75 +60,73 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class TransferService:
+class TransferService(ProcessService[Transfer]):
+    area = Area.TRANSFER
+    ack_type = TransferProcess
+    noun = "transfer process"
+    log = log
+
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
-                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
+                 new_id: Callable[[], str] = new_urn,
                  automatic: bool = True, token_secret: bytes | None = None) -> None:
-        self._store = store
-        self.automatic = automatic  # False: the provider does not start on its own
+        # automatic=False: the provider does not start on its own.
+        super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
+                         automatic=automatic)
         # Derives refreshed data tokens; keep it across restarts (the daemon reads it from
         # keys/) so that a refresh repeated after a restart still returns the same token.
         self._token_secret = token_secret or secrets.token_bytes(32)
-        self.listeners: list[Callable[[Transfer, bool], None]] = []
         self._catalog = catalog
-        self._outbox = outbox
         self.did = did
         self.dsp_base = dsp_base
         self.data_url = data_url
         self._token_ttl_s = token_ttl_s
-        self._clock = clock
-        self._new_id = new_id
-        self.watch: Watch[Transfer] = Watch()
-        self._locks = KeyedLocks()
         self._claims_for = claims_for
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
         self.completion_guard: Callable[[Transfer], str | None] | None = None
 
-    def _outgoing(self, record: Transfer, msg: Message, path: str) -> Outgoing:
-        base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=f"{base}{path}",
-                        audience=record.counterparty_id or "", body=codec.encode(msg))
+    # -- the shared shape's storage ------------------------------------------------------------
 
-    async def _save(self, record: Transfer, out: list[Outgoing], *, new: bool = False) -> None:
-        items = await self._store.save_transfer(record, outbox=out, expect_new=new)
-        self._outbox.submit(items)
-        self.watch.changed(record.id, record)
-        for listener in self.listeners:
-            listener(record, new)
+    async def _load(self, pid: str) -> Transfer | None:
+        return await self._store.get_transfer(pid)
 
-    def _their_path(self, record: Transfer, event: TransferEvent) -> str:
-        pid = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-        verb = {TransferEvent.START: "start", TransferEvent.COMPLETE: "completion",
-                TransferEvent.SUSPEND: "suspension", TransferEvent.TERMINATE: "termination"}[event]
-        return f"/transfers/{pid}/{verb}"
+    async def _persist(self, record: Transfer, out: list[Outgoing], new: bool
+                       ) -> list[OutboxItem]:
+        return await self._store.save_transfer(record, outbox=out, expect_new=new)
 
-    async def _owned(self, pid: str, claims: Claims) -> Transfer:
-        record = await self._store.get_transfer(pid)
-        if record is None or record.counterparty_id != claims.participant_id:
-            raise UnknownProcess(f"no transfer process {pid!r}", area=Area.TRANSFER,
-                                 provider_pid=pid)
-        return record
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> Transfer | None:
+        # Only a consumer opens a transfer (DSP 2025-1 §TP 1.2).
+        return await self._store.find_transfer(consumer_pid=pid, role=Role.PROVIDER.value,
+                                               counterparty=counterparty)
+
+    def _ended(self, record: Transfer, reason: str) -> Transfer:
+        msg = tp.message_for(record, TransferEvent.TERMINATE, reason=reason)
+        return tp.apply(record, record.role, msg, self._clock())
+
+    def _peer_took_it(self, record: Transfer, peer_state: str) -> bool:
+        return tp.peer_took_it(record, peer_state)
 
     # -- DSP: inbound ------------------------------------------------------------------------
 
-    async def get(self, pid: str, claims: Claims) -> Transfer:
-        return await self._owned(pid, claims)
-
     async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
-        """T2: open a transfer under one of our agreements; idempotent per consumerPid."""
-        why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there (#4)
+        """A consumer opens a transfer under one of our agreements (DSP 2025-1 §TP 3.2); the
+        same request sent again gets the same process (``core.process``)."""
+        why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there
         if why is not None:
             raise MalformedMessage(f"callbackAddress {msg.callback_address[:200]!r} refused: "
                                    f"{why}", area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
-        existing = await self._store.find_transfer(consumer_pid=msg.consumer_pid,
-                                                   role=Role.PROVIDER.value)
-        if existing is not None:
-            if existing.counterparty_id != claims.participant_id:
-                raise ProtocolError("consumerPid already in use", area=Area.TRANSFER,
-                                    consumer_pid=msg.consumer_pid)
-            return existing  # DSP 2025-1 §TP 3.2: the same request gets the same process
+
+        async def opening() -> tuple[Transfer, Transfer, list[Outgoing]]:
+            record = await self._requested(msg, claims)
+            started, out = self._start(record) if self.automatic else (record, [])
+            return record, started, out
+
+        return await self._open_once(claims.participant_id, Role.CONSUMER, msg.consumer_pid,
+                                     opening)
+
+    async def _requested(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
+        """The REQUESTED record a transfer request opens, once it checks out."""
         agreement = await self._store.get_agreement(msg.agreement_id)
         if (agreement is None or agreement.role != Role.PROVIDER.value
                 or agreement.assignee != claims.participant_id):
@@ -148,21 +142,13 @@ class TransferService:
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
         if msg.format == tp.PUSH_FORMAT:
             _check_push_address(msg)
-        tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
-        now, pid = self._clock(), self._new_id()
-        record = Transfer(
-            id=pid, role=Role.PROVIDER, state=TransferState.REQUESTED,
+        pid = self._new_id()
+        return tp.opened(
+            id=pid, role=Role.PROVIDER, now=self._clock(),
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
-            data_address=msg.data_address if msg.format == tp.PUSH_FORMAT else None,
-            created_at=now, updated_at=now,
-            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
-                                  state="REQUESTED")])
-        started, out = self._start(record) if self.automatic else (record, [])
-        async with self._locks.hold(pid):
-            await self._save(started, out, new=True)
-        return record
+            data_address=msg.data_address if msg.format == tp.PUSH_FORMAT else None)
 
     def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
         """Provider: mint a fresh data token and send Start with the pull address. A push
@@ -170,8 +156,7 @@ class TransferService:
         if record.format == tp.PUSH_FORMAT:
             msg = tp.message_for(record, TransferEvent.START)
             started = tp.apply(record, Role.PROVIDER, msg, self._clock())
-            return started, [self._outgoing(started, msg, self._their_path(
-                record, TransferEvent.START))]
+            return started, [self._outgoing(started, msg)]
         token = secrets.token_urlsafe(32)
         address = tp.pull_address(self.data_url, token)
         msg = tp.message_for(record, TransferEvent.START, data_address=address)
@@ -179,13 +164,18 @@ class TransferService:
         started = tp.apply(record, Role.PROVIDER, msg, now)
         started = _replace(started, token_hash=token_hash(token),
                            token_expires_at=now + self._token_ttl_s, data_address=None)
-        return started, [self._outgoing(started, msg, self._their_path(record,
-                                                                        TransferEvent.START))]
+        return started, [self._outgoing(started, msg)]
 
-    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims) -> Transfer:
+    async def on_message(self, pid: str, msg: TransferMessage, claims: Claims, *,
+                         message_id: str | None = None) -> Transfer:
+        """Any message on an existing transfer, for either role; a message already applied,
+        sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
-            _check_pids(record, msg)
+            proc.check_pids(record, msg, Area.TRANSFER)
+            if tp.is_redelivery(record, record.role.other, msg, message_id):
+                log.info("transfer %s: %s sent again; acknowledged", pid, type(msg).__name__)
+                return record
             if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
                     and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
                 problem = self.completion_guard(record)
@@ -193,11 +183,9 @@ class TransferService:
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,
                                             provider_pid=record.provider_pid)
-            if tp.is_redelivery(record, record.role.other, msg):
-                log.info("transfer %s: the provider sent its Start again; acknowledged", pid)
-                return record
             # A consumer's resume (Start from SUSPENDED) keeps the token it already holds.
-            after = tp.apply(record, record.role.other, msg, self._clock())
+            after = tp.apply(record, record.role.other, msg, self._clock(),
+                             message_id=message_id)
             await self._save(after, [])
             return after
 
@@ -305,14 +293,14 @@ class TransferService:
         async with self._locks.hold(pid):
             record = await self._store.get_transfer(pid)
             if record is not None:
-                await self._save(tp.noted(record, self._clock(), by, message, note), [])
+                await self._save(proc.noted(record, self._clock(), by, message, note), [])
 
     async def _note(self, pid: str, message: str, note: str) -> None:
         """Add a line to a transfer's timeline (``connector why``)."""
         async with self._locks.hold(pid):
             record = await self._store.get_transfer(pid)
             if record is not None:
-                await self._save(tp.noted(record, self._clock(), "policy", message, note), [])
+                await self._save(proc.noted(record, self._clock(), "policy", message, note), [])
 
     async def still_streaming(self, pid: str) -> bool:
         """Whether a running stream may go on (checked between chunks): STARTED and not
@@ -368,28 +356,18 @@ class TransferService:
                 raise NotFound(f"negotiation of agreement {agreement_id!r} is missing")
             provider_base = negotiation.counterparty_address
             provider_id = negotiation.counterparty_id
-        now, pid = self._clock(), self._new_id()
-        record = Transfer(
-            id=pid, role=Role.CONSUMER, state=TransferState.REQUESTED, consumer_pid=pid,
+        pid = self._new_id()
+        record = tp.opened(
+            id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
             provider_pid=None, agreement_id=agreement_id, format=format,
             counterparty_address=provider_base, counterparty_id=provider_id,
-            dataset_id=agreement.dataset_id, created_at=now, updated_at=now,
-            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
-                                  state="REQUESTED")])
+            dataset_id=agreement.dataset_id)
         if push_to is not None:
             record = _replace(record, format=tp.PUSH_FORMAT)
         address = push_to(pid) if push_to is not None else None  # not kept: it holds a token
         msg = tp.request_message(record, self.dsp_base, address)
-        await self._save(record, [self._outgoing(record, msg, "/transfers/request")], new=True)
+        await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
-
-    async def on_initial_ack(self, pid: str, body: bytes) -> None:
-        """The provider's 201 to our request: learn its pid (DSP 2025-1 §TP 3.2)."""
-        ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
-        async with self._locks.hold(pid):
-            record = await self._store.get_transfer(pid)
-            if record is not None and record.provider_pid is None and ack.provider_pid:
-                await self._save(_replace(record, provider_pid=ack.provider_pid), [])
 
     async def act(self, pid: str, event: TransferEvent, reason: str | None = None,
                   code: str | None = None) -> Transfer:
@@ -409,15 +387,9 @@ class TransferService:
                     code = "terminated-by-operator"
                 msg = tp.message_for(record, event, reason=reason, code=code)
                 after = tp.apply(record, record.role, msg, self._clock())
-                out = [self._outgoing(after, msg, self._their_path(record, event))]
+                out = [self._outgoing(after, msg)]
             await self._save(after, out)
             return after
-
-    async def mine(self, pid: str) -> Transfer:
-        record = await self._store.get_transfer(pid)
-        if record is None:
-            raise NotFound(f"no transfer {pid!r}")
-        return record
 
     async def wait_started(self, pid: str, timeout: float) -> Transfer:
         record = await self.mine(pid)
@@ -425,29 +397,7 @@ class TransferService:
                               timeout)
         return await self.mine(pid)
 
-    async def on_delivery_failed(self, process_id: str, error: str) -> None:
-        async with self._locks.hold(process_id):
-            record = await self._store.get_transfer(process_id)
-            if record is None or record.state.terminal:
-                return
-            msg = tp.message_for(record, TransferEvent.TERMINATE,
-                                 reason=f"peer unreachable or refused: {error}")
-            after = tp.apply(record, record.role, msg, self._clock())
-            await self._save(after, [])
-
-
 _replace = msgspec.structs.replace
-
-
-def _check_pids(record: Transfer, msg: TransferMessage) -> None:
-    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
-    theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-    sent_mine = getattr(msg, "provider_pid" if record.role is Role.PROVIDER else "consumer_pid")
-    sent_theirs = getattr(msg, "consumer_pid" if record.role is Role.PROVIDER else "provider_pid")
-    if sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs)):
-        raise MalformedMessage("process ids in the message do not match this transfer",
-                               area=Area.TRANSFER, consumer_pid=record.consumer_pid,
-                               provider_pid=record.provider_pid)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from connector.core.codec import within_depth
 from connector.core.errors import MalformedMessage
 from connector.service.dcp_verifier import CredentialService
 
@@ -27,11 +28,11 @@ class CredentialServiceRoutes:
 
     async def query(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_QUERY_BYTES:
-            raise MalformedMessage("query too large")
+            raise MalformedMessage("query too large", area=None)
         authorization = request.headers.get("Authorization")
         raw = await request.content.read(MAX_QUERY_BYTES + 1)
         try:
-            body = json.loads(raw)
+            body = json.loads(within_depth(raw))
         except ValueError:
             body = None  # the token is checked first; then this is a 400
         answer = await self._service.query(authorization, body)

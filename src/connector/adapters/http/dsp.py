@@ -10,30 +10,24 @@ body. A trailing slash is accepted on every path (the TCK's callback paths vary)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from connector import logs
-from connector.config import DSP_PATH
 from connector.core import codec
+from connector.core.binding import BINDINGS, DATASET_PATH, DSP_PATH, PROCESS_PATHS, Binding
 from connector.core.catalog import is_paging_only, with_context
 from connector.core.errors import Area, CatalogError, MalformedMessage
 from connector.core.messages import (
     CatalogRequestMessage,
-    ContractAgreementMessage,
-    ContractAgreementVerificationMessage,
-    ContractNegotiationEventMessage,
-    ContractNegotiationTerminationMessage,
     ContractOfferMessage,
     ContractRequestMessage,
     Message,
-    TransferCompletionMessage,
     TransferRequestMessage,
-    TransferStartMessage,
-    TransferSuspensionMessage,
-    TransferTerminationMessage,
 )
 from connector.service import audit
 from connector.service.auth import Verifier, bind_body
@@ -44,6 +38,8 @@ from connector.service.transfers import TransferService
 JSON = "application/json"
 # A DSP control message is small; 1 MiB leaves room for large offers and refuses floods.
 MAX_BODY = 1024 * 1024
+# The caller ``DspRoutes.caller`` verified in this request's task, whose token ``body`` binds.
+_verified_caller: ContextVar[Claims | None] = ContextVar("dsp_verified_caller", default=None)
 
 
 @dataclass
@@ -54,6 +50,23 @@ class DspDeps:
     transfers: TransferService
     did_document: dict[str, Any]
     trail: audit.AuditTrail | None = None  # records catalogue answers (None: no audit trail)
+
+
+class _Node(msgspec.Struct):
+    """A JSON-LD node's own identity: the ``@id`` a sender gives its message."""
+
+    id: str | None = msgspec.field(default=None, name="@id")
+
+
+_node = msgspec.json.Decoder(_Node)
+
+
+def message_id(body: bytes) -> str | None:
+    """The ``@id`` of a message body that already decoded as a message; None if absent."""
+    try:
+        return _node.decode(body).id
+    except msgspec.DecodeError:  # ValidationError included: an @id that is not a string
+        return None
 
 
 def _json(msg: Message, status: int = 200) -> web.Response:
@@ -76,7 +89,7 @@ class DspRoutes:
         """The caller's verified claims, before the body is read (DCP mode does network IO)."""
         claims = await self.d.verifier.verify_async(request.headers.get("Authorization"))
         logs.bind(peer=claims.participant_id)  # every later line of this request names it
-        request["dsp_caller"] = claims
+        _verified_caller.set(claims)  # for ``body``: each request runs in its own task
         return claims
 
     async def body(self, request: web.Request, area: Area) -> bytes:
@@ -85,7 +98,7 @@ class DspRoutes:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise MalformedMessage("body too large", area=area)
         raw = await request.read()
-        claims: Claims | None = request.get("dsp_caller")
+        claims = _verified_caller.get()
         if claims is not None:
             authorization = request.headers.get("Authorization")
             binding = bind_body(authorization, raw, required=self.d.verifier.requires_binding(
@@ -118,7 +131,7 @@ class DspRoutes:
             raise CatalogError("catalog filter expressions are not supported", status=400)
         doc = self.d.catalog().catalog(claims)
         if self.d.trail is not None:
-            await self.d.trail.catalog_answer(claims.participant_id, doc)
+            self.d.trail.catalog_answer(claims.participant_id, doc)
         return _doc(doc)
 
     async def dataset(self, request: web.Request) -> web.Response:
@@ -151,9 +164,10 @@ class DspRoutes:
                                                                Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            msg = codec.decode(await self.body(request, Area.NEGOTIATION), kind,
-                               area=Area.NEGOTIATION)
-            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims)
+            raw = await self.body(request, Area.NEGOTIATION)
+            msg = codec.decode(raw, kind, area=Area.NEGOTIATION)
+            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims,
+                                                          message_id=message_id(raw))
             return _json(record.ack())
         return handler
 
@@ -175,38 +189,37 @@ class DspRoutes:
                                                             Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            msg = codec.decode(await self.body(request, Area.TRANSFER), kind, area=Area.TRANSFER)
-            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims)
+            raw = await self.body(request, Area.TRANSFER)
+            msg = codec.decode(raw, kind, area=Area.TRANSFER)
+            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims,
+                                                       message_id=message_id(raw))
             return _json(record.ack())
         return handler
 
     def register(self, app: web.Application) -> None:
-        b = DSP_PATH
-        n, t = self.negotiation_message, self.transfer_message
+        """Every route of the binding table (``core.binding``), plus the two well-known
+        documents and the GETs."""
+        base = DSP_PATH
         routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
             ("GET", "/.well-known/dspace-version", self.version),
             ("GET", "/.well-known/did.json", self.did_document),
-            ("POST", f"{b}/catalog/request", self.catalog_request),
-            ("GET", f"{b}/catalog/datasets/{{id}}", self.dataset),
-            ("POST", f"{b}/negotiations/request", self.negotiation_initial),
-            ("POST", f"{b}/negotiations/offers", self.negotiation_initial_offer),
-            ("GET", f"{b}/negotiations/{{pid}}", self.negotiation_get),
-            ("POST", f"{b}/negotiations/{{pid}}/request", n(ContractRequestMessage)),
-            ("POST", f"{b}/negotiations/{{pid}}/offers", n(ContractOfferMessage)),
-            ("POST", f"{b}/negotiations/{{pid}}/agreement", n(ContractAgreementMessage)),
-            ("POST", f"{b}/negotiations/{{pid}}/agreement/verification",
-             n(ContractAgreementVerificationMessage)),
-            ("POST", f"{b}/negotiations/{{pid}}/events", n(ContractNegotiationEventMessage)),
-            ("POST", f"{b}/negotiations/{{pid}}/termination",
-             n(ContractNegotiationTerminationMessage)),
-            ("POST", f"{b}/transfers/request", self.transfer_initial),
-            ("GET", f"{b}/transfers/{{pid}}", self.transfer_get),
-            ("POST", f"{b}/transfers/{{pid}}/start", t(TransferStartMessage)),
-            ("POST", f"{b}/transfers/{{pid}}/completion", t(TransferCompletionMessage)),
-            ("POST", f"{b}/transfers/{{pid}}/suspension", t(TransferSuspensionMessage)),
-            ("POST", f"{b}/transfers/{{pid}}/termination", t(TransferTerminationMessage)),
+            ("GET", base + DATASET_PATH, self.dataset),
+            ("GET", base + PROCESS_PATHS[Area.NEGOTIATION], self.negotiation_get),
+            ("GET", base + PROCESS_PATHS[Area.TRANSFER], self.transfer_get),
         ]
+        routes += [("POST", base + b.path, self._handler(b)) for b in BINDINGS]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, path + "/", handler)
 
+    def _handler(self, binding: Binding) -> Callable[[web.Request], Awaitable[web.Response]]:
+        if binding.initial:
+            return {
+                CatalogRequestMessage: self.catalog_request,
+                ContractRequestMessage: self.negotiation_initial,
+                ContractOfferMessage: self.negotiation_initial_offer,
+                TransferRequestMessage: self.transfer_initial,
+            }[binding.message]
+        if binding.area is Area.NEGOTIATION:
+            return self.negotiation_message(binding.message)
+        return self.transfer_message(binding.message)

@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.http.openapi import serve_document
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.core import codec
 from connector.core.errors import (
@@ -339,6 +340,8 @@ class ManagementApi:
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
         r.add_get("/api/agreements/{id}", self.agreement)
         r.add_get("/api/status", self.status)
+        # The contract of all the above (adapters/http/openapi.yaml).
+        r.add_get("/api/openapi.json", serve_document)
         return app
 
 

@@ -48,6 +48,7 @@ from connector.adapters.http.client import PUSH_OFFSET, PeerClient
 from connector.adapters.sinks import open_sink, parse_sink
 from connector.adapters.sources import Source, open_source
 from connector.core import transfer as tp
+from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConnectorError, MalformedMessage, NotFound, PeerError
 from connector.core.messages import DataAddress
 from connector.core.negotiation import Role
@@ -128,11 +129,12 @@ class PushReceiver:
                                          START_WAIT_S)
         record = await self._transfers.mine(pid)
         if record.state is not TransferState.STARTED:
-            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED")
+            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED",
+                                   area=None)
         try:
             offset = int(request.headers.get(PUSH_OFFSET, "0"))
         except ValueError:
-            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count") from None
+            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count", area=None) from None
         if not 0 <= offset <= expected.held:
             return web.json_response({"records": expected.held}, status=409)
         expected.got = expected.verified = None
@@ -145,7 +147,8 @@ class PushReceiver:
             await asyncio.to_thread(sink.close)
             expected.held = await asyncio.to_thread(lambda: sink.records)
             log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
-            raise MalformedMessage(f"push body cut after {expected.held} records") from exc
+            raise MalformedMessage(f"push body cut after {expected.held} records",
+                                   area=None) from exc
         await asyncio.to_thread(sink.close)
         expected.got = Copy(records=sink.records, bytes=sink.size, sha256=sink.sha256())
         expected.held = expected.got.records
@@ -159,9 +162,10 @@ class PushReceiver:
     async def summary(self, request: web.Request) -> web.Response:
         pid, expected = self._check(request)
         try:
-            claimed = msgspec.json.decode(await request.read(), type=dict[str, Any])
-        except msgspec.DecodeError as exc:
-            raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
+            claimed = msgspec.json.decode(within_depth(await request.read()),
+                                          type=dict[str, Any])
+        except ValueError as exc:  # msgspec.DecodeError is one; so is a body nested too deep
+            raise MalformedMessage(f"summary is not a JSON object: {exc}", area=None) from exc
         claimed = {k: claimed.get(k) for k in COPY_FIELDS}
         received = expected.got.as_dict() if expected.got is not None else None
         if expected.got is None or copy_mismatch(expected.got, claimed) is not None:
