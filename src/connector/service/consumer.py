@@ -121,9 +121,11 @@ ExplainHidden = Callable[[str, str, str], Awaitable[str | None]]
 
 
 def root_of(url: str) -> str:
-    """A provider's root URL, whether given as root or as its DSP base."""
+    """A provider's root URL, whether given as root or as its DSP base, without the default
+    port (RFC 9110 §4.2.2: ``https://host:443`` is ``https://host``)."""
     url = url.rstrip("/")
-    return url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
+    url = url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
+    return url.removesuffix(":443") if url.startswith("https://") else url
 
 
 def pick_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: Any) -> dict[str, Any]:
