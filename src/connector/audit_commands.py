@@ -18,12 +18,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     v.add_argument("--witness", metavar="REGISTRY_URL", default=None,
                    help="also check the chain holds what this registry witnessed")
     s = asub.add_parser("show", help="the story of one agreement, negotiation or transfer")
-    s.add_argument("id")
+    s.add_argument("id", help="an agreement, negotiation or transfer id")
     e = asub.add_parser("export", help="an agreement's evidence bundle (verifies offline)")
-    e.add_argument("agreement_id")
-    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("agreement_id", help="the agreement to export")
+    e.add_argument("--out", type=Path, required=True, help="where to write the bundle")
     b = asub.add_parser("verify-bundle", help="check an evidence bundle, offline")
-    b.add_argument("file", type=Path)
+    b.add_argument("file", type=Path, help="the bundle `audit export` wrote")
     r = asub.add_parser("prune", help="drop entries older than DATE, up to a signed checkpoint")
     r.add_argument("--before", required=True, help="ISO date or time, e.g. 2026-01-01")
     for q in (v, s, e, r):

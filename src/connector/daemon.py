@@ -26,6 +26,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+import connector
 from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
 from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
@@ -38,6 +39,7 @@ from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
+from connector.adapters.sources import missing_source
 from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.console.facts import read_folder_view
@@ -51,9 +53,10 @@ from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.lint import MISSING_SOURCE, check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
 from connector.participant.trust import Peer, load_trust
-from connector.registry.publisher import RegistryPublisher
+from connector.registry.publisher import RegistryPublisher, Signer
 from connector.registry.search import RegistrySearch, add_search_route
 from connector.registry.witness import WitnessSender
 from connector.service.audit import AuditTrail, StepAudit, audit_settings
@@ -82,6 +85,8 @@ class FolderState:
     datasets: dict[str, DatasetDecl]
     catalog: Catalog
     stamp: tuple[tuple[str, float], ...] = field(default=())
+    # Declared datasets not offered, with the reason (a missing source file).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def data_token_secret(root: Path) -> bytes:
@@ -93,22 +98,79 @@ def data_token_secret(root: Path) -> bytes:
     return path.read_bytes()
 
 
-def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
+def _stamp(root: Path, datasets: Mapping[str, DatasetDecl] | None = None
+           ) -> tuple[tuple[str, float], ...]:
+    """What a change of the folder changes: the files of trust/, datasets/ and policies/,
+    and whether each dataset's source file is there (-1 when it is not)."""
     files = [p for d in ("trust", "datasets", "policies") for p in sorted((root / d).glob("*"))]
-    return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+    sources = [d.source_path for d in (datasets or {}).values() if d.source_path is not None]
+    return (tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+            + tuple((str(p), 0.0 if p.exists() else -1.0) for p in sources))
 
 
 def read_folder(settings: Settings,
                 on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
+    """The folder as the daemon serves it; a dataset whose source file is missing is kept
+    (a pull under an earlier agreement is refused with that reason) but not offered."""
     root = settings.root
     datasets = load_datasets(root)
+    declared = {d.id: d for d in datasets}
+    unavailable = {d.id: why for d in datasets
+                   if (why := missing_source(d.source_type, d.source_path)) is not None}
     policies = load_policies(root)
     catalog = Catalog.from_folder(
-        datasets, policies, participant_id=settings.did, dsp_base=settings.dsp_base,
+        [d for d in datasets if d.id not in unavailable], policies,
+        participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
         commits=policy_commits(root), on_decision=on_decision)
-    return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
-                       catalog=catalog, stamp=_stamp(root))
+    return FolderState(peers=load_trust(root), datasets=declared, catalog=catalog,
+                       stamp=_stamp(root, declared), unavailable=unavailable)
+
+
+# The connector.toml settings a running daemon follows; any other edit waits for a restart.
+LIVE_SETTINGS = frozenset({"signing_key", "signing_kid", "trusted_issuers",
+                           "required_credentials", "scope_alias", "status_cache_s",
+                           "allowed_hosts"})
+# Each setting by its table and key in connector.toml (docs/settings.md lists them all).
+SETTING_NAMES = {
+    "signing_key": "[signing] key", "signing_kid": "[signing] kid",
+    "trusted_issuers": "[identity] trusted_issuers",
+    "required_credentials": "[identity] required_credentials",
+    "scope_alias": "[identity] scope_alias", "status_cache_s": "[identity] status_cache_s",
+    "allowed_hosts": "[identity] allowed_hosts",
+    "registries": "[registry] urls", "identity_mode": "[identity] mode",
+    "host": "[server] host", "port": "[server] port", "tls_cert": "[server] tls_cert",
+    "tls_key": "[server] tls_key", "public_url": "[participant] url",
+    "name": "[participant] name", "did": "[participant] did",
+    "management_port": "[management] port", "management_token_file": "[management] token_file",
+    "database": "[storage] sqlite", "token_ttl_s": "[signing] token_ttl_s",
+    "clock_leeway_s": "[signing] clock_leeway_s", "did_cache_s": "[identity] did_cache_s",
+    "tls_ca_files": "[identity] tls_ca_files", "log": "[log]", "health": "[health]",
+    "metrics_listen": "[metrics]", "metrics_explicit": "[metrics]",
+    "data_token_ttl_s": "[server] data_token_ttl_s",
+}
+# Fields that are no setting of their own (the folder; the raw tables the others come from).
+_NOT_SETTINGS = frozenset({"root", "extra"})
+
+
+def restart_needed(running: Settings, fresh: Settings) -> list[str]:
+    """The edited settings of ``fresh`` that the daemon started with ``running`` does not
+    follow until it restarts, by their names in connector.toml."""
+    names = [SETTING_NAMES.get(f.name, f.name) for f in dataclasses.fields(Settings)
+             if f.name not in LIVE_SETTINGS | _NOT_SETTINGS
+             and getattr(fresh, f.name) != getattr(running, f.name)]
+    return list(dict.fromkeys(names))
+
+
+def refused_edit(root: Path) -> str | None:
+    """Why an edit of the folder is not taken: the first problem ``connector policy check``
+    reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
+    source file is no reason: only that dataset goes unoffered."""
+    problems = [p for p in check_folder(root) if not p.message.startswith(MISSING_SOURCE)]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
 
 
 # How the DCP verifier reaches holders and did:web documents, from the settings and the client
@@ -149,6 +211,8 @@ class Daemon:
         - ``extra_routes``: adds the embedding's own routes to the DSP listener's app.
         """
         self.settings = settings
+        self._started_settings = settings  # what edits waiting for a restart are told from
+        self.restart_needed: list[str] = []
         self.unpinned_peers = dict(unpinned_peers or {})
         if not tls and not is_loopback(settings.host):
             raise ConfigError(f"plain HTTP is for a loopback listener, not {settings.host}")
@@ -160,6 +224,8 @@ class Daemon:
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
         self.folder = read_folder(settings, self._on_decision)
+        for dataset, why in self.folder.unavailable.items():
+            log.warning("dataset %s is not offered: %s", dataset, why)
         key = load_any_signing_key(settings.signing_key)
         self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
@@ -198,10 +264,20 @@ class Daemon:
 
     def _management_api(self) -> ManagementApi:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
-                                   unpinned=self.unpinned_peers)
+                                   unpinned=self.unpinned_peers,
+                                   explain_hidden=self.client.dataset_refusal)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, consumer=consumer, push=self.push_receiver)
+                             client=self.client, consumer=consumer, push=self.push_receiver,
+                             status=self.status_view)
+
+    def status_view(self) -> dict[str, Any]:
+        """What ``connector status`` says about the daemon itself."""
+        started = self._started_settings
+        return {"version": connector.__version__, "name": started.name, "did": started.did,
+                "publicUrl": started.public_url, "managementUrl": started.management_url,
+                "identityMode": started.identity_mode, "restartNeeded": self.restart_needed,
+                "unavailableDatasets": self.folder.unavailable}
 
     def _console(self, search: RegistrySearch) -> Console:
         """The data steward's console over the same services as the management API."""
@@ -275,12 +351,27 @@ class Daemon:
         self.did_document.update(document)  # served as is by the DSP routes
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
+            self.publisher.use_signer(Signer(did=fresh.did, kid=fresh.signing_kid, key=key))
             log.info("signing with %s from now on", fresh.signing_kid)
         if self.trail is not None:
             self.trail.reload_key(kid=fresh.signing_kid, key=key)
             self._audit_reload("keys", {"keys": self._own_keys_jwks(),
                                         "signing": fresh.signing_kid})
         self._reload_identity(fresh)
+        self._note_restart_needed(fresh)
+
+    def _note_restart_needed(self, fresh: Settings) -> None:
+        """Log once which edited settings wait for a restart (``connector status`` shows
+        them too); the running daemon keeps the values it started with."""
+        pending = restart_needed(self._started_settings, fresh)
+        if pending == self.restart_needed:
+            return
+        self.restart_needed = pending
+        if pending:
+            log.warning("connector.toml: %s changed; restart the daemon to apply it (it runs "
+                        "with the previous value until then)", ", ".join(pending))
+        else:
+            log.info("connector.toml: no edit waits for a restart any more")
 
     def _reload_identity(self, fresh: Settings) -> None:
         """Follow edits of ``[identity]``: trusted issuers, required credentials, scope alias,
@@ -289,9 +380,6 @@ class Daemon:
                 "allowed_hosts")
         old = self.settings
         if all(getattr(fresh, k) == getattr(old, k) for k in keys):
-            if fresh.identity_mode != old.identity_mode:
-                log.warning("[identity] mode changed to %r: restart the daemon to apply it",
-                            fresh.identity_mode)
             return
         self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
         self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)
@@ -465,17 +553,25 @@ class Daemon:
             log.warning("ignoring the peer's answer to %s: %s", item.url, exc.message)
 
     async def _reload_loop(self) -> None:
+        refused: tuple[tuple[str, float], ...] = ()  # the folder as last refused
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
             self._reload_config()
-            try:
-                if _stamp(self.settings.root) == self.folder.stamp:
-                    continue
-                fresh = read_folder(self.settings, self._on_decision)
-            except (ConnectorError, OSError) as exc:
-                log.error("folder changed but cannot be loaded; keeping the previous "
-                          "version: %s", exc)
+            stamp = _stamp(self.settings.root, self.folder.datasets)
+            if stamp in (self.folder.stamp, refused):
                 continue
+            try:  # the daemon takes what `connector policy check` passes, nothing less
+                reason = refused_edit(self.settings.root)
+                fresh = read_folder(self.settings, self._on_decision) if reason is None else None
+            except (ConnectorError, OSError) as exc:
+                reason, fresh = str(exc), None
+            if fresh is None:
+                refused = stamp  # one warning per change, not one per second
+                log.warning("folder edit not applied, the previous version stays in force: "
+                            "%s; run `connector policy check`", reason)
+                continue
+            refused = ()
+            self._log_unavailable(fresh)
             self.folder = fresh
             self._audit_reload("folder", {"policies": self._policy_versions(),
                                           "trust": sorted(fresh.peers)})
@@ -484,6 +580,16 @@ class Daemon:
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
+
+    def _log_unavailable(self, fresh: FolderState) -> None:
+        """A WARNING for each dataset that stops being offered, an INFO for each that is
+        offered again."""
+        for dataset, why in fresh.unavailable.items():
+            if self.folder.unavailable.get(dataset) != why:
+                log.warning("dataset %s is not offered: %s", dataset, why)
+        for dataset in self.folder.unavailable.keys() - fresh.unavailable.keys():
+            if dataset in fresh.datasets:
+                log.info("dataset %s is offered again: its source is back", dataset)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -24,6 +24,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "signals": frozenset(),
     "logs": frozenset(),
+    "terminal": frozenset({"core"}),
     "config": frozenset({"core", "logs"}),
     "keys": frozenset({"core"}),
     "service": frozenset({"core", "config"}),
@@ -33,7 +34,7 @@ ALLOWED: dict[str, frozenset[str]] = {
                            "signals", "logs"}),
     "console": frozenset({"core", "config", "keys", "service", "adapters", "participant",
                           "registry", "logs", "audit_tool"}),
-    "client": frozenset({"core", "config", "service"}),
+    "client": frozenset({"core", "config", "service", "terminal"}),
     "authority": frozenset({"core", "keys", "participant"}),
     "demo": frozenset({"core", "participant", "registry"}),
     "daemon": frozenset({"core", "config", "keys", "service", "adapters", "participant",
@@ -41,7 +42,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "audit_tool": frozenset({"core", "config", "keys", "participant", "adapters", "registry"}),
     "audit_commands": frozenset({"config", "audit_tool"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority", "audit_commands"}),
+                      "authority", "audit_commands", "terminal"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {

@@ -63,6 +63,7 @@ class DatasetEntry(DatasetText):
     format: str
     offers: tuple[Offer, ...]
     formats: tuple[str, ...] = ()  # every transfer format offered; empty: just ``format``
+    confidential: bool = False  # hidden offers: say nothing of them (not even the dataset)
 
     @property
     def offered_formats(self) -> tuple[str, ...]:

@@ -511,7 +511,9 @@ def verify_dcp_token(
     claims = verify_token(token, audience=audience, now=now, leeway_s=leeway_s, keys=keys)
     access_token = _split_jws(token)[1].get("token")
     if not isinstance(access_token, str) or not access_token:
-        raise AuthError("missing claim token (the DCP access token)")
+        raise AuthError("missing claim token (the DCP access token): identity modes differ: "
+                        "the caller signs as a pinned peer, this participant verifies DCP "
+                        "credentials; both sides need the same [identity] mode")
     return DcpTokenClaims(claims.issuer, claims.audience, claims.jti, claims.issued_at,
                           claims.expires_at, claims.kid, access_token)
 

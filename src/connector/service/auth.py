@@ -171,11 +171,38 @@ class Verifier:
             raise AuthError("missing Authorization header")
         token = authorization[7:] if authorization[:7].lower() == "bearer " else authorization
         now = int(self._clock())
-        claims = verify_token(token.strip(), audience=self.did, now=now,
-                              leeway_s=self._leeway_s, keys=self._keys)
+        try:
+            claims = verify_token(token.strip(), audience=self.did, now=now,
+                                  leeway_s=self._leeway_s, keys=self._keys)
+        except AuthError as exc:
+            raise AuthError(self._explained(token.strip(), exc.message)) from None
         self._accept(claims, now)
         peer = self._peers[claims.issuer]
         return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes))
+
+    def _explained(self, token: str, reason: str) -> str:
+        """``reason``, and for a key we do not know, why and what the caller can do about it:
+        its DID is not pinned here, it is pinned with other keys (it rotated), or it speaks
+        DCP (its token carries an access token) while we only trust pinned peers."""
+        if not reason.startswith("unknown key id"):
+            return reason
+        try:
+            payload = parse_jws(token).payload
+        except AuthError:
+            return reason
+        issuer = str(payload.get("iss"))[:200]
+        peer = self._peers.get(issuer)
+        if payload.get("token") is not None and peer is None:
+            return (f"{reason}: identity modes differ: {issuer} presents DCP credentials, but "
+                    f"{self.did} only trusts peers pinned in its trust/ folder; both sides "
+                    "need the same [identity] mode")
+        if peer is None:
+            return (f"{reason}: not pinned by this provider: {self.did} has no trust file for "
+                    f"{issuer}; ask its operator to pin you (`connector trust add` with your "
+                    "did.json and TLS certificate)")
+        known = ", ".join(sorted(kid.rsplit("#", 1)[-1] for kid in peer.keys))
+        return (f"{reason}: pinned with an older key: {self.did} knows {issuer} by {known} "
+                "only; ask them to re-pin you (`connector trust add` with your new did.json)")
 
     def _accept(self, claims: TokenClaims, now: int) -> None:
         """Refuse a token living longer than MAX_TOKEN_LIFETIME_S, else remember its jti.

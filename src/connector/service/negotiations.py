@@ -23,7 +23,7 @@ import msgspec
 from connector.core import codec
 from connector.core import negotiation as cn
 from connector.core import process as proc
-from connector.core.binding import path_for
+from connector.core.binding import path_for, recipient_pid
 from connector.core.catalog import (
     RULE_KEYS,
     echoed_rules,
@@ -236,6 +236,10 @@ class NegotiationService(ProcessService[Negotiation]):
         log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
         msg = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
         after = cn.apply(record, record.role, msg, self._clock())
+        if recipient_pid(msg, record.role.other) is None:
+            # DSP 2025-1 §CN 2.2: a termination names the peer's process; a peer that never
+            # answered has none to name, so the negotiation ends here only.
+            return after, []
         return after, [self._outgoing(after, msg)]
 
     def _react(self, record: Negotiation, claims: Claims) -> tuple[Negotiation, list[Outgoing]]:

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize: re-exported)
+    missing_source,
     open_source,
     record_chunks,
     summarize,
@@ -79,6 +80,9 @@ class DataPlane:
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
             raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
+        missing = missing_source(decl.source_type, decl.source_path)
+        if missing is not None:
+            raise TransferDenied(f"dataset {agreement.dataset_id!r} is not available: {missing}")
         return record.id, agreement.id, decl
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
