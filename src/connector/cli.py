@@ -69,6 +69,16 @@ def _folder(parser: argparse.ArgumentParser, *, positional: bool = True,
     parser.set_defaults(folder_required=required)
 
 
+def _init_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], help: str
+                 ) -> argparse.ArgumentParser:
+    """``init``: a folder to create (required) and the public URL it will serve."""
+    parser = sub.add_parser("init", help=help)
+    _folder(parser, required=True)
+    parser.add_argument("--url", required=True,
+                        help="public root URL, https://HOST[:PORT] (no port: 443)")
+    return parser
+
+
 def _resolve_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``args.dir``: the folder given as DIR or ``--dir`` (the current directory if neither)."""
     given = {p for p in (getattr(args, "folder", None), args.dir) if p is not None}
@@ -127,10 +137,7 @@ def _add_identity_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
     p = sub.add_parser("authority", help="a data-space authority issuing membership credentials")
     asub = p.add_subparsers(dest="authority_command", required=True, metavar="COMMAND")
-    ai = asub.add_parser("init", help="create an authority folder")
-    _folder(ai, required=True)
-    ai.add_argument("--url", required=True,
-                    help="public root URL, https://HOST[:PORT] (no port: 443)")
+    _init_parser(asub, "create an authority folder")
     iss = asub.add_parser("issue", help="print a VC JWT for a member")
     _folder(iss)
     iss.add_argument("--subject", required=True, help="the member's DID")
@@ -248,11 +255,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"connector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create a participant folder (a git repository to be)")
-    _folder(p, required=True)
+    p = _init_parser(sub, "create a participant folder (a git repository to be)")
     p.add_argument("--name", required=True, help="the participant's short name")
-    p.add_argument("--url", required=True,
-                   help="public root URL, https://HOST[:PORT] (no port: 443)")
     p.add_argument("--management-port", type=int, default=None,
                    help="port of the management API on 127.0.0.1 (default: the public "
                    "port + 1)")
@@ -328,10 +332,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("registry", help="the catalogue-metadata registry (its own daemon)")
     rsub = p.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
-    ri = rsub.add_parser("init", help="create a registry folder")
-    _folder(ri, required=True)
-    ri.add_argument("--url", required=True,
-                    help="public root URL, https://HOST[:PORT] (no port: 443)")
+    ri = _init_parser(rsub, "create a registry folder")
     ri.add_argument("--name", default="registry", help="the registry's short name")
     ri.add_argument("--peer", action="append", default=[], metavar="URL",
                     help="a peer registry to replicate from (repeatable)")
