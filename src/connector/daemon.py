@@ -35,7 +35,7 @@ from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.health import Health, OutboxWatch
-from connector.adapters.http.management import ManagementApi
+from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
@@ -266,10 +266,10 @@ class Daemon:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
                                    unpinned=self.unpinned_peers,
                                    explain_hidden=self.client.dataset_refusal)
-        return ManagementApi(token=self.settings.management_token(), store=self.store,
-                             negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, consumer=consumer, push=self.push_receiver,
-                             status=self.status_view)
+        return ManagementApi(ManagementDeps(
+            token=self.settings.management_token(), store=self.store,
+            negotiations=self.negotiations, transfers=self.transfers, client=self.client,
+            consumer=consumer, push=self.push_receiver, status=self.status_view))
 
     def status_view(self) -> dict[str, Any]:
         """What ``connector status`` says about the daemon itself."""

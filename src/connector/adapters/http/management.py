@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -93,96 +94,102 @@ def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+@dataclass(frozen=True, kw_only=True)
+class ManagementDeps:
+    """What the management API works with."""
+
+    token: str
+    store: Store
+    negotiations: NegotiationService
+    transfers: TransferService
+    client: PeerClient
+    consumer: ConsumerService
+    push: Any = None  # a PushReceiver (adapters/http/push.py), where pushes land
+    status: Callable[[], dict[str, Any]] | None = None  # the daemon's own state (version,
+    # URLs, pending restarts)
+
+
 class ManagementApi:
-    def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
-                 transfers: TransferService, client: PeerClient, consumer: ConsumerService,
-                 push: Any = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
-        self._status = status  # the daemon's own state (version, URLs, pending restarts)
-        self._push = push  # a PushReceiver (adapters/http/push.py), where pushes land
-        self._token = token
-        self._store = store
-        self._negotiations = negotiations
-        self._transfers = transfers
-        self._client = client
-        self._consumer = consumer
+    def __init__(self, deps: ManagementDeps) -> None:
+        self.d = deps
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if any(OWN_AUTH in app for app in request.match_info.apps):
             return await handler(request)
         given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self._token}"
+        expected = f"Bearer {self.d.token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise AuthError("management token missing or wrong")
         return await handler(request)
 
     async def catalog(self, request: web.Request) -> web.Response:
-        provider = self._consumer.provider(request.query.get("provider", ""))
-        return _out(await self._consumer.catalog(provider))
+        provider = self.d.consumer.provider(request.query.get("provider", ""))
+        return _out(await self.d.consumer.catalog(provider))
 
     async def negotiate(self, request: web.Request) -> web.Response:
         wait = _wait(request)  # every parameter checked before anything starts
         body = await _body(request)
         dataset_id = _body_text(body, "datasetId")
-        chosen = await self._consumer.choose_offer(_body_text(body, "provider"), dataset_id,
+        chosen = await self.d.consumer.choose_offer(_body_text(body, "provider"), dataset_id,
                                                    body.get("offerId"))
-        record = await self._negotiations.start(
+        record = await self.d.negotiations.start(
             provider_base=chosen.provider.dsp_base, provider_id=chosen.provider.participant_id,
             dataset_id=dataset_id, offer=chosen.offer)
         if wait:
-            record = await self._negotiations.wait(record.id, wait)
+            record = await self.d.negotiations.wait(record.id, wait)
         return _out(_negotiation_view(record), 201)
 
     async def offer(self, request: web.Request) -> web.Response:
         """Provider-initiated negotiation: offer a dataset to a pinned consumer."""
         body = await _body(request)
-        peer = self._consumer.provider(_body_text(body, "consumer"))
-        record = await self._negotiations.offer(
+        peer = self.d.consumer.provider(_body_text(body, "consumer"))
+        record = await self.d.negotiations.offer(
             consumer_base=peer.dsp_base, consumer_id=peer.participant_id,
             dataset_id=_body_text(body, "datasetId"),
-            send=self._client.send_initial)
+            send=self.d.client.send_initial)
         return _out(_negotiation_view(record), 201)
 
     async def negotiation(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        record = await self._negotiations.wait(pid, _wait(request))
+        record = await self.d.negotiations.wait(pid, _wait(request))
         return _out(_negotiation_view(record))
 
     async def negotiation_action(self, request: web.Request) -> web.Response:
         pid, action = request.match_info["id"], request.match_info["action"]
         if action == "accept":
-            record = await self._negotiations.accept(pid)
+            record = await self.d.negotiations.accept(pid)
         elif action == "terminate":
             reason = _body_text(await _body(request), "reason", "terminated by operator")
-            record = await self._negotiations.terminate(pid, reason)
+            record = await self.d.negotiations.terminate(pid, reason)
         else:
             raise NotFound(f"no action {action!r}")
         return _out(_negotiation_view(record))
 
     async def negotiations(self, request: web.Request) -> web.Response:
-        return _out([_negotiation_view(r) for r in await self._store.list_negotiations()])
+        return _out([_negotiation_view(r) for r in await self.d.store.list_negotiations()])
 
     async def agreements(self, request: web.Request) -> web.Response:
-        return _out(await self._store.list_agreements())
+        return _out(await self.d.store.list_agreements())
 
     async def transfers(self, request: web.Request) -> web.Response:
-        return _out(await self._store.list_transfers())
+        return _out(await self.d.store.list_transfers())
 
     async def transfer_start(self, request: web.Request) -> web.Response:
         wait = _wait(request)
         body = await _body(request)
         push_to = None
         if body.get("push"):
-            if self._push is None:
+            if self.d.push is None:
                 raise NotFound("this connector receives no pushes")
-            push_to = self._push.address_for(_body_text(body, "sink"))
-        record = await self._transfers.start(_body_text(body, "agreementId"), push_to=push_to)
+            push_to = self.d.push.address_for(_body_text(body, "sink"))
+        record = await self.d.transfers.start(_body_text(body, "agreementId"), push_to=push_to)
         if wait:
-            record = await self._transfers.wait_started(record.id, wait)
+            record = await self.d.transfers.wait_started(record.id, wait)
         return _out(record, 201)
 
     async def transfer(self, request: web.Request) -> web.Response:
-        return _out(await self._transfers.mine(request.match_info["id"]))
+        return _out(await self.d.transfers.mine(request.match_info["id"]))
 
     async def transfer_action(self, request: web.Request) -> web.Response:
         events = {"complete": TransferEvent.COMPLETE, "suspend": TransferEvent.SUSPEND,
@@ -191,7 +198,7 @@ class ManagementApi:
         if event is None:
             raise NotFound(f"no action {request.match_info['action']!r}")
         reason = _body_text(await _body(request), "reason") or None
-        return _out(await self._transfers.act(request.match_info["id"], event, reason))
+        return _out(await self.d.transfers.act(request.match_info["id"], event, reason))
 
     def _pull_address(self, record: Any) -> tuple[str, str]:
         """(endpoint, Authorization value) of a STARTED transfer's pull address."""
@@ -209,11 +216,11 @@ class ManagementApi:
         for a whole one.
         """
         pid, offset = request.match_info["id"], _query_count(request, "offset")
-        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        endpoint, token = self._pull_address(await self.d.transfers.mine(pid))
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         started = False
         try:
-            async with aclosing(self._client.pull(endpoint, token, offset)) as chunks:
+            async with aclosing(self.d.client.pull(endpoint, token, offset)) as chunks:
                 async for chunk in chunks:
                     if not started:
                         await response.prepare(request)
@@ -243,13 +250,13 @@ class ManagementApi:
         spec = _body_text(body, "sink") or _body_text(body, "path")
         offset = _body_count(body, "offset")
         parse_sink(spec)
-        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        endpoint, token = self._pull_address(await self.d.transfers.mine(pid))
         try:
-            summary = await self._client.data_summary(endpoint, token)
+            summary = await self.d.client.data_summary(endpoint, token)
             t0 = time.monotonic()
             sink = await asyncio.to_thread(open_sink, spec, offset)
             try:
-                await _drain(self._client.pull(endpoint, token, offset), sink)
+                await _drain(self.d.client.pull(endpoint, token, offset), sink)
             finally:
                 await asyncio.to_thread(sink.close)
         except PeerError as exc:
@@ -261,27 +268,27 @@ class ManagementApi:
             # Whose fault is unknown (a sink resumed over other content, or the provider's
             # stream): a conflict the caller resolves by pulling again from offset 0.
             raise ConflictError(f"{problem}; pull again from offset 0")
-        await self._transfers.act(pid, TransferEvent.COMPLETE)
+        await self.d.transfers.act(pid, TransferEvent.COMPLETE)
         return _out({**copy.as_dict(), "seconds": round(time.monotonic() - t0, 3)})
 
     async def transfer_summary(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
-        endpoint, token = self._pull_address(await self._transfers.mine(pid))
+        endpoint, token = self._pull_address(await self.d.transfers.mine(pid))
         try:
-            return _out(await self._client.data_summary(endpoint, token))
+            return _out(await self.d.client.data_summary(endpoint, token))
         except PeerError as exc:
             if exc.peer_status != 403 or "expired" not in exc.message:
                 raise _refusal(exc) from exc
         try:  # expired: refresh once, then ask again
             endpoint, token = await self._refresh(pid)
-            return _out(await self._client.data_summary(endpoint, token))
+            return _out(await self.d.client.data_summary(endpoint, token))
         except PeerError as exc:
             raise _refusal(exc) from exc
 
     async def _refresh(self, pid: str) -> tuple[str, str]:
-        endpoint, token = self._pull_address(await self._transfers.mine(pid))
-        fresh = await self._client.refresh_data_token(endpoint, token)
-        return self._pull_address(await self._transfers.replace_data_token(pid, fresh))
+        endpoint, token = self._pull_address(await self.d.transfers.mine(pid))
+        fresh = await self.d.client.refresh_data_token(endpoint, token)
+        return self._pull_address(await self.d.transfers.replace_data_token(pid, fresh))
 
     async def transfer_refresh(self, request: web.Request) -> web.Response:
         """A fresh data token for a STARTED transfer (kept in our record)."""
@@ -289,36 +296,36 @@ class ManagementApi:
             await self._refresh(request.match_info["id"])
         except PeerError as exc:
             raise _refusal(exc) from exc
-        return _out(await self._transfers.mine(request.match_info["id"]))
+        return _out(await self.d.transfers.mine(request.match_info["id"]))
 
     async def transfer_push(self, request: web.Request) -> web.Response:
         """What a push delivered and verified: records, bytes, SHA-256."""
-        if self._push is None:
+        if self.d.push is None:
             raise NotFound("this connector receives no pushes")
-        return _out(self._push.result(request.match_info["id"]))
+        return _out(self.d.push.result(request.match_info["id"]))
 
     async def revoke(self, request: web.Request) -> web.Response:
         """Provider: withdraw an agreement; open transfers under it are terminated."""
         reason = _body_text(await _body(request), "reason", "revoked by the provider")
-        ended = await self._transfers.revoke_agreement(request.match_info["id"], reason)
+        ended = await self.d.transfers.revoke_agreement(request.match_info["id"], reason)
         return _out({"revoked": request.match_info["id"], "terminated": [t.id for t in ended]})
 
     async def agreement(self, request: web.Request) -> web.Response:
         """One agreement, with ``uses`` (counted by the provider; null on the consumer's
         side) and the ids of the transfers made under it (``connector agreements``)."""
-        found = await self._store.get_agreement(request.match_info["id"])
+        found = await self.d.store.get_agreement(request.match_info["id"])
         if found is None:
             raise NotFound(f"no agreement {request.match_info['id']!r}")
         # Adding 0 reads the count in the same atomic statement that counts uses.
-        uses = await self._store.add_use(found.id, 0) if found.role == "provider" else None
-        transfers = [t.id for t in await self._store.list_transfers(found.id)]
+        uses = await self.d.store.add_use(found.id, 0) if found.role == "provider" else None
+        transfers = [t.id for t in await self.d.store.list_transfers(found.id)]
         view = msgspec.to_builtins(found)
         return _out({**view, "uses": uses, "transfers": transfers})
 
     async def status(self, request: web.Request) -> web.Response:
         """The daemon itself: version, URLs, edits waiting for a restart (``connector
         status``)."""
-        return _out(self._status() if self._status is not None else {})
+        return _out(self.d.status() if self.d.status is not None else {})
 
     def app(self) -> web.Application:
         from connector.adapters.http.errors import error_middleware
