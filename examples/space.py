@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from connector.participant.init import init_folder
 
 # A daemon must print its ready line within this many seconds (well under one here).
 READY_TIMEOUT_S = 30.0
@@ -34,6 +37,29 @@ def free_port_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free pair of loopback ports")
+
+
+def provider_folder(root: Path, name: str, example: Path) -> Daemon:
+    """A participant folder offering the example's own ``policies/``, ``datasets/`` and
+    ``data/`` (the templates ``connector init`` writes are removed)."""
+    provider = Daemon(name, root / name, f"https://127.0.0.1:{free_port_pair()}")
+    init_folder(provider.dir, name=name, url=provider.url)
+    for template in (provider.dir / "policies").iterdir():
+        template.unlink()
+    (provider.dir / "datasets" / "example.toml").unlink()
+    (provider.dir / "data" / "example.jsonl").unlink()
+    for part in ("policies", "datasets", "data"):
+        for path in (example / part).iterdir():
+            shutil.copy(path, provider.dir / part / path.name)
+    return provider
+
+
+def consumer_folder(root: Path, name: str) -> Daemon:
+    """A participant folder that offers nothing."""
+    consumer = Daemon(name, root / name, f"https://127.0.0.1:{free_port_pair()}")
+    init_folder(consumer.dir, name=name, url=consumer.url)
+    (consumer.dir / "datasets" / "example.toml").unlink()
+    return consumer
 
 
 class Mismatch(Exception):
@@ -118,7 +144,6 @@ def running(daemons: Sequence[Daemon]) -> Iterator[None]:
 def main(name: str, body: Callable[[Path], None]) -> int:
     """Run an example's body (a callable taking the work folder); 0 if it ended as its
     README says, 1 with the mismatch printed otherwise."""
-    import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix=f"connector-{name}-"))

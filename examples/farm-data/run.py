@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -17,9 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from space import Daemon, check, free_port_pair, main, running  # noqa: E402
+from space import Daemon, check, consumer_folder, main, provider_folder, running  # noqa: E402
 
-from connector.participant.init import init_folder  # noqa: E402
 from connector.participant.trust import add_trusted_peer  # noqa: E402
 
 DATASET = "parcel-yields"
@@ -35,15 +33,7 @@ def git(folder: Path, *args: str) -> str:
 
 def farmer_folder(root: Path) -> Daemon:
     """The farmer's connector: this example's policies, dataset and records, committed."""
-    farmer = Daemon("farmer", root / "farmer", f"https://127.0.0.1:{free_port_pair()}")
-    init_folder(farmer.dir, name="farmer", url=farmer.url)
-    for template in (farmer.dir / "policies").iterdir():  # only the farmer's own policies
-        template.unlink()
-    (farmer.dir / "datasets" / "example.toml").unlink()
-    (farmer.dir / "data" / "example.jsonl").unlink()
-    for part in ("policies", "datasets", "data"):
-        for path in (HERE / part).iterdir():
-            shutil.copy(path, farmer.dir / part / path.name)
+    farmer = provider_folder(root, "farmer", HERE)
     git(farmer.dir, "init", "-q", "-b", "main")
     git(farmer.dir, "add", ".")
     git(farmer.dir, "commit", "-q", "-m", "The farmer's policies: yields for agronomic advice")
@@ -52,9 +42,7 @@ def farmer_folder(root: Path) -> Daemon:
 
 def cooperative(root: Path, name: str, farmer: Daemon, purpose: str) -> Daemon:
     """A cooperative's connector, admitted by the farmer for one purpose."""
-    coop = Daemon(name, root / name, f"https://127.0.0.1:{free_port_pair()}")
-    init_folder(coop.dir, name=name, url=coop.url)
-    (coop.dir / "datasets" / "example.toml").unlink()  # a consumer here offers nothing
+    coop = consumer_folder(root, name)
     add_trusted_peer(farmer.dir, coop.dir, tls_cert=None,
                      attributes={"membership": "active", "purpose": purpose})
     add_trusted_peer(coop.dir, farmer.dir, attributes={}, tls_cert=None)
