@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz soak-crash image deploy-check clean
+.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz soak-crash image deploy-check examples clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ image: $(STAMP)
 # linted, rendered and validated against the Kubernetes schemas, the alert rules checked.
 deploy-check: $(STAMP)
 	$(PY) deploy/check.py
+
+# The examples/ data spaces in their small sizes (examples/README.md), each a script that
+# prints what its README says and exits non-zero on any mismatch.
+EXAMPLES ?= farm-data public-reuse
+
+examples: $(STAMP)
+	@set -e; for example in $(EXAMPLES); do \
+		echo "== examples/$$example"; $(PY) examples/$$example/run.py; done
 
 # Seconds of SIGKILLs under load in the crash soak: with soak-fuzz's minute and the checks,
 # `make soak` takes about ten minutes.
