@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from connector import audit_commands
+from connector import audit_commands, db_commands
 from connector.core.errors import ConnectorError
 
 
@@ -172,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the registry's JSON answer")
     _dir_arg(p)
     audit_commands.add_parsers(sub)
+    db_commands.add_parsers(sub)
     return parser
 
 
@@ -193,6 +194,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if cmd == "audit":
         return audit_commands.run(args)
+    if cmd == "db":
+        return db_commands.run(args)
     if cmd in ("keys", "authority", "credentials"):
         return _identity(args)
     if cmd == "trust":

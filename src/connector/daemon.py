@@ -32,11 +32,14 @@ from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.guard import GuardedHttp
-from connector.adapters.http.health import Health, OutboxWatch
+from connector.adapters.http.health import Health, OutboxWatch, StoreState
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.push import Pusher, PushReceiver
-from connector.adapters.storage.sqlite import SqliteStore, migrations
+from connector.adapters.storage import engine
+from connector.adapters.storage.engine import AnyStore
+from connector.adapters.storage.postgres import PostgresStore
+from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
 from connector.core.binding import created_by
@@ -141,6 +144,7 @@ class Daemon:
         self._opened: list[Callable[[], Awaitable[None]]] = []
         self.health = self._health()
         self.trail: AuditTrail | None = None  # start() opens it when [audit] is on
+        self._raw_store: AnyStore | None = None  # the engine's store, start() opens it
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -253,7 +257,8 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         await self._serve_metrics()
-        store = await SqliteStore.open(s.database, audit=self._step_audit())
+        store = await engine.open_store(s, audit=self._step_audit())
+        self._raw_store = store
         self._opened.append(store.close)
         self.store = self._observed_store(store)
         await self._start_audit(store)
@@ -308,7 +313,7 @@ class Daemon:
                 return msgspec.json.encode(offer.policy, order="sorted")
         return None
 
-    async def _start_audit(self, store: SqliteStore) -> None:
+    async def _start_audit(self, store: AnyStore) -> None:
         s = self.settings
         if not self.audit_settings.enabled:
             return
@@ -430,10 +435,18 @@ class Daemon:
 
     def _health(self) -> Health:
         s = self.settings
-        return Health(database=s.database, schema_version=max(n for n, _ in migrations()),
+        return Health(database=s.database, schema_version=latest(engine.engine_of(s)),
+                      store_probe=self._postgres_probe if s.postgres_dsn_file else None,
                       tls_cert=s.tls_cert, key_files=lambda: (self.settings.signing_key,
                                                               self.settings.tls_key),
                       settings=s.health, outbox=self.outbox_watch, metrics=self.metrics)
+
+    async def _postgres_probe(self) -> StoreState:
+        store = self._raw_store
+        if not isinstance(store, PostgresStore):
+            return StoreState("the store is not open yet")
+        problem, depth = await store.probe(latest("postgres"))
+        return StoreState(problem, depth)
 
     async def _serve_metrics(self) -> None:
         """The metrics listener (``/metrics``, ``/health/*``), first up and last down. A port
@@ -451,7 +464,7 @@ class Daemon:
                 raise
             log.warning("metrics are off: %s (set [metrics] listen, or enabled = false)", exc)
 
-    def _observed_store(self, store: SqliteStore) -> Store:
+    def _observed_store(self, store: AnyStore) -> Store:
         return self.metrics.timed_store(store) if self.metrics is not None else store
 
     def _outbox_send(self) -> Callable[[OutboxItem], Awaitable[bytes]]:

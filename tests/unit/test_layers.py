@@ -38,8 +38,9 @@ ALLOWED: dict[str, frozenset[str]] = {
                          "registry", "signals", "logs"}),
     "audit_commands": frozenset({"core", "config", "keys", "participant", "adapters",
                                  "registry"}),
+    "db_commands": frozenset({"core", "config", "adapters"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority", "audit_commands"}),
+                      "authority", "audit_commands", "db_commands"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
