@@ -9,6 +9,7 @@ restart); ``opener.engine`` names the engine. PostgreSQL is the real server of
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from connector.adapters.storage.engine import AnyStore
 from connector.adapters.storage.postgres import PostgresStore
-from connector.adapters.storage.schema import Engine
+from connector.adapters.storage.schema import ENGINES, Engine
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.service.audit import StepAudit
 from tests.e2e.postgres import new_database
@@ -41,3 +42,25 @@ def store_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
         server = request.getfixturevalue("postgres_server")
         return Opener(engine, tmp_path / "db.sqlite", asyncio.run(new_database(server)))
     return Opener(engine, tmp_path / "db.sqlite")
+
+
+def e2e_engines() -> list[str]:
+    """The engines the end-to-end daemons run on: ``CONNECTOR_E2E_ENGINES`` (comma-separated,
+    ``sqlite,postgres`` for the whole suite on both); default SQLite, with the two-daemon
+    tests (tests/e2e/test_two_daemons.py) on both engines always."""
+    names = [n.strip() for n in os.environ.get("CONNECTOR_E2E_ENGINES", "sqlite").split(",")]
+    unknown = set(names) - set(ENGINES)
+    if unknown or not names:
+        raise pytest.UsageError(f"CONNECTOR_E2E_ENGINES: unknown engine(s) {sorted(unknown)}; "
+                                f"choose from {', '.join(ENGINES)}")
+    return names
+
+
+def use_postgres(folder: Path, dsn: str) -> None:
+    """Point a participant folder's state at the PostgreSQL database ``dsn``."""
+    dsn_file = folder / "keys" / "db.dsn"
+    dsn_file.write_text(dsn + "\n")
+    dsn_file.chmod(0o600)
+    config = folder / "connector.toml"
+    config.write_text(config.read_text().replace(
+        "[storage]\n", '[storage]\npostgres_dsn_file = "keys/db.dsn"\n', 1))

@@ -24,18 +24,15 @@ from connector.service.audit import StepAudit
 from connector.service.store import Agreement
 from tests.e2e.postgres import PASSWORD, Postgres, new_database
 from tests.harness import free_port
-from tests.stores import Opener
+from tests.stores import Opener, use_postgres
 
 
 def _folder(tmp_path: Path, dsn: str | None = None, mode: int = 0o600) -> Path:
     root = tmp_path / "acme"
     init_folder(root, name="acme", url="https://127.0.0.1:18443")
     if dsn is not None:
-        (root / "keys" / "db.dsn").write_text(dsn + "\n")
+        use_postgres(root, dsn)
         (root / "keys" / "db.dsn").chmod(mode)
-        config = root / "connector.toml"
-        config.write_text(config.read_text().replace(
-            "[storage]\n", '[storage]\npostgres_dsn_file = "keys/db.dsn"\n'))
     return root
 
 
