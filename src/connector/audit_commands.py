@@ -74,7 +74,7 @@ def _document(settings: Settings) -> dict[str, Any]:
 
 
 def verify(settings: Settings, witness: str | None) -> int:
-    entries, checkpoints = audit_file.read_chain(settings.database)
+    entries, checkpoints = audit_file.read_chain(audit_file.location(settings))
     report = verify_chain(entries, checkpoints, did=settings.did, document=_document(settings))
     if not report.ok:
         print(f"audit trail BROKEN at entry {report.broken}: {report.problem}")
@@ -107,7 +107,7 @@ def show(settings: Settings, id: str) -> int:
 
 def _concerning(settings: Settings, id: str) -> list[Entry]:
     """The entries about ``id``; for an agreement, its negotiation's and transfers' too."""
-    db = settings.database
+    db = audit_file.location(settings)
     seqs = set(audit_file.read_refs(db, [id]))
     entries, _ = audit_file.read_chain(db)
     by_seq = {e.seq: e for e in entries}
@@ -146,7 +146,7 @@ def _line(body: dict[str, Any]) -> str:
 
 
 def export(settings: Settings, agreement_id: str, out: Path) -> int:
-    db = settings.database
+    db = audit_file.location(settings)
     concerning = _concerning(settings, agreement_id)
     agreement = next((e.decoded()["data"] for e in concerning
                       if e.decoded()["kind"] == "agreement"), None)
@@ -174,7 +174,7 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
 
 def _covering_checkpoint(settings: Settings, seq: int) -> str:
     """A checkpoint at or after ``seq`` signed with our current key; signs one if needed."""
-    db = settings.database
+    db = audit_file.location(settings)
     entries, checkpoints = audit_file.read_chain(db)
     for jws in checkpoints:
         cp = parse_checkpoint(jws)
@@ -233,7 +233,7 @@ def verify_bundle_file(path: Path) -> int:
 
 def prune(settings: Settings, before: float) -> int:
     """Drop the entries up to the newest checkpoint signed before ``before``."""
-    db = settings.database
+    db = audit_file.location(settings)
     entries, checkpoints = audit_file.read_chain(db)
     report = verify_chain(entries, checkpoints, did=settings.did, document=_document(settings))
     if not report.ok:
