@@ -1,0 +1,116 @@
+"""Two provider replicas sharing one PostgreSQL database behind a real HAProxy (TCP mode), one
+consumer: the provider's DID names the balancer, and any replica serves any request.
+
+Each replica is a copy of the provider's folder differing only in the ports it listens on;
+``[storage] postgres_dsn_file`` points both at the same database (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from connector.client import Management
+from connector.config import load_settings
+from tests.e2e.haproxy import balancer, sessions
+from tests.e2e.postgres import Postgres, new_database
+from tests.harness import Participant, create_space, free_port, start, stop
+from tests.stores import use_postgres
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+LIMIT = 50
+POLICY = ('{"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"], "@type": "Offer",'
+          ' "permission": [{"action": "use", "constraint": [{"leftOperand": "count",'
+          f' "operator": "lteq", "rightOperand": "{LIMIT}"}}]}}]}}')
+
+
+@dataclass
+class Replicas:
+    consumer: Participant
+    replicas: list[Participant]
+    public_url: str
+    stats: Path  # HAProxy's stats socket
+
+
+def _set_port(folder: Path, table: str, port: int) -> None:
+    config = folder / "connector.toml"
+    text = config.read_text()
+    text = re.sub(rf"(\[{table}\][^\[]*?\nport = )\d+", rf"\g<1>{port}", text, count=1)
+    config.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory,
+             postgres_server: Postgres) -> Iterator[Replicas]:
+    root = tmp_path_factory.mktemp("replicas")
+    provider, consumer = create_space(root)
+    (provider.dir / "policies" / "count-50.json").write_text(POLICY)
+    (provider.dir / "datasets" / "counted50.toml").write_text(
+        'id = "counted50"\ntitle = "Counted"\ndescription = "at most 50 uses"\n'
+        'keywords = ["count"]\npolicies = ["count-50"]\n'
+        '[source]\ntype = "jsonl"\npath = "data/example.jsonl"\n')
+    use_postgres(provider.dir, asyncio.run(new_database(postgres_server)))
+    second = Participant("provider-b", root / "provider-b", provider.url)
+    shutil.copytree(provider.dir, second.dir)
+    ports = []
+    for replica in (provider, second):
+        ports.append(free_port())
+        _set_port(replica.dir, "server", ports[-1])
+    _set_port(second.dir, "management", free_port())
+    public_port = int(provider.url.rsplit(":", 1)[1])
+    with balancer(public_port, ports, root) as stats:
+        started: list[Participant] = []
+        try:
+            for p in (provider, second, consumer):
+                start(p)
+                started.append(p)
+            yield Replicas(consumer, [provider, second], provider.url, stats)
+        finally:
+            for p in reversed(started):
+                stop(p)
+
+
+async def _api(p: Participant) -> Management:
+    return Management(load_settings(p.dir))
+
+
+async def test_count_limit_exact_over_two_replicas(replicas: Replicas) -> None:
+    consumer = await _api(replicas.consumer)
+    try:
+        record = await consumer.call("POST", "/api/negotiations?wait=20", {
+            "provider": replicas.public_url, "datasetId": "counted50"})
+        assert record["state"] == "FINALIZED", record
+        transfer = await consumer.call("POST", "/api/transfers?wait=20",
+                                       {"agreementId": record["agreementId"]})
+    finally:
+        await consumer.close()
+    address = transfer["dataAddress"]
+    assert address["endpoint"].startswith(replicas.public_url)  # through the balancer
+    token = next(p["value"] for p in address["endpointProperties"]
+                 if p["name"] == "authorization")
+    before = sessions(replicas.stats)
+    context = ssl.create_default_context(
+        cafile=str(replicas.replicas[0].dir / "tls" / "cert.pem"))
+    connector = aiohttp.TCPConnector(ssl=context, limit=300, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async def pull() -> int:
+            async with http.get(address["endpoint"],
+                                headers={"Authorization": f"Bearer {token}"}) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(pull() for _ in range(300)))
+    after = sessions(replicas.stats)
+    served = {name: after[name] - before.get(name, 0) for name in after}
+    assert all(n >= 50 for n in served.values()) and len(served) == 2, served  # both served
+    assert statuses.count(200) == LIMIT, sorted(set(statuses))  # never a 51st use
+    assert statuses.count(403) == 300 - LIMIT
