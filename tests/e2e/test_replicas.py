@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from connector.adapters.storage.engine import open_store
 from connector.client import Management
 from connector.config import load_settings
 from tests.e2e.haproxy import balancer, sessions
@@ -114,3 +115,106 @@ async def test_count_limit_exact_over_two_replicas(replicas: Replicas) -> None:
     assert all(n >= 50 for n in served.values()) and len(served) == 2, served  # both served
     assert statuses.count(200) == LIMIT, sorted(set(statuses))  # never a 51st use
     assert statuses.count(403) == 300 - LIMIT
+
+
+JOBS = 200
+CONCURRENCY = 16
+
+
+async def _pull(http: aiohttp.ClientSession, address: dict[str, object]) -> int:
+    """One pull through the balancer. A connection cut by a dying replica is retried; the
+    dead replica may have counted that use already."""
+    props = address["endpointProperties"]
+    assert isinstance(props, list)
+    token = next(p["value"] for p in props if p["name"] == "authorization")
+    for _ in range(20):
+        try:
+            async with http.get(str(address["endpoint"]),
+                                headers={"Authorization": f"Bearer {token}"}) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, ConnectionError):
+            await asyncio.sleep(0.25)
+    raise AssertionError("no replica answered the pull")
+
+
+async def _settled(api: Management, pid: str) -> dict[str, object]:
+    for _ in range(240):
+        record: dict[str, object] = await api.call("GET", f"/api/negotiations/{pid}?wait=0.5")
+        if record["state"] in ("FINALIZED", "TERMINATED"):
+            return record
+    raise AssertionError(f"{pid} never reached a terminal state: {record}")
+
+
+async def test_a_replica_killed_mid_run_loses_nothing(replicas: Replicas,
+                                                      postgres_server: Postgres) -> None:
+    consumer = await _api(replicas.consumer)
+    killed = replicas.replicas[1]
+    acknowledged: list[dict[str, object]] = []
+    served: dict[str, int] = {}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(JOBS):
+        queue.put_nowait(i)
+    context = ssl.create_default_context(
+        cafile=str(replicas.replicas[0].dir / "tls" / "cert.pem"))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            if i == JOBS // 3 and killed.process is not None:
+                killed.process.kill()  # SIGKILL: no drain, no goodbye
+                killed.process.wait()
+                killed.process = None
+            if i == 2 * JOBS // 3 and killed.process is None:
+                await asyncio.to_thread(start, killed)  # back later
+            record = await consumer.call("POST", "/api/negotiations?wait=30", {
+                "provider": replicas.public_url, "datasetId": "example-weather"})
+            acknowledged.append(record)
+            record = await _settled(consumer, str(record["id"]))
+            if record["state"] != "FINALIZED":
+                continue
+            transfer = await consumer.call("POST", "/api/transfers?wait=30",
+                                           {"agreementId": record["agreementId"]})
+            if transfer.get("dataAddress"):
+                status = await _pull(http, transfer["dataAddress"])
+                agreement = str(record["agreementId"])
+                if status == 200:
+                    served[agreement] = served.get(agreement, 0) + 1
+
+    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
+        finals = [await _settled(consumer, str(r["id"])) for r in acknowledged]
+    finally:
+        await consumer.close()
+    assert len(acknowledged) == JOBS
+    assert all(r["state"] == "FINALIZED" for r in finals), [
+        r["state"] for r in finals if r["state"] != "FINALIZED"]
+    provider = await _api(replicas.replicas[0])
+    try:
+        theirs = [n for n in await provider.call("GET", "/api/negotiations")
+                  if n["consumerPid"] in {r["consumerPid"] for r in finals}]
+        uses = {a["id"]: a for a in await provider.call("GET", "/api/agreements")}
+    finally:
+        await provider.close()
+    assert len(theirs) == JOBS  # one provider process per request: none duplicated
+    assert all(n["state"] == "FINALIZED" for n in theirs)
+    assert {str(r["agreementId"]) for r in finals} <= set(uses)
+    assert sum(served.values()) == JOBS  # every pull was served once
+    counts = await _uses(replicas.replicas[0], list(served))
+    # The counters equal the accesses served, except for a use that the replica counted just
+    # before it was killed, whose answer never left (the client, or aiohttp's own retry of an
+    # idempotent GET on a dropped connection, pulled again): only the pulls in flight at
+    # the kill, one each at most. Never fewer uses counted than served.
+    assert all(counts[a] >= served[a] for a in served)
+    over = {a: counts[a] - served[a] for a in served if counts[a] != served[a]}
+    assert all(n == 1 for n in over.values()) and len(over) <= CONCURRENCY, over
+
+
+async def _uses(provider: Participant, agreements: list[str]) -> dict[str, int]:
+    store = await open_store(load_settings(provider.dir))
+    try:
+        return {a: await store.agreement_uses(a) for a in agreements}
+    finally:
+        await store.close()
