@@ -38,7 +38,7 @@ from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.push import Pusher, PushReceiver
 from connector.adapters.storage import engine
 from connector.adapters.storage.engine import AnyStore
-from connector.adapters.storage.postgres import PostgresStore
+from connector.adapters.storage.postgres import CLAIM_S, PostgresStore
 from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.core import dcp
@@ -70,6 +70,8 @@ log = logging.getLogger("connector")
 RELOAD_INTERVAL_S = 1.0
 # How often expired rows of seen token ids are deleted from the database.
 JTI_PURGE_INTERVAL_S = 60.0
+# Replicas look for a dead replica's outbox messages this often (a third of their claim).
+ORPHAN_SWEEP_S = CLAIM_S / 3
 
 
 @dataclass
@@ -290,6 +292,8 @@ class Daemon:
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
+        if isinstance(store, PostgresStore):
+            self._tasks.append(asyncio.create_task(self._orphan_loop(store)))
         self._tasks.append(asyncio.create_task(self.health.run()))
         # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
@@ -418,6 +422,19 @@ class Daemon:
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
+
+    async def _orphan_loop(self, store: PostgresStore) -> None:
+        """Replicas: send the messages of a replica that died (their claim ran out)."""
+        while True:
+            await asyncio.sleep(ORPHAN_SWEEP_S)
+            try:
+                orphans = await store.claim_orphans()
+            except Exception as exc:  # the database failed: try again next time
+                log.error("cannot claim orphaned outbox messages: %s", exc)
+                continue
+            if orphans:
+                log.info("sending %d message(s) a stopped replica left", len(orphans))
+                self.outbox.submit(orphans)
 
     async def _purge_loop(self) -> None:
         while True:

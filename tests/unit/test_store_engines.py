@@ -213,3 +213,31 @@ async def test_replicas_starting_together_migrate_once(postgres_server: Postgres
     assert [r[0] for r in versions] == [n for n, _ in migrations("postgres")]
     for store in stores:
         await store.close()
+
+
+async def test_a_dead_replicas_outbox_is_taken_over_once(postgres_server: Postgres) -> None:
+    """Replica A commits a step with two messages and dies; while A ran, B took nothing; once
+    A's claim ran out, B takes both (in order), and nobody takes them twice."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    await a.save_negotiation(_negotiation("urn:p"), expect_new=True, outbox=[
+        Outgoing(process_id="urn:p", url=f"https://c/{n}", audience="did:c", body=b"%d" % n)
+        for n in (1, 2)])
+    await asyncio.sleep(postgres.CLAIM_S * 1.5)  # A renews its claim meanwhile
+    assert await b.claim_orphans() == []
+    a._renewer.cancel()  # A dies: it stops renewing (no close: it releases nothing)
+    await a._pool.close()
+    taken: list[object] = []
+    for _ in range(200):
+        taken = list(await b.claim_orphans())
+        if taken:
+            break
+        await asyncio.sleep(postgres.CLAIM_S / 10)
+    assert [item.url for item in taken] == ["https://c/1", "https://c/2"]  # type: ignore[attr-defined]
+    c = await PostgresStore.open(dsn)  # a third replica starting now finds nothing to send
+    assert await c.pending_outbox() == [] and await b.claim_orphans() == []
+    for store in (b, c):
+        await store.close()
+    restarted = await PostgresStore.open(dsn)  # B closed cleanly: its rows are free at once
+    assert [i.url for i in await restarted.pending_outbox()] == ["https://c/1", "https://c/2"]
+    await restarted.close()

@@ -10,6 +10,10 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
 - **seen token ids** are written behind as on SQLite (a task per row); the primary key keeps
   one row per jti, whichever replica wrote it first;
+- **outbox claims**: a replica inserts its outbox rows claimed by itself for CLAIM_S, renews
+  its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
+  (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
+  replica that died are sent by another within CLAIM_S plus one sweep;
 - **migrations** run under a session advisory lock, so replicas starting together apply
   each one once; the applied version is kept in ``connector_schema``.
 
@@ -20,7 +24,9 @@ never the DSN, which may carry a password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +52,13 @@ MIGRATION_LOCK = 0x636F6E6E_00000001
 AUDIT_LOCK = 0x636F6E6E_00000002
 # A readiness probe waits this long for a connection (the SQLite probe's STORE_TIMEOUT_S).
 PROBE_TIMEOUT_S = 2.0
+# A replica's claim on its outbox rows lasts this long unless renewed: how long the messages
+# of a dead replica wait before another sends them (EDC leases an entity for 60 s; we aim at
+# seconds). Renewed every third of it.
+CLAIM_S = 3.0
+# Rows taken over in one sweep at most.
+ORPHANS_PER_SWEEP = 500
+_NOW = "extract(epoch from clock_timestamp())"
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -66,8 +79,14 @@ _ON_TRANSFER = (
     " excluded.updated_at, body = excluded.body")
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti)"
                " DO UPDATE SET until = greatest(seen_tokens.until, excluded.until)")
-_INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt)"
-                  " VALUES ($1, $2, $3, $4, 0) RETURNING seq")
+_INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
+                  f" claimed_by, claim_until) VALUES ($1, $2, $3, $4, 0, $5, {_NOW} + $6)"
+                  " RETURNING seq")
+_CLAIM_ORPHANS = (
+    f"UPDATE outbox SET claimed_by = $1, claim_until = {_NOW} + $2 WHERE seq IN ("
+    f" SELECT seq FROM outbox WHERE claim_until IS NULL OR claim_until < {_NOW}"
+    " ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    " RETURNING seq, process_id, url, audience, body, attempts")
 
 
 async def schema_version(conn: Any) -> int:
@@ -110,6 +129,8 @@ class PostgresStore:
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
         self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
+        self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
+        self._renewer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, audit: StepAudit | None = None,
@@ -122,9 +143,19 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, audit)
+        store = cls(pool, audit)
+        store._renewer = asyncio.create_task(store._renew_loop())
+        return store
 
     async def close(self) -> None:
+        """Stop; the outbox rows still claimed are released for another replica at once."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                async with self._pool.acquire() as conn:
+                    await conn.execute("UPDATE outbox SET claimed_by = NULL, claim_until = NULL"
+                                       " WHERE claimed_by = $1", self.replica)
         if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
         await self._pool.close()
@@ -154,7 +185,7 @@ class PostgresStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 for sql, args in statements:
                     await conn.execute(sql, *args)
-                items = [await _enqueue(conn, out) for out in outbox]
+                items = [await _enqueue(conn, out, self.replica) for out in outbox]
                 count = await _append_entries(conn, audit) if audit else 0
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
@@ -325,10 +356,30 @@ class PostgresStore:
     # -- outbox ---------------------------------------------------------------------------
 
     async def pending_outbox(self) -> list[OutboxItem]:
-        rows = await self._rows(
-            "SELECT seq, process_id, url, audience, body, attempts FROM outbox ORDER BY seq")
-        return [OutboxItem(seq=r[0], process_id=r[1], url=r[2], audience=r[3], body=r[4],
+        """The rows this replica is to send: its own, and those no live replica holds (a
+        previous run's, a dead replica's), which become its own."""
+        await self.claim_orphans()
+        rows = await self._rows("SELECT seq, process_id, url, audience, body, attempts"
+                                " FROM outbox WHERE claimed_by = $1 ORDER BY seq", self.replica)
+        return [OutboxItem(seq=r[0], process_id=r[1], url=r[2], audience=r[3], body=bytes(r[4]),
                            attempts=r[5]) for r in rows]
+
+    async def claim_orphans(self) -> list[OutboxItem]:
+        """Take over the outbox rows whose claim ran out (their replica died), in order."""
+        rows = await self._rows(_CLAIM_ORPHANS, self.replica, CLAIM_S, ORPHANS_PER_SWEEP)
+        return [OutboxItem(seq=r[0], process_id=r[1], url=r[2], audience=r[3], body=bytes(r[4]),
+                           attempts=r[5]) for r in sorted(rows, key=lambda r: int(r[0]))]
+
+    async def _renew_loop(self) -> None:
+        """Keep this replica's claims alive while it runs."""
+        while True:
+            await asyncio.sleep(CLAIM_S / 3)
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.execute(f"UPDATE outbox SET claim_until = {_NOW} + $2"
+                                       " WHERE claimed_by = $1", self.replica, CLAIM_S)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("cannot renew the outbox claims: %s", exc)
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:
         if seqs:
@@ -343,8 +394,9 @@ class PostgresStore:
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
 
 
-async def _enqueue(conn: Any, out: Outgoing) -> OutboxItem:
-    seq = await conn.fetchval(_INSERT_OUTBOX, out.process_id, out.url, out.audience, out.body)
+async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
+    seq = await conn.fetchval(_INSERT_OUTBOX, out.process_id, out.url, out.audience, out.body,
+                              replica, CLAIM_S)
     return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
                       audience=out.audience, body=out.body)
 
