@@ -147,6 +147,7 @@ class Daemon:
         self.health = self._health()
         self.trail: AuditTrail | None = None  # start() opens it when [audit] is on
         self._raw_store: AnyStore | None = None  # the engine's store, start() opens it
+        self._rereads: set[asyncio.Task[None]] = set()  # records another replica changed
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -294,6 +295,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         if isinstance(store, PostgresStore):
             self._tasks.append(asyncio.create_task(self._orphan_loop(store)))
+            store.on_change = self._changed_elsewhere
         self._tasks.append(asyncio.create_task(self.health.run()))
         # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
@@ -422,6 +424,25 @@ class Daemon:
             self.client.set_ssl(self._client_ssl())
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
+
+    def _changed_elsewhere(self, kind: str, pid: str) -> None:
+        """Replicas: a record changed (maybe in another replica); wake its long polls."""
+        watched = (self.negotiations.watch.watched(pid) if kind == "n" else
+                   self.transfers.watch.watched(pid) if kind == "t" else False)
+        if watched:
+            task = asyncio.create_task(self._reread(kind, pid))
+            self._rereads.add(task)
+            task.add_done_callback(self._rereads.discard)
+
+    async def _reread(self, kind: str, pid: str) -> None:
+        if kind == "n":
+            negotiation = await self.store.get_negotiation(pid)
+            if negotiation is not None:
+                self.negotiations.watch.changed(pid, negotiation)
+            return
+        transfer = await self.store.get_transfer(pid)
+        if transfer is not None:
+            self.transfers.watch.changed(pid, transfer)
 
     async def _orphan_loop(self, store: PostgresStore) -> None:
         """Replicas: send the messages of a replica that died (their claim ran out)."""

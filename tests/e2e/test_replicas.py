@@ -225,3 +225,34 @@ async def _uses(provider: Participant, agreements: list[str]) -> dict[str, int]:
         return {a: await store.agreement_uses(a) for a in agreements}
     finally:
         await store.close()
+
+
+async def test_a_long_poll_on_one_replica_wakes_on_any_replicas_change(
+        replicas: Replicas) -> None:
+    """The offer starts on replica A; replica B is asked to wait for its end. The consumer's
+    answers reach either replica (round robin); B's ``?wait=`` returns the terminal record
+    whichever replica wrote it (LISTEN/NOTIFY), not its state at the timeout."""
+    first, second = [await _api(r) for r in replicas.replicas]
+    consumer = await _api(replicas.consumer)
+    try:
+        offered = await first.call("POST", "/api/offers", {
+            "consumer": str(load_settings(replicas.consumer.dir).public_url),
+            "datasetId": "example-weather"})
+        mine: dict[str, object] = {}
+        for _ in range(100):
+            mine = await consumer.call("GET", f"/api/negotiations/{offered['consumerPid']}"
+                                       "?wait=0.2")
+            if mine["state"] == "OFFERED":
+                break
+        assert mine["state"] == "OFFERED", mine
+        # B waits up to 120 s; without a wake-up from A's writes it would answer only then,
+        # past the test's generous deadline of 40 s.
+        waiting = asyncio.create_task(
+            second.call("GET", f"/api/negotiations/{offered['id']}?wait=120"))
+        await asyncio.sleep(0.2)  # B's poll is waiting before anything moves
+        await consumer.call("POST", f"/api/negotiations/{mine['id']}/accept")
+        done = await asyncio.wait_for(waiting, 40)
+        assert done["state"] == "FINALIZED", done
+    finally:
+        for api in (first, second, consumer):
+            await api.close()

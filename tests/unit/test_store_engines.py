@@ -241,3 +241,31 @@ async def test_a_dead_replicas_outbox_is_taken_over_once(postgres_server: Postgr
     restarted = await PostgresStore.open(dsn)  # B closed cleanly: its rows are free at once
     assert [i.url for i in await restarted.pending_outbox()] == ["https://c/1", "https://c/2"]
     await restarted.close()
+
+
+async def test_every_replica_hears_of_a_committed_change(postgres_server: Postgres) -> None:
+    """LISTEN/NOTIFY: B hears of A's committed steps (what wakes B's long polls), and of
+    nothing that rolled back."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    heard: list[tuple[str, str]] = []
+    b.on_change = lambda kind, id: heard.append((kind, id))
+    await a.save_negotiation(_negotiation("urn:n"), expect_new=True)
+    with pytest.raises(ConflictError):
+        await a.save_negotiation(_negotiation("urn:n"), expect_new=True)  # rolled back
+    await a.save_transfer(Transfer(
+        id="urn:t", role=Role.PROVIDER, state=TransferState.REQUESTED, consumer_pid="urn:c",
+        provider_pid="urn:t", agreement_id="urn:a", format="HttpData-PULL",
+        counterparty_address="https://c"), expect_new=True)
+    for _ in range(200):
+        if len(heard) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await a.save_negotiation(_negotiation("urn:last"), expect_new=True)  # a marker
+    for _ in range(200):
+        if ("n", "urn:last") in heard:
+            break
+        await asyncio.sleep(0.02)
+    assert heard == [("n", "urn:n"), ("t", "urn:t"), ("n", "urn:last")]
+    await a.close()
+    await b.close()

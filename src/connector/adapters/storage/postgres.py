@@ -14,6 +14,9 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
   (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
   replica that died are sent by another within CLAIM_S plus one sweep;
+- **changes are announced** (``pg_notify`` in the step's transaction, so on commit): every
+  replica LISTENs and hands the record's kind and id to ``on_change``, which wakes the long
+  polls (``?wait=``) waiting on that record in any replica;
 - **migrations** run under a session advisory lock, so replicas starting together apply
   each one once; the applied version is kept in ``connector_schema``.
 
@@ -59,6 +62,8 @@ CLAIM_S = 3.0
 # Rows taken over in one sweep at most.
 ORPHANS_PER_SWEEP = 500
 _NOW = "extract(epoch from clock_timestamp())"
+# The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
+CHANGES = "connector_changes"
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -129,6 +134,8 @@ class PostgresStore:
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
         self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
+        self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
+        self._listener: Any = None  # the connection LISTENing on CHANGES
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -145,10 +152,24 @@ class PostgresStore:
             raise
         store = cls(pool, audit)
         store._renewer = asyncio.create_task(store._renew_loop())
+        try:
+            store._listener = await asyncpg.connect(dsn)
+            await store._listener.add_listener(CHANGES, store._notified)
+        except BaseException:
+            await store.close()
+            raise
         return store
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        kind, _, id = payload.partition(":")
+        if id:
+            self.on_change(kind, id)
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
+        if self._listener is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._listener.close()
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -221,6 +242,7 @@ class PostgresStore:
                  agreement.assigner, agreement.assignee, agreement.created_at,
                  _enc.encode(agreement)),
             ))
+        statements.append(_notify("n", record.id))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, audit)
 
@@ -284,7 +306,7 @@ class PostgresStore:
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        )], outbox, audit)
+        ), _notify("t", record.id)], outbox, audit)
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -392,6 +414,11 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+def _notify(kind: str, id: str) -> Statement:
+    """Announce a record's change to every replica, when (and only if) the step commits."""
+    return ("SELECT pg_notify($1, $2)", (CHANGES, f"{kind}:{id}"))
 
 
 async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
