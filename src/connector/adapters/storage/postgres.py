@@ -367,6 +367,14 @@ class PostgresStore:
             log.error("cannot persist a seen token id (replays stay refused until a restart):"
                       " %s", exc)
 
+    async def claim_jti(self, jti: str, until: int, now: int) -> bool:
+        """Record ``jti`` unless a live row holds it (another replica accepted it first)."""
+        rows = await self._rows(
+            "INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti) DO UPDATE"
+            " SET until = excluded.until WHERE seen_tokens.until < $3 RETURNING jti",
+            jti, until, now)
+        return bool(rows)
+
     async def live_jtis(self, now: int) -> list[tuple[str, int]]:
         rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= $1"
                                 " ORDER BY until", now)
