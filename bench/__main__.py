@@ -60,6 +60,12 @@ def _json_depth(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _replicas(quick: bool) -> None:
+    from bench import replicas
+
+    replicas.run(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
@@ -68,6 +74,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "metrics": _metrics,
     "audit": _audit,
     "json_depth": _json_depth,
+    "replicas": _replicas,
 }
 
 

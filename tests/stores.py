@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,10 @@ def use_postgres(folder: Path, dsn: str) -> None:
     config = folder / "connector.toml"
     config.write_text(config.read_text().replace(
         "[storage]\n", '[storage]\npostgres_dsn_file = "keys/db.dsn"\n', 1))
+
+
+def set_port(folder: Path, table: str, port: int) -> None:
+    """Set ``[table] port`` in a folder's connector.toml (a replica's own listening port)."""
+    config = folder / "connector.toml"
+    config.write_text(re.sub(rf"(\[{table}\][^\[]*?\nport = )\d+", rf"\g<1>{port}",
+                             config.read_text(), count=1))

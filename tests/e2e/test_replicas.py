@@ -8,7 +8,6 @@ Each replica is a copy of the provider's folder differing only in the ports it l
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import ssl
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from connector.config import load_settings
 from tests.e2e.haproxy import balancer, sessions
 from tests.e2e.postgres import Postgres, new_database
 from tests.harness import Participant, create_space, free_port, start, stop
-from tests.stores import use_postgres
+from tests.stores import set_port, use_postgres
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -40,13 +39,6 @@ class Replicas:
     replicas: list[Participant]
     public_url: str
     stats: Path  # HAProxy's stats socket
-
-
-def _set_port(folder: Path, table: str, port: int) -> None:
-    config = folder / "connector.toml"
-    text = config.read_text()
-    text = re.sub(rf"(\[{table}\][^\[]*?\nport = )\d+", rf"\g<1>{port}", text, count=1)
-    config.write_text(text)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +57,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory,
     ports = []
     for replica in (provider, second):
         ports.append(free_port())
-        _set_port(replica.dir, "server", ports[-1])
-    _set_port(second.dir, "management", free_port())
+        set_port(replica.dir, "server", ports[-1])
+    set_port(second.dir, "management", free_port())
     public_port = int(provider.url.rsplit(":", 1)[1])
     with balancer(public_port, ports, root) as stats:
         started: list[Participant] = []
