@@ -28,25 +28,34 @@ from tests.e2e.postgres import Postgres, new_database, running_postgres
 from tests.harness import Participant, create_space, free_port, start, stop
 from tests.stores import set_port, use_postgres
 
-from bench import CpuMeter, LoadResult, emit, load, log
+from bench import CpuMeter, LoadResult, cpu_seconds, emit, load, log
 from connector.config import load_settings
 
 DATASET = "example-weather"
 MAX_PER_PHASE = 100_000
 
 
-def _postgres_pids() -> dict[str, int]:
-    """The PostgreSQL server's processes (postmaster and backends), by pid."""
-    found = {}
+def _server_cpu_s(port: int) -> float:
+    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
+    backends under it); processes that end in between are simply not counted."""
+    procs: dict[int, tuple[int, str]] = {}  # pid -> (parent, command line)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                comm = (entry / "comm").read_text().strip()
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if comm.startswith("postgres"):
-                found[f"postgres-{entry.name}"] = int(entry.name)
-    return found
+            procs[int(entry.name)] = (int(stat[1]), cmdline)
+    roots = {pid for pid, (_, cmd) in procs.items() if "postgres" in cmd and f"-p {port}" in cmd}
+    total = 0.0
+    for pid, (parent, _) in procs.items():
+        if pid in roots or parent in roots:
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                continue
+    return total
 
 
 @contextmanager
@@ -80,7 +89,8 @@ def _setup(kind: str, root: Path, server: Postgres | None) -> Iterator[
 
 
 async def _phases(consumer: Participant, replicas: list[Participant], *, duration_s: float,
-                  warmup_s: float) -> dict[int, tuple[LoadResult, CpuMeter]]:
+                  warmup_s: float, server_port: int
+                  ) -> dict[int, tuple[LoadResult, CpuMeter, float]]:
     settings = load_settings(consumer.dir)
     url = settings.management_url + "/api/negotiations?wait=30"
     headers = {"Authorization": f"Bearer {settings.management_token()}",
@@ -89,7 +99,7 @@ async def _phases(consumer: Participant, replicas: list[Participant], *, duratio
     pids = {f"provider{i + 1}": p.process.pid for i, p in enumerate(replicas)
             if p.process is not None}
     assert consumer.process is not None
-    pids |= {"consumer": consumer.process.pid} | _postgres_pids()
+    pids |= {"consumer": consumer.process.pid}
     out = {}
     connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector,
@@ -105,24 +115,22 @@ async def _phases(consumer: Participant, replicas: list[Participant], *, duratio
 
         for conc in (1, 64):
             await load(call, concurrency=conc, duration_s=warmup_s, max_count=MAX_PER_PHASE)
+            server0 = _server_cpu_s(server_port)
             with CpuMeter(pids) as cpu:
                 result = await load(call, concurrency=conc, duration_s=duration_s,
                                     max_count=MAX_PER_PHASE)
-            out[conc] = (result, cpu)
+            out[conc] = (result, cpu, _server_cpu_s(server_port) - server0)
     return out
 
 
-def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter]]) -> float:
+def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter, float]]) -> float:
     tag = kind.replace("-", "")
-    fast, cpu = phases[64]
+    fast, cpu, server_s = phases[64]
     emit(f"replicas_{tag}_negotiations_per_s_c64", fast.rate, "negotiations/s")
     emit(f"replicas_{tag}_negotiation_p50_ms_c1", phases[1][0].p(50), "ms")
     emit(f"replicas_{tag}_errors", fast.errors + phases[1][0].errors, "count")
     if fast.completed:
-        per: dict[str, float] = {}
-        for name, used in cpu.cpu_s.items():
-            group = "postgres" if name.startswith("postgres") else name
-            per[group] = per.get(group, 0.0) + used
+        per = dict(cpu.cpu_s) | {"postgres": server_s}
         for name, used in per.items():
             emit(f"replicas_{tag}_cpu_us_{name}_c64", used / fast.completed * 1e6,
                  "us/negotiation")
@@ -144,7 +152,7 @@ def run(*, quick: bool) -> None:
                 with _setup(kind, root, server) as (consumer, replicas):
                     log(f"== replicas {kind}: {len(replicas)} provider replica(s)")
                     phases = asyncio.run(_phases(consumer, replicas, duration_s=duration_s,
-                                                 warmup_s=warmup_s))
+                                                 warmup_s=warmup_s, server_port=server.port))
                 rates[kind] = _emit(kind, phases)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
