@@ -59,6 +59,7 @@ from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.consumer import ConsumerService
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
+from connector.service.locks import KeyedLocks
 from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
 from connector.service.store import OutboxItem, Store
@@ -272,14 +273,15 @@ class Daemon:
         self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
                              self._initial_ack, fetch=self.client.get)
         self._opened.append(self.outbox.close)
+        shared = store.process_locks() if isinstance(store, PostgresStore) else None
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
-            did=s.did, dsp_base=s.dsp_base, clock=time.time)
+            did=s.did, dsp_base=s.dsp_base, clock=time.time, locks=KeyedLocks(shared))
         self.transfers = TransferService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
-            token_secret=data_token_secret(s.root))
+            token_secret=data_token_secret(s.root), locks=KeyedLocks(shared))
         self._observe_services()
         # Push: we receive at /push/{pid} as consumer, and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url)

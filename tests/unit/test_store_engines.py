@@ -269,3 +269,44 @@ async def test_every_replica_hears_of_a_committed_change(postgres_server: Postgr
     assert heard == [("n", "urn:n"), ("t", "urn:t"), ("n", "urn:last")]
     await a.close()
     await b.close()
+
+
+async def test_a_process_lock_holds_across_replicas(postgres_server: Postgres) -> None:
+    """Replica B cannot step process p while replica A holds it, steps another process
+    meanwhile, and gets p once A lets go; A's death lets go too (its connection drops)."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    order: list[str] = []
+
+    async def b_steps(key: str) -> None:
+        async with b.process_locks().hold(key):
+            order.append(f"b:{key}")
+
+    async with a.process_locks().hold("urn:p"):
+        waiting = asyncio.create_task(b_steps("urn:p"))
+        await b_steps("urn:q")  # another process is not held up
+        for _ in range(20):  # give B every chance to (wrongly) get p
+            await asyncio.sleep(0.01)
+        order.append("a:urn:p done")
+    await asyncio.wait_for(waiting, 30)
+    assert order == ["b:urn:q", "a:urn:p done", "b:urn:p"]
+
+    held = asyncio.Event()
+
+    async def a_dies_holding() -> None:
+        async with a.process_locks().hold("urn:r"):
+            held.set()
+            await asyncio.sleep(3600)
+
+    dying = asyncio.create_task(a_dies_holding())
+    await held.wait()
+    admin = await asyncpg.connect(dsn)  # A's session ends without unlocking: a SIGKILL
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks"
+                        " WHERE locktype = 'advisory'")
+    await admin.close()
+    await asyncio.wait_for(b_steps("urn:r"), 30)  # while A's step still "runs"
+    assert order[-1] == "b:urn:r" and not dying.done()
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+    await a.close()
+    await b.close()

@@ -71,7 +71,7 @@ class NegotiationService:
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, clock: Callable[[], float],
                  new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
-                 automatic: bool = True) -> None:
+                 automatic: bool = True, locks: KeyedLocks | None = None) -> None:
         self._store = store
         self.automatic = automatic  # False: only the operator (or a test script) acts
         self.listeners: list[Callable[[Negotiation, bool], None]] = []
@@ -82,7 +82,7 @@ class NegotiationService:
         self._clock = clock
         self._new_id = new_id
         self.watch: Watch[Negotiation] = Watch()
-        self._locks = KeyedLocks()
+        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
 
     # -- persistence with effects ------------------------------------------------------------
 

@@ -71,7 +71,8 @@ class TransferService:
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
                  new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
-                 automatic: bool = True, token_secret: bytes | None = None) -> None:
+                 automatic: bool = True, token_secret: bytes | None = None,
+                 locks: KeyedLocks | None = None) -> None:
         self._store = store
         self.automatic = automatic  # False: the provider does not start on its own
         # Derives refreshed data tokens; keep it across restarts (the daemon reads it from
@@ -87,7 +88,7 @@ class TransferService:
         self._clock = clock
         self._new_id = new_id
         self.watch: Watch[Transfer] = Watch()
-        self._locks = KeyedLocks()
+        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
         self._claims_for = claims_for
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
         self.completion_guard: Callable[[Transfer], str | None] | None = None

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -64,6 +65,8 @@ ORPHANS_PER_SWEEP = 500
 _NOW = "extract(epoch from clock_timestamp())"
 # The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
 CHANGES = "connector_changes"
+# A process lock another replica holds is tried again after this long (a step takes ms).
+LOCK_RETRY_S = 0.002
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -136,6 +139,8 @@ class PostgresStore:
         self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
+        self._dsn = ""
+        self._locks: AdvisoryLocks | None = None
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -151,6 +156,7 @@ class PostgresStore:
             await pool.close()
             raise
         store = cls(pool, audit)
+        store._dsn = dsn
         store._renewer = asyncio.create_task(store._renew_loop())
         try:
             store._listener = await asyncpg.connect(dsn)
@@ -167,6 +173,8 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
+        if self._locks is not None:
+            await self._locks.close()
         if self._listener is not None:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await self._listener.close()
@@ -180,6 +188,12 @@ class PostgresStore:
         if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
         await self._pool.close()
+
+    def process_locks(self) -> AdvisoryLocks:
+        """Per-process locks every replica sees (``service.locks.SharedLocks``)."""
+        if self._locks is None:
+            self._locks = AdvisoryLocks(self._dsn)
+        return self._locks
 
     async def probe(self, schema: int) -> tuple[str | None, int]:
         """(problem or None, outbox depth): the readiness check of the shared database."""
@@ -422,6 +436,42 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+class AdvisoryLocks:
+    """Session advisory locks keyed by a process id, on one connection of their own.
+
+    ``pg_try_advisory_lock`` never blocks the shared connection: a lock another replica holds
+    is tried again every LOCK_RETRY_S. A replica that dies drops its connection, and with it
+    its locks, at once (no lease to wait out).
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._use = asyncio.Lock()  # one command at a time on the connection
+
+    async def _run(self, sql: str, key: int) -> bool:
+        async with self._use:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+            return bool(await self._conn.fetchval(sql, key))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        while not await self._run("SELECT pg_try_advisory_lock($1)", number):
+            await asyncio.sleep(LOCK_RETRY_S)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._run("SELECT pg_advisory_unlock($1)", number)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._conn.close()
 
 
 def _notify(kind: str, id: str) -> Statement:
