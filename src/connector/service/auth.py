@@ -170,6 +170,8 @@ class Verifier:
     async def verify_async(self, authorization: str | None) -> Claims:
         """What the DSP routes call: ``verify`` here, and the jti claimed in a shared database;
         DCP mode overrides it with network IO."""
+        if self._claim is None:
+            return self.verify(authorization)
         verified, claims = self._verified(authorization)
         await self.claim_shared(claims.jti, claims.expires_at)
         return verified
