@@ -310,3 +310,13 @@ async def test_a_process_lock_holds_across_replicas(postgres_server: Postgres) -
     await asyncio.gather(dying, return_exceptions=True)
     await a.close()
     await b.close()
+
+
+async def test_the_readiness_probe_of_the_shared_database(postgres_server: Postgres) -> None:
+    store = await PostgresStore.open(await new_database(postgres_server))
+    await store.save_negotiation(_negotiation("urn:p"), expect_new=True, outbox=[
+        Outgoing(process_id="urn:p", url="https://c/1", audience="did:c", body=b"{}")])
+    assert await store.probe(latest("postgres")) == (None, 1)  # ready, one message queued
+    problem, _ = await store.probe(latest("postgres") + 1)
+    assert problem is not None and "needs" in problem  # a replica newer than the database
+    await store.close()

@@ -199,11 +199,11 @@ class PostgresStore:
         """(problem or None, outbox depth): the readiness check of the shared database."""
         try:
             async with self._pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
-                version = await schema_version(conn)
+                version = await conn.fetchval("SELECT max(version) FROM connector_schema")
                 depth = await conn.fetchval("SELECT count(*) FROM outbox")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             return f"the database does not answer: {type(exc).__name__}: {exc}", 0
-        if version < schema:
+        if (version or 0) < schema:
             return f"schema at version {version}, this code needs {schema}", int(depth)
         return None, int(depth)
 
