@@ -66,6 +66,12 @@ def _replicas(quick: bool) -> None:
     replicas.run(quick=quick)
 
 
+def _console(quick: bool) -> None:
+    from bench import console
+
+    console.run(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
@@ -75,6 +81,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "audit": _audit,
     "json_depth": _json_depth,
     "replicas": _replicas,
+    "console": _console,
 }
 
 

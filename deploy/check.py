@@ -35,9 +35,10 @@ from pathlib import Path
 
 import yaml
 
-from connector.demo import Participant, create_space, free_port
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the test harness: participants and free ports
+from tests.harness import Participant, create_space, free_port  # noqa: E402
+
 IMAGE = os.environ.get("IMAGE", "localhost/connector:dev")
 # helm v3, the newest release the Go module proxy serves that its maintainers approved.
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.21.4"

@@ -8,7 +8,9 @@ Used from the repository root (``tests``, ``bench`` and ``interop`` import it as
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import select
 import socket
 import subprocess
@@ -26,22 +28,47 @@ from connector.participant.trust import add_trusted_peer
 READY_TIMEOUT_S = 20.0
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are drawn below the ephemeral range: a port the kernel gave us for a moment (bind to 0)
+# is one it may give to any outgoing connection of a running daemon before ours binds it, which
+# made starts fail with "address already in use" on a busy machine.
+PORT_RANGE = (10000, max(10100, _ephemeral_low() - 2))
+_draw = random.SystemRandom()
+
+
+def _bindable(*ports: int) -> bool:
+    try:
+        with contextlib.ExitStack() as stack:
+            for port in ports:
+                sock = stack.enter_context(socket.socket())
+                sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    for _ in range(500):
+        port = _draw.randrange(*PORT_RANGE)
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free port")
 
 
 def free_port_pair() -> int:
     """A port p with p+1 also free (the management API listens on p+1)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
+    for _ in range(500):
+        port = _draw.randrange(*PORT_RANGE)
+        if _bindable(port, port + 1):
             return port
-        except OSError:
-            continue
     raise RuntimeError("no free pair of ports")
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from aiohttp import web
 
 from connector.adapters.http.credential_service import CS_PATH
-from connector.config import load_settings
+from connector.config import Settings, load_settings
 from connector.daemon import Daemon
 from connector.keys import load_any_signing_key
 from connector.signals import until_signalled
@@ -53,21 +53,19 @@ class DcpTckDaemon(Daemon):
     def __init__(self, root: Path, tck_origin: str, sts_secret: str) -> None:
         self._tck_origin = tck_origin
         self._sts_secret = sts_secret.encode()
-        super().__init__(load_settings(root))
+        # Plain HTTP on loopback: the TCK's client trusts no self-signed certificate.
+        super().__init__(load_settings(root), tls=False, dcp_transport=self._loopback_transport,
+                         extra_routes=self._add_fixtures)
 
-    def _dcp_transport(self) -> tuple[LoopbackHttp, HttpDidResolver]:
-        http = LoopbackHttp(self._client_ssl(), https_origins=[self._tck_origin])
-        return http, HttpDidResolver(http, [self._tck_origin],
-                                     cache_s=self.settings.did_cache_s, clock=time.time)
+    def _loopback_transport(self, settings: Settings, client_ssl: ssl.SSLContext
+                            ) -> tuple[LoopbackHttp, HttpDidResolver]:
+        http = LoopbackHttp(client_ssl, https_origins=[self._tck_origin])
+        return http, HttpDidResolver(http, [self._tck_origin], cache_s=settings.did_cache_s,
+                                     clock=time.time)
 
-    def _server_ssl(self) -> ssl.SSLContext | None:  # type: ignore[override]
-        return None  # plain HTTP on loopback: the TCK's client trusts no self-signed cert
-
-    def _public_app(self) -> web.Application:
-        app = super()._public_app()
+    def _add_fixtures(self, app: web.Application) -> None:
         app.router.add_post("/tck/sts/token", self._sts_token)
         app.router.add_post(f"{CS_PATH}/credentials", self._store_credentials)
-        return app
 
     async def _sts_token(self, request: web.Request) -> web.Response:
         return await sts_token(request, identity=self.identity,

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.adapters.http.client import PeerClient
-from connector.config import load_settings
+from connector.config import Settings, load_settings
 from connector.core.errors import AuthError
 from connector.daemon import Daemon
 from connector.service.auth import Identity, Verifier
@@ -127,15 +127,18 @@ class EdcPeerDaemon(Daemon):
                  ) -> None:
         self._wallet = wallet
         # EDC cannot be pinned in trust/: the management API finds it by its DSP base.
-        super().__init__(load_settings(root), unpinned_peers=edc_peers)
+        # Plain HTTP on loopback: EDC's JVM client trusts no self-signed certificate.
+        super().__init__(load_settings(root), unpinned_peers=edc_peers, tls=False,
+                         dcp_transport=self._loopback_transport)
         self.edc_peers = dict(edc_peers)  # participant id -> versioned DSP base
         if wallet is None:
             self._use_iam_mock()
 
-    def _dcp_transport(self) -> tuple[LoopbackHttp, HttpDidResolver]:
+    def _loopback_transport(self, settings: Settings, client_ssl: ssl.SSLContext
+                            ) -> tuple[LoopbackHttp, HttpDidResolver]:
         origins = [self._wallet] if self._wallet else []
-        http = LoopbackHttp(self._client_ssl(), https_origins=origins)
-        return http, HttpDidResolver(http, origins, cache_s=self.settings.did_cache_s,
+        http = LoopbackHttp(client_ssl, https_origins=origins)
+        return http, HttpDidResolver(http, origins, cache_s=settings.did_cache_s,
                                      clock=time.time)
 
     def _use_iam_mock(self) -> None:
@@ -147,9 +150,6 @@ class EdcPeerDaemon(Daemon):
                                         peers=self.folder.peers, leeway_s=s.clock_leeway_s,
                                         clock=time.time)
         self.client = PeerClient(self.identity, self._client_ssl())
-
-    def _server_ssl(self) -> ssl.SSLContext | None:  # type: ignore[override]
-        return None  # plain HTTP on loopback: EDC's JVM client trusts no self-signed cert
 
     def claims_for(self, did: str) -> Claims:
         # iam-mock: the data plane re-evaluates the agreement for its assignee (in DCP mode the

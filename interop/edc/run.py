@@ -186,7 +186,7 @@ def evidence_bundle(folder: Path, agreement: str, name: str) -> str:
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise Failed(f"audit {args[0]}: {done.stdout}{done.stderr}")
-    return done.stdout.strip()
+    return "\n      ".join(line.strip() for line in done.stdout.strip().splitlines())
 
 
 def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder: Path) -> None:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import hmac
 import logging
-import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -133,7 +132,10 @@ class StaticTokenVerifier(Verifier):
 
 class TckDaemon(Daemon):
     def __init__(self, root: Path, authorization: str) -> None:
-        super().__init__(load_settings(root))
+        # Plain HTTP on loopback: the TCK's client trusts no self-signed certificate. Not
+        # automatic: the TCK drives every step itself.
+        super().__init__(load_settings(root), tls=False, automatic=False,
+                         extra_routes=self._add_webhooks)
         s = self.settings
         self.verifier = StaticTokenVerifier(authorization, did=s.did, peers={},
                                             leeway_s=s.clock_leeway_s, clock=time.time)
@@ -141,25 +143,18 @@ class TckDaemon(Daemon):
                                   catalog=seeded_catalog(s.did, s.dsp_base))
         self._tasks_running: set[asyncio.Task[None]] = set()
 
-    def _server_ssl(self) -> ssl.SSLContext | None:  # type: ignore[override]
-        return None  # plain HTTP on loopback: the TCK's client trusts no self-signed cert
-
     async def _reload_loop(self) -> None:
         return None  # the seeded catalogue is fixed for the run
 
     async def start(self) -> None:
         await super().start()
-        self.negotiations.automatic = False
-        self.transfers.automatic = False
         self.negotiations.listeners.append(self._on_negotiation)
         self.transfers.listeners.append(self._on_transfer)
         await self._seed_agreements()
 
-    def _public_app(self) -> web.Application:
-        app = super()._public_app()
+    def _add_webhooks(self, app: web.Application) -> None:
         app.router.add_post("/tck/negotiations/requests", self._negotiation_webhook)
         app.router.add_post("/tck/transfers/requests", self._transfer_webhook)
-        return app
 
     async def _seed_agreements(self) -> None:
         now = time.time()

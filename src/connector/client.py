@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from connector import terminal
 from connector.config import Settings, load_settings
 from connector.core.errors import PeerError
 from connector.service.consumer import CopyCounter, complete_records, copy_mismatch
@@ -88,22 +89,50 @@ def _error_text(raw: bytes) -> str:
     return str(doc)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 async def catalog(m: Management, args: argparse.Namespace) -> int:
     doc = await m.call("GET", f"/api/catalog?provider={args.provider_url}")
+    if args.json:
+        terminal.print_json(doc)
+        return 0
     rows = []
-    for ds in doc.get("dataset", []) or []:
-        offers = ds.get("hasPolicy", [])
-        for offer in offers if isinstance(offers, list) else [offers]:
-            rows.append([ds.get("@id", ""), offer.get("@id", ""), ds.get("title", "")])
-    print(_table(rows, ["DATASET", "OFFER", "TITLE"]) if rows else "no offers for us")
+    for ds in _listed(doc.get("dataset")):
+        for offer in _listed(ds.get("hasPolicy")):
+            rows.append([ds.get("@id", ""), offer.get("@id", ""), ds.get("title", ""),
+                         policy_summary(offer)])
+    terminal.print_table(["DATASET", "OFFER", "TITLE", "CONSTRAINTS"], rows,
+                        empty="no offers for us: the provider shows only offers whose "
+                        "policy our pinned attributes satisfy; `connector negotiate URL "
+                        "DATASET` says which terms a dataset needs")
     return 0
+
+
+def _listed(value: Any) -> list[Any]:
+    """A JSON-LD value that may be one item, a list of them, or absent, as a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def policy_summary(policy: dict[str, Any]) -> str:
+    """An ODRL policy's permission constraints as ``left op right; ...`` (for a table)."""
+    parts = []
+    for rule in _listed(policy.get("permission")):
+        if not isinstance(rule, dict):
+            continue
+        for c in _listed(rule.get("constraint")):
+            if isinstance(c, dict) and "leftOperand" in c:
+                parts.append(f"{_term(c['leftOperand'])} {_term(c.get('operator'))} "
+                             f"{_term(c.get('rightOperand'))}")
+            elif isinstance(c, dict):
+                parts.append("(a logical constraint)")
+    return "; ".join(parts) or "none"
+
+
+def _term(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("@id", value.get("@value", value))
+    text = str(value)
+    return text.rsplit("/", 1)[-1].removeprefix("odrl:")
 
 
 async def negotiate(m: Management, args: argparse.Namespace) -> int:
@@ -115,29 +144,53 @@ async def negotiate(m: Management, args: argparse.Namespace) -> int:
     if record["state"] == "FINALIZED":
         print(record["agreementId"])
         return 0
-    print(f"negotiation {record['id']} {record['state']}: {record.get('reason') or 'timed out'}",
+    if record["state"] != "TERMINATED":
+        return await _unanswered(m, record, args.timeout)
+    print(f"negotiation {record['id']} {record['state']}: {record.get('reason')}",
           file=sys.stderr)
     return 1
 
 
-class Progress:
-    """Records, bytes, rate and ETA on stderr, at most twice a second."""
+async def _unanswered(m: Management, record: dict[str, Any], timeout: float) -> int:
+    """A negotiation the provider left unanswered: ended here (the provider is told), not
+    left waiting for ever, with what to look at."""
+    reason = f"no answer from the provider within {timeout:g} s"
+    try:
+        record = await m.call("POST", f"/api/negotiations/{record['id']}/terminate",
+                              {"reason": reason})
+    except PeerError:  # it ended meanwhile: say how
+        record = await m.call("GET", f"/api/negotiations/{record['id']}")
+    print(f"negotiation {record['id']} {record['state']}: {record.get('reason') or reason}; "
+          "check that the provider runs, that each side pins the other and that both use the "
+          "same [identity] mode (its log says what it refused; docs/troubleshooting.md)",
+          file=sys.stderr)
+    return 1
 
-    def __init__(self, total_bytes: int, already: int) -> None:
-        self.total, self.already = total_bytes, already
-        self.t0 = self.last = time.monotonic()
 
-    def __call__(self, records: int, size: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.5:
-            return
-        self.last = now
-        done = self.already + size
-        rate = size / max(now - self.t0, 1e-6)
-        eta = f"ETA {(self.total - done) / rate:.0f}s" if rate > 0 and self.total else ""
-        total = f"/{self.total / 1e6:.1f}" if self.total else ""
-        print(f"\r{records} records  {done / 1e6:.1f}{total} MB  {rate / 1e6:.1f} MB/s  {eta}",
-              end="", file=sys.stderr, flush=True)
+# Refusals a later run can get past: a data token that expired (the next run refreshes it
+# before pulling) and a transfer the provider suspended (it may resume it).
+_PASSING_REFUSALS = ("expired", "SUSPENDED")
+
+
+def retry_can_succeed(exc: PeerError) -> bool:
+    """Whether running the same command again may finish the copy: after a network cut or
+    a provider error, yes; after the provider refused the access for good (its policy
+    denies, e.g. the use count is exhausted; the agreement is revoked; the dataset's source
+    is gone), no."""
+    if exc.peer_status != 403:
+        return True
+    return any(word in exc.message for word in _PASSING_REFUSALS)
+
+
+async def _end(m: Management, tid: str, reason: str) -> int:
+    """Terminate a transfer the provider refuses for good, with its reason (the provider is
+    told too), and say so; no advice to run again."""
+    try:
+        record = await m.call("POST", f"/api/transfers/{tid}/terminate", {"reason": reason})
+    except PeerError:  # already ended on our side (e.g. the provider terminated it)
+        record = await m.call("GET", f"/api/transfers/{tid}")
+    print(f"\ntransfer {tid} {record['state']}: {reason}", file=sys.stderr)
+    return 1
 
 
 async def _open_or_resume(m: Management, args: argparse.Namespace, part: Path,
@@ -252,6 +305,7 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
     ``--out -`` writes to stdout, ``--out sqlite:///PATH#table`` into a table, ``--push`` has
     the provider push to this connector.
     """
+    args.agreement_id = await _agreement_id(m, args.agreement_id)
     if args.push:
         return await _pushed(m, args)
     if args.out == "-":
@@ -272,10 +326,15 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
               file=sys.stderr)
         summary = None
     try:
-        await m.download(f"/api/transfers/{tid}/data?offset={offset}", part, append=True,
-                         progress=Progress(summary["bytes"] if summary else 0,
-                                           part.stat().st_size))
+        with terminal.download_progress(summary["bytes"] if summary else None,
+                                       part.stat().st_size) as progress:
+            await m.download(f"/api/transfers/{tid}/data?offset={offset}", part,
+                             append=True, progress=progress)
     except PeerError as exc:
+        if not retry_can_succeed(exc):
+            part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return await _end(m, tid, exc.message)
         state = await m.call("GET", f"/api/transfers/{tid}")
         print(f"\ntransfer {tid} interrupted ({state['state']}"
               f"{': ' + state['reason'] if state.get('reason') else ''}): {exc.message}; "
@@ -295,17 +354,78 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
 
 
 async def status(m: Management, args: argparse.Namespace) -> int:
+    daemon = await m.call("GET", "/api/status")
     negs = await m.call("GET", "/api/negotiations")
-    print(_table([[n["id"], n["role"], n["state"], n["datasetId"], n.get("agreementId") or ""]
-                  for n in negs], ["NEGOTIATION", "ROLE", "STATE", "DATASET", "AGREEMENT"]))
     ags = await m.call("GET", "/api/agreements")
-    print()
-    print(_table([[a["id"], a["role"], a["datasetId"], a["assignee"]] for a in ags],
-                 ["AGREEMENT", "ROLE", "DATASET", "ASSIGNEE"]))
     trs = await m.call("GET", "/api/transfers")
-    print()
-    print(_table([[t["id"], t["role"], t["state"], t["agreementId"]] for t in trs],
-                 ["TRANSFER", "ROLE", "STATE", "AGREEMENT"]))
+    if args.json:
+        terminal.print_json({"daemon": daemon, "negotiations": negs, "agreements": ags,
+                            "transfers": trs})
+        return 0
+    print("\n".join(daemon_lines(daemon)))
+    short = terminal.short_id
+    terminal.print_table(
+        ["NEGOTIATION", "ROLE", "STATE", "DATASET", "AGREEMENT"],
+        [[short(n["id"]), n["role"], n["state"], n["datasetId"], short(n.get("agreementId") or "")]
+         for n in negs], title="negotiations")
+    terminal.print_table(
+        ["AGREEMENT", "ROLE", "DATASET", "ASSIGNEE", "REVOKED"],
+        [[short(a["id"]), a["role"], a["datasetId"], a["assignee"], a.get("revoked") or ""]
+         for a in ags], title="agreements")
+    terminal.print_table(
+        ["TRANSFER", "ROLE", "STATE", "AGREEMENT", "REASON"],
+        [[short(t["id"]), t["role"], t["state"], short(t["agreementId"]), t.get("reason") or ""]
+         for t in trs], title="transfers")
+    return 0
+
+
+def daemon_lines(daemon: dict[str, Any]) -> list[str]:
+    """The daemon's own lines atop ``connector status``."""
+    lines = [f"{daemon.get('name')} ({daemon.get('did')}), connector {daemon.get('version')}, "
+             f"identity {daemon.get('identityMode')}",
+             f"  public URL {daemon.get('publicUrl')}, management API "
+             f"{daemon.get('managementUrl')}"]
+    if daemon.get("restartNeeded"):
+        lines.append(f"  restart needed to apply: {', '.join(daemon['restartNeeded'])}")
+    for dataset, why in (daemon.get("unavailableDatasets") or {}).items():
+        lines.append(f"  dataset {dataset} is not offered: {why}")
+    return lines
+
+
+async def agreements(m: Management, args: argparse.Namespace) -> int:
+    """The agreements with their provider, policy, uses (provider side) and revocation."""
+    found = [await m.call("GET", f"/api/agreements/{a['id']}")
+             for a in await m.call("GET", "/api/agreements")]
+    if args.json:
+        terminal.print_json(found)
+        return 0
+    terminal.print_table(
+        ["AGREEMENT", "ROLE", "DATASET", "PROVIDER", "CONSUMER", "POLICY", "USES", "REVOKED"],
+        [[terminal.short_id(a["id"]), a["role"], a["datasetId"], a["assigner"], a["assignee"],
+          policy_summary(a.get("body") or {}),
+          "" if a.get("uses") is None else a["uses"], a.get("revoked") or "no"]
+         for a in found], empty="no agreements yet")
+    return 0
+
+
+async def _agreement_id(m: Management, given: str) -> str:
+    return terminal.match_id(given, [a["id"] for a in await m.call("GET", "/api/agreements")],
+                            "agreement")
+
+
+async def revoke(m: Management, args: argparse.Namespace) -> int:
+    aid = await _agreement_id(m, args.agreement_id)
+    done = await m.call("POST", f"/api/agreements/{aid}/revoke", {"reason": args.reason})
+    ended = done.get("terminated") or []
+    print(f"revoked {aid}; {len(ended)} open transfer(s) terminated")
+    return 0
+
+
+async def negotiation(m: Management, args: argparse.Namespace) -> int:
+    nid = terminal.match_id(args.id, [n["id"] for n in await m.call("GET", "/api/negotiations")],
+                           "negotiation")
+    record = await m.call("POST", f"/api/negotiations/{nid}/terminate", {"reason": args.reason})
+    print(f"negotiation {nid} {record['state']}")
     return 0
 
 
@@ -328,22 +448,32 @@ def timeline(kind: str, record: dict[str, Any]) -> list[str]:
 
 
 async def why(m: Management, args: argparse.Namespace) -> int:
-    """The timeline of a negotiation or transfer, with the trace of each policy decision."""
-    for kind, path in (("negotiation", "/api/negotiations/"), ("transfer", "/api/transfers/")):
-        try:
-            record = await m.call("GET", path + args.id)
-        except PeerError as exc:
-            if exc.peer_status == 404:
-                continue
-            raise
-        print("\n".join(timeline(kind, record)))
-        return 0
-    print(f"no negotiation or transfer {args.id!r} here", file=sys.stderr)
-    return 1
+    """The timeline of a negotiation or transfer, with the trace of each policy decision;
+    for an agreement, its negotiation's timeline and then each transfer's."""
+    negs = {n["id"]: n for n in await m.call("GET", "/api/negotiations")}
+    trs = {t["id"]: t for t in await m.call("GET", "/api/transfers")}
+    ags = {a["id"]: a for a in await m.call("GET", "/api/agreements")}
+    pid = terminal.match_id(args.id, [*negs, *trs, *ags], "negotiation, transfer or agreement")
+    if pid in ags:
+        agreement = await m.call("GET", f"/api/agreements/{pid}")
+        standing = (f"revoked: {agreement['revoked']}" if agreement.get("revoked")
+                    else "in force")
+        if agreement.get("uses") is not None:
+            standing += f", used {agreement['uses']} time(s)"
+        print(f"agreement {pid} ({agreement['role']}, {agreement['datasetId']}): {standing}")
+        print(f"  policy: {policy_summary(agreement.get('body') or {})}")
+        shown = [("negotiation", "/api/negotiations/", agreement["negotiationId"])]
+        shown += [("transfer", "/api/transfers/", t) for t in agreement.get("transfers", [])]
+    else:
+        kind = "negotiation" if pid in negs else "transfer"
+        shown = [(kind, f"/api/{kind}s/", pid)]
+    for kind, path, each in shown:
+        print("\n".join(timeline(kind, await m.call("GET", path + each))))
+    return 0
 
 
 COMMANDS = {"catalog": catalog, "negotiate": negotiate, "transfer": transfer, "status": status,
-            "why": why}
+            "why": why, "agreements": agreements, "revoke": revoke, "negotiation": negotiation}
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import ipaddress
 import json
 import logging
 import secrets
@@ -25,6 +26,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+import connector
 from connector import logs
 from connector.adapters.http.client import PeerClient, client_ssl_context
 from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
@@ -35,12 +37,17 @@ from connector.adapters.http.guard import GuardedHttp
 from connector.adapters.http.health import Health, OutboxWatch, StoreState
 from connector.adapters.http.management import ManagementApi
 from connector.adapters.http.metrics import Metrics
-from connector.adapters.http.push import Pusher, PushReceiver
+from connector.adapters.http.openapi import contract_log_from_env
+from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
+from connector.adapters.sources import missing_source
 from connector.adapters.storage import engine
 from connector.adapters.storage.engine import AnyStore
 from connector.adapters.storage.postgres import CLAIM_S, PostgresStore
 from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.console.facts import read_folder_view
+from connector.console.web import Console, ConsoleDeps
+from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
 from connector.core.errors import Area, ConfigError, ConnectorError
@@ -49,9 +56,10 @@ from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.lint import MISSING_SOURCE, check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
 from connector.participant.trust import Peer, load_trust
-from connector.registry.publisher import RegistryPublisher
+from connector.registry.publisher import RegistryPublisher, Signer
 from connector.registry.search import RegistrySearch, add_search_route
 from connector.registry.witness import WitnessSender
 from connector.service.audit import AuditTrail, StepAudit, audit_settings
@@ -83,6 +91,8 @@ class FolderState:
     datasets: dict[str, DatasetDecl]
     catalog: Catalog
     stamp: tuple[tuple[str, float], ...] = field(default=())
+    # Declared datasets not offered, with the reason (a missing source file).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def data_token_secret(root: Path) -> bytes:
@@ -94,36 +104,135 @@ def data_token_secret(root: Path) -> bytes:
     return path.read_bytes()
 
 
-def _stamp(root: Path) -> tuple[tuple[str, float], ...]:
+def _stamp(root: Path, datasets: Mapping[str, DatasetDecl] | None = None
+           ) -> tuple[tuple[str, float], ...]:
+    """What a change of the folder changes: the files of trust/, datasets/ and policies/,
+    and whether each dataset's source file is there (-1 when it is not)."""
     files = [p for d in ("trust", "datasets", "policies") for p in sorted((root / d).glob("*"))]
-    return tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+    sources = [d.source_path for d in (datasets or {}).values() if d.source_path is not None]
+    return (tuple((str(p), p.stat().st_mtime) for p in files if p.is_file())
+            + tuple((str(p), 0.0 if p.exists() else -1.0) for p in sources))
 
 
 def read_folder(settings: Settings,
                 on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
+    """The folder as the daemon serves it; a dataset whose source file is missing is kept
+    (a pull under an earlier agreement is refused with that reason) but not offered."""
     root = settings.root
     datasets = load_datasets(root)
+    declared = {d.id: d for d in datasets}
+    unavailable = {d.id: why for d in datasets
+                   if (why := missing_source(d.source_type, d.source_path)) is not None}
     policies = load_policies(root)
     catalog = Catalog.from_folder(
-        datasets, policies, participant_id=settings.did, dsp_base=settings.dsp_base,
+        [d for d in datasets if d.id not in unavailable], policies,
+        participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
         commits=policy_commits(root), on_decision=on_decision)
-    return FolderState(peers=load_trust(root), datasets={d.id: d for d in datasets},
-                       catalog=catalog, stamp=_stamp(root))
+    return FolderState(peers=load_trust(root), datasets=declared, catalog=catalog,
+                       stamp=_stamp(root, declared), unavailable=unavailable)
+
+
+# The connector.toml settings a running daemon follows; any other edit waits for a restart.
+LIVE_SETTINGS = frozenset({"signing_key", "signing_kid", "trusted_issuers",
+                           "required_credentials", "scope_alias", "status_cache_s",
+                           "allowed_hosts"})
+# Each setting by its table and key in connector.toml (docs/settings.md lists them all).
+SETTING_NAMES = {
+    "signing_key": "[signing] key", "signing_kid": "[signing] kid",
+    "trusted_issuers": "[identity] trusted_issuers",
+    "required_credentials": "[identity] required_credentials",
+    "scope_alias": "[identity] scope_alias", "status_cache_s": "[identity] status_cache_s",
+    "allowed_hosts": "[identity] allowed_hosts",
+    "registries": "[registry] urls", "identity_mode": "[identity] mode",
+    "host": "[server] host", "port": "[server] port", "tls_cert": "[server] tls_cert",
+    "tls_key": "[server] tls_key", "public_url": "[participant] url",
+    "name": "[participant] name", "did": "[participant] did",
+    "management_port": "[management] port", "management_token_file": "[management] token_file",
+    "database": "[storage] sqlite", "postgres_dsn_file": "[storage] postgres_dsn_file",
+    "token_ttl_s": "[signing] token_ttl_s",
+    "clock_leeway_s": "[signing] clock_leeway_s", "did_cache_s": "[identity] did_cache_s",
+    "tls_ca_files": "[identity] tls_ca_files", "log": "[log]", "health": "[health]",
+    "metrics_listen": "[metrics]", "metrics_explicit": "[metrics]",
+    "data_token_ttl_s": "[server] data_token_ttl_s",
+}
+# Fields that are no setting of their own (the folder; the raw tables the others come from).
+_NOT_SETTINGS = frozenset({"root", "extra"})
+
+
+def restart_needed(running: Settings, fresh: Settings) -> list[str]:
+    """The edited settings of ``fresh`` that the daemon started with ``running`` does not
+    follow until it restarts, by their names in connector.toml."""
+    names = [SETTING_NAMES.get(f.name, f.name) for f in dataclasses.fields(Settings)
+             if f.name not in LIVE_SETTINGS | _NOT_SETTINGS
+             and getattr(fresh, f.name) != getattr(running, f.name)]
+    return list(dict.fromkeys(names))
+
+
+def refused_edit(root: Path) -> str | None:
+    """Why an edit of the folder is not taken: the first problem ``connector policy check``
+    reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
+    source file is no reason: only that dataset goes unoffered."""
+    problems = [p for p in check_folder(root) if not p.message.startswith(MISSING_SOURCE)]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
+
+
+# How the DCP verifier reaches holders and did:web documents, from the settings and the client
+# TLS context: ``GuardedHttp`` and ``DidResolver`` unless an embedding passes its own.
+DcpTransport = Callable[[Settings, ssl.SSLContext], tuple[GuardedHttp, DidResolver]]
+
+
+def dcp_transport(settings: Settings, client_ssl: ssl.SSLContext) -> tuple[GuardedHttp,
+                                                                            DidResolver]:
+    """The production DCP transport: HTTPS to the hosts ``[identity]`` allows."""
+    http = GuardedHttp(client_ssl, allowed_hosts=settings.allowed_hosts)
+    return http, DidResolver(http, cache_s=settings.did_cache_s, clock=time.time)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Daemon:
     def __init__(self, settings: Settings, *,
-                 unpinned_peers: Mapping[str, str] | None = None) -> None:
-        """``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
-        trust/ (EDC under its test identity), which the management API addresses all the same."""
+                 unpinned_peers: Mapping[str, str] | None = None, tls: bool = True,
+                 automatic: bool = True, dcp_transport: DcpTransport = dcp_transport,
+                 extra_routes: Callable[[web.Application], None] | None = None) -> None:
+        """What an embedding (the interoperability profiles under ``interop/``) may set that
+        ``connector.toml`` cannot:
+
+        - ``unpinned_peers``: participant id -> DSP base of peers that cannot be pinned in
+          trust/ (EDC under its test identity), which the management API addresses all the same;
+        - ``tls=False``: the DSP listener speaks plain HTTP, on a loopback host only (a test
+          kit whose client trusts no self-signed certificate);
+        - ``automatic=False``: negotiations and transfers advance only when asked to (the
+          test kit drives each step);
+        - ``dcp_transport``: how the DCP verifier fetches (a loopback test kit's plain HTTP);
+        - ``extra_routes``: adds the embedding's own routes to the DSP listener's app.
+        """
         self.settings = settings
+        self._started_settings = settings  # what edits waiting for a restart are told from
+        self.restart_needed: list[str] = []
         self.unpinned_peers = dict(unpinned_peers or {})
+        if not tls and not is_loopback(settings.host):
+            raise ConfigError(f"plain HTTP is for a loopback listener, not {settings.host}")
+        self._tls = tls
+        self._automatic = automatic
+        self._extra_routes = extra_routes
         # [metrics]: None when switched off (then nothing is measured at all).
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
         self.folder = read_folder(settings, self._on_decision)
+        for dataset, why in self.folder.unavailable.items():
+            log.warning("dataset %s is not offered: %s", dataset, why)
         key = load_any_signing_key(settings.signing_key)
         self.dcp_mode = settings.identity_mode == "dcp"
         self.identity = Identity(did=settings.did, kid=settings.signing_kid, key=key,
@@ -136,7 +245,7 @@ class Daemon:
         self.verifier: Verifier = Verifier(did=settings.did, peers=self.folder.peers,
                                            leeway_s=settings.clock_leeway_s, clock=time.time)
         self.credential_service: CredentialService | None = None
-        self.dcp_http = GuardedHttp(self._client_ssl(), allowed_hosts=settings.allowed_hosts)
+        self.dcp_http, self._did_resolver = dcp_transport(settings, self._client_ssl())
         if self.dcp_mode:
             self._wire_dcp()
         self.client = PeerClient(self.identity, self._client_ssl(),
@@ -164,21 +273,50 @@ class Daemon:
 
     def _management_api(self) -> ManagementApi:
         consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
-                                   unpinned=self.unpinned_peers)
+                                   unpinned=self.unpinned_peers,
+                                   explain_hidden=self.client.dataset_refusal)
         return ManagementApi(token=self.settings.management_token(), store=self.store,
                              negotiations=self.negotiations, transfers=self.transfers,
-                             client=self.client, consumer=consumer, push=self.push_receiver)
+                             client=self.client, consumer=consumer, push=self.push_receiver,
+                             status=self.status_view)
 
-    def _dcp_transport(self) -> tuple[GuardedHttp, DidResolver]:
-        """The HTTP and did:web resolution of the DCP verifier (test profiles swap them)."""
-        return self.dcp_http, DidResolver(self.dcp_http, cache_s=self.settings.did_cache_s,
-                                          clock=time.time)
+    def status_view(self) -> dict[str, Any]:
+        """What ``connector status`` says about the daemon itself."""
+        started = self._started_settings
+        return {"version": connector.__version__, "name": started.name, "did": started.did,
+                "publicUrl": started.public_url, "managementUrl": started.management_url,
+                "identityMode": started.identity_mode, "restartNeeded": self.restart_needed,
+                "unavailableDatasets": self.folder.unavailable}
+
+    def _console(self, search: RegistrySearch) -> Console:
+        """The data steward's console over the same services as the management API."""
+        s = self.settings
+        consumer = ConsumerService(self.client.catalog, lambda: self.folder.peers,
+                                   unpinned=self.unpinned_peers)
+        return Console(ConsoleDeps(
+            token=s.management_token(), store=self.store, negotiations=self.negotiations,
+            transfers=self.transfers, consumer=consumer, client=self.client,
+            search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
+            audit_enabled=self.audit_settings.enabled,
+            warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
+            refused_tokens=self._refused_tokens,
+            folder=lambda: read_folder_view(
+                s.root, did=s.did, signing_kid=self.identity.kid,
+                peers=self.folder.peers.values(), datasets=self.folder.datasets.values())))
+
+    def _refused_tokens(self) -> dict[str, int]:
+        """Callers' tokens refused since the start, by reason (from the metrics)."""
+        if self.metrics is None:
+            return {}
+        return {sample.labels["reason"]: int(sample.value)
+                for metric in self.metrics.tokens_refused.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total") and sample.value}
 
     def _wire_dcp(self) -> None:
         s = self.settings
-        self.dcp_http, resolver = self._dcp_transport()
         verifier = DcpVerifier(
-            identity=self.identity, resolver=resolver, http=self.dcp_http,
+            identity=self.identity, resolver=self._did_resolver, http=self.dcp_http,
             trusted_issuers=s.trusted_issuers, required_types=s.required_credentials,
             leeway_s=s.clock_leeway_s, status_cache_s=s.status_cache_s, clock=time.time,
             scope_alias=s.scope_alias)
@@ -222,12 +360,27 @@ class Daemon:
         self.did_document.update(document)  # served as is by the DSP routes
         if fresh.signing_kid != self.identity.kid:
             self.identity.reload(kid=fresh.signing_kid, key=key)
+            self.publisher.use_signer(Signer(did=fresh.did, kid=fresh.signing_kid, key=key))
             log.info("signing with %s from now on", fresh.signing_kid)
         if self.trail is not None:
             self.trail.reload_key(kid=fresh.signing_kid, key=key)
             self._audit_reload("keys", {"keys": self._own_keys_jwks(),
                                         "signing": fresh.signing_kid})
         self._reload_identity(fresh)
+        self._note_restart_needed(fresh)
+
+    def _note_restart_needed(self, fresh: Settings) -> None:
+        """Log once which edited settings wait for a restart (``connector status`` shows
+        them too); the running daemon keeps the values it started with."""
+        pending = restart_needed(self._started_settings, fresh)
+        if pending == self.restart_needed:
+            return
+        self.restart_needed = pending
+        if pending:
+            log.warning("connector.toml: %s changed; restart the daemon to apply it (it runs "
+                        "with the previous value until then)", ", ".join(pending))
+        else:
+            log.info("connector.toml: no edit waits for a restart any more")
 
     def _reload_identity(self, fresh: Settings) -> None:
         """Follow edits of ``[identity]``: trusted issuers, required credentials, scope alias,
@@ -236,9 +389,6 @@ class Daemon:
                 "allowed_hosts")
         old = self.settings
         if all(getattr(fresh, k) == getattr(old, k) for k in keys):
-            if fresh.identity_mode != old.identity_mode:
-                log.warning("[identity] mode changed to %r: restart the daemon to apply it",
-                            fresh.identity_mode)
             return
         self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
         self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)
@@ -276,22 +426,31 @@ class Daemon:
         shared = store.process_locks() if isinstance(store, PostgresStore) else None
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
-            did=s.did, dsp_base=s.dsp_base, clock=time.time, locks=KeyedLocks(shared))
+            did=s.did, dsp_base=s.dsp_base, clock=time.time, automatic=self._automatic,
+            locks=KeyedLocks(shared))
+        # Push: we receive at /push/{pid} as consumer; a pushed copy completes once verified.
+        pushed = PushedCopies()
         self.transfers = TransferService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
-            token_secret=data_token_secret(s.root), locks=KeyedLocks(shared))
+            token_secret=data_token_secret(s.root), automatic=self._automatic,
+            completion_guard=pushed.completion_problem, locks=KeyedLocks(shared))
         self._observe_services()
-        # Push: we receive at /push/{pid} as consumer, and push as provider.
-        self.push_receiver = PushReceiver(self.transfers, s.public_url)
+        # ... and push as provider.
+        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
                              trail=self.trail)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
-        await self._serve(self._public_app(), s.host, s.port, self._server_ssl())
+        await self._serve(self._public_app(), s.host, s.port,
+                          self._server_ssl() if self._tls else None)
         app = self._management_api().app()
-        add_search_route(app, RegistrySearch.from_settings(s, session=self.client.session))
+        search = RegistrySearch.from_settings(s, session=self.client.session)
+        add_search_route(app, search)
+        mount_console(app, self._console(search))  # /console: connector/console/
+        if (contract := contract_log_from_env()) is not None:  # adapters/http/openapi.py
+            app.middlewares.insert(0, contract)
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
@@ -299,7 +458,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._orphan_loop(store)))
             store.on_change = self._changed_elsewhere
         self._tasks.append(asyncio.create_task(self.health.run()))
-        # DESIGN §Publish: the catalogue's metadata goes to the registries on start and on
+        # README §Registry: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
         self.publisher = RegistryPublisher.from_settings(
             s, session=self.client.session, catalog=lambda: self.folder.catalog,
@@ -343,8 +502,8 @@ class Daemon:
             return
         try:
             await self.trail.checkpoint()
-        except ConnectorError as exc:
-            log.error("cannot write the last audit checkpoint: %s", exc.message)
+        except Exception as exc:  # the store failed: stop anyway, and say so
+            log.error("cannot write the last audit checkpoint: %s", exc)
 
     def _own_keys_jwks(self) -> dict[str, dict[str, Any]]:
         return document_keys(self.did_document, self.settings.did)
@@ -373,6 +532,8 @@ class Daemon:
                   on_served=self.metrics.served if self.metrics else None,
                   trail=self.trail).register(app)
         self.push_receiver.register(app)
+        if self._extra_routes is not None:
+            self._extra_routes(app)
         return app
 
     def _server_ssl(self) -> ssl.SSLContext:
@@ -407,17 +568,25 @@ class Daemon:
             log.warning("ignoring the peer's answer to %s: %s", item.url, exc.message)
 
     async def _reload_loop(self) -> None:
+        refused: tuple[tuple[str, float], ...] = ()  # the folder as last refused
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
             self._reload_config()
-            try:
-                if _stamp(self.settings.root) == self.folder.stamp:
-                    continue
-                fresh = read_folder(self.settings, self._on_decision)
-            except (ConnectorError, OSError) as exc:
-                log.error("folder changed but cannot be loaded; keeping the previous "
-                          "version: %s", exc)
+            stamp = _stamp(self.settings.root, self.folder.datasets)
+            if stamp in (self.folder.stamp, refused):
                 continue
+            try:  # the daemon takes what `connector policy check` passes, nothing less
+                reason = refused_edit(self.settings.root)
+                fresh = read_folder(self.settings, self._on_decision) if reason is None else None
+            except (ConnectorError, OSError) as exc:
+                reason, fresh = str(exc), None
+            if fresh is None:
+                refused = stamp  # one warning per change, not one per second
+                log.warning("folder edit not applied, the previous version stays in force: "
+                            "%s; run `connector policy check`", reason)
+                continue
+            refused = ()
+            self._log_unavailable(fresh)
             self.folder = fresh
             self._audit_reload("folder", {"policies": self._policy_versions(),
                                           "trust": sorted(fresh.peers)})
@@ -458,6 +627,16 @@ class Daemon:
             if orphans:
                 log.info("sending %d message(s) a stopped replica left", len(orphans))
                 self.outbox.submit(orphans)
+
+    def _log_unavailable(self, fresh: FolderState) -> None:
+        """A WARNING for each dataset that stops being offered, an INFO for each that is
+        offered again."""
+        for dataset, why in fresh.unavailable.items():
+            if self.folder.unavailable.get(dataset) != why:
+                log.warning("dataset %s is not offered: %s", dataset, why)
+        for dataset in self.folder.unavailable.keys() - fresh.unavailable.keys():
+            if dataset in fresh.datasets:
+                log.info("dataset %s is offered again: its source is back", dataset)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -521,7 +700,7 @@ class Daemon:
     def _public_middlewares(self) -> list[Middleware]:
         if self.metrics is None:
             return [error_middleware]
-        return [self.metrics.dsp_middleware, error_middleware, self.metrics.refusal_middleware]
+        return [self.metrics.dsp_middleware, error_middleware]
 
     async def drain(self) -> None:
         """SIGTERM: ready answers 503 for [health] drain_s; ``stop`` then lets in-flight

@@ -22,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s = dsub.add_parser("status", help="the engine, and the applied and latest migrations")
     u = dsub.add_parser("upgrade", help="apply the missing migrations")
     b = dsub.add_parser("backup", help="copy the SQLite state to FILE (PostgreSQL: pg_dump)")
-    b.add_argument("file", type=Path)
+    b.add_argument("file", type=Path, help="the new file to write (must not exist)")
     for q in (s, u, b):
         q.add_argument("--dir", type=Path, default=Path("."),
                        help="participant folder (default: .)")

@@ -3,9 +3,10 @@
 A provider and a consumer (``connector run`` processes, HTTPS on loopback, SQLite files in
 their folders) are driven through the consumer's management API the way ``connector
 negotiate`` and ``connector transfer`` drive it, by several jobs at once. Meanwhile a killer,
-following a schedule drawn from the seed, SIGKILLs one daemon or both at random moments and
-restarts it in the same folder on the same ports. After the work stops and the outboxes have
-drained, both databases are compared.
+following a schedule drawn from the seed, SIGKILLs one daemon or both at random moments (some
+right after a restart, while the daemon re-sends its outbox) and restarts it in the same folder
+on the same ports. After the work stops and the outboxes have drained, both databases are
+compared.
 
 **Acknowledged**, and what is expected of it:
 

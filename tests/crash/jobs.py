@@ -207,11 +207,15 @@ class Driver:
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def run(self, job: Job, work: Path) -> None:
+        """The whole job; a copy that verified and completed is deleted (a soak makes
+        thousands), one that did not stays for the post-mortem."""
+        copy = work / f"job-{job.number}.jsonl"
         try:
             await self.negotiate(job)
             await self.open_transfer(job)
-            await self.pull(job, work / f"job-{job.number}.jsonl")
+            await self.pull(job, copy)
             await self.complete(job)
+            copy.unlink()
         except (JobFailed, PeerError) as exc:
             job.problem = str(exc)
 

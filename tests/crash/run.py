@@ -50,6 +50,9 @@ class Plan:
     kills: int | None = 3  # stop after this many kill cycles (None: until ``seconds``)
     seconds: float | None = None  # start jobs and kill for this long (long form)
     kill_gap_s: tuple[float, float] = (1.0, 3.0)  # between a restart and the next kill
+    # This share of kills comes right after a restart, while the daemon re-sends its outbox.
+    early_kills: float = 0.2
+    early_gap_s: tuple[float, float] = (0.05, 0.4)
     down_s: tuple[float, float] = (0.1, 1.2)  # how long a killed daemon stays down
     drain_s: float = 90.0  # jobs and outboxes must settle within this after the work stops
 
@@ -127,7 +130,9 @@ class CrashRun:
                               weights=[4, 4, 1])[0]
         if self.first_victims:
             victims = (self.first_victims.pop(0),)
-        return Kill(at=rng.uniform(*self.plan.kill_gap_s), victims=victims,
+        gap = self.plan.early_gap_s if rng.random() < self.plan.early_kills else (
+            self.plan.kill_gap_s)
+        return Kill(at=rng.uniform(*gap), victims=victims,
                     down=rng.uniform(*self.plan.down_s))
 
     def _kills_left(self) -> bool:

@@ -6,8 +6,10 @@ but the file, and each fails once its policy text, a peer token or an entry is a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,9 @@ from typing import Any
 import pytest
 
 from connector.client import Management
+from connector.config import load_settings
 from tests.e2e.conftest import Space
+from tests.harness import create_space, running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -80,8 +84,10 @@ async def test_both_sides_export_bundles_that_verify_offline_and_catch_tampering
     # provider signed (its token over the ContractAgreementMessage).
     provider, consumer = bundles["provider"], bundles["consumer"]
     assert evidence_of(provider, "policy")
-    kinds = {json.loads(e["body"])["kind"] for e in consumer["entries"] if e["body"]}
-    assert {"agreement", "dsp.in", "dsp.out", "negotiation"} <= kinds
+    steps = [json.loads(e["body"])["data"] for e in consumer["entries"] if e["body"]]
+    received = [d["in"]["type"] for d in steps if "in" in d]
+    assert "ContractAgreementMessage" in received
+    assert any(isinstance(d.get("agreement"), dict) for d in steps)
 
     def policy(b: dict[str, Any]) -> None:
         text = evidence_of(b, "policy")
@@ -119,11 +125,58 @@ async def test_show_tells_an_agreement_s_story_in_order(
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     kinds = [line.split()[2] for line in lines]
-    assert kinds.index("dsp.in") < kinds.index("agreement") < kinds.index("data.access")
-    assert "ContractRequestMessage from" in shown.stdout and " bound" in shown.stdout
-    assert kinds.index("data.access") < kinds.index("data.sent")
+    made = next(i for i, line in enumerate(lines) if f"agreement {agreement} (" in line)
+    asked = next(i for i, line in enumerate(lines) if "received ContractRequestMessage" in line)
+    assert asked <= made < kinds.index("data.access") < kinds.index("data.sent")
+    assert "(bound)" in lines[asked]
     seqs = [int(line.split()[0]) for line in lines]
     assert seqs == sorted(seqs)
+    # Catalogue answers: to whom, which offers (the management API fetched one per
+    # negotiation), found by the peer's DID.
+    consumer_did = load_settings(space.consumer.dir).did
+    answers = space.provider.cli("audit", "show", consumer_did)
+    assert answers.returncode == 0, answers.stderr
+    assert "catalog" in answers.stdout and "urn:offer:example-weather" in answers.stdout
+    # The daemon announced its keys (the key history) and what it started with.
+    with sqlite3.connect(load_settings(space.provider.dir).database) as conn:
+        kinds = {k for (k,) in conn.execute(
+            "SELECT DISTINCT json_extract(body, '$.kind') FROM audit_entries")}
+    assert {"keys", "start", "catalog", "negotiation", "transfer", "data.access"} <= kinds
     # No record content, no token in the trail: the dataset's records never appear.
     sample = (space.provider.dir / "data" / "example.jsonl").read_text().splitlines()[0]
     assert sample not in shown.stdout
+
+
+async def test_a_step_whose_entry_cannot_be_written_does_not_happen(tmp_path: Path) -> None:
+    """The provider's audit table cannot be written (moved away under the running daemon, as
+    a full or read-only store would refuse it): the consumer's request is refused with 503
+    and nothing is stored; once the table is back, the consumer's retry goes through and the
+    chain is intact."""
+    provider, consumer = create_space(tmp_path)
+    db = load_settings(provider.dir).database
+    with running([provider, consumer]):
+        api = Management(load_settings(consumer.dir))
+        try:
+            with sqlite3.connect(db) as conn:
+                conn.execute("ALTER TABLE audit_entries RENAME TO audit_entries_away")
+            record = await api.call("POST", "/api/negotiations",
+                                    {"provider": provider.url, "datasetId": "example-weather"})
+            log = provider.dir / "state" / "daemon.log"
+            # Poll for the 503 line itself: the catalogue answer's entry, written behind,
+            # fails with the same words first and must not end the wait.
+            refused = "-> 503 audit: refused: the step and its audit entry could not be written"
+            for _ in range(400):
+                if refused in log.read_text():
+                    break
+                await asyncio.sleep(0.05)
+            text = log.read_text()
+            assert refused in text, text[-2000:]
+            with sqlite3.connect(db) as conn:
+                assert conn.execute("SELECT count(*) FROM negotiations").fetchone()[0] == 0
+                conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
+            done = await api.call("GET", f"/api/negotiations/{record['id']}?wait=20")
+            assert done["state"] == "FINALIZED", done  # the outbox retried the 503
+        finally:
+            await api.close()
+        verified = provider.cli("audit", "verify")
+        assert verified.returncode == 0 and "audit trail ok" in verified.stdout, verified.stdout

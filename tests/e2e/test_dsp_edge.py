@@ -262,7 +262,8 @@ def _forged_key() -> Ed25519PrivateKey:
 
 
 @pytest.mark.parametrize("attack", ["missing", "garbage", "forged", "expired", "future",
-                                    "wrong-audience", "replayed"])
+                                    "wrong-audience", "replayed", "other-body",
+                                    "unbound"])
 async def test_bad_tokens_are_404_and_persist_nothing(http: aiohttp.ClientSession,
                                                       callbacks: Space, attack: str) -> None:
     s = callbacks
@@ -277,6 +278,10 @@ async def test_bad_tokens_are_404_and_persist_nothing(http: aiohttp.ClientSessio
         "expired": m.token(s.provider_did, now=now - 3600, ttl=60),
         "future": m.token(s.provider_did, now=now + 3600),
         "wrong-audience": m.token("did:web:someone-else"),
+        # Bound to another message body, or to none (a pinned peer must bind it): a plain str
+        # is sent as it is, not signed again for the body (``bound``).
+        "other-body": m.token(s.provider_did).for_body(b'{"@type": "another message"}'),
+        "unbound": m.token(s.provider_did)[:],
     }
     if attack == "replayed":
         token = m.token(s.provider_did)

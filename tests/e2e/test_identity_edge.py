@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from connector.client import Management
 from connector.config import load_settings
 from connector.core import credentials as vc
 from connector.core import dcp as dcp_messages
+from connector.core.audit import parse_checkpoint
 from connector.core.binding import DSP_PATH
 from connector.core.errors import PeerError
 from connector.core.identity import (
@@ -51,6 +53,7 @@ from connector.core.identity import (
 from connector.core.messages import DSP_CONTEXT
 from connector.participant import credentials
 from connector.participant.init import init_folder
+from connector.participant.keys import retire_signing_key
 from connector.participant.trust import add_trusted_peer
 from tests.harness import Participant, create_space, free_port, free_port_pair, start, stop
 from tests.unit.test_rotation import _assert_no_key_material
@@ -472,6 +475,9 @@ def _pinned_space(root: Path, consumers: int) -> tuple[Participant, list[Partici
 async def test_provider_rotates_while_consumers_negotiate(
         tmp_path: Path) -> None:
     provider, consumers = _pinned_space(tmp_path, 3)
+    with (provider.dir / "connector.toml").open("a") as f:  # checkpoints under either key
+        f.write("\n[audit]\ncheckpoint_entries = 20\n")
+    old_kid = load_settings(provider.dir).signing_kid
     start(provider)
     for c in consumers:
         start(c)
@@ -526,3 +532,12 @@ async def test_provider_rotates_while_consumers_negotiate(
     for c in consumers:
         log = (c.dir / "state" / "daemon.log").read_text()
         assert "unauthorized" not in log and "-> 404" not in log, log[-2000:]
+    # The provider's audit checkpoints, signed under both keys, still verify once the old key
+    # is retired (gone from did.json): the chain announced it while it signed.
+    retire_signing_key(provider.dir, old_kid, now=time.time() + 10_000)
+    with sqlite3.connect(load_settings(provider.dir).database) as conn:
+        kids = {parse_checkpoint(jws).kid for (jws,) in conn.execute(
+            "SELECT jws FROM audit_checkpoints")}
+    assert old_kid in kids and new_kid in kids, kids
+    verified = provider.cli("audit", "verify")
+    assert verified.returncode == 0 and "audit trail ok" in verified.stdout, verified.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import ssl
 import urllib.error
@@ -72,13 +73,14 @@ def negotiate_and_pull(space: Observed, out: Path) -> str:
     return agreement
 
 
-def dsp_post(space: Observed, path: str, authorization: str | None) -> int:
+def dsp_post(space: Observed, path: str, authorization: str | None, *,
+             base: str = DSP_PATH) -> int:
     """POST an empty JSON body to the provider's DSP ``path``; the HTTP status."""
     tls = ssl.create_default_context(cafile=str(space.provider.dir / "tls" / "cert.pem"))
     headers = {"Content-Type": "application/json"}
     if authorization is not None:
         headers["Authorization"] = authorization
-    request = urllib.request.Request(space.provider.url + DSP_PATH + path, data=b"{}",
+    request = urllib.request.Request(space.provider.url + base + path, data=b"{}",
                                      headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10, context=tls) as resp:
@@ -97,6 +99,7 @@ def test_prometheus_reads_back_negotiation_transfer_and_refusal_counters(
         negotiate_and_pull(observed, tmp_path / "copy.jsonl")
         assert dsp_post(observed, "/negotiations/request", None) == 404
         assert dsp_post(observed, "/negotiations/request", "Bearer not.a.token") == 404
+        assert dsp_post(observed, "/push/urn:uuid:0", "Bearer guess", base="") == 401
 
         def at_least(expr: str, value: float) -> None:
             prom.wait_for(expr, value)
@@ -132,6 +135,8 @@ def test_prometheus_reads_back_negotiation_transfer_and_refusal_counters(
                  f'reason="missing"}}', 1)
         at_least(f'connector_token_verifications_refused_total{{job="{provider}",'
                  f'reason="malformed"}}', 1)
+        at_least(f'connector_token_verifications_refused_total{{job="{provider}",'
+                 f'reason="push_token"}}', 1)
         at_least(f'connector_dsp_messages_received_total{{job="{provider}",'
                  f'type="ContractRequestMessage",status="404"}}', 2)
         at_least(f'sum(connector_storage_seconds_count{{job="{provider}",'
@@ -180,3 +185,17 @@ def test_metrics_hold_no_process_id_token_or_key_path(observed: Observed,
         assert leaked == [], f"{participant.name} exposes {leaked}"
         assert not re.search(r"urn:uuid|Bearer|eyJ", text)
         assert "keys/" not in text and str(participant.dir) not in text
+
+
+def test_a_configured_metrics_port_that_is_taken_stops_the_start(tmp_path: Path) -> None:
+    provider, _ = create_space(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (provider.dir / "connector.toml").open("a") as f:
+            f.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        with pytest.raises(RuntimeError, match="did not start"):
+            start(provider)
+    log = (provider.dir / "state" / "daemon.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in log

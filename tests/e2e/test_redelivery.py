@@ -63,6 +63,28 @@ async def test_a_repeated_initial_request_gets_the_same_negotiation(
     assert [n["id"] for n in theirs] == [acks[0]["providerPid"]]
 
 
+async def test_a_repeated_initial_offer_gets_the_same_negotiation(
+        http: aiohttp.ClientSession, callbacks: Space) -> None:
+    """The provider-initiated opening (POST /negotiations/offers), sent twice: the daemon,
+    consumer here, holds one negotiation for the provider's pid."""
+    s, peer = callbacks, callbacks.members
+    provider_pid = f"urn:uuid:{uuid.uuid4()}"
+    body = {"@context": CTX, "@type": "ContractOfferMessage", "providerPid": provider_pid,
+            "offer": {"@id": "urn:offer:theirs", "@type": "Offer", "target": "their-data",
+                      "permission": [{"action": "use"}]},
+            "callbackAddress": peer.callback}
+    acks = []
+    for _ in range(2):
+        status, ack = await call(http, "POST", f"{s.base}/negotiations/offers", body,
+                                 peer.token(s.provider_did))
+        assert status == 201, ack
+        acks.append(ack)
+    assert acks[0]["consumerPid"] == acks[1]["consumerPid"]
+    assert acks[1]["providerPid"] == provider_pid and acks[1]["state"] == "OFFERED"
+    ours = await provider_negotiations(http, s, acks[0]["consumerPid"])
+    assert [n["providerPid"] for n in ours] == [provider_pid]
+
+
 async def test_a_repeated_verification_after_finalized_is_200(
         http: aiohttp.ClientSession, callbacks: Space) -> None:
     s, peer = callbacks, callbacks.members

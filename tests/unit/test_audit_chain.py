@@ -124,12 +124,25 @@ def test_a_rewritten_and_re_signed_chain_passes_alone_but_not_the_witness() -> N
     witnessed = [(e.seq, e.hash) for e in original if e.seq % 4 == 0]
     rewritten = chain_events(1, GENESIS, [*events(5), *events(5, kind="rewritten")])
     assert verify(rewritten, signed(rewritten)) == (None, "")  # the owner's key re-signed it
-    assert witness_problem(original, witnessed) == (None, "")
-    seq, problem = witness_problem(rewritten, witnessed)
+
+    def against_witness(entries: list[Entry]) -> tuple[int | None, str]:
+        report = verify_chain(entries, [], did=DID, document=DOC,
+                              keep={seq for seq, _ in witnessed})
+        assert report.ok, report.problem
+        return witness_problem(report, witnessed)
+
+    assert against_witness(original) == (None, "")
+    seq, problem = against_witness(rewritten)
     assert seq == 8 and "differs from what the witness saw (history rewritten after entry 4)" \
         in problem
-    seq, problem = witness_problem(original[:6], witnessed)
+    seq, problem = against_witness(original[:6])
     assert seq == 8 and "missing" in problem
+
+
+def test_entries_are_verified_as_a_stream() -> None:
+    entries = chain_events(1, GENESIS, events(10))
+    report = verify_chain(iter(entries), signed(entries), did=DID, document=DOC)
+    assert report.ok and (report.entries, report.first_seq, report.last_seq) == (10, 1, 10)
 
 
 def test_rotated_out_keys_verify_old_checkpoints_through_the_chain_s_key_history() -> None:

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from connector import cli
+from connector.adapters.storage import audit_file
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.config import Settings, load_settings
 from connector.core.audit import sign_checkpoint
@@ -109,17 +111,24 @@ async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
     await folder.store.save_negotiation(negotiation("n1", NegotiationState.FINALIZED),
                                         outbox=[out], agreement=agreement, expect_new=True)
     with sqlite3.connect(folder.db) as conn:
-        kinds = [r[0] for r in conn.execute(
-            "SELECT json_extract(body, '$.kind') FROM audit_entries ORDER BY seq")]
-        evidence = dict(conn.execute("SELECT kind, content FROM audit_evidence"))
-        refs = {r[0] for r in conn.execute("SELECT ref FROM audit_refs")}
-    assert kinds == ["dsp.in", "negotiation", "agreement", "dsp.out"]
+        (body, *refs), = conn.execute("SELECT body, ref1, ref2 FROM audit_entries")
+    evidence = {kind: content for kind, content in audit_file.read_evidence(
+        folder.db, [1], ["f" * 64]).values()}
+    entry = json.loads(body)  # one entry for the step, its parts in sections
+    assert entry["kind"] == "negotiation" and entry["data"]["state"] == "FINALIZED"
+    assert entry["data"]["in"] == {
+        "type": "ContractRequestMessage", "peer": PEER, "tokenId": "jti-1", "bound": True,
+        "tokenDigest": hashlib.sha256(token.encode()).hexdigest(), "kept": True,
+        "bodyDigest": hashlib.sha256(evidence["body"]).hexdigest()}
+    assert entry["data"]["agreement"]["policyHash"] == "f" * 64
+    assert entry["data"]["out"][0]["type"] == "ContractAgreementMessage"
     assert evidence["token"] == token.encode() and b"ContractRequestMessage" in evidence["body"]
-    assert {"n1", "a1"} <= refs
+    assert refs == ["n1", "a1"]
     # Once consumed, the same inbound message is not recorded again by a second step.
     await folder.store.save_negotiation(negotiation("n1", steps=2))
     with sqlite3.connect(folder.db) as conn:
-        assert conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0] == 5
+        (second,), = conn.execute("SELECT body FROM audit_entries WHERE seq = 2")
+    assert "in" not in json.loads(second)["data"]
 
 
 async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
@@ -129,6 +138,8 @@ async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
     await folder.trail.checkpoint()
     code, out = verify(folder, capsys)
     assert code == 0 and "50 entries" in out and "signed through entry 50" in out
+    walked = [e.seq for e in audit_file.iter_chain(folder.db, chunk=7)]  # 8 reads of 7
+    assert walked == list(range(1, 51))
 
 
 async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(
@@ -213,6 +224,7 @@ async def test_prune_keeps_the_chain_verifiable_from_a_signed_checkpoint(
     root = str(folder.settings.root)
     assert cli.main(["audit", "prune", "--before", "2999-01-01", "--dir", root]) == 0
     assert "pruned 12 entries" in capsys.readouterr().out
+    assert audit_file.read_refs(folder.db, ["n3"]) == []  # its entry went with the prune
     await some_steps(folder, 4, prefix="later")
     code, out = verify(folder, capsys)
     assert code == 0 and "4 entries (13..16)" in out, out
@@ -288,3 +300,26 @@ async def test_checkpoints_signed_before_a_rotation_verify_after_the_old_key_is_
         kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
                 for (jws,) in conn.execute("SELECT jws FROM audit_checkpoints")}
     assert kids == {old_kid, new_kid}
+
+
+async def test_denials_carry_their_reasons_and_revocations_are_recorded(
+        folder: Folder) -> None:
+    denied = HistoryEntry(at=2.0, by="policy", message="members-only denied for " + PEER,
+                          state="REQUESTED", note="✗ membership eq active: found none\n"
+                                                  "✓ purpose eq research: found research")
+    record = negotiation("d1")
+    record = replace(record, history=[*record.history, denied])
+    await folder.store.save_negotiation(record, expect_new=True)
+    agreement = Agreement(id="a9", negotiation_id="n9", role="provider", dataset_id="weather",
+                          assigner="did:web:acme", assignee=PEER, created_at=1.0,
+                          body={"@id": "a9"})
+    await folder.store.save_agreement(replace(agreement, revoked="consent withdrawn"))
+    with sqlite3.connect(folder.db) as conn:
+        bodies = [json.loads(b) for (b,) in conn.execute(
+            "SELECT body FROM audit_entries ORDER BY seq")]
+    assert bodies[0]["data"]["denials"] == [{
+        "decision": "members-only denied for " + PEER,
+        "reasons": ["✗ membership eq active: found none",
+                    "✓ purpose eq research: found research"]}]
+    assert bodies[1]["kind"] == "revocation"
+    assert bodies[1]["data"] == {"agreement": "a9", "reason": "consent withdrawn"}

@@ -94,6 +94,8 @@ def _service(fetch: FakeCatalogs, now: list[float]) -> ConsumerService:
     ("https://b.example/protocol/2025-1", Provider("https://b.example/protocol/2025-1",
                                                    "did:web:b")),
     ("http://e:1/protocol", Provider("http://e:1/protocol/2025-1", "edc")),
+    # No port is 443, and 443 said aloud is the same server.
+    ("https://b.example:443", Provider("https://b.example/protocol/2025-1", "did:web:b")),
 ])
 def test_provider_lookup(url: str, expected: Provider) -> None:
     assert _service(FakeCatalogs(), [0.0]).provider(url) == expected

@@ -62,7 +62,9 @@ def test_init_writes_every_file_with_its_mode(pristine: Path) -> None:
         assert (pristine / name).is_file(), name
     assert (pristine / "state").is_dir() and not any((pristine / "state").iterdir())
     assert {p.stem for p in (pristine / "policies").glob("*.json")} == TEMPLATES
-    assert (pristine / ".gitignore").read_text().split() == ["keys/", "state/"]
+    ignored = [line for line in (pristine / ".gitignore").read_text().splitlines()
+               if line and not line.startswith("#")]
+    assert ignored == ["keys/", "state/", "data/"]  # `git add .` commits no data file
     records = (pristine / "data/example.jsonl").read_text().splitlines()
     assert len(records) == 10 and all(isinstance(json.loads(r), dict) for r in records)
     assert len((pristine / "keys/management.token").read_text().strip()) >= 43
@@ -110,7 +112,7 @@ def test_init_with_a_dns_name_and_management_port(tmp_path: Path) -> None:
     settings = load_settings(root)
     assert settings.name == 'beta "quoted"'
     assert settings.did == "did:web:beta.example.org%3A9443"
-    assert settings.public_url == "https://Beta.Example.org:9443"
+    assert settings.public_url == "https://beta.example.org:9443"  # one server, one URL
     assert settings.management_port == 9000
     cert = x509.load_pem_x509_certificate((root / "tls/cert.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -131,14 +133,24 @@ def test_init_into_an_existing_empty_dir(tmp_path: Path) -> None:
     assert load_settings(tmp_path).did == DID
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8443", "https://127.0.0.1",
-                                 "https://127.0.0.1:8443/dsp", "127.0.0.1:8443",
-                                 "https://127.0.0.1:99999", "https://:8443",
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8443", "https://127.0.0.1:8443/dsp",
+                                 "127.0.0.1:8443", "https://127.0.0.1:99999", "https://:8443",
                                  "https://127.0.0.1:0"])
 def test_init_refuses_a_bad_url(tmp_path: Path, url: str) -> None:
-    with pytest.raises(ConfigError, match=r"--url '.*': must be https://HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"--url '.*': must be https://HOST or https://HOST:"):
         init_folder(tmp_path / "x", name="acme", url=url)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("url", ["https://connector.acme.example",
+                                 "https://connector.acme.example:443/"])
+def test_a_url_without_a_port_means_443(tmp_path: Path, url: str) -> None:
+    init_folder(tmp_path / "x", name="acme", url=url)
+    settings = load_settings(tmp_path / "x")
+    assert settings.public_url == "https://connector.acme.example"
+    assert settings.did == "did:web:connector.acme.example"
+    assert (settings.port, settings.management_port) == (443, 444)
+    assert check_folder(tmp_path / "x") == []
 
 
 def test_templates_dir_holds_every_template() -> None:
@@ -218,13 +230,19 @@ def test_trust_add_from_a_folder_round_trips(folder: Path, peer_folder: Path) ->
     assert peer.tls_cert_pem == (peer_folder / "tls/cert.pem").read_text()
     assert dict(peer.attributes) == {"membership": "active", "purpose": "research,ai"}
     assert check_folder(folder) == []
-    # Pinning again (a key rotation, new attributes) replaces the file.
+    # Pinning again (a key rotation) keeps the attributes unless told to replace them.
     add_trusted_peer(folder, peer_folder, attributes={}, tls_cert=None)
+    assert dict(load_trust(folder)["did:web:beta.example.org%3A9443"].attributes) == {
+        "membership": "active", "purpose": "research,ai"}
+    add_trusted_peer(folder, peer_folder, attributes={}, tls_cert=None, replace_attributes=True)
     assert dict(load_trust(folder)["did:web:beta.example.org%3A9443"].attributes) == {}
 
 
 def test_trust_add_from_a_did_json(folder: Path, peer_folder: Path) -> None:
-    path = add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None)
+    with pytest.raises(ConfigError, match="no TLS certificate"):
+        add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None)
+    path = add_trusted_peer(folder, peer_folder / "did.json", attributes={}, tls_cert=None,
+                            system_ca=True)
     peer = load_trust(folder)["did:web:beta.example.org%3A9443"]
     assert path.name == "beta.example.org-9443.json"
     assert peer.url == "https://beta.example.org:9443"

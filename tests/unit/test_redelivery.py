@@ -297,6 +297,19 @@ async def test_an_initial_request_again_gets_the_same_negotiation(seams: Seams) 
     assert [n.id for n in await seams.store.list_negotiations()] == [first.id]
 
 
+async def test_an_initial_offer_again_gets_the_same_negotiation(seams: Seams) -> None:
+    offer = ContractOfferMessage(provider_pid="urn:p", offer=OFFER,
+                                 callback_address="https://peer.example/dsp")
+    one, two = seams.negotiations(), seams.negotiations()  # two replicas on one store
+    results = await asyncio.gather(one.on_initial_offer(offer, CLAIMS),
+                                   two.on_initial_offer(offer, CLAIMS),
+                                   one.on_initial_offer(offer, CLAIMS))
+    assert len({r.id for r in results}) == 1 and results[0].state is NegotiationState.OFFERED
+    assert len(await seams.store.list_negotiations()) == 1
+    other = msgspec.structs.replace(offer, provider_pid="urn:p2")  # another offer: another one
+    assert (await one.on_initial_offer(other, CLAIMS)).id != results[0].id
+
+
 async def test_concurrent_identical_initial_requests_open_one_negotiation(seams: Seams) -> None:
     one, two = seams.negotiations(), seams.negotiations()  # two replicas on one store
     results = await asyncio.gather(

@@ -114,7 +114,7 @@ async def test_dcp_verifier_and_credential_service_persist_their_jtis(tmp_path: 
     store = await SqliteStore.open(path)
     await w.verifier.restore(store)
     cs_store = await SqliteStore.open(tmp_path / "cs.sqlite")
-    cs_verifier = w.cs._verifier
+    cs_verifier = w.cs.verifier
     await cs_verifier.restore(cs_store)
     authorization = w.authorization()
     await w.verifier.verify_async(authorization)

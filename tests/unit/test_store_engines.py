@@ -21,6 +21,7 @@ from connector.core.audit import GENESIS, Entry, verify_links
 from connector.core.errors import ConfigError, ConflictError
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
 from connector.core.transfer import Transfer, TransferState
+from connector.service import audit
 from connector.service.audit import StepAudit
 from connector.service.store import Agreement, Outgoing
 from tests.e2e.postgres import Postgres, new_database
@@ -320,3 +321,56 @@ async def test_the_readiness_probe_of_the_shared_database(postgres_server: Postg
     problem, _ = await store.probe(latest("postgres") + 1)
     assert problem is not None and "needs" in problem  # a replica newer than the database
     await store.close()
+
+
+async def _query(opener: Opener, sql: str) -> list[tuple[object, ...]]:
+    """Rows of one read-only statement (no parameters), in either engine."""
+    if opener.engine == "postgres":
+        conn = await asyncpg.connect(opener.dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(opener.path) as conn:
+        return [tuple(r) for r in conn.execute(sql)]
+
+
+async def test_a_peer_provider_pid_names_one_negotiation(store_opener: Opener) -> None:
+    """Migration 008's unique key: a repeated initial offer (DSP 2025-1 §CN HTTPS binding,
+    POST /negotiations/offers) finds the negotiation it opened, on both engines."""
+    store = await store_opener.open()
+
+    def offered(pid: str) -> Negotiation:
+        return msgspec.structs.replace(_negotiation(pid), role=Role.CONSUMER,
+                                       provider_pid="urn:offer", counterparty_id="did:p")
+
+    await store.save_negotiation(offered("urn:1"), expect_new=True)
+    with pytest.raises(ConflictError):
+        await store.save_negotiation(offered("urn:2"), expect_new=True)
+    found = await store.find_negotiation(counterparty="did:p", provider_pid="urn:offer",
+                                         role="consumer")
+    assert found is not None and found.id == "urn:1"
+    assert await store.find_negotiation(counterparty="did:x", provider_pid="urn:offer",
+                                        role="consumer") is None
+    await store.close()
+
+
+async def test_audit_rows_name_their_ids_and_keep_the_step_s_evidence(
+        store_opener: Opener) -> None:
+    """Migration 007's rows, alike on both engines: the ids an entry concerns in ``ref1`` and
+    ``ref2``, the step's own evidence beside its entry, shared evidence once."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    audit.received(audit.Inbound(peer="did:c", token_id="jti-1", token="h.p.s",
+                                 body=b'{"@type":"ContractRequestMessage"}', bound=True,
+                                 document={"id": "did:c"}))
+    await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.AGREED),
+                                 agreement=_agreement("urn:n"), expect_new=True)
+    await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.FINALIZED))
+    await store.close()
+    rows = await _query(store_opener, "SELECT seq, ref1, ref2, evidence FROM audit_entries"
+                                      " ORDER BY seq")
+    assert [r[:3] for r in rows] == [(1, "urn:n", "urn:n:a"), (2, "urn:n", None)]
+    kept = msgspec.msgpack.decode(bytes(rows[0][3]))  # type: ignore[arg-type]
+    assert {kind for _, kind, _ in kept} == {"token", "body", "agreement"}
+    assert rows[1][3] is None  # the second step received nothing
+    assert await _query(store_opener, "SELECT kind FROM audit_shared") == [("did",)]

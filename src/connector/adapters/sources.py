@@ -426,6 +426,14 @@ class HttpSource:
         return await _count_stream(self.chunks(0))
 
 
+def missing_source(source_type: str, path: Path | None) -> str | None:
+    """Why a file-backed source (jsonl, csv, sqlite) cannot be read, or None: such a dataset
+    is not offered, and a pull under an earlier agreement is refused for good."""
+    if source_type in ("jsonl", "csv", "sqlite") and path is not None and not path.is_file():
+        return f"its source file {path.name} is missing"
+    return None
+
+
 def open_source(decl: SourceDecl) -> Source:
     """The reader for a dataset declaration's ``[source]``."""
     if decl.source_type == "http":

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from connector.core.errors import AuthError
 from connector.core.identity import (
@@ -38,6 +40,7 @@ from connector.core.identity import (
     verify_jws_signature,
 )
 
+_encode = msgspec.json.Encoder(order="sorted").encode
 GENESIS = "0" * 64
 CHECKPOINT_TYP = "audit-checkpoint+jwt"
 BUNDLE_FORMAT = "connector-audit-bundle/1"
@@ -68,9 +71,9 @@ class Entry:
 
 
 def canonical(value: Any) -> bytes:
-    """The one JSON form everything here hashes: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    """The JSON form entries are written in: sorted keys, no spaces, UTF-8. Digests are over
+    the stored bytes, so a verifier never needs to produce this form again itself."""
+    return _encode(value)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -146,7 +149,11 @@ def check_checkpoint_signature(checkpoint: Checkpoint, keys: KeyRing) -> None:
 
 @dataclass(frozen=True)
 class Report:
-    """What ``verify_chain`` found: ``broken`` names the first broken entry (or None)."""
+    """What ``verify_chain`` found: ``broken`` names the first broken entry (or None).
+
+    ``hashes`` holds the chain's hash at the entries asked for (``keep``) and at every
+    checkpoint, for a comparison with a witness after the walk.
+    """
 
     entries: int
     checkpoints: int
@@ -154,79 +161,112 @@ class Report:
     last_seq: int | None
     broken: int | None = None
     problem: str = ""
+    hashes: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problem
 
 
-def key_history(did: str, document: Mapping[str, Any], entries: Iterable[Entry]
-                ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(current keys from the DID document, every key the chain's ``keys`` entries announced)."""
-    current = document_keys(document, did, relationship="assertionMethod")
-    announced: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        body = entry.decoded()
-        if body.get("kind") == "keys":
-            for kid, jwk in (body.get("data", {}).get("keys") or {}).items():
-                if isinstance(kid, str) and isinstance(jwk, dict) and kid.startswith(did + "#"):
-                    announced[kid] = jwk
-    return current, announced
+def _announced_keys(body: Mapping[str, Any], did: str) -> dict[str, dict[str, Any]]:
+    """The keys a ``keys`` entry announced (the key history), those under ``did`` only."""
+    if body.get("kind") != "keys":
+        return {}
+    keys = body.get("data", {}).get("keys") or {}
+    return {kid: jwk for kid, jwk in keys.items()
+            if isinstance(kid, str) and isinstance(jwk, dict) and kid.startswith(did + "#")}
 
 
-def verify_links(entries: Sequence[Entry], start_prev: str | None) -> tuple[int | None, str]:
+def _link_problem(entry: Entry, expected_seq: int, prev: str | None,
+                  body: Mapping[str, Any] | None) -> str:
+    """Why ``entry`` does not belong where it is ("" when it does); ``body`` is its decoded
+    content (None for an entry shown by its digest alone)."""
+    if entry.seq != expected_seq:
+        return f"entry {entry.seq}: expected entry {expected_seq} here (a gap)"
+    if entry.body and sha256_hex(entry.body) != entry.digest:
+        return f"entry {entry.seq}: its content does not match its digest"
+    if body is not None and body.get("seq") != entry.seq:
+        return f"entry {entry.seq}: its content names another position"
+    if prev is not None and link(prev, entry.digest) != entry.hash:
+        return (f"entry {entry.seq}: not chained to entry {entry.seq - 1} "
+                "(an entry before it was removed, changed or moved)")
+    return ""
+
+
+def _decoded(entry: Entry) -> dict[str, Any] | None:
+    if not entry.body:
+        return None
+    try:
+        return entry.decoded()
+    except ValueError:
+        return {}  # not JSON: its digest check names it
+
+
+def verify_links(entries: Iterable[Entry], start_prev: str | None) -> tuple[int | None, str]:
     """The first entry whose digest, number or link is wrong, and why; (None, "") if none.
 
     ``start_prev`` is the hash the first entry must follow (GENESIS, or a kept checkpoint's
     head after a prune); None accepts whatever it follows (a segment in a bundle).
     """
-    prev = start_prev
-    expected_seq = entries[0].seq if entries else 0
+    prev, expected = start_prev, None
     for entry in entries:
-        if entry.seq != expected_seq:
-            return entry.seq, f"entry {entry.seq}: expected entry {expected_seq} here (a gap)"
-        if entry.body and sha256_hex(entry.body) != entry.digest:
-            return entry.seq, f"entry {entry.seq}: its content does not match its digest"
-        if entry.body and entry.decoded().get("seq") != entry.seq:
-            return entry.seq, f"entry {entry.seq}: its content names another position"
-        if prev is not None and link(prev, entry.digest) != entry.hash:
-            return entry.seq, (f"entry {entry.seq}: not chained to entry {entry.seq - 1} "
-                               "(an entry before it was removed, changed or moved)")
-        prev, expected_seq = entry.hash, entry.seq + 1
+        expected = entry.seq if expected is None else expected
+        problem = _link_problem(entry, expected, prev, _decoded(entry))
+        if problem:
+            return entry.seq, problem
+        prev, expected = entry.hash, entry.seq + 1
     return None, ""
 
 
-def verify_chain(entries: Sequence[Entry], checkpoints: Sequence[str], *, did: str,
-                 document: Mapping[str, Any], start_prev: str = GENESIS) -> Report:
-    """Recompute the chain and check every checkpoint: signature, and the head it names.
+def verify_chain(entries: Iterable[Entry], checkpoints: Sequence[str], *, did: str,
+                 document: Mapping[str, Any], keep: Collection[int] = ()) -> Report:
+    """Recompute the chain, in one pass over ``entries`` (in order; they may be streamed),
+    then check every checkpoint: its signature, and the head it names.
 
     The newest checkpoint must be signed with a key of ``document`` (the DID document as it is
-    now); older ones may be signed with a key the chain announced (rotated out since).
+    now); older ones may be signed with a key the chain announced (rotated out since). A chain
+    whose first entry is not 1 (pruned) must hang from a signed checkpoint at the entry before.
     """
-    first = entries[0].seq if entries else None
-    last = entries[-1].seq if entries else None
-
-    def fail(seq: int | None, problem: str) -> Report:
-        return Report(len(entries), len(checkpoints), first, last, seq, problem)
-
     parsed = []
     for jws in checkpoints:
         try:
             parsed.append(parse_checkpoint(jws))
         except AuthError as exc:
-            return fail(None, f"checkpoint: {exc.message}")
+            return Report(0, len(checkpoints), None, None, None, f"checkpoint: {exc.message}")
     parsed.sort(key=lambda c: c.seq)
-    if first is not None and first > 1:  # pruned: the kept chain hangs from a checkpoint
-        anchor = next((c for c in parsed if c.seq == first - 1), None)
-        if anchor is None:
-            return fail(first, f"entries before {first} are gone and no signed checkpoint "
-                               f"at entry {first - 1} anchors the rest")
-        start_prev = anchor.head
-    broken, problem = verify_links(entries, start_prev)
-    if broken is not None:
-        return fail(broken, problem)
-    by_seq = {e.seq: e for e in entries}
-    current, announced = key_history(did, document, entries)
+    heads = {c.seq: c.head for c in parsed}
+    wanted = set(heads) | set(keep)
+    count, first, last, prev = 0, None, None, GENESIS
+    announced: dict[str, dict[str, Any]] = {}
+    hashes: dict[int, str] = {}
+
+    def report(broken: int | None = None, problem: str = "") -> Report:
+        return Report(count, len(checkpoints), first, last, broken, problem, hashes)
+
+    for entry in entries:
+        if first is None:
+            first = entry.seq
+            if first > 1:  # pruned: the kept chain hangs from a checkpoint
+                if first - 1 not in heads:
+                    return report(first, f"entries before {first} are gone and no signed "
+                                         f"checkpoint at entry {first - 1} anchors the rest")
+                prev = heads[first - 1]
+        body = _decoded(entry)
+        problem = _link_problem(entry, first if last is None else last + 1, prev, body)
+        if problem:
+            return report(entry.seq, problem)
+        announced |= _announced_keys(body or {}, did)
+        if entry.seq in wanted:
+            hashes[entry.seq] = entry.hash
+        count, last, prev = count + 1, entry.seq, entry.hash
+    return _check_checkpoints(parsed, report, did=did, document=document, announced=announced,
+                              first=first, hashes=hashes)
+
+
+def _check_checkpoints(parsed: Sequence[Checkpoint], report: Callable[..., Report], *, did: str,
+                       document: Mapping[str, Any], announced: Mapping[str, dict[str, Any]],
+                       first: int | None, hashes: Mapping[int, str]) -> Report:
+    current = document_keys(document, did, relationship="assertionMethod")
     for i, cp in enumerate(parsed):
         newest = i == len(parsed) - 1
         ring = KeyRing(current if newest else {**announced, **current})
@@ -235,31 +275,29 @@ def verify_chain(entries: Sequence[Entry], checkpoints: Sequence[str], *, did: s
                 raise AuthError(f"issued by {cp.issuer[:200]!r}, not {did!r}")
             check_checkpoint_signature(cp, ring)
         except AuthError as exc:
-            return fail(cp.seq, f"checkpoint at entry {cp.seq}: {exc.message}")
-        entry = by_seq.get(cp.seq)
-        if entry is None:
-            if first is not None and cp.seq < first:
-                continue  # pruned: the kept chain starts after it (its head is checked above)
-            return fail(cp.seq, f"entry {cp.seq}, signed in a checkpoint, is missing "
-                                "(the chain was truncated)")
-        if entry.hash != cp.head:
-            return fail(cp.seq, f"entry {cp.seq}: the chain's hash differs from the one "
-                                "its signed checkpoint names")
-    return fail(None, "")
+            return report(cp.seq, f"checkpoint at entry {cp.seq}: {exc.message}")
+        if first is not None and cp.seq < first:
+            continue  # pruned: the kept chain starts after it (its head was the anchor)
+        if cp.seq not in hashes:
+            return report(cp.seq, f"entry {cp.seq}, signed in a checkpoint, is missing "
+                                  "(the chain was truncated)")
+        if hashes[cp.seq] != cp.head:
+            return report(cp.seq, f"entry {cp.seq}: the chain's hash differs from the one "
+                                  "its signed checkpoint names")
+    return report()
 
 
-def witness_problem(entries: Sequence[Entry], witnessed: Iterable[tuple[int, str]]
+def witness_problem(report: Report, witnessed: Iterable[tuple[int, str]]
                     ) -> tuple[int | None, str]:
-    """Compare the chain with the (seq, head) pairs a witness received: the first it lacks."""
-    by_seq = {e.seq: e.hash for e in entries}
-    first = entries[0].seq if entries else None
+    """Compare a verified chain with the (seq, head) pairs a witness received (``report``
+    must have kept those entries' hashes): the first it lacks or differs from."""
     matched = 0  # the last witnessed entry the local chain still agrees with
     for seq, head in sorted(witnessed):
-        if first is not None and seq < first:
+        if report.first_seq is not None and seq < report.first_seq:
             continue  # pruned locally
-        if seq not in by_seq:
+        if seq not in report.hashes:
             return seq, f"entry {seq}, witnessed, is missing from the local chain"
-        if by_seq[seq] != head:
+        if report.hashes[seq] != head:
             return seq, (f"entry {seq}: the local chain differs from what the witness saw "
                          f"(history rewritten after entry {matched})")
         matched = seq

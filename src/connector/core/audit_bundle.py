@@ -114,17 +114,20 @@ def _verify(bundle: Any, report: BundleReport) -> None:
     evidence = {d: (str(v["kind"]), base64.b64decode(v["content"], validate=True))
                 for d, v in bundle["evidence"].items()}
     bodies = [e.decoded() for e in entries if e.body]
-    agreement = next((b for b in bodies if b.get("kind") == "agreement"
-                      and b["data"].get("agreement") == report.agreement), None)
-    if agreement is None:
-        raise _Broken(f"no agreement entry for {report.agreement!r}")
-    _check_agreement(agreement, evidence)
-    data = agreement["data"]
+    made = next(((b["seq"], b["data"]["agreement"]) for b in bodies
+                 if b.get("kind") == "negotiation"
+                 and isinstance(b["data"].get("agreement"), dict)
+                 and b["data"]["agreement"].get("agreement") == report.agreement), None)
+    if made is None:
+        raise _Broken(f"no entry made the agreement {report.agreement!r}")
+    seq, data = made
+    _check_agreement(seq, data, evidence)
     me = report.participant
     report.peer = str(data["assignee"] if data["assigner"] == me else data["assigner"])
     for body in bodies:
-        if body.get("kind") == "dsp.in" and body["data"].get("kept"):
-            _check_token(body, evidence, bundle["didDocuments"], report)
+        inbound = body["data"].get("in")
+        if isinstance(inbound, dict) and inbound.get("kept"):
+            _check_token(body["seq"], inbound, evidence, bundle["didDocuments"], report)
 
 
 def _check_checkpoint(bundle: Mapping[str, Any], last: Entry, participant: str) -> None:
@@ -144,9 +147,8 @@ def _check_checkpoint(bundle: Mapping[str, Any], last: Entry, participant: str) 
                       f"entry {last.seq} as it is")
 
 
-def _check_agreement(agreement: Mapping[str, Any],
+def _check_agreement(seq: int, data: Mapping[str, Any],
                      evidence: Mapping[str, tuple[str, bytes]]) -> None:
-    data, seq = agreement["data"], agreement["seq"]
     digest = str(data.get("agreementDigest"))
     held = evidence.get(digest)
     if held is None or held[0] != "agreement" or sha256_hex(held[1]) != digest:
@@ -159,9 +161,8 @@ def _check_agreement(agreement: Mapping[str, Any],
                           f"policyHash {policy_hash}")
 
 
-def _check_token(body: Mapping[str, Any], evidence: Mapping[str, tuple[str, bytes]],
+def _check_token(seq: int, data: Mapping[str, Any], evidence: Mapping[str, tuple[str, bytes]],
                  documents: Mapping[str, Any], report: BundleReport) -> None:
-    data, seq = body["data"], body["seq"]
     if data.get("tokenDigest") is None:  # the caller's token was not a JWS (a test profile)
         report.unbound += 1
         report.messages.append(f"{data.get('type')} from {data.get('peer')}: unbound "

@@ -45,14 +45,25 @@ class Offer:
 
 
 @dataclass(frozen=True)
-class DatasetEntry:
+class DatasetText:
+    """What a dataset says about itself (DCAT 3 ``dct:identifier``/``@id``, ``dct:title``,
+    ``dct:description``, ``dcat:keyword``): the same four in a participant's declaration, in
+    its catalogue and in a registry's index."""
+
     id: str
     title: str
     description: str
     keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetEntry(DatasetText):
+    """One dataset of the catalogue, with the offers its policies make."""
+
     format: str
     offers: tuple[Offer, ...]
     formats: tuple[str, ...] = ()  # every transfer format offered; empty: just ``format``
+    confidential: bool = False  # hidden offers: say nothing of them (not even the dataset)
 
     @property
     def offered_formats(self) -> tuple[str, ...]:

@@ -5,8 +5,8 @@ a VC JWT in the VC Data Model 1.1 JWT encoding (§6.3.1: ``iss`` = issuer, ``sub
 ``credentialSubject.id``, ``jti`` = credential id, ``nbf``/``exp`` = validity, the credential
 itself under ``vc``). The holder wraps the VC JWTs it chooses to show into a VP JWT signed by
 itself for one verifier (``iss`` = holder, ``aud`` = verifier, ``vp.verifiableCredential``).
-The verifier checks, per DCP 1.0 §Presentation Validation and EDC's rules (identity-policy note
-§1.6): the VP's signer is the holder that signed the DSP request, every VC is signed by its
+The verifier checks, per DCP 1.0 §Presentation Validation and EDC's rules (docs/interop-notes.md
+§5): the VP's signer is the holder that signed the DSP request, every VC is signed by its
 issuer, the issuer is trusted for the credential's type, the subject is the holder, the
 validity window holds, no status bit is set, and every required type is present.
 
@@ -35,6 +35,7 @@ from connector.core.identity import (
     Jws,
     PublicKey,
     SigningKey,
+    jwt_strings,
     parse_jws,
     sign_jwt,
     verify_jws_signature,
@@ -275,15 +276,9 @@ def _status_entries(vc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _presentation_credentials(jws: Jws) -> list[str]:
     vp = _object(jws.payload.get("vp"), "presentation (no vp claim)")
-    credentials = vp.get("verifiableCredential")
-    if isinstance(credentials, str | dict):
-        credentials = [credentials]
-    if not isinstance(credentials, list) or not credentials:
-        raise AuthError("presentation holds no credentials")
-    if not all(isinstance(c, str) for c in credentials):
-        # Linked-data proofs would need RDF canonicalisation (identity-policy note §1.11).
-        raise AuthError("presentation holds a non-JWT credential (only JWT credentials)")
-    return list(credentials)
+    return jwt_strings(
+        vp.get("verifiableCredential"), missing="presentation holds no credentials",
+        not_jwt="presentation holds a non-JWT credential (only JWT credentials)")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """DCP 1.0 Credential Service messages, scopes and access tokens. Pure: no IO, no clock.
 
-Theory of operation (identity-policy note §1.3, §1.6, §1.11). A consumer (holder) sends its DSP
+Theory of operation (DCP 1.0; docs/interop-notes.md §2). A consumer (holder) sends its DSP
 request with a self-issued token whose ``token`` claim is an *access token*: a JWT the holder
 signs for its own Credential Service, naming the verifier (``sub``) and the scopes it may ask
 for. The provider (verifier) forwards that access token inside its own self-issued token to
@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.core.errors import AuthError, MalformedMessage, ProtocolError
-from connector.core.identity import KeyRing, SigningKey, parse_jws, sign_jwt, verify_jws_signature
+from connector.core.identity import (
+    KeyRing,
+    SigningKey,
+    jwt_strings,
+    parse_jws,
+    sign_jwt,
+    verify_jws_signature,
+)
 
 DCP_CONTEXT = "https://w3id.org/dspace-dcp/v1.0/dcp.jsonld"
 # EDC's DefaultCredentialServiceClient puts this context first (presentation exchange).
@@ -35,11 +42,8 @@ MEMBERSHIP_SCOPE = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 SCOPE_OPERATIONS = ("read", "write", "*", "all")
 
 
-class UnsupportedQuery(ProtocolError):
+class UnsupportedQuery(ProtocolError, status=501, code="not-implemented"):
     """A presentation definition query: optional in DCP 1.0, not implemented (501)."""
-
-    status = 501
-    code = "not-implemented"
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,12 @@ class Scope:
 
 
 def parse_scope(text: str) -> Scope:
-    """Parse a DCP scope tolerantly (note §1.3); MalformedMessage when it has no alias:value."""
+    """Parse a DCP scope tolerantly (docs/interop-notes.md §2, Scopes); MalformedMessage
+    when it has no alias:value."""
     parts = text.split(":")
     operation = parts.pop() if len(parts) > 2 and parts[-1] in SCOPE_OPERATIONS else "read"
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise MalformedMessage(f"scope {text[:200]!r}: expected alias:value[:operation]")
+        raise MalformedMessage(f"scope {text[:200]!r}: expected alias:value[:operation]", area=None)
     alias, value = parts[0], ":".join(parts[1:])
     kind = "id" if alias.endswith(".vc.id") else "type"
     return Scope(alias, kind, value, operation)
@@ -81,20 +86,22 @@ def parse_presentation_query(body: Any) -> tuple[Scope, ...]:
     ``presentationDefinition``, or an empty one of them; 501 for a real presentation definition.
     """
     if not isinstance(body, dict):
-        raise MalformedMessage("a PresentationQueryMessage must be a JSON object")
+        raise MalformedMessage("a PresentationQueryMessage must be a JSON object", area=None)
     kind = body.get("type", body.get("@type"))
     if kind not in (QUERY_TYPE, f"https://w3id.org/dspace-dcp/v1.0/{QUERY_TYPE}"):
-        raise MalformedMessage(f"expected type {QUERY_TYPE}, got {str(kind)[:100]!r}")
+        raise MalformedMessage(f"expected type {QUERY_TYPE}, got {str(kind)[:100]!r}", area=None)
     scope, definition = body.get("scope"), body.get("presentationDefinition")
     if scope is not None and definition is not None:
-        raise MalformedMessage("a query has either scope or presentationDefinition, not both")
+        raise MalformedMessage("a query has either scope or presentationDefinition, not both",
+                               area=None)
     if definition is not None or "presentationDefinition" in body:
         # DCP-TCK: an empty or null definition is a 4xx, not a 501.
         if not definition:
-            raise MalformedMessage("empty presentationDefinition")
-        raise UnsupportedQuery("presentation definitions are not supported; query by scope")
+            raise MalformedMessage("empty presentationDefinition", area=None)
+        raise UnsupportedQuery("presentation definitions are not supported; query by scope",
+                               area=None)
     if not isinstance(scope, list) or not scope or not all(isinstance(s, str) for s in scope):
-        raise MalformedMessage("scope must be a non-empty list of strings")
+        raise MalformedMessage("scope must be a non-empty list of strings", area=None)
     return tuple(parse_scope(s) for s in scope)
 
 
@@ -133,14 +140,9 @@ def parse_presentation_response(body: Any) -> list[str]:
     """The VP JWTs of a PresentationResponseMessage; AuthError for anything else."""
     if not isinstance(body, dict):
         raise AuthError("presentation response: not a JSON object")
-    presentations = body.get("presentation")
-    if isinstance(presentations, str):
-        presentations = [presentations]
-    if not isinstance(presentations, list) or not presentations:
-        raise AuthError("presentation response: no presentation")
-    if not all(isinstance(p, str) for p in presentations):
-        raise AuthError("presentation response: only JWT presentations are supported")
-    return list(presentations)
+    return jwt_strings(
+        body.get("presentation"), missing="presentation response: no presentation",
+        not_jwt="presentation response: only JWT presentations are supported")
 
 
 # --- access tokens ------------------------------------------------------------------------------
@@ -152,8 +154,8 @@ def issue_access_token(
 ) -> str:
     """The access token for the ``token`` claim: lets ``verifier`` read ``scopes`` from our CS.
 
-    Shaped as EDC's embedded STS does it (note §1.2): ``iss`` = ``aud`` = holder, ``sub`` =
-    verifier, ``scope`` = space-separated scopes.
+    Shaped as EDC's embedded STS does it (docs/interop-notes.md §2): ``iss`` = ``aud`` =
+    holder, ``sub`` = verifier, ``scope`` = space-separated scopes.
     """
     claims = {"iss": holder, "sub": verifier, "aud": holder, "jti": jti, "iat": now,
               "exp": now + ttl_s, "scope": " ".join(scopes)}

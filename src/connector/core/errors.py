@@ -57,52 +57,51 @@ class ConnectorError(Exception):
     status: int = 500
     code: str = "internal"
 
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None) -> None:
+        """Each class states its HTTP status and error code in its header, so the tree reads
+        as the table above: ``class NotFound(ConnectorError, status=404, code="not-found")``.
+        A subclass that names neither keeps its parent's."""
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class ConfigError(ConnectorError):
+class ConfigError(ConnectorError, status=503, code="config"):
     """Configuration unreadable or invalid; the message names the file and key.
 
     Served as 503: the request may succeed once the operator sets the key."""
 
-    status = 503
-    code = "config"
 
-
-class PolicyError(ConnectorError):
+class PolicyError(ConnectorError, status=400, code="policy"):
     """A policy document that cannot be parsed or evaluated. Evaluation denies."""
 
-    status = 400
-    code = "policy"
 
-
-class AuthError(ConnectorError):
+class AuthError(ConnectorError, status=401, code="unauthorized"):
     """The caller's token is missing or invalid. DSP: 404 on process endpoints."""
 
-    status = 401
-    code = "unauthorized"
 
-
-class InvalidParameter(ConnectorError):
+class InvalidParameter(ConnectorError, status=400, code="invalid-parameter"):
     """A query or body parameter of the wrong type or range; the message names it."""
 
-    status = 400
-    code = "invalid-parameter"
 
+class ProtocolError(ConnectorError, status=400, code="bad-request"):
+    """A DSP message the connector refuses. Carries both pids for the error body.
 
-class ProtocolError(ConnectorError):
-    """A DSP message the connector refuses. Carries both pids for the error body."""
-
-    status = 400
-    code = "bad-request"
+    ``area`` is required, so that a transfer error never renders as a negotiation error:
+    the DSP error shape it takes (DSP 2025-1 §CN/§TP HTTPS binding), or None for a message
+    that is not a DSP process message (it renders in the shape of the route it reached)."""
 
     def __init__(
         self,
         message: str,
         *,
-        area: Area = Area.NEGOTIATION,
+        area: Area | None,
         consumer_pid: str | None = None,
         provider_pid: str | None = None,
     ) -> None:
@@ -112,76 +111,49 @@ class ProtocolError(ConnectorError):
         self.provider_pid = provider_pid
 
 
-class MalformedMessage(ProtocolError):
+class MalformedMessage(ProtocolError, code="malformed"):
     """The body is not JSON, has the wrong @type or lacks a required field."""
 
-    code = "malformed"
 
-
-class InvalidTransition(ProtocolError):
+class InvalidTransition(ProtocolError, code="invalid-transition"):
     """No cell of the state table allows this message now (DSP: 400)."""
 
-    code = "invalid-transition"
 
-
-class UnknownProcess(ProtocolError):
+class UnknownProcess(ProtocolError, status=404, code="not-found"):
     """Unknown, foreign or terminated-and-reused process id (DSP: 404)."""
 
-    status = 404
-    code = "not-found"
 
-
-class OfferRejected(ProtocolError):
+class OfferRejected(ProtocolError, code="offer-rejected"):
     """The offer is unknown to the provider or its policy denies it."""
 
-    code = "offer-rejected"
 
-
-class CatalogError(ConnectorError):
+class CatalogError(ConnectorError, status=400, code="catalog"):
     """A catalog request the provider refuses (unknown dataset: 404)."""
-
-    status = 400
-    code = "catalog"
 
     def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
 
 
-class ConflictError(ConnectorError):
+class ConflictError(ConnectorError, status=409, code="conflict"):
     """A write that collides with an existing record (a reused pid)."""
 
-    status = 409
-    code = "conflict"
 
-
-class NotFound(ConnectorError):
+class NotFound(ConnectorError, status=404, code="not-found"):
     """Management API: no record with that id."""
 
-    status = 404
-    code = "not-found"
 
-
-class TransferDenied(ConnectorError):
+class TransferDenied(ConnectorError, status=403, code="denied"):
     """Data plane refuses an access: token unknown or expired, or the policy denies."""
 
-    status = 403
-    code = "denied"
 
-
-class AuditError(ConnectorError):
+class AuditError(ConnectorError, status=503, code="audit"):
     """The audit trail cannot be written, so the step it would record is refused; or it
     cannot be read."""
 
-    status = 503
-    code = "audit"
 
-
-class PeerError(ConnectorError):
+class PeerError(ConnectorError, status=502, code="peer"):
     """A peer answered with an error status, or could not be reached."""
-
-    status = 502
-    code = "peer"
 
     def __init__(self, message: str, *, peer_status: int | None = None,
                  final: bool = False) -> None:
@@ -198,12 +170,9 @@ class PeerError(ConnectorError):
                                    or self.peer_status == 409)
 
 
-class InternalError(ConnectorError):
+class InternalError(ConnectorError, status=500, code="internal"):
     """The answer to a bug, carrying the error id its logged traceback repeats. Created by
     the HTTP error middleware only; nothing raises it."""
-
-    status = 500
-    code = "internal"
 
 
 class Problem:

@@ -199,7 +199,7 @@ def document_keys(
     ``relationship`` (DCP 1.0: ``capabilityInvocation`` for self-issued tokens,
     ``assertionMethod`` for credentials, ``authentication`` for presentations), only the
     methods it names count; when it omits it, as EDC's documents may, every method counts
-    (identity-policy note §1.5). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
+    (docs/interop-notes.md §4). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
     """
     if document.get("id") != did:
         raise AuthError(f"DID document id {str(document.get('id'))[:200]!r} is not {did!r}")
@@ -269,34 +269,38 @@ def build_did_document(
     return document
 
 
+def jwt_strings(value: Any, *, missing: str, not_jwt: str) -> list[str]:
+    """The compact JWTs of a JSON value holding one JWT or a non-empty list of them (a VP's
+    ``verifiableCredential``, a DCP PresentationResponseMessage's ``presentation``).
+
+    AuthError ``missing`` when there is none, ``not_jwt`` when one is an embedded JSON object:
+    an embedded proof (W3C VC Data Model 1.1 §4.7, Proofs) would need RDF canonicalisation,
+    so only JWTs are accepted."""
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list) or not items:
+        raise AuthError(missing)
+    if not all(isinstance(item, str) for item in items):
+        raise AuthError(not_jwt)
+    return list(items)
+
+
 # --- self-issued ID tokens --------------------------------------------------------------------
 
 
-def issue_token(
-    key: SigningKey,
-    *,
-    kid: str,
-    issuer: str,
-    audience: str,
-    now: int,
-    jti: str,
-    ttl_s: int,
-    body_digest: str | None = None,
-) -> str:
+def issue_token(key: SigningKey, *, kid: str, issuer: str, audience: str, now: int, jti: str,
+                ttl_s: int, body_digest: str | None = None,
+                access_token: str | None = None) -> str:
     """A self-issued ID token (DCP 1.0 §Self-Issued ID Tokens), ``ttl_s`` long.
 
     EdDSA-signed for an Ed25519 key, ES256/ES384/ES512 for an EC key (``signing_algorithm``).
     ``body_digest`` (the SHA-256, hex, of the request body the token goes with) becomes the
     ``body_sha256`` claim: the token then signs the message too (docs/audit.md).
+    ``access_token`` becomes the DCP ``token`` claim (see ``issue_dcp_token``).
     """
-    claims: dict[str, Any] = {
-        "iss": issuer,
-        "sub": issuer,
-        "aud": audience,
-        "jti": jti,
-        "iat": now,
-        "exp": now + ttl_s,
-    }
+    claims: dict[str, Any] = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti,
+                              "iat": now, "exp": now + ttl_s}
+    if access_token is not None:
+        claims["token"] = access_token
     if body_digest is not None:
         claims[BODY_DIGEST_CLAIM] = body_digest
     return sign_jwt(key, kid=kid, claims=claims)
@@ -310,18 +314,9 @@ def sign_jwt(
                       headers={"typ": typ, "kid": kid})
 
 
-def issue_dcp_token(
-    key: SigningKey,
-    *,
-    kid: str,
-    issuer: str,
-    audience: str,
-    now: int,
-    jti: str,
-    ttl_s: int,
-    access_token: str,
-    body_digest: str | None = None,
-) -> str:
+def issue_dcp_token(key: SigningKey, *, kid: str, issuer: str, audience: str, now: int,
+                    jti: str, ttl_s: int, access_token: str,
+                    body_digest: str | None = None) -> str:
     """A self-issued ID token carrying the DCP ``token`` claim (an access token for our CS).
 
     EDC refuses a self-issued token without a non-empty ``token`` (its TokenNotNullRule), so
@@ -329,11 +324,8 @@ def issue_dcp_token(
     """
     if not access_token:
         raise ConfigError("a DCP self-issued token needs a non-empty access token")
-    claims: dict[str, Any] = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti,
-                              "iat": now, "exp": now + ttl_s, "token": access_token}
-    if body_digest is not None:
-        claims[BODY_DIGEST_CLAIM] = body_digest
-    return sign_jwt(key, kid=kid, claims=claims)
+    return issue_token(key, kid=kid, issuer=issuer, audience=audience, now=now, jti=jti,
+                       ttl_s=ttl_s, body_digest=body_digest, access_token=access_token)
 
 
 @dataclass(frozen=True)
@@ -519,7 +511,9 @@ def verify_dcp_token(
     claims = verify_token(token, audience=audience, now=now, leeway_s=leeway_s, keys=keys)
     access_token = _split_jws(token)[1].get("token")
     if not isinstance(access_token, str) or not access_token:
-        raise AuthError("missing claim token (the DCP access token)")
+        raise AuthError("missing claim token (the DCP access token): identity modes differ: "
+                        "the caller signs as a pinned peer, this participant verifies DCP "
+                        "credentials; both sides need the same [identity] mode")
     return DcpTokenClaims(claims.issuer, claims.audience, claims.jti, claims.issued_at,
                           claims.expires_at, claims.kid, access_token)
 

@@ -29,6 +29,21 @@ class Message(
     """Base of every DSP message; ``@context`` is filled on encode by the codec."""
 
 
+class BothPids(Message, frozen=True, kw_only=True):
+    """A message on an existing process: it names it by both sides' ids (DSP 2025-1 §CN 2,
+    §TP 2)."""
+
+    consumer_pid: str
+    provider_pid: str
+
+
+class WithReason(BothPids, frozen=True, kw_only=True):
+    """A message that ends or reports on a process, with an optional code and reasons."""
+
+    code: str | None = None
+    reason: list[Any] | None = None
+
+
 # --- contract negotiation (DSP 2025-1 §CN 2) ---------------------------------------------
 
 
@@ -46,41 +61,28 @@ class ContractOfferMessage(Message, frozen=True, kw_only=True, tag=True):
     callback_address: str | None = None  # provider-initiated only (schema oneOf)
 
 
-class ContractAgreementMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class ContractAgreementMessage(BothPids, frozen=True, kw_only=True, tag=True):
     agreement: Json
 
 
-class ContractAgreementVerificationMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class ContractAgreementVerificationMessage(BothPids, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §CN 2: the consumer confirms the agreement."""
 
 
-class ContractNegotiationEventMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class ContractNegotiationEventMessage(BothPids, frozen=True, kw_only=True, tag=True):
     event_type: str  # "ACCEPTED" (consumer) or "FINALIZED" (provider)
 
 
-class ContractNegotiationTerminationMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
-    code: str | None = None
-    reason: list[Any] | None = None
+class ContractNegotiationTerminationMessage(WithReason, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §CN 2: either side ends the negotiation."""
 
 
-class ContractNegotiation(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class ContractNegotiation(BothPids, frozen=True, kw_only=True, tag=True):
     state: str
 
 
-class ContractNegotiationError(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
-    code: str | None = None
-    reason: list[Any] | None = None
+class ContractNegotiationError(WithReason, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §CN 2: the error a negotiation endpoint answers with."""
 
 
 # --- transfer process (DSP 2025-1 §TP 2) --------------------------------------------------
@@ -125,42 +127,28 @@ class TransferRequestMessage(Message, frozen=True, kw_only=True, tag=True):
     data_address: DataAddress | None = None  # push only
 
 
-class TransferStartMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class TransferStartMessage(BothPids, frozen=True, kw_only=True, tag=True):
     data_address: DataAddress | None = None
 
 
-class TransferSuspensionMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
-    code: str | None = None
-    reason: list[Any] | None = None
+class TransferSuspensionMessage(WithReason, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §TP 2: either side pauses the transfer."""
 
 
-class TransferCompletionMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class TransferCompletionMessage(BothPids, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §TP 2: either side says the transfer is done."""
 
 
-class TransferTerminationMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
-    code: str | None = None
-    reason: list[Any] | None = None
+class TransferTerminationMessage(WithReason, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §TP 2: either side ends the transfer."""
 
 
-class TransferProcess(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
+class TransferProcess(BothPids, frozen=True, kw_only=True, tag=True):
     state: str
 
 
-class TransferError(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    provider_pid: str
-    code: str | None = None
-    reason: list[Any] | None = None
+class TransferError(WithReason, frozen=True, kw_only=True, tag=True):
+    """DSP 2025-1 §TP 2: the error a transfer endpoint answers with."""
 
 
 # --- catalog (DSP 2025-1 §CAT 2) ----------------------------------------------------------

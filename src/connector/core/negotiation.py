@@ -8,10 +8,11 @@ both records through the same states, so one table serves both sides:
 
     TRANSITIONS[(sender_role, state, event)] -> new state
 
-``state`` is ``None`` for a message that creates a negotiation. The same table judges what we
-are about to send (``sender`` = our role) and what we receive (``sender`` = the peer's role),
-as h11 does for HTTP. A missing cell is an ``InvalidTransition`` naming role, state and
-message, which the HTTP edge renders as a 400 ``ContractNegotiationError``.
+``state`` is ``None`` for a message that creates a negotiation; a record is always created
+through that initial row (``opened``). The same table judges what we are about to send
+(``sender`` = our role) and what we receive (``sender`` = the peer's role), as h11 does for
+HTTP. A missing cell is an ``InvalidTransition`` naming role, state and message, which the
+HTTP edge renders as a 400 ``ContractNegotiationError``.
 
 A message the table refuses that is the same message as one already applied (same type,
 pids, content and ``@id``), sent again in the state it produced or any later one, is
@@ -19,8 +20,8 @@ acknowledged without a transition (``is_redelivery``; the rule is written out in
 ``core.process``); any other refused message is the 400.
 
 ``apply`` is pure: it returns the new record, never touches IO; time and ids come in as
-arguments. What to send next is decided by ``next_step`` (the automatic reactions of a
-connector that has already decided whether to grant the offer).
+arguments. ``message_for`` builds what we send; which message to send next (the automatic
+reactions of a connector) is decided in ``service.negotiations``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 
 import msgspec
 
-from connector.core.errors import Area, InvalidTransition, MalformedMessage
+from connector.core import process
+from connector.core.errors import Area, MalformedMessage
 from connector.core.messages import (
     ContractAgreementMessage,
     ContractAgreementVerificationMessage,
@@ -44,7 +46,6 @@ from connector.core.messages import (
 )
 from connector.core.process import HistoryEntry as HistoryEntry
 from connector.core.process import Role as Role
-from connector.core.process import message_digest, seen, took_effect
 
 
 class NegotiationState(StrEnum):
@@ -71,22 +72,25 @@ class NegotiationEvent(StrEnum):
     TERMINATE = "ContractNegotiationTerminationMessage"
 
 
-S, E, C, P = NegotiationState, NegotiationEvent, Role.CONSUMER, Role.PROVIDER
+_STATE, _EVENT = NegotiationState, NegotiationEvent
+_CONSUMER, _PROVIDER = Role.CONSUMER, Role.PROVIDER
 
-# DSP 2025-1 §CN 1.2 (state machine) and the notes' table §4.
+# DSP 2025-1 §CN 1.2 (the contract negotiation state machine).
 TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], NegotiationState] = {
-    (C, None, E.REQUEST): S.REQUESTED,  # consumer-initiated (N2)
-    (P, None, E.OFFER): S.OFFERED,  # provider-initiated (N8)
-    (P, S.REQUESTED, E.OFFER): S.OFFERED,
-    (P, S.REQUESTED, E.AGREE): S.AGREED,
-    (C, S.OFFERED, E.REQUEST): S.REQUESTED,  # counter-request
-    (C, S.OFFERED, E.ACCEPT): S.ACCEPTED,
-    (P, S.ACCEPTED, E.AGREE): S.AGREED,
-    (C, S.AGREED, E.VERIFY): S.VERIFIED,
-    (P, S.VERIFIED, E.FINALIZE): S.FINALIZED,
+    # The two initial rows: consumer-initiated (POST /negotiations/request) and
+    # provider-initiated (POST /negotiations/offers), §CN HTTPS binding.
+    (_CONSUMER, None, _EVENT.REQUEST): _STATE.REQUESTED,
+    (_PROVIDER, None, _EVENT.OFFER): _STATE.OFFERED,
+    (_PROVIDER, _STATE.REQUESTED, _EVENT.OFFER): _STATE.OFFERED,
+    (_PROVIDER, _STATE.REQUESTED, _EVENT.AGREE): _STATE.AGREED,
+    (_CONSUMER, _STATE.OFFERED, _EVENT.REQUEST): _STATE.REQUESTED,  # counter-request
+    (_CONSUMER, _STATE.OFFERED, _EVENT.ACCEPT): _STATE.ACCEPTED,
+    (_PROVIDER, _STATE.ACCEPTED, _EVENT.AGREE): _STATE.AGREED,
+    (_CONSUMER, _STATE.AGREED, _EVENT.VERIFY): _STATE.VERIFIED,
+    (_PROVIDER, _STATE.VERIFIED, _EVENT.FINALIZE): _STATE.FINALIZED,
     # §CN 1.2: either party may terminate in any non-terminal state.
     **{
-        (role, state, E.TERMINATE): S.TERMINATED
+        (role, state, _EVENT.TERMINATE): _STATE.TERMINATED
         for role in Role
         for state in NegotiationState
         if not state.terminal
@@ -127,12 +131,12 @@ def event_of(msg: NegotiationMessage) -> NegotiationEvent:
     """The table's event for a message; event messages split by ``eventType``."""
     if isinstance(msg, ContractNegotiationEventMessage):
         if msg.event_type == "ACCEPTED":
-            return E.ACCEPT
+            return NegotiationEvent.ACCEPT
         if msg.event_type == "FINALIZED":
-            return E.FINALIZE
+            return NegotiationEvent.FINALIZE
         raise MalformedMessage(
             f"unknown eventType {msg.event_type!r}",
-            consumer_pid=msg.consumer_pid, provider_pid=msg.provider_pid,
+            consumer_pid=msg.consumer_pid, provider_pid=msg.provider_pid, area=Area.NEGOTIATION
         )
     return NegotiationEvent(type(msg).__name__)
 
@@ -142,14 +146,15 @@ def target_state(
     consumer_pid: str | None = None, provider_pid: str | None = None,
 ) -> NegotiationState:
     """Look the cell up, or raise InvalidTransition naming sender, state and message."""
-    try:
-        return TRANSITIONS[(sender, state, event)]
-    except KeyError:
-        where = f"in state {state.value}" if state else "to start a negotiation"
-        raise InvalidTransition(
-            f"cannot accept {event.value} from {sender.value} {where}",
-            area=Area.NEGOTIATION, consumer_pid=consumer_pid, provider_pid=provider_pid,
-        ) from None
+    return process.lookup(TRANSITIONS, sender, state, event, area=Area.NEGOTIATION,
+                          consumer_pid=consumer_pid, provider_pid=provider_pid)
+
+
+def opened(sender: Role, *, id: str, role: Role, now: float, **fields: Any) -> Negotiation:
+    """A new record, in the state the table's initial row for ``sender`` opens it in."""
+    state, first = process.first_line(TRANSITIONS, sender, now)
+    return Negotiation(id=id, role=role, state=state, created_at=now, updated_at=now,
+                       history=[first], **fields)
 
 
 def reason_text(reason: list[Any] | None, code: str | None) -> str:
@@ -163,13 +168,11 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
     """The record after ``msg`` from ``sender``; raises InvalidTransition if illegal.
 
     A message from the peer leaves its digest in the timeline (see ``core.process``)."""
-    pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid}
     event = event_of(msg)
-    new_state = target_state(sender, record.state, event, **pids)
-    changes: dict[str, Any] = {"state": new_state, "updated_at": now}
-    sent_provider_pid = getattr(msg, "provider_pid", None)
-    if record.provider_pid is None and sent_provider_pid:
-        changes["provider_pid"] = sent_provider_pid  # learnt before our 201 arrived
+    new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
+                             provider_pid=record.provider_pid)
+    changes: dict[str, Any] = {"state": new_state, "updated_at": now,
+                               **process.learnt_pid(record, msg)}
     note = ""
     if isinstance(msg, ContractOfferMessage | ContractRequestMessage):
         changes["offer"] = msg.offer
@@ -178,11 +181,8 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
         note = f"agreement {msg.agreement.get('@id')}"
     elif isinstance(msg, ContractNegotiationTerminationMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    digest = message_digest(msg, message_id) if sender is not record.role else None
-    entry = HistoryEntry(at=now, by=sender.value, message=event.value,
-                         state=new_state.value, note=note, digest=digest)
-    changes["history"] = [*record.history, entry]
-    return msgspec.structs.replace(record, **changes)
+    entry = process.line(record, sender, event, new_state, msg, now, note, message_id)
+    return msgspec.structs.replace(record, history=[*record.history, entry], **changes)
 
 
 def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage,
@@ -192,27 +192,13 @@ def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage,
 
     EDC sends its agreement again when it did not see our answer in time (``make interop``);
     refused, the repeat would make it terminate a negotiation both sides hold as agreed."""
-    event = event_of(msg)
-    if (sender, record.state, event) in TRANSITIONS:
-        return False
-    return seen(record.history, sender, event.value, message_digest(msg, message_id))
+    return process.is_repeat(TRANSITIONS, record, sender, event_of(msg), msg, message_id)
 
 
 def peer_took_it(record: Negotiation, peer_state: str) -> bool:
     """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
-    try:
-        theirs = NegotiationState(peer_state)
-    except ValueError:
-        return False
-    return took_effect(TRANSITIONS, record.state, theirs, record.role.other,
-                       NegotiationEvent.TERMINATE)
-
-
-def noted(record: Negotiation, now: float, by: str, message: str, note: str = ""
-          ) -> Negotiation:
-    """The record with one more timeline line that changes no state (a policy decision)."""
-    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
-    return msgspec.structs.replace(record, history=[*record.history, entry])
+    return process.peer_took_it(TRANSITIONS, record.state, record.role, peer_state,
+                                NegotiationEvent.TERMINATE)
 
 
 def terminate(record: Negotiation, sender: Role, reason: str, code: str, now: float) -> tuple[
@@ -225,11 +211,36 @@ def terminate(record: Negotiation, sender: Role, reason: str, code: str, now: fl
     return apply(record, sender, msg, now), msg
 
 
+def message_for(record: Negotiation, event: NegotiationEvent, *,
+                agreement: dict[str, Any] | None = None, reason: str = "",
+                code: str = "terminated-by-operator") -> NegotiationMessage:
+    """The message that carries ``event`` from us on this negotiation (both pids filled);
+    an agreement is built by ``build_agreement`` first."""
+    pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid or ""}
+    if event is NegotiationEvent.OFFER:
+        return ContractOfferMessage(**pids, offer=record.offer)
+    if event is NegotiationEvent.REQUEST:
+        return ContractRequestMessage(**pids, offer=record.offer)
+    if event is NegotiationEvent.ACCEPT:
+        return ContractNegotiationEventMessage(**pids, event_type="ACCEPTED")
+    if event is NegotiationEvent.FINALIZE:
+        return ContractNegotiationEventMessage(**pids, event_type="FINALIZED")
+    if event is NegotiationEvent.VERIFY:
+        return ContractAgreementVerificationMessage(**pids)
+    if event is NegotiationEvent.AGREE:
+        if agreement is None:
+            raise ValueError("an agreement message needs the agreement")
+        return ContractAgreementMessage(**pids, agreement=agreement)
+    return ContractNegotiationTerminationMessage(**pids, code=code,
+                                                 reason=[reason or "terminated"])
+
+
 def build_agreement(
     offer: Mapping[str, Any], *, agreement_id: str, dataset_id: str, assigner: str,
     assignee: str, timestamp: str,
 ) -> dict[str, Any]:
-    """An Agreement echoing the offer's rules unchanged (EDC compares them, see notes §2.4).
+    """An Agreement echoing the offer's rules unchanged (EDC compares them with the offer it
+    stored: interop/edc/README.md, difference 6).
 
     DSP 2025-1 §CN 2.3: an agreement MUST name target, assigner, assignee and timestamp.
     """

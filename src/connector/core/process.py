@@ -26,9 +26,10 @@ transition). Any other message the table refuses is still the 400 of DSP 2025-1 
 "HTTPS binding". A message the table allows is applied, even if an equal one came before (a
 resumed transfer's Start, a second round of offers).
 
-The initial messages (a consumer's first ContractRequestMessage or TransferRequestMessage)
-follow the same rule one level up: the services look the process up by the peer and its
-``consumerPid`` (a unique key in the store) and answer with the process that already exists.
+The initial messages (a consumer's first ContractRequestMessage or TransferRequestMessage, a
+provider's first ContractOfferMessage) follow the same rule one level up: the services look
+the process up by the peer and the pid it chose (its ``consumerPid``, or its ``providerPid``
+for an offer; a unique key in the store) and answer with the process that already exists.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from connector.core.errors import Area, InvalidTransition, MalformedMessage
 from connector.core.messages import Message
 
 
@@ -103,3 +105,108 @@ def took_effect(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours
                 reached.add(after)
                 frontier.append(after)
     return theirs in reached
+
+
+def peer_took_it(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours: StateT,
+                 role: Role, peer_state: str, terminate: EventT) -> bool:
+    """``took_effect`` for the state a peer reports (any string: it comes from outside)."""
+    try:
+        theirs = type(ours)(peer_state)
+    except ValueError:
+        return False
+    return took_effect(table, ours, theirs, role.other, terminate)
+
+
+# -- what both tables' records share -----------------------------------------------------------
+
+if TYPE_CHECKING:
+    from connector.core.negotiation import Negotiation
+    from connector.core.transfer import Transfer
+
+RecordT = TypeVar("RecordT", "Negotiation", "Transfer")
+Table = Mapping[tuple[Role, StateT | None, EventT], StateT]
+
+
+def lookup(table: Table[StateT, EventT], sender: Role, state: StateT | None, event: EventT, *,
+           area: Area, consumer_pid: str | None = None, provider_pid: str | None = None
+           ) -> StateT:
+    """Look the cell up, or raise InvalidTransition naming sender, state and message."""
+    try:
+        return table[(sender, state, event)]
+    except KeyError:
+        noun = "a negotiation" if area is Area.NEGOTIATION else "a transfer"
+        where = f"in state {state.value}" if state else f"to start {noun}"
+        raise InvalidTransition(
+            f"cannot accept {event.value} from {sender.value} {where}",
+            area=area, consumer_pid=consumer_pid, provider_pid=provider_pid,
+        ) from None
+
+
+def initial(table: Table[StateT, EventT], sender: Role) -> tuple[EventT, StateT]:
+    """The table's initial row for ``sender``: the message that opens a process, and the
+    state it opens it in (DSP 2025-1 §CN 1.2, §TP 1.2)."""
+    for (who, state, event), after in table.items():
+        if who is sender and state is None:
+            return event, after
+    raise InvalidTransition(f"the {sender.value} does not open this process", area=None)
+
+
+def first_line(table: Table[StateT, EventT], sender: Role, now: float
+               ) -> tuple[StateT, HistoryEntry]:
+    """The state of a process ``sender`` opens, and the first line of its timeline."""
+    event, state = initial(table, sender)
+    return state, HistoryEntry(at=now, by=sender.value, message=event.value, state=state.value)
+
+
+def is_repeat(table: Table[StateT, EventT], record: RecordT, sender: Role, event: EventT,
+              msg: Message, message_id: str | None) -> bool:
+    """The redelivery rule above: the table refuses ``msg`` now, and the same message from
+    ``sender`` was applied to ``record`` before."""
+    if (sender, record.state, event) in table:
+        return False
+    return seen(record.history, sender, event.value, message_digest(msg, message_id))
+
+
+def line(record: RecordT, sender: Role, event: StrEnum, state: StrEnum, msg: Message,
+         now: float, note: str, message_id: str | None) -> HistoryEntry:
+    """The timeline line of ``msg`` applied; one from the peer keeps its digest."""
+    digest = message_digest(msg, message_id) if sender is not record.role else None
+    return HistoryEntry(at=now, by=sender.value, message=event.value, state=state.value,
+                        note=note, digest=digest)
+
+
+def noted(record: RecordT, now: float, by: str, message: str, note: str = "") -> RecordT:
+    """The record with one more timeline line that changes no state (a policy decision)."""
+    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
+    return msgspec.structs.replace(record, history=[*record.history, entry])
+
+
+def learnt_pid(record: RecordT, msg: Message) -> dict[str, str]:
+    """The provider's pid a message tells a consumer that has not heard its 201 yet."""
+    sent = getattr(msg, "provider_pid", None)
+    return {"provider_pid": sent} if record.provider_pid is None and sent else {}
+
+
+def their_pid(record: RecordT) -> str | None:
+    """The pid the counterparty names this process by."""
+    return record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
+
+
+def check_pids(record: RecordT, msg: Message, area: Area) -> None:
+    """The message must name this process's pids (DSP 2025-1 §CN 2, §TP 2: both pids)."""
+    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
+    theirs = their_pid(record)
+    sent_mine = getattr(msg, "provider_pid" if record.role is Role.PROVIDER else "consumer_pid",
+                        None)
+    sent_theirs = getattr(msg, "consumer_pid" if record.role is Role.PROVIDER
+                          else "provider_pid", None)
+    if sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs)):
+        noun = "negotiation" if area is Area.NEGOTIATION else "transfer"
+        raise MalformedMessage(f"process ids in the message do not match this {noun}",
+                               area=area, consumer_pid=record.consumer_pid,
+                               provider_pid=record.provider_pid)
+
+
+def with_provider_pid(record: RecordT, provider_pid: str) -> RecordT:
+    """The record once the provider's pid is known (its 201 to our initial message)."""
+    return msgspec.structs.replace(record, provider_pid=provider_pid)

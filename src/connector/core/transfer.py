@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from connector.core.errors import Area, InvalidTransition
+from connector.core import process
+from connector.core.errors import Area
 from connector.core.messages import (
     EDC_NS,
     DataAddress,
@@ -32,7 +33,7 @@ from connector.core.messages import (
     TransferTerminationMessage,
 )
 from connector.core.negotiation import reason_text
-from connector.core.process import HistoryEntry, Role, message_digest, seen, took_effect
+from connector.core.process import HistoryEntry, Role
 
 
 class TransferState(StrEnum):
@@ -55,19 +56,20 @@ class TransferEvent(StrEnum):
     TERMINATE = "TransferTerminationMessage"
 
 
-S, E, C, P = TransferState, TransferEvent, Role.CONSUMER, Role.PROVIDER
-_BOTH = (C, P)
+_STATE, _EVENT = TransferState, TransferEvent
+_CONSUMER, _PROVIDER = Role.CONSUMER, Role.PROVIDER
+_BOTH = (_CONSUMER, _PROVIDER)
 
-# DSP 2025-1 §TP 1.2 and the notes' table §4.
+# DSP 2025-1 §TP 1.2 (the transfer process state machine).
 TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferState] = {
-    (C, None, E.REQUEST): S.REQUESTED,
-    (P, S.REQUESTED, E.START): S.STARTED,
-    **{(r, S.REQUESTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
-    **{(r, S.STARTED, E.COMPLETE): S.COMPLETED for r in _BOTH},
-    **{(r, S.STARTED, E.SUSPEND): S.SUSPENDED for r in _BOTH},
-    **{(r, S.STARTED, E.TERMINATE): S.TERMINATED for r in _BOTH},
-    **{(r, S.SUSPENDED, E.START): S.STARTED for r in _BOTH},
-    **{(r, S.SUSPENDED, E.TERMINATE): S.TERMINATED for r in _BOTH},
+    (_CONSUMER, None, _EVENT.REQUEST): _STATE.REQUESTED,
+    (_PROVIDER, _STATE.REQUESTED, _EVENT.START): _STATE.STARTED,
+    **{(r, _STATE.REQUESTED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.COMPLETE): _STATE.COMPLETED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.SUSPEND): _STATE.SUSPENDED for r in _BOTH},
+    **{(r, _STATE.STARTED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
+    **{(r, _STATE.SUSPENDED, _EVENT.START): _STATE.STARTED for r in _BOTH},
+    **{(r, _STATE.SUSPENDED, _EVENT.TERMINATE): _STATE.TERMINATED for r in _BOTH},
 }
 
 
@@ -107,14 +109,15 @@ def target_state(
     consumer_pid: str | None = None, provider_pid: str | None = None,
 ) -> TransferState:
     """Look the cell up, or raise InvalidTransition naming sender, state and message."""
-    try:
-        return TRANSITIONS[(sender, state, event)]
-    except KeyError:
-        where = f"in state {state.value}" if state else "to start a transfer"
-        raise InvalidTransition(
-            f"cannot accept {event.value} from {sender.value} {where}",
-            area=Area.TRANSFER, consumer_pid=consumer_pid, provider_pid=provider_pid,
-        ) from None
+    return process.lookup(TRANSITIONS, sender, state, event, area=Area.TRANSFER,
+                          consumer_pid=consumer_pid, provider_pid=provider_pid)
+
+
+def opened(*, id: str, role: Role, now: float, **fields: Any) -> Transfer:
+    """A new record, in the state the table's initial row (the consumer's request) opens."""
+    state, first = process.first_line(TRANSITIONS, Role.CONSUMER, now)
+    return Transfer(id=id, role=role, state=state, created_at=now, updated_at=now,
+                    history=[first], **fields)
 
 
 def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
@@ -126,19 +129,13 @@ def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
     terminates the transfer if the repeat is refused. A resume (Start from SUSPENDED) is a
     transition, not a repeat."""
     event = TransferEvent(type(msg).__name__)
-    if (sender, record.state, event) in TRANSITIONS:
-        return False
-    return seen(record.history, sender, event.value, message_digest(msg, message_id))
+    return process.is_repeat(TRANSITIONS, record, sender, event, msg, message_id)
 
 
 def peer_took_it(record: Transfer, peer_state: str) -> bool:
     """Whether the peer's ``peer_state`` shows it holds what we sent (``core.process``)."""
-    try:
-        theirs = TransferState(peer_state)
-    except ValueError:
-        return False
-    return took_effect(TRANSITIONS, record.state, theirs, record.role.other,
-                       TransferEvent.TERMINATE)
+    return process.peer_took_it(TRANSITIONS, record.state, record.role, peer_state,
+                                TransferEvent.TERMINATE)
 
 
 def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
@@ -149,26 +146,15 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
     event = TransferEvent(type(msg).__name__)
     new_state = target_state(sender, record.state, event, consumer_pid=record.consumer_pid,
                              provider_pid=record.provider_pid)
-    changes: dict[str, Any] = {"state": new_state, "updated_at": now}
-    sent_provider_pid = getattr(msg, "provider_pid", None)
-    if record.provider_pid is None and sent_provider_pid:
-        changes["provider_pid"] = sent_provider_pid
+    changes: dict[str, Any] = {"state": new_state, "updated_at": now,
+                               **process.learnt_pid(record, msg)}
     note = ""
     if isinstance(msg, TransferStartMessage) and msg.data_address is not None:
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    digest = message_digest(msg, message_id) if sender is not record.role else None
-    entry = HistoryEntry(at=now, by=sender.value, message=event.value, state=new_state.value,
-                         note=note, digest=digest)
-    changes["history"] = [*record.history, entry]
-    return msgspec.structs.replace(record, **changes)
-
-
-def noted(record: Transfer, now: float, by: str, message: str, note: str = "") -> Transfer:
-    """The record with one more timeline line that changes no state (a data-plane denial)."""
-    entry = HistoryEntry(at=now, by=by, message=message, state=record.state.value, note=note)
-    return msgspec.structs.replace(record, history=[*record.history, entry])
+    entry = process.line(record, sender, event, new_state, msg, now, note, message_id)
+    return msgspec.structs.replace(record, history=[*record.history, entry], **changes)
 
 
 def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = None,
@@ -177,13 +163,13 @@ def message_for(record: Transfer, event: TransferEvent, *, reason: str | None = 
     """The message that carries ``event`` for this process (both pids filled)."""
     pids = {"consumer_pid": record.consumer_pid, "provider_pid": record.provider_pid or ""}
     reasons = [reason] if reason else None
-    if event is E.START:
+    if event is TransferEvent.START:
         return TransferStartMessage(**pids, data_address=data_address)
-    if event is E.COMPLETE:
+    if event is TransferEvent.COMPLETE:
         return TransferCompletionMessage(**pids)
-    if event is E.SUSPEND:
+    if event is TransferEvent.SUSPEND:
         return TransferSuspensionMessage(**pids, code=code, reason=reasons)
-    if event is E.TERMINATE:
+    if event is TransferEvent.TERMINATE:
         return TransferTerminationMessage(**pids, code=code, reason=reasons)
     raise ValueError(f"{event} is not sent on an existing process")
 
@@ -200,19 +186,20 @@ def request_message(record: Transfer, callback_address: str,
 HTTP_PULL_ENDPOINT_TYPE = "https://w3id.org/idsa/v4.1/HTTP"
 
 
+def bearer_properties(token: str) -> list[EndpointProperty]:
+    """The endpoint properties of a bearer-token address (DSP 2025-1 §TP 2.3 example)."""
+    return [EndpointProperty(name="authorization", value=token),
+            EndpointProperty(name="authType", value="bearer")]
+
+
 def pull_address(endpoint: str, token: str) -> DataAddress:
-    return DataAddress(
-        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
-        endpoint=endpoint,
-        endpoint_properties=[
-            EndpointProperty(name="authorization", value=token),
-            EndpointProperty(name="authType", value="bearer"),
-            # The same under EDC's names, which its consumers read (interop/edc/README.md).
-            EndpointProperty(name=EDC_NS + "endpoint", value=endpoint),
-            EndpointProperty(name=EDC_NS + "authorization", value=token),
-            EndpointProperty(name=EDC_NS + "authType", value="bearer"),
-        ],
-    )
+    """Where a consumer pulls from: our data plane and the bearer token we minted."""
+    # The same under EDC's names, which its consumers read (interop/edc/README.md).
+    edc = [EndpointProperty(name=EDC_NS + name, value=value)
+           for name, value in (("endpoint", endpoint), ("authorization", token),
+                               ("authType", "bearer"))]
+    return DataAddress(endpoint_type=HTTP_PULL_ENDPOINT_TYPE, endpoint=endpoint,
+                       endpoint_properties=bearer_properties(token) + edc)
 
 
 PUSH_FORMAT = "HttpData-PUSH"
@@ -220,11 +207,5 @@ PUSH_FORMAT = "HttpData-PUSH"
 
 def push_address(endpoint: str, token: str) -> DataAddress:
     """Where a provider pushes to: the consumer's endpoint and the bearer token it minted."""
-    return DataAddress(
-        endpoint_type=HTTP_PULL_ENDPOINT_TYPE,
-        endpoint=endpoint,
-        endpoint_properties=[
-            EndpointProperty(name="authorization", value=token),
-            EndpointProperty(name="authType", value="bearer"),
-        ],
-    )
+    return DataAddress(endpoint_type=HTTP_PULL_ENDPOINT_TYPE, endpoint=endpoint,
+                       endpoint_properties=bearer_properties(token))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connector.core.catalog import DatasetText
 from connector.core.errors import ConfigError
 from connector.participant.layout import raise_first, read_toml
 
@@ -28,13 +29,9 @@ _URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 
 
 @dataclass(frozen=True)
-class DatasetDecl:
+class DatasetDecl(DatasetText):
     """One ``datasets/*.toml``: a dataset, where its records live and the policies it offers."""
 
-    id: str
-    title: str
-    description: str
-    keywords: tuple[str, ...]
     policies: tuple[str, ...]
     format: str
     source_type: str
@@ -45,6 +42,9 @@ class DatasetDecl:
     source_token_file: Path | None = None  # http: a secret file holding the bearer token
     source_dsn_file: Path | None = None  # postgres: a secret file holding the libpq DSN
     formats: tuple[str, ...] = ()  # declared `formats`; empty: just `format`
+    # `confidential = true`: a caller who may see no offer of it is not told it exists (nor
+    # which terms it misses); by default it learns which constraints it does not meet.
+    confidential: bool = False
 
     @property
     def offered_formats(self) -> tuple[str, ...]:
@@ -69,6 +69,8 @@ def dataset_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(("keywords", "key 'keywords' must be a list of strings"))
     if not _is_str_list(data.get("policies")) or not data["policies"]:
         found.append(("policies", "key 'policies' must be a non-empty list of policy names"))
+    if "confidential" in data and not isinstance(data["confidential"], bool):
+        found.append(("confidential", "key 'confidential' must be true or false"))
     if "formats" in data and (not _is_str_list(data["formats"]) or not data["formats"]
                               or any(f not in FORMATS for f in data["formats"])):
         found.append(("formats", f"key 'formats' must be a non-empty list of {FORMATS}"))
@@ -136,6 +138,7 @@ def dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
         source_token_file=(root / token_file).resolve() if token_file else None,
         source_dsn_file=(root / dsn_file).resolve() if dsn_file else None,
         formats=formats,
+        confidential=bool(data.get("confidential", False)),
     )
 
 

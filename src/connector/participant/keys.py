@@ -209,3 +209,31 @@ def retire_signing_key(dir: Path, kid: str, *, now: float | None = None) -> int:
     record[kid]["retired_at"] = int(now)
     write_json(dir / ROTATIONS_FILE, record)
     return margin
+
+
+def signing_keys(dir: Path) -> list[dict[str, Any]]:
+    """The keys published in ``did.json``, each as {kid, status, key, since}
+    (``connector keys list``).
+
+    ``status`` is ``signing`` for the key tokens are signed with, ``published`` for one
+    ``rotate --publish-only`` added and not yet activated, ``rotated out`` for one that
+    stopped signing (``since`` then says when; retire it once its tokens expired).
+    """
+    settings = load_settings(dir)
+    document = _document(dir, settings.did, settings.signing_kid)
+    record = _rotations(dir)
+    found = []
+    for kid in verification_methods(document):
+        kid = _absolute(settings.did, kid)
+        entry = record.get(kid, {})
+        if kid == settings.signing_kid:
+            status, since = "signing", entry.get("signing_from")
+        elif entry.get("signing_until"):
+            status, since = "rotated out", entry["signing_until"]
+        else:
+            status, since = "published", entry.get("published_at")
+        key = (str(settings.signing_key.relative_to(settings.root))
+               if kid == settings.signing_kid else entry.get("key"))
+        found.append({"kid": kid, "status": status, "key": key,
+                      "since": _iso(since) if isinstance(since, int) else None})
+    return found

@@ -84,19 +84,33 @@ def check_init_target(root: Path) -> None:
         raise ConfigError(f"{root}: exists and is not an empty directory")
 
 
+# RFC 9110 §4.2.2: an https URL without a port means 443.
+HTTPS_PORT = 443
+
+
 def parse_public_url(url: str) -> tuple[str, int]:
-    """Host and port of ``https://HOST:PORT`` (an optional trailing ``/``); else ConfigError."""
+    """Host and port of ``https://HOST[:PORT]`` (no port: 443; an optional trailing ``/``);
+    else ConfigError."""
+    shape = "must be https://HOST or https://HOST:PORT"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"--url {url!r}: must be https://HOST:PORT ({exc})") from exc
+        raise ConfigError(f"--url {url!r}: {shape} ({exc})") from exc
     bad_path = parts.path not in ("", "/")
-    if parts.scheme != "https" or not parts.hostname or not port or bad_path:
-        raise ConfigError(f"--url {url!r}: must be https://HOST:PORT")
+    if parts.scheme != "https" or not parts.hostname or port == 0 or bad_path:
+        raise ConfigError(f"--url {url!r}: {shape}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"--url {url!r}: must be https://HOST:PORT")
-    return parts.hostname.lower(), port
+        raise ConfigError(f"--url {url!r}: {shape}")
+    return parts.hostname.lower(), HTTPS_PORT if port is None else port
+
+
+def canonical_url(url: str) -> str:
+    """``url`` without a trailing ``/`` and without an explicit default port, so that one
+    server has one URL and one did:web DID (did:web: ``https://h:443`` is ``did:web:h``)."""
+    host, port = parse_public_url(url)
+    shown = f"[{host}]" if ":" in host else host
+    return f"https://{shown}" if port == HTTPS_PORT else f"https://{shown}:{port}"
 
 
 def bind_host(host: str) -> str:

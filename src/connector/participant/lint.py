@@ -26,6 +26,10 @@ from connector.participant.layout import DID_FILE
 from connector.participant.policies import name_problem, policy_files
 from connector.participant.trust import peer_from, peer_problems
 
+# How the problem of a dataset whose source file is missing begins: the daemon does not offer
+# that dataset, but unlike the other problems it is no reason to refuse the rest of an edit.
+MISSING_SOURCE = "no source file"
+
 
 def _rel(root: Path, name: str) -> str:
     """How a file is named in problems: the folder as given, then the file."""
@@ -184,9 +188,9 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
         for key in ("path", "token_file", "dsn_file"):
             given = data["source"].get(key)
             if given and not Path(given).is_absolute() and not (root / given).exists():
-                what = "source file" if key == "path" else "secret file"
+                what = MISSING_SOURCE if key == "path" else "no secret file"
                 out.append(Problem(name, _line_of(text, f"source.{key}"),
-                                   f"no {what} {root / given}"))
+                                   f"{what} {root / given}"))
             elif given and key != "path":
                 try:
                     keys.check_private_mode(root / given)

@@ -155,35 +155,74 @@ def _read_certificate(path: Path) -> str:
 
 
 def add_trusted_peer(
-    dir: Path, source: Path, *, attributes: dict[str, str], tls_cert: Path | None
+    dir: Path, source: Path, *, attributes: dict[str, str], tls_cert: Path | None,
+    system_ca: bool = False, replace_attributes: bool = False,
 ) -> Path:
     """Pin the peer described by ``source`` (its folder or its did.json) in ``trust/``.
 
-    Writes ``trust/<slug>.json`` (replacing an earlier pin of the same DID, as in a key
-    rotation) and returns its path. Attribute values are kept as given strings.
+    Writes ``trust/<slug>.json`` and returns its path. Pinning a DID again (as after a key
+    rotation) takes its new keys and URL but keeps what the operator decided: the attributes
+    already pinned (``attributes`` are added to them; ``replace_attributes`` replaces them),
+    the TLS certificate when none is given, and a ``dsp_base``. Without a TLS certificate
+    (given, found in the peer's folder or already pinned) the peer's server must be trusted
+    by the system's CAs: refused unless ``system_ca`` says so. Attribute values are kept as
+    given strings.
     """
     did_path, url, default_cert = _peer_source(source)
     document = read_json(did_path)
     did = document.get("id") if isinstance(document, dict) else None
     if not isinstance(did, str):
         raise ConfigError(f"{did_path}: key 'id' must be the peer's DID")
+    target = dir / "trust" / f"{_slug(did)}.json"
+    earlier = read_json(target) if target.exists() else {}
+    earlier = earlier if isinstance(earlier, dict) else {}
+    if earlier.get("did", did) != did:
+        raise ConfigError(f"{target}: already pins another DID")
     cert_path = tls_cert or default_cert
-    data = {
+    cert = _read_certificate(cert_path) if cert_path else earlier.get("tls_cert")
+    if cert is None and not system_ca:
+        raise ConfigError(f"{did_path}: no TLS certificate for {url}: give the peer's "
+                          "certificate (--tls-cert tls/cert.pem from their folder), or "
+                          "--system-ca if a public CA signed it")
+    kept = {} if replace_attributes else dict(earlier.get("attributes") or {})
+    data: dict[str, Any] = {
         "did": did,
         "url": url,
         "keys": _document_keys(document, did),
-        "tls_cert": _read_certificate(cert_path) if cert_path else None,
-        "attributes": dict(attributes),
+        "tls_cert": cert,
+        "attributes": {**kept, **attributes},
     }
+    if earlier.get("dsp_base"):
+        data["dsp_base"] = earlier["dsp_base"]
     raise_first(did_path, peer_problems(data))
     try:
         peer_from(data)
     except ConfigError as exc:
         raise ConfigError(f"{did_path}: {exc.message}") from exc
-    target = dir / "trust" / f"{_slug(did)}.json"
-    if target.exists() and read_json(target).get("did") != did:
-        raise ConfigError(f"{target}: already pins another DID")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(target, data)
     return target
 
+
+def pinned_peers(dir: Path) -> list[tuple[Path, Peer]]:
+    """Each trust file with its peer, in file order (``connector trust list``)."""
+    peers = load_trust(dir)
+    found = []
+    for path in sorted((dir / "trust").glob("*.json")):
+        did = read_json(path).get("did")
+        if did in peers:
+            found.append((path, peers[did]))
+    return found
+
+
+def remove_trusted_peer(dir: Path, which: str) -> Path:
+    """Unpin the peer named by its DID or its trust file's name; returns the removed file.
+
+    Its agreements stay (they are records of what was agreed); new requests from it are
+    refused once the daemon reloads ``trust/``.
+    """
+    for path, peer in pinned_peers(dir):
+        if which in (peer.did, path.name, path.stem):
+            path.unlink()
+            return path
+    raise ConfigError(f"no pinned peer {which!r} in {dir / 'trust'} (see `connector trust list`)")

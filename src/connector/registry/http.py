@@ -47,7 +47,7 @@ def _int(request: web.Request, name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise MalformedMessage(f"query parameter {name!r} must be an integer") from exc
+        raise MalformedMessage(f"query parameter {name!r} must be an integer", area=None) from exc
 
 
 def search_query(request: web.Request) -> SearchQuery:
@@ -78,7 +78,7 @@ class RegistryApi:
     async def publish(self, request: web.Request) -> web.Response:
         jws = (await request.read()).decode("ascii", "replace").strip()
         if not jws:
-            raise MalformedMessage("body must be a snapshot JWS")
+            raise MalformedMessage("body must be a snapshot JWS", area=None)
         done = await self._service.publish(jws)
         return _out({"etag": done.etag, "version": done.version,
                      "changed": done.version is not None}, headers={"ETag": f'"{done.etag}"'})
@@ -114,7 +114,7 @@ class RegistryApi:
     async def witness(self, request: web.Request) -> web.Response:
         jws = (await request.read()).decode("ascii", "replace").strip()
         if not jws:
-            raise MalformedMessage("body must be an audit checkpoint JWS")
+            raise MalformedMessage("body must be an audit checkpoint JWS", area=None)
         return _out({"receivedAt": await self._service.witness(jws)})
 
     async def witnessed(self, request: web.Request) -> web.Response:

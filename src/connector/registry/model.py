@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from connector.core.catalog import DatasetText
 from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConnectorError
 from connector.core.identity import KeyRing, SigningKey, sign_jwt, verify_token
@@ -62,18 +63,12 @@ _SIGNED_URL = re.compile(
     r"key|code)=", re.IGNORECASE)
 
 
-class PublicationRefused(ConnectorError):
+class PublicationRefused(ConnectorError, status=422, code="refused"):
     """A snapshot the registry will not hold: malformed, data-bearing, too big, stale."""
 
-    status = 422
-    code = "refused"
 
-
-class NotMember(AuthError):
+class NotMember(AuthError, status=403, code="not-member"):
     """The publisher or caller is not a pinned member (``membership = active``) of the space."""
-
-    status = 403
-    code = "not-member"
 
 
 def is_member(attributes: Mapping[str, Any]) -> bool:
@@ -165,13 +160,9 @@ def check_catalog_content(catalog: Any) -> bytes:
 
 
 @dataclass(frozen=True)
-class DatasetMeta:
+class DatasetMeta(DatasetText):
     """One dataset as the registry indexes it."""
 
-    dataset_id: str
-    title: str
-    description: str
-    keywords: tuple[str, ...]
     themes: tuple[str, ...]
     formats: tuple[str, ...]
 
@@ -211,7 +202,7 @@ def _dataset_meta(doc: Any, path: str) -> DatasetMeta:
         if isinstance(dist, dict):
             formats.extend(f for f in _terms(dist.get("format")) if f not in formats)
     return DatasetMeta(
-        dataset_id=doc["@id"], title=_text(doc.get("title")),
+        id=doc["@id"], title=_text(doc.get("title")),
         description=_text(doc.get("description")), keywords=_terms(doc.get("keyword")),
         themes=_terms(doc.get("theme")), formats=tuple(formats))
 
@@ -239,7 +230,7 @@ def index_catalog(catalog: Any, publisher: str) -> tuple[str, list[DatasetMeta],
     if len(datasets) > MAX_DATASETS:
         raise PublicationRefused(f"{len(datasets)} datasets (at most {MAX_DATASETS})")
     metas = [_dataset_meta(d, f"$.dataset[{i}]") for i, d in enumerate(datasets)]
-    if len({m.dataset_id for m in metas}) != len(metas):
+    if len({m.id for m in metas}) != len(metas):
         raise PublicationRefused("dataset @id values must be unique")
     return dsp_endpoint(catalog), metas, etag
 

@@ -142,6 +142,13 @@ class RegistryPublisher:
         return cls(settings.registries, Signer.from_settings(settings), session=session,
                    catalog=lambda: registry_catalog(catalog()), on_published=on_published)
 
+    def use_signer(self, signer: Signer) -> None:
+        """Sign with a rotated key from now on, and publish again with it right away (a
+        registry that re-pinned us may have dropped the old key)."""
+        self._signer = signer
+        self._acknowledged.clear()
+        self._changed.set()
+
     def changed(self) -> None:
         """The folder changed: publish again now (a no-op for registries if nothing did)."""
         self._changed.set()

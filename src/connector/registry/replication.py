@@ -20,6 +20,7 @@ import msgspec
 from connector.core.codec import within_depth
 from connector.core.errors import ConnectorError, PeerError
 from connector.core.identity import did_web_from_url
+from connector.registry.search import get_ok
 from connector.registry.service import MAX_CHANGES, RegistryService
 from connector.service.auth import Identity
 
@@ -71,15 +72,8 @@ class Replicator:
 
     async def _fetch(self, peer: str, since: int) -> list[tuple[int, str]]:
         url = f"{peer}/changes?since={since}&limit={MAX_CHANGES}"
-        headers = {"Authorization": self._identity.authorization(did_web_from_url(peer))}
-        try:
-            async with self._session().get(url, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise PeerError(f"GET {url} answered {resp.status}: {body[:200]!r}",
-                                    peer_status=resp.status)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        body = await get_ok(self._session(), url, shown=f"GET {url}",
+                            authorization=self._identity.authorization(did_web_from_url(peer)))
         try:
             doc = msgspec.json.decode(within_depth(body))
             return [(int(c["version"]), str(c["snapshot"])) for c in doc["changes"]]

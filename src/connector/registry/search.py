@@ -88,18 +88,9 @@ class RegistrySearch:
         raise PeerError("no registry answered: " + "; ".join(errors))
 
     async def _ask(self, registry: str, params: dict[str, str]) -> dict[str, Any]:
-        url = f"{registry}/search?{urlencode(params)}"
-        headers = {"Authorization": self._signer.authorization(registry)}
-        try:
-            async with self._session().get(
-                    url, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=SEARCH_TIMEOUT_S)) as resp:
-                body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"{registry}: {type(exc).__name__}: {exc}") from exc
-        if resp.status != 200:
-            raise PeerError(f"{registry} answered {resp.status}: {body[:200]!r}",
-                            peer_status=resp.status)
+        body = await get_ok(self._session(), f"{registry}/search?{urlencode(params)}",
+                            authorization=self._signer.authorization(registry),
+                            shown=registry, timeout_s=SEARCH_TIMEOUT_S)
         try:
             doc = msgspec.json.decode(within_depth(body))
         except ValueError as exc:  # msgspec.DecodeError is one
@@ -137,6 +128,23 @@ def provider_root(endpoint: str) -> str:
 
 
 # --- the three callers ----------------------------------------------------------------------------
+
+
+async def get_ok(session: aiohttp.ClientSession, url: str, *, authorization: str, shown: str,
+                 timeout_s: float | None = None) -> bytes:
+    """GET ``url`` from a registry: the body of its 200 answer, or PeerError naming ``shown``
+    (another status, a refused connection, a timeout)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+    try:
+        async with session.get(url, headers={"Authorization": authorization},
+                               timeout=timeout) as resp:
+            body = await resp.read()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise PeerError(f"{shown}: {type(exc).__name__}: {exc}") from exc
+    if resp.status != 200:
+        raise PeerError(f"{shown} answered {resp.status}: {body[:200]!r}",
+                        peer_status=resp.status)
+    return body
 
 
 def pinned_session(root: Path) -> aiohttp.ClientSession:

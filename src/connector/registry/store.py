@@ -7,7 +7,7 @@ statement, and a publication of 20 datasets took 8 statements, ~8 ms on two core
 ~2 ms. This process is the only writer: the head of every entry
 (``iat``, ETag, expiry, version) is kept in memory, so a conditional publication
 (``If-None-Match``) and the last-writer-wins check cost no database round trip (each hop to
-aiosqlite's thread costs 60-300 µs, perf-limits §4).
+aiosqlite's thread costs 60-300 µs, docs/interop-notes.md §6).
 
 Search is FTS5 over title, description and keywords (bm25 order), with exact filters on the
 facet tables; one reader hop per search. A text query reads the FTS5 index alone: one pass
@@ -275,7 +275,7 @@ class RegistryStore:
             rowid = self._next_dataset
             self._next_dataset += 1
             out.append((_INSERT_DATASET, (
-                rowid, snap.publisher, meta.dataset_id, meta.title, meta.description,
+                rowid, snap.publisher, meta.id, meta.title, meta.description,
                 json.dumps(meta.keywords), json.dumps(meta.themes), json.dumps(meta.formats),
                 snap.expires_at)))
             for kind, values in (("keyword", meta.keywords), ("theme", meta.themes),

@@ -18,9 +18,8 @@ import aiohttp
 import msgspec
 
 from connector.config import Settings
-from connector.core.errors import PeerError
 from connector.registry.publisher import Signer
-from connector.registry.search import pinned_session
+from connector.registry.search import get_ok, pinned_session
 
 log = logging.getLogger("connector.registry.witness")
 WITNESS_TIMEOUT_S = 10.0
@@ -60,14 +59,8 @@ async def _witnessed(settings: Settings, registry: str) -> list[tuple[int, str]]
     signer = Signer.from_settings(settings)
     url = f"{registry}/audit/checkpoints?participant={quote(settings.did)}"
     try:
-        async with session.get(url, headers={"Authorization": signer.authorization(registry)},
-                               timeout=aiohttp.ClientTimeout(total=WITNESS_TIMEOUT_S)) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise PeerError(f"{registry} answered {resp.status}: {body[:200]!r}",
-                                peer_status=resp.status)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise PeerError(f"{registry}: {type(exc).__name__}: {exc}") from exc
+        body = await get_ok(session, url, authorization=signer.authorization(registry),
+                            shown=registry, timeout_s=WITNESS_TIMEOUT_S)
     finally:
         await session.close()
     doc = msgspec.json.decode(body)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgspec
 
 from connector.core.audit import Event, canonical, sha256_hex, sign_checkpoint
 from connector.core.errors import ConfigError
@@ -42,10 +43,14 @@ DEFAULT_CHECKPOINT_ENTRIES = 1000
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 # Processes whose timeline length is remembered (to audit only the new steps of a record).
 MAX_TRACKED_PROCESSES = 100_000
+# Peers' DID documents whose encoding is remembered (one per peer in a small data space).
+MAX_TRACKED_DOCUMENTS = 1_000
 # A history line from the policy saying it refused: a denial, with its per-constraint reasons.
 _DENIAL_WORDS = ("denied", "cannot evaluate")
 
 Evidence = tuple[str, str, bytes]  # (digest, kind, content)
+# Evidence kinds many entries share, written once (the others are kept with their entry).
+SHARED_EVIDENCE = frozenset({"did", "policy"})
 
 
 @dataclass(frozen=True)
@@ -116,47 +121,52 @@ class AuditBatch:
 
     events: list[Event] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)  # once it is written
 
     def __bool__(self) -> bool:
         return bool(self.events)
 
 
 class StepAudit:
-    """Derives a step's audit events; the store calls it inside ``_transaction``'s callers."""
+    """Derives a step's audit entry; the store calls it inside ``_transaction``'s callers.
+
+    One entry per step: its state, the timeline lines it added, and in sections the inbound
+    message it answers (``in``), the messages it queues (``out``), the agreement it made
+    (``agreement``) and the policy's refusals (``denials``). Evidence already written once
+    (a peer's DID document, a policy text) is not queued again while this process runs.
+    """
 
     def __init__(self, *, clock: Callable[[], float],
                  policy_text: Callable[[str], bytes | None] = lambda _hash: None) -> None:
         self._clock = clock
         self._policy_text = policy_text  # the canonical policy document with that hash
         self._audited: dict[str, int] = {}  # process id -> history lines already audited
+        self._documents: dict[int, tuple[Mapping[str, Any], str, bytes]] = {}
+        self._kept: set[str] = set()  # digests of the shared evidence written so far
 
     def negotiation(self, record: Negotiation, outbox: Sequence[Outgoing],
                     agreement: Agreement | None) -> AuditBatch:
-        now = self._clock()
-        batch = self._inbound(now, record.id, keep_evidence=True)
-        refs = (record.id,)
-        steps = self._new_steps(record.id, record.history, record.state.terminal)
-        data = {"role": record.role.value, "state": record.state.value,
-                "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
-                "dataset": record.dataset_id, "peer": record.counterparty_id, "steps": steps}
-        batch.events.append(Event("negotiation", now, refs, data))
-        self._denials(batch, now, refs, steps)
+        batch = AuditBatch()
+        refs = (record.id,) if agreement is None else (record.id, agreement.id)
+        data = self._step(batch, record.id, record.role.value, record.state.value,
+                          record.history, record.state.terminal, keep_evidence=True)
+        data |= {"consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
+                 "dataset": record.dataset_id, "peer": record.counterparty_id}
         if agreement is not None:
-            self._agreement(batch, now, agreement)
-        self._outgoing(batch, now, refs, outbox)
+            data["agreement"] = self._agreement(batch, agreement)
+        self._outgoing(data, outbox)
+        batch.events.append(Event("negotiation", self._clock(), refs, data))
         return batch
 
     def transfer(self, record: Transfer, outbox: Sequence[Outgoing]) -> AuditBatch:
-        now = self._clock()
-        batch = self._inbound(now, record.id, keep_evidence=False)
-        refs = (record.id, record.agreement_id)
-        steps = self._new_steps(record.id, record.history, record.state.terminal)
-        data = {"role": record.role.value, "state": record.state.value,
-                "consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
-                "agreement": record.agreement_id, "peer": record.counterparty_id, "steps": steps}
-        batch.events.append(Event("transfer", now, refs, data))
-        self._denials(batch, now, refs, steps)
-        self._outgoing(batch, now, refs, outbox)
+        batch = AuditBatch()
+        data = self._step(batch, record.id, record.role.value, record.state.value,
+                          record.history, record.state.terminal, keep_evidence=False)
+        data |= {"consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
+                 "agreement": record.agreement_id, "peer": record.counterparty_id}
+        self._outgoing(data, outbox)
+        batch.events.append(Event("transfer", self._clock(), (record.id, record.agreement_id),
+                                  data))
         return batch
 
     def revocation(self, agreement: Agreement) -> AuditBatch:
@@ -165,11 +175,25 @@ class StepAudit:
 
     # -- parts ---------------------------------------------------------------------------------
 
-    def _inbound(self, now: float, process_id: str, *, keep_evidence: bool) -> AuditBatch:
-        batch = AuditBatch()
+    def _step(self, batch: AuditBatch, pid: str, role: str, state: str,
+              history: Sequence[HistoryEntry], done: bool, *, keep_evidence: bool
+              ) -> dict[str, Any]:
+        steps = self._new_steps(pid, history, done)
+        data: dict[str, Any] = {"role": role, "state": state, "steps": steps}
+        denials = [{"decision": s.message, "reasons": s.note.splitlines()}
+                   for s in steps if s.by == "policy"
+                   and any(w in s.message for w in _DENIAL_WORDS)]
+        if denials:
+            data["denials"] = denials
+        inbound = self._inbound(batch, keep_evidence)
+        if inbound is not None:
+            data["in"] = inbound
+        return data
+
+    def _inbound(self, batch: AuditBatch, keep_evidence: bool) -> dict[str, Any] | None:
         message = _take_inbound()
         if message is None:
-            return batch
+            return None
         data = {**message.event_data(), "kept": keep_evidence}
         if keep_evidence:  # the messages that form an agreement: the peer's signature over them
             if message.token:
@@ -177,65 +201,83 @@ class StepAudit:
                                        message.token.encode()))
             batch.evidence.append((str(data["bodyDigest"]), "body", message.body))
             if message.document is not None:
-                document = canonical(message.document)
-                data["peerDocument"] = sha256_hex(document)
-                batch.evidence.append((data["peerDocument"], "did", document))
-        batch.events.append(Event("dsp.in", now, (process_id,), data))
-        return batch
+                digest, document = self._document(message.document)
+                data["peerDocument"] = digest
+                self._keep(batch, digest, "did", document)
+        return data
 
-    def _agreement(self, batch: AuditBatch, now: float, agreement: Agreement) -> None:
-        body = json.dumps(agreement.body, sort_keys=True, separators=(",", ":")).encode()
+    def _keep(self, batch: AuditBatch, digest: str, kind: str, content: bytes) -> None:
+        """Queue shared evidence unless this process already wrote it (the row would be
+        ignored: same digest, same content)."""
+        if digest not in self._kept:
+            batch.evidence.append((digest, kind, content))
+            batch.on_commit.append(lambda: self._kept.add(digest))
+
+    def _document(self, document: Mapping[str, Any]) -> tuple[str, bytes]:
+        """A peer's DID document as kept, and its digest; encoded once while it is the same
+        object (verifiers hand out their cached copy)."""
+        held = self._documents.get(id(document))
+        if held is None or held[0] is not document:
+            encoded = canonical(document)
+            if len(self._documents) >= MAX_TRACKED_DOCUMENTS:
+                self._documents.clear()
+            held = self._documents[id(document)] = (document, sha256_hex(encoded), encoded)
+        return held[1], held[2]
+
+    def _agreement(self, batch: AuditBatch, agreement: Agreement) -> dict[str, Any]:
+        body = canonical(agreement.body)
         digest = sha256_hex(body)
         batch.evidence.append((digest, "agreement", body))
         if agreement.policy_hash:
             text = self._policy_text(agreement.policy_hash)
             if text is not None:
-                batch.evidence.append((agreement.policy_hash, "policy", text))
-        batch.events.append(Event("agreement", now, (agreement.id, agreement.negotiation_id), {
-            "agreement": agreement.id, "negotiation": agreement.negotiation_id,
-            "role": agreement.role, "dataset": agreement.dataset_id,
-            "assigner": agreement.assigner, "assignee": agreement.assignee,
-            "agreementDigest": digest, "policyHash": agreement.policy_hash,
-            "policyCommit": agreement.policy_commit}))
+                self._keep(batch, agreement.policy_hash, "policy", text)
+        return {"agreement": agreement.id, "negotiation": agreement.negotiation_id,
+                "role": agreement.role, "dataset": agreement.dataset_id,
+                "assigner": agreement.assigner, "assignee": agreement.assignee,
+                "agreementDigest": digest, "policyHash": agreement.policy_hash,
+                "policyCommit": agreement.policy_commit}
 
-    def _outgoing(self, batch: AuditBatch, now: float, refs: tuple[str, ...],
-                  outbox: Sequence[Outgoing]) -> None:
-        for out in outbox:
-            batch.events.append(Event("dsp.out", now, refs, {
-                "type": _message_type(out.body), "peer": out.audience, "url": out.url,
-                "bodyDigest": sha256_hex(out.body)}))
+    @staticmethod
+    def _outgoing(data: dict[str, Any], outbox: Sequence[Outgoing]) -> None:
+        if outbox:
+            data["out"] = [{"type": _message_type(out.body), "peer": out.audience,
+                            "url": out.url, "bodyDigest": sha256_hex(out.body)}
+                           for out in outbox]
 
     def _new_steps(self, pid: str, history: Sequence[HistoryEntry], done: bool
-                   ) -> list[dict[str, Any]]:
+                   ) -> list[HistoryEntry]:
+        """The timeline lines added since this process was last audited (encoded as they
+        are: ``at``, ``by``, ``message``, ``state``, ``note``)."""
         start = self._audited.pop(pid, 0)  # unknown (new, or before a restart): all
         if not done:
             if len(self._audited) >= MAX_TRACKED_PROCESSES:
                 self._audited.pop(next(iter(self._audited)))
             self._audited[pid] = len(history)
-        return [{"by": h.by, "message": h.message, "state": h.state, "note": h.note}
-                for h in history[start:]]
+        return list(history[start:])
 
-    @staticmethod
-    def _denials(batch: AuditBatch, now: float, refs: tuple[str, ...],
-                 steps: list[dict[str, Any]]) -> None:
-        for step in steps:
-            if step["by"] == "policy" and any(w in step["message"] for w in _DENIAL_WORDS):
-                batch.events.append(Event("denial", now, refs, {
-                    "decision": step["message"], "reasons": step["note"].splitlines()}))
+
+class _Typed(msgspec.Struct):
+    type: str = msgspec.field(default="?", name="@type")
+
+
+_typed = msgspec.json.Decoder(_Typed)
 
 
 def _message_type(body: bytes) -> str:
+    """A DSP message's ``@type``, read without decoding the rest of it."""
     try:
-        value = json.loads(body).get("@type")
-    except (ValueError, AttributeError):
+        return _typed.decode(body).type
+    except msgspec.DecodeError:
         return "?"
-    return str(value) if value is not None else "?"
 
 
 class AuditLog(Protocol):
     """What the trail needs of the store (``SqliteStore`` implements it)."""
 
     async def append_audit(self, batch: AuditBatch) -> None: ...
+
+    def append_audit_behind(self, batch: AuditBatch) -> None: ...
 
     async def audit_head(self) -> tuple[int, str]: ...
 
@@ -278,11 +320,13 @@ class AuditTrail:
         await self._store.append_audit(
             AuditBatch([Event(kind, self._clock(), tuple(refs), dict(data))]))
 
-    async def catalog_answer(self, peer: str, catalog: Mapping[str, Any]) -> None:
-        """To whom we showed which offers (their ids), never the catalogue itself."""
+    def catalog_answer(self, peer: str, catalog: Mapping[str, Any]) -> None:
+        """To whom we showed which offers (their ids), never the catalogue itself. An answer
+        changes no state, so its entry is written behind (the next group commit)."""
         offers = [str(p.get("@id")) for d in catalog.get("dataset", []) if isinstance(d, dict)
                   for p in d.get("hasPolicy", []) if isinstance(p, dict)]
-        await self.append("catalog", (peer,), {"peer": peer, "offers": offers})
+        self._store.append_audit_behind(AuditBatch([Event(
+            "catalog", self._clock(), (peer,), {"peer": peer, "offers": offers})]))
 
     async def data_access(self, *, agreement: str, transfer: str, offset: int, records: int,
                           size: int, complete: bool | None) -> None:

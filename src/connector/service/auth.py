@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from connector.core import dcp
@@ -152,15 +153,19 @@ class Verifier:
     def reload(self, peers: Mapping[str, Any]) -> None:
         """Take a new set of pinned peers (``participant.trust.load_trust`` values)."""
         self._peers = dict(peers)
+        self._documents: dict[str, dict[str, Any]] = {}  # built from _peers when asked
         self._keys = KeyRing({kid: jwk for p in self._peers.values()
                               for kid, jwk in p.keys.items()})
 
     def peer_document(self, did: str) -> dict[str, Any] | None:
         """The caller's keys as a DID document (kept as evidence with its signed messages)."""
+        document = self._documents.get(did)
         peer = self._peers.get(did)
-        if peer is None:
-            return None
-        return build_did_document(did, peer.dsp_base or peer.url, list(peer.keys.items()))
+        if document is None and peer is not None:
+            document = build_did_document(did, peer.dsp_base or peer.url,
+                                          list(peer.keys.items()))
+            self._documents[did] = document
+        return document
 
     def requires_binding(self, did: str) -> bool:
         """Whether ``did``'s tokens must carry the body digest claim: our pinned peers' must
@@ -185,11 +190,38 @@ class Verifier:
             raise AuthError("missing Authorization header")
         token = authorization[7:] if authorization[:7].lower() == "bearer " else authorization
         now = int(self._clock())
-        claims = verify_token(token.strip(), audience=self.did, now=now,
-                              leeway_s=self._leeway_s, keys=self._keys)
+        try:
+            claims = verify_token(token.strip(), audience=self.did, now=now,
+                                  leeway_s=self._leeway_s, keys=self._keys)
+        except AuthError as exc:
+            raise AuthError(self._explained(token.strip(), exc.message)) from None
         self._accept(claims, now)
         peer = self._peers[claims.issuer]
         return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes)), claims
+
+    def _explained(self, token: str, reason: str) -> str:
+        """``reason``, and for a key we do not know, why and what the caller can do about it:
+        its DID is not pinned here, it is pinned with other keys (it rotated), or it speaks
+        DCP (its token carries an access token) while we only trust pinned peers."""
+        if not reason.startswith("unknown key id"):
+            return reason
+        try:
+            payload = parse_jws(token).payload
+        except AuthError:
+            return reason
+        issuer = str(payload.get("iss"))[:200]
+        peer = self._peers.get(issuer)
+        if payload.get("token") is not None and peer is None:
+            return (f"{reason}: identity modes differ: {issuer} presents DCP credentials, but "
+                    f"{self.did} only trusts peers pinned in its trust/ folder; both sides "
+                    "need the same [identity] mode")
+        if peer is None:
+            return (f"{reason}: not pinned by this provider: {self.did} has no trust file for "
+                    f"{issuer}; ask its operator to pin you (`connector trust add` with your "
+                    "did.json and TLS certificate)")
+        known = ", ".join(sorted(kid.rsplit("#", 1)[-1] for kid in peer.keys))
+        return (f"{reason}: pinned with an older key: {self.did} knows {issuer} by {known} "
+                "only; ask them to re-pin you (`connector trust add` with your new did.json)")
 
     def _accept(self, claims: TokenClaims, now: int) -> None:
         """Refuse a token living longer than MAX_TOKEN_LIFETIME_S, else remember its jti.
@@ -233,15 +265,13 @@ class Verifier:
             del seen[jti]
 
 
+@dataclass(frozen=True, slots=True)
 class Binding:
     """How a verified request's token relates to its body (``bind_body``)."""
 
-    __slots__ = ("bound", "token", "token_id")
-
-    def __init__(self, token: str | None, token_id: str | None, bound: bool) -> None:
-        self.token = token  # the compact JWS, kept as evidence; None when it is not one
-        self.token_id = token_id
-        self.bound = bound
+    token: str | None  # the compact JWS, kept as evidence; None when it is not one
+    token_id: str | None
+    bound: bool
 
 
 def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Binding:
@@ -251,8 +281,8 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
     the claim is refused when ``required`` (our pinned peers), else accepted as unbound
     evidence (EDC's tokens, a test profile's static token).
     """
-    token = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() == (
-        "bearer ") else (authorization or "").strip()
+    raw = authorization or ""
+    token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
     try:
         payload = parse_jws(token).payload
     except AuthError:

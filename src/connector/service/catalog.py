@@ -6,6 +6,7 @@ DSP 2025-1 §CAT: a consumer sees only the offers whose policy its verified clai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from connector.core.catalog import DatasetEntry, Offer, catalog_doc, dataset_doc
 from connector.core.errors import CatalogError, PolicyError
 from connector.core.policy import Decision, PolicyContext, Scope, evaluate, parse_policy
 from connector.core.policy.model import Policy
+
+log = logging.getLogger("connector.catalog")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Catalog:
                            for name in d.policies if name in policies)
             entries.append(DatasetEntry(id=d.id, title=d.title, description=d.description,
                                         keywords=tuple(d.keywords), format=d.format,
-                                        offers=offers, formats=tuple(getattr(d, "formats", ()))))
+                                        offers=offers, formats=tuple(getattr(d, "formats", ())),
+                                        confidential=bool(getattr(d, "confidential", False))))
         return cls(entries, participant_id=participant_id, dsp_base=dsp_base, clock=clock,
                    on_decision=on_decision)
 
@@ -111,11 +115,30 @@ class Catalog:
                            catalog_id=f"{self.participant_id}#catalog")
 
     def dataset(self, dataset_id: str, claims: Claims) -> dict[str, Any]:
+        """The dataset with the offers the caller may see. With none, a 404 that names the
+        constraints each offer's policy found unmet, unless the dataset is confidential."""
         entry = self.entries.get(dataset_id)
         offers = self.visible_offers(entry, claims) if entry else []
-        if entry is None or not offers:
+        if entry is None or (not offers and entry.confidential):
             raise CatalogError(f"unknown dataset {dataset_id!r}", status=404)
+        if not offers:
+            unmet = "; ".join(self.unmet(entry, claims))
+            log.info("dataset %s is hidden from %s: %s", dataset_id, claims.participant_id,
+                     unmet)
+            raise CatalogError(f"dataset {dataset_id!r} is offered on terms you do not meet: "
+                               + unmet, status=404)
         return dataset_doc(entry, offers, self.participant_id, self.dsp_base)
+
+    def unmet(self, entry: DatasetEntry, claims: Claims) -> list[str]:
+        """For each offer of ``entry``: its policy's name and the constraints that deny."""
+        found = []
+        for offer in entry.offers:
+            try:
+                reasons = self.decide(offer, claims, Scope.CATALOG).reasons
+            except PolicyError:
+                reasons = ["its policy cannot be evaluated (the provider must fix it)"]
+            found.append(f"offer {offer.policy_name!r}: {', '.join(reasons)}")
+        return found
 
     def find_offer(self, offer_id_: str | None) -> Offer | None:
         return self.offers.get(offer_id_) if offer_id_ else None

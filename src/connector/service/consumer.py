@@ -116,12 +116,16 @@ class PinnedPeer(Protocol):
 
 
 FetchCatalog = Callable[[str, str], Awaitable[dict[str, Any]]]
+# (DSP base, audience, dataset id) -> the provider's reason for showing us no offer of it.
+ExplainHidden = Callable[[str, str, str], Awaitable[str | None]]
 
 
 def root_of(url: str) -> str:
-    """A provider's root URL, whether given as root or as its DSP base."""
+    """A provider's root URL, whether given as root or as its DSP base, without the default
+    port (RFC 9110 §4.2.2: ``https://host:443`` is ``https://host``)."""
     url = url.rstrip("/")
-    return url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
+    url = url[: -len(DSP_PATH)] if url.endswith(DSP_PATH) else url
+    return url.removesuffix(":443") if url.startswith("https://") else url
 
 
 def pick_offer(catalog: Mapping[str, Any], dataset_id: str, offer_id: Any) -> dict[str, Any]:
@@ -165,8 +169,10 @@ class ConsumerService:
     def __init__(self, fetch_catalog: FetchCatalog,
                  peers: Callable[[], Mapping[str, PinnedPeer]], *,
                  unpinned: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 explain_hidden: ExplainHidden | None = None) -> None:
         self._fetch = fetch_catalog
+        self._explain = explain_hidden
         self._peers = peers
         self._unpinned = {base.rstrip("/"): pid for pid, base in (unpinned or {}).items()}
         self._clock = clock
@@ -199,4 +205,19 @@ class ConsumerService:
         """The provider ``url`` names and the offer of ``dataset_id`` to negotiate for."""
         provider = self.provider(url)
         catalog = await self.catalog(provider, reuse=True)
-        return ChosenOffer(provider, pick_offer(catalog, dataset_id, offer_id))
+        try:
+            return ChosenOffer(provider, pick_offer(catalog, dataset_id, offer_id))
+        except NotFound as exc:
+            why = await self._why_hidden(provider, dataset_id)
+            if why is None:
+                raise
+            raise NotFound(f"{exc.message}: {why}") from exc
+
+    async def _why_hidden(self, provider: Provider, dataset_id: str) -> str | None:
+        """The provider's own reason for hiding ``dataset_id`` from us, if it gives one."""
+        if self._explain is None:
+            return None
+        try:
+            return await self._explain(provider.dsp_base, provider.participant_id, dataset_id)
+        except PeerError:
+            return None

@@ -1,9 +1,9 @@
 """DCP mode: who is calling, proven by a resolved did:web key and verifiable credentials.
 
-Theory of operation (identity-policy note §1.3, §1.11). A DSP request carries a self-issued
-token signed with a key of the caller's DID document and, in its ``token`` claim, an access
-token for the caller's Credential Service. ``DcpVerifier.verify_async``, before the body is
-read:
+Theory of operation (DCP 1.0 §Resolution API; docs/interop-notes.md §2). A DSP request
+carries a self-issued token signed with a key of the caller's DID document and, in its
+``token`` claim, an access token for the caller's Credential Service.
+``DcpVerifier.verify_async``, before the body is read:
 
 1. resolves the caller's ``did.json`` (cached ``did_cache_s``; refetched early, at most every
    few seconds, when the token names a key the cached copy lacks, so that a rotated key works),
@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from connector.core import credentials as vc
@@ -131,7 +132,8 @@ class _Cache(Generic[V]):
 
 
 class DidResolver:
-    """did:web documents over HTTPS, cached ``cache_s`` (identity-policy note §1.4)."""
+    """did:web documents over HTTPS, cached ``cache_s`` (W3C did:web method;
+    docs/interop-notes.md §3)."""
 
     def __init__(self, http: Http, *, cache_s: int, clock: Callable[[], float],
                  scheme: str = "https") -> None:
@@ -351,31 +353,32 @@ class DcpVerifier(Verifier):
         return bits, max(0.0, hit[1] - self._clock()) if hit else 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class CredentialService:
-    """Our Credential Service (holder side): ``POST /cs/presentations/query``."""
+    """Our Credential Service (holder side): ``POST /cs/presentations/query``.
 
-    def __init__(self, *, identity: Identity, verifier: DcpVerifier,
-                 own_keys: Callable[[], KeyRing], credentials: Callable[[], list[str]],
-                 leeway_s: int, clock: Callable[[], float]) -> None:
-        self._identity = identity
-        self._verifier = verifier
-        self._own_keys = own_keys
-        self._credentials = credentials
-        self._leeway_s = leeway_s
-        self._clock = clock
+    ``own_keys``: the keys our access tokens may be signed with (every key still in our
+    did.json); ``credentials``: the VC JWTs of ``credentials/``, read on each query."""
+
+    identity: Identity
+    verifier: DcpVerifier
+    own_keys: Callable[[], KeyRing]
+    credentials: Callable[[], list[str]]
+    leeway_s: int
+    clock: Callable[[], float]
 
     async def query(self, authorization: str | None, body: Any) -> dict[str, Any]:
         """The PresentationResponseMessage for a verifier; AuthError / MalformedMessage."""
-        token = await self._verifier.verify_token(authorization)
+        token = await self.verifier.verify_token(authorization)
         granted = dcp.verify_access_token(
-            token.access_token, holder=self._identity.did, verifier=token.issuer,
-            now=int(self._clock()), leeway_s=self._leeway_s, keys=self._own_keys())
+            token.access_token, holder=self.identity.did, verifier=token.issuer,
+            now=int(self.clock()), leeway_s=self.leeway_s, keys=self.own_keys())
         scopes = dcp.parse_presentation_query(body)
         try:
-            held = self._credentials()
+            held = self.credentials()
         except (OSError, ConnectorError) as exc:
             log.error("cannot read credentials/: %s", exc)
             held = []
         chosen = dcp.select_credentials(held, scopes, granted)
-        presentations = [self._identity.presentation(token.issuer, chosen)] if chosen else []
+        presentations = [self.identity.presentation(token.issuer, chosen)] if chosen else []
         return dcp.presentation_response(presentations)

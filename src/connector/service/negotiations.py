@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +22,8 @@ import msgspec
 
 from connector.core import codec
 from connector.core import negotiation as cn
-from connector.core.binding import path_for, process_path
+from connector.core import process as proc
+from connector.core.binding import path_for, recipient_pid
 from connector.core.catalog import (
     RULE_KEYS,
     echoed_rules,
@@ -33,32 +33,26 @@ from connector.core.catalog import (
 )
 from connector.core.errors import (
     Area,
-    ConflictError,
     MalformedMessage,
     NotFound,
     OfferRejected,
     PolicyError,
-    ProtocolError,
-    UnknownProcess,
 )
 from connector.core.hosts import callback_refusal
 from connector.core.messages import (
-    ContractAgreementMessage,
     ContractNegotiation,
-    ContractNegotiationTerminationMessage,
     ContractOfferMessage,
     ContractRequestMessage,
-    Message,
     NegotiationMessage,
 )
 from connector.core.negotiation import Negotiation, NegotiationEvent, NegotiationState
 from connector.core.policy import Decision, Scope
-from connector.core.process import HistoryEntry, Role
+from connector.core.process import Role
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
-from connector.service.store import Agreement, Outgoing, Store
-from connector.service.watch import Watch
+from connector.service.process import ProcessService, new_urn
+from connector.service.store import Agreement, OutboxItem, Outgoing, Store
 
 log = logging.getLogger("connector.negotiation")
 
@@ -67,32 +61,30 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class NegotiationService:
+class NegotiationService(ProcessService[Negotiation]):
+    area = Area.NEGOTIATION
+    ack_type = ContractNegotiation
+    noun = "negotiation"
+    log = log
+
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, clock: Callable[[], float],
-                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
-                 automatic: bool = True, locks: KeyedLocks | None = None) -> None:
-        self._store = store
-        self.automatic = automatic  # False: only the operator (or a test script) acts
-        self.listeners: list[Callable[[Negotiation, bool], None]] = []
+                 new_id: Callable[[], str] = new_urn, automatic: bool = True,
+                 locks: KeyedLocks | None = None) -> None:
+        super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
+                         automatic=automatic, locks=locks)
         self._catalog = catalog
-        self._outbox = outbox
         self.did = did
         self.dsp_base = dsp_base
-        self._clock = clock
-        self._new_id = new_id
-        self.watch: Watch[Negotiation] = Watch()
-        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
 
-    # -- persistence with effects ------------------------------------------------------------
+    # -- the shared shape's storage ------------------------------------------------------------
 
-    def _outgoing(self, record: Negotiation, msg: Message) -> Outgoing:
-        """``msg`` to our counterparty, at its path in the binding table."""
-        base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
-                        audience=record.counterparty_id or "", body=codec.encode(msg))
+    async def _load(self, pid: str) -> Negotiation | None:
+        return await self._store.get_negotiation(pid)
 
-    async def _save(self, record: Negotiation, out: list[Outgoing], *, new: bool = False) -> None:
+    async def _persist(self, record: Negotiation, out: list[Outgoing], new: bool
+                       ) -> list[OutboxItem]:
+        """The record, its outbox rows and, once FINALIZED, its agreement: one transaction."""
         agreement = None
         if record.state is NegotiationState.FINALIZED and record.agreement is not None:
             agreement = Agreement(
@@ -101,49 +93,40 @@ class NegotiationService:
                 assignee=str(record.agreement.get("assignee", "")),
                 created_at=record.updated_at, body=record.agreement,
                 policy_hash=record.policy_hash, policy_commit=record.policy_commit)
-        items = await self._store.save_negotiation(record, outbox=out, agreement=agreement,
-                                                   expect_new=new)
-        self._outbox.submit(items)
-        self.watch.changed(record.id, record)
-        for listener in self.listeners:
-            listener(record, new)
+        return await self._store.save_negotiation(record, outbox=out, agreement=agreement,
+                                                  expect_new=new)
 
-    async def _owned(self, pid: str, claims: Claims) -> Negotiation:
-        """Our record for ``pid`` if the caller is its counterparty; 404 otherwise."""
-        record = await self._store.get_negotiation(pid)
-        if record is None or record.counterparty_id != claims.participant_id:
-            # DSP 2025-1 §CN HTTPS binding: unknown or foreign pids are a 404.
-            raise UnknownProcess(f"no negotiation {pid!r}", area=Area.NEGOTIATION,
-                                 **_pids_of(pid))
-        return record
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> Negotiation | None:
+        if opener is Role.CONSUMER:
+            return await self._store.find_negotiation(
+                counterparty=counterparty, role=Role.PROVIDER.value, consumer_pid=pid)
+        return await self._store.find_negotiation(
+            counterparty=counterparty, role=Role.CONSUMER.value, provider_pid=pid)
+
+    def _ended(self, record: Negotiation, reason: str) -> Negotiation:
+        return cn.terminate(record, record.role, reason, "delivery-failed", self._clock())[0]
+
+    def _peer_took_it(self, record: Negotiation, peer_state: str) -> bool:
+        return cn.peer_took_it(record, peer_state)
 
     # -- DSP: inbound ------------------------------------------------------------------------
 
-    async def get(self, pid: str, claims: Claims) -> Negotiation:
-        return await self._owned(pid, claims)
-
     async def on_initial_request(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
-        """N2: a consumer opens a negotiation with us as provider. Returns the REQUESTED ack,
-        or the negotiation this request opened before if it is sent again."""
+        """A consumer opens a negotiation with us as provider (DSP 2025-1 §CN 3.2). Returns
+        the REQUESTED ack, or the negotiation this request opened before if it is sent again."""
         if msg.provider_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractRequestMessage needs callbackAddress "
-                                   "and no providerPid", consumer_pid=msg.consumer_pid)
+                                   "and no providerPid", area=Area.NEGOTIATION,
+                                   consumer_pid=msg.consumer_pid)
         _check_callback(msg.callback_address, consumer_pid=msg.consumer_pid)
-        async with self._locks.hold(_peer_key(claims.participant_id, msg.consumer_pid)):
-            existing = await self._known(msg, claims)
-            if existing is not None:
-                return existing
+
+        async def opening() -> tuple[Negotiation, Negotiation, list[Outgoing]]:
             record = self._requested(msg, claims)
             after, out = self._provider_decide(record, claims) if self.automatic else (record, [])
-            try:
-                async with self._locks.hold(record.id):
-                    await self._save(after, out, new=True)
-            except ConflictError:  # the same request, committed first elsewhere
-                existing = await self._known(msg, claims)
-                if existing is None:
-                    raise
-                return existing
-            return record
+            return record, after, out
+
+        return await self._open_once(claims.participant_id, Role.CONSUMER, msg.consumer_pid,
+                                     opening)
 
     def _requested(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation:
         """The REQUESTED record an initial request opens, once its offer checks out."""
@@ -151,7 +134,7 @@ class NegotiationService:
         target = msg.offer.get("target")
         if offer is None or (target is not None and target != offer.dataset_id):
             raise OfferRejected(f"unknown offer {_offer_id(msg.offer)!r} for target {target!r}",
-                                consumer_pid=msg.consumer_pid)
+                                consumer_pid=msg.consumer_pid, area=Area.NEGOTIATION)
         terms = offer.body(with_target=True)
         if has_rules(msg.offer):
             # DSP 2025-1 §CN: the request carries the offer it accepts. Its rules must be the
@@ -161,29 +144,15 @@ class NegotiationService:
                 raise OfferRejected(
                     f"the rules requested for offer {offer.id!r} differ from the published "
                     f"ones: {json.dumps(rules_of(terms), sort_keys=True)[:500]}",
-                    consumer_pid=msg.consumer_pid)
+                    consumer_pid=msg.consumer_pid, area=Area.NEGOTIATION)
             terms = {k: v for k, v in terms.items() if k not in RULE_KEYS} | echoed_rules(
                 msg.offer)
-        cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
-        now = self._clock()
         pid = self._new_id()
-        return Negotiation(
-            id=pid, role=Role.PROVIDER, state=NegotiationState.REQUESTED,
+        return cn.opened(
+            Role.CONSUMER, id=pid, role=Role.PROVIDER, now=self._clock(),
             consumer_pid=msg.consumer_pid, provider_pid=pid, dataset_id=offer.dataset_id,
             offer=terms, counterparty_address=msg.callback_address or "",
-            counterparty_id=claims.participant_id, created_at=now, updated_at=now,
-            history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
-
-    async def _known(self, msg: ContractRequestMessage, claims: Claims) -> Negotiation | None:
-        """The negotiation this peer already opened with this consumerPid: an initial request
-        sent again gets the same process (``core.process``, the unique key in the store)."""
-        existing = await self._store.find_negotiation(
-            counterparty=claims.participant_id, consumer_pid=msg.consumer_pid,
-            role=Role.PROVIDER.value)
-        if existing is not None:
-            log.info("negotiation %s: the initial request was sent again; acknowledged",
-                     existing.id)
-        return existing
+            counterparty_id=claims.participant_id)
 
     async def on_message(self, pid: str, msg: NegotiationMessage, claims: Claims, *,
                          message_id: str | None = None) -> Negotiation:
@@ -191,7 +160,7 @@ class NegotiationService:
         a message already applied, sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
-            _check_pids(record, msg)
+            proc.check_pids(record, msg, Area.NEGOTIATION)
             sender = record.role.other
             if cn.is_redelivery(record, sender, msg, message_id):
                 log.info("negotiation %s: %s sent again; acknowledged", pid,
@@ -203,22 +172,26 @@ class NegotiationService:
             return record
 
     async def on_initial_offer(self, msg: ContractOfferMessage, claims: Claims) -> Negotiation:
-        """N8: a provider opens a negotiation with us as consumer; we wait for our operator."""
+        """A provider opens a negotiation with us as consumer (DSP 2025-1 §CN HTTPS binding,
+        POST /negotiations/offers); we wait for our operator."""
         if msg.consumer_pid is not None or not msg.callback_address:
             raise MalformedMessage("an initial ContractOfferMessage needs callbackAddress "
-                                   "and no consumerPid", provider_pid=msg.provider_pid)
+                                   "and no consumerPid", area=Area.NEGOTIATION,
+                                   provider_pid=msg.provider_pid)
         _check_callback(msg.callback_address, provider_pid=msg.provider_pid)
-        cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)
-        now = self._clock()
-        pid = self._new_id()
-        record = Negotiation(
-            id=pid, role=Role.CONSUMER, state=NegotiationState.OFFERED, consumer_pid=pid,
-            provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
-            offer=msg.offer, counterparty_address=msg.callback_address,
-            counterparty_id=claims.participant_id, created_at=now, updated_at=now,
-            history=[created(now, "provider", NegotiationEvent.OFFER, "OFFERED")])
-        await self._save(record, [], new=True)
-        return record
+        callback = msg.callback_address
+
+        async def opening() -> tuple[Negotiation, Negotiation, list[Outgoing]]:
+            pid = self._new_id()
+            record = cn.opened(
+                Role.PROVIDER, id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
+                provider_pid=msg.provider_pid, dataset_id=str(msg.offer.get("target", "")),
+                offer=msg.offer, counterparty_address=callback,
+                counterparty_id=claims.participant_id)
+            return record, record, []
+
+        return await self._open_once(claims.participant_id, Role.PROVIDER, msg.provider_pid,
+                                     opening)
 
     # -- reactions --------------------------------------------------------------------------
 
@@ -234,10 +207,10 @@ class NegotiationService:
         try:
             decision = self._catalog().decide(offer, claims, Scope.NEGOTIATION)
         except PolicyError as exc:
-            record = cn.noted(record, self._clock(), "policy", "cannot evaluate", exc.message)
+            record = proc.noted(record, self._clock(), "policy", "cannot evaluate", exc.message)
             return self._terminate(record, "policy-error", exc.message)
         verdict = "granted" if decision.allowed else "denied"
-        record = cn.noted(record, self._clock(), "policy",
+        record = proc.noted(record, self._clock(), "policy",
                           f"{offer.policy_name} {verdict} for {claims.participant_id}",
                           "\n".join(trace_lines(decision)))
         if not decision.allowed:
@@ -249,37 +222,26 @@ class NegotiationService:
         return after, [self._outgoing(after, msg)]
 
     def _message_for(self, record: Negotiation, event: NegotiationEvent, *,
-                     reason: str = "", code: str = "terminated-by-operator",
-                     offer: dict[str, Any] | None = None) -> NegotiationMessage:
-        """The message carrying ``event`` from us on this negotiation."""
-        cpid, ppid = record.consumer_pid, record.provider_pid or ""
-        E = NegotiationEvent
-        if event is E.OFFER:
-            return ContractOfferMessage(provider_pid=ppid, consumer_pid=cpid, offer=record.offer)
-        if event is E.REQUEST:
-            return ContractRequestMessage(consumer_pid=cpid, provider_pid=ppid,
-                                          offer=record.offer)
-        if event is E.ACCEPT:
-            return cn.event(record, "ACCEPTED")
-        if event is E.FINALIZE:
-            return cn.event(record, "FINALIZED")
-        if event is E.VERIFY:
-            return cn.verification(record)
-        if event is E.AGREE:
+                     reason: str = "", code: str = "terminated-by-operator") -> NegotiationMessage:
+        """The message carrying ``event`` from us (``cn.message_for``); an agreement gets a
+        fresh id, us as assigner, the peer as assignee and the current time."""
+        agreement = None
+        if event is NegotiationEvent.AGREE:
             agreement = cn.build_agreement(
-                offer or record.offer, agreement_id=self._new_id(), dataset_id=record.dataset_id,
+                record.offer, agreement_id=self._new_id(), dataset_id=record.dataset_id,
                 assigner=self.did, assignee=record.counterparty_id or "",
                 timestamp=_iso(self._clock()))
-            return ContractAgreementMessage(consumer_pid=cpid, provider_pid=ppid,
-                                            agreement=agreement)
-        return ContractNegotiationTerminationMessage(consumer_pid=cpid, provider_pid=ppid,
-                                                     code=code, reason=[reason or "terminated"])
+        return cn.message_for(record, event, agreement=agreement, reason=reason, code=code)
 
     def _terminate(self, record: Negotiation, code: str, reason: str
                    ) -> tuple[Negotiation, list[Outgoing]]:
         log.info("terminating negotiation %s: %s: %s", record.id, code, reason)
         msg = self._message_for(record, NegotiationEvent.TERMINATE, reason=reason, code=code)
         after = cn.apply(record, record.role, msg, self._clock())
+        if recipient_pid(msg, record.role.other) is None:
+            # DSP 2025-1 §CN 2.2: a termination names the peer's process; a peer that never
+            # answered has none to name, so the negotiation ends here only.
+            return after, []
         return after, [self._outgoing(after, msg)]
 
     def _react(self, record: Negotiation, claims: Claims) -> tuple[Negotiation, list[Outgoing]]:
@@ -319,24 +281,21 @@ class NegotiationService:
     async def start(self, *, provider_base: str, provider_id: str, dataset_id: str,
                     offer: dict[str, Any]) -> Negotiation:
         """Open a negotiation as consumer: persist REQUESTED, queue the initial request."""
-        now = self._clock()
         pid = self._new_id()
         offer = {**offer, "target": dataset_id}
-        record = Negotiation(
-            id=pid, role=Role.CONSUMER, state=NegotiationState.REQUESTED, consumer_pid=pid,
+        record = cn.opened(
+            Role.CONSUMER, id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
             provider_pid=None, dataset_id=dataset_id, offer=offer,
-            counterparty_address=provider_base, counterparty_id=provider_id,
-            created_at=now, updated_at=now,
-            history=[created(now, "consumer", NegotiationEvent.REQUEST, "REQUESTED")])
+            counterparty_address=provider_base, counterparty_id=provider_id)
         msg = ContractRequestMessage(consumer_pid=pid, offer=offer,
                                      callback_address=self.dsp_base)
-        cn.target_state(Role.CONSUMER, None, NegotiationEvent.REQUEST)
         await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
 
     async def offer(self, *, consumer_base: str, consumer_id: str, dataset_id: str,
                     send: Callable[[str, str, bytes], Awaitable[bytes]]) -> Negotiation:
-        """Open a negotiation as provider (N8): send our offer, persist with the consumerPid.
+        """Open a negotiation as provider (DSP 2025-1 §CN HTTPS binding): send our offer,
+        persist it with the consumerPid the consumer answers.
 
         The initial offer is sent directly rather than through the outbox: until the consumer
         answers 201 we do not know its pid, and an operator who starts this sees the error.
@@ -344,20 +303,17 @@ class NegotiationService:
         entry = self._catalog().entries.get(dataset_id)
         if entry is None or not entry.offers:
             raise NotFound(f"no dataset {dataset_id!r} with an offer")
-        cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)
+        cn.target_state(Role.PROVIDER, None, NegotiationEvent.OFFER)  # ours to send
         pid = self._new_id()
         offer = entry.offers[0].body(with_target=True)
         msg = ContractOfferMessage(provider_pid=pid, offer=offer, callback_address=self.dsp_base)
         url = consumer_base.rstrip("/") + path_for(msg, Role.CONSUMER)
         ack = codec.decode(await send(url, consumer_id, codec.encode(msg)),
                            ContractNegotiation, area=Area.NEGOTIATION)
-        now = self._clock()
-        record = Negotiation(
-            id=pid, role=Role.PROVIDER, state=NegotiationState.OFFERED,
+        record = cn.opened(
+            Role.PROVIDER, id=pid, role=Role.PROVIDER, now=self._clock(),
             consumer_pid=ack.consumer_pid, provider_pid=pid, dataset_id=dataset_id, offer=offer,
-            counterparty_address=consumer_base, counterparty_id=consumer_id,
-            created_at=now, updated_at=now,
-            history=[created(now, "provider", NegotiationEvent.OFFER, "OFFERED")])
+            counterparty_address=consumer_base, counterparty_id=consumer_id)
         await self._save(record, [], new=True)
         return record
 
@@ -367,11 +323,11 @@ class NegotiationService:
         The same table that judges inbound messages refuses an illegal send (400 to the
         operator). A consumer that has not yet heard the provider's pid waits for it.
         """
-        record = await self._mine(pid)
+        record = await self.mine(pid)
         if record.provider_pid is None:
             await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
         async with self._locks.hold(pid):
-            record = await self._mine(pid)
+            record = await self.mine(pid)
             if event is NegotiationEvent.TERMINATE:
                 after, out = self._terminate(record, "terminated-by-operator",
                                              reason or "terminated by operator")
@@ -388,66 +344,14 @@ class NegotiationService:
         """Our operator ends a negotiation, in either role."""
         return await self.act(pid, NegotiationEvent.TERMINATE, reason)
 
-    async def on_initial_ack(self, pid: str, body: bytes) -> None:
-        """The provider's 201 to our initial request: learn its pid (DSP 2025-1 §CN 3.2)."""
-        ack = codec.decode(body, ContractNegotiation, area=Area.NEGOTIATION)
-        async with self._locks.hold(pid):
-            record = await self._store.get_negotiation(pid)
-            if record is not None and record.provider_pid is None and ack.provider_pid:
-                await self._save(msgspec.structs.replace(record, provider_pid=ack.provider_pid),
-                                 [])
-
-    async def _mine(self, pid: str) -> Negotiation:
-        record = await self._store.get_negotiation(pid)
-        if record is None:
-            raise NotFound(f"no negotiation {pid!r}")
-        return record
-
     async def wait(self, pid: str, timeout: float) -> Negotiation:
         """Wait for a terminal state (or the timeout); returns the latest record."""
-        record = await self._mine(pid)
+        record = await self.mine(pid)
         if record.state.terminal or timeout <= 0:
             return record
         latest = await self.watch.wait(pid, record, lambda r: r.state.terminal, timeout)
         # The watch hands over the terminal record itself; only a timeout needs a fresh read.
-        return latest if latest is not record else await self._mine(pid)
-
-    async def on_delivery_failed(self, process_id: str, error: str) -> None:
-        """A message could not be delivered (4xx or retries exhausted): end our side, unless
-        the peer's own state shows it took the message before (a repeat it refused)."""
-        async with self._locks.hold(process_id):
-            record = await self._store.get_negotiation(process_id)
-            if record is None or record.state.terminal:
-                return
-            if await self._peer_holds(record):
-                log.info("negotiation %s: the peer refused a message it had already taken "
-                         "(%s); kept", process_id, error)
-                return
-            after, _ = cn.terminate(record, record.role, f"peer unreachable or refused: {error}",
-                                    "delivery-failed", self._clock())
-            await self._save(after, [])
-
-    async def _peer_holds(self, record: Negotiation) -> bool:
-        """Whether the peer's negotiation is where ours is, or past it by its own moves."""
-        theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-        if not theirs:
-            return False
-        url = record.counterparty_address.rstrip("/") + process_path(Area.NEGOTIATION, theirs)
-        body = await self._outbox.ask(url, record.counterparty_id or "")
-        if body is None:
-            return False
-        try:
-            ack = codec.decode(body, ContractNegotiation, area=Area.NEGOTIATION)
-        except ProtocolError:
-            return False
-        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
-        return same and cn.peer_took_it(record, ack.state)
-
-
-def created(now: float, by: str, event: NegotiationEvent, state: str) -> HistoryEntry:
-    """The first line of a process's timeline."""
-    return HistoryEntry(at=now, by=by, message=event.value, state=state)
-
+        return latest if latest is not record else await self.mine(pid)
 
 def trace_lines(decision: Decision) -> list[str]:
     """One line per evaluated constraint: ✓/✗, the constraint, what was found, why."""
@@ -463,29 +367,9 @@ def _offer_id(offer: dict[str, Any]) -> str | None:
 def _check_callback(url: str, *, consumer_pid: str | None = None,
                     provider_pid: str | None = None) -> None:
     """We will send to a peer's callbackAddress: refuse one aimed at internal services
-    (cloud metadata and the like, issue #4) before anything is stored."""
+    (cloud metadata and the like) before anything is stored."""
     why = callback_refusal(url)
     if why is not None:
         raise MalformedMessage(f"callbackAddress {url[:200]!r} refused: {why}",
-                               consumer_pid=consumer_pid, provider_pid=provider_pid)
-
-
-def _peer_key(counterparty: str | None, consumer_pid: str) -> str:
-    """The lock that serialises a peer's initial requests for one consumerPid."""
-    return f"initial\x00{counterparty}\x00{consumer_pid}"
-
-
-def _pids_of(pid: str) -> dict[str, str | None]:
-    return {"consumer_pid": None, "provider_pid": pid}
-
-
-def _check_pids(record: Negotiation, msg: NegotiationMessage) -> None:
-    """The message must name this negotiation's pids (DSP 2025-1 §CN 2: both pids)."""
-    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
-    theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-    sent_mine = msg.provider_pid if record.role is Role.PROVIDER else msg.consumer_pid
-    sent_theirs = msg.consumer_pid if record.role is Role.PROVIDER else msg.provider_pid
-    bad = sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs))
-    if bad:
-        raise MalformedMessage("process ids in the message do not match this negotiation",
-                               consumer_pid=record.consumer_pid, provider_pid=record.provider_pid)
+                               area=Area.NEGOTIATION, consumer_pid=consumer_pid,
+                               provider_pid=provider_pid)

@@ -7,6 +7,7 @@ transaction, before the change is acknowledged to anyone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -29,6 +30,17 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     revoked: str | None = None  # the provider's reason, once it withdrew the agreement
     policy_hash: str | None = None  # SHA-256 of the policy file it was made under
     policy_commit: str | None = None  # the folder's git commit of that file, if any
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """Which records a list shows: those equal to every non-empty filter, newest first."""
+
+    state: str = ""
+    role: str = ""
+    subject: str = ""  # the dataset or agreement the records are about
+    limit: int = 50
+    offset: int = 0
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,9 +99,11 @@ class Store(SeenTokens, Protocol):
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]: ...
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The negotiation a peer's consumerPid names in ``role``: one at most (a unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's consumerPid (or, given instead, its providerPid) names in
+        ``role``: one at most (a unique key)."""
         ...
 
     async def list_negotiations(self) -> list[Negotiation]: ...
@@ -117,11 +131,34 @@ class Store(SeenTokens, Protocol):
 
     async def add_use(self, agreement_id: str, delta: int) -> int: ...
 
+    async def agreement_uses(self, agreement_id: str) -> int:
+        """The data-plane uses counted under an agreement (``add_use``), 0 before any."""
+        ...
+
     async def pending_outbox(self) -> list[OutboxItem]: ...
 
     async def outbox_done(self, seqs: Sequence[int]) -> None: ...
 
     async def outbox_retry(self, seq: int, attempts: int, next_attempt: float,
                            error: str) -> None: ...
+
+    # Lists a page at a time, newest first (the console): a page costs the same whatever
+    # the store holds beyond it.
+
+    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
+        """(how many match, the page of them); ``query.subject`` is a dataset id."""
+        ...
+
+    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
+        """(how many match, the page of them); ``query.subject`` is an agreement id."""
+        ...
+
+    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
+        """(how many match, the page of them); ``query.subject`` is a dataset id."""
+        ...
+
+    async def state_counts(self, kind: str) -> dict[str, int]:
+        """How many ``kind`` ("negotiations" or "transfers") are in each state."""
+        ...
 
     async def close(self) -> None: ...

@@ -17,44 +17,39 @@ import hashlib
 import hmac
 import logging
 import secrets
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import msgspec
 
-from connector.core import codec
+from connector.core import process as proc
 from connector.core import transfer as tp
-from connector.core.binding import path_for, process_path
 from connector.core.errors import (
     Area,
-    ConflictError,
     InvalidTransition,
     MalformedMessage,
     NotFound,
     PolicyError,
     ProtocolError,
     TransferDenied,
-    UnknownProcess,
 )
 from connector.core.hosts import callback_refusal
 from connector.core.messages import (
     EDC_NS,
     DataAddress,
-    Message,
     TransferCompletionMessage,
     TransferMessage,
     TransferProcess,
     TransferRequestMessage,
 )
-from connector.core.process import HistoryEntry, Role
+from connector.core.process import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
-from connector.service.store import Agreement, Outgoing, Store
-from connector.service.watch import Watch
+from connector.service.process import ProcessService, new_urn
+from connector.service.store import Agreement, OutboxItem, Outgoing, Store
 
 log = logging.getLogger("connector.transfer")
 DEFAULT_FORMAT = "HttpData-PULL"
@@ -66,88 +61,72 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class TransferService:
+class TransferService(ProcessService[Transfer]):
+    area = Area.TRANSFER
+    ack_type = TransferProcess
+    noun = "transfer process"
+    log = log
+
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, data_url: str, token_ttl_s: int,
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
-                 new_id: Callable[[], str] = lambda: f"urn:uuid:{uuid.uuid4()}",
+                 new_id: Callable[[], str] = new_urn,
                  automatic: bool = True, token_secret: bytes | None = None,
+                 completion_guard: Callable[[Transfer], str | None] | None = None,
                  locks: KeyedLocks | None = None) -> None:
-        self._store = store
-        self.automatic = automatic  # False: the provider does not start on its own
+        # automatic=False: the provider does not start on its own.
+        super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
+                         automatic=automatic, locks=locks)
         # Derives refreshed data tokens; keep it across restarts (the daemon reads it from
         # keys/) so that a refresh repeated after a restart still returns the same token.
         self._token_secret = token_secret or secrets.token_bytes(32)
-        self.listeners: list[Callable[[Transfer, bool], None]] = []
         self._catalog = catalog
-        self._outbox = outbox
         self.did = did
         self.dsp_base = dsp_base
         self.data_url = data_url
         self._token_ttl_s = token_ttl_s
-        self._clock = clock
-        self._new_id = new_id
-        self.watch: Watch[Transfer] = Watch()
-        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
         self._claims_for = claims_for
         # Consumer: why a pushed copy may not be completed yet (None: it may); see push.py.
-        self.completion_guard: Callable[[Transfer], str | None] | None = None
+        self._completion_guard = completion_guard
 
-    def _outgoing(self, record: Transfer, msg: Message) -> Outgoing:
-        """``msg`` to our counterparty, at its path in the binding table."""
-        base = record.counterparty_address.rstrip("/")
-        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
-                        audience=record.counterparty_id or "", body=codec.encode(msg))
+    # -- the shared shape's storage ------------------------------------------------------------
 
-    async def _save(self, record: Transfer, out: list[Outgoing], *, new: bool = False) -> None:
-        items = await self._store.save_transfer(record, outbox=out, expect_new=new)
-        self._outbox.submit(items)
-        self.watch.changed(record.id, record)
-        for listener in self.listeners:
-            listener(record, new)
+    async def _load(self, pid: str) -> Transfer | None:
+        return await self._store.get_transfer(pid)
 
-    async def _owned(self, pid: str, claims: Claims) -> Transfer:
-        record = await self._store.get_transfer(pid)
-        if record is None or record.counterparty_id != claims.participant_id:
-            raise UnknownProcess(f"no transfer process {pid!r}", area=Area.TRANSFER,
-                                 provider_pid=pid)
-        return record
+    async def _persist(self, record: Transfer, out: list[Outgoing], new: bool
+                       ) -> list[OutboxItem]:
+        return await self._store.save_transfer(record, outbox=out, expect_new=new)
+
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> Transfer | None:
+        # Only a consumer opens a transfer (DSP 2025-1 §TP 1.2).
+        return await self._store.find_transfer(consumer_pid=pid, role=Role.PROVIDER.value,
+                                               counterparty=counterparty)
+
+    def _ended(self, record: Transfer, reason: str) -> Transfer:
+        msg = tp.message_for(record, TransferEvent.TERMINATE, reason=reason)
+        return tp.apply(record, record.role, msg, self._clock())
+
+    def _peer_took_it(self, record: Transfer, peer_state: str) -> bool:
+        return tp.peer_took_it(record, peer_state)
 
     # -- DSP: inbound ------------------------------------------------------------------------
 
-    async def get(self, pid: str, claims: Claims) -> Transfer:
-        return await self._owned(pid, claims)
-
     async def on_request(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
-        """T2: open a transfer under one of our agreements. The same request sent again gets
-        the same process (DSP 2025-1 §TP 3.2; ``core.process``)."""
-        why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there (#4)
+        """A consumer opens a transfer under one of our agreements (DSP 2025-1 §TP 3.2); the
+        same request sent again gets the same process (``core.process``)."""
+        why = callback_refusal(msg.callback_address)  # we send Start (and pushes) there
         if why is not None:
             raise MalformedMessage(f"callbackAddress {msg.callback_address[:200]!r} refused: "
                                    f"{why}", area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
-        async with self._locks.hold(_peer_key(claims.participant_id, msg.consumer_pid)):
-            existing = await self._known(msg, claims)
-            if existing is not None:
-                return existing
+
+        async def opening() -> tuple[Transfer, Transfer, list[Outgoing]]:
             record = await self._requested(msg, claims)
             started, out = self._start(record) if self.automatic else (record, [])
-            try:
-                async with self._locks.hold(record.id):
-                    await self._save(started, out, new=True)
-            except ConflictError:  # the same request, committed first elsewhere
-                existing = await self._known(msg, claims)
-                if existing is None:
-                    raise
-                return existing
-            return record
+            return record, started, out
 
-    async def _known(self, msg: TransferRequestMessage, claims: Claims) -> Transfer | None:
-        existing = await self._store.find_transfer(
-            consumer_pid=msg.consumer_pid, role=Role.PROVIDER.value,
-            counterparty=claims.participant_id)
-        if existing is not None:
-            log.info("transfer %s: the request was sent again; acknowledged", existing.id)
-        return existing
+        return await self._open_once(claims.participant_id, Role.CONSUMER, msg.consumer_pid,
+                                     opening)
 
     async def _requested(self, msg: TransferRequestMessage, claims: Claims) -> Transfer:
         """The REQUESTED record a transfer request opens, once it checks out."""
@@ -166,17 +145,13 @@ class TransferService:
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
         if msg.format == tp.PUSH_FORMAT:
             _check_push_address(msg)
-        tp.target_state(Role.CONSUMER, None, TransferEvent.REQUEST)
-        now, pid = self._clock(), self._new_id()
-        return Transfer(
-            id=pid, role=Role.PROVIDER, state=TransferState.REQUESTED,
+        pid = self._new_id()
+        return tp.opened(
+            id=pid, role=Role.PROVIDER, now=self._clock(),
             consumer_pid=msg.consumer_pid, provider_pid=pid, agreement_id=agreement.id,
             format=msg.format, counterparty_address=msg.callback_address,
             counterparty_id=claims.participant_id, dataset_id=agreement.dataset_id,
-            data_address=msg.data_address if msg.format == tp.PUSH_FORMAT else None,
-            created_at=now, updated_at=now,
-            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
-                                  state="REQUESTED")])
+            data_address=msg.data_address if msg.format == tp.PUSH_FORMAT else None)
 
     def _start(self, record: Transfer) -> tuple[Transfer, list[Outgoing]]:
         """Provider: mint a fresh data token and send Start with the pull address. A push
@@ -200,13 +175,13 @@ class TransferService:
         sent again, changes nothing (``core.process``)."""
         async with self._locks.hold(pid):
             record = await self._owned(pid, claims)
-            _check_pids(record, msg)
+            proc.check_pids(record, msg, Area.TRANSFER)
             if tp.is_redelivery(record, record.role.other, msg, message_id):
                 log.info("transfer %s: %s sent again; acknowledged", pid, type(msg).__name__)
                 return record
             if (isinstance(msg, TransferCompletionMessage) and record.role is Role.CONSUMER
-                    and record.format == tp.PUSH_FORMAT and self.completion_guard is not None):
-                problem = self.completion_guard(record)
+                    and record.format == tp.PUSH_FORMAT and self._completion_guard is not None):
+                problem = self._completion_guard(record)
                 if problem is not None:  # a push is complete only once its copy checks out
                     raise InvalidTransition(f"cannot complete: {problem}", area=Area.TRANSFER,
                                             consumer_pid=record.consumer_pid,
@@ -321,14 +296,14 @@ class TransferService:
         async with self._locks.hold(pid):
             record = await self._store.get_transfer(pid)
             if record is not None:
-                await self._save(tp.noted(record, self._clock(), by, message, note), [])
+                await self._save(proc.noted(record, self._clock(), by, message, note), [])
 
     async def _note(self, pid: str, message: str, note: str) -> None:
         """Add a line to a transfer's timeline (``connector why``)."""
         async with self._locks.hold(pid):
             record = await self._store.get_transfer(pid)
             if record is not None:
-                await self._save(tp.noted(record, self._clock(), "policy", message, note), [])
+                await self._save(proc.noted(record, self._clock(), "policy", message, note), [])
 
     async def still_streaming(self, pid: str) -> bool:
         """Whether a running stream may go on (checked between chunks): STARTED and not
@@ -384,28 +359,18 @@ class TransferService:
                 raise NotFound(f"negotiation of agreement {agreement_id!r} is missing")
             provider_base = negotiation.counterparty_address
             provider_id = negotiation.counterparty_id
-        now, pid = self._clock(), self._new_id()
-        record = Transfer(
-            id=pid, role=Role.CONSUMER, state=TransferState.REQUESTED, consumer_pid=pid,
+        pid = self._new_id()
+        record = tp.opened(
+            id=pid, role=Role.CONSUMER, now=self._clock(), consumer_pid=pid,
             provider_pid=None, agreement_id=agreement_id, format=format,
             counterparty_address=provider_base, counterparty_id=provider_id,
-            dataset_id=agreement.dataset_id, created_at=now, updated_at=now,
-            history=[HistoryEntry(at=now, by="consumer", message=TransferEvent.REQUEST.value,
-                                  state="REQUESTED")])
+            dataset_id=agreement.dataset_id)
         if push_to is not None:
             record = _replace(record, format=tp.PUSH_FORMAT)
         address = push_to(pid) if push_to is not None else None  # not kept: it holds a token
         msg = tp.request_message(record, self.dsp_base, address)
         await self._save(record, [self._outgoing(record, msg)], new=True)
         return record
-
-    async def on_initial_ack(self, pid: str, body: bytes) -> None:
-        """The provider's 201 to our request: learn its pid (DSP 2025-1 §TP 3.2)."""
-        ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
-        async with self._locks.hold(pid):
-            record = await self._store.get_transfer(pid)
-            if record is not None and record.provider_pid is None and ack.provider_pid:
-                await self._save(_replace(record, provider_pid=ack.provider_pid), [])
 
     async def act(self, pid: str, event: TransferEvent, reason: str | None = None,
                   code: str | None = None) -> Transfer:
@@ -429,68 +394,13 @@ class TransferService:
             await self._save(after, out)
             return after
 
-    async def mine(self, pid: str) -> Transfer:
-        record = await self._store.get_transfer(pid)
-        if record is None:
-            raise NotFound(f"no transfer {pid!r}")
-        return record
-
     async def wait_started(self, pid: str, timeout: float) -> Transfer:
         record = await self.mine(pid)
         await self.watch.wait(pid, record, lambda r: r.state is not TransferState.REQUESTED,
                               timeout)
         return await self.mine(pid)
 
-    async def on_delivery_failed(self, process_id: str, error: str) -> None:
-        """A message could not be delivered (4xx or retries exhausted): end our side, unless
-        the peer's own state shows it took the message before (a repeat it refused)."""
-        async with self._locks.hold(process_id):
-            record = await self._store.get_transfer(process_id)
-            if record is None or record.state.terminal:
-                return
-            if await self._peer_holds(record):
-                log.info("transfer %s: the peer refused a message it had already taken (%s); "
-                         "kept", process_id, error)
-                return
-            msg = tp.message_for(record, TransferEvent.TERMINATE,
-                                 reason=f"peer unreachable or refused: {error}")
-            after = tp.apply(record, record.role, msg, self._clock())
-            await self._save(after, [])
-
-    async def _peer_holds(self, record: Transfer) -> bool:
-        """Whether the peer's transfer is where ours is, or past it by its own moves."""
-        theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-        if not theirs:
-            return False
-        url = record.counterparty_address.rstrip("/") + process_path(Area.TRANSFER, theirs)
-        body = await self._outbox.ask(url, record.counterparty_id or "")
-        if body is None:
-            return False
-        try:
-            ack = codec.decode(body, TransferProcess, area=Area.TRANSFER)
-        except ProtocolError:
-            return False
-        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
-        return same and tp.peer_took_it(record, ack.state)
-
-
 _replace = msgspec.structs.replace
-
-
-def _peer_key(counterparty: str | None, consumer_pid: str) -> str:
-    """The lock that serialises a peer's requests for one consumerPid."""
-    return f"initial\x00{counterparty}\x00{consumer_pid}"
-
-
-def _check_pids(record: Transfer, msg: TransferMessage) -> None:
-    mine = record.provider_pid if record.role is Role.PROVIDER else record.consumer_pid
-    theirs = record.consumer_pid if record.role is Role.PROVIDER else record.provider_pid
-    sent_mine = getattr(msg, "provider_pid" if record.role is Role.PROVIDER else "consumer_pid")
-    sent_theirs = getattr(msg, "consumer_pid" if record.role is Role.PROVIDER else "provider_pid")
-    if sent_mine != mine or (theirs is not None and sent_theirs not in (None, theirs)):
-        raise MalformedMessage("process ids in the message do not match this transfer",
-                               area=Area.TRANSFER, consumer_pid=record.consumer_pid,
-                               provider_pid=record.provider_pid)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -1,12 +1,12 @@
 """Talking to peers over HTTPS: signed DSP requests, catalogue fetches and data pulls.
 
 One ``aiohttp.ClientSession`` per daemon keeps TLS connections alive (a new TLS connection
-costs ~1.2 ms of CPU on this class of machine, a reused one ~12 µs; see perf-limits §3).
+costs ~1.2 ms of CPU on this class of machine, a reused one ~12 µs; docs/interop-notes.md §6).
 Peers' self-signed certificates pinned in ``trust/`` are added as trust anchors beside the
 system ones. Errors are translated into ``PeerError`` where they enter.
 
 The addresses come from peers (a ``callbackAddress``, a data address), so requests go
-through the SSRF guard of ``adapters.http.guard`` (issue #4): a URL whose host is a
+through the SSRF guard of ``adapters.http.guard``: a URL whose host is a
 link-local (cloud metadata), unspecified, multicast or broadcast IP address is refused before
 anything is sent, a host name resolving to one is refused when connecting (``GuardedResolver``,
 so DNS rebinding cannot get past), and so is a redirect to one. Loopback and private addresses
@@ -18,8 +18,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import msgspec
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
@@ -131,9 +133,17 @@ class PeerClient(ReloadableSession):
         body = codec.encode(codec_catalog_request())
         status, raw = await self.post(f"{dsp_base.rstrip('/')}/catalog/request", audience, body)
         if status != 200:
-            raise PeerError(f"catalog request answered {status}: {_snippet(raw)}",
+            raise PeerError(f"the provider refused our catalog request ({status}): "
+                            f"{_snippet(raw)}",
                             peer_status=status)
         return codec.decode_json(raw)
+
+    async def dataset_refusal(self, dsp_base: str, audience: str, dataset_id: str) -> str | None:
+        """Why the provider shows us no offer of ``dataset_id`` (its answer to a dataset
+        request, DSP 2025-1 §CAT 3.3), or None when it shows one after all."""
+        url = f"{dsp_base.rstrip('/')}/catalog/datasets/{quote(dataset_id, safe='')}"
+        status, raw = await self.get(url, audience)
+        return None if status == 200 else _snippet(raw)
 
     async def pull(self, endpoint: str, authorization: str, offset: int = 0
                    ) -> AsyncGenerator[bytes, None]:
@@ -220,4 +230,15 @@ def codec_catalog_request() -> Any:
 
 
 def _snippet(body: bytes, limit: int = 300) -> str:
+    """A peer's error body as a sentence: a DSP error's ``code: reason; reason``
+    (DSP 2025-1 §CAT/§CN/§TP error types), else the start of the body."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("reason"), list | str):
+        reasons = doc["reason"] if isinstance(doc["reason"], list) else [doc["reason"]]
+        text = "; ".join(str(r.get("@value", r) if isinstance(r, dict) else r)
+                         for r in reasons)
+        return f"{doc.get('code') or 'refused'}: {text}"[:limit * 2]
     return body[:limit].decode("utf-8", "replace")

@@ -28,7 +28,7 @@ class CredentialServiceRoutes:
 
     async def query(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_QUERY_BYTES:
-            raise MalformedMessage("query too large")
+            raise MalformedMessage("query too large", area=None)
         authorization = request.headers.get("Authorization")
         raw = await request.content.read(MAX_QUERY_BYTES + 1)
         try:

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize: re-exported)
+    missing_source,
     open_source,
     record_chunks,
     summarize,
@@ -72,33 +73,37 @@ class DataPlane:
         self._on_served = on_served  # each chunk of records written (metrics)
         self._trail = trail  # one audit entry before a stream and one after it (None: off)
 
-    async def _source(self, request: web.Request, *, use: bool = True) -> tuple[str, Any]:
+    async def _source(self, request: web.Request, *, use: bool = True
+                      ) -> tuple[str, str, Any]:
+        """(transfer id, agreement id, dataset declaration) a request's token opens."""
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
             raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
-        request["agreement_id"] = agreement.id
-        return record.id, decl
+        missing = missing_source(decl.source_type, decl.source_path)
+        if missing is not None:
+            raise TransferDenied(f"dataset {agreement.dataset_id!r} is not available: {missing}")
+        return record.id, agreement.id, decl
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         offset = _offset(request)
-        pid, decl = await self._source(request)
+        pid, agreement, decl = await self._source(request)
         sent = _Sent()
-        await self._audit(request, pid, offset, sent, complete=None)  # refused if unrecorded
+        await self._audit(agreement, pid, offset, sent, complete=None)  # refused if unrecorded
         try:
             return await self._stream(request, pid, offset, decl, sent)
         finally:
             try:
-                await self._audit(request, pid, offset, sent, complete=sent.complete)
+                await self._audit(agreement, pid, offset, sent, complete=sent.complete)
             except ConnectorError as exc:  # the bytes are gone: say so, loudly
                 log.error("transfer %s: the stream's audit entry could not be written: %s",
                           pid, exc.message)
 
-    async def _audit(self, request: web.Request, pid: str, offset: int, sent: _Sent,
+    async def _audit(self, agreement: str, pid: str, offset: int, sent: _Sent,
                      complete: bool | None) -> None:
         if self._trail is not None:
-            await self._trail.data_access(agreement=request["agreement_id"], transfer=pid,
-                                          offset=offset, records=sent.records, size=sent.bytes,
+            await self._trail.data_access(agreement=agreement, transfer=pid, offset=offset,
+                                          records=sent.records, size=sent.bytes,
                                           complete=complete)
 
     async def _stream(self, request: web.Request, pid: str, offset: int, decl: Any,
@@ -136,7 +141,7 @@ class DataPlane:
         return response
 
     async def summary(self, request: web.Request) -> web.Response:
-        _, decl = await self._source(request, use=False)  # a summary is not a use
+        _, _, decl = await self._source(request, use=False)  # a summary is not a use
         return web.json_response(await open_source(decl).summary())
 
     async def refresh(self, request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ body. A trailing slash is accepted on every path (the TCK's callback paths vary)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from connector.core.messages import (
     Message,
     TransferRequestMessage,
 )
+from connector.core.negotiation import Negotiation
+from connector.core.transfer import Transfer
 from connector.service import audit
 from connector.service.auth import Verifier, bind_body
 from connector.service.catalog import Catalog, Claims
@@ -37,6 +40,9 @@ from connector.service.transfers import TransferService
 JSON = "application/json"
 # A DSP control message is small; 1 MiB leaves room for large offers and refuses floods.
 MAX_BODY = 1024 * 1024
+# The caller ``DspRoutes.caller`` verified in this request's task, whose token ``body`` binds.
+_verified_caller: ContextVar[Claims | None] = ContextVar("dsp_verified_caller", default=None)
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 @dataclass
@@ -86,7 +92,7 @@ class DspRoutes:
         """The caller's verified claims, before the body is read (DCP mode does network IO)."""
         claims = await self.d.verifier.verify_async(request.headers.get("Authorization"))
         logs.bind(peer=claims.participant_id)  # every later line of this request names it
-        request["dsp_caller"] = claims
+        _verified_caller.set(claims)  # for ``body``: each request runs in its own task
         return claims
 
     async def body(self, request: web.Request, area: Area) -> bytes:
@@ -95,7 +101,7 @@ class DspRoutes:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise MalformedMessage("body too large", area=area)
         raw = await request.read()
-        claims: Claims | None = request.get("dsp_caller")
+        claims = _verified_caller.get()
         if claims is not None:
             authorization = request.headers.get("Authorization")
             binding = bind_body(authorization, raw, required=self.d.verifier.requires_binding(
@@ -128,7 +134,7 @@ class DspRoutes:
             raise CatalogError("catalog filter expressions are not supported", status=400)
         doc = self.d.catalog().catalog(claims)
         if self.d.trail is not None:
-            await self.d.trail.catalog_answer(claims.participant_id, doc)
+            self.d.trail.catalog_answer(claims.participant_id, doc)
         return _doc(doc)
 
     async def dataset(self, request: web.Request) -> web.Response:
@@ -136,60 +142,47 @@ class DspRoutes:
         doc = self.d.catalog().dataset(request.match_info["id"], claims)
         return _doc(with_context(doc))
 
-    # -- negotiation ----------------------------------------------------------------------------
+    # -- negotiation and transfer --------------------------------------------------------------
 
-    async def negotiation_get(self, request: web.Request) -> web.Response:
-        claims = await self.caller(request)
-        record = await self.d.negotiations.get(request.match_info["pid"], claims)
-        return _json(record.ack())
+    def _service(self, area: Area) -> NegotiationService | TransferService:
+        return self.d.negotiations if area is Area.NEGOTIATION else self.d.transfers
 
-    async def negotiation_initial(self, request: web.Request) -> web.Response:
-        claims = await self.caller(request)
-        msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractRequestMessage,
-                           area=Area.NEGOTIATION)
-        record = await self.d.negotiations.on_initial_request(msg, claims)
-        return _json(record.ack(), 201)
-
-    async def negotiation_initial_offer(self, request: web.Request) -> web.Response:
-        claims = await self.caller(request)
-        msg = codec.decode(await self.body(request, Area.NEGOTIATION), ContractOfferMessage,
-                           area=Area.NEGOTIATION)
-        record = await self.d.negotiations.on_initial_offer(msg, claims)
-        return _json(record.ack(), 201)
-
-    def negotiation_message(self, kind: type[Any]) -> Callable[[web.Request],
-                                                               Awaitable[web.Response]]:
+    def process_get(self, area: Area) -> Handler:
+        """GET a negotiation or transfer process: its ack (DSP 2025-1 §CN 3, §TP 3)."""
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            raw = await self.body(request, Area.NEGOTIATION)
-            msg = codec.decode(raw, kind, area=Area.NEGOTIATION)
-            record = await self.d.negotiations.on_message(request.match_info["pid"], msg, claims,
-                                                          message_id=message_id(raw))
+            record = await self._service(area).get(request.match_info["pid"], claims)
             return _json(record.ack())
         return handler
 
-    # -- transfer -------------------------------------------------------------------------------
-
-    async def transfer_get(self, request: web.Request) -> web.Response:
-        claims = await self.caller(request)
-        record = await self.d.transfers.get(request.match_info["pid"], claims)
-        return _json(record.ack())
-
-    async def transfer_initial(self, request: web.Request) -> web.Response:
-        claims = await self.caller(request)
-        msg = codec.decode(await self.body(request, Area.TRANSFER), TransferRequestMessage,
-                           area=Area.TRANSFER)
-        record = await self.d.transfers.on_request(msg, claims)
-        return _json(record.ack(), 201)
-
-    def transfer_message(self, kind: type[Any]) -> Callable[[web.Request],
-                                                            Awaitable[web.Response]]:
+    def process_initial(self, binding: Binding) -> Handler:
+        """A message that creates a process: 201 with its ack (DSP 2025-1 §CN 3.2, §TP 3.2)."""
         async def handler(request: web.Request) -> web.Response:
             claims = await self.caller(request)
-            raw = await self.body(request, Area.TRANSFER)
-            msg = codec.decode(raw, kind, area=Area.TRANSFER)
-            record = await self.d.transfers.on_message(request.match_info["pid"], msg, claims,
-                                                       message_id=message_id(raw))
+            msg = codec.decode(await self.body(request, binding.area), binding.message,
+                               area=binding.area)
+            if isinstance(msg, ContractRequestMessage):
+                record: Negotiation | Transfer = (
+                    await self.d.negotiations.on_initial_request(msg, claims))
+            elif isinstance(msg, ContractOfferMessage):
+                record = await self.d.negotiations.on_initial_offer(msg, claims)
+            elif isinstance(msg, TransferRequestMessage):
+                record = await self.d.transfers.on_request(msg, claims)
+            else:  # the binding table names no other initial process message
+                raise MalformedMessage(f"{type(msg).__name__} creates no process",
+                                       area=binding.area)
+            return _json(record.ack(), 201)
+        return handler
+
+    def process_message(self, binding: Binding) -> Handler:
+        """A message on an existing process, found by the pid in its path."""
+        async def handler(request: web.Request) -> web.Response:
+            claims = await self.caller(request)
+            raw = await self.body(request, binding.area)
+            # The binding gives the type; the service of its area takes it (one of its union).
+            msg: Any = codec.decode(raw, binding.message, area=binding.area)
+            record = await self._service(binding.area).on_message(
+                request.match_info["pid"], msg, claims, message_id=message_id(raw))
             return _json(record.ack())
         return handler
 
@@ -201,22 +194,15 @@ class DspRoutes:
             ("GET", "/.well-known/dspace-version", self.version),
             ("GET", "/.well-known/did.json", self.did_document),
             ("GET", base + DATASET_PATH, self.dataset),
-            ("GET", base + PROCESS_PATHS[Area.NEGOTIATION], self.negotiation_get),
-            ("GET", base + PROCESS_PATHS[Area.TRANSFER], self.transfer_get),
         ]
+        routes += [("GET", base + PROCESS_PATHS[area], self.process_get(area))
+                   for area in (Area.NEGOTIATION, Area.TRANSFER)]
         routes += [("POST", base + b.path, self._handler(b)) for b in BINDINGS]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, path + "/", handler)
 
-    def _handler(self, binding: Binding) -> Callable[[web.Request], Awaitable[web.Response]]:
-        if binding.initial:
-            return {
-                CatalogRequestMessage: self.catalog_request,
-                ContractRequestMessage: self.negotiation_initial,
-                ContractOfferMessage: self.negotiation_initial_offer,
-                TransferRequestMessage: self.transfer_initial,
-            }[binding.message]
-        if binding.area is Area.NEGOTIATION:
-            return self.negotiation_message(binding.message)
-        return self.transfer_message(binding.message)
+    def _handler(self, binding: Binding) -> Handler:
+        if binding.area is Area.CATALOG:
+            return self.catalog_request
+        return self.process_initial(binding) if binding.initial else self.process_message(binding)

@@ -37,6 +37,9 @@ from connector.core.messages import DSP_CONTEXT
 log = logging.getLogger("connector.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The error a response was rendered from, kept on the request for outer middlewares (metrics).
+REQUEST_ERROR = web.RequestKey("connector.error", ConnectorError)
+
 _ERROR_TYPES = {Area.NEGOTIATION: "ContractNegotiationError", Area.TRANSFER: "TransferError",
                 Area.CATALOG: "CatalogError"}
 
@@ -68,7 +71,7 @@ def _render_dsp(request: web.Request, area: Area, exc: ConnectorError) -> web.Re
     pids: dict[str, str | None] = {}
     if isinstance(exc, ProtocolError):
         pids = {"consumer_pid": exc.consumer_pid, "provider_pid": exc.provider_pid}
-        area = exc.area if area is not Area.CATALOG else area
+        area = (exc.area or area) if area is not Area.CATALOG else area
     if isinstance(exc, AuthError) and area is not Area.CATALOG:
         status, code, message = 404, UnknownProcess.code, "not found"
     if isinstance(exc, CatalogError):
@@ -99,6 +102,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ConnectorError as exc:
         log.info("%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code,
                  exc.message, extra={"status": exc.status, "reason": exc.message})
+        request[REQUEST_ERROR] = exc
         return _render(request, exc)
     except web.HTTPException:
         raise  # aiohttp's own answers: 404 no route, 405, 413 too large

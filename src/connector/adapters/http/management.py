@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.http.openapi import serve_document
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.core import codec
 from connector.core.errors import (
@@ -39,6 +40,8 @@ log = logging.getLogger("connector.management")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Long polls end after this many seconds at most, whatever the client asks.
 MAX_WAIT_S = 120.0
+# Set on a sub-application that authenticates its requests itself (the console's session).
+OWN_AUTH = web.AppKey("own_auth", bool)
 
 
 def _out(value: Any, status: int = 200) -> web.Response:
@@ -93,7 +96,8 @@ def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
 class ManagementApi:
     def __init__(self, *, token: str, store: Store, negotiations: NegotiationService,
                  transfers: TransferService, client: PeerClient, consumer: ConsumerService,
-                 push: Any = None) -> None:
+                 push: Any = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._status = status  # the daemon's own state (version, URLs, pending restarts)
         self._push = push  # a PushReceiver (adapters/http/push.py), where pushes land
         self._token = token
         self._store = store
@@ -104,6 +108,8 @@ class ManagementApi:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if any(OWN_AUTH in app for app in request.match_info.apps):
+            return await handler(request)
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -297,6 +303,23 @@ class ManagementApi:
         ended = await self._transfers.revoke_agreement(request.match_info["id"], reason)
         return _out({"revoked": request.match_info["id"], "terminated": [t.id for t in ended]})
 
+    async def agreement(self, request: web.Request) -> web.Response:
+        """One agreement, with ``uses`` (counted by the provider; null on the consumer's
+        side) and the ids of the transfers made under it (``connector agreements``)."""
+        found = await self._store.get_agreement(request.match_info["id"])
+        if found is None:
+            raise NotFound(f"no agreement {request.match_info['id']!r}")
+        # Adding 0 reads the count in the same atomic statement that counts uses.
+        uses = await self._store.add_use(found.id, 0) if found.role == "provider" else None
+        transfers = [t.id for t in await self._store.list_transfers(found.id)]
+        view = msgspec.to_builtins(found)
+        return _out({**view, "uses": uses, "transfers": transfers})
+
+    async def status(self, request: web.Request) -> web.Response:
+        """The daemon itself: version, URLs, edits waiting for a restart (``connector
+        status``)."""
+        return _out(self._status() if self._status is not None else {})
+
     def app(self) -> web.Application:
         from connector.adapters.http.errors import error_middleware
 
@@ -319,6 +342,10 @@ class ManagementApi:
         r.add_get("/api/transfers/{id}/push", self.transfer_push)
         r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
         r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
+        r.add_get("/api/agreements/{id}", self.agreement)
+        r.add_get("/api/status", self.status)
+        # The contract of all the above (adapters/http/openapi.yaml).
+        r.add_get("/api/openapi.json", serve_document)
         return app
 
 

@@ -12,7 +12,7 @@ Every label value comes from a closed set: message types from the DSP binding ta
 reasons and constraints from fixed vocabularies (anything else is ``other``), peers by DID only
 when pinned in ``trust/`` and at most ``MAX_PEER_LABELS`` of them. No process id, token, key or
 path ever becomes a label. Instruments are fed through the daemon's seams (record listeners,
-middlewares, the outbox's send function, the catalogue's decision observer), so the services
+a middleware, the outbox's send function, the catalogue's decision observer), so the services
 know nothing about Prometheus.
 """
 
@@ -35,9 +35,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from connector import __version__
+from connector.adapters.http.errors import REQUEST_ERROR
 from connector.core.binding import DSP_PATH
 from connector.core.errors import AuthError, PeerError
 from connector.core.negotiation import Negotiation, NegotiationState
@@ -117,7 +117,7 @@ _CONSTRAINTS = frozenset(op.value for op in LeftOperand)
 def message_type(method: str, path: str) -> str:
     """The DSP message type of a request to ``path`` (ours or a peer's), or ``other``."""
     for area in ("negotiations", "transfers", "catalog"):
-        at = path.find(f"/{area}/")
+        at = path.rfind(f"/{area}/")  # the binding part ends the path
         if at < 0:
             continue
         parts = path[at + len(area) + 2:].strip("/").split("/")
@@ -192,6 +192,7 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         self._peers = peers
         self._clock = clock
+        self._kinds: dict[tuple[str, str], str] = {}  # (method, route) -> DSP message type
         r = self.registry
         Gauge("connector_build_info", "Version of the running connector (always 1).",
               ["version"], registry=r).labels(__version__).set(1)
@@ -295,13 +296,16 @@ class Metrics:
             finished(record.role.value, record.state.value, finish_reason(record.reason),
                      peer).inc()
 
-    # -- DSP messages in (middlewares of the public app) -------------------------------------
+    # -- DSP messages in (a middleware of the public app) ------------------------------------
 
     @web.middleware
     async def dsp_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Outermost: every DSP request's message type, final status and latency."""
-        if not request.path.startswith(DSP_PATH):
-            return await handler(request)
+        """Outside the error middleware: every DSP request's message type, final status and
+        latency, and the reason of a refused token (the error the response was made from)."""
+        if not request.path.startswith(DSP_PATH):  # data plane, push, credential service
+            response = await handler(request)
+            self._count_refusal(request)
+            return response
         t0 = self._clock()
         status = 500
         try:
@@ -312,25 +316,35 @@ class Metrics:
             status = exc.status
             raise
         finally:
-            kind = message_type(request.method, request.path[len(DSP_PATH):])
+            kind = self._kind_of(request)
             self.dsp_in(kind, str(status)).inc()
             self.dsp_in_seconds(kind).observe(self._clock() - t0)
+            self._count_refusal(request)
 
-    @web.middleware
-    async def refusal_middleware(self, request: web.Request,
-                                 handler: Handler) -> web.StreamResponse:
-        """Inside the error middleware: a refused token, by reason, before it is rendered."""
-        try:
-            return await handler(request)
-        except AuthError as exc:
-            self.tokens_refused.labels(refusal_reason(exc.message)).inc()
-            raise
+    def _count_refusal(self, request: web.Request) -> None:
+        error = request.get(REQUEST_ERROR)
+        if isinstance(error, AuthError):
+            self.tokens_refused.labels(refusal_reason(error.message)).inc()
+
+    def _kind_of(self, request: web.Request) -> str:
+        """The message type of a request, memoised per route (a request matching no route is
+        typed from its path, not memoised: its path is the caller's choice)."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return message_type(request.method, request.path[len(DSP_PATH):])
+        key = (request.method, resource.canonical)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = message_type(request.method,
+                                                   resource.canonical[len(DSP_PATH):])
+        return kind
 
     # -- DSP messages out (the outbox's send function) ---------------------------------------
 
     def metered_send(self, send: Send) -> Send:
         async def metered(item: OutboxItem) -> bytes:
-            kind = message_type("POST", URL(item.url).path)
+            # The area's segment cannot occur in scheme or host: the whole URL will do.
+            kind = message_type("POST", item.url)
             t0 = self._clock()
             try:
                 body = await send(item)

@@ -12,8 +12,9 @@ daemon mint a one-time bearer token and send a TransferRequestMessage with forma
   the consumer compares it with what it wrote (409 if they differ).
 
 Only after that check passes does the consumer accept the provider's TransferCompletion
-(``TransferService.completion_guard``): a completion before it is refused with a 400, so the
-provider's process terminates instead of completing. We chose a second request for the
+(``PushedCopies.completion_problem``, the guard ``TransferService`` is built with): a
+completion before it is refused with a 400, so the provider's process terminates instead of
+completing. We chose a second request for the
 summary because aiohttp sends no HTTP trailers, and headers on the stream request would
 have to be known before the first byte (the summary of an HTTP upstream is not).
 
@@ -78,14 +79,31 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class PushedCopies:
+    """Consumer side: the pushes we expect, one per transfer, and whether each copy checked
+    out. ``completion_problem`` is the guard ``TransferService`` is built with."""
+
+    def __init__(self) -> None:
+        self.expected: dict[str, _Expected] = {}
+
+    def completion_problem(self, record: Transfer) -> str | None:
+        """Why a pushed transfer may not complete yet; None once its copy was verified."""
+        expected = self.expected.get(record.id)
+        if expected is None:
+            return "no push is expected for this transfer here"
+        if expected.verified is None:
+            return "the pushed copy was not verified against the provider's summary"
+        return None
+
+
 class PushReceiver:
     """Consumer side: the endpoint a provider pushes to, one expectation per transfer."""
 
-    def __init__(self, transfers: TransferService, public_url: str) -> None:
+    def __init__(self, transfers: TransferService, public_url: str,
+                 copies: PushedCopies) -> None:
         self._transfers = transfers
         self._public_url = public_url.rstrip("/")
-        self._expected: dict[str, _Expected] = {}
-        transfers.completion_guard = self.completion_problem
+        self._expected = copies.expected
 
     def address_for(self, sink: str) -> Callable[[str], DataAddress]:
         """For ``TransferService.start``: mint the token and remember the sink for ``pid``."""
@@ -97,14 +115,6 @@ class PushReceiver:
             return tp.push_address(f"{self._public_url}/push/{pid}", token)
 
         return address
-
-    def completion_problem(self, record: Transfer) -> str | None:
-        expected = self._expected.get(record.id)
-        if expected is None:
-            return "no push is expected for this transfer here"
-        if expected.verified is None:
-            return "the pushed copy was not verified against the provider's summary"
-        return None
 
     def result(self, pid: str) -> dict[str, Any]:
         expected = self._expected.get(pid)
@@ -129,11 +139,12 @@ class PushReceiver:
                                          START_WAIT_S)
         record = await self._transfers.mine(pid)
         if record.state is not TransferState.STARTED:
-            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED")
+            raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED",
+                                   area=None)
         try:
             offset = int(request.headers.get(PUSH_OFFSET, "0"))
         except ValueError:
-            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count") from None
+            raise MalformedMessage(f"{PUSH_OFFSET} must be a record count", area=None) from None
         if not 0 <= offset <= expected.held:
             return web.json_response({"records": expected.held}, status=409)
         expected.got = expected.verified = None
@@ -146,7 +157,8 @@ class PushReceiver:
             await asyncio.to_thread(sink.close)
             expected.held = await asyncio.to_thread(lambda: sink.records)
             log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
-            raise MalformedMessage(f"push body cut after {expected.held} records") from exc
+            raise MalformedMessage(f"push body cut after {expected.held} records",
+                                   area=None) from exc
         await asyncio.to_thread(sink.close)
         expected.got = Copy(records=sink.records, bytes=sink.size, sha256=sink.sha256())
         expected.held = expected.got.records
@@ -163,7 +175,7 @@ class PushReceiver:
             claimed = msgspec.json.decode(within_depth(await request.read()),
                                           type=dict[str, Any])
         except ValueError as exc:  # msgspec.DecodeError is one; so is a body nested too deep
-            raise MalformedMessage(f"summary is not a JSON object: {exc}") from exc
+            raise MalformedMessage(f"summary is not a JSON object: {exc}", area=None) from exc
         claimed = {k: claimed.get(k) for k in COPY_FIELDS}
         received = expected.got.as_dict() if expected.got is not None else None
         if expected.got is None or copy_mismatch(expected.got, claimed) is not None:

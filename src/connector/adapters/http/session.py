@@ -1,8 +1,8 @@
 """One lazily opened aiohttp client session whose trust anchors can change at run time.
 
 Keep-alive matters: a new TLS connection costs ~1.2 ms of CPU here, a reused one ~12 µs
-(perf-limits §3). When trust/ changes, the next request opens a session with the new anchors
-and the old one is closed in the background.
+(docs/interop-notes.md §6). When trust/ changes, the next request opens a session with the
+new anchors and the old one is closed in the background.
 """
 
 from __future__ import annotations

@@ -1,77 +1,26 @@
-"""The audit tables read (and pruned) directly in the database, for ``connector audit``.
+"""The audit tables read (and pruned) directly in the SQLite file, for ``connector audit``.
 
 The commands run beside a daemon or without one: SQLite's locking lets them read while the
 daemon writes (WAL), and the daemon's only in-memory state about the trail is the chain's
-head, which a prune of old entries never touches. When the state is in PostgreSQL
-(``[storage] postgres_dsn_file``) the same statements run there, each call one transaction.
+head, which a prune of old entries never touches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import asyncpg
+import msgspec
 
-from connector.adapters.storage import engine
-from connector.config import Settings
 from connector.core.audit import Entry
-from connector.core.errors import AuditError, ConfigError
+from connector.core.errors import AuditError
 
-
-@dataclass(frozen=True)
-class SharedDatabase:
-    """The PostgreSQL database a DSN file names."""
-
-    dsn_file: Path
-
-
-Where = Path | SharedDatabase
-Query = tuple[str, Sequence[Any]]
-
-
-def location(settings: Settings) -> Where:
-    """Where ``settings`` keep the audit trail: the SQLite file, or the shared database."""
-    dsn_file = settings.postgres_dsn_file
-    return SharedDatabase(dsn_file) if dsn_file is not None else settings.database
-
-
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
-    count = iter(range(1, sql.count("?") + 1))
-    return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
-
-
-async def _pg_run(db: SharedDatabase, queries: Sequence[Query]) -> list[list[Any]]:
-    dsn = engine.read_dsn(db.dsn_file)
-    try:
-        conn = await asyncpg.connect(dsn, timeout=engine.CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
-            asyncpg.InterfaceError) as exc:
-        raise ConfigError(f"postgres_dsn_file {db.dsn_file}: cannot reach the database "
-                          f"({type(exc).__name__})") from None
-    try:
-        async with conn.transaction():
-            return [[tuple(r) for r in await conn.fetch(_numbered(sql), *args)]
-                    for sql, args in queries]
-    except asyncpg.PostgresError as exc:
-        raise AuditError(f"{db.dsn_file}: cannot read the audit trail: {exc}") from exc
-    finally:
-        await conn.close()
-
-
-def _run(db: Where, queries: Sequence[Query], *, write: bool = False) -> list[list[Any]]:
-    """Each query's rows, all in one transaction."""
-    if isinstance(db, SharedDatabase):
-        return asyncio.run(_pg_run(db, queries))
-    with closing(_connect(db, write=write)) as conn, conn:
-        return [list(conn.execute(sql, args)) for sql, args in queries]
+# Entries read at a time when walking the whole chain.
+CHUNK = 5_000
+# The evidence column of an entry (written by ``sqlite._entry_rows``).
+_evidence = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
 
 
 def _connect(path: Path, *, write: bool = False) -> sqlite3.Connection:
@@ -92,46 +41,97 @@ def _entries(rows: Iterable[tuple[int, str, str, bytes | str]]) -> list[Entry]:
                   body=r[3].encode() if isinstance(r[3], str) else bytes(r[3])) for r in rows]
 
 
-def read_chain(path: Where) -> tuple[list[Entry], list[str]]:
-    """Every entry in order of ``seq`` and every checkpoint JWS."""
-    entries, checkpoints = _run(path, [
-        ("SELECT seq, digest, hash, body FROM audit_entries ORDER BY seq", ()),
-        ("SELECT jws FROM audit_checkpoints ORDER BY seq", ())])
-    return _entries(entries), [str(r[0]) for r in checkpoints]
+def iter_chain(path: Path, chunk: int = CHUNK) -> Iterator[Entry]:
+    """Every entry in order of ``seq``, read ``chunk`` at a time (memory stays flat)."""
+    with closing(_connect(path)) as conn:
+        after = -1
+        while True:
+            rows = _entries(conn.execute(
+                "SELECT seq, digest, hash, body FROM audit_entries WHERE seq > ?"
+                " ORDER BY seq LIMIT ?", (after, chunk)))
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].seq
 
 
-def read_refs(path: Where, refs: Iterable[str]) -> list[int]:
+def read_range(path: Path, first: int, last: int) -> list[Entry]:
+    """The entries numbered ``first`` to ``last``, in order."""
+    with closing(_connect(path)) as conn:
+        return _entries(conn.execute(
+            "SELECT seq, digest, hash, body FROM audit_entries WHERE seq BETWEEN ? AND ?"
+            " ORDER BY seq", (first, last)))
+
+
+def read_checkpoints(path: Path) -> list[str]:
+    with closing(_connect(path)) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT jws FROM audit_checkpoints ORDER BY seq")]
+
+
+def read_head(path: Path) -> Entry | None:
+    """The last entry, or None when the trail is empty."""
+    with closing(_connect(path)) as conn:
+        found = _entries(conn.execute("SELECT seq, digest, hash, body FROM audit_entries"
+                                      " ORDER BY seq DESC LIMIT 1"))
+    return found[0] if found else None
+
+
+def read_refs(path: Path, refs: Iterable[str]) -> list[int]:
     """The sequence numbers of the entries concerning any of ``refs``, in order."""
-    found = _run(path, [("SELECT seq FROM audit_refs WHERE ref = ?", (ref,)) for ref in refs])
-    return sorted({int(r[0]) for rows in found for r in rows})
+    with closing(_connect(path)) as conn:
+        seqs: set[int] = set()
+        for ref in refs:
+            seqs.update(int(r[0]) for r in conn.execute(
+                "SELECT seq FROM audit_entries WHERE ref1 = ? UNION"
+                " SELECT seq FROM audit_entries WHERE ref2 = ?", (ref, ref)))
+    return sorted(seqs)
 
 
-def read_evidence(path: Where, digests: Iterable[str]) -> dict[str, tuple[str, bytes]]:
-    """digest -> (kind, content) of the evidence kept beside the chain."""
-    wanted = list(dict.fromkeys(digests))
-    found = _run(path, [("SELECT kind, content FROM audit_evidence WHERE digest = ?", (d,))
-                        for d in wanted])
-    return {digest: (str(kind), bytes(content))
-            for digest, rows in zip(wanted, found, strict=True) for kind, content in rows}
+def read_entries(path: Path, seqs: Iterable[int]) -> list[Entry]:
+    """The entries with these numbers (those still there), in order."""
+    with closing(_connect(path)) as conn:
+        rows = [row for seq in sorted(set(seqs)) for row in conn.execute(
+            "SELECT seq, digest, hash, body FROM audit_entries WHERE seq = ?", (seq,))]
+    return _entries(rows)
 
 
-def add_checkpoint(path: Where, seq: int, at: float, jws: str) -> None:
-    _run(path, [("INSERT INTO audit_checkpoints (seq, at, jws) VALUES (?, ?, ?)"
-                 " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))], write=True)
+def read_evidence(path: Path, seqs: Iterable[int], digests: Iterable[str]
+                  ) -> dict[str, tuple[str, bytes]]:
+    """digest -> (kind, content) of the evidence kept with entries ``seqs`` and of the shared
+    evidence among ``digests``."""
+    out: dict[str, tuple[str, bytes]] = {}
+    with closing(_connect(path)) as conn:
+        for seq in sorted(set(seqs)):
+            for (kept,) in conn.execute(
+                    "SELECT evidence FROM audit_entries WHERE seq = ? AND evidence IS NOT NULL",
+                    (seq,)):
+                for digest, kind, content in _evidence.decode(kept):
+                    out[digest] = (kind, content)
+        for digest in dict.fromkeys(digests):
+            for kind, content in conn.execute(
+                    "SELECT kind, content FROM audit_shared WHERE digest = ?", (digest,)):
+                out[digest] = (str(kind), bytes(content))
+    return out
 
 
-def checkpoints_before(path: Where, before: float) -> list[tuple[int, float]]:
+def add_checkpoint(path: Path, seq: int, at: float, jws: str) -> None:
+    with closing(_connect(path, write=True)) as conn, conn:
+        conn.execute("INSERT INTO audit_checkpoints (seq, at, jws) VALUES (?, ?, ?)"
+                     " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))
+
+
+def checkpoints_before(path: Path, before: float) -> list[tuple[int, float]]:
     """(seq, at) of the checkpoints signed before ``before``, oldest first."""
-    rows = _run(path, [("SELECT seq, at FROM audit_checkpoints WHERE at < ? ORDER BY seq",
-                        (before,))])[0]
-    return [(int(r[0]), float(r[1])) for r in rows]
+    with closing(_connect(path)) as conn:
+        return [(int(r[0]), float(r[1])) for r in conn.execute(
+            "SELECT seq, at FROM audit_checkpoints WHERE at < ? ORDER BY seq", (before,))]
 
 
-def prune_through(path: Where, seq: int) -> int:
-    """Delete the entries up to and including ``seq`` and the checkpoints before it (the one
-    at ``seq`` stays: the kept chain starts from its signed head). Returns entries deleted."""
-    deleted, _, _ = _run(path, [
-        ("DELETE FROM audit_entries WHERE seq <= ? RETURNING seq", (seq,)),
-        ("DELETE FROM audit_refs WHERE seq <= ?", (seq,)),
-        ("DELETE FROM audit_checkpoints WHERE seq < ?", (seq,))], write=True)
-    return len(deleted)
+def prune_through(path: Path, seq: int) -> int:
+    """Delete the entries up to and including ``seq``, the evidence kept with them, and the
+    checkpoints before it (the one at ``seq`` stays: the kept chain starts from its signed
+    head). Returns the entries deleted."""
+    with closing(_connect(path, write=True)) as conn, conn:
+        deleted = conn.execute("DELETE FROM audit_entries WHERE seq <= ?", (seq,)).rowcount
+        conn.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (seq,))
+    return int(deleted)

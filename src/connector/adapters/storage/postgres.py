@@ -42,11 +42,16 @@ from connector.core.audit import GENESIS, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
-from connector.service.audit import AuditBatch, StepAudit
-from connector.service.store import Agreement, OutboxItem, Outgoing
+from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
+from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
 log = logging.getLogger("connector.store")
 _enc = msgspec.json.Encoder()
+# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row
+# (as sqlite.py writes it, so that the audit tools read both alike).
+_evidence = msgspec.msgpack.Encoder()
+_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
+                 " VALUES ($1, $2, $3, $4, $5, $6, $7)")
 Statement = tuple[str, Sequence[Any]]
 # Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
 # default maximum.
@@ -230,6 +235,8 @@ class PostgresStore:
             raise
         if count:
             self.on_audit(count)
+            for done in audit.on_commit if audit else ():
+                done()
         return items
 
     # -- negotiations and agreements -------------------------------------------------------
@@ -260,13 +267,17 @@ class PostgresStore:
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, audit)
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The process a peer's consumerPid names in ``role`` (migration 006's unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
+        unique key) or, given instead, its providerPid (migration 008's)."""
+        column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
+            "provider_pid", provider_pid)
         rows = await self._rows(
             "SELECT body FROM negotiations WHERE counterparty IS NOT DISTINCT FROM $1"
-            " AND consumer_pid = $2 AND role = $3 AND duplicate_of IS NULL",
-            counterparty, consumer_pid, role)
+            f" AND {column} = $2 AND role = $3 AND duplicate_of IS NULL",
+            counterparty, pid, role)
         return self._neg_dec.decode(rows[0][0]) if rows else None
 
     async def list_negotiations(self) -> list[Negotiation]:
@@ -346,6 +357,20 @@ class PostgresStore:
         if self._audit is not None and batch:
             await self._transaction([], (), batch)
 
+    def append_audit_behind(self, batch: AuditBatch) -> None:
+        """Events of a step that changes no state (a catalogue answer), written behind (a
+        task, as seen token ids); never waits. Failures are logged."""
+        if self._audit is not None and batch:
+            task = asyncio.get_running_loop().create_task(self._append_behind(batch))
+            self._behind.add(task)
+            task.add_done_callback(self._behind.discard)
+
+    async def _append_behind(self, batch: AuditBatch) -> None:
+        try:
+            await self._transaction([], (), batch)
+        except AuditError as exc:
+            log.error("cannot persist catalogue answers' audit entries: %s", exc)
+
     async def audit_head(self) -> tuple[int, str]:
         """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
         rows = await self._rows("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
@@ -364,6 +389,43 @@ class PostgresStore:
         rows = await self._rows("SELECT uses FROM agreement_uses WHERE agreement_id = $1",
                                 agreement_id)
         return int(rows[0][0]) if rows else 0
+
+    # -- pages for the console: filtered and counted in SQL, bodies decoded per page --------
+
+    async def _page(self, table: str, subject: str, order: str, query: ListQuery
+                    ) -> tuple[int, list[Any]]:
+        filters = [(c, v) for c, v in (("state", query.state), ("role", query.role),
+                                       (subject, query.subject)) if v]
+        where = " AND ".join(f"{column} = ${i}" for i, (column, _) in enumerate(filters, 1))
+        where = f" WHERE {where}" if where else ""
+        args = [v for _, v in filters]
+        total = (await self._rows(f"SELECT COUNT(*) FROM {table}{where}", *args))[0][0]
+        n = len(args)
+        rows = await self._rows(f"SELECT body FROM {table}{where} ORDER BY {order} DESC"
+                                f" LIMIT ${n + 1} OFFSET ${n + 2}",
+                                *args, query.limit, query.offset)
+        return int(total), [r[0] for r in rows]
+
+    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
+        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
+        return total, [self._neg_dec.decode(b) for b in bodies]
+
+    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
+        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
+        return total, [self._tr_dec.decode(b) for b in bodies]
+
+    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
+        # Agreements have no state: a state filter matches none of them.
+        if query.state:
+            return 0, []
+        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
+        return total, [self._ag_dec.decode(b) for b in bodies]
+
+    async def state_counts(self, kind: str) -> dict[str, int]:
+        table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]
+        rows = await self._rows(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"
+                                " ORDER BY state")
+        return {str(state): int(count) for state, count in rows}
 
     # -- seen token ids ---------------------------------------------------------------------
 
@@ -492,18 +554,17 @@ async def _append_entries(conn: Any, batch: AuditBatch) -> int:
     row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
     seq, head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
     entries = chain_events(seq + 1, head, batch.events)
-    await conn.executemany("INSERT INTO audit_entries (seq, digest, hash, body)"
-                           " VALUES ($1, $2, $3, $4)",
-                           [(e.seq, e.digest, e.hash, e.body) for e in entries])
-    refs = [(ref, entry.seq) for entry, event in zip(entries, batch.events, strict=True)
-            for ref in dict.fromkeys(event.refs) if ref]
-    if refs:
-        await conn.executemany("INSERT INTO audit_refs (ref, seq) VALUES ($1, $2)"
-                               " ON CONFLICT DO NOTHING", refs)
-    if batch.evidence:
-        await conn.executemany("INSERT INTO audit_evidence (digest, kind, content)"
-                               " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                               [tuple(item) for item in batch.evidence])
+    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
+    rows = []
+    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
+        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
+        rows.append((entry.seq, entry.digest, entry.hash, entry.body, refs[0], refs[1],
+                     _evidence.encode(own) if own and i == 0 else None))
+    await conn.executemany(_INSERT_ENTRY, rows)
+    shared = [tuple(e) for e in batch.evidence if e[1] in SHARED_EVIDENCE]
+    if shared:
+        await conn.executemany("INSERT INTO audit_shared (digest, kind, content)"
+                               " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", shared)
     return len(entries)
 
 

@@ -1,7 +1,7 @@
 """The embedded SQLite store (aiosqlite, WAL, numbered migrations).
 
 One connection, one writer. Every aiosqlite call is a hop to its thread, which costs
-60-300 µs of CPU on a 2-core VM (perf-limits §4), so:
+60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
 - **group commit**: transactions submitted while the writer is busy are committed together
   in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
@@ -13,7 +13,8 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
 - **audit entries** (``service.audit``) join the transaction of the step they record; the
   writer numbers and chains them (``core.audit``) when it commits, from the chain's head it
   keeps in memory, so a batch that fails leaves the chain as it was;
-- **seen token ids** (``record_jti``) are written behind: the row joins the next group commit
+- **seen token ids** (``record_jti``), and the audit entries of catalogue answers, which change
+  no state (``append_audit_behind``), are written behind: the row joins the next group commit
   (or one JTI_FLUSH_S later if nothing else is written), so a replay check never waits for
   the disk. A crash loses at most the jtis of the group not yet committed (milliseconds of
   traffic); a token accepted in that window could be replayed once after the restart.
@@ -39,8 +40,8 @@ from connector.core.audit import GENESIS, Entry, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
-from connector.service.audit import AuditBatch, StepAudit
-from connector.service.store import Agreement, OutboxItem, Outgoing
+from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
+from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
 T = TypeVar("T")
 log = logging.getLogger("connector.store")
@@ -52,6 +53,10 @@ Statement = tuple[str, Sequence[Any]]
 JTI_FLUSH_S = 0.01
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
                " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
+_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row.
+_evidence = msgspec.msgpack.Encoder()
 _UPSERT_NEGOTIATION = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
     " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
@@ -224,6 +229,9 @@ class SqliteStore:
         self._audit_head = head
         if count:
             self.on_audit(count)
+            for txn in batch:
+                for done in txn.audit.on_commit if txn.audit else ():
+                    done()
         for txn in batch:
             for key, record in txn.cached:
                 state = getattr(record, "state", None)
@@ -279,12 +287,16 @@ class SqliteStore:
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, [(f"n:{record.id}", record)], audit)
 
-    async def find_negotiation(self, *, counterparty: str | None, consumer_pid: str,
-                               role: str) -> Negotiation | None:
-        """The process a peer's consumerPid names in ``role`` (migration 006's unique key)."""
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
+        unique key) or, given instead, its providerPid (migration 008's)."""
+        column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
+            "provider_pid", provider_pid)
         rows = await self._rows(
-            "SELECT id FROM negotiations WHERE counterparty IS ? AND consumer_pid = ?"
-            " AND role = ? AND duplicate_of IS NULL", (counterparty, consumer_pid, role))
+            f"SELECT id FROM negotiations WHERE counterparty IS ? AND {column} = ?"
+            " AND role = ? AND duplicate_of IS NULL", (counterparty, pid, role))
         return await self.get_negotiation(rows[0][0]) if rows else None
 
     async def list_negotiations(self) -> list[Negotiation]:
@@ -368,6 +380,16 @@ class SqliteStore:
         if self._audit is not None and batch:
             await self._transaction([], (), [], batch)
 
+    def append_audit_behind(self, batch: AuditBatch) -> None:
+        """Events of a step that changes no state (a catalogue answer): they join the next
+        group commit, write-behind like seen token ids, and are chained there in order."""
+        if self._audit is not None and batch:
+            txn = self._behind()
+            if txn.audit is None:
+                txn.audit = AuditBatch()
+            txn.audit.events.extend(batch.events)
+            txn.audit.evidence.extend(batch.evidence)
+
     async def audit_head(self) -> tuple[int, str]:
         """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
         return self._audit_head
@@ -381,6 +403,41 @@ class SqliteStore:
             "INSERT INTO audit_checkpoints (seq, at, jws) VALUES (?, ?, ?)"
             " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))], (), [])
 
+    # -- pages for the console: filtered and counted in SQL, bodies decoded per page --------
+
+    async def _page(self, table: str, subject: str, order: str, query: ListQuery
+                    ) -> tuple[int, list[Any]]:
+        filters = [(c, v) for c, v in (("state", query.state), ("role", query.role),
+                                       (subject, query.subject)) if v]
+        where = " AND ".join(f"{column} = ?" for column, _ in filters)
+        where = f" WHERE {where}" if where else ""
+        args = [v for _, v in filters]
+        total = (await self._rows(f"SELECT COUNT(*) FROM {table}{where}", args))[0][0]
+        rows = await self._rows(f"SELECT body FROM {table}{where} ORDER BY {order} DESC "
+                                "LIMIT ? OFFSET ?", [*args, query.limit, query.offset])
+        return int(total), [r[0] for r in rows]
+
+    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
+        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
+        return total, [self._neg_dec.decode(b) for b in bodies]
+
+    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
+        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
+        return total, [self._tr_dec.decode(b) for b in bodies]
+
+    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
+        # Agreements have no state: a state filter matches none of them.
+        if query.state:
+            return 0, []
+        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
+        return total, [self._ag_dec.decode(b) for b in bodies]
+
+    async def state_counts(self, kind: str) -> dict[str, int]:
+        table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]
+        rows = await self._rows(f"SELECT state, COUNT(*) FROM {table} GROUP BY state "
+                                "ORDER BY state")
+        return {str(state): int(count) for state, count in rows}
+
     async def agreement_uses(self, agreement_id: str) -> int:
         rows = await self._rows("SELECT uses FROM agreement_uses WHERE agreement_id = ?",
                                 (agreement_id,))
@@ -390,6 +447,10 @@ class SqliteStore:
 
     def record_jti(self, jti: str, until: int) -> None:
         """Queue a seen jti for the writer's next group commit; never waits (write-behind)."""
+        self._behind().statements.append((_RECORD_JTI, (jti, until)))
+
+    def _behind(self) -> _Txn:
+        """The write-behind transaction joining the next group commit (JTI_FLUSH_S at most)."""
         txn = self._jtis
         if txn is None:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -397,7 +458,7 @@ class SqliteStore:
             txn = self._jtis = _Txn([], [], future)
             self._pending.append(txn)
             asyncio.get_running_loop().call_later(JTI_FLUSH_S, self._wake.set)
-        txn.statements.append((_RECORD_JTI, (jti, until)))
+        return txn
 
     async def live_jtis(self, now: int) -> list[tuple[str, int]]:
         rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= ?"
@@ -429,14 +490,16 @@ class SqliteStore:
 
 
 def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
+    """One row per entry: the chained body, the ids it concerns (two at most) and, on the
+    step's first entry, the evidence it names; shared evidence goes to its own table."""
+    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows: list[Statement] = []
-    for entry, event in zip(entries, batch.events, strict=True):
-        rows.append(("INSERT INTO audit_entries (seq, digest, hash, body) VALUES (?, ?, ?, ?)",
-                     (entry.seq, entry.digest, entry.hash, entry.body)))
-        rows.extend(("INSERT OR IGNORE INTO audit_refs (ref, seq) VALUES (?, ?)", (ref, entry.seq))
-                    for ref in dict.fromkeys(event.refs) if ref)
-    rows.extend(("INSERT OR IGNORE INTO audit_evidence (digest, kind, content) VALUES (?, ?, ?)",
-                 item) for item in batch.evidence)
+    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
+        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
+        rows.append((_INSERT_ENTRY, (entry.seq, entry.digest, entry.hash, entry.body, refs[0],
+                                     refs[1], _evidence.encode(own) if own and i == 0 else None)))
+    rows.extend(("INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)",
+                 e) for e in batch.evidence if e[1] in SHARED_EVIDENCE)
     return rows
 
 
@@ -448,5 +511,5 @@ def _refusal(exc: Exception) -> AuditError:
 
 def _log_jti_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.error("cannot persist seen token ids (replays stay refused until a restart): %s",
-                  future.exception())
+        log.error("cannot persist seen token ids (replays stay refused until a restart) "
+                  "nor catalogue answers' audit entries: %s", future.exception())

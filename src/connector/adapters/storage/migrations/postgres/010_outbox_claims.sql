@@ -1,4 +1,4 @@
--- 008 (PostgreSQL): outbox claims; see ../008_outbox_claims.sql. Another replica takes the
+-- 010 (PostgreSQL): outbox claims; see ../010_outbox_claims.sql. Another replica takes the
 -- rows whose claim ran out with FOR UPDATE SKIP LOCKED, so two never take the same row.
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claim_until DOUBLE PRECISION;

@@ -1,0 +1,184 @@
+"""What the negotiation and the transfer services share: one shape for a DSP process.
+
+Load the record -> core step -> persist with its outbox rows in one transaction -> hand the
+rows to the outbox -> tell the watchers. A subclass names its area and its records and adds
+its own reactions; persistence, the peer's ownership check, the 201's pid, a repeated
+initial request and a refused delivery are handled here once (the rules are in
+``core.process``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, Generic, TypeVar
+
+from connector.core import codec
+from connector.core import process as proc
+from connector.core.binding import path_for, process_path
+from connector.core.errors import Area, ConflictError, NotFound, ProtocolError, UnknownProcess
+from connector.core.messages import ContractNegotiation, Message, TransferProcess
+from connector.core.negotiation import Negotiation
+from connector.core.process import Role
+from connector.core.transfer import Transfer
+from connector.service.catalog import Claims
+from connector.service.locks import KeyedLocks
+from connector.service.outbox import Outbox
+from connector.service.store import OutboxItem, Outgoing, Store
+from connector.service.watch import Watch
+
+RecordT = TypeVar("RecordT", Negotiation, Transfer)
+Ack = ContractNegotiation | TransferProcess
+# Building a new record may read the store (a transfer's agreement): the record as opened,
+# the record after our first reaction, and what that reaction sends.
+Opening = Callable[[], Awaitable[tuple[RecordT, RecordT, list[Outgoing]]]]
+
+
+def new_urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+class ProcessService(Generic[RecordT]):
+    """The shared half of ``NegotiationService`` and ``TransferService``."""
+
+    area: ClassVar[Area]
+    ack_type: ClassVar[type[Ack]]
+    noun: ClassVar[str]  # in the 404 a peer gets for a process it may not see
+    log: ClassVar[logging.Logger]
+
+    def __init__(self, *, store: Store, outbox: Outbox, clock: Callable[[], float],
+                 new_id: Callable[[], str], automatic: bool,
+                 locks: KeyedLocks | None = None) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._clock = clock
+        self._new_id = new_id
+        self.automatic = automatic  # False: only the operator (or a test script) acts
+        self.listeners: list[Callable[[RecordT, bool], None]] = []
+        self.watch: Watch[RecordT] = Watch()
+        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
+
+    # -- what a subclass provides -------------------------------------------------------------
+
+    async def _load(self, pid: str) -> RecordT | None:
+        raise NotImplementedError
+
+    async def _persist(self, record: RecordT, out: list[Outgoing], new: bool
+                       ) -> list[OutboxItem]:
+        raise NotImplementedError
+
+    async def _find(self, counterparty: str, opener: Role, pid: str) -> RecordT | None:
+        """The process a peer opened as ``opener`` and names ``pid`` (a unique key in the
+        store: its consumerPid if it is the consumer, its providerPid if the provider)."""
+        raise NotImplementedError
+
+    def _ended(self, record: RecordT, reason: str) -> RecordT:
+        """The record terminated on our side because a message could not be delivered."""
+        raise NotImplementedError
+
+    def _peer_took_it(self, record: RecordT, peer_state: str) -> bool:
+        raise NotImplementedError
+
+    # -- persistence with effects -------------------------------------------------------------
+
+    def _outgoing(self, record: RecordT, msg: Message) -> Outgoing:
+        """``msg`` to our counterparty, at its path in the binding table."""
+        base = record.counterparty_address.rstrip("/")
+        return Outgoing(process_id=record.id, url=base + path_for(msg, record.role.other),
+                        audience=record.counterparty_id or "", body=codec.encode(msg))
+
+    async def _save(self, record: RecordT, out: list[Outgoing], *, new: bool = False) -> None:
+        items = await self._persist(record, out, new)
+        self._outbox.submit(items)
+        self.watch.changed(record.id, record)
+        for listener in self.listeners:
+            listener(record, new)
+
+    async def _owned(self, pid: str, claims: Claims) -> RecordT:
+        """Our record for ``pid`` if the caller is its counterparty; 404 otherwise."""
+        record = await self._load(pid)
+        if record is None or record.counterparty_id != claims.participant_id:
+            # DSP 2025-1 §CN/§TP HTTPS binding: unknown or foreign pids are a 404.
+            raise UnknownProcess(f"no {self.noun} {pid!r}", area=self.area, provider_pid=pid)
+        return record
+
+    async def get(self, pid: str, claims: Claims) -> RecordT:
+        """DSP GET on a process: the record, for its counterparty only."""
+        return await self._owned(pid, claims)
+
+    async def mine(self, pid: str) -> RecordT:
+        """Management: our record for ``pid`` (404 if there is none)."""
+        record = await self._load(pid)
+        if record is None:
+            raise NotFound(f"no {self.area.value} {pid!r}")
+        return record
+
+    # -- process-creating messages ------------------------------------------------------------
+
+    async def _open_once(self, counterparty: str, opener: Role, pid: str,
+                         opening: Opening[RecordT]) -> RecordT:
+        """Open a process for a peer's initial message, or return the one that message opened
+        before (``core.process``): serialised per (peer, its pid) here, and by the store's
+        unique key across replicas."""
+        async with self._locks.hold(f"initial\x00{counterparty}\x00{opener.value}\x00{pid}"):
+            existing = await self._known(counterparty, opener, pid)
+            if existing is not None:
+                return existing
+            first, after, out = await opening()
+            try:
+                async with self._locks.hold(first.id):
+                    await self._save(after, out, new=True)
+            except ConflictError:  # the same request, committed first elsewhere
+                existing = await self._known(counterparty, opener, pid)
+                if existing is None:
+                    raise
+                return existing
+            return first
+
+    async def _known(self, counterparty: str, opener: Role, pid: str) -> RecordT | None:
+        existing = await self._find(counterparty, opener, pid)
+        if existing is not None:
+            self.log.info("%s %s: the initial request was sent again; acknowledged",
+                          self.area.value, existing.id)
+        return existing
+
+    async def on_initial_ack(self, pid: str, body: bytes) -> None:
+        """The peer's 201 to our initial message: learn its pid (DSP 2025-1 §CN 3.2, §TP 3.2)."""
+        ack = codec.decode(body, self.ack_type, area=self.area)
+        async with self._locks.hold(pid):
+            record = await self._load(pid)
+            if record is not None and record.provider_pid is None and ack.provider_pid:
+                learnt: RecordT = proc.with_provider_pid(record, ack.provider_pid)
+                await self._save(learnt, [])
+
+    # -- delivery failures --------------------------------------------------------------------
+
+    async def on_delivery_failed(self, process_id: str, error: str) -> None:
+        """A message could not be delivered (4xx or retries exhausted): end our side, unless
+        the peer's own state shows it took the message before (a repeat it refused)."""
+        async with self._locks.hold(process_id):
+            record = await self._load(process_id)
+            if record is None or record.state.terminal:
+                return
+            if await self._peer_holds(record):
+                self.log.info("%s %s: the peer refused a message it had already taken (%s); "
+                              "kept", self.area.value, process_id, error)
+                return
+            await self._save(self._ended(record, f"peer unreachable or refused: {error}"), [])
+
+    async def _peer_holds(self, record: RecordT) -> bool:
+        """Whether the peer's process is where ours is, or past it by its own moves."""
+        theirs = proc.their_pid(record)
+        if not theirs:
+            return False
+        url = record.counterparty_address.rstrip("/") + process_path(self.area, theirs)
+        body = await self._outbox.ask(url, record.counterparty_id or "")
+        if body is None:
+            return False
+        try:
+            ack = codec.decode(body, self.ack_type, area=self.area)
+        except ProtocolError:
+            return False
+        same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
+        return same and self._peer_took_it(record, ack.state)
