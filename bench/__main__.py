@@ -60,6 +60,12 @@ def _json_depth(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _replicas(quick: bool) -> None:
+    from bench import replicas
+
+    replicas.run(quick=quick)
+
+
 def _console(quick: bool) -> None:
     from bench import console
 
@@ -74,6 +80,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "metrics": _metrics,
     "audit": _audit,
     "json_depth": _json_depth,
+    "replicas": _replicas,
     "console": _console,
 }
 

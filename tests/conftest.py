@@ -2,7 +2,8 @@
 
 Each daemon the tests start inherits ``CONNECTOR_CONTRACT_LOG`` and logs its management
 answers there (adapters/http/openapi.py); when the run ends, every logged answer is checked
-(tests/contract/check.py) and any mismatch fails the run.
+(tests/contract/check.py) and any mismatch fails the run. Also: the real PostgreSQL server
+(Debian's package, started once) and the store opener for both engines (a parameter).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import pytest
 
 from connector.adapters.http.openapi import CONTRACT_LOG_ENV
 from tests.contract.check import check_folder
+from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture)
 from tests.managed_space import ManagedSpace
 from tests.managed_space import managed_space as run_managed_space
+from tests.stores import store_opener  # noqa: F401  (both engines, a parameter)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from connector import __version__, audit_commands, terminal
+from connector import __version__, audit_commands, db_commands, terminal
 from connector.core.errors import ConfigError, ConnectorError
 
 DESCRIPTION = """\
@@ -349,6 +349,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     _folder(p, positional=False)
     audit_commands.add_parsers(sub)
+    db_commands.add_parsers(sub)
     _every_parser_explains(parser)
     return parser
 
@@ -375,6 +376,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if cmd == "audit":
         return audit_commands.run(args)
+    if cmd == "db":
+        return db_commands.run(args)
     if cmd in ("keys", "authority", "credentials"):
         return _identity(args)
     if cmd == "trust":

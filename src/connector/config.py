@@ -122,6 +122,9 @@ class Settings(Endpoint):
     metrics_listen: tuple[str, int] | None = None
     metrics_explicit: bool = False
     health: HealthSettings = field(default_factory=HealthSettings)
+    # [storage] postgres_dsn_file: a 0600 file holding the DSN of the PostgreSQL database
+    # the replicas share (docs/storage.md); None: the embedded SQLite file ``database``.
+    postgres_dsn_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -193,10 +196,21 @@ def load_settings(root: Path) -> Settings:
         metrics_listen=_metrics_listen(metrics, f"{where} [metrics]"),
         metrics_explicit="listen" in metrics or "enabled" in metrics,
         health=_health(table("health"), f"{where} [health]"),
+        postgres_dsn_file=_dsn_file(root, storage, f"{where} [storage]"),
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
             "identity", "log", "metrics", "health"}},
     )
+
+
+def _dsn_file(root: Path, storage: dict[str, Any], where: str) -> Path | None:
+    """[storage] postgres_dsn_file, relative to the folder; its mode is checked on use."""
+    value = storage.get("postgres_dsn_file")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: key 'postgres_dsn_file' must be a file name")
+    return root / value
 
 
 def _token_ttl(signing: dict[str, Any], where: str) -> int:

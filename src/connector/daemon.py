@@ -34,13 +34,16 @@ from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.guard import GuardedHttp
-from connector.adapters.http.health import Health, OutboxWatch
+from connector.adapters.http.health import Health, OutboxWatch, StoreState
 from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
 from connector.adapters.sources import missing_source
-from connector.adapters.storage.sqlite import SqliteStore, migrations
+from connector.adapters.storage import engine
+from connector.adapters.storage.engine import AnyStore
+from connector.adapters.storage.postgres import CLAIM_S, PostgresStore
+from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
 from connector.console.facts import read_folder_view
 from connector.console.web import Console, ConsoleDeps
@@ -64,6 +67,7 @@ from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
 from connector.service.consumer import ConsumerService
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
+from connector.service.locks import KeyedLocks
 from connector.service.negotiations import NegotiationService
 from connector.service.outbox import Outbox
 from connector.service.store import OutboxItem, Store
@@ -75,6 +79,8 @@ log = logging.getLogger("connector")
 RELOAD_INTERVAL_S = 1.0
 # How often expired rows of seen token ids are deleted from the database.
 JTI_PURGE_INTERVAL_S = 60.0
+# Replicas look for a dead replica's outbox messages this often (a third of their claim).
+ORPHAN_SWEEP_S = CLAIM_S / 3
 
 
 @dataclass
@@ -143,7 +149,8 @@ SETTING_NAMES = {
     "tls_key": "[server] tls_key", "public_url": "[participant] url",
     "name": "[participant] name", "did": "[participant] did",
     "management_port": "[management] port", "management_token_file": "[management] token_file",
-    "database": "[storage] sqlite", "token_ttl_s": "[signing] token_ttl_s",
+    "database": "[storage] sqlite", "postgres_dsn_file": "[storage] postgres_dsn_file",
+    "token_ttl_s": "[signing] token_ttl_s",
     "clock_leeway_s": "[signing] clock_leeway_s", "did_cache_s": "[identity] did_cache_s",
     "tls_ca_files": "[identity] tls_ca_files", "log": "[log]", "health": "[health]",
     "metrics_listen": "[metrics]", "metrics_explicit": "[metrics]",
@@ -249,6 +256,8 @@ class Daemon:
         self._opened: list[Callable[[], Awaitable[None]]] = []
         self.health = self._health()
         self.trail: AuditTrail | None = None  # start() opens it when [audit] is on
+        self._raw_store: AnyStore | None = None  # the engine's store, start() opens it
+        self._rereads: set[asyncio.Task[None]] = set()  # records another replica changed
 
     def _client_ssl(self) -> ssl.SSLContext:
         """System CAs, pinned peers' certificates and [identity] tls_ca_files."""
@@ -402,7 +411,8 @@ class Daemon:
     async def start(self) -> None:
         s = self.settings
         await self._serve_metrics()
-        store = await SqliteStore.open(s.database, audit=self._step_audit())
+        store = await engine.open_store(s, audit=self._step_audit())
+        self._raw_store = store
         self._opened.append(store.close)
         self.store = self._observed_store(store)
         await self._start_audit(store)
@@ -413,9 +423,11 @@ class Daemon:
         self.outbox = Outbox(self.store, self._outbox_send(), self._delivery_failed,
                              self._initial_ack, fetch=self.client.get)
         self._opened.append(self.outbox.close)
+        shared = store.process_locks() if isinstance(store, PostgresStore) else None
         self.negotiations = NegotiationService(
             store=self.store, catalog=lambda: self.folder.catalog, outbox=self.outbox,
-            did=s.did, dsp_base=s.dsp_base, clock=time.time, automatic=self._automatic)
+            did=s.did, dsp_base=s.dsp_base, clock=time.time, automatic=self._automatic,
+            locks=KeyedLocks(shared))
         # Push: we receive at /push/{pid} as consumer; a pushed copy completes once verified.
         pushed = PushedCopies()
         self.transfers = TransferService(
@@ -423,7 +435,7 @@ class Daemon:
             did=s.did, dsp_base=s.dsp_base, data_url=f"{s.public_url}/data",
             token_ttl_s=s.data_token_ttl_s, claims_for=self.claims_for, clock=time.time,
             token_secret=data_token_secret(s.root), automatic=self._automatic,
-            completion_guard=pushed.completion_problem)
+            completion_guard=pushed.completion_problem, locks=KeyedLocks(shared))
         self._observe_services()
         # ... and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
@@ -442,6 +454,9 @@ class Daemon:
         await self._serve(app, "127.0.0.1", s.management_port, None)
         self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
+        if isinstance(store, PostgresStore):
+            self._tasks.append(asyncio.create_task(self._orphan_loop(store)))
+            store.on_change = self._changed_elsewhere
         self._tasks.append(asyncio.create_task(self.health.run()))
         # README §Registry: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).
@@ -465,7 +480,7 @@ class Daemon:
                 return msgspec.json.encode(offer.policy, order="sorted")
         return None
 
-    async def _start_audit(self, store: SqliteStore) -> None:
+    async def _start_audit(self, store: AnyStore) -> None:
         s = self.settings
         if not self.audit_settings.enabled:
             return
@@ -581,6 +596,38 @@ class Daemon:
             self.dcp_http.set_ssl(self._client_ssl())
             log.info("reloaded trust/, datasets/ and policies/")
 
+    def _changed_elsewhere(self, kind: str, pid: str) -> None:
+        """Replicas: a record changed (maybe in another replica); wake its long polls."""
+        watched = (self.negotiations.watch.watched(pid) if kind == "n" else
+                   self.transfers.watch.watched(pid) if kind == "t" else False)
+        if watched:
+            task = asyncio.create_task(self._reread(kind, pid))
+            self._rereads.add(task)
+            task.add_done_callback(self._rereads.discard)
+
+    async def _reread(self, kind: str, pid: str) -> None:
+        if kind == "n":
+            negotiation = await self.store.get_negotiation(pid)
+            if negotiation is not None:
+                self.negotiations.watch.changed(pid, negotiation)
+            return
+        transfer = await self.store.get_transfer(pid)
+        if transfer is not None:
+            self.transfers.watch.changed(pid, transfer)
+
+    async def _orphan_loop(self, store: PostgresStore) -> None:
+        """Replicas: send the messages of a replica that died (their claim ran out)."""
+        while True:
+            await asyncio.sleep(ORPHAN_SWEEP_S)
+            try:
+                orphans = await store.claim_orphans()
+            except Exception as exc:  # the database failed: try again next time
+                log.error("cannot claim orphaned outbox messages: %s", exc)
+                continue
+            if orphans:
+                log.info("sending %d message(s) a stopped replica left", len(orphans))
+                self.outbox.submit(orphans)
+
     def _log_unavailable(self, fresh: FolderState) -> None:
         """A WARNING for each dataset that stops being offered, an INFO for each that is
         offered again."""
@@ -607,10 +654,18 @@ class Daemon:
 
     def _health(self) -> Health:
         s = self.settings
-        return Health(database=s.database, schema_version=max(n for n, _ in migrations()),
+        return Health(database=s.database, schema_version=latest(engine.engine_of(s)),
+                      store_probe=self._postgres_probe if s.postgres_dsn_file else None,
                       tls_cert=s.tls_cert, key_files=lambda: (self.settings.signing_key,
                                                               self.settings.tls_key),
                       settings=s.health, outbox=self.outbox_watch, metrics=self.metrics)
+
+    async def _postgres_probe(self) -> StoreState:
+        store = self._raw_store
+        if not isinstance(store, PostgresStore):
+            return StoreState("the store is not open yet")
+        problem, depth = await store.probe(latest("postgres"))
+        return StoreState(problem, depth)
 
     async def _serve_metrics(self) -> None:
         """The metrics listener (``/metrics``, ``/health/*``), first up and last down. A port
@@ -628,7 +683,7 @@ class Daemon:
                 raise
             log.warning("metrics are off: %s (set [metrics] listen, or enabled = false)", exc)
 
-    def _observed_store(self, store: SqliteStore) -> Store:
+    def _observed_store(self, store: AnyStore) -> Store:
         return self.metrics.timed_store(store) if self.metrics is not None else store
 
     def _outbox_send(self) -> Callable[[OutboxItem], Awaitable[bytes]]:

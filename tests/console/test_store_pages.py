@@ -1,14 +1,13 @@
-"""The store's pages for the console (``Store.page_*``, ``state_counts``) on a real SQLite
-file: filtered and counted in SQL, newest first, the same records as the full lists."""
+"""The store's pages for the console (``Store.page_*``, ``state_counts``) on both engines (a
+real SQLite file, a real PostgreSQL database): filtered and counted in SQL, newest first, the
+same records as the full lists."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from connector.adapters.storage.sqlite import SqliteStore
 from connector.core.negotiation import Negotiation, NegotiationState, Role
 from connector.core.transfer import Transfer, TransferState
 from connector.service.store import Agreement, ListQuery
+from tests.stores import Opener
 
 
 def _negotiation(i: int) -> Negotiation:
@@ -27,8 +26,8 @@ def _transfer(i: int) -> Transfer:
                     counterparty_id=f"did:p{i}", updated_at=float(i))
 
 
-async def test_pages_filter_count_and_order_like_the_full_lists(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_pages_filter_count_and_order_like_the_full_lists(store_opener: Opener) -> None:
+    store = await store_opener.open()
     try:
         for i in range(30):
             await store.save_negotiation(_negotiation(i), expect_new=True)
@@ -56,8 +55,8 @@ async def test_pages_filter_count_and_order_like_the_full_lists(tmp_path: Path) 
         await store.close()
 
 
-async def test_agreements_page_newest_first(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_agreements_page_newest_first(store_opener: Opener) -> None:
+    store = await store_opener.open()
     try:
         for i in range(3):
             record = _negotiation(i)

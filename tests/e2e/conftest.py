@@ -31,8 +31,12 @@ from connector.core.identity import did_web_from_url, issue_token
 from connector.keys import load_signing_key
 from connector.participant.init import init_folder
 from connector.participant.trust import add_trusted_peer
-from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture for tests/e2e)
+from tests.e2e.postgres import (
+    new_database,
+    postgres_server,  # noqa: F401  (a session fixture for tests/e2e)
+)
 from tests.harness import Participant, create_space, free_port, start, stop
+from tests.stores import e2e_engines, use_postgres
 
 
 class PeerToken(str):
@@ -132,10 +136,17 @@ def add_big_dataset(folder: Path) -> None:
         'policies = ["members-only"]\n[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')
 
 
-@pytest.fixture(scope="session")
-def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
-    root = tmp_path_factory.mktemp("space")
+@pytest.fixture(scope="session", params=e2e_engines())
+def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Space]:
+    """A provider and a consumer daemon, their state on the engine ``request.param`` names
+    (tests/stores.py ``e2e_engines``; a module may parametrise ``space`` indirectly)."""
+    root = tmp_path_factory.mktemp(f"space-{request.param}")
     provider, consumer = create_space(root)
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        for folder in (provider.dir, consumer.dir):
+            use_postgres(folder, asyncio.run(new_database(server)))
     peers = {}
     for name, attrs in (("member", {"membership": "active", "purpose": "research"}),
                         ("outsider", {})):

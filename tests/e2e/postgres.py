@@ -177,3 +177,20 @@ def running_postgres() -> Iterator[Postgres]:
 def postgres_server() -> Iterator[Postgres]:
     with running_postgres() as server:
         yield server
+
+
+async def _create_database(port: int, name: str) -> None:
+    admin = await asyncpg.connect(host="127.0.0.1", port=port, user=SERVICE_USER,
+                                  password=PASSWORD, database="postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {name} OWNER {USER}")
+    finally:
+        await admin.close()
+
+
+async def new_database(server: Postgres) -> str:
+    """A fresh, empty database on ``server`` owned by the connector's role; its DSN (what a
+    ``[storage] postgres_dsn_file`` holds)."""
+    name = f"state_{uuid.uuid4().hex[:12]}"
+    await _create_database(server.port, name)
+    return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{server.port}/{name}"

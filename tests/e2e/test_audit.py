@@ -162,13 +162,15 @@ async def test_a_step_whose_entry_cannot_be_written_does_not_happen(tmp_path: Pa
             record = await api.call("POST", "/api/negotiations",
                                     {"provider": provider.url, "datasetId": "example-weather"})
             log = provider.dir / "state" / "daemon.log"
-            for _ in range(200):
-                if "the step and its audit entry could not be written" in log.read_text():
+            # Poll for the 503 line itself: the catalogue answer's entry, written behind,
+            # fails with the same words first and must not end the wait.
+            refused = "-> 503 audit: refused: the step and its audit entry could not be written"
+            for _ in range(400):
+                if refused in log.read_text():
                     break
                 await asyncio.sleep(0.05)
             text = log.read_text()
-            assert "-> 503 audit: refused: the step and its audit entry could not be written" \
-                in text, text[-2000:]
+            assert refused in text, text[-2000:]
             with sqlite3.connect(db) as conn:
                 assert conn.execute("SELECT count(*) FROM negotiations").fetchone()[0] == 0
                 conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")

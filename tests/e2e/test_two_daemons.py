@@ -7,12 +7,15 @@ import hashlib
 
 import pytest
 
+from connector.adapters.storage.schema import ENGINES
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
 from tests.e2e.conftest import Space
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# The main two-daemon tests run on both storage engines, whatever CONNECTOR_E2E_ENGINES says.
+pytestmark = [pytest.mark.asyncio(loop_scope="session"),
+              pytest.mark.parametrize("space", ENGINES, indirect=True)]
 
 
 

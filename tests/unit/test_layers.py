@@ -41,8 +41,9 @@ ALLOWED: dict[str, frozenset[str]] = {
                          "registry", "signals", "logs", "console"}),
     "audit_tool": frozenset({"core", "config", "keys", "participant", "adapters", "registry"}),
     "audit_commands": frozenset({"config", "audit_tool"}),
+    "db_commands": frozenset({"core", "config", "adapters"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority", "audit_commands", "terminal"}),
+                      "authority", "audit_commands", "db_commands", "terminal"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {

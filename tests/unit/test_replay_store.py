@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.adapters.storage import sqlite as sqlite_module
+from connector.adapters.storage.postgres import PostgresStore
 from connector.adapters.storage.sqlite import SqliteStore
 from connector.core import dcp
 from connector.core.errors import AuthError
@@ -21,6 +22,7 @@ from connector.core.identity import issue_token, parse_jws, public_jwk
 from connector.participant.trust import Peer
 from connector.service import auth
 from connector.service.auth import Verifier
+from tests.e2e.postgres import Postgres, new_database
 from tests.unit.test_dcp_verifier import World
 
 NOW = 1_800_000_000
@@ -188,3 +190,23 @@ async def test_the_dcp_verifier_applies_the_lifetime_cap() -> None:
                             ttl_s=86_400, access_token="x")
     with pytest.raises(AuthError, match="token lifetime 86400 s exceeds"):
         await w.verifier.verify_token("Bearer " + token)
+
+
+async def test_a_replay_is_refused_by_another_replica(postgres_server: Postgres) -> None:
+    """Two replicas (two verifiers, two stores on one PostgreSQL database): a token the first
+    accepted is a replay at the second, at once (the jti is claimed in the database)."""
+    dsn = await new_database(postgres_server)
+    clock = Clock()
+    stores = [await PostgresStore.open(dsn) for _ in range(2)]
+    first, second = _verifier(clock), _verifier(clock)
+    for verifier, store in zip((first, second), stores, strict=True):
+        await verifier.restore(store)
+    token = _authorization("urn:uuid:shared")
+    assert (await first.verify_async(token)).participant_id == CALLER
+    with pytest.raises(AuthError, match="replayed"):
+        await second.verify_async(token)
+    assert (await second.verify_async(_authorization("urn:uuid:other"))).participant_id == CALLER
+    with pytest.raises(AuthError, match="replayed"):
+        await first.verify_async(_authorization("urn:uuid:other"))
+    for store in stores:
+        await store.close()

@@ -1,22 +1,24 @@
-"""The SQLite store on a real file, and the outbox's delivery rules.
+"""The store on both engines (a real SQLite file, a real PostgreSQL database), and the
+outbox's delivery rules.
 
-The outbox is driven by a fake ``send`` (the seam), against the real SQLite store.
+The outbox is driven by a fake ``send`` (the seam), against the real store.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from connector.adapters.storage.sqlite import SqliteStore, migrations
+from connector.adapters.storage.engine import AnyStore
+from connector.adapters.storage.schema import ENGINES, migrations
 from connector.core.errors import ConflictError, PeerError
 from connector.core.negotiation import Negotiation, NegotiationState, Role
 from connector.core.transfer import Transfer, TransferState
 from connector.service import outbox as outbox_module
 from connector.service.outbox import Outbox
 from connector.service.store import Agreement, OutboxItem, Outgoing
+from tests.stores import Opener
 
 
 def _negotiation(pid: str = "urn:p", state: NegotiationState = NegotiationState.REQUESTED
@@ -31,18 +33,20 @@ def _out(pid: str, n: int) -> Outgoing:
     return Outgoing(process_id=pid, url=f"https://c/{n}", audience="did:c", body=b"%d" % n)
 
 
-async def test_migrations_are_numbered_and_applied(tmp_path: Path) -> None:
-    numbers = [n for n, _ in migrations()]
-    assert numbers == sorted(numbers) and numbers[0] == 1
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_migrations_are_numbered_and_applied(store_opener: Opener) -> None:
+    for engine in ENGINES:  # the same numbers on both engines, from 001 without a gap
+        numbers = [n for n, _ in migrations(engine)]
+        assert numbers == list(range(1, len(numbers) + 1))
+    assert [n for n, _ in migrations("sqlite")] == [n for n, _ in migrations("postgres")]
+    store = await store_opener.open()
     await store.close()
-    store = await SqliteStore.open(tmp_path / "db.sqlite")  # reopening is a no-op
+    store = await store_opener.open()  # reopening is a no-op
     assert await store.list_negotiations() == []
     await store.close()
 
 
-async def test_negotiation_round_trip_and_outbox_in_one_transaction(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_negotiation_round_trip_and_outbox_in_one_transaction(store_opener: Opener) -> None:
+    store = await store_opener.open()
     items = await store.save_negotiation(_negotiation(), outbox=[_out("urn:p", 1)],
                                          expect_new=True)
     assert [i.body for i in items] == [b"1"]
@@ -51,14 +55,14 @@ async def test_negotiation_round_trip_and_outbox_in_one_transaction(tmp_path: Pa
         await store.save_negotiation(_negotiation(), outbox=[_out("urn:p", 2)], expect_new=True)
     assert [i.body for i in await store.pending_outbox()] == [b"1"]
     await store.close()
-    reopened = await SqliteStore.open(tmp_path / "db.sqlite")  # survives a restart
+    reopened = await store_opener.open()  # survives a restart
     assert await reopened.get_negotiation("urn:p") == _negotiation()
     assert [i.body for i in await reopened.pending_outbox()] == [b"1"]
     await reopened.close()
 
 
-async def test_agreement_stored_with_finalized_negotiation(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_agreement_stored_with_finalized_negotiation(store_opener: Opener) -> None:
+    store = await store_opener.open()
     agreement = Agreement(id="urn:a", negotiation_id="urn:p", role="provider", dataset_id="ds",
                           assigner="did:p", assignee="did:c", created_at=2.0, body={"@id": "urn:a"})
     await store.save_negotiation(_negotiation(), expect_new=True)
@@ -69,8 +73,8 @@ async def test_agreement_stored_with_finalized_negotiation(tmp_path: Path) -> No
     await store.close()
 
 
-async def test_transfer_lookups_and_use_counter(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_transfer_lookups_and_use_counter(store_opener: Opener) -> None:
+    store = await store_opener.open()
     t = Transfer(id="urn:t", role=Role.PROVIDER, state=TransferState.STARTED, consumer_pid="urn:c",
                  provider_pid="urn:t", agreement_id="urn:a", format="HttpData-PULL",
                  counterparty_address="https://c", token_hash="abc")
@@ -105,13 +109,13 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outbox_module, "FIRST_DELAY_S", 0.001)
 
 
-async def _queued(store: SqliteStore, pid: str, *ns: int) -> list[OutboxItem]:
+async def _queued(store: AnyStore, pid: str, *ns: int) -> list[OutboxItem]:
     await store.save_negotiation(_negotiation(pid), expect_new=True)
     return await store.save_negotiation(_negotiation(pid), outbox=[_out(pid, n) for n in ns])
 
 
-async def test_retries_5xx_and_network_errors_then_delivers(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_retries_5xx_and_network_errors_then_delivers(store_opener: Opener) -> None:
+    store = await store_opener.open()
     peer = FakePeer({"https://c/1": [503, 0, None]})  # 0 -> no status: a network error
     box = Outbox(store, peer.send)
     await box.start()
@@ -124,8 +128,8 @@ async def test_retries_5xx_and_network_errors_then_delivers(tmp_path: Path) -> N
     await store.close()
 
 
-async def test_4xx_is_final_and_reported(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_4xx_is_final_and_reported(store_opener: Opener) -> None:
+    store = await store_opener.open()
     failures: list[str] = []
 
     async def on_failure(item: OutboxItem, error: str) -> None:
@@ -141,9 +145,9 @@ async def test_4xx_is_final_and_reported(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_409_is_retried_a_few_times_then_final(tmp_path: Path) -> None:
+async def test_409_is_retried_a_few_times_then_final(store_opener: Opener) -> None:
     """EDC answers 409 to a verification that outran its own agreement dispatch."""
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    store = await store_opener.open()
     failures: list[str] = []
 
     async def on_failure(item: OutboxItem, error: str) -> None:
@@ -162,8 +166,8 @@ async def test_409_is_retried_a_few_times_then_final(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_order_is_kept_per_process(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_order_is_kept_per_process(store_opener: Opener) -> None:
+    store = await store_opener.open()
     peer = FakePeer({"https://c/1": [503]})  # the first message needs a retry
     box = Outbox(store, peer.send)
     await box.start()
@@ -174,11 +178,11 @@ async def test_order_is_kept_per_process(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_undelivered_messages_are_resent_after_restart(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+async def test_undelivered_messages_are_resent_after_restart(store_opener: Opener) -> None:
+    store = await store_opener.open()
     await _queued(store, "urn:p", 1, 2)  # committed, then the process "crashed" before sending
     await store.close()
-    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    store = await store_opener.open()
     peer = FakePeer({})
     box = Outbox(store, peer.send)
     await box.start()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from connector.core.identity import (
     verify_token,
 )
 from connector.service.catalog import Claims
-from connector.service.store import SeenTokens
+from connector.service.store import SeenTokens, SharedSeenTokens
 
 # A bound on remembered live token ids (~160 MB): at 3k requests/s and 5-minute tokens this is
 # reached only under abuse. Past it a new token is refused (fail closed), never is an unexpired
@@ -122,6 +122,8 @@ class Verifier:
         self._seen: dict[str, int] = {}  # jti -> until (exp + leeway), insertion-ordered
         self._swept_at = -SWEEP_INTERVAL_S
         self._record: Callable[[str, int], None] | None = None  # write-behind to the store
+        # A database shared by replicas: each jti claimed there before the request goes on.
+        self._claim: Callable[[str, int, int], Awaitable[bool]] | None = None
         self.reload(peers)
 
     async def restore(self, store: SeenTokens) -> int:
@@ -136,8 +138,17 @@ class Verifier:
         for jti, until in loaded:  # soonest expiry first, as _purge expects
             if self._seen.get(jti, -1) < until:
                 self._seen[jti] = until
-        self._record = store.record_jti
+        if isinstance(store, SharedSeenTokens):
+            self._claim = store.claim_jti  # claimed in the request, not written behind
+        else:
+            self._record = store.record_jti
         return len(loaded)
+
+    async def claim_shared(self, jti: str, expires_at: int) -> None:
+        """With a shared database: AuthError if another replica accepted ``jti`` already."""
+        if self._claim is not None and not await self._claim(
+                jti, expires_at + self._leeway_s, int(self._clock())):
+            raise AuthError("token replayed (jti already used)")
 
     def reload(self, peers: Mapping[str, Any]) -> None:
         """Take a new set of pinned peers (``participant.trust.load_trust`` values)."""
@@ -162,11 +173,19 @@ class Verifier:
         return did in self._peers
 
     async def verify_async(self, authorization: str | None) -> Claims:
-        """What the DSP routes call: ``verify`` here; DCP mode overrides it with network IO."""
-        return self.verify(authorization)
+        """What the DSP routes call: ``verify`` here, and the jti claimed in a shared database;
+        DCP mode overrides it with network IO."""
+        if self._claim is None:
+            return self.verify(authorization)
+        verified, claims = self._verified(authorization)
+        await self.claim_shared(claims.jti, claims.expires_at)
+        return verified
 
     def verify(self, authorization: str | None) -> Claims:
         """The caller's verified claims, or AuthError (the reason is logged, never the token)."""
+        return self._verified(authorization)[0]
+
+    def _verified(self, authorization: str | None) -> tuple[Claims, TokenClaims]:
         if not authorization:
             raise AuthError("missing Authorization header")
         token = authorization[7:] if authorization[:7].lower() == "bearer " else authorization
@@ -178,7 +197,7 @@ class Verifier:
             raise AuthError(self._explained(token.strip(), exc.message)) from None
         self._accept(claims, now)
         peer = self._peers[claims.issuer]
-        return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes))
+        return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes)), claims
 
     def _explained(self, token: str, reason: str) -> str:
         """``reason``, and for a key we do not know, why and what the caller can do about it:

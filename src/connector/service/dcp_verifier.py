@@ -274,6 +274,7 @@ class DcpVerifier(Verifier):
         claims = verify_dcp_token(token, audience=self.did, now=now, leeway_s=self._leeway_s,
                                   keys=ring)
         self._accept(claims, now)
+        await self.claim_shared(claims.jti, claims.expires_at)
         return claims
 
     async def verify_async(self, authorization: str | None) -> Claims:

@@ -49,6 +49,7 @@ from connector.core.negotiation import Negotiation, NegotiationEvent, Negotiatio
 from connector.core.policy import Decision, Scope
 from connector.core.process import Role
 from connector.service.catalog import Catalog, Claims
+from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
 from connector.service.process import ProcessService, new_urn
 from connector.service.store import Agreement, OutboxItem, Outgoing, Store
@@ -68,9 +69,10 @@ class NegotiationService(ProcessService[Negotiation]):
 
     def __init__(self, *, store: Store, catalog: Callable[[], Catalog], outbox: Outbox,
                  did: str, dsp_base: str, clock: Callable[[], float],
-                 new_id: Callable[[], str] = new_urn, automatic: bool = True) -> None:
+                 new_id: Callable[[], str] = new_urn, automatic: bool = True,
+                 locks: KeyedLocks | None = None) -> None:
         super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
-                         automatic=automatic)
+                         automatic=automatic, locks=locks)
         self._catalog = catalog
         self.did = did
         self.dsp_base = dsp_base

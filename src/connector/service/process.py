@@ -48,7 +48,8 @@ class ProcessService(Generic[RecordT]):
     log: ClassVar[logging.Logger]
 
     def __init__(self, *, store: Store, outbox: Outbox, clock: Callable[[], float],
-                 new_id: Callable[[], str], automatic: bool) -> None:
+                 new_id: Callable[[], str], automatic: bool,
+                 locks: KeyedLocks | None = None) -> None:
         self._store = store
         self._outbox = outbox
         self._clock = clock
@@ -56,7 +57,7 @@ class ProcessService(Generic[RecordT]):
         self.automatic = automatic  # False: only the operator (or a test script) acts
         self.listeners: list[Callable[[RecordT, bool], None]] = []
         self.watch: Watch[RecordT] = Watch()
-        self._locks = KeyedLocks()
+        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
 
     # -- what a subclass provides -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -76,6 +76,16 @@ class SeenTokens(Protocol):
 
     async def purge_jtis(self, now: int) -> None:
         """Delete the rows with ``until < now``."""
+        ...
+
+
+@runtime_checkable
+class SharedSeenTokens(Protocol):
+    """Seen token ids in a database several replicas share: a jti is claimed synchronously,
+    so a replay is refused whichever replica saw the token first."""
+
+    async def claim_jti(self, jti: str, until: int, now: int) -> bool:
+        """True if ``jti`` was not live (now recorded until ``until``); False: a replay."""
         ...
 
 

@@ -46,6 +46,7 @@ from connector.core.messages import (
 from connector.core.process import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.catalog import Catalog, Claims
+from connector.service.locks import KeyedLocks
 from connector.service.outbox import Outbox
 from connector.service.process import ProcessService, new_urn
 from connector.service.store import Agreement, OutboxItem, Outgoing, Store
@@ -71,10 +72,11 @@ class TransferService(ProcessService[Transfer]):
                  claims_for: Callable[[str], Claims], clock: Callable[[], float],
                  new_id: Callable[[], str] = new_urn,
                  automatic: bool = True, token_secret: bytes | None = None,
-                 completion_guard: Callable[[Transfer], str | None] | None = None) -> None:
+                 completion_guard: Callable[[Transfer], str | None] | None = None,
+                 locks: KeyedLocks | None = None) -> None:
         # automatic=False: the provider does not start on its own.
         super().__init__(store=store, outbox=outbox, clock=clock, new_id=new_id,
-                         automatic=automatic)
+                         automatic=automatic, locks=locks)
         # Derives refreshed data tokens; keep it across restarts (the daemon reads it from
         # keys/) so that a refresh repeated after a restart still returns the same token.
         self._token_secret = token_secret or secrets.token_bytes(32)

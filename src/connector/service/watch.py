@@ -13,6 +13,10 @@ class Watch(Generic[T]):
     def __init__(self) -> None:
         self._waiters: dict[str, list[tuple[Callable[[T], bool], asyncio.Future[T]]]] = {}
 
+    def watched(self, key: str) -> bool:
+        """Whether anyone waits on ``key`` (a change elsewhere is then worth a read)."""
+        return key in self._waiters
+
     def changed(self, key: str, value: T) -> None:
         """Resolve every waiter on ``key`` whose predicate now holds."""
         waiters = self._waiters.get(key)

@@ -119,8 +119,10 @@ class Health:
     def __init__(self, *, database: Path, schema_version: int, tls_cert: Path,
                  key_files: Callable[[], Sequence[Path]], settings: HealthSettings,
                  outbox: OutboxWatch, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 store_probe: Callable[[], Awaitable[StoreState]] | None = None) -> None:
         self._database = database
+        self._store_probe = store_probe  # a shared database's probe; None: the SQLite file
         self._schema_version = schema_version
         self._tls_cert = tls_cert
         self._key_files = key_files
@@ -142,7 +144,8 @@ class Health:
 
     async def check(self) -> None:
         """One round of every check; the result is what the routes and metrics show."""
-        store = await asyncio.to_thread(probe_store, self._database, self._schema_version)
+        store = (await self._store_probe() if self._store_probe is not None else
+                 await asyncio.to_thread(probe_store, self._database, self._schema_version))
         problems = {"store": store.problem, "keys": self._keys_problem(),
                     "certificate": self._certificate_problem(),
                     "outbox": self._outbox_problem(store)}

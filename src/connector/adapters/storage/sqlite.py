@@ -29,15 +29,15 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
 
+from connector.adapters.storage.schema import latest, migrations
 from connector.core.audit import GENESIS, Entry, chain_events
-from connector.core.errors import AuditError, ConflictError
+from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
 from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
@@ -79,17 +79,6 @@ class _Txn:
         self.cached = cached
         self.future = future
         self.audit = audit
-
-
-def migrations() -> list[tuple[int, str]]:
-    """The numbered SQL migrations shipped in the package, in order."""
-    folder = resources.files("connector.adapters.storage") / "migrations"
-    found = []
-    for item in folder.iterdir():
-        name = item.name
-        if name.endswith(".sql") and name[:3].isdigit():
-            found.append((int(name[:3]), item.read_text()))
-    return sorted(found)
 
 
 class SqliteStore:
@@ -134,6 +123,9 @@ class SqliteStore:
         async with self._conn.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
+        if current > latest("sqlite"):
+            raise ConfigError(f"the database schema is at version {current}, newer than this "
+                              f"connector's {latest('sqlite')}: upgrade the connector")
         for number, sql in migrations():
             if number > current:
                 await self._conn.executescript(

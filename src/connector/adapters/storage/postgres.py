@@ -1,0 +1,574 @@
+"""The PostgreSQL store (asyncpg): the connector's state shared by several replicas.
+
+The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database changes:
+
+- **no record cache**: another replica may have written any row since; a read is a query;
+- **one transaction per step**, on a pooled connection: the process row, its agreement, its
+  outbox messages (sequence numbers from the database) and its audit entries commit together;
+- **the audit chain** is extended under a transaction-level advisory lock
+  (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
+- **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
+- **seen token ids** are written behind as on SQLite (a task per row); the primary key keeps
+  one row per jti, whichever replica wrote it first;
+- **outbox claims**: a replica inserts its outbox rows claimed by itself for CLAIM_S, renews
+  its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
+  (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
+  replica that died are sent by another within CLAIM_S plus one sweep;
+- **changes are announced** (``pg_notify`` in the step's transaction, so on commit): every
+  replica LISTENs and hands the record's kind and id to ``on_change``, which wakes the long
+  polls (``?wait=``) waiting on that record in any replica;
+- **migrations** run under a session advisory lock, so replicas starting together apply
+  each one once; the applied version is kept in ``connector_schema``.
+
+The DSN is read from a 0600 file (``[storage] postgres_dsn_file``); messages name that file,
+never the DSN, which may carry a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from connector.adapters.storage.schema import latest, migrations
+from connector.core.audit import GENESIS, chain_events
+from connector.core.errors import AuditError, ConfigError, ConflictError
+from connector.core.negotiation import Negotiation
+from connector.core.transfer import Transfer
+from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
+from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
+
+log = logging.getLogger("connector.store")
+_enc = msgspec.json.Encoder()
+# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row
+# (as sqlite.py writes it, so that the audit tools read both alike).
+_evidence = msgspec.msgpack.Encoder()
+_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
+                 " VALUES ($1, $2, $3, $4, $5, $6, $7)")
+Statement = tuple[str, Sequence[Any]]
+# Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
+# default maximum.
+POOL_SIZE = 10
+# Keys of the advisory locks (any fixed 64-bit numbers, the same in every replica).
+MIGRATION_LOCK = 0x636F6E6E_00000001
+AUDIT_LOCK = 0x636F6E6E_00000002
+# A readiness probe waits this long for a connection (the SQLite probe's STORE_TIMEOUT_S).
+PROBE_TIMEOUT_S = 2.0
+# A replica's claim on its outbox rows lasts this long unless renewed: how long the messages
+# of a dead replica wait before another sends them (EDC leases an entity for 60 s; we aim at
+# seconds). Renewed every third of it.
+CLAIM_S = 3.0
+# Rows taken over in one sweep at most.
+ORPHANS_PER_SWEEP = 500
+_NOW = "extract(epoch from clock_timestamp())"
+# The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
+CHANGES = "connector_changes"
+# A process lock another replica holds is tried again after this long (a step takes ms).
+LOCK_RETRY_S = 0.002
+SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
+
+_UPSERT_NEGOTIATION = (
+    "INSERT INTO negotiations (id, role, state, consumer_pid, provider_pid, counterparty,"
+    " dataset_id, updated_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)")
+_ON_NEGOTIATION = (
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
+    " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
+    " excluded.updated_at, body = excluded.body")
+_UPSERT_TRANSFER = (
+    "INSERT INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
+    " agreement_id, token_hash, prev_token_hash, updated_at, body)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)")
+_ON_TRANSFER = (
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
+    " excluded.provider_pid, counterparty = excluded.counterparty, token_hash ="
+    " excluded.token_hash, prev_token_hash = excluded.prev_token_hash, updated_at ="
+    " excluded.updated_at, body = excluded.body")
+_RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti)"
+               " DO UPDATE SET until = greatest(seen_tokens.until, excluded.until)")
+_INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
+                  f" claimed_by, claim_until) VALUES ($1, $2, $3, $4, 0, $5, {_NOW} + $6)"
+                  " RETURNING seq")
+_CLAIM_ORPHANS = (
+    f"UPDATE outbox SET claimed_by = $1, claim_until = {_NOW} + $2 WHERE seq IN ("
+    f" SELECT seq FROM outbox WHERE claim_until IS NULL OR claim_until < {_NOW}"
+    " ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    " RETURNING seq, process_id, url, audience, body, attempts")
+
+
+async def schema_version(conn: Any) -> int:
+    """The migration number a database is at (0: none applied yet)."""
+    await conn.execute(SCHEMA_TABLE)
+    value = await conn.fetchval("SELECT max(version) FROM connector_schema")
+    return int(value) if value is not None else 0
+
+
+async def upgrade(conn: Any) -> tuple[int, int]:
+    """Apply the missing migrations, each in its own transaction; (before, after).
+
+    ConfigError when the database is newer than this code (a replica left behind)."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        before = current = await schema_version(conn)
+        if current > latest("postgres"):
+            raise ConfigError(f"the database schema is at version {current}, newer than this "
+                              f"connector's {latest('postgres')}: upgrade the connector")
+        for number, sql in migrations("postgres"):
+            if number > current:
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO connector_schema (version) VALUES ($1)",
+                                       number)
+                current = number
+        return before, current
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+class PostgresStore:
+    """``Store`` on a PostgreSQL database, shared by every replica of one participant."""
+
+    def __init__(self, pool: Any, audit: StepAudit | None = None) -> None:
+        self._pool = pool
+        self._audit = audit  # None: no audit trail (``[audit] enabled = false``)
+        self.on_audit: Callable[[int], None] = lambda _count: None  # entries committed
+        self._neg_dec = msgspec.json.Decoder(Negotiation)
+        self._tr_dec = msgspec.json.Decoder(Transfer)
+        self._ag_dec = msgspec.json.Decoder(Agreement)
+        self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
+        self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
+        self._listener: Any = None  # the connection LISTENing on CHANGES
+        self._dsn = ""
+        self._locks: AdvisoryLocks | None = None
+        self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
+        self._renewer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, dsn: str, *, audit: StepAudit | None = None,
+                   pool_size: int = POOL_SIZE) -> PostgresStore:
+        """Connect, bring the schema up to date, and return the store."""
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await upgrade(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        store = cls(pool, audit)
+        store._dsn = dsn
+        store._renewer = asyncio.create_task(store._renew_loop())
+        try:
+            store._listener = await asyncpg.connect(dsn)
+            await store._listener.add_listener(CHANGES, store._notified)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        kind, _, id = payload.partition(":")
+        if id:
+            self.on_change(kind, id)
+
+    async def close(self) -> None:
+        """Stop; the outbox rows still claimed are released for another replica at once."""
+        if self._locks is not None:
+            await self._locks.close()
+        if self._listener is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._listener.close()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                async with self._pool.acquire() as conn:
+                    await conn.execute("UPDATE outbox SET claimed_by = NULL, claim_until = NULL"
+                                       " WHERE claimed_by = $1", self.replica)
+        if self._behind:
+            await asyncio.gather(*self._behind, return_exceptions=True)
+        await self._pool.close()
+
+    def process_locks(self) -> AdvisoryLocks:
+        """Per-process locks every replica sees (``service.locks.SharedLocks``)."""
+        if self._locks is None:
+            self._locks = AdvisoryLocks(self._dsn)
+        return self._locks
+
+    async def probe(self, schema: int) -> tuple[str | None, int]:
+        """(problem or None, outbox depth): the readiness check of the shared database."""
+        try:
+            async with self._pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+                version = await conn.fetchval("SELECT max(version) FROM connector_schema")
+                depth = await conn.fetchval("SELECT count(*) FROM outbox")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            return f"the database does not answer: {type(exc).__name__}: {exc}", 0
+        if (version or 0) < schema:
+            return f"schema at version {version}, this code needs {schema}", int(depth)
+        return None, int(depth)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+        async with self._pool.acquire() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
+                           audit: AuditBatch | None = None) -> list[OutboxItem]:
+        """Run one step's statements, outbox rows and audit entries in one transaction."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                for sql, args in statements:
+                    await conn.execute(sql, *args)
+                items = [await _enqueue(conn, out, self.replica) for out in outbox]
+                count = await _append_entries(conn, audit) if audit else 0
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise ConflictError(f"conflicting write: {exc}") from exc
+        except (asyncpg.PostgresError, OSError) as exc:
+            if audit:
+                raise _refusal(exc) from exc
+            raise
+        if count:
+            self.on_audit(count)
+            for done in audit.on_commit if audit else ():
+                done()
+        return items
+
+    # -- negotiations and agreements -------------------------------------------------------
+
+    async def get_negotiation(self, id: str) -> Negotiation | None:
+        rows = await self._rows("SELECT body FROM negotiations WHERE id = $1", id)
+        return self._neg_dec.decode(rows[0][0]) if rows else None
+
+    async def save_negotiation(
+        self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
+        agreement: Agreement | None = None, expect_new: bool = False,
+    ) -> list[OutboxItem]:
+        statements: list[Statement] = [(
+            _UPSERT_NEGOTIATION + ("" if expect_new else _ON_NEGOTIATION),
+            (record.id, record.role.value, record.state.value, record.consumer_pid,
+             record.provider_pid, record.counterparty_id, record.dataset_id,
+             record.updated_at, _enc.encode(record)),
+        )]
+        if agreement is not None:
+            statements.append((
+                "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
+                " assignee, created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                (agreement.id, agreement.negotiation_id, agreement.role, agreement.dataset_id,
+                 agreement.assigner, agreement.assignee, agreement.created_at,
+                 _enc.encode(agreement)),
+            ))
+        statements.append(_notify("n", record.id))
+        audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
+        return await self._transaction(statements, outbox, audit)
+
+    async def find_negotiation(self, *, counterparty: str | None, role: str,
+                               consumer_pid: str | None = None,
+                               provider_pid: str | None = None) -> Negotiation | None:
+        """The negotiation a peer's pid names in ``role``: its consumerPid (migration 006's
+        unique key) or, given instead, its providerPid (migration 008's)."""
+        column, pid = ("consumer_pid", consumer_pid) if consumer_pid else (
+            "provider_pid", provider_pid)
+        rows = await self._rows(
+            "SELECT body FROM negotiations WHERE counterparty IS NOT DISTINCT FROM $1"
+            f" AND {column} = $2 AND role = $3 AND duplicate_of IS NULL",
+            counterparty, pid, role)
+        return self._neg_dec.decode(rows[0][0]) if rows else None
+
+    async def list_negotiations(self) -> list[Negotiation]:
+        rows = await self._rows("SELECT body FROM negotiations ORDER BY updated_at, row_seq")
+        return [self._neg_dec.decode(r[0]) for r in rows]
+
+    async def get_agreement(self, id: str) -> Agreement | None:
+        rows = await self._rows("SELECT body FROM agreements WHERE id = $1", id)
+        return self._ag_dec.decode(rows[0][0]) if rows else None
+
+    async def list_agreements(self) -> list[Agreement]:
+        rows = await self._rows("SELECT body FROM agreements ORDER BY created_at, id")
+        return [self._ag_dec.decode(r[0]) for r in rows]
+
+    async def save_agreement(self, agreement: Agreement) -> None:
+        """Rewrite an agreement's record (its revocation); the contract itself never changes."""
+        audit = self._audit.revocation(agreement) if self._audit and agreement.revoked else None
+        await self._transaction([("UPDATE agreements SET body = $1 WHERE id = $2",
+                                  (_enc.encode(agreement), agreement.id))], (), audit)
+
+    # -- transfers ------------------------------------------------------------------------
+
+    async def get_transfer(self, id: str) -> Transfer | None:
+        rows = await self._rows("SELECT body FROM transfers WHERE id = $1", id)
+        return self._tr_dec.decode(rows[0][0]) if rows else None
+
+    async def find_transfer(self, *, consumer_pid: str, role: str,
+                            counterparty: str | None = None) -> Transfer | None:
+        """The transfer a consumerPid names in ``role``; with ``counterparty``, the one that
+        peer's consumerPid names (migration 006's unique key)."""
+        if counterparty is None:
+            rows = await self._rows("SELECT body FROM transfers WHERE consumer_pid = $1 AND"
+                                    " role = $2 ORDER BY row_seq LIMIT 1", consumer_pid, role)
+        else:
+            rows = await self._rows(
+                "SELECT body FROM transfers WHERE counterparty = $1 AND consumer_pid = $2"
+                " AND role = $3 AND duplicate_of IS NULL", counterparty, consumer_pid, role)
+        return self._tr_dec.decode(rows[0][0]) if rows else None
+
+    async def find_transfer_by_token(self, token_hash: str) -> Transfer | None:
+        rows = await self._rows("SELECT body FROM transfers WHERE token_hash = $1"
+                                " OR prev_token_hash = $1 LIMIT 1", token_hash)
+        return self._tr_dec.decode(rows[0][0]) if rows else None
+
+    async def save_transfer(
+        self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
+    ) -> list[OutboxItem]:
+        audit = self._audit.transfer(record, outbox) if self._audit else None
+        return await self._transaction([(
+            _UPSERT_TRANSFER + ("" if expect_new else _ON_TRANSFER),
+            (record.id, record.role.value, record.state.value, record.consumer_pid,
+             record.provider_pid, record.counterparty_id, record.agreement_id,
+             record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
+        ), _notify("t", record.id)], outbox, audit)
+
+    async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
+        if agreement_id is None:
+            rows = await self._rows("SELECT body FROM transfers ORDER BY updated_at, row_seq")
+        else:
+            rows = await self._rows("SELECT body FROM transfers WHERE agreement_id = $1"
+                                    " ORDER BY updated_at, row_seq", agreement_id)
+        return [self._tr_dec.decode(r[0]) for r in rows]
+
+    async def add_use(self, agreement_id: str, delta: int) -> int:
+        """Add ``delta`` to an agreement's use count atomically (across replicas too); return
+        the new count."""
+        rows = await self._rows(
+            "INSERT INTO agreement_uses (agreement_id, uses) VALUES ($1, $2)"
+            " ON CONFLICT (agreement_id) DO UPDATE SET uses = agreement_uses.uses"
+            " + excluded.uses RETURNING uses", agreement_id, delta)
+        return int(rows[0][0])
+
+    # -- audit trail (service.audit.AuditLog) -------------------------------------------------
+
+    async def append_audit(self, batch: AuditBatch) -> None:
+        """Events that are a step of their own (a catalogue answer, a data access, a reload)."""
+        if self._audit is not None and batch:
+            await self._transaction([], (), batch)
+
+    def append_audit_behind(self, batch: AuditBatch) -> None:
+        """Events of a step that changes no state (a catalogue answer), written behind (a
+        task, as seen token ids); never waits. Failures are logged."""
+        if self._audit is not None and batch:
+            task = asyncio.get_running_loop().create_task(self._append_behind(batch))
+            self._behind.add(task)
+            task.add_done_callback(self._behind.discard)
+
+    async def _append_behind(self, batch: AuditBatch) -> None:
+        try:
+            await self._transaction([], (), batch)
+        except AuditError as exc:
+            log.error("cannot persist catalogue answers' audit entries: %s", exc)
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
+        rows = await self._rows("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+
+    async def last_checkpoint(self) -> tuple[int, float]:
+        rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), float(rows[0][1])) if rows else (0, 0.0)
+
+    async def add_checkpoint(self, seq: int, at: float, jws: str) -> None:
+        await self._transaction([(
+            "INSERT INTO audit_checkpoints (seq, at, jws) VALUES ($1, $2, $3)"
+            " ON CONFLICT (seq) DO NOTHING", (seq, at, jws))], ())
+
+    async def agreement_uses(self, agreement_id: str) -> int:
+        rows = await self._rows("SELECT uses FROM agreement_uses WHERE agreement_id = $1",
+                                agreement_id)
+        return int(rows[0][0]) if rows else 0
+
+    # -- pages for the console: filtered and counted in SQL, bodies decoded per page --------
+
+    async def _page(self, table: str, subject: str, order: str, query: ListQuery
+                    ) -> tuple[int, list[Any]]:
+        filters = [(c, v) for c, v in (("state", query.state), ("role", query.role),
+                                       (subject, query.subject)) if v]
+        where = " AND ".join(f"{column} = ${i}" for i, (column, _) in enumerate(filters, 1))
+        where = f" WHERE {where}" if where else ""
+        args = [v for _, v in filters]
+        total = (await self._rows(f"SELECT COUNT(*) FROM {table}{where}", *args))[0][0]
+        n = len(args)
+        rows = await self._rows(f"SELECT body FROM {table}{where} ORDER BY {order} DESC"
+                                f" LIMIT ${n + 1} OFFSET ${n + 2}",
+                                *args, query.limit, query.offset)
+        return int(total), [r[0] for r in rows]
+
+    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
+        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
+        return total, [self._neg_dec.decode(b) for b in bodies]
+
+    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
+        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
+        return total, [self._tr_dec.decode(b) for b in bodies]
+
+    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
+        # Agreements have no state: a state filter matches none of them.
+        if query.state:
+            return 0, []
+        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
+        return total, [self._ag_dec.decode(b) for b in bodies]
+
+    async def state_counts(self, kind: str) -> dict[str, int]:
+        table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]
+        rows = await self._rows(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"
+                                " ORDER BY state")
+        return {str(state): int(count) for state, count in rows}
+
+    # -- seen token ids ---------------------------------------------------------------------
+
+    def record_jti(self, jti: str, until: int) -> None:
+        """Write a seen jti behind (a task); never waits. Failures are logged."""
+        task = asyncio.get_running_loop().create_task(self._record_jti(jti, until))
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+
+    async def _record_jti(self, jti: str, until: int) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(_RECORD_JTI, jti, until)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.error("cannot persist a seen token id (replays stay refused until a restart):"
+                      " %s", exc)
+
+    async def claim_jti(self, jti: str, until: int, now: int) -> bool:
+        """Record ``jti`` unless a live row holds it (another replica accepted it first)."""
+        rows = await self._rows(
+            "INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti) DO UPDATE"
+            " SET until = excluded.until WHERE seen_tokens.until < $3 RETURNING jti",
+            jti, until, now)
+        return bool(rows)
+
+    async def live_jtis(self, now: int) -> list[tuple[str, int]]:
+        rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= $1"
+                                " ORDER BY until", now)
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    async def purge_jtis(self, now: int) -> None:
+        await self._transaction([("DELETE FROM seen_tokens WHERE until < $1", (now,))], ())
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def pending_outbox(self) -> list[OutboxItem]:
+        """The rows this replica is to send: its own, and those no live replica holds (a
+        previous run's, a dead replica's), which become its own."""
+        await self.claim_orphans()
+        rows = await self._rows("SELECT seq, process_id, url, audience, body, attempts"
+                                " FROM outbox WHERE claimed_by = $1 ORDER BY seq", self.replica)
+        return [OutboxItem(seq=r[0], process_id=r[1], url=r[2], audience=r[3], body=bytes(r[4]),
+                           attempts=r[5]) for r in rows]
+
+    async def claim_orphans(self) -> list[OutboxItem]:
+        """Take over the outbox rows whose claim ran out (their replica died), in order."""
+        rows = await self._rows(_CLAIM_ORPHANS, self.replica, CLAIM_S, ORPHANS_PER_SWEEP)
+        return [OutboxItem(seq=r[0], process_id=r[1], url=r[2], audience=r[3], body=bytes(r[4]),
+                           attempts=r[5]) for r in sorted(rows, key=lambda r: int(r[0]))]
+
+    async def _renew_loop(self) -> None:
+        """Keep this replica's claims alive while it runs."""
+        while True:
+            await asyncio.sleep(CLAIM_S / 3)
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.execute(f"UPDATE outbox SET claim_until = {_NOW} + $2"
+                                       " WHERE claimed_by = $1", self.replica, CLAIM_S)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("cannot renew the outbox claims: %s", exc)
+
+    async def outbox_done(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            async with self._pool.acquire() as conn:
+                await conn.execute("DELETE FROM outbox WHERE seq = any($1::bigint[])",
+                                   list(seqs))
+
+    async def outbox_retry(self, seq: int, attempts: int, next_attempt: float, error: str) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
+                " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+class AdvisoryLocks:
+    """Session advisory locks keyed by a process id, on one connection of their own.
+
+    ``pg_try_advisory_lock`` never blocks the shared connection: a lock another replica holds
+    is tried again every LOCK_RETRY_S. A replica that dies drops its connection, and with it
+    its locks, at once (no lease to wait out).
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._use = asyncio.Lock()  # one command at a time on the connection
+
+    async def _run(self, sql: str, key: int) -> bool:
+        async with self._use:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+            return bool(await self._conn.fetchval(sql, key))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        while not await self._run("SELECT pg_try_advisory_lock($1)", number):
+            await asyncio.sleep(LOCK_RETRY_S)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._run("SELECT pg_advisory_unlock($1)", number)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._conn.close()
+
+
+def _notify(kind: str, id: str) -> Statement:
+    """Announce a record's change to every replica, when (and only if) the step commits."""
+    return ("SELECT pg_notify($1, $2)", (CHANGES, f"{kind}:{id}"))
+
+
+async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
+    seq = await conn.fetchval(_INSERT_OUTBOX, out.process_id, out.url, out.audience, out.body,
+                              replica, CLAIM_S)
+    return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
+                      audience=out.audience, body=out.body)
+
+
+async def _append_entries(conn: Any, batch: AuditBatch) -> int:
+    """Chain ``batch``'s events on from the head, under the chain's lock; how many."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+    seq, head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    entries = chain_events(seq + 1, head, batch.events)
+    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
+    rows = []
+    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
+        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
+        rows.append((entry.seq, entry.digest, entry.hash, entry.body, refs[0], refs[1],
+                     _evidence.encode(own) if own and i == 0 else None))
+    await conn.executemany(_INSERT_ENTRY, rows)
+    shared = [tuple(e) for e in batch.evidence if e[1] in SHARED_EVIDENCE]
+    if shared:
+        await conn.executemany("INSERT INTO audit_shared (digest, kind, content)"
+                               " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", shared)
+    return len(entries)
+
+
+def _refusal(exc: BaseException) -> AuditError:
+    """The step is refused because its audit entry could not be written with it."""
+    return AuditError(f"refused: the step and its audit entry could not be written ({exc}); "
+                      "nothing was changed")

@@ -1,0 +1,376 @@
+"""What both storage engines must do alike (a parameter, ``store_opener``), and what only the
+shared PostgreSQL database adds: migrations from an older schema, a refused newer one.
+
+PostgreSQL is a real server (tests/e2e/postgres.py), a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import asyncpg
+import msgspec
+import pytest
+
+from connector.adapters.storage import postgres
+from connector.adapters.storage.postgres import PostgresStore
+from connector.adapters.storage.schema import latest, migrations
+from connector.core.audit import GENESIS, Entry, verify_links
+from connector.core.errors import ConfigError, ConflictError
+from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
+from connector.core.transfer import Transfer, TransferState
+from connector.service import audit
+from connector.service.audit import StepAudit
+from connector.service.store import Agreement, Outgoing
+from tests.e2e.postgres import Postgres, new_database
+from tests.stores import Opener
+
+
+def _negotiation(pid: str, *, counterparty: str = "did:c", consumer_pid: str = "",
+                 state: NegotiationState = NegotiationState.REQUESTED) -> Negotiation:
+    history = [HistoryEntry(at=1.0, by="consumer", message="ContractRequestMessage",
+                            state="REQUESTED")]
+    return Negotiation(id=pid, role=Role.PROVIDER, state=state,
+                       consumer_pid=consumer_pid or f"{pid}:c", provider_pid=pid,
+                       dataset_id="ds", offer={"@id": "o"}, counterparty_address="https://c",
+                       counterparty_id=counterparty, created_at=1.0, updated_at=1.0,
+                       history=history)
+
+
+def _agreement(pid: str) -> Agreement:
+    return Agreement(id=f"{pid}:a", negotiation_id=pid, role="provider", dataset_id="ds",
+                     assigner="did:p", assignee="did:c", created_at=2.0, body={"@id": pid})
+
+
+async def test_a_peer_pid_names_one_process_whichever_writer_races(store_opener: Opener) -> None:
+    store = await store_opener.open()
+    await store.save_negotiation(_negotiation("urn:1", consumer_pid="urn:c"), expect_new=True)
+    with pytest.raises(ConflictError):  # DSP 2025-1 §CN 3.2: the same request, one process
+        await store.save_negotiation(_negotiation("urn:2", consumer_pid="urn:c"),
+                                     expect_new=True)
+    found = await store.find_negotiation(counterparty="did:c", consumer_pid="urn:c",
+                                         role="provider")
+    assert found is not None and found.id == "urn:1"
+    assert await store.find_negotiation(counterparty="did:x", consumer_pid="urn:c",
+                                        role="provider") is None
+    await store.close()
+
+
+async def test_transfer_updates_token_lookups_and_agreement_filter(store_opener: Opener) -> None:
+    store = await store_opener.open()
+    t = Transfer(id="urn:t", role=Role.PROVIDER, state=TransferState.REQUESTED,
+                 consumer_pid="urn:c", provider_pid="urn:t", agreement_id="urn:a",
+                 format="HttpData-PULL", counterparty_address="https://c",
+                 counterparty_id="did:c")
+    await store.save_transfer(t, expect_new=True)
+    started = msgspec_replace(t, state=TransferState.STARTED, token_hash="new",
+                              prev_token_hash="old")
+    await store.save_transfer(started)
+    assert await store.get_transfer("urn:t") == started
+    assert await store.find_transfer_by_token("old") == started  # the refresh's grace window
+    assert await store.find_transfer(consumer_pid="urn:c", role="provider",
+                                     counterparty="did:c") == started
+    assert await store.list_transfers("urn:a") == [started]
+    assert await store.list_transfers("urn:other") == []
+    await store.close()
+
+
+def msgspec_replace(t: Transfer, **changes: object) -> Transfer:
+    return msgspec.structs.replace(t, **changes)
+
+
+async def test_seen_tokens_survive_a_restart_and_expire(store_opener: Opener) -> None:
+    store = await store_opener.open()
+    store.record_jti("a", 100)
+    store.record_jti("b", 200)
+    store.record_jti("b", 150)  # recorded again: the later expiry stays
+    await store.close()  # what was written behind is committed by then
+    store = await store_opener.open()
+    assert await store.live_jtis(100) == [("a", 100), ("b", 200)]
+    await store.purge_jtis(101)
+    assert await store.live_jtis(0) == [("b", 200)]
+    await store.close()
+
+
+async def test_audit_chain_is_one_chain_across_two_stores(store_opener: Opener) -> None:
+    """On PostgreSQL two stores are two replicas of one participant, appending concurrently."""
+    first = await store_opener.open(audit=StepAudit(clock=time.time))
+    second = (await store_opener.open(audit=StepAudit(clock=time.time))
+              if store_opener.engine == "postgres" else first)
+    await asyncio.gather(*(
+        (first if i % 2 else second).save_negotiation(_negotiation(f"urn:{i}"), expect_new=True,
+                                                      outbox=[Outgoing(
+                                                          process_id=f"urn:{i}", url="https://c",
+                                                          audience="did:c", body=b"{}")])
+        for i in range(20)))
+    seq, head = await first.audit_head()
+    assert seq >= 20 and head != GENESIS
+    entries = await _entries(store_opener)
+    assert [e[0] for e in entries] == list(range(1, seq + 1))  # no gap, no fork
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")  # every link holds
+    await first.add_checkpoint(seq, 5.0, "jws")
+    assert await first.last_checkpoint() == (seq, 5.0)
+    if second is not first:
+        await second.close()
+    await first.close()
+
+
+async def _entries(opener: Opener) -> list[tuple[int, str, str, bytes]]:
+    if opener.engine == "postgres":
+        conn = await asyncpg.connect(opener.dsn)
+        try:
+            rows = await conn.fetch("SELECT seq, digest, hash, body FROM audit_entries"
+                                    " ORDER BY seq")
+        finally:
+            await conn.close()
+        return [(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
+    with sqlite3.connect(opener.path) as conn:
+        return [(int(r[0]), r[1], r[2], bytes(r[3])) for r in conn.execute(
+            "SELECT seq, digest, hash, body FROM audit_entries ORDER BY seq")]
+
+
+def _as_entries(rows: list[tuple[int, str, str, bytes]]) -> list[Entry]:
+    return [Entry(seq=s, digest=d, hash=h, body=b) for s, d, h, b in rows]
+
+
+async def test_use_counts_are_exact_across_two_stores(store_opener: Opener) -> None:
+    first = await store_opener.open()
+    second = await store_opener.open() if store_opener.engine == "postgres" else first
+    counts = await asyncio.gather(*((first, second)[i % 2].add_use("urn:a", 1)
+                                    for i in range(100)))
+    assert sorted(counts) == list(range(1, 101))  # every use got its own number
+    assert await second.agreement_uses("urn:a") == 100
+    if second is not first:
+        await second.close()
+    await first.close()
+
+
+async def test_a_schema_newer_than_the_code_is_refused(store_opener: Opener) -> None:
+    store = await store_opener.open()
+    await store.close()
+    newer = latest(store_opener.engine) + 1
+    if store_opener.engine == "postgres":
+        conn = await asyncpg.connect(store_opener.dsn)
+        await conn.execute("INSERT INTO connector_schema (version) VALUES ($1)", newer)
+        await conn.close()
+    else:
+        with sqlite3.connect(store_opener.path) as db:
+            db.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(ConfigError, match=f"version {newer}, newer than this connector"):
+        await store_opener.open()
+
+
+# -- PostgreSQL: a database made by an earlier schema upgrades in place -----------------------
+
+async def _at_migration(dsn: str, upto: int) -> None:
+    """The database as the code of migration ``upto`` left it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(postgres.SCHEMA_TABLE)
+        for number, sql in migrations("postgres"):
+            if number <= upto:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO connector_schema (version) VALUES ($1)", number)
+    finally:
+        await conn.close()
+
+
+async def test_a_database_at_migration_005_with_rows_upgrades_in_place(
+        postgres_server: Postgres) -> None:
+    dsn = await new_database(postgres_server)
+    await _at_migration(dsn, 5)
+    old = PostgresStore(await asyncpg.create_pool(dsn, min_size=1, max_size=2))
+    # Rows the 005 code wrote, two of them from one re-delivered request (before 006's key).
+    for pid in ("urn:first", "urn:again"):
+        await old.save_negotiation(_negotiation(pid, consumer_pid="urn:c"), expect_new=True)
+    await old.save_negotiation(_negotiation("urn:first", state=NegotiationState.FINALIZED),
+                               agreement=_agreement("urn:first"))
+    await old.add_use("urn:first:a", 3)
+    old.record_jti("j", 10**10)
+    await old.close()
+
+    store = await PostgresStore.open(dsn)  # migrations 006 and 007 run here
+    assert await store.get_agreement("urn:first:a") == _agreement("urn:first")
+    assert await store.agreement_uses("urn:first:a") == 3
+    assert await store.live_jtis(0) == [("j", 10**10)]
+    kept = await store.find_negotiation(counterparty="did:c", consumer_pid="urn:c",
+                                        role="provider")
+    assert kept is not None and kept.id == "urn:first"  # the first row written keeps the key
+    assert len(await store.list_negotiations()) == 2  # the duplicate is kept, as history
+    await store.close()
+    conn = await asyncpg.connect(dsn)
+    assert await postgres.schema_version(conn) == latest("postgres")
+    await conn.close()
+
+
+async def test_replicas_starting_together_migrate_once(postgres_server: Postgres) -> None:
+    dsn = await new_database(postgres_server)
+    stores = await asyncio.gather(*(PostgresStore.open(dsn) for _ in range(4)))
+    conn = await asyncpg.connect(dsn)
+    versions = await conn.fetch("SELECT version FROM connector_schema ORDER BY version")
+    await conn.close()
+    assert [r[0] for r in versions] == [n for n, _ in migrations("postgres")]
+    for store in stores:
+        await store.close()
+
+
+async def test_a_dead_replicas_outbox_is_taken_over_once(postgres_server: Postgres) -> None:
+    """Replica A commits a step with two messages and dies; while A ran, B took nothing; once
+    A's claim ran out, B takes both (in order), and nobody takes them twice."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    await a.save_negotiation(_negotiation("urn:p"), expect_new=True, outbox=[
+        Outgoing(process_id="urn:p", url=f"https://c/{n}", audience="did:c", body=b"%d" % n)
+        for n in (1, 2)])
+    await asyncio.sleep(postgres.CLAIM_S * 1.5)  # A renews its claim meanwhile
+    assert await b.claim_orphans() == []
+    a._renewer.cancel()  # A dies: it stops renewing (no close: it releases nothing)
+    await a._pool.close()
+    taken: list[object] = []
+    for _ in range(200):
+        taken = list(await b.claim_orphans())
+        if taken:
+            break
+        await asyncio.sleep(postgres.CLAIM_S / 10)
+    assert [item.url for item in taken] == ["https://c/1", "https://c/2"]  # type: ignore[attr-defined]
+    c = await PostgresStore.open(dsn)  # a third replica starting now finds nothing to send
+    assert await c.pending_outbox() == [] and await b.claim_orphans() == []
+    for store in (b, c):
+        await store.close()
+    restarted = await PostgresStore.open(dsn)  # B closed cleanly: its rows are free at once
+    assert [i.url for i in await restarted.pending_outbox()] == ["https://c/1", "https://c/2"]
+    await restarted.close()
+
+
+async def test_every_replica_hears_of_a_committed_change(postgres_server: Postgres) -> None:
+    """LISTEN/NOTIFY: B hears of A's committed steps (what wakes B's long polls), and of
+    nothing that rolled back."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    heard: list[tuple[str, str]] = []
+    b.on_change = lambda kind, id: heard.append((kind, id))
+    await a.save_negotiation(_negotiation("urn:n"), expect_new=True)
+    with pytest.raises(ConflictError):
+        await a.save_negotiation(_negotiation("urn:n"), expect_new=True)  # rolled back
+    await a.save_transfer(Transfer(
+        id="urn:t", role=Role.PROVIDER, state=TransferState.REQUESTED, consumer_pid="urn:c",
+        provider_pid="urn:t", agreement_id="urn:a", format="HttpData-PULL",
+        counterparty_address="https://c"), expect_new=True)
+    for _ in range(200):
+        if len(heard) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await a.save_negotiation(_negotiation("urn:last"), expect_new=True)  # a marker
+    for _ in range(200):
+        if ("n", "urn:last") in heard:
+            break
+        await asyncio.sleep(0.02)
+    assert heard == [("n", "urn:n"), ("t", "urn:t"), ("n", "urn:last")]
+    await a.close()
+    await b.close()
+
+
+async def test_a_process_lock_holds_across_replicas(postgres_server: Postgres) -> None:
+    """Replica B cannot step process p while replica A holds it, steps another process
+    meanwhile, and gets p once A lets go; A's death lets go too (its connection drops)."""
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    order: list[str] = []
+
+    async def b_steps(key: str) -> None:
+        async with b.process_locks().hold(key):
+            order.append(f"b:{key}")
+
+    async with a.process_locks().hold("urn:p"):
+        waiting = asyncio.create_task(b_steps("urn:p"))
+        await b_steps("urn:q")  # another process is not held up
+        for _ in range(20):  # give B every chance to (wrongly) get p
+            await asyncio.sleep(0.01)
+        order.append("a:urn:p done")
+    await asyncio.wait_for(waiting, 30)
+    assert order == ["b:urn:q", "a:urn:p done", "b:urn:p"]
+
+    held = asyncio.Event()
+
+    async def a_dies_holding() -> None:
+        async with a.process_locks().hold("urn:r"):
+            held.set()
+            await asyncio.sleep(3600)
+
+    dying = asyncio.create_task(a_dies_holding())
+    await held.wait()
+    admin = await asyncpg.connect(dsn)  # A's session ends without unlocking: a SIGKILL
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks"
+                        " WHERE locktype = 'advisory'")
+    await admin.close()
+    await asyncio.wait_for(b_steps("urn:r"), 30)  # while A's step still "runs"
+    assert order[-1] == "b:urn:r" and not dying.done()
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+    await a.close()
+    await b.close()
+
+
+async def test_the_readiness_probe_of_the_shared_database(postgres_server: Postgres) -> None:
+    store = await PostgresStore.open(await new_database(postgres_server))
+    await store.save_negotiation(_negotiation("urn:p"), expect_new=True, outbox=[
+        Outgoing(process_id="urn:p", url="https://c/1", audience="did:c", body=b"{}")])
+    assert await store.probe(latest("postgres")) == (None, 1)  # ready, one message queued
+    problem, _ = await store.probe(latest("postgres") + 1)
+    assert problem is not None and "needs" in problem  # a replica newer than the database
+    await store.close()
+
+
+async def _query(opener: Opener, sql: str) -> list[tuple[object, ...]]:
+    """Rows of one read-only statement (no parameters), in either engine."""
+    if opener.engine == "postgres":
+        conn = await asyncpg.connect(opener.dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(opener.path) as conn:
+        return [tuple(r) for r in conn.execute(sql)]
+
+
+async def test_a_peer_provider_pid_names_one_negotiation(store_opener: Opener) -> None:
+    """Migration 008's unique key: a repeated initial offer (DSP 2025-1 §CN HTTPS binding,
+    POST /negotiations/offers) finds the negotiation it opened, on both engines."""
+    store = await store_opener.open()
+
+    def offered(pid: str) -> Negotiation:
+        return msgspec.structs.replace(_negotiation(pid), role=Role.CONSUMER,
+                                       provider_pid="urn:offer", counterparty_id="did:p")
+
+    await store.save_negotiation(offered("urn:1"), expect_new=True)
+    with pytest.raises(ConflictError):
+        await store.save_negotiation(offered("urn:2"), expect_new=True)
+    found = await store.find_negotiation(counterparty="did:p", provider_pid="urn:offer",
+                                         role="consumer")
+    assert found is not None and found.id == "urn:1"
+    assert await store.find_negotiation(counterparty="did:x", provider_pid="urn:offer",
+                                        role="consumer") is None
+    await store.close()
+
+
+async def test_audit_rows_name_their_ids_and_keep_the_step_s_evidence(
+        store_opener: Opener) -> None:
+    """Migration 007's rows, alike on both engines: the ids an entry concerns in ``ref1`` and
+    ``ref2``, the step's own evidence beside its entry, shared evidence once."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    audit.received(audit.Inbound(peer="did:c", token_id="jti-1", token="h.p.s",
+                                 body=b'{"@type":"ContractRequestMessage"}', bound=True,
+                                 document={"id": "did:c"}))
+    await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.AGREED),
+                                 agreement=_agreement("urn:n"), expect_new=True)
+    await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.FINALIZED))
+    await store.close()
+    rows = await _query(store_opener, "SELECT seq, ref1, ref2, evidence FROM audit_entries"
+                                      " ORDER BY seq")
+    assert [r[:3] for r in rows] == [(1, "urn:n", "urn:n:a"), (2, "urn:n", None)]
+    kept = msgspec.msgpack.decode(bytes(rows[0][3]))  # type: ignore[arg-type]
+    assert {kind for _, kind, _ in kept} == {"token", "body", "agreement"}
+    assert rows[1][3] is None  # the second step received nothing
+    assert await _query(store_opener, "SELECT kind FROM audit_shared") == [("did",)]
