@@ -10,7 +10,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.http.errors import Handler, error_middleware
 from connector.adapters.http.openapi import serve_document
 from connector.adapters.sinks import Sink, open_sink, parse_sink
 from connector.core import codec
@@ -38,7 +39,6 @@ from connector.service.store import Store
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.management")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Long polls end after this many seconds at most, whatever the client asks.
 MAX_WAIT_S = 120.0
 # Set on a sub-application that authenticates its requests itself (the console's session).
@@ -328,8 +328,6 @@ class ManagementApi:
         return _out(self.d.status() if self.d.status is not None else {})
 
     def app(self) -> web.Application:
-        from connector.adapters.http.errors import error_middleware
-
         app = web.Application(middlewares=[error_middleware, self.auth])
         r = app.router
         r.add_get("/api/catalog", self.catalog)

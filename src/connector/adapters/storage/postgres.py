@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
 from connector.core.audit import GENESIS, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
@@ -131,7 +132,7 @@ async def upgrade(conn: Any) -> tuple[int, int]:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
-class PostgresStore:
+class PostgresStore(PagedReads):
     """``Store`` on a PostgreSQL database, shared by every replica of one participant."""
 
     def __init__(self, pool: Any, audit: StepAudit | None = None) -> None:
@@ -405,21 +406,6 @@ class PostgresStore:
                                 f" LIMIT ${n + 1} OFFSET ${n + 2}",
                                 *args, query.limit, query.offset)
         return int(total), [r[0] for r in rows]
-
-    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
-        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
-        return total, [self._neg_dec.decode(b) for b in bodies]
-
-    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
-        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
-        return total, [self._tr_dec.decode(b) for b in bodies]
-
-    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
-        # Agreements have no state: a state filter matches none of them.
-        if query.state:
-            return 0, []
-        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
-        return total, [self._ag_dec.decode(b) for b in bodies]
 
     async def state_counts(self, kind: str) -> dict[str, int]:
         table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
 from connector.core.audit import GENESIS, Entry, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
@@ -81,7 +82,7 @@ class _Txn:
         self.audit = audit
 
 
-class SqliteStore:
+class SqliteStore(PagedReads):
     """``Store`` on one SQLite file."""
 
     def __init__(self, conn: aiosqlite.Connection, audit: StepAudit | None = None) -> None:
@@ -416,21 +417,6 @@ class SqliteStore:
         rows = await self._rows(f"SELECT body FROM {table}{where} ORDER BY {order} DESC "
                                 "LIMIT ? OFFSET ?", [*args, query.limit, query.offset])
         return int(total), [r[0] for r in rows]
-
-    async def page_negotiations(self, query: ListQuery) -> tuple[int, list[Negotiation]]:
-        total, bodies = await self._page("negotiations", "dataset_id", "updated_at", query)
-        return total, [self._neg_dec.decode(b) for b in bodies]
-
-    async def page_transfers(self, query: ListQuery) -> tuple[int, list[Transfer]]:
-        total, bodies = await self._page("transfers", "agreement_id", "updated_at", query)
-        return total, [self._tr_dec.decode(b) for b in bodies]
-
-    async def page_agreements(self, query: ListQuery) -> tuple[int, list[Agreement]]:
-        # Agreements have no state: a state filter matches none of them.
-        if query.state:
-            return 0, []
-        total, bodies = await self._page("agreements", "dataset_id", "created_at", query)
-        return total, [self._ag_dec.decode(b) for b in bodies]
 
     async def state_counts(self, kind: str) -> dict[str, int]:
         table = {"negotiations": "negotiations", "transfers": "transfers"}[kind]
