@@ -34,7 +34,7 @@ from connector.adapters.http.dataplane import DataPlane
 from connector.adapters.http.dsp import DspDeps, DspRoutes
 from connector.adapters.http.errors import error_middleware
 from connector.adapters.http.guard import GuardedHttp
-from connector.adapters.http.health import Health, OutboxWatch, StoreState
+from connector.adapters.http.health import Health, HealthDeps, OutboxWatch, StoreState
 from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
@@ -654,11 +654,12 @@ class Daemon:
 
     def _health(self) -> Health:
         s = self.settings
-        return Health(database=s.database, schema_version=latest(engine.engine_of(s)),
-                      store_probe=self._postgres_probe if s.postgres_dsn_file else None,
-                      tls_cert=s.tls_cert, key_files=lambda: (self.settings.signing_key,
-                                                              self.settings.tls_key),
-                      settings=s.health, outbox=self.outbox_watch, metrics=self.metrics)
+        return Health(HealthDeps(
+            database=s.database, schema_version=latest(engine.engine_of(s)),
+            store_probe=self._postgres_probe if s.postgres_dsn_file else None,
+            tls_cert=s.tls_cert,
+            key_files=lambda: (self.settings.signing_key, self.settings.tls_key),
+            settings=s.health, outbox=self.outbox_watch, metrics=self.metrics))
 
     async def _postgres_probe(self) -> StoreState:
         store = self._raw_store

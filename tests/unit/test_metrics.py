@@ -12,6 +12,7 @@ import pytest
 
 from connector.adapters.http.health import (
     Health,
+    HealthDeps,
     OutboxWatch,
     certificate_not_after,
     probe_store,
@@ -220,10 +221,11 @@ def _health(folder: Path, metrics: Metrics, days_left: float = 100,
         await (await SqliteStore.open(s.database)).close()
 
     asyncio.run(migrate())
-    return Health(database=s.database, schema_version=max(n for n, _ in migrations()),
-                  tls_cert=s.tls_cert, key_files=lambda: (s.signing_key, s.tls_key),
-                  settings=HealthSettings(**settings), outbox=OutboxWatch(), metrics=metrics,
-                  clock=lambda: not_after - days_left * 86_400)
+    return Health(HealthDeps(
+        database=s.database, schema_version=max(n for n, _ in migrations()),
+        tls_cert=s.tls_cert, key_files=lambda: (s.signing_key, s.tls_key),
+        settings=HealthSettings(**settings), outbox=OutboxWatch(), metrics=metrics,
+        clock=lambda: not_after - days_left * 86_400))
 
 
 def test_certificate_expiry_warns_first_then_fails_ready(tmp_path: Path) -> None:

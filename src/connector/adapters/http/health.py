@@ -113,23 +113,28 @@ def certificate_not_after(pem: bytes) -> float:
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
 
 
+@dataclass(frozen=True, kw_only=True)
+class HealthDeps:
+    """What the readiness checks look at."""
+
+    database: Path
+    schema_version: int
+    tls_cert: Path
+    key_files: Callable[[], Sequence[Path]]
+    settings: HealthSettings
+    outbox: OutboxWatch
+    metrics: Metrics | None = None
+    clock: Callable[[], float] = time.time
+    store_probe: Callable[[], Awaitable[StoreState]] | None = None  # a shared database's
+    # probe; None: the SQLite file
+
+
 class Health:
     """The readiness checks of one daemon, re-run in the background; the two routes."""
 
-    def __init__(self, *, database: Path, schema_version: int, tls_cert: Path,
-                 key_files: Callable[[], Sequence[Path]], settings: HealthSettings,
-                 outbox: OutboxWatch, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time,
-                 store_probe: Callable[[], Awaitable[StoreState]] | None = None) -> None:
-        self._database = database
-        self._store_probe = store_probe  # a shared database's probe; None: the SQLite file
-        self._schema_version = schema_version
-        self._tls_cert = tls_cert
-        self._key_files = key_files
-        self.settings = settings
-        self._outbox = outbox
-        self._metrics = metrics
-        self._clock = clock
+    def __init__(self, deps: HealthDeps) -> None:
+        self.d = deps
+        self.settings = deps.settings
         self._cert: tuple[float, float] | None = None  # (file mtime, notAfter)
         self._nonempty_since: float | None = None
         self.problems: dict[str, str | None] = {}  # empty until the first round
@@ -144,8 +149,8 @@ class Health:
 
     async def check(self) -> None:
         """One round of every check; the result is what the routes and metrics show."""
-        store = (await self._store_probe() if self._store_probe is not None else
-                 await asyncio.to_thread(probe_store, self._database, self._schema_version))
+        store = (await self.d.store_probe() if self.d.store_probe is not None else
+                 await asyncio.to_thread(probe_store, self.d.database, self.d.schema_version))
         problems = {"store": store.problem, "keys": self._keys_problem(),
                     "certificate": self._certificate_problem(),
                     "outbox": self._outbox_problem(store)}
@@ -159,7 +164,7 @@ class Health:
         self._export(store)
 
     def _keys_problem(self) -> str | None:
-        for path in self._key_files():
+        for path in self.d.key_files():
             try:
                 check_private_mode(path)
             except ConfigError:
@@ -168,13 +173,13 @@ class Health:
 
     def _certificate_problem(self) -> str | None:
         try:
-            mtime = self._tls_cert.stat().st_mtime
+            mtime = self.d.tls_cert.stat().st_mtime
             if self._cert is None or self._cert[0] != mtime:
-                self._cert = (mtime, certificate_not_after(self._tls_cert.read_bytes()))
+                self._cert = (mtime, certificate_not_after(self.d.tls_cert.read_bytes()))
         except (OSError, ValueError):
             self._cert = None
             return "the TLS certificate cannot be read"
-        left_days = (self._cert[1] - self._clock()) / DAY_S
+        left_days = (self._cert[1] - self.d.clock()) / DAY_S
         if left_days <= self.settings.certificate_min_days:
             return (f"the TLS certificate expires in {left_days:.1f} days "
                     f"(minimum {self.settings.certificate_min_days:g})")
@@ -187,14 +192,14 @@ class Health:
         now = time.monotonic()
         if self._nonempty_since is None:
             self._nonempty_since = now
-        idle = now - max(self._outbox.last_attempt, self._nonempty_since)
+        idle = now - max(self.d.outbox.last_attempt, self._nonempty_since)
         if idle > self.settings.outbox_stuck_s:
             return (f"{store.outbox_depth} message(s) waiting and no delivery attempted "
                     f"for {idle:.0f} s")
         return None
 
     def _export(self, store: StoreState) -> None:
-        m = self._metrics
+        m = self.d.metrics
         if m is None:
             return
         for name, problem in self.problems.items():
@@ -203,10 +208,10 @@ class Health:
         m.draining.set(1 if self.draining else 0)
         if store.problem is None:
             m.outbox_depth.set(store.outbox_depth)
-        m.outbox_oldest_age.set(self._outbox.oldest_age())
+        m.outbox_oldest_age.set(self.d.outbox.oldest_age())
         if self._cert is not None:
             m.certificate_expiry.set(self._cert[1])
-            left_days = (self._cert[1] - self._clock()) / DAY_S
+            left_days = (self._cert[1] - self.d.clock()) / DAY_S
             m.certificate_expiring.set(1 if left_days <= self.settings.certificate_warn_days
                                        else 0)
 
@@ -221,9 +226,9 @@ class Health:
     async def drain(self) -> None:
         """SIGTERM: answer 503 on ready for ``drain_s``, before the listeners close."""
         self.draining = True
-        if self._metrics is not None:
-            self._metrics.ready.set(0)
-            self._metrics.draining.set(1)
+        if self.d.metrics is not None:
+            self.d.metrics.ready.set(0)
+            self.d.metrics.draining.set(1)
         log.info("draining: ready answers 503; closing in %.1f s", self.settings.drain_s)
         await asyncio.sleep(self.settings.drain_s)
 

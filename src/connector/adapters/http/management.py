@@ -109,6 +109,31 @@ class ManagementDeps:
     # URLs, pending restarts)
 
 
+# The management routes: (method, path, handler method). Their contract is
+# adapters/http/openapi.yaml, which a test keeps equal to this table.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/api/catalog", "catalog"),
+    ("POST", "/api/negotiations", "negotiate"),
+    ("GET", "/api/negotiations", "negotiations"),
+    ("POST", "/api/offers", "offer"),
+    ("GET", "/api/negotiations/{id}", "negotiation"),
+    ("POST", "/api/negotiations/{id}/{action}", "negotiation_action"),
+    ("GET", "/api/agreements", "agreements"),
+    ("POST", "/api/agreements/{id}/revoke", "revoke"),
+    ("POST", "/api/transfers", "transfer_start"),
+    ("GET", "/api/transfers", "transfers"),
+    ("GET", "/api/transfers/{id}", "transfer"),
+    ("GET", "/api/transfers/{id}/data", "transfer_data"),
+    ("GET", "/api/transfers/{id}/summary", "transfer_summary"),
+    ("POST", "/api/transfers/{id}/pull", "transfer_pull"),
+    ("GET", "/api/transfers/{id}/push", "transfer_push"),
+    ("POST", "/api/transfers/{id}/refresh", "transfer_refresh"),
+    ("POST", "/api/transfers/{id}/{action}", "transfer_action"),
+    ("GET", "/api/agreements/{id}", "agreement"),
+    ("GET", "/api/status", "status"),
+)
+
+
 class ManagementApi:
     def __init__(self, deps: ManagementDeps) -> None:
         self.d = deps
@@ -329,28 +354,9 @@ class ManagementApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware, self.auth])
-        r = app.router
-        r.add_get("/api/catalog", self.catalog)
-        r.add_post("/api/negotiations", self.negotiate)
-        r.add_get("/api/negotiations", self.negotiations)
-        r.add_post("/api/offers", self.offer)
-        r.add_get("/api/negotiations/{id}", self.negotiation)
-        r.add_post("/api/negotiations/{id}/{action}", self.negotiation_action)
-        r.add_get("/api/agreements", self.agreements)
-        r.add_post("/api/agreements/{id}/revoke", self.revoke)
-        r.add_post("/api/transfers", self.transfer_start)
-        r.add_get("/api/transfers", self.transfers)
-        r.add_get("/api/transfers/{id}", self.transfer)
-        r.add_get("/api/transfers/{id}/data", self.transfer_data)
-        r.add_get("/api/transfers/{id}/summary", self.transfer_summary)
-        r.add_post("/api/transfers/{id}/pull", self.transfer_pull)
-        r.add_get("/api/transfers/{id}/push", self.transfer_push)
-        r.add_post("/api/transfers/{id}/refresh", self.transfer_refresh)
-        r.add_post("/api/transfers/{id}/{action}", self.transfer_action)
-        r.add_get("/api/agreements/{id}", self.agreement)
-        r.add_get("/api/status", self.status)
-        # The contract of all the above (adapters/http/openapi.yaml).
-        r.add_get("/api/openapi.json", serve_document)
+        for method, path, handler in ROUTES:
+            app.router.add_route(method, path, getattr(self, handler))
+        app.router.add_get("/api/openapi.json", serve_document)
         return app
 
 
