@@ -5,10 +5,10 @@ be neither found nor installed fails the tests, with the reason."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import pytest
+
+from tests.debian import apt_install
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 
@@ -17,27 +17,10 @@ def _found() -> str | None:
     return next((path for path in CANDIDATES if os.access(path, os.X_OK)), None)
 
 
-def _apt_install() -> str:
-    """Install Debian's chromium package; the output of what failed, or "" on success."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode == 0:
-        return ""
-    update = subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
-                            text=True, timeout=600)
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode == 0:
-        return ""
-    return (update.stdout + update.stderr + done.stdout + done.stderr)[-2000:]
-
-
 def chromium_path() -> str:
     path = _found()
     if path is None:
-        failure = _apt_install()
+        failure = apt_install("chromium")
         path = _found()
         if path is None:
             pytest.fail("the console's browser tests need Debian's chromium, which could not "

@@ -9,7 +9,6 @@ when absent; where it can be neither found nor installed the test fails, it does
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.debian import apt_install
+
 READY_TIMEOUT_S = 30.0
 
 
@@ -26,15 +27,12 @@ def haproxy_bin() -> str:
     found = shutil.which("haproxy") or (
         "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None)
     if found is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        done = subprocess.run(["apt-get", "install", "-y", "-q", "haproxy"], env=env,
-                              capture_output=True, text=True, timeout=600)
+        failure = apt_install("haproxy")
         found = shutil.which("haproxy") or (
             "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None)
         if found is None:
             pytest.fail("HAProxy is needed by the replica tests and could not be installed "
-                        f"(`apt-get install -y -q haproxy`):\n{done.stdout[-1000:]}"
-                        f"{done.stderr[-1000:]}", pytrace=False)
+                        f"(`apt-get install -y -q haproxy`):\n{failure}", pytrace=False)
     return found
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.debian import apt_install
 from tests.harness import free_port
 
 ROWS = 300
@@ -55,28 +56,11 @@ def _bin_dir() -> Path | None:
     return None
 
 
-def _apt_install() -> str:
-    """Install Debian's postgresql package; the output of what failed, or "" on success."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "postgresql"]
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode == 0:
-        return ""
-    update = subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
-                            text=True, timeout=600)
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode == 0:
-        return ""
-    return (update.stdout + update.stderr + done.stdout + done.stderr)[-2000:]
-
-
 def postgres_bin() -> Path:
     """Where initdb and pg_ctl are, installing PostgreSQL first if need be (else fail)."""
     found = _bin_dir()
     if found is None:
-        failure = _apt_install()
+        failure = apt_install("postgresql")
         found = _bin_dir()
         if found is None:
             pytest.fail("PostgreSQL is needed by the postgres source tests and could not be "

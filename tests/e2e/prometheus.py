@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.debian import apt_install
 from tests.harness import free_port
 
 # Prometheus's own start-up (TSDB, web) takes ~1 s; allow for a loaded 2-core machine.
@@ -65,28 +65,11 @@ class Prometheus:
         raise AssertionError(f"{expr} stayed at {seen} (< {at_least}) for {timeout} s")
 
 
-def _apt_install() -> str:
-    """Install Debian's prometheus package; the output of what failed, or "" on success."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode == 0:
-        return ""
-    update = subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
-                            text=True, timeout=600)
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode == 0:
-        return ""
-    return (update.stdout + update.stderr + done.stdout + done.stderr)[-2000:]
-
-
 def prometheus_binary() -> str:
     """The ``prometheus`` executable, installing Debian's package first if need be."""
     found = shutil.which("prometheus")
     if found is None:
-        failure = _apt_install()
+        failure = apt_install("prometheus", recommends=False)
         found = shutil.which("prometheus")
         if found is None:
             pytest.fail("Prometheus is needed by the metrics tests and could not be installed "
