@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck dcp-tck interop soak soak-fuzz soak-crash image deploy-check examples clean
+.PHONY: demo test lint unit bench tck dcp-tck interop interop-015 example-mobility soak soak-fuzz soak-crash image deploy-check examples clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ dcp-tck: $(STAMP)
 
 interop: $(STAMP)
 	$(PY) interop/edc/run.py
+
+# EDC 0.15.1 with EDC's IdentityHub 0.15.1 as its wallet (DCP), both directions and revocation
+# (interop/edc/README.md "EDC 0.15.1 and IdentityHub 0.15.1"). Builds both with Maven once.
+interop-015: $(STAMP)
+	$(PY) interop/edc/run.py --edc-version 0.15
 
 # The container image (podman; deploy/README.md). Installs podman, runc and debootstrap and
 # builds the local Debian base when absent. BASE=... IMAGE=... override the defaults.

@@ -59,9 +59,12 @@ def _newest_source(project: Path) -> float:
     return max(p.stat().st_mtime for p in sources if p.is_file())
 
 
-def build(force: bool = False, dcp: bool = False) -> Path:
-    """mvn package: offline first (uses ~/.m2), online if that fails. Returns the jar path."""
-    jar = DCP_JAR if dcp else JAR
+def build(force: bool = False, dcp: bool = False, jar: Path | None = None) -> Path:
+    """mvn package: offline first (uses ~/.m2), online if that fails. Returns the jar path.
+
+    ``jar`` names another project's output (``<project>/target/<name>.jar``), such as the
+    EDC 0.15.1 runtime and IdentityHub under ``interop/edc-0.15/``."""
+    jar = jar or (DCP_JAR if dcp else JAR)
     project = jar.parent.parent
     pom = project / "pom.xml"
     if jar.exists() and not force and jar.stat().st_mtime >= _newest_source(project):
@@ -160,12 +163,13 @@ def protocol_url(props: dict[str, str]) -> str:
     return f"http://127.0.0.1:{props['web.http.protocol.port']}{props['web.http.protocol.path']}"
 
 
-def start(props: dict[str, str], timeout: float = 180.0, dcp: bool = False) -> subprocess.Popen:
+def start(props: dict[str, str], timeout: float = 180.0, dcp: bool = False,
+          jar: Path | None = None) -> subprocess.Popen:
     """Start one EDC runtime; wait until it logs 'Runtime ... ready' and management answers.
 
     The process gets attributes: .log_path, .props, .mgmt (Mgmt client), .ready_seconds.
     """
-    jar = build(dcp=dcp)
+    jar = build(dcp=dcp, jar=jar)
     pid_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", props["edc.participant.id"])
     RUN.mkdir(parents=True, exist_ok=True)
     cfg = RUN / f"{pid_name}.properties"

@@ -27,6 +27,15 @@ normal automatic reactions):
   and its id is no DID, so it cannot live in ``trust/`` (``url`` must be https, ``did`` a DID,
   ``keys`` non-empty) and ``<root> + /dsp/2025-1`` would be the wrong base.
 
+With ``--credential-service ORIGIN`` (``make interop-015``: EDC's wallet is IdentityHub
+0.15.1) that origin's http Credential Service is accepted as well, and DID documents are read
+by ``IdentityHubDocuments``: IdentityHub publishes ``"authentication": []`` (and the other
+verification relationships empty), which our ``document_keys`` reads as "no key may sign a
+presentation", so every presentation of an IdentityHub holder would be refused. The profile
+drops empty relationship lists, which makes every method count, as for a document without
+them (README "Differences found with 0.15.1", pinned by a strict xfail in
+``tests/interop/test_edc_captures.py``).
+
 The wire differences ``make interop`` found (EDC's paging filter, data addresses named by EDC
 IRIs, EDC's raw EDR token) are handled by the connector itself (README "Differences").
 """
@@ -122,10 +131,24 @@ class IamMockVerifier(Verifier):
 # -- the daemon ---------------------------------------------------------------------------------
 
 
+RELATIONSHIPS = ("authentication", "assertionMethod", "capabilityInvocation",
+                 "capabilityDelegation", "keyAgreement")
+
+
+class IdentityHubDocuments(HttpDidResolver):
+    """DID documents with empty verification-relationship lists dropped (IdentityHub 0.15.1
+    publishes them empty; EDC itself never reads them)."""
+
+    async def document(self, did: str) -> dict[str, Any]:
+        doc = await super().document(did)
+        return {k: v for k, v in doc.items() if not (k in RELATIONSHIPS and v == [])}
+
+
 class EdcPeerDaemon(Daemon):
-    def __init__(self, root: Path, edc_peers: Mapping[str, str], wallet: str | None = None
-                 ) -> None:
+    def __init__(self, root: Path, edc_peers: Mapping[str, str], wallet: str | None = None,
+                 credential_services: Sequence[str] = ()) -> None:
         self._wallet = wallet
+        self._cs_origins = [*([wallet] if wallet else []), *credential_services]
         # EDC cannot be pinned in trust/: the management API finds it by its DSP base.
         # Plain HTTP on loopback: EDC's JVM client trusts no self-signed certificate.
         super().__init__(load_settings(root), unpinned_peers=edc_peers, tls=False,
@@ -136,10 +159,10 @@ class EdcPeerDaemon(Daemon):
 
     def _loopback_transport(self, settings: Settings, client_ssl: ssl.SSLContext
                             ) -> tuple[LoopbackHttp, HttpDidResolver]:
-        origins = [self._wallet] if self._wallet else []
+        origins = self._cs_origins
         http = LoopbackHttp(client_ssl, https_origins=origins)
-        return http, HttpDidResolver(http, origins, cache_s=settings.did_cache_s,
-                                     clock=time.time)
+        resolver = IdentityHubDocuments if len(origins) > 1 else HttpDidResolver
+        return http, resolver(http, origins, cache_s=settings.did_cache_s, clock=time.time)
 
     def _use_iam_mock(self) -> None:
         s = self.settings
@@ -169,8 +192,9 @@ def parse_edc(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-async def serve(root: Path, edc_peers: Mapping[str, str], wallet: str | None) -> None:
-    daemon = EdcPeerDaemon(root, edc_peers, wallet)
+async def serve(root: Path, edc_peers: Mapping[str, str], wallet: str | None,
+                credential_services: Sequence[str] = ()) -> None:
+    daemon = EdcPeerDaemon(root, edc_peers, wallet, credential_services)
     await daemon.start()
     mode = "DCP" if wallet else "iam-mock"
     await until_signalled(f"edc-interop profile ({mode}) ready: {daemon.settings.public_url} "
@@ -186,10 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="an EDC participant id and its versioned DSP base")
     parser.add_argument("--dcp", metavar="WALLET", default=None,
                         help="DCP identity; WALLET is the origin of interop/edc/wallet.py")
+    parser.add_argument("--credential-service", action="append", default=[], metavar="ORIGIN",
+                        help="another http origin of a peer's Credential Service (IdentityHub)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.dir, parse_edc(args.edc), args.dcp))
+    asyncio.run(serve(args.dir, parse_edc(args.edc), args.dcp, args.credential_service))
     return 0
 
 

@@ -38,6 +38,9 @@ sys.path.insert(0, str(HERE))
 
 import edc  # noqa: E402  (interop/edc/edc.py, stdlib only)
 
+sys.path.insert(0, str(HERE.parent / "edc-0.15"))
+import ih  # noqa: E402  (interop/edc-0.15/ih.py: IdentityHub 0.15.1, stdlib only)
+
 from connector.config import load_settings  # noqa: E402
 from connector.participant.credentials import import_credential  # noqa: E402
 
@@ -49,7 +52,8 @@ EDC_ID = "edc-participant"
 MODES = ("iam-mock", "dcp")
 STATUS_CACHE_S = 1  # ours ([identity] status_cache_s) and EDC's, in DCP mode
 # What EDC asks for and grants (InteropDcpExtension's default scopes): EDC's own alias.
-EDC_DCP_SCOPES = "org.eclipse.edc.vc.type:MembershipCredential:read"
+EDC_SCOPE_ALIAS = "org.eclipse.edc.vc.type"
+EDC_DCP_SCOPES = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 OUR_DATASET = "example-weather"
 EDC_ASSET = "edc-asset-1"
 EDC_RECORDS = [{"id": i, "name": f"edc-record-{i}", "value": i * 2.5} for i in range(7)]
@@ -108,29 +112,59 @@ def reserve_base_port() -> tuple[int, list[socket.socket]]:
     raise RuntimeError("no free block of 6 ports for EDC")
 
 
-def make_folder(root: Path, authority: str | None = None) -> tuple[Path, str]:
-    """Our participant folder on plain HTTP (as in make tck); DCP mode if ``authority``."""
+def make_folder(root: Path, authority: str | None = None,
+                scope_alias: str | None = None) -> tuple[Path, str]:
+    """Our participant folder on plain HTTP (as in make tck); DCP mode if ``authority``.
+
+    ``scope_alias``: the alias our verifier asks with. IdentityHub grants and checks scopes as
+    exact strings, so in a space of EDCs with IdentityHub it must be EDC's own."""
     folder = root / "ours"
+    alias = f'scope_alias = "{scope_alias}"\n' if scope_alias else ""
     url = loopback_folder(folder, "python-connector",
                           dcp_issuers=[authority] if authority else [],
-                          identity=f"status_cache_s = {STATUS_CACHE_S}\n")
+                          identity=f"status_cache_s = {STATUS_CACHE_S}\n{alias}")
     return folder, url
 
 
 def start_peer(folder: Path, edc_id: str, edc_dsp: str, log: Path,
-               wallet: str | None = None) -> subprocess.Popen[bytes]:
+               wallet: str | None = None, credential_service: str | None = None
+               ) -> subprocess.Popen[bytes]:
     dcp = ["--dcp", wallet] if wallet else []
+    if credential_service:
+        dcp += ["--credential-service", credential_service]
     return start_until_ready([sys.executable, str(HERE / "peer.py"), str(folder),
                               "--edc", f"{edc_id}={edc_dsp}", *dcp],
                              log, "our connector (peer.py)")
 
 
 def start_wallet(root: Path, port: int, edc_dsp: str, secret: str, member: str,
-                 credential: Path, log: Path) -> subprocess.Popen[bytes]:
+                 credential: Path, log: Path,
+                 edc_did: str | None = None) -> subprocess.Popen[bytes]:
+    """wallet.py; with ``edc_did`` (IdentityHub is EDC's wallet) only the authority is used,
+    and EDC's credential is written to ``<root>/edc-membership.jwt``."""
+    external = (["--edc-did", edc_did, "--edc-credential", str(root / "edc-membership.jwt")]
+                if edc_did else [])
     return start_until_ready([sys.executable, str(HERE / "wallet.py"), str(root / "wallet"),
                               "--port", str(port), "--edc-dsp", edc_dsp, "--sts-secret", secret,
-                              "--member", member, "--member-credential", str(credential)],
+                              "--member", member, "--member-credential", str(credential),
+                              *external],
                              log, "the EDC wallet (wallet.py)")
+
+
+def start_identityhub(steps: Steps, root: Path, edc_did: str, edc_dsp: str,
+                      ih_props: dict[str, str], super_key: str) -> tuple[Any, dict[str, Any]]:
+    """IdentityHub 0.15.1 as EDC's wallet: EDC's participant context (DID document with a
+    CredentialService entry, P-256 key generated in IdentityHub, STS account) and its
+    MembershipCredential from the authority, stored through the Identity API."""
+    proc = ih.start(ih_props, root / "identityhub")
+    api = ih.IdentityApi(ih_props, super_key)
+    account = api.create_participant(
+        edc_did, [{"type": "ProtocolEndpoint", "serviceEndpoint": edc_dsp, "id": "dsp"}])
+    api.store_credential(edc_did, (root / "edc-membership.jwt").read_text().strip())
+    held = [c["verifiableCredential"]["credential"]["type"] for c in api.credentials(edc_did)]
+    steps.note(f"IdentityHub ready in {proc.ready_seconds:.1f} s; {edc_did} created (STS "
+               f"client {account['clientId']}), credentials held: {held}")
+    return proc, account
 
 
 # -- HTTP helpers --------------------------------------------------------------------------------
@@ -203,17 +237,24 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
 
     offer = steps.run("A1", "EDC requests our catalogue", catalogue)
 
-    def negotiate() -> str:
+    def negotiate() -> tuple[str, str]:
         # EDC's management API as its users call it (under {"@vocab": edc}): our plain
         # ``membership`` reaches us as ``edc:membership``, and our agreement echoes it.
         neg_id = cm.start_negotiation(our_dsp, offer, our_did, OUR_DATASET)
         neg = cm.wait_state(cm.get_negotiation, neg_id, {"FINALIZED"}, timeout=30)
-        steps.note(f"EDC negotiation {neg_id} FINALIZED, agreement {neg['contractAgreementId']}")
-        return str(neg["contractAgreementId"])
+        local = str(neg["contractAgreementId"])
+        # EDC 0.15 stores the agreement under an id of its own; ``agreementId`` is ours (the
+        # Agreement's @id on the wire). EDC 0.14 has one id for both.
+        stored = cm.call("GET", f"/v3/contractagreements/{local}") or {}
+        wire = str(stored.get("agreementId") or local)
+        steps.note(f"EDC negotiation {neg_id} FINALIZED, agreement {wire}"
+                   + (f" (EDC's own id {local})" if wire != local else ""))
+        return local, wire
 
-    agreement = steps.run("A2", "EDC negotiates our offer to FINALIZED", negotiate)
+    agreement, wire_agreement = steps.run("A2", "EDC negotiates our offer to FINALIZED",
+                                          negotiate)
     steps.note(steps.run("A2b", "our evidence bundle of that agreement verifies offline",
-                         lambda: evidence_bundle(folder, agreement, "A")))
+                         lambda: evidence_bundle(folder, wire_agreement, "A")))
 
     def transfer() -> tuple[str, dict[str, Any]]:
         tp_id = cm.start_transfer(our_dsp, agreement)
@@ -396,18 +437,29 @@ def revocations(steps: Steps, cm: edc.Mgmt, ours: OurMgmt, wallet: str, our_dsp:
     steps.run("C2", "authority revokes our membership; EDC refuses us", we_are_refused)
 
 
-def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
-    """One EDC participant and our connector in ``mode``; both directions. Stops everything."""
+def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14") -> dict[str, bool]:
+    """One EDC participant and our connector in ``mode``; both directions. Stops everything.
+
+    ``version`` "0.15": EDC 0.15.1 with IdentityHub 0.15.1 as its wallet (DCP mode only)."""
     dcp = mode == "dcp"
-    peer = edc_proc = data_srv = wallet_proc = None
+    v015 = version == "0.15"
+    peer = edc_proc = data_srv = wallet_proc = ih_proc = None
     held: list[socket.socket] = []
     exchanges: list[dict[str, Any]] = []
     proxies: list[edc.LoggingProxy] = []
     ok = {"A": False, "B": False} | ({"C": False} if dcp else {})
     root.mkdir(parents=True)
     try:
-        steps.run("0", f"build EDC 0.14.1 ({mode}; mvn, cached)", lambda: edc.build(dcp=dcp))
-        base, held = reserve_base_port()
+        if v015:
+            steps.run("0", "build EDC 0.15.1 and IdentityHub 0.15.1 (mvn, cached)",
+                      lambda: (edc.build(jar=ih.EDC_JAR), edc.build(jar=ih.JAR)))
+        else:
+            steps.run("0", f"build EDC 0.14.1 ({mode}; mvn, cached)", lambda: edc.build(dcp=dcp))
+        ih_base, ih_held = reserve_base_port() if v015 else (0, [])
+        held.extend(ih_held)
+        ih_props = ih.props(ih_base, ih.super_user_key(secrets.token_urlsafe(24)))
+        base, edc_held = reserve_base_port()
+        held.extend(edc_held)
         edc_root = f"http://127.0.0.1:{base + 4}"
         to_edc = edc.LoggingProxy("ours-to-edc", free_port(), edc_root, exchanges)
         proxies.append(to_edc)
@@ -416,9 +468,10 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
         if dcp:
             wallet_port = free_port()
             wallet = f"http://127.0.0.1:{wallet_port}"
-            edc_id = f"did:web:127.0.0.1%3A{wallet_port}:edc"
+            edc_id = (ih.did_for(ih_props, "edc") if v015
+                      else f"did:web:127.0.0.1%3A{wallet_port}:edc")
             authority = f"did:web:127.0.0.1%3A{wallet_port}:authority"
-        folder, url = make_folder(root, authority)
+        folder, url = make_folder(root, authority, EDC_SCOPE_ALIAS if v015 else None)
         settings = load_settings(folder)
         secret = secrets.token_urlsafe(16)
         if dcp:
@@ -428,7 +481,8 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
                 "0", "start the EDC participant's wallet (DID, STS, Credential Service) and "
                 "the authority",
                 lambda: start_wallet(root, wallet_port, edc_dsp, secret, settings.did,
-                                     credential, root / "wallet.log"))
+                                     credential, root / "wallet.log",
+                                     edc_did=edc_id if v015 else None))
             import_credential(folder, credential)
             steps.note(f"EDC is {edc_id}; authority {authority}; our MembershipCredential "
                        "imported into credentials/")
@@ -441,14 +495,30 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
         if dcp:
             assert wallet is not None and authority is not None
             dcp_props(props, wallet, edc_id, authority, secret)
+        if v015:
+            for sock in ih_held:
+                sock.close()
+            ih_proc, account = steps.run(
+                "0", "start IdentityHub 0.15.1 (EDC's wallet); create EDC's participant "
+                "context and store its MembershipCredential through the Identity API",
+                lambda: start_identityhub(steps, root, edc_id, edc_dsp, ih_props,
+                                          ih_props["interop.ih.superuser.key"]))
+            props.update({
+                "edc.iam.sts.oauth.token.url": ih.url(ih_props, "sts") + "/token",
+                "edc.iam.sts.oauth.client.id": account["clientId"],
+                "interop.vault.sts-client-secret": account["clientSecret"],
+            })
         our_dsp_via_proxy = to_ours.url + "/dsp/2025-1"
         peer = steps.run("0", f"start our connector (peer.py, {mode} profile, plain HTTP)",
-                         lambda: start_peer(folder, edc_id, edc_dsp, root / "peer.log", wallet))
+                         lambda: start_peer(folder, edc_id, edc_dsp, root / "peer.log", wallet,
+                                            ih.origin(ih_props, "credentials") if v015
+                                            else None))
         steps.note(f"ours: {settings.dsp_base} as {settings.did} (log {root / 'peer.log'})")
         for sock in held:
             sock.close()
         edc_proc = steps.run("0", f"start EDC participant {edc_id!r}",
-                             lambda: edc.start(props, dcp=dcp))
+                             lambda: edc.start(props, dcp=dcp,
+                                               jar=ih.EDC_JAR if v015 else None))
         steps.note(f"EDC: {edc_dsp}, management {edc.management_url(props)}, ready in "
                    f"{edc_proc.ready_seconds:.1f} s, VmRSS {edc.rss_kib(edc_proc) // 1024} MiB "
                    f"(log {edc_proc.log_path})")
@@ -495,6 +565,8 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
             sock.close()
         stop_proc(peer)
         stop_proc(wallet_proc)
+        if ih_proc is not None:
+            edc.stop(ih_proc)
         for proxy in proxies:
             proxy.close()
         if exchanges:
@@ -512,8 +584,12 @@ def run_mode(mode: str, root: Path, steps: Steps) -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="make interop: our connector and EDC 0.14.1")
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--edc-version", choices=("0.14", "0.15"), default="0.14",
+                        help="0.15: EDC 0.15.1 with IdentityHub 0.15.1 as its wallet (DCP only)")
     args = parser.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
+    if args.edc_version == "0.15":
+        modes = ("dcp",)
     root = Path(tempfile.mkdtemp(prefix="connector-edc-interop-"))
     keep = os.environ.get("EDC_INTEROP_KEEP") == "1"
     steps = Steps()
@@ -522,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for mode in modes:
             print(f"\n######## identity: {mode} ########", flush=True)
-            results[mode] = run_mode(mode, root / mode, steps)
+            results[mode] = run_mode(mode, root / mode, steps, args.edc_version)
     finally:
         if keep:
             print(f"kept {root}", flush=True)

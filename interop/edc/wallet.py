@@ -16,7 +16,10 @@ part, and a data-space authority's, over plain HTTP on one loopback port:
   ``service.dcp_verifier.CredentialService`` holding EDC's key and its MembershipCredential.
 
 On start it writes a MembershipCredential for ``--member`` (our connector's DID) to
-``--member-credential`` and prints ``wallet ready``. The DCP decisions under test stay with
+``--member-credential`` and prints ``wallet ready``. With ``--edc-did`` (``make interop-015``,
+where EDC's IdentityHub is EDC's wallet) only the authority's part is used: EDC's
+MembershipCredential is issued to that DID and written to ``--edc-credential``, for the
+harness to store in IdentityHub. The DCP decisions under test stay with
 the two connectors: EDC's IdentityAndTrustService verifies our tokens, presentations and
 credentials; our DcpVerifier verifies EDC's.
 """
@@ -73,11 +76,12 @@ def _document(did: str, key: SigningKey, *, dsp_url: str = "", cs_url: str = "")
 
 
 class Wallet:
-    def __init__(self, root: Path, port: int, *, edc_dsp: str, sts_secret: str) -> None:
+    def __init__(self, root: Path, port: int, *, edc_dsp: str, sts_secret: str,
+                 edc_did: str | None = None) -> None:
         self.origin = f"http://127.0.0.1:{port}"
         host = f"127.0.0.1%3A{port}"
         self.authority_did = f"did:web:{host}:authority"
-        self.edc_did = f"did:web:{host}:edc"
+        self.edc_did = edc_did or f"did:web:{host}:edc"
         root.mkdir(parents=True, exist_ok=True)
         self._authority_key = generate_ec_signing_key(root / "authority-key.pem")
         self._edc_key = generate_ec_signing_key(root / "edc-key.pem")
@@ -88,7 +92,7 @@ class Wallet:
         self._bits = vc.new_status_list()
         self._next_index = 0
         self._indices: dict[str, list[int]] = {}  # subject DID -> status-list indices
-        self._edc_credential = self.issue(self.edc_did)
+        self.edc_credential = self.issue(self.edc_did)
         http = LoopbackHttp(ssl.create_default_context(), https_origins=())
         self._http = http
         identity = self._identity = Identity(
@@ -101,7 +105,7 @@ class Wallet:
                                status_cache_s=0, clock=time.time)
         own = KeyRing(document_keys(self.edc_doc, self.edc_did))
         self.cs = CredentialService(identity=identity, verifier=verifier, own_keys=lambda: own,
-                                    credentials=lambda: [self._edc_credential], leeway_s=5,
+                                    credentials=lambda: [self.edc_credential], leeway_s=5,
                                     clock=time.time)
 
     @property
@@ -175,8 +179,11 @@ class Wallet:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    wallet = Wallet(args.dir, args.port, edc_dsp=args.edc_dsp, sts_secret=args.sts_secret)
+    wallet = Wallet(args.dir, args.port, edc_dsp=args.edc_dsp, sts_secret=args.sts_secret,
+                    edc_did=args.edc_did)
     args.member_credential.write_text(wallet.issue(args.member) + "\n")
+    if args.edc_credential is not None:
+        args.edc_credential.write_text(wallet.edc_credential + "\n")
     runner = web.AppRunner(wallet.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
@@ -194,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sts-secret", required=True)
     parser.add_argument("--member", required=True, help="our connector's DID")
     parser.add_argument("--member-credential", type=Path, required=True)
+    parser.add_argument("--edc-did", help="EDC's DID when its wallet is elsewhere (IdentityHub)")
+    parser.add_argument("--edc-credential", type=Path,
+                        help="where to write EDC's MembershipCredential (with --edc-did)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

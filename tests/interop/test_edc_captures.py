@@ -33,6 +33,7 @@ from connector.core.catalog import (
     same_rules,
 )
 from connector.core.errors import Area, AuthError, MalformedMessage, NotFound
+from connector.core.identity import document_keys
 from connector.core.messages import (
     CatalogRequestMessage,
     ContractAgreementMessage,
@@ -103,6 +104,20 @@ SENT_BY_EDC: list[tuple[str, str, type[Message], Area]] = [
     ("interop_12_ours-to-edc_TransferRequestMessage.json", "response_body", TransferProcess, T),
     ("mgmt-vocab_02_edc-to-ours_ContractRequestMessage.json", "body",
      ContractRequestMessage, N),
+    # EDC 0.15.1 (make interop-015, DCP with IdentityHub 0.15.1)
+    ("interop-015_01_edc-to-ours_CatalogRequestMessage.json", "body", CatalogRequestMessage, C),
+    ("interop-015_02_edc-to-ours_ContractRequestMessage.json", "body",
+     ContractRequestMessage, N),
+    ("interop-015_04_edc-to-ours_ContractAgreementVerificationMessage.json", "body",
+     ContractAgreementVerificationMessage, N),
+    ("interop-015_06_edc-to-ours_TransferRequestMessage.json", "body",
+     TransferRequestMessage, T),
+    ("interop-015_08_edc-to-ours_TransferTerminationMessage.json", "body",
+     TransferTerminationMessage, T),
+    ("interop-015_10_ours-to-edc_ContractRequestMessage.json", "response_body",
+     ContractNegotiation, N),
+    ("interop-015_12_ours-to-edc_TransferRequestMessage.json", "response_body",
+     TransferProcess, T),
 ]
 
 
@@ -362,3 +377,31 @@ def test_our_iam_mock_authorization_is_what_edc_accepts() -> None:
     assert doc["clientId"].startswith("did:web:") and "region" in doc
     assert json.loads(peer.iam_mock_authorization("did:web:us", "edc")) == {
         "region": "any", "audience": "edc", "clientId": "did:web:us"}
+
+
+# -- IdentityHub 0.15.1 (make interop-015) ----------------------------------------------------
+
+
+IH_DID = "did:web:127.0.0.1%3A31103:edc"
+
+
+def test_identityhub_publishes_empty_verification_relationships() -> None:
+    """IdentityHub 0.15.1's DID documents carry ``"authentication": []``: the key is listed in
+    ``verificationMethod`` only. The profile (``IdentityHubDocuments``) drops the empty list,
+    and then the key counts for presentations as for a document without the list."""
+    doc = capture("identityhub-0.15.1_did.json")
+    assert doc["authentication"] == []
+    dropped = {k: v for k, v in doc.items() if not (k in peer.RELATIONSHIPS and v == [])}
+    keys = document_keys(dropped, IH_DID, relationship="authentication")
+    assert list(keys) == [IH_DID + "#key-1"]
+
+
+@pytest.mark.xfail(strict=True, reason="src: document_keys reads an empty relationship list "
+                   "as 'no key', so every presentation of an IdentityHub holder is refused")
+def test_an_empty_relationship_list_allows_every_method() -> None:
+    """What src should do: an empty list names no restriction that a peer meant (IdentityHub
+    fills none of them), so it reads as an absent one (README "Differences found with EDC
+    0.15.1 and IdentityHub 0.15.1")."""
+    keys = document_keys(capture("identityhub-0.15.1_did.json"), IH_DID,
+                         relationship="authentication")
+    assert list(keys) == [IH_DID + "#key-1"]
