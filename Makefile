@@ -68,6 +68,11 @@ examples: $(STAMP)
 	@set -e; for example in $(EXAMPLES); do \
 		echo "== examples/$$example"; $(PY) examples/$$example/run.py; done
 
+# EONA-X: our connector and an EDC 0.15.1 member (IdentityHub as its wallet) in one DCP mobility
+# space (examples/mobility-edc/README.md). Not in EXAMPLES: it builds EDC with Maven on first use.
+example-mobility: $(STAMP)
+	$(PY) examples/mobility-edc/run.py
+
 # Seconds of SIGKILLs under load in the crash soak: with soak-fuzz's minute and the checks,
 # `make soak` takes about ten minutes.
 CRASH_SOAK_S ?= 480

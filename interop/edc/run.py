@@ -30,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,22 @@ EDC_DCP_SCOPES = f"{EDC_SCOPE_ALIAS}:MembershipCredential:read"
 OUR_DATASET = "example-weather"
 EDC_ASSET = "edc-asset-1"
 EDC_RECORDS = [{"id": i, "name": f"edc-record-{i}", "value": i * 2.5} for i in range(7)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the two sides offer each other. The default is ``make interop``'s: the example
+    dataset ``connector init`` writes, and seven records on EDC's side. ``examples/mobility-edc``
+    brings its own (``furnish`` writes its datasets, policies and data into our folder)."""
+
+    our_dataset: str = OUR_DATASET
+    our_data: str = "example.jsonl"  # under our folder's data/
+    edc_asset: str = EDC_ASSET
+    edc_records: tuple[dict[str, Any], ...] = tuple(EDC_RECORDS)
+    furnish: Callable[[Path], None] | None = None
+
+
+DEFAULT = Scenario()
 
 
 class Failed(Exception):
@@ -223,13 +240,15 @@ def evidence_bundle(folder: Path, agreement: str, name: str) -> str:
     return "\n      ".join(line.strip() for line in done.stdout.strip().splitlines())
 
 
-def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder: Path) -> None:
+def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder: Path,
+                 sc: Scenario = DEFAULT) -> None:
     def catalogue() -> dict[str, Any]:
         doc = cm.request_catalog(our_dsp, our_did)
         datasets = as_list(doc.get("dcat:dataset") or doc.get("dataset"))
-        dataset = next((d for d in datasets if d.get("@id") == OUR_DATASET), None)
+        dataset = next((d for d in datasets if d.get("@id") == sc.our_dataset), None)
         if dataset is None:
-            raise Failed(f"{OUR_DATASET} not in EDC's view of our catalogue: {json.dumps(doc)}")
+            raise Failed(f"{sc.our_dataset} not in EDC's view of our catalogue: "
+                         f"{json.dumps(doc)}")
         offer = as_list(dataset.get("odrl:hasPolicy") or dataset.get("hasPolicy"))[0]
         steps.note(f"{len(datasets)} dataset(s); offer as EDC's management API shows it: "
                    f"{json.dumps(offer)}")
@@ -240,7 +259,7 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
     def negotiate() -> tuple[str, str]:
         # EDC's management API as its users call it (under {"@vocab": edc}): our plain
         # ``membership`` reaches us as ``edc:membership``, and our agreement echoes it.
-        neg_id = cm.start_negotiation(our_dsp, offer, our_did, OUR_DATASET)
+        neg_id = cm.start_negotiation(our_dsp, offer, our_did, sc.our_dataset)
         neg = cm.wait_state(cm.get_negotiation, neg_id, {"FINALIZED"}, timeout=30)
         local = str(neg["contractAgreementId"])
         # EDC 0.15 stores the agreement under an id of its own; ``agreementId`` is ours (the
@@ -274,7 +293,7 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
     token = edr_address.get("authorization") or edr_address.get(edc.EDC_VOCAB + "authorization")
     steps.note(f"EDR endpoint {endpoint}, authType {edr_address.get('authType')!r}, "
                f"token {len(token or '')} chars")
-    expected = records_of((folder / "data" / "example.jsonl").read_bytes())
+    expected = records_of((folder / "data" / sc.our_data).read_bytes())
 
     def pull() -> None:
         if not endpoint or not token:
@@ -288,7 +307,7 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
         got = records_of(raw)
         if got != expected:
             raise Failed(f"records differ: got {len(got)}, expected {len(expected)}")
-        steps.note(f"{len(got)} records, identical to data/example.jsonl")
+        steps.note(f"{len(got)} records, identical to data/{sc.our_data}")
 
     steps.run("A4", "EDC's EDR pulls the records from our data plane", pull)
     steps.run("A5", "EDC terminates the transfer",
@@ -301,12 +320,12 @@ def edc_consumes(steps: Steps, cm: edc.Mgmt, our_dsp: str, our_did: str, folder:
 
 
 def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url: str,
-               folder: Path) -> None:
+               folder: Path, sc: Scenario = DEFAULT) -> None:
     def seed() -> None:
-        pm.create_asset(EDC_ASSET, data_url)
+        pm.create_asset(sc.edc_asset, data_url)
         pm.create_policy("interop-open-policy")
         pm.create_contract_definition("interop-cd", "interop-open-policy",
-                                      "interop-open-policy", EDC_ASSET)
+                                      "interop-open-policy", sc.edc_asset)
 
     steps.run("B1", "seed EDC: asset on a local HTTP server, open policy, contract definition",
               seed)
@@ -314,8 +333,8 @@ def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url
     def catalogue() -> None:
         doc = ours.call("GET", "/api/catalog?provider=" + urllib.parse.quote(edc_dsp, safe=""))
         ids = [d.get("@id") for d in as_list(doc.get("dataset"))]
-        if EDC_ASSET not in ids:
-            raise Failed(f"{EDC_ASSET} not in EDC's catalogue for us: {ids}")
+        if sc.edc_asset not in ids:
+            raise Failed(f"{sc.edc_asset} not in EDC's catalogue for us: {ids}")
         steps.note(f"EDC's catalogue for us: datasets {ids}, participantId "
                    f"{doc.get('participantId')!r}")
 
@@ -323,7 +342,7 @@ def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url
 
     def negotiate() -> str:
         record = ours.call("POST", "/api/negotiations?wait=30",
-                           {"provider": edc_dsp, "datasetId": EDC_ASSET}, want=201)
+                           {"provider": edc_dsp, "datasetId": sc.edc_asset}, want=201)
         if record["state"] != "FINALIZED":
             raise Failed(f"negotiation {record['id']} is {record['state']}: "
                          f"{record.get('reason')}")
@@ -347,7 +366,7 @@ def we_consume(steps: Steps, pm: edc.Mgmt, ours: OurMgmt, edc_dsp: str, data_url
 
     def pull() -> None:
         got = records_of(ours.call("GET", f"/api/transfers/{tp_id}/data"))
-        if got != EDC_RECORDS:
+        if got != list(sc.edc_records):
             raise Failed(f"records differ: got {got!r}")
         steps.note(f"{len(got)} records through EDC's data plane, identical to the source")
 
@@ -437,7 +456,21 @@ def revocations(steps: Steps, cm: edc.Mgmt, ours: OurMgmt, wallet: str, our_dsp:
     steps.run("C2", "authority revokes our membership; EDC refuses us", we_are_refused)
 
 
-def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14") -> dict[str, bool]:
+def edc_evidence(edc_proc: Any, root: Path) -> None:
+    """After a failed direction: EDC's SEVERE and WARNING lines (each says which message it
+    failed to send or refused, and why), and a copy of its log next to the captures. A
+    failed run keeps its temporary directory."""
+    log_path = Path(edc_proc.log_path)
+    shutil.copy(log_path, root / "edc.log")
+    lines = [line for line in log_path.read_text(errors="replace").splitlines()
+             if "SEVERE" in line or ("WARNING" in line and "Negotiation" in line)
+             or ("WARNING" in line and "TransferProcess" in line)]
+    for line in lines[-20:]:
+        print(f"      EDC: {line[:400]}", flush=True)
+
+
+def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14",
+             sc: Scenario = DEFAULT) -> dict[str, bool]:
     """One EDC participant and our connector in ``mode``; both directions. Stops everything.
 
     ``version`` "0.15": EDC 0.15.1 with IdentityHub 0.15.1 as its wallet (DCP mode only)."""
@@ -472,6 +505,8 @@ def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14") -> dict
                       else f"did:web:127.0.0.1%3A{wallet_port}:edc")
             authority = f"did:web:127.0.0.1%3A{wallet_port}:authority"
         folder, url = make_folder(root, authority, EDC_SCOPE_ALIAS if v015 else None)
+        if sc.furnish is not None:
+            sc.furnish(folder)
         settings = load_settings(folder)
         secret = secrets.token_urlsafe(16)
         if dcp:
@@ -525,17 +560,18 @@ def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14") -> dict
         data_dir = root / "edc-data"
         data_dir.mkdir()
         (data_dir / "records.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in EDC_RECORDS))
+            "".join(json.dumps(r) + "\n" for r in sc.edc_records))
         data_port = free_port()
         data_srv = edc.serve_directory(data_dir, data_port)
 
         print(f"\n== {mode} A: EDC consumer -> our provider ==", flush=True)
         t0 = time.perf_counter()
         try:
-            edc_consumes(steps, edc_proc.mgmt, our_dsp_via_proxy, settings.did, folder)
+            edc_consumes(steps, edc_proc.mgmt, our_dsp_via_proxy, settings.did, folder, sc)
             ok["A"] = True
         except Failed as exc:
             print(f"   direction A stopped at {exc}", flush=True)
+            edc_evidence(edc_proc, root)
         print(f"   {mode} direction A: {'PASS' if ok['A'] else 'FAIL'} "
               f"({(time.perf_counter() - t0) * 1000:.0f} ms)", flush=True)
 
@@ -543,10 +579,11 @@ def run_mode(mode: str, root: Path, steps: Steps, version: str = "0.14") -> dict
         t0 = time.perf_counter()
         try:
             we_consume(steps, edc_proc.mgmt, OurMgmt(folder), edc_dsp,
-                       f"http://127.0.0.1:{data_port}/records.jsonl", folder)
+                       f"http://127.0.0.1:{data_port}/records.jsonl", folder, sc)
             ok["B"] = True
         except Failed as exc:
             print(f"   direction B stopped at {exc}", flush=True)
+            edc_evidence(edc_proc, root)
         print(f"   {mode} direction B: {'PASS' if ok['B'] else 'FAIL'} "
               f"({(time.perf_counter() - t0) * 1000:.0f} ms)", flush=True)
         if dcp:
@@ -600,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n######## identity: {mode} ########", flush=True)
             results[mode] = run_mode(mode, root / mode, steps, args.edc_version)
     finally:
+        keep = keep or len(results) < len(modes) or not all(
+            all(r.values()) for r in results.values())
         if keep:
             print(f"kept {root}", flush=True)
         else:
