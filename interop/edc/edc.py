@@ -43,6 +43,10 @@ EDC_VOCAB = "https://w3id.org/edc/v0.0.1/ns/"
 MGMT_CONTEXT = {"@vocab": EDC_VOCAB}
 ODRL_CONTEXT = "http://www.w3.org/ns/odrl.jsonld"
 READY_RE = re.compile(r"Runtime .* ready")
+# Fault injection: seconds a proxy holds back the answer to a ContractAgreementVerificationMessage
+# (EDC_INTEROP_DELAY_VERIFICATION). EDC then takes our FINALIZED event for early (409) until it
+# has the answer: the race of docs/interop-notes.md §7, made wide enough to see every run.
+DELAY_VERIFICATION = float(os.environ.get("EDC_INTEROP_DELAY_VERIFICATION") or 0)
 
 _started: list[subprocess.Popen] = []
 
@@ -431,6 +435,7 @@ class LoggingProxy:
 
     def __init__(self, name: str, port: int, target: str, sink: list):
         self.name, self.target, self.sink = name, target.rstrip("/"), sink
+        self.delay_verification = DELAY_VERIFICATION
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -473,6 +478,8 @@ class LoggingProxy:
                         "time": time.time(),
                     }
                 )
+                if proxy.delay_verification and self.path.endswith("/agreement/verification"):
+                    time.sleep(proxy.delay_verification)  # see DELAY_VERIFICATION
                 self.send_response(status)
                 for k, v in rhead.items():
                     if k.lower() not in (

@@ -166,6 +166,27 @@ async def test_409_is_retried_a_few_times_then_final(store_opener: Opener) -> No
     await store.close()
 
 
+async def test_409_outlasts_a_peer_slow_to_take_our_last_answer(store_opener: Opener) -> None:
+    """EDC answers 409 to our FINALIZED event until it has processed our answer to its own
+    verification; on a loaded machine that took longer than four tries (1.75 s), we dropped
+    the event and EDC stayed VERIFIED for good (``make interop``, direction A). Reproduced
+    with ``EDC_INTEROP_DELAY_VERIFICATION=6``: the 409 budget is now about 30 s."""
+    store = await store_opener.open()
+    failures: list[str] = []
+
+    async def on_failure(item: OutboxItem, error: str) -> None:
+        failures.append(item.url)
+
+    peer = FakePeer({"https://c/1": [409] * 6 + [None]})  # 0.25+0.5+...+8 = 15.75 s at 0.25
+    box = Outbox(store, peer.send, on_failure)
+    await box.start()
+    box.submit(await _queued(store, "urn:p", 1))
+    await box.idle()
+    assert peer.calls.count("https://c/1") == 7 and failures == []
+    await box.close()
+    await store.close()
+
+
 async def test_order_is_kept_per_process(store_opener: Opener) -> None:
     store = await store_opener.open()
     peer = FakePeer({"https://c/1": [503]})  # the first message needs a retry

@@ -33,8 +33,11 @@ Fetch = Callable[[str, str], Awaitable[tuple[int, bytes]]]
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 30.0
 MAX_ATTEMPTS = 12
-# A 409 (the peer's state has not caught up yet) is tried this often, then dropped as a 4xx.
-MAX_CONFLICT_ATTEMPTS = 4
+# A 409 (the peer's state has not caught up yet) is tried this often, then dropped as a 4xx:
+# eight tries wait about 30 s in all. EDC answers 409 to our FINALIZED event until it has
+# processed our answer to its verification, which a loaded machine can delay by seconds;
+# a dropped event left its negotiation VERIFIED for good (docs/interop-notes.md §7).
+MAX_CONFLICT_ATTEMPTS = 8
 # Deleting delivered rows in batches keeps one DB round trip off every message.
 FLUSH_INTERVAL_S = 0.05
 
