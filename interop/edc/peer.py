@@ -28,13 +28,9 @@ normal automatic reactions):
   ``keys`` non-empty) and ``<root> + /dsp/2025-1`` would be the wrong base.
 
 With ``--credential-service ORIGIN`` (``make interop-015``: EDC's wallet is IdentityHub
-0.15.1) that origin's http Credential Service is accepted as well, and DID documents are read
-by ``IdentityHubDocuments``: IdentityHub publishes ``"authentication": []`` (and the other
-verification relationships empty), which our ``document_keys`` reads as "no key may sign a
-presentation", so every presentation of an IdentityHub holder would be refused. The profile
-drops empty relationship lists, which makes every method count, as for a document without
-them (README "Differences found with 0.15.1", pinned by a strict xfail in
-``tests/interop/test_edc_captures.py``).
+0.15.1) that origin's http Credential Service is accepted as well. IdentityHub publishes
+``"authentication": []`` (and the other verification relationships empty); the connector reads
+an empty list as an absent one (README "Differences found with 0.15.1").
 
 The wire differences ``make interop`` found (EDC's paging filter, data addresses named by EDC
 IRIs, EDC's raw EDR token) are handled by the connector itself (README "Differences").
@@ -131,19 +127,6 @@ class IamMockVerifier(Verifier):
 # -- the daemon ---------------------------------------------------------------------------------
 
 
-RELATIONSHIPS = ("authentication", "assertionMethod", "capabilityInvocation",
-                 "capabilityDelegation", "keyAgreement")
-
-
-class IdentityHubDocuments(HttpDidResolver):
-    """DID documents with empty verification-relationship lists dropped (IdentityHub 0.15.1
-    publishes them empty; EDC itself never reads them)."""
-
-    async def document(self, did: str) -> dict[str, Any]:
-        doc = await super().document(did)
-        return {k: v for k, v in doc.items() if not (k in RELATIONSHIPS and v == [])}
-
-
 class EdcPeerDaemon(Daemon):
     def __init__(self, root: Path, edc_peers: Mapping[str, str], wallet: str | None = None,
                  credential_services: Sequence[str] = ()) -> None:
@@ -161,8 +144,7 @@ class EdcPeerDaemon(Daemon):
                             ) -> tuple[LoopbackHttp, HttpDidResolver]:
         origins = self._cs_origins
         http = LoopbackHttp(client_ssl, https_origins=origins)
-        resolver = IdentityHubDocuments if len(origins) > 1 else HttpDidResolver
-        return http, resolver(http, origins, cache_s=settings.did_cache_s, clock=time.time)
+        return http, HttpDidResolver(http, origins, cache_s=settings.did_cache_s, clock=time.time)
 
     def _use_iam_mock(self) -> None:
         s = self.settings

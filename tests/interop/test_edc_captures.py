@@ -1,9 +1,7 @@
 """What Eclipse EDC 0.14.1 really sends, decoded and handled by our code (captures/README.md).
 
-Every difference ``make interop`` found between EDC and us is pinned here. Where the fix
-belongs in ``src/`` and is not made yet, the test says what src should do and is marked
-``xfail(strict=True)``: once src is fixed it passes, the strict xfail fails the run, and the
-marker must go. The iam-mock identity of ``interop/edc/peer.py`` is tested too.
+Every difference ``make interop`` found between EDC and us is pinned here. The iam-mock
+identity of ``interop/edc/peer.py`` is tested too.
 """
 
 from __future__ import annotations
@@ -385,23 +383,11 @@ def test_our_iam_mock_authorization_is_what_edc_accepts() -> None:
 IH_DID = "did:web:127.0.0.1%3A31103:edc"
 
 
-def test_identityhub_publishes_empty_verification_relationships() -> None:
-    """IdentityHub 0.15.1's DID documents carry ``"authentication": []``: the key is listed in
-    ``verificationMethod`` only. The profile (``IdentityHubDocuments``) drops the empty list,
-    and then the key counts for presentations as for a document without the list."""
+def test_an_empty_relationship_list_allows_every_method() -> None:
+    """IdentityHub 0.15.1's DID documents carry ``"authentication": []``, the key listed in
+    ``verificationMethod`` only: an empty list names no restriction, so it reads as an absent one
+    (interop/edc/README.md "Differences found with EDC 0.15.1 and IdentityHub 0.15.1")."""
     doc = capture("identityhub-0.15.1_did.json")
     assert doc["authentication"] == []
-    dropped = {k: v for k, v in doc.items() if not (k in peer.RELATIONSHIPS and v == [])}
-    keys = document_keys(dropped, IH_DID, relationship="authentication")
-    assert list(keys) == [IH_DID + "#key-1"]
-
-
-@pytest.mark.xfail(strict=True, reason="src: document_keys reads an empty relationship list "
-                   "as 'no key', so every presentation of an IdentityHub holder is refused")
-def test_an_empty_relationship_list_allows_every_method() -> None:
-    """What src should do: an empty list names no restriction that a peer meant (IdentityHub
-    fills none of them), so it reads as an absent one (README "Differences found with EDC
-    0.15.1 and IdentityHub 0.15.1")."""
-    keys = document_keys(capture("identityhub-0.15.1_did.json"), IH_DID,
-                         relationship="authentication")
+    keys = document_keys(doc, IH_DID, relationship="authentication")
     assert list(keys) == [IH_DID + "#key-1"]

@@ -169,9 +169,13 @@ def _absolute_id(did: str, ref: str) -> str:
 
 
 def _relationship_ids(document: Mapping[str, Any], did: str, relationship: str) -> set[str] | None:
-    """Absolute ids listed under ``relationship``; None when the document has no such entry."""
+    """Absolute ids listed under ``relationship``; None when the document has no such entry.
+
+    An empty list reads as an absent one: EDC IdentityHub 0.15.1 publishes every relationship as
+    ``[]`` and signs with the key listed in ``verificationMethod`` (docs/interop-notes.md §4).
+    """
     entries = document.get(relationship)
-    if entries is None:
+    if entries is None or entries == []:
         return None
     if not isinstance(entries, list):
         raise AuthError(f"DID document of {did}: {relationship} must be a list")
@@ -198,8 +202,9 @@ def document_keys(
     method id outside ``did`` or given twice is refused. When the document lists
     ``relationship`` (DCP 1.0: ``capabilityInvocation`` for self-issued tokens,
     ``assertionMethod`` for credentials, ``authentication`` for presentations), only the
-    methods it names count; when it omits it, as EDC's documents may, every method counts
-    (docs/interop-notes.md §4). Methods without ``publicKeyJwk`` are skipped. Raises AuthError.
+    methods it names count; when it omits it or lists none, as EDC's documents may, every
+    method counts (docs/interop-notes.md §4). Methods without ``publicKeyJwk`` are skipped.
+    Raises AuthError.
     """
     if document.get("id") != did:
         raise AuthError(f"DID document id {str(document.get('id'))[:200]!r} is not {did!r}")
