@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from connector.adapters.http.openapi import CONTRACT_LOG_ENV
 from tests.contract.check import check_folder
@@ -19,6 +20,11 @@ from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture
 from tests.managed_space import ManagedSpace
 from tests.managed_space import managed_space as run_managed_space
 from tests.stores import store_opener  # noqa: F401  (both engines, a parameter)
+
+# Property tests assert behaviour, never speed: hypothesis's default 200 ms deadline per example
+# turns a loaded machine into a failure (speed is measured under bench/).
+settings.register_profile("connector", deadline=None)
+settings.load_profile("connector")
 
 
 @pytest.fixture(scope="session", autouse=True)
