@@ -279,6 +279,7 @@ async def test_bad_consent_input_is_a_4xx(hospital: Hospital) -> None:
     try:
         for change, status in (({"until": "2030-13-01"}, 400),
                                ({"until": "2030-01-01T00:00:00"}, 400),
+                               ({"until": "9999-12-31T23:59:59-01:00"}, 400),  # overflows
                                ({"purpose": "care and research"}, 400),
                                ({"consumer": "anyone"}, 400),
                                ({"subject": "../keys/signing-key"}, 400),

@@ -63,7 +63,10 @@ def moment(value: Any) -> datetime | None:
             return None
     if not isinstance(value, datetime) or value.tzinfo is None:
         return None
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
+        return None
 
 
 def entry_problems(entry: Mapping[str, Any]) -> list[tuple[str, str]]:

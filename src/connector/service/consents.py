@@ -177,9 +177,9 @@ class GatedSource:
 def _moment(raw: str, name: str) -> datetime:
     try:
         when = datetime.fromisoformat(raw)
-    except (TypeError, ValueError):
-        when = None
-    if when is None or when.tzinfo is None:
-        raise InvalidParameter(f"{name} must be a date-time with its offset, as "
-                               f"2027-06-30T00:00:00Z, not {raw!r}"[:200])
-    return when.astimezone(UTC)
+        if when.tzinfo is not None:
+            return when.astimezone(UTC)
+    except (TypeError, ValueError, OverflowError):  # 9999-12-31T23:59-01:00 overflows
+        pass
+    raise InvalidParameter(f"{name} must be a date-time with its offset, as "
+                           f"2027-06-30T00:00:00Z, not {raw!r}"[:200])
