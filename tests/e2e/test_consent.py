@@ -288,7 +288,7 @@ async def test_bad_consent_input_is_a_4xx(hospital: Hospital) -> None:
                 await m.call("POST", "/api/consents", {**good, **change})
             assert getattr(refused.value, "peer_status", None) == status, change
         with pytest.raises(ConnectorError) as refused:
-            await m.call("POST", "/api/consents/withdraw", {"subject": "never-granted"})
+            await m.call("POST", "/api/consents/withdraw", {"subject": "pt-never-granted"})
         assert getattr(refused.value, "peer_status", None) == 404
     finally:
         await m.close()
@@ -313,5 +313,5 @@ async def test_the_register_survives_a_restart_and_names_no_subject_in_logs(
     log = (hospital.provider.dir / "state" / "daemon.log").read_text()
     state = b"".join(p.read_bytes() for p in (hospital.provider.dir / "state").glob("*.db*"))
     assert b"records served" in state
-    for subject in (*SUBJECTS, "pt-keeps", "pt-leaves"):
+    for subject in (*SUBJECTS, "pt-keeps", "pt-leaves", "pt-never-granted"):
         assert subject not in log and subject.encode() not in state

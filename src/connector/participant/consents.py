@@ -48,8 +48,9 @@ Finding = tuple[int | None, str | None, str]
 def consent_file(root: Path, subject: str) -> Path:
     """Where ``subject``'s consents live; InvalidParameter for a subject id of another form."""
     if not SUBJECT_FORM.fullmatch(subject):
-        raise InvalidParameter(f"subject must be 1-128 letters, digits, '.', '_' or '-' "
-                               f"(not starting with '.', '_' or '-'), not {subject[:130]!r}")
+        # The value is not echoed: errors are logged, and subject ids never are.
+        raise InvalidParameter("subject must be 1-128 letters, digits, '.', '_' or '-' "
+                               "(not starting with '.', '_' or '-')")
     return root / CONSENTS_DIR / f"{subject}.toml"
 
 
@@ -263,7 +264,7 @@ def withdraw(root: Path, subject: str, now: datetime, *, consumer: str | None = 
         count += hit
         after.append(Consent(c.consumer, c.purpose, c.until, c.granted, now) if hit else c)
     if not count:
-        raise NotFound(f"subject {subject!r} has no consent in force to withdraw"
+        raise NotFound("the subject has no consent in force to withdraw"
                        + (f" for {consumer}" if consumer else "")
                        + (f" for purpose {purpose}" if purpose else ""))
     write_atomic(path, render(tuple(after)))
