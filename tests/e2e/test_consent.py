@@ -72,6 +72,7 @@ def _write_datasets(folder: Path) -> None:
     for name in ("documents", "archive"):
         (folder / "datasets" / f"{name}.toml").write_text(
             f'id = "{name}"\ntitle = "Patients\' {name}"\npolicies = ["care-under-consent"]\n'
+            'formats = ["HttpData-PULL", "HttpData-PUSH"]\n'
             f'subject_field = "patient"\n[source]\ntype = "jsonl"\npath = "data/{name}.jsonl"\n')
 
 
@@ -178,6 +179,17 @@ async def test_a_grant_serves_that_subjects_records_and_nobody_elses(
     assert summary["records"] == len(records)
     assert _account(hospital.provider, transfer).startswith(
         f"consent: {2 * PER_SUBJECT} records served, ")
+
+
+async def test_a_push_goes_through_the_same_gate(hospital: Hospital, tmp_path: Path) -> None:
+    await _grant(hospital, "pt-granted", _did(hospital.care))
+    agreement = await _agreement(hospital.care, hospital.provider, "documents")
+    out = tmp_path / "pushed.jsonl"
+    pushed = hospital.care.cli("transfer", agreement, "--push", "--out", str(out))
+    assert pushed.returncode == 0 and "verified" in pushed.stdout, pushed.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert _subjects(records).get("pt-granted") == PER_SUBJECT
+    assert not {"pt-nobody", "pt-other-purpose", "pt-other-consumer"} & set(_subjects(records))
 
 
 async def test_a_consumer_outside_the_consent_gets_none_of_it(hospital: Hospital) -> None:
