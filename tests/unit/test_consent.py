@@ -130,3 +130,13 @@ def test_the_policy_names_the_purpose_and_the_constraint_holds_as_a_whole() -> N
     wrong = json.loads(json.dumps(CONSENT_POLICY))
     wrong["permission"][0]["constraint"][1]["operator"] = "neq"
     assert not evaluate(parse_policy(wrong), ctx).allowed
+
+
+def test_any_field_name_and_only_text_or_integer_subjects() -> None:
+    register = Register({"7": (consent(),), "p1": (consent(),)})
+    gate = RecordGate("patient-id", CARE_TEAM)
+    data = (b'{"patient-id": 7}\n{"patient-id": true}\n{"patient-id": 7.0}\n'
+            b'{"patient-id": ["p1"]}\n{"patient-id": ""}\n[1]\n{"patient-id": "p1"}\n')
+    out = gate.take(data, register, NOW)
+    assert out == b'{"patient-id": 7}\n{"patient-id": "p1"}\n'
+    assert gate.withheld == {Withheld.NO_SUBJECT: 5}

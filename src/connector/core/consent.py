@@ -152,7 +152,11 @@ class RecordGate:
         self._who = who
         self._skip = skip
         self._tail = b""
-        self._decode = msgspec.json.Decoder()
+        # Only the subject field is decoded (msgspec skips the rest without building it), and
+        # only a string or an integer is a subject (a bool, a float, a list are refused).
+        subject = msgspec.defstruct("Subject", [("value", str | int | None, None)],
+                                    rename={"value": subject_field})
+        self._decode: msgspec.json.Decoder[Any] = msgspec.json.Decoder(subject)
         self.served = 0
         self.withheld: Counter[Withheld] = Counter()
 
@@ -163,11 +167,12 @@ class RecordGate:
         self._tail = data[cut:]
         out = bytearray()
         start = 0
+        decided: dict[str, Withheld | None] = {}  # per subject, for this chunk's instant
         while start < cut:
             end = data.index(b"\n", start) + 1
             line = data[start:end]
             start = end
-            reason = self._judge(line, register, now)
+            reason = self._judge(line, register, now, decided)
             if reason is not None:
                 self.withheld[reason] += 1
             elif self._skip:
@@ -183,15 +188,20 @@ class RecordGate:
             return b""
         return self.take(b"\n", register, now)
 
-    def _judge(self, line: bytes, register: Register, now: datetime) -> Withheld | None:
+    def _judge(self, line: bytes, register: Register, now: datetime,
+               decided: dict[str, Withheld | None]) -> Withheld | None:
+        if not self._field:
+            return Withheld.NO_SUBJECT
         try:
-            record = self._decode.decode(line)
-        except msgspec.DecodeError:
+            subject = self._decode.decode(line).value
+        except msgspec.DecodeError:  # not JSON, not an object, a subject of another type
             return Withheld.NO_SUBJECT
-        subject = record.get(self._field) if isinstance(record, dict) else None
-        if isinstance(subject, bool) or not isinstance(subject, str | int) or subject == "":
+        if subject is None or subject == "":
             return Withheld.NO_SUBJECT
-        return register.decide(str(subject), self._who, now)
+        key = str(subject)
+        if key not in decided:
+            decided[key] = register.decide(key, self._who, now)
+        return decided[key]
 
     def account(self) -> str:
         """What this stream served and withheld, by reason class (no subject named)."""
