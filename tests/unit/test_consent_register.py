@@ -117,3 +117,18 @@ def test_policy_check_refuses_a_consent_constraint_of_another_form(folder: Path)
         "    constraints:\n      - consent isAnyOf [care, research]\n")
     (found,) = problems(folder)
     assert found.startswith("policies/consented.yaml:5:") and "consent takes eq" in found
+
+
+def test_policy_check_refuses_a_consent_policy_on_a_dataset_without_subject_field(
+        folder: Path) -> None:
+    (folder / "policies" / "consented.yaml").write_text(
+        "description: under consent\npermission:\n  - action: use\n"
+        "    constraints:\n      - consent eq care\n")
+    dataset = folder / "datasets" / "example.toml"
+    text = dataset.read_text()
+    dataset.write_text(text.replace('policies = ["', 'policies = ["consented", "'))
+    line = next(i for i, t in enumerate(dataset.read_text().splitlines(), 1)
+                if t.startswith("policies"))
+    (found,) = problems(folder)
+    assert found.startswith(f"datasets/example.toml:{line}: policy 'consented' requires "
+                            "consent, but the dataset names no subject_field")

@@ -33,9 +33,11 @@ from connector.core.consent import (
     SUBJECT_FORM,
     Consent,
     Register,
+    consent_purpose,
 )
-from connector.core.errors import ConflictError, InvalidParameter, NotFound, Problem
+from connector.core.errors import ConfigError, ConflictError, InvalidParameter, NotFound, Problem
 from connector.participant.layout import write_atomic
+from connector.participant.policies import load_policies
 
 CONSENTS_DIR = "consents"
 ENTRY_KEYS = ("consumer", "purpose", "until", "granted", "withdrawn")
@@ -305,6 +307,23 @@ def subject_field_problem(data: Mapping[str, Any], root: Path) -> str | None:
         shown = ", ".join(sorted(fields)[:20]) or "none"
         return (f"subject_field {field!r} is not a field of the source's records "
                 f"(its first record has: {shown})")
+    return None
+
+
+def consent_without_subject(data: Mapping[str, Any], root: Path) -> str | None:
+    """A dataset offered under a policy that requires consent (``consent eq PURPOSE``) but
+    naming no ``subject_field``: every record would be withheld. None otherwise, or when the
+    policies cannot be read (reported on their own lines)."""
+    if "subject_field" in data:
+        return None
+    try:
+        documents = load_policies(root)
+    except ConfigError:
+        return None
+    for name in data.get("policies", ()):
+        if consent_purpose(documents.get(name)) is not None:
+            return (f"policy {name!r} requires consent, but the dataset names no "
+                    "subject_field: no record would be served (docs/consent.md)")
     return None
 
 
