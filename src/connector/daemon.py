@@ -536,7 +536,8 @@ class Daemon:
             CredentialServiceRoutes(self.credential_service).register(app)
         DataPlane(self.transfers, lambda: self.folder.datasets,
                   on_served=self.metrics.served if self.metrics else None,
-                  trail=self.trail, consents=self.consents).register(app)
+                  trail=self.trail, consents=self.consents,
+                  on_withheld=self.metrics.withheld if self.metrics else None).register(app)
         self.push_receiver.register(app)
         if self._extra_routes is not None:
             self._extra_routes(app)

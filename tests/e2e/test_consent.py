@@ -26,7 +26,15 @@ from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import ConnectorError
 from connector.core.messages import DataAddress
-from tests.harness import Participant, create_space, free_port_pair, running, start, stop
+from tests.harness import (
+    Participant,
+    create_space,
+    free_port,
+    free_port_pair,
+    running,
+    start,
+    stop,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -56,6 +64,7 @@ class Hospital:
     provider: Participant
     care: Participant
     app: Participant
+    metrics: str  # the provider's metrics listener, host:port
 
 
 def _write_datasets(folder: Path) -> None:
@@ -88,10 +97,13 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
     add_trusted_peer(provider.dir, app.dir, attributes={"membership": "app"}, tls_cert=None)
     add_trusted_peer(app.dir, provider.dir, attributes={}, tls_cert=None)
     _write_datasets(provider.dir)
+    metrics = f"127.0.0.1:{free_port()}"
+    with (provider.dir / "connector.toml").open("a") as f:
+        f.write(f'\n[metrics]\nlisten = "{metrics}"\n')
     checked = provider.cli("policy", "check")
     assert checked.returncode == 0, checked.stderr
     with running([provider, care, app]):
-        yield Hospital(provider, care, app)
+        yield Hospital(provider, care, app, metrics)
 
 
 def _did(p: Participant) -> str:
@@ -321,9 +333,19 @@ async def test_the_register_survives_a_restart_and_names_no_subject_in_logs(
     records, _, _ = await _pull(hospital.care, hospital.provider)
     assert _subjects(records).get("pt-granted") == PER_SUBJECT
     assert "pt-withdrawn-early" not in _subjects(records)
-    # No subject id in the log, nor anywhere in the database (the audit trail, the timelines).
+    # The metrics count by reason class ...
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://{hospital.metrics}/metrics") as resp:
+        exposition = await resp.text()
+    withheld = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^connector_consent_withheld_records_total\{reason="([a-z ]+)"\} (\S+)$', exposition,
+        re.MULTILINE)}
+    assert withheld.get("withdrawn", 0) > 0 and withheld.get("no consent", 0) > 0, withheld
+    # ... and no subject id is in them, in the log, or anywhere in the database (the audit
+    # trail, the timelines).
     log = (hospital.provider.dir / "state" / "daemon.log").read_text()
     state = b"".join(p.read_bytes() for p in (hospital.provider.dir / "state").glob("*.db*"))
     assert b"records served" in state
     for subject in (*SUBJECTS, "pt-keeps", "pt-leaves", "pt-never-granted"):
         assert subject not in log and subject.encode() not in state
+        assert subject not in exposition

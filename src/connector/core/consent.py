@@ -203,6 +203,10 @@ class RecordGate:
             decided[key] = register.decide(key, self._who, now)
         return decided[key]
 
+    def counts(self) -> dict[str, int]:
+        """The withheld records by reason class (what metrics count)."""
+        return {reason.value: count for reason, count in self.withheld.items()}
+
     def account(self) -> str:
         """What this stream served and withheld, by reason class (no subject named)."""
         if not self.withheld:

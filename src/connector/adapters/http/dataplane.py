@@ -70,12 +70,14 @@ class DataPlane:
                  datasets: Callable[[], Mapping[str, Any]], *,
                  on_served: Callable[[bytes], None] | None = None,
                  trail: AuditTrail | None = None,
-                 consents: ConsentService | None = None) -> None:
+                 consents: ConsentService | None = None,
+                 on_withheld: Callable[[Mapping[str, int]], None] | None = None) -> None:
         self._transfers = transfers
         self._datasets = datasets
         self._on_served = on_served  # each chunk of records written (metrics)
         self._trail = trail  # one audit entry before a stream and one after it (None: off)
         self._consents = consents  # the register a `consent` constraint filters by
+        self._on_withheld = on_withheld  # a stream's withheld records by reason (metrics)
 
     async def _source(self, request: web.Request, *, use: bool = True
                       ) -> tuple[str, Any, Any]:
@@ -105,7 +107,9 @@ class DataPlane:
         try:
             return await self._stream(request, pid, offset, decl, sent, gate)
         finally:
-            if gate is not None:  # counts by reason class only: `connector why`
+            if gate is not None:  # counts by reason class only: `connector why`, metrics
+                if self._on_withheld is not None:
+                    self._on_withheld(gate.counts())
                 await self._transfers.note(pid, "consent", "records withheld", gate.account())
             try:
                 await self._audit(agreement, pid, offset, sent, complete=sent.complete)
