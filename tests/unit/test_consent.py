@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from connector.core.consent import (
     Consent,
@@ -140,3 +141,25 @@ def test_any_field_name_and_only_text_or_integer_subjects() -> None:
     out = gate.take(data, register, NOW)
     assert out == b'{"patient-id": 7}\n{"patient-id": "p1"}\n'
     assert gate.withheld == {Withheld.NO_SUBJECT: 5}
+
+
+def test_any_chunking_serves_the_same_records() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    register = Register({"p1": (consent(),), "p3": (consent(),)})
+    data = lines("p1", "p2", "p3", "p1", 7, None) + b'{"patient": "p3", "x": "\\n"}\n'
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(min_value=0, max_value=len(data)), max_size=12),
+           st.integers(min_value=0, max_value=4))
+    def same(cuts: list[int], skip: int) -> None:
+        whole = RecordGate("patient", CARE_TEAM, skip=skip)
+        expected = whole.take(data, register, NOW)
+        gate = RecordGate("patient", CARE_TEAM, skip=skip)
+        bounds = [0, *sorted(cuts), len(data)]
+        out = b"".join(gate.take(data[a:b], register, NOW) for a, b in pairwise(bounds))
+        assert out + gate.finish(register, NOW) == expected
+        assert gate.withheld == whole.withheld and gate.served == whole.served
+
+    same()
