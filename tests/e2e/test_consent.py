@@ -240,6 +240,20 @@ async def test_an_expired_consent_stops_serving(hospital: Hospital) -> None:
     assert f"expired {PER_SUBJECT}" in _account(hospital.provider, transfer)
 
 
+async def test_an_edit_by_hand_is_read_live(hospital: Hospital) -> None:
+    path = hospital.provider.dir / "consents" / "pt-other-consumer.toml"
+    assert path.exists()  # granted to the app by an earlier test, through the API
+    with path.open("a") as f:  # as a `git pull` would bring it
+        f.write(f'\n[[consent]]\nconsumer = "{_did(hospital.care)}"\npurpose = "care"\n'
+                "until = 2099-01-01T00:00:00Z\n")
+    deadline = time.monotonic() + 60
+    while True:  # the daemon re-reads consents/ about every second
+        records, _, _ = await _pull(hospital.care, hospital.provider)
+        if "pt-other-consumer" in _subjects(records) or time.monotonic() > deadline:
+            break
+    assert _subjects(records).get("pt-other-consumer") == PER_SUBJECT
+
+
 def _small_receive_buffer(addr_info: Any) -> socket.socket:
     family, kind, proto, _, _ = addr_info
     sock = socket.socket(family, kind, proto)
