@@ -11,7 +11,6 @@ reaches a transfer already running at its next record. docs/consent.md.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 
 from connector.core.consent import Consent, RecordGate, Register, Requester, consent_purpose
 from connector.core.errors import InvalidParameter
+from connector.service.consumer import CopyCounter
 
 log = logging.getLogger("connector.consent")
 
@@ -139,12 +139,10 @@ class ConsentService:
 
     async def summary(self, chunks: AsyncIterator[bytes], gate: RecordGate) -> dict[str, Any]:
         """Records, bytes and SHA-256 of what a pull from record 0 would send now."""
-        digest, records, size = hashlib.sha256(), 0, 0
+        counter = CopyCounter()  # the copy check's own count, on the provider's side
         async for chunk in self.filtered(chunks, gate):
-            digest.update(chunk)
-            records += chunk.count(b"\n")
-            size += len(chunk)
-        return {"records": records, "bytes": size, "sha256": digest.hexdigest()}
+            counter.update(chunk)
+        return counter.copy().as_dict()
 
 
 class Chunked(Protocol):
