@@ -72,6 +72,15 @@ def _console(quick: bool) -> None:
     console.run(quick=quick)
 
 
+def _consent(quick: bool) -> None:
+    import json
+
+    from bench import consent
+
+    for line in consent.run(quick):
+        print(json.dumps(line), flush=True)
+
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
@@ -82,6 +91,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "json_depth": _json_depth,
     "replicas": _replicas,
     "console": _console,
+    "consent": _consent,
 }
 
 

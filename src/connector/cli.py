@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from connector import __version__, audit_commands, db_commands, terminal
+from connector import __version__, audit_commands, consent_commands, db_commands, terminal
 from connector.core.errors import ConfigError, ConnectorError
 
 DESCRIPTION = """\
@@ -350,6 +350,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _folder(p, positional=False)
     audit_commands.add_parsers(sub)
     db_commands.add_parsers(sub)
+    consent_commands.add_parsers(sub)
     _every_parser_explains(parser)
     return parser
 
@@ -378,6 +379,8 @@ def _run(args: argparse.Namespace) -> int:
         return audit_commands.run(args)
     if cmd == "db":
         return db_commands.run(args)
+    if cmd == "consent":
+        return consent_commands.run(args)
     if cmd in ("keys", "authority", "credentials"):
         return _identity(args)
     if cmd == "trust":

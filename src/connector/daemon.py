@@ -54,6 +54,7 @@ from connector.core.errors import Area, ConfigError, ConnectorError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
+from connector.participant.consents import FolderConsents
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
 from connector.participant.lint import MISSING_SOURCE, check_folder
@@ -65,6 +66,7 @@ from connector.registry.witness import WitnessSender
 from connector.service.audit import AuditTrail, StepAudit, audit_settings
 from connector.service.auth import Identity, Verifier
 from connector.service.catalog import Catalog, Claims
+from connector.service.consents import ConsentService
 from connector.service.consumer import ConsumerService
 from connector.service.dcp_verifier import CredentialService, DcpVerifier, DidResolver
 from connector.service.locks import KeyedLocks
@@ -231,6 +233,9 @@ class Daemon:
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
         self.folder = read_folder(settings, self._on_decision)
+        self.consents = ConsentService(  # consents/: docs/consent.md
+            FolderConsents(settings.root), clock=time.time,
+            claims_for=lambda did: self.claims_for(did).attributes)
         for dataset, why in self.folder.unavailable.items():
             log.warning("dataset %s is not offered: %s", dataset, why)
         key = load_any_signing_key(settings.signing_key)
@@ -278,7 +283,8 @@ class Daemon:
         return ManagementApi(ManagementDeps(
             token=self.settings.management_token(), store=self.store,
             negotiations=self.negotiations, transfers=self.transfers, client=self.client,
-            consumer=consumer, push=self.push_receiver, status=self.status_view))
+            consumer=consumer, push=self.push_receiver, status=self.status_view,
+            consents=self.consents))
 
     def status_view(self) -> dict[str, Any]:
         """What ``connector status`` says about the daemon itself."""
@@ -440,7 +446,7 @@ class Daemon:
         # ... and push as provider.
         self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
-                             trail=self.trail)
+                             trail=self.trail, consents=self.consents)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port,
@@ -530,7 +536,8 @@ class Daemon:
             CredentialServiceRoutes(self.credential_service).register(app)
         DataPlane(self.transfers, lambda: self.folder.datasets,
                   on_served=self.metrics.served if self.metrics else None,
-                  trail=self.trail).register(app)
+                  trail=self.trail, consents=self.consents,
+                  on_withheld=self.metrics.withheld if self.metrics else None).register(app)
         self.push_receiver.register(app)
         if self._extra_routes is not None:
             self._extra_routes(app)
@@ -572,6 +579,7 @@ class Daemon:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_S)
             self._reload_config()
+            self.consents.refresh()
             stamp = _stamp(self.settings.root, self.folder.datasets)
             if stamp in (self.folder.stamp, refused):
                 continue

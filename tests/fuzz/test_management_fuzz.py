@@ -59,6 +59,11 @@ ROUTES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ("POST", "/api/transfers/{id}/{action}", {}, {"reason": "text"}),
     ("GET", "/api/registry/search", {"q": "text", "limit": "count", "offset": "count",
                                      "keyword": "text", "publisher": "text"}, {}),
+    ("GET", "/api/consents", {}, {}),
+    ("POST", "/api/consents", {}, {"subject": "text", "consumer": "text", "purpose": "text",
+                                   "until": "text"}),
+    ("POST", "/api/consents/withdraw", {}, {"subject": "text", "consumer": "text",
+                                            "purpose": "text"}),
 ]
 ACTIONS = ["accept", "terminate", "complete", "suspend", "resume", "explode", "", "%2E%2E"]
 # Query values arrive as text; wrong ones must be refused, good ones must not wait long.

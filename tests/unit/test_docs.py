@@ -22,8 +22,11 @@ def _blocks(page: str, language: str) -> list[str]:
 
 
 def test_the_policy_examples_pass_the_check_and_agree() -> None:
-    [document] = _blocks("policies.md", "json")
-    example, grammar = _blocks("policies.md", "yaml")
+    document, consent_json = _blocks("policies.md", "json")
+    example, grammar, consent_yaml = _blocks("policies.md", "yaml")
+    assert check_policy_file(consent_yaml, "consent.yaml") == []
+    assert json.loads(consent_json) in compile_yaml(consent_yaml, "c.yaml")["permission"][0][
+        "constraint"]
     assert check_policy_document(document, "example.json") == []
     assert check_policy_file(example, "example.yaml") == []
     assert check_policy_file(grammar, "grammar.yaml") == []

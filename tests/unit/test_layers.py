@@ -42,8 +42,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "audit_tool": frozenset({"core", "config", "keys", "participant", "adapters", "registry"}),
     "audit_commands": frozenset({"config", "audit_tool"}),
     "db_commands": frozenset({"core", "config", "adapters"}),
+    "consent_commands": frozenset({"config", "client", "terminal"}),
     "cli": frozenset({"core", "config", "participant", "registry", "daemon", "client",
-                      "authority", "audit_commands", "db_commands", "terminal"}),
+                      "authority", "audit_commands", "db_commands", "consent_commands",
+                      "terminal"}),
 }
 # Third-party and standard-library modules a unit must not import.
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {

@@ -88,7 +88,8 @@ def test_constraint_problems_are_located_on_their_line() -> None:
         }""")
     assert problems == [
         "p.json:6: permission[0].constraint[1]: unknown left operand 'industry': evaluation "
-        "denies (enforced: count, dateTime, delayPeriod, elapsedTime, membership, participantId, "
+        "denies (enforced: consent, count, dateTime, delayPeriod, elapsedTime, "
+        "membership, participantId, "
         "purpose, spatial)",
         "p.json:8: permission[0].constraint[2]: unknown operator 'foo'",
         "p.json:11: permission[0].constraint[3]: dateTime needs an xsd:dateTime or xsd:date, got "
@@ -118,7 +119,8 @@ def test_logical_constraint_shape() -> None:
         "xone, andSequence, got and, or",
         "p.json:4: permission[0].constraint[1]: constraint has no operator",
         "p.json:7: permission[0].constraint[2].xone[1]: unknown left operand 'nation': "
-        "evaluation denies (enforced: count, dateTime, delayPeriod, elapsedTime, membership, "
+        "evaluation denies (enforced: consent, count, dateTime, delayPeriod, elapsedTime, "
+        "membership, "
         "participantId, purpose, spatial)",
     ]
 
@@ -205,7 +207,8 @@ def test_duties_are_checked() -> None:
             {"leftOperand": "recipient", "operator": "eq", "rightOperand": "x"}]}
         ]}]}""") == [
         "p.json:3: permission[0].duty[0].constraint[0]: unknown left operand 'recipient': "
-        "evaluation denies (enforced: count, dateTime, delayPeriod, elapsedTime, membership, "
+        "evaluation denies (enforced: consent, count, dateTime, delayPeriod, elapsedTime, "
+        "membership, "
         "participantId, purpose, spatial)"]
 
 

@@ -169,7 +169,8 @@ prohibition:
 """
     assert [str(p) for p in check_policy_file(text, "p.yaml")] == [
         "p.yaml:6: permission[0].constraint[1]: unknown left operand 'industry': evaluation "
-        "denies (enforced: count, dateTime, delayPeriod, elapsedTime, membership, "
+        "denies (enforced: consent, count, dateTime, delayPeriod, elapsedTime, "
+        "membership, "
         "participantId, purpose, spatial)",
         "p.yaml:9: permission[0].constraint[2].or[1]: dateTime needs an xsd:dateTime or "
         "xsd:date, got 'tomorrow'",

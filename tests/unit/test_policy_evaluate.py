@@ -237,7 +237,7 @@ def test_prefixed_left_operands_are_enforced(spelling: str) -> None:
 def test_enforced_operands() -> None:
     assert enforced_operands() == frozenset({
         "dateTime", "elapsedTime", "count", "delayPeriod", "purpose", "spatial", "membership",
-        "participantId"})
+        "participantId", "consent"})
 
 
 # --- rules ------------------------------------------------------------------------------------

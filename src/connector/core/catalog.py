@@ -96,6 +96,7 @@ def enforcement(policy: Mapping[str, Any]) -> dict[str, str]:
         name = operand.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
         out[operand] = ("not enforceable: denies" if name not in known
                         else "every data access" if name in _AT_ACCESS
+                        else "every record streamed (consent register)" if name == "consent"
                         else "catalogue, negotiation and every data access")
     return out
 

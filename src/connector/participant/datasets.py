@@ -45,6 +45,9 @@ class DatasetDecl(DatasetText):
     # `confidential = true`: a caller who may see no offer of it is not told it exists (nor
     # which terms it misses); by default it learns which constraints it does not meet.
     confidential: bool = False
+    # `subject_field = "patient"`: the field of each record naming its data subject, which a
+    # policy's `consent` constraint filters by (core/consent.py, docs/consent.md).
+    subject_field: str | None = None
 
     @property
     def offered_formats(self) -> tuple[str, ...]:
@@ -71,6 +74,10 @@ def dataset_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(("policies", "key 'policies' must be a non-empty list of policy names"))
     if "confidential" in data and not isinstance(data["confidential"], bool):
         found.append(("confidential", "key 'confidential' must be true or false"))
+    if "subject_field" in data and (not isinstance(data["subject_field"], str)
+                                    or not data["subject_field"]):
+        found.append(("subject_field", "key 'subject_field' must be the non-empty name of a "
+                      "field of the records"))
     if "formats" in data and (not _is_str_list(data["formats"]) or not data["formats"]
                               or any(f not in FORMATS for f in data["formats"])):
         found.append(("formats", f"key 'formats' must be a non-empty list of {FORMATS}"))
@@ -139,6 +146,7 @@ def dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
         source_dsn_file=(root / dsn_file).resolve() if dsn_file else None,
         formats=formats,
         confidential=bool(data.get("confidential", False)),
+        subject_field=data.get("subject_field"),
     )
 
 

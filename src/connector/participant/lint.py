@@ -20,6 +20,11 @@ from connector.config import CONFIG_FILE, load_settings
 from connector.core.errors import ConfigError, Problem
 from connector.core.identity import signing_public_jwk
 from connector.core.policy.check import check_policy_document
+from connector.participant.consents import (
+    check_consents,
+    consent_without_subject,
+    subject_field_problem,
+)
 from connector.participant.datasets import dataset_problems
 from connector.participant.keys import document_problems, verification_methods
 from connector.participant.layout import DID_FILE
@@ -185,6 +190,10 @@ def _check_datasets(root: Path, policies: set[str], out: list[Problem]) -> None:
             out.append(Problem(name, _line_of(text, "id"),
                                f"dataset id {data['id']!r} is also declared in {seen[data['id']]}"))
         seen.setdefault(data["id"], name)
+        if "subject_field" in data and (why := subject_field_problem(data, root)) is not None:
+            out.append(Problem(name, _line_of(text, "subject_field"), why))
+        elif (why := consent_without_subject(data, root)) is not None:
+            out.append(Problem(name, _line_of(text, "policies"), why))
         for key in ("path", "token_file", "dsn_file"):
             given = data["source"].get(key)
             if given and not Path(given).is_absolute() and not (root / given).exists():
@@ -235,4 +244,5 @@ def check_folder(dir: Path) -> list[Problem]:
     policies = _check_policies(dir, out)
     _check_datasets(dir, policies, out)
     _check_trust(dir, out)
+    out.extend(check_consents(dir))
     return out

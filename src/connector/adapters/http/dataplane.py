@@ -28,8 +28,10 @@ from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize
     record_chunks,
     summarize,
 )
+from connector.core.consent import RecordGate
 from connector.core.errors import ConnectorError, InvalidParameter, TransferDenied
 from connector.service.audit import AuditTrail
+from connector.service.consents import ConsentService
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.dataplane")
@@ -67,15 +69,19 @@ class DataPlane:
     def __init__(self, transfers: TransferService,
                  datasets: Callable[[], Mapping[str, Any]], *,
                  on_served: Callable[[bytes], None] | None = None,
-                 trail: AuditTrail | None = None) -> None:
+                 trail: AuditTrail | None = None,
+                 consents: ConsentService | None = None,
+                 on_withheld: Callable[[Mapping[str, int]], None] | None = None) -> None:
         self._transfers = transfers
         self._datasets = datasets
         self._on_served = on_served  # each chunk of records written (metrics)
         self._trail = trail  # one audit entry before a stream and one after it (None: off)
+        self._consents = consents  # the register a `consent` constraint filters by
+        self._on_withheld = on_withheld  # a stream's withheld records by reason (metrics)
 
     async def _source(self, request: web.Request, *, use: bool = True
-                      ) -> tuple[str, str, Any]:
-        """(transfer id, agreement id, dataset declaration) a request's token opens."""
+                      ) -> tuple[str, Any, Any]:
+        """(transfer id, agreement, dataset declaration) a request's token opens."""
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
@@ -83,16 +89,28 @@ class DataPlane:
         missing = missing_source(decl.source_type, decl.source_path)
         if missing is not None:
             raise TransferDenied(f"dataset {agreement.dataset_id!r} is not available: {missing}")
-        return record.id, agreement.id, decl
+        return record.id, agreement, decl
+
+    def _gate(self, decl: Any, agreement: Any, offset: int) -> RecordGate | None:
+        """The consent gate of a pull (None: the agreement's policy has no ``consent``)."""
+        if self._consents is None:
+            return None
+        return self._consents.gate(decl, agreement, skip=offset)
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         offset = _offset(request)
-        pid, agreement, decl = await self._source(request)
+        pid, granted, decl = await self._source(request)
+        agreement = granted.id
+        gate = self._gate(decl, granted, offset)
         sent = _Sent()
         await self._audit(agreement, pid, offset, sent, complete=None)  # refused if unrecorded
         try:
-            return await self._stream(request, pid, offset, decl, sent)
+            return await self._stream(request, pid, offset, decl, sent, gate)
         finally:
+            if gate is not None:  # counts by reason class only: `connector why`, metrics
+                if self._on_withheld is not None:
+                    self._on_withheld(gate.counts())
+                await self._transfers.note(pid, "consent", "records withheld", gate.account())
             try:
                 await self._audit(agreement, pid, offset, sent, complete=sent.complete)
             except ConnectorError as exc:  # the bytes are gone: say so, loudly
@@ -107,8 +125,9 @@ class DataPlane:
                                           complete=complete)
 
     async def _stream(self, request: web.Request, pid: str, offset: int, decl: Any,
-                      sent: _Sent) -> web.StreamResponse:
-        chunks = open_source(decl).chunks(offset)
+                      sent: _Sent, gate: RecordGate | None) -> web.StreamResponse:
+        # Under consent, offsets count records served: the gate skips them, not the source.
+        chunks = open_source(decl).chunks(0 if gate is not None else offset)
         try:
             # The first chunk before the headers: an upstream that fails fails with a status.
             first = await anext(chunks, None)
@@ -124,6 +143,10 @@ class DataPlane:
                     if request.transport is not None:
                         request.transport.close()
                     return response
+                if gate is not None and self._consents is not None:
+                    # Decided now, with nothing awaited before the write: a withdrawal
+                    # acknowledged before this line holds for every record of this chunk.
+                    chunk = self._consents.take(gate, chunk)
                 try:
                     await response.write(chunk)
                     sent.add(chunk)
@@ -136,12 +159,20 @@ class DataPlane:
                 chunk = await anext(chunks, None)
         finally:
             await chunks.aclose()
+        if gate is not None and self._consents is not None:
+            last = self._consents.finish(gate)
+            await response.write(last)
+            sent.add(last)
         await response.write_eof()
         sent.complete = True
         return response
 
     async def summary(self, request: web.Request) -> web.Response:
-        _, _, decl = await self._source(request, use=False)  # a summary is not a use
+        _, agreement, decl = await self._source(request, use=False)  # a summary is not a use
+        gate = self._gate(decl, agreement, 0)
+        if gate is not None and self._consents is not None:
+            chunks = open_source(decl).chunks(0)
+            return web.json_response(await self._consents.summary(chunks, gate))
         return web.json_response(await open_source(decl).summary())
 
     async def refresh(self, request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from connector.core.errors import (
     TransferDenied,
 )
 from connector.core.transfer import TransferEvent, TransferState
+from connector.service.consents import ConsentService
 from connector.service.consumer import ConsumerService, Copy, copy_mismatch
 from connector.service.negotiations import NegotiationService
 from connector.service.store import Store
@@ -94,6 +95,14 @@ def _body_text(body: Mapping[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+def _body_required(body: Mapping[str, Any], name: str) -> str:
+    """A required, non-empty string member of a JSON body."""
+    value = _body_text(body, name)
+    if not value:
+        raise InvalidParameter(f"{name} is required")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class ManagementDeps:
     """What the management API works with."""
@@ -107,6 +116,7 @@ class ManagementDeps:
     push: Any = None  # a PushReceiver (adapters/http/push.py), where pushes land
     status: Callable[[], dict[str, Any]] | None = None  # the daemon's own state (version,
     # URLs, pending restarts)
+    consents: ConsentService | None = None  # the provider's consent register
 
 
 # The management routes: (method, path, handler method). Their contract is
@@ -131,6 +141,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/api/transfers/{id}/{action}", "transfer_action"),
     ("GET", "/api/agreements/{id}", "agreement"),
     ("GET", "/api/status", "status"),
+    ("GET", "/api/consents", "consents"),
+    ("POST", "/api/consents", "consent_grant"),
+    ("POST", "/api/consents/withdraw", "consent_withdraw"),
 )
 
 
@@ -351,6 +364,35 @@ class ManagementApi:
         """The daemon itself: version, URLs, edits waiting for a restart (``connector
         status``)."""
         return _out(self.d.status() if self.d.status is not None else {})
+
+    def _register(self) -> ConsentService:
+        if self.d.consents is None:
+            raise NotFound("this connector keeps no consent register")
+        return self.d.consents
+
+    async def consents(self, request: web.Request) -> web.Response:
+        """The consent register, one row per consent with its state (``connector consent
+        list``)."""
+        return _out(self._register().listing())
+
+    async def consent_grant(self, request: web.Request) -> web.Response:
+        """Record a subject's consent; in force for every stream once answered."""
+        body = await _body(request)
+        subject, consumer, purpose, until = (_body_required(body, name) for name in
+                                             ("subject", "consumer", "purpose", "until"))
+        await self._register().grant(subject, consumer, purpose, until)
+        return _out({"subject": subject, "consumer": consumer, "purpose": purpose,
+                     "until": until}, 201)
+
+    async def consent_withdraw(self, request: web.Request) -> web.Response:
+        """Withdraw a subject's consents in force (of one consumer / purpose if given); in
+        force for every stream, running ones included, once answered."""
+        body = await _body(request)
+        subject = _body_required(body, "subject")
+        consumer = _body_text(body, "consumer") or None
+        purpose = _body_text(body, "purpose") or None
+        count = await self._register().withdraw(subject, consumer, purpose)
+        return _out({"subject": subject, "withdrawn": count})
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[error_middleware, self.auth])

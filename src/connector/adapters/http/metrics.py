@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, cast
 
 from aiohttp import web
@@ -237,6 +237,10 @@ class Metrics:
                              "provider or received as consumer.", ["direction"], registry=r)
         self._served = (records.labels("served"), data_bytes.labels("served"))
         self._received = (records.labels("received"), data_bytes.labels("received"))
+        self.consent_withheld = _Children(Counter(
+            "connector_consent_withheld_records", "Records a consent-governed stream did not "
+            "serve, by reason class (docs/consent.md); never by subject.", ["reason"],
+            registry=r))
         self.outbox_depth = Gauge("connector_outbox_depth",
                                   "Messages in the outbox not yet delivered.", registry=r)
         self.outbox_oldest_age = Gauge(
@@ -366,6 +370,11 @@ class Metrics:
     def served(self, chunk: bytes) -> None:
         self._served[0].inc(chunk.count(b"\n"))
         self._served[1].inc(len(chunk))
+
+    def withheld(self, counts: Mapping[str, int]) -> None:
+        """A consent-governed stream's withheld records, by reason class (a closed set)."""
+        for reason, count in counts.items():
+            self.consent_withheld(str(reason)).inc(count)
 
     def received(self, chunk: bytes) -> None:
         self._received[0].inc(chunk.count(b"\n"))

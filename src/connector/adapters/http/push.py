@@ -55,6 +55,7 @@ from connector.core.messages import DataAddress
 from connector.core.negotiation import Role
 from connector.core.transfer import Transfer, TransferEvent, TransferState
 from connector.service.audit import AuditTrail
+from connector.service.consents import ConsentService, GatedSource
 from connector.service.consumer import COPY_FIELDS, Copy, copy_mismatch
 from connector.service.transfers import TransferService
 
@@ -202,11 +203,13 @@ class Pusher:
 
     def __init__(self, transfers: TransferService, client: PeerClient,
                  datasets: Callable[[], Mapping[str, Any]], *,
-                 trail: AuditTrail | None = None) -> None:
+                 trail: AuditTrail | None = None,
+                 consents: ConsentService | None = None) -> None:
         self._transfers = transfers
         self._client = client
         self._datasets = datasets
         self._trail = trail  # an audit entry before the push and one after it (None: off)
+        self._consents = consents  # the register a `consent` constraint filters by
         self._running: dict[str, asyncio.Task[None]] = {}
         transfers.listeners.append(self.on_change)
 
@@ -225,7 +228,8 @@ class Pusher:
                     raise _Stopped
                 yield chunk
 
-    async def _push(self, pid: str, url: str, auth: str, source: Source) -> None:
+    async def _push(self, pid: str, url: str, auth: str, source: Source | GatedSource
+                    ) -> None:
         """Stream the source; after a cut, ask the consumer what it holds and go on from there
         (up to PUSH_ATTEMPTS streams). A refusal (4xx) or a stopped transfer is not retried."""
         offset = 0
@@ -253,13 +257,18 @@ class Pusher:
             url = address.url() if address is not None else None
             if decl is None or address is None or not url:
                 raise NotFound("dataset gone or no push address")
-            source = open_source(decl)
+            source: Source | GatedSource = open_source(decl)
+            if self._consents is not None:
+                source = self._consents.governed(decl, agreement, source)
             summary = await source.summary()
             auth = address.authorization_header()
             if self._trail is not None:  # refused (the push does not start) if unrecorded
                 await self._trail.data_access(agreement=agreement.id, transfer=pid, offset=0,
                                               records=0, size=0, complete=None)
             await self._push(pid, url, auth, source)
+            if isinstance(source, GatedSource) and source.last is not None:
+                await self._transfers.note(pid, "consent", "records withheld",
+                                           source.last.account())
             if not await self._transfers.still_streaming(pid):
                 raise _Stopped
             await self._client.push_summary(url, auth, summary)

@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
+from connector.core.consent import PURPOSE_FORM
 from connector.core.errors import Problem
 from connector.core.policy.compact import YamlPolicyError, compile_with_lines
 from connector.core.policy.model import (
@@ -161,6 +162,11 @@ def _atomic_problem(c: AtomicConstraint) -> tuple[str, str] | None:
         return "operator", f"elapsedTime takes eq, neq, lt, lteq, gt or gteq, not {operator}"
     if left in USAGE_OPERANDS and isinstance(c.right_operand, tuple):
         return "rightOperand", f"{left} needs a single right operand, not a list"
+    if left == LeftOperand.CONSENT and (operator is not Operator.EQ
+                                        or not isinstance(c.value, str)
+                                        or not PURPOSE_FORM.fullmatch(c.value)):
+        return "rightOperand", ("consent takes eq and one purpose word (consent eq care), "
+                                "docs/consent.md")
     if left in _TEXT_OPERANDS and operator in _ORDER_OPERATORS:
         return "operator", f"{operator} compares numbers or dateTimes; {left} is text"
     return None

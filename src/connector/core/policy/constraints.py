@@ -414,6 +414,15 @@ def _participant_id(c: AtomicConstraint, value: Value, ctx: PolicyContext) -> _V
     return _judge(pid, c.operator, value, f"the consumer is {pid}")
 
 
+def _consent(c: AtomicConstraint, value: Value, ctx: PolicyContext) -> _Verdict:
+    # docs/consent.md: the constraint holds for the agreement as a whole; the data plane then
+    # serves a record only when its subject's consent covers this consumer and purpose.
+    if c.operator is not Operator.EQ or not isinstance(value, str):
+        return Outcome.FAILS, None, "type mismatch: consent takes eq and one purpose"
+    return (Outcome.HOLDS, value, f"each record is served only if its subject consents to "
+            f"this consumer for {value} (checked on every record streamed)")
+
+
 def _claim_value(raw: Any) -> Value | None:
     """A claim as a scalar or a tuple; None when absent or empty (a claim the consumer lacks)."""
     if isinstance(raw, list | tuple | set | frozenset):
@@ -433,6 +442,7 @@ _HANDLERS: dict[str, Callable[[AtomicConstraint, Value, PolicyContext], _Verdict
     LeftOperand.SPATIAL: _claim("country"),
     LeftOperand.MEMBERSHIP: _claim("membership"),
     LeftOperand.PARTICIPANT_ID: _participant_id,
+    LeftOperand.CONSENT: _consent,
 }
 
 

@@ -76,10 +76,13 @@ class LeftOperand(StrEnum):
     SPATIAL = "spatial"
     MEMBERSHIP = "membership"
     PARTICIPANT_ID = "participantId"
+    # Ours: `consent eq PURPOSE` puts each record under its subject's consent (core/consent.py)
+    CONSENT = "consent"
 
 
 # Ours: not ODRL terms (ODRL 2.2 has purpose, count, dateTime, ... but no membership).
-_OWN_OPERANDS = frozenset({LeftOperand.MEMBERSHIP, LeftOperand.PARTICIPANT_ID})
+_OWN_OPERANDS = frozenset({LeftOperand.MEMBERSHIP, LeftOperand.PARTICIPANT_ID,
+                           LeftOperand.CONSENT})
 
 # Known only once an agreement exists; checked on every data access (TRANSFER scope).
 USAGE_OPERANDS = frozenset({LeftOperand.ELAPSED_TIME, LeftOperand.COUNT, LeftOperand.DELAY_PERIOD})
