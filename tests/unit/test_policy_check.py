@@ -224,13 +224,12 @@ def test_prefixed_keys_single_objects_and_escaped_strings_are_located() -> None:
          }}""") == ["p.json:6: permission[0].constraint[0].and[1]: unknown operator 'nope'"]
 
 
-def test_many_rules_stay_fast() -> None:
-    import time
-
+def test_many_rules_are_all_checked() -> None:
     rule = {"action": "use", "constraint": [
         {"leftOperand": "dateTime", "operator": "gteq", "rightOperand": "2025-01-01T00:00:00Z"},
         {"leftOperand": "purpose", "operator": "isAnyOf", "rightOperand": ["a", "b"]}]}
     text = json.dumps({"permission": [rule] * 200}, indent=2)
-    start = time.perf_counter()
     assert check_policy_document(text, "big.json") == []
-    assert time.perf_counter() - start < 0.5
+    broken = text.replace('"gteq"', '"nope"', 1)
+    assert [str(p) for p in check_policy_document(broken, "big.json")] == [
+        "big.json:8: permission[0].constraint[0]: unknown operator 'nope'"]

@@ -416,9 +416,8 @@ def test_context_requires_aware_datetimes() -> None:
         ctx(agreement_time=datetime(2026, 1, 1))
 
 
-def test_realistic_policy_is_fast() -> None:
-    import time
-
+def test_a_realistic_policy_is_evaluated_the_same_every_time() -> None:
+    # Its speed is bench/policy_eval.py's (make bench), never a timed assertion here.
     policy = parse_policy({"permission": [{"action": "use", "constraint": [
         atom("count", "lteq", 100), atom("dateTime", "gteq", "2025-01-01T00:00:00Z"),
         atom("dateTime", "lteq", "2030-12-31T23:59:59Z"),
@@ -427,9 +426,6 @@ def test_realistic_policy_is_fast() -> None:
         atom("elapsedTime", "lteq", "P30D"), atom("delayPeriod", "eq", "PT1H"),
         {"or": [YES, NO]}]}]})
     context = ctx()
-    assert evaluate(policy, context).allowed
-    start = time.perf_counter()
-    for _ in range(1000):
-        evaluate(policy, context)
-    per_call = (time.perf_counter() - start) / 1000
-    assert per_call < 1e-3  # generous bound for slow CI; ~60 µs on a laptop
+    first = evaluate(policy, context)
+    assert first.allowed
+    assert all(evaluate(policy, context) == first for _ in range(100))
