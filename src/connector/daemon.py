@@ -39,12 +39,14 @@ from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
+from connector.adapters.progress import ProgressBoard
 from connector.adapters.sources import missing_source
 from connector.adapters.storage import engine
 from connector.adapters.storage.engine import AnyStore
 from connector.adapters.storage.postgres import CLAIM_S, PostgresStore
 from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.console.credentials import StatusChecker
 from connector.console.facts import read_folder_view
 from connector.console.web import Console, ConsoleDeps
 from connector.console.web import mount as mount_console
@@ -297,6 +299,9 @@ class Daemon:
             token=s.management_token(), store=self.store, negotiations=self.negotiations,
             transfers=self.transfers, consumer=consumer, client=self.client,
             search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
+            progress=self.progress, push_to=self.push_receiver.address_for,
+            credential_status=StatusChecker(self.dcp_http, self._did_resolver,
+                                            s.clock_leeway_s, time.time),
             audit_enabled=self.audit_settings.enabled,
             warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
             refused_tokens=self._refused_tokens,
@@ -437,10 +442,13 @@ class Daemon:
             token_secret=data_token_secret(s.root), automatic=self._automatic,
             completion_guard=pushed.completion_problem, locks=KeyedLocks(shared))
         self._observe_services()
+        # What each running pull or push has moved so far (the console shows it).
+        self.progress = ProgressBoard(clock=time.time)
+        self.transfers.listeners.append(self.progress.on_transfer)
+        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed, self.progress)
         # ... and push as provider.
-        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
-                             trail=self.trail)
+                             self.progress, trail=self.trail)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port,
