@@ -52,7 +52,7 @@ from connector.console.web import Console, ConsoleDeps
 from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
-from connector.core.errors import Area, ConfigError, ConnectorError
+from connector.core.errors import Area, ConfigError, ConnectorError, PeerError
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
@@ -559,7 +559,7 @@ class Daemon:
         except OSError as exc:  # e.g. the port is taken: a clear error, not a traceback
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
-    async def _delivery_failed(self, item: OutboxItem, error: str) -> None:
+    async def _delivery_failed(self, item: OutboxItem, error: PeerError) -> None:
         self.outbox_watch.settled(item)
         if await self.store.get_negotiation(item.process_id) is not None:
             await self.negotiations.on_delivery_failed(item.process_id, error)

@@ -17,6 +17,7 @@ import pytest
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
+from tests.console.browser_session import console_base, logged_in
 from tests.harness import Participant, create_space, running
 
 DATASET = "example-weather"
@@ -158,3 +159,60 @@ def test_a_setting_needing_a_restart_says_so(pair: tuple[Participant, Participan
     toml.write_text(before)  # undone: nothing waits any more
     _until(lambda: json.loads(provider.cli("status", "--json").stdout)["daemon"][
         "restartNeeded"] == [], "the notice withdrawn")
+
+
+async def _console_pull(consumer: Participant, transfer: str) -> None:
+    """Press the console's "Pull the records" on ``transfer``."""
+    async with logged_in(consumer) as (http, csrf), http.post(
+            f"{console_base(consumer)}/transfers/{transfer}/pull", data={"csrf": csrf},
+            allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+
+
+async def test_a_withdrawn_dataset_ends_each_transfer_in_words(
+        pair: tuple[Participant, Participant], tmp_path: Path) -> None:
+    """The provider removes a dataset after agreeing to it: a transfer already started, pulled
+    by the command (resumed) or from the console, and a new one, each end TERMINATED saying
+    that the dataset is no longer offered by the provider, with no advice to run again."""
+    provider, consumer = pair
+    words = f"dataset {DATASET} is no longer offered by the provider"
+    done = consumer.cli("negotiate", provider.url, DATASET)
+    assert done.returncode == 0, done.stderr
+    agreement = done.stdout.strip()
+    api = Management(load_settings(consumer.dir))
+    try:
+        started = [await api.call("POST", "/api/transfers?wait=30", {"agreementId": agreement})
+                   for _ in range(2)]
+        assert [t["state"] for t in started] == ["STARTED", "STARTED"]
+        (provider.dir / "datasets" / "example.toml").unlink()
+        await asyncio.to_thread(_until, lambda: DATASET not in _offered(consumer, provider),
+                                "the dataset withdrawn")
+        # The command resuming an interrupted pull of the first one.
+        out = tmp_path / "w.jsonl"
+        (tmp_path / "w.jsonl.part").write_bytes(b"")
+        (tmp_path / "w.jsonl.part.json").write_text(json.dumps(
+            {"agreement": agreement, "transfer": started[0]["id"]}))
+        resumed = await asyncio.to_thread(consumer.cli, "transfer", agreement, "--out", str(out))
+        assert resumed.returncode == 1
+        assert f"TERMINATED: the provider refuses: {words}" in resumed.stderr, resumed.stderr
+        assert "run the same command again" not in resumed.stderr
+        assert "unverified" not in resumed.stderr  # it says why, not that it goes on blind
+        # The console's pull of the second one.
+        await _console_pull(consumer, started[1]["id"])
+        for transfer in started:
+            record = await api.call("GET", f"/api/transfers/{transfer['id']}")
+            deadline = time.monotonic() + DEADLINE_S
+            while record["state"] != "TERMINATED" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                record = await api.call("GET", f"/api/transfers/{transfer['id']}")
+            assert record["state"] == "TERMINATED"
+            assert record["reason"].endswith(f": the provider refuses: {words}"), record
+    finally:
+        await api.close()
+    # A new transfer: the provider refuses the request; the consumer's process ends with
+    # the provider's words, not "peer unreachable or refused: POST …".
+    fresh = await asyncio.to_thread(consumer.cli, "transfer", agreement, "--out", str(out))
+    assert fresh.returncode == 1
+    assert f"TERMINATED: the provider refused: {words}" in fresh.stderr, fresh.stderr
+    assert "run the same command again" not in fresh.stderr
+    assert "unreachable" not in fresh.stderr

@@ -20,7 +20,7 @@ from connector.adapters.progress import PULL, Progress, ProgressBoard
 from connector.adapters.sinks import Sink, open_sink
 from connector.core.errors import ConnectorError, InvalidParameter, NotFound, PeerError
 from connector.core.transfer import Transfer, TransferEvent, TransferState
-from connector.service.consumer import Copy, copy_mismatch
+from connector.service.consumer import Copy, copy_mismatch, retry_can_succeed
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.console")
@@ -70,6 +70,12 @@ class Pulls:
             if problem is not None:
                 raise InvalidParameter(problem)
             await self._transfers.act(pid, TransferEvent.COMPLETE)
+        except PeerError as exc:
+            progress.error = exc.message
+            log.info("console pull of %s stopped: %s", pid, exc.message)
+            if not retry_can_succeed(exc):  # refused for good: the transfer ends, with why
+                await self._terminate(pid, f"the provider refuses: "
+                                           f"{exc.peer_reason or exc.message}")
         except ConnectorError as exc:
             progress.error = exc.message
             log.info("console pull of %s stopped: %s", pid, exc.message)
@@ -78,6 +84,12 @@ class Pulls:
             log.error("console pull of %s failed", pid, exc_info=exc)
         finally:
             self._board.end(pid)
+
+    async def _terminate(self, pid: str, reason: str) -> None:
+        try:
+            await self._transfers.act(pid, TransferEvent.TERMINATE, reason)
+        except ConnectorError as exc:  # it ended meanwhile (the provider terminated it)
+            log.info("console pull of %s: cannot terminate: %s", pid, exc.message)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -92,4 +104,5 @@ async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink, progress: Prog
                 sink.write(chunk)
                 progress.add(chunk)
     except PeerError as exc:
-        raise PeerError(f"the pull stopped: {exc.message}", peer_status=exc.peer_status) from exc
+        raise PeerError(f"the pull stopped: {exc.message}", peer_status=exc.peer_status,
+                        peer_reason=exc.peer_reason) from exc

@@ -156,10 +156,12 @@ class PeerError(ConnectorError, status=502, code="peer"):
     """A peer answered with an error status, or could not be reached."""
 
     def __init__(self, message: str, *, peer_status: int | None = None,
-                 final: bool = False) -> None:
+                 final: bool = False, peer_reason: str | None = None) -> None:
         super().__init__(message)
         self.peer_status = peer_status
         self.final = final  # not worth retrying: e.g. an address we refuse to connect to
+        # The reason the peer gave in its error body (a DSP error's ``reason``), if any.
+        self.peer_reason = peer_reason
 
     @property
     def retryable(self) -> bool:

@@ -30,7 +30,7 @@ from connector.adapters.sources import (  # noqa: F401 (record_chunks, summarize
 )
 from connector.core.errors import ConnectorError, InvalidParameter, TransferDenied
 from connector.service.audit import AuditTrail
-from connector.service.transfers import TransferService
+from connector.service.transfers import TransferService, withdrawn
 
 log = logging.getLogger("connector.dataplane")
 NDJSON = "application/x-ndjson"
@@ -79,10 +79,10 @@ class DataPlane:
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
-            raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
+            raise TransferDenied(withdrawn(agreement.dataset_id))
         missing = missing_source(decl.source_type, decl.source_path)
         if missing is not None:
-            raise TransferDenied(f"dataset {agreement.dataset_id!r} is not available: {missing}")
+            raise TransferDenied(withdrawn(agreement.dataset_id, missing))
         return record.id, agreement.id, decl
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
