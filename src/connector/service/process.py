@@ -175,6 +175,18 @@ class ProcessService(Generic[RecordT]):
                 return
             await self._save(self._ended(record, undelivered(error, record.role.other)), [])
 
+    async def on_modes_differ(self, pid: str, issuer: str) -> None:
+        """We refused a message on ``pid`` that ``issuer`` signed in the other [identity] mode
+        (its signature verified: ``ModesDiffer``). Its answers will never pass, so our
+        process with it ends now saying why, instead of waiting for them."""
+        async with self._locks.hold(pid):
+            record = await self._load(pid)
+            if record is None or record.state.terminal or record.counterparty_id != issuer:
+                return
+            self.log.warning("%s %s: %s speaks the other [identity] mode; ended",
+                             self.area.value, pid, issuer)
+            await self._save(self._ended(record, modes_differ(issuer)), [])
+
     async def _peer_holds(self, record: RecordT) -> bool:
         """Whether the peer's process is where ours is, or past it by its own moves."""
         theirs = proc.their_pid(record)
@@ -198,3 +210,10 @@ def undelivered(error: PeerError, peer: Role) -> str:
     if error.peer_reason and error.peer_status is not None and 400 <= error.peer_status < 500:
         return f"the {peer.value} refused: {error.peer_reason}"
     return f"peer unreachable or refused: {error.message}"
+
+
+def modes_differ(issuer: str) -> str:
+    """Why a process with a peer in the other [identity] mode ended, and what to do."""
+    return (f"identity modes differ: {issuer} signs as a pinned peer, while this connector "
+            'verifies DCP credentials ([identity] mode = "dcp"); both sides need the same '
+            "[identity] mode: agree on one, set it in connector.toml and restart that side")
