@@ -383,6 +383,11 @@ def daemon_lines(daemon: dict[str, Any]) -> list[str]:
         lines.append(f"  restart needed to apply: {', '.join(daemon['restartNeeded'])}")
     for dataset, why in (daemon.get("unavailableDatasets") or {}).items():
         lines.append(f"  dataset {dataset} is not offered: {why}")
+    problems = daemon.get("folderProblems") or []
+    if problems:
+        lines.append(f"  connector policy check finds {len(problems)} problem(s); the files "
+                     "named are not in force:")
+        lines += [f"    {problem}" for problem in problems]
     return lines
 
 

@@ -17,7 +17,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from connector.console.web import Console, ConsoleDeps
 from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
-from connector.core.errors import Area, ConfigError, ConnectorError, PeerError
+from connector.core.errors import Area, ConfigError, ConnectorError, PeerError, Problem
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
@@ -117,22 +117,40 @@ def _stamp(root: Path, datasets: Mapping[str, DatasetDecl] | None = None
 
 
 def read_folder(settings: Settings,
-                on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
-    """The folder as the daemon serves it; a dataset whose source file is missing is kept
-    (a pull under an earlier agreement is refused with that reason) but not offered."""
+                on_decision: Callable[[Scope, Decision], None] | None = None,
+                skip: frozenset[Path] = frozenset()) -> FolderState:
+    """The folder as the daemon serves it, but the files in ``skip``; a dataset whose source
+    file is missing, or one of whose policies is skipped, is kept (a pull under an earlier
+    agreement is refused with that reason) but not offered."""
     root = settings.root
-    datasets = load_datasets(root)
+    datasets = load_datasets(root, skip)
     declared = {d.id: d for d in datasets}
+    policies = load_policies(root, skip)
     unavailable = {d.id: why for d in datasets
-                   if (why := missing_source(d.source_type, d.source_path)) is not None}
-    policies = load_policies(root)
+                   if (why := missing_source(d.source_type, d.source_path)
+                       or _policy_missing(d, policies)) is not None}
     catalog = Catalog.from_folder(
         [d for d in datasets if d.id not in unavailable], policies,
         participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
         commits=policy_commits(root), on_decision=on_decision)
-    return FolderState(peers=load_trust(root), datasets=declared, catalog=catalog,
+    return FolderState(peers=load_trust(root, skip), datasets=declared, catalog=catalog,
                        stamp=_stamp(root, declared), unavailable=unavailable)
+
+
+def _policy_missing(decl: DatasetDecl, policies: Mapping[str, Any]) -> str | None:
+    missing = [name for name in decl.policies if name not in policies]
+    return (f"its policy {missing[0]} is not in force (`connector policy check` names the "
+            "problem)") if missing else None
+
+
+def not_in_force(problems: Iterable[Problem]) -> frozenset[Path]:
+    """The files of trust/, datasets/ and policies/ that the daemon leaves out at start,
+    because ``connector policy check`` finds a problem in them (a missing source file
+    is none: only that dataset goes unoffered)."""
+    return frozenset(Path(p.file) for p in problems
+                     if not p.message.startswith(MISSING_SOURCE)
+                     and Path(p.file).parent.name in ("trust", "datasets", "policies"))
 
 
 # The connector.toml settings a running daemon follows; any other edit waits for a restart.
@@ -171,11 +189,13 @@ def restart_needed(running: Settings, fresh: Settings) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def refused_edit(root: Path) -> str | None:
+def refused_edit(root: Path, found: list[Problem] | None = None) -> str | None:
     """Why an edit of the folder is not taken: the first problem ``connector policy check``
-    reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
-    source file is no reason: only that dataset goes unoffered."""
-    problems = [p for p in check_folder(root) if not p.message.startswith(MISSING_SOURCE)]
+    reports (``found``, else checked now), as ``file:line: message`` (and how many more), or
+    None when it passes. A missing source file is no reason: only that dataset goes
+    unoffered."""
+    found = check_folder(root) if found is None else found
+    problems = [p for p in found if not p.message.startswith(MISSING_SOURCE)]
     if not problems:
         return None
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -232,7 +252,13 @@ class Daemon:
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
-        self.folder = read_folder(settings, self._on_decision)
+        # As strict as `connector policy check`: one warning per problem, file and line;
+        # the files with one stay out, the rest is served.
+        problems = check_folder(settings.root)
+        self.folder_problems = [str(p) for p in problems]
+        for problem in problems:
+            log.warning("connector policy check: %s", problem)
+        self.folder = read_folder(settings, self._on_decision, not_in_force(problems))
         for dataset, why in self.folder.unavailable.items():
             log.warning("dataset %s is not offered: %s", dataset, why)
         key = load_any_signing_key(settings.signing_key)
@@ -288,7 +314,8 @@ class Daemon:
         return {"version": connector.__version__, "name": started.name, "did": started.did,
                 "publicUrl": started.public_url, "managementUrl": started.management_url,
                 "identityMode": started.identity_mode, "restartNeeded": self.restart_needed,
-                "unavailableDatasets": self.folder.unavailable}
+                "unavailableDatasets": self.folder.unavailable,
+                "folderProblems": self.folder_problems}
 
     def _console(self, search: RegistrySearch) -> Console:
         """The data steward's console over the same services as the management API."""
@@ -584,7 +611,9 @@ class Daemon:
             if stamp in (self.folder.stamp, refused):
                 continue
             try:  # the daemon takes what `connector policy check` passes, nothing less
-                reason = refused_edit(self.settings.root)
+                found = check_folder(self.settings.root)
+                self.folder_problems = [str(p) for p in found]
+                reason = refused_edit(self.settings.root, found)
                 fresh = read_folder(self.settings, self._on_decision) if reason is None else None
             except (ConnectorError, OSError) as exc:
                 reason, fresh = str(exc), None

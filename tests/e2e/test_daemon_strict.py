@@ -17,6 +17,7 @@ import pytest
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
+from connector.participant.lint import check_folder
 from tests.console.browser_session import console_base, logged_in
 from tests.harness import Participant, create_space, running
 
@@ -216,3 +217,38 @@ async def test_a_withdrawn_dataset_ends_each_transfer_in_words(
     assert f"TERMINATED: the provider refused: {words}" in fresh.stderr, fresh.stderr
     assert "run the same command again" not in fresh.stderr
     assert "unreachable" not in fresh.stderr
+
+
+def test_at_start_each_problem_is_one_warning_and_the_rest_is_served(tmp_path: Path) -> None:
+    """A folder that fails `connector policy check` when the daemon starts: one WARNING per
+    problem naming file and line, `connector status` lists them, the files with a problem
+    stay out and everything else is served."""
+    provider, consumer = create_space(tmp_path)
+    typo = json.loads((provider.dir / "policies" / "members-only.json").read_text())
+    typo["permission"][0]["constraint"][0]["operator"] = "eqq"
+    (provider.dir / "policies" / "typo.json").write_text(json.dumps(typo, indent=2))
+    (provider.dir / "datasets" / "typo.toml").write_text(
+        'id = "typo"\ntitle = "Typo"\npolicies = ["typo"]\n'
+        '[source]\ntype = "jsonl"\npath = "data/example.jsonl"\n')
+    (provider.dir / "datasets" / "half.toml").write_text('id = "half"\ntitle = "Half"\n')
+    (provider.dir / "trust" / "broken.json").write_text('{"did": "did:web:x",\n')
+    problems = [str(p) for p in check_folder(provider.dir)]
+    assert len(problems) >= 3, problems  # the policy, the dataset without a source, the pin
+    with running([provider, consumer]):
+        warned = [line for line in _log(provider).splitlines()
+                  if "connector policy check:" in line]
+        assert len(warned) == len(problems) and all("WARNING" in w for w in warned), warned
+        for problem in problems:
+            assert sum(problem in w for w in warned) == 1, (problem, warned)
+        for name in ("policies/typo.json:", "datasets/half.toml:", "trust/broken.json:"):
+            assert any(name in w for w in warned), (name, warned)
+        # The rest is in force: the consumer still gets its dataset; the typo's is not offered.
+        assert _offered(consumer, provider) == {DATASET}
+        done = consumer.cli("negotiate", provider.url, DATASET)
+        assert done.returncode == 0, done.stderr
+        status = json.loads(provider.cli("status", "--json").stdout)["daemon"]
+        assert status["folderProblems"] == problems
+        assert "typo" in status["unavailableDatasets"]
+        shown = provider.cli("status")
+        assert f"connector policy check finds {len(problems)} problem(s)" in shown.stdout
+        assert all(problem in shown.stdout for problem in problems), shown.stdout
