@@ -424,12 +424,13 @@ class Daemon:
             return
         self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
         self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)
-        if isinstance(self.verifier, DcpVerifier):
-            self.verifier.reload_identity(trusted_issuers=fresh.trusted_issuers,
-                                          required_types=fresh.required_credentials,
-                                          scope_alias=fresh.scope_alias,
-                                          status_cache_s=fresh.status_cache_s)
-            self.identity.grant(dcp.type_scopes(fresh.required_credentials, fresh.scope_alias))
+        if not isinstance(self.verifier, DcpVerifier):
+            return  # pinned trust verifies no credential: nothing of it applies until DCP
+        self.verifier.reload_identity(trusted_issuers=fresh.trusted_issuers,
+                                      required_types=fresh.required_credentials,
+                                      scope_alias=fresh.scope_alias,
+                                      status_cache_s=fresh.status_cache_s)
+        self.identity.grant(dcp.type_scopes(fresh.required_credentials, fresh.scope_alias))
         changed = [k for k in keys if getattr(fresh, k) != getattr(old, k)]
         log.info("reloaded [identity] (%s) without a restart", ", ".join(changed))
 

@@ -160,6 +160,17 @@ def test_a_setting_needing_a_restart_says_so(pair: tuple[Participant, Participan
     toml.write_text(before)  # undone: nothing waits any more
     _until(lambda: json.loads(provider.cli("status", "--json").stdout)["daemon"][
         "restartNeeded"] == [], "the notice withdrawn")
+    # A new [identity] section turning DCP on: the mode waits for a restart, and nothing
+    # says the rest of the section was applied (a pinned daemon verifies no credential).
+    toml.write_text(before + '\n[identity]\nmode = "dcp"\nrequired_credentials = '
+                    '["MembershipCredential"]\n[identity.trusted_issuers]\n'
+                    '"did:web:authority.example" = ["MembershipCredential"]\n')
+    _until(lambda: "[identity] mode changed" in _log(provider), "the mode's restart notice")
+    [mode] = [line for line in _log(provider).splitlines() if "[identity] mode changed" in line]
+    assert "WARNING" in mode and "restart the daemon" in mode
+    assert "reloaded [identity]" not in _log(provider)
+    status = json.loads(provider.cli("status", "--json").stdout)["daemon"]
+    assert "[identity] mode" in status["restartNeeded"] and status["identityMode"] == "pinned"
 
 
 async def _console_pull(consumer: Participant, transfer: str) -> None:

@@ -142,6 +142,10 @@ class TransferService(ProcessService[Transfer]):
                 or agreement.assignee != claims.participant_id):
             raise ProtocolError(f"no agreement {msg.agreement_id!r} for this participant",
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        if agreement.revoked:  # refused for good, in words, before any token is minted
+            raise ProtocolError(f"the agreement was revoked by the provider: "
+                                f"{agreement.revoked}", area=Area.TRANSFER,
+                                consumer_pid=msg.consumer_pid)
         entry = self._catalog().entries.get(agreement.dataset_id)
         if entry is None:
             raise ProtocolError(withdrawn(agreement.dataset_id), area=Area.TRANSFER,
