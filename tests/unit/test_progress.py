@@ -5,7 +5,9 @@ stream."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 
+import connector.adapters.progress as progress_module
 from connector.adapters.progress import PULL, PUSH_IN, ProgressBoard
 from connector.core import transfer as tp
 from connector.core.process import Role
@@ -55,3 +57,15 @@ def test_a_terminal_transfer_ends_its_stream() -> None:
     assert board.running() != {}
     board.on_transfer(msgspec.structs.replace(record, state=TransferState.COMPLETED), False)
     assert board.running() == {}
+
+
+def test_the_oldest_ended_streams_are_forgotten_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress_module, "KEPT_ENDED", 4)
+    board = ProgressBoard(Clock())
+    board.begin("running", PULL)
+    for i in range(5):
+        board.begin(f"t{i}", PULL)
+        board.end(f"t{i}")
+    assert board.get("running") is not None  # a running stream is never dropped
+    assert board.get("t0") is None and board.get("t4") is not None
+    assert len([pid for pid in ("t0", "t1", "t2", "t3", "t4") if board.get(pid)]) <= 4

@@ -21,6 +21,9 @@ from connector.core.transfer import Transfer
 Chunk = bytes  # ``Progress.bytes`` shadows the type in the class body
 
 PULL, PUSH_IN, PUSH_OUT = "pull", "push received", "push sent"
+# Ended streams kept for their pages (the oldest go first): a daemon running for months
+# must not keep one entry per transfer it ever moved.
+KEPT_ENDED = 10_000
 
 
 @dataclass
@@ -56,8 +59,16 @@ class ProgressBoard:
         """A stream of ``pid`` starts, holding ``records`` and ``size`` bytes already (a
         resumed stream keeps its first records)."""
         progress = Progress(kind, self._clock(), records, size)
+        self._by_id.pop(pid, None)
         self._by_id[pid] = progress
+        if len(self._by_id) > KEPT_ENDED:
+            self._forget_ended()
         return progress
+
+    def _forget_ended(self) -> None:
+        ended = [pid for pid, p in self._by_id.items() if p.done]
+        for pid in ended[:len(self._by_id) - KEPT_ENDED // 2]:
+            del self._by_id[pid]
 
     def end(self, pid: str, error: str | None = None) -> None:
         progress = self._by_id.get(pid)
