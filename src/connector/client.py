@@ -17,7 +17,12 @@ import msgspec
 from connector import terminal
 from connector.config import Settings, load_settings
 from connector.core.errors import PeerError
-from connector.service.consumer import CopyCounter, complete_records, copy_mismatch
+from connector.service.consumer import (
+    CopyCounter,
+    complete_records,
+    copy_mismatch,
+    retry_can_succeed,
+)
 
 
 class Management:
@@ -167,21 +172,6 @@ async def _unanswered(m: Management, record: dict[str, Any], timeout: float) -> 
     return 1
 
 
-# Refusals a later run can get past: a data token that expired (the next run refreshes it
-# before pulling) and a transfer the provider suspended (it may resume it).
-_PASSING_REFUSALS = ("expired", "SUSPENDED")
-
-
-def retry_can_succeed(exc: PeerError) -> bool:
-    """Whether running the same command again may finish the copy: after a network cut or
-    a provider error, yes; after the provider refused the access for good (its policy
-    denies, e.g. the use count is exhausted; the agreement is revoked; the dataset's source
-    is gone), no."""
-    if exc.peer_status != 403:
-        return True
-    return any(word in exc.message for word in _PASSING_REFUSALS)
-
-
 async def _end(m: Management, tid: str, reason: str) -> int:
     """Terminate a transfer the provider refuses for good, with its reason (the provider is
     told too), and say so; no advice to run again."""
@@ -322,6 +312,10 @@ async def transfer(m: Management, args: argparse.Namespace) -> int:
     try:
         summary: dict[str, Any] | None = await m.call("GET", f"/api/transfers/{tid}/summary")
     except PeerError as exc:  # e.g. EDC's data plane: no count or checksum to check against
+        if not retry_can_succeed(exc):  # refused for good: no pull can follow
+            part.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return await _end(m, tid, exc.message)
         print(f"the provider gives no summary ({exc.message}); the copy will be unverified",
               file=sys.stderr)
         summary = None
@@ -389,6 +383,11 @@ def daemon_lines(daemon: dict[str, Any]) -> list[str]:
         lines.append(f"  restart needed to apply: {', '.join(daemon['restartNeeded'])}")
     for dataset, why in (daemon.get("unavailableDatasets") or {}).items():
         lines.append(f"  dataset {dataset} is not offered: {why}")
+    problems = daemon.get("folderProblems") or []
+    if problems:
+        lines.append(f"  connector policy check finds {len(problems)} problem(s); the files "
+                     "named are not in force:")
+        lines += [f"    {problem}" for problem in problems]
     return lines
 
 

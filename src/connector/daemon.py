@@ -17,7 +17,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,18 +39,20 @@ from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
+from connector.adapters.progress import ProgressBoard
 from connector.adapters.sources import missing_source
 from connector.adapters.storage import engine
 from connector.adapters.storage.engine import AnyStore
 from connector.adapters.storage.postgres import CLAIM_S, PostgresStore
 from connector.adapters.storage.schema import latest
 from connector.config import CONFIG_FILE, Settings, load_settings
+from connector.console.credentials import StatusChecker
 from connector.console.facts import read_folder_view
 from connector.console.web import Console, ConsoleDeps
 from connector.console.web import mount as mount_console
 from connector.core import dcp
 from connector.core.binding import created_by
-from connector.core.errors import Area, ConfigError, ConnectorError
+from connector.core.errors import Area, ConfigError, ConnectorError, PeerError, Problem
 from connector.core.identity import KeyRing, document_keys, with_credential_service
 from connector.core.policy import Decision, Scope
 from connector.keys import check_private_mode, load_any_signing_key, write_private
@@ -117,22 +119,40 @@ def _stamp(root: Path, datasets: Mapping[str, DatasetDecl] | None = None
 
 
 def read_folder(settings: Settings,
-                on_decision: Callable[[Scope, Decision], None] | None = None) -> FolderState:
-    """The folder as the daemon serves it; a dataset whose source file is missing is kept
-    (a pull under an earlier agreement is refused with that reason) but not offered."""
+                on_decision: Callable[[Scope, Decision], None] | None = None,
+                skip: frozenset[Path] = frozenset()) -> FolderState:
+    """The folder as the daemon serves it, but the files in ``skip``; a dataset whose source
+    file is missing, or one of whose policies is skipped, is kept (a pull under an earlier
+    agreement is refused with that reason) but not offered."""
     root = settings.root
-    datasets = load_datasets(root)
+    datasets = load_datasets(root, skip)
     declared = {d.id: d for d in datasets}
+    policies = load_policies(root, skip)
     unavailable = {d.id: why for d in datasets
-                   if (why := missing_source(d.source_type, d.source_path)) is not None}
-    policies = load_policies(root)
+                   if (why := missing_source(d.source_type, d.source_path)
+                       or _policy_missing(d, policies)) is not None}
     catalog = Catalog.from_folder(
         [d for d in datasets if d.id not in unavailable], policies,
         participant_id=settings.did, dsp_base=settings.dsp_base,
         clock=time.time, hashes={name: policy_hash(doc) for name, doc in policies.items()},
         commits=policy_commits(root), on_decision=on_decision)
-    return FolderState(peers=load_trust(root), datasets=declared, catalog=catalog,
+    return FolderState(peers=load_trust(root, skip), datasets=declared, catalog=catalog,
                        stamp=_stamp(root, declared), unavailable=unavailable)
+
+
+def _policy_missing(decl: DatasetDecl, policies: Mapping[str, Any]) -> str | None:
+    missing = [name for name in decl.policies if name not in policies]
+    return (f"its policy {missing[0]} is not in force (`connector policy check` names the "
+            "problem)") if missing else None
+
+
+def not_in_force(problems: Iterable[Problem]) -> frozenset[Path]:
+    """The files of trust/, datasets/ and policies/ that the daemon leaves out at start,
+    because ``connector policy check`` finds a problem in them (a missing source file
+    is none: only that dataset goes unoffered)."""
+    return frozenset(Path(p.file) for p in problems
+                     if not p.message.startswith(MISSING_SOURCE)
+                     and Path(p.file).parent.name in ("trust", "datasets", "policies"))
 
 
 # The connector.toml settings a running daemon follows; any other edit waits for a restart.
@@ -171,11 +191,13 @@ def restart_needed(running: Settings, fresh: Settings) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def refused_edit(root: Path) -> str | None:
+def refused_edit(root: Path, found: list[Problem] | None = None) -> str | None:
     """Why an edit of the folder is not taken: the first problem ``connector policy check``
-    reports, as ``file:line: message`` (and how many more), or None when it passes. A missing
-    source file is no reason: only that dataset goes unoffered."""
-    problems = [p for p in check_folder(root) if not p.message.startswith(MISSING_SOURCE)]
+    reports (``found``, else checked now), as ``file:line: message`` (and how many more), or
+    None when it passes. A missing source file is no reason: only that dataset goes
+    unoffered."""
+    found = check_folder(root) if found is None else found
+    problems = [p for p in found if not p.message.startswith(MISSING_SOURCE)]
     if not problems:
         return None
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -232,7 +254,13 @@ class Daemon:
         self.metrics = (Metrics(peers=lambda: self.folder.peers)
                         if settings.metrics_listen is not None else None)
         self.outbox_watch = OutboxWatch()
-        self.folder = read_folder(settings, self._on_decision)
+        # As strict as `connector policy check`: one warning per problem, file and line;
+        # the files with one stay out, the rest is served.
+        problems = check_folder(settings.root)
+        self.folder_problems = [str(p) for p in problems]
+        for problem in problems:
+            log.warning("connector policy check: %s", problem)
+        self.folder = read_folder(settings, self._on_decision, not_in_force(problems))
         self.consents = ConsentService(  # consents/: docs/consent.md
             FolderConsents(settings.root), clock=time.time,
             claims_for=lambda did: self.claims_for(did).attributes)
@@ -292,7 +320,8 @@ class Daemon:
         return {"version": connector.__version__, "name": started.name, "did": started.did,
                 "publicUrl": started.public_url, "managementUrl": started.management_url,
                 "identityMode": started.identity_mode, "restartNeeded": self.restart_needed,
-                "unavailableDatasets": self.folder.unavailable}
+                "unavailableDatasets": self.folder.unavailable,
+                "folderProblems": self.folder_problems}
 
     def _console(self, search: RegistrySearch) -> Console:
         """The data steward's console over the same services as the management API."""
@@ -303,6 +332,9 @@ class Daemon:
             token=s.management_token(), store=self.store, negotiations=self.negotiations,
             transfers=self.transfers, consumer=consumer, client=self.client,
             search=search.search, pulls_dir=s.root / "state" / "pulls", settings=s,
+            progress=self.progress, push_to=self.push_receiver.address_for,
+            credential_status=StatusChecker(self.dcp_http, self._did_resolver,
+                                            s.clock_leeway_s, time.time),
             audit_enabled=self.audit_settings.enabled,
             warnings=lambda: {k: v for k, v in self.health.problems.items() if v},
             refused_tokens=self._refused_tokens,
@@ -398,12 +430,13 @@ class Daemon:
             return
         self.settings = dataclasses.replace(old, **{k: getattr(fresh, k) for k in keys})
         self.dcp_http.set_allowed_hosts(fresh.allowed_hosts)
-        if isinstance(self.verifier, DcpVerifier):
-            self.verifier.reload_identity(trusted_issuers=fresh.trusted_issuers,
-                                          required_types=fresh.required_credentials,
-                                          scope_alias=fresh.scope_alias,
-                                          status_cache_s=fresh.status_cache_s)
-            self.identity.grant(dcp.type_scopes(fresh.required_credentials, fresh.scope_alias))
+        if not isinstance(self.verifier, DcpVerifier):
+            return  # pinned trust verifies no credential: nothing of it applies until DCP
+        self.verifier.reload_identity(trusted_issuers=fresh.trusted_issuers,
+                                      required_types=fresh.required_credentials,
+                                      scope_alias=fresh.scope_alias,
+                                      status_cache_s=fresh.status_cache_s)
+        self.identity.grant(dcp.type_scopes(fresh.required_credentials, fresh.scope_alias))
         changed = [k for k in keys if getattr(fresh, k) != getattr(old, k)]
         log.info("reloaded [identity] (%s) without a restart", ", ".join(changed))
 
@@ -443,10 +476,13 @@ class Daemon:
             token_secret=data_token_secret(s.root), automatic=self._automatic,
             completion_guard=pushed.completion_problem, locks=KeyedLocks(shared))
         self._observe_services()
+        # What each running pull or push has moved so far (the console shows it).
+        self.progress = ProgressBoard(clock=time.time)
+        self.transfers.listeners.append(self.progress.on_transfer)
+        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed, self.progress)
         # ... and push as provider.
-        self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed)
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
-                             trail=self.trail, consents=self.consents)
+                             self.progress, trail=self.trail, consents=self.consents)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port,
@@ -558,7 +594,7 @@ class Daemon:
         except OSError as exc:  # e.g. the port is taken: a clear error, not a traceback
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
-    async def _delivery_failed(self, item: OutboxItem, error: str) -> None:
+    async def _delivery_failed(self, item: OutboxItem, error: PeerError) -> None:
         self.outbox_watch.settled(item)
         if await self.store.get_negotiation(item.process_id) is not None:
             await self.negotiations.on_delivery_failed(item.process_id, error)
@@ -584,7 +620,9 @@ class Daemon:
             if stamp in (self.folder.stamp, refused):
                 continue
             try:  # the daemon takes what `connector policy check` passes, nothing less
-                reason = refused_edit(self.settings.root)
+                found = check_folder(self.settings.root)
+                self.folder_problems = [str(p) for p in found]
+                reason = refused_edit(self.settings.root, found)
                 fresh = read_folder(self.settings, self._on_decision) if reason is None else None
             except (ConnectorError, OSError) as exc:
                 reason, fresh = str(exc), None

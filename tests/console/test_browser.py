@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +142,14 @@ async def test_negotiate_pull_and_revoke_in_the_browser(
     assert errors == [] and provider_errors == []
 
 
-async def _watch_records(page: Page) -> list[int]:
-    """The record counts the progress line showed, read until the pull is done."""
+async def _watch_records(page: Page, total: int = BIG_RECORDS) -> list[int]:
+    """The record counts the progress line showed, read until the stream is done."""
     seen: list[int] = []
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
         text = await page.locator("#records").inner_text()
         seen.append(int(text))
-        if seen[-1] == BIG_RECORDS or await page.locator("#pull-error").count():
+        if seen[-1] == total or await page.locator("#pull-error").count():
             break
         await asyncio.sleep(0.1)
     return seen
@@ -192,3 +195,98 @@ async def test_a_denied_negotiation_shows_the_failing_constraint(
                          attributes={"membership": "active"}, tls_cert=None)
         await _catalogue_shows(space, "big", shown=True)
     assert errors == []
+
+
+DRIPPED = 6_000  # records the slow upstream serves, DRIP_BLOCKS blocks a DRIP_PAUSE_S apart
+DRIP_BLOCKS, DRIP_PAUSE_S = 30, 0.1
+
+
+class _Drip(BaseHTTPRequestHandler):
+    """An upstream that serves its JSON lines slowly, so a push of them can be watched."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        per_block = DRIPPED // DRIP_BLOCKS
+        for block in range(DRIP_BLOCKS):
+            first = block * per_block
+            self.wfile.write("".join(f'{{"seq": {i}}}\n'
+                                     for i in range(first, first + per_block)).encode())
+            self.wfile.flush()
+            time.sleep(DRIP_PAUSE_S)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def dripped_dataset(space: ManagedSpace) -> Iterator[None]:
+    """The provider offers ``dripped`` for push, read from a slow upstream on loopback."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    decl = space.provider.dir / "datasets" / "dripped.toml"
+    decl.write_text(
+        'id = "dripped"\ntitle = "Dripped"\ndescription = "records that come slowly"\n'
+        'keywords = ["slow"]\npolicies = ["members-only"]\n'
+        'formats = ["HttpData-PULL", "HttpData-PUSH"]\n[source]\ntype = "http"\n'
+        f'url = "http://127.0.0.1:{server.server_port}/records"\nformat = "jsonl"\n')
+    try:
+        yield
+    finally:
+        decl.unlink()
+        server.shutdown()
+        server.server_close()
+
+
+async def _negotiated(page: Page, space: ManagedSpace, dataset: str) -> None:
+    """Negotiate ``dataset`` from the provider's catalogue, confirmed; the page ends on the
+    FINALIZED negotiation."""
+    await page.goto(f"{console_base(space.consumer)}/discover?provider={space.provider.url}")
+    await page.locator(f"#dataset-{dataset} .negotiate").click()
+    await page.check("#accept")
+    await page.click("#confirm")
+    await expect(page.locator("#state")).to_have_text("FINALIZED", timeout=WAIT_MS)
+
+
+async def test_a_push_shows_live_progress_on_both_sides(
+        managed_space: ManagedSpace, browser: Browser, shots: Any) -> None:
+    """The consumer has the provider push: its transfer page shows the records, bytes and
+    rate arriving, then COMPLETED; the list shows the same figures; the provider's pages show
+    what it sent."""
+    space = managed_space
+    page, errors = await open_console(browser, space.consumer)
+    with dripped_dataset(space):
+        await _catalogue_shows(space, "dripped", shown=True)
+        await _negotiated(page, space, "dripped")
+        await page.click("#start-push")
+        await expect(page.locator("#format")).to_have_text("HttpData-PUSH")
+        transfer = page.url.rsplit("/", 1)[1]
+        await expect(page.locator("#progress")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#progress h2")).to_have_text("Push received")
+        seen = await _watch_records(page, DRIPPED)
+        await expect(page.locator("#state")).to_have_text("COMPLETED", timeout=WAIT_MS)
+    await expect(page.locator("#records")).to_have_text(str(DRIPPED), timeout=WAIT_MS)
+    assert seen == sorted(seen) and seen[-1] <= DRIPPED
+    assert len([n for n in seen if 0 < n < DRIPPED]) > 1, seen  # it moved while we watched
+    assert int(await page.locator("#bytes").inner_text()) > DRIPPED
+    await expect(page.locator("#timeline")).to_contain_text("push copy verified")
+    await shots(page, "push")
+
+    # The list shows the stream's figures in the transfer's row.
+    await page.goto(f"{console_base(space.consumer)}/transfers")
+    cell = page.locator(f"[data-pid='{transfer}'] [data-part='records']")
+    await expect(cell).to_have_text(str(DRIPPED), timeout=WAIT_MS)
+
+    # The provider's side of the same transfer: what it pushed.
+    provider, provider_errors = await open_console(browser, space.provider)
+    await provider.goto(f"{console_base(space.provider)}/transfers?state=COMPLETED")
+    pushed = provider.locator("tr", has=provider.locator(
+        "[data-part='records']", has_text=str(DRIPPED)))
+    await pushed.first.locator("a").first.click()
+    await expect(provider.locator("#progress h2")).to_have_text("Push sent")
+    await expect(provider.locator("#records")).to_have_text(str(DRIPPED))
+    await expect(provider.locator("#state")).to_have_text("COMPLETED")
+    assert errors == [] and provider_errors == []

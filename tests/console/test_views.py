@@ -73,4 +73,7 @@ def test_a_credential_shows_type_issuer_expiry_and_status_list() -> None:
     assert shown.types == "MembershipCredential" and shown.issuer == "did:web:a"
     assert shown.expires == "2023-11-14T23:13:20Z"
     assert shown.status == "https://a/status/1#7"
-    assert views.credential("not a jwt") == views.Credential("?", "?", "", "")
+    assert shown.entries == (views.StatusEntry("https://a/status/1", 7, "revocation"),)
+    assert shown.expires_at == 1_700_003_600 and shown.malformed == ""
+    assert views.credential("not a jwt") == views.Credential("?", "?", "", "",
+                                                             malformed="not a VC JWT")

@@ -17,6 +17,8 @@ import pytest
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.errors import PeerError
+from connector.participant.lint import check_folder
+from tests.console.browser_session import console_base, logged_in
 from tests.harness import Participant, create_space, running
 
 DATASET = "example-weather"
@@ -158,3 +160,106 @@ def test_a_setting_needing_a_restart_says_so(pair: tuple[Participant, Participan
     toml.write_text(before)  # undone: nothing waits any more
     _until(lambda: json.loads(provider.cli("status", "--json").stdout)["daemon"][
         "restartNeeded"] == [], "the notice withdrawn")
+    # A new [identity] section turning DCP on: the mode waits for a restart, and nothing
+    # says the rest of the section was applied (a pinned daemon verifies no credential).
+    toml.write_text(before + '\n[identity]\nmode = "dcp"\nrequired_credentials = '
+                    '["MembershipCredential"]\n[identity.trusted_issuers]\n'
+                    '"did:web:authority.example" = ["MembershipCredential"]\n')
+    _until(lambda: "[identity] mode changed" in _log(provider), "the mode's restart notice")
+    [mode] = [line for line in _log(provider).splitlines() if "[identity] mode changed" in line]
+    assert "WARNING" in mode and "restart the daemon" in mode
+    assert "reloaded [identity]" not in _log(provider)
+    status = json.loads(provider.cli("status", "--json").stdout)["daemon"]
+    assert "[identity] mode" in status["restartNeeded"] and status["identityMode"] == "pinned"
+
+
+async def _console_pull(consumer: Participant, transfer: str) -> None:
+    """Press the console's "Pull the records" on ``transfer``."""
+    async with logged_in(consumer) as (http, csrf), http.post(
+            f"{console_base(consumer)}/transfers/{transfer}/pull", data={"csrf": csrf},
+            allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+
+
+async def test_a_withdrawn_dataset_ends_each_transfer_in_words(
+        pair: tuple[Participant, Participant], tmp_path: Path) -> None:
+    """The provider removes a dataset after agreeing to it: a transfer already started, pulled
+    by the command (resumed) or from the console, and a new one, each end TERMINATED saying
+    that the dataset is no longer offered by the provider, with no advice to run again."""
+    provider, consumer = pair
+    words = f"dataset {DATASET} is no longer offered by the provider"
+    done = consumer.cli("negotiate", provider.url, DATASET)
+    assert done.returncode == 0, done.stderr
+    agreement = done.stdout.strip()
+    api = Management(load_settings(consumer.dir))
+    try:
+        started = [await api.call("POST", "/api/transfers?wait=30", {"agreementId": agreement})
+                   for _ in range(2)]
+        assert [t["state"] for t in started] == ["STARTED", "STARTED"]
+        (provider.dir / "datasets" / "example.toml").unlink()
+        await asyncio.to_thread(_until, lambda: DATASET not in _offered(consumer, provider),
+                                "the dataset withdrawn")
+        # The command resuming an interrupted pull of the first one.
+        out = tmp_path / "w.jsonl"
+        (tmp_path / "w.jsonl.part").write_bytes(b"")
+        (tmp_path / "w.jsonl.part.json").write_text(json.dumps(
+            {"agreement": agreement, "transfer": started[0]["id"]}))
+        resumed = await asyncio.to_thread(consumer.cli, "transfer", agreement, "--out", str(out))
+        assert resumed.returncode == 1
+        assert f"TERMINATED: the provider refuses: {words}" in resumed.stderr, resumed.stderr
+        assert "run the same command again" not in resumed.stderr
+        assert "unverified" not in resumed.stderr  # it says why, not that it goes on blind
+        # The console's pull of the second one.
+        await _console_pull(consumer, started[1]["id"])
+        for transfer in started:
+            record = await api.call("GET", f"/api/transfers/{transfer['id']}")
+            deadline = time.monotonic() + DEADLINE_S
+            while record["state"] != "TERMINATED" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                record = await api.call("GET", f"/api/transfers/{transfer['id']}")
+            assert record["state"] == "TERMINATED"
+            assert record["reason"].endswith(f": the provider refuses: {words}"), record
+    finally:
+        await api.close()
+    # A new transfer: the provider refuses the request; the consumer's process ends with
+    # the provider's words, not "peer unreachable or refused: POST …".
+    fresh = await asyncio.to_thread(consumer.cli, "transfer", agreement, "--out", str(out))
+    assert fresh.returncode == 1
+    assert f"TERMINATED: the provider refused: {words}" in fresh.stderr, fresh.stderr
+    assert "run the same command again" not in fresh.stderr
+    assert "unreachable" not in fresh.stderr
+
+
+def test_at_start_each_problem_is_one_warning_and_the_rest_is_served(tmp_path: Path) -> None:
+    """A folder that fails `connector policy check` when the daemon starts: one WARNING per
+    problem naming file and line, `connector status` lists them, the files with a problem
+    stay out and everything else is served."""
+    provider, consumer = create_space(tmp_path)
+    typo = json.loads((provider.dir / "policies" / "members-only.json").read_text())
+    typo["permission"][0]["constraint"][0]["operator"] = "eqq"
+    (provider.dir / "policies" / "typo.json").write_text(json.dumps(typo, indent=2))
+    (provider.dir / "datasets" / "typo.toml").write_text(
+        'id = "typo"\ntitle = "Typo"\npolicies = ["typo"]\n'
+        '[source]\ntype = "jsonl"\npath = "data/example.jsonl"\n')
+    (provider.dir / "datasets" / "half.toml").write_text('id = "half"\ntitle = "Half"\n')
+    (provider.dir / "trust" / "broken.json").write_text('{"did": "did:web:x",\n')
+    problems = [str(p) for p in check_folder(provider.dir)]
+    assert len(problems) >= 3, problems  # the policy, the dataset without a source, the pin
+    with running([provider, consumer]):
+        warned = [line for line in _log(provider).splitlines()
+                  if "connector policy check:" in line]
+        assert len(warned) == len(problems) and all("WARNING" in w for w in warned), warned
+        for problem in problems:
+            assert sum(problem in w for w in warned) == 1, (problem, warned)
+        for name in ("policies/typo.json:", "datasets/half.toml:", "trust/broken.json:"):
+            assert any(name in w for w in warned), (name, warned)
+        # The rest is in force: the consumer still gets its dataset; the typo's is not offered.
+        assert _offered(consumer, provider) == {DATASET}
+        done = consumer.cli("negotiate", provider.url, DATASET)
+        assert done.returncode == 0, done.stderr
+        status = json.loads(provider.cli("status", "--json").stdout)["daemon"]
+        assert status["folderProblems"] == problems
+        assert "typo" in status["unavailableDatasets"]
+        shown = provider.cli("status")
+        assert f"connector policy check finds {len(problems)} problem(s)" in shown.stdout
+        assert all(problem in shown.stdout for problem in problems), shown.stdout

@@ -14,6 +14,7 @@ import pytest
 from connector.client import Management
 from connector.terminal import short_id
 from tests.e2e.conftest import Space
+from tests.unit.test_cli import _on_a_terminal
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 DATASET = "example-weather"
@@ -62,6 +63,16 @@ async def test_agreements_why_revoke_with_short_ids(space: Space, tmp_path: Path
     assert listed[agreement]["revoked"] == "contract ended"
     assert "contract ended" in provider.cli("agreements").stdout
     assert "revoked: contract ended" in provider.cli("why", agreement).stdout
+    # A transfer under the revoked agreement ends at once, TERMINATED with the reason: the
+    # provider refuses to open it; no advice to run again, nothing left STARTED.
+    again = consumer.cli("transfer", short_id(agreement), "--out", str(tmp_path / "again"))
+    assert again.returncode == 1
+    assert "TERMINATED" in again.stderr and "revoked by the provider: contract ended" \
+        in again.stderr, again.stderr
+    assert "run the same command again" not in again.stderr
+    states = [t["state"] for t in _json(consumer.cli("status", "--json"))["transfers"]
+              if t["agreementId"] == agreement]  # type: ignore[index]
+    assert "STARTED" not in states and "REQUESTED" not in states, states
 
 
 async def test_negotiation_terminate(space: Space,
@@ -93,3 +104,7 @@ async def test_status_and_catalog_as_json(space: Space) -> None:
     assert DATASET in {d["@id"] for d in datasets}
     table = space.consumer.cli("status")
     assert table.returncode == 0 and "urn:uuid:" not in table.stdout  # short ids
+    # On an 80-column terminal every line of the tables fits (it was 130 wide).
+    lines = _on_a_terminal(["status", "--dir", str(space.consumer.dir)], columns=80)
+    assert any("negotiations" in line for line in lines), lines
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]

@@ -1,6 +1,6 @@
 """Every refusal says why, on the side that can act: a consumer learns which terms a hidden
 offer needs (unless the provider marks the dataset confidential), and an identity refusal
-names its cause (not pinned, pinned with an older key)."""
+names its cause (not pinned, pinned with an older key, identity modes that differ)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connector.participant.keys import rotate_signing_key
 from connector.participant.trust import add_trusted_peer, remove_trusted_peer
+from tests.e2e.test_identity_edge import _identity_toml
 from tests.harness import Participant, create_space, running, start, stop
 
 DATASET = "example-weather"
@@ -100,3 +102,55 @@ def test_an_unanswered_negotiation_ends_with_the_reason(tmp_path: Path) -> None:
         assert "[identity] mode" in done.stderr
         status = json.loads(consumer.cli("status", "--json").stdout)
         assert [n["state"] for n in status["negotiations"]] == ["TERMINATED"]
+
+
+def _dcp_mode(p: Participant, ca: Path) -> None:
+    """``[identity] mode = "dcp"`` for ``p`` (trusting an authority no step here reaches)."""
+    with (p.dir / "connector.toml").open("a") as f:
+        f.write(_identity_toml("did:web:authority.example", [ca]))
+
+
+def _negotiations(p: Participant) -> list[dict[str, Any]]:
+    shown = p.cli("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    negotiations: list[dict[str, Any]] = json.loads(shown.stdout)["negotiations"]
+    return negotiations
+
+
+def test_identity_modes_that_differ_end_the_negotiation_saying_so(tmp_path: Path) -> None:
+    """The consumer runs DCP, the provider pinned trust (pinning the consumer, so it takes the
+    request): the provider's answer is refused by the consumer, whose negotiation ends
+    TERMINATED at once saying that the modes differ and what to do, instead of waiting for
+    an answer that cannot pass and then saying it timed out; the provider's ends too."""
+    provider, consumer = create_space(tmp_path)
+    _dcp_mode(consumer, provider.dir / "tls" / "cert.pem")
+    with running([provider, consumer]):
+        done = consumer.cli("negotiate", provider.url, DATASET, "--timeout", "120")
+        assert done.returncode == 1
+        assert "TERMINATED: " in done.stderr and "identity modes differ:" in done.stderr, \
+            done.stderr
+        assert "signs as a pinned peer" in done.stderr and "restart" in done.stderr
+        assert "no answer from the provider" not in done.stderr  # it did not wait it out
+        [ours] = _negotiations(consumer)
+        assert ours["state"] == "TERMINATED" and "identity modes differ" in ours["reason"]
+        theirs: list[dict[str, Any]] = []
+        deadline = time.monotonic() + RELOAD_DEADLINE_S
+        while time.monotonic() < deadline:
+            theirs = _negotiations(provider)
+            if theirs and theirs[0]["state"] == "TERMINATED":
+                break
+            time.sleep(0.3)
+        assert [n["state"] for n in theirs] == ["TERMINATED"], theirs
+        assert "the consumer refused:" in theirs[0]["reason"]
+        assert "identity modes differ" in theirs[0]["reason"]
+
+
+def test_a_dcp_provider_tells_a_pinned_consumer_the_modes_differ(tmp_path: Path) -> None:
+    provider, consumer = create_space(tmp_path)
+    _dcp_mode(provider, consumer.dir / "tls" / "cert.pem")
+    with running([provider, consumer]):
+        done = consumer.cli("negotiate", provider.url, DATASET, "--timeout", "120")
+        assert done.returncode != 0
+        assert "identity modes differ" in done.stderr and "[identity] mode" in done.stderr
+        assert "no answer from the provider" not in done.stderr
+        assert "{" not in done.stderr  # sentences, not a JSON body

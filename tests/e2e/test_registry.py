@@ -8,6 +8,7 @@ registry outage during a negotiation and a transfer, which both complete.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import subprocess
@@ -174,6 +175,9 @@ def test_consumer_finds_the_provider_then_negotiates_and_transfers_with_the_regi
     found = world.consumer.cli("search", "weather")
     assert found.returncode == 0, found.stderr
     assert "example-weather" in found.stdout and world.provider.url in found.stdout
+    as_json = world.consumer.cli("search", "weather", "--json")  # what scripts read
+    assert as_json.returncode == 0, as_json.stderr
+    assert "example-weather" in json.dumps(json.loads(as_json.stdout))
     assert find_provider_url(world.consumer.dir, "weather") == world.provider.url
     with running([world.provider, world.consumer]):
         world.registry.stop()

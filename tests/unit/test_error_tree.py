@@ -18,7 +18,8 @@ from connector.registry.store import SearchQuery
 # By whose mistake each class is: the caller's (4xx), our configuration (503), a peer (502),
 # a bug of ours (500, only ever answered by the middleware).
 INTENDED = {
-    "ConfigError": 503, "PolicyError": 400, "AuthError": 401, "InvalidParameter": 400,
+    "ConfigError": 503, "PolicyError": 400, "AuthError": 401, "ModesDiffer": 401,
+    "InvalidParameter": 400,
     "ProtocolError": 400, "MalformedMessage": 400, "InvalidTransition": 400,
     "UnknownProcess": 404, "OfferRejected": 400, "CatalogError": 400, "ConflictError": 409,
     "NotFound": 404, "TransferDenied": 403, "PeerError": 502, "AuditError": 503,

@@ -22,7 +22,7 @@ from connector.adapters.storage.sqlite import SqliteStore, migrations
 from connector.core import codec
 from connector.core import negotiation as cn
 from connector.core import transfer as tp
-from connector.core.errors import InvalidTransition
+from connector.core.errors import InvalidTransition, PeerError
 from connector.core.messages import (
     ContractAgreementMessage,
     ContractAgreementVerificationMessage,
@@ -51,6 +51,8 @@ PEER = "did:web:peer"
 
 NEG_CELLS = [(s, st, e) for (s, st, e) in cn.TRANSITIONS if st is not None]
 TP_CELLS = [(s, st, e) for (s, st, e) in tp.TRANSITIONS if st is not None]
+
+REFUSED = PeerError("POST … answered 400", peer_status=400)
 
 
 def _ids(cells: list[Any]) -> list[str]:
@@ -396,7 +398,7 @@ async def test_a_refused_repeat_the_peer_already_took_keeps_the_negotiation(
     await seams.store.save_negotiation(record, expect_new=True)
     seams.answers["https://peer/dsp/negotiations/urn:p"] = (200, codec.encode(
         ContractNegotiation(state="FINALIZED", **PIDS)))
-    await seams.negotiations().on_delivery_failed(record.id, "POST … answered 400")
+    await seams.negotiations().on_delivery_failed(record.id, REFUSED)
     kept = await seams.store.get_negotiation(record.id)
     assert kept is not None and kept.state is NegotiationState.VERIFIED
 
@@ -410,7 +412,7 @@ async def test_a_refusal_the_peer_does_not_explain_terminates(
     status, state = answer
     body = codec.encode(ContractNegotiation(state=state, **PIDS)) if state else b"{}"
     seams.answers["https://peer/dsp/negotiations/urn:p"] = (status, body)
-    await seams.negotiations().on_delivery_failed(record.id, "POST … answered 400")
+    await seams.negotiations().on_delivery_failed(record.id, REFUSED)
     ended = await seams.store.get_negotiation(record.id)
     assert ended is not None and ended.state is NegotiationState.TERMINATED
 
@@ -421,10 +423,10 @@ async def test_a_refused_transfer_message_the_peer_took_keeps_the_transfer(
     await seams.store.save_transfer(record, expect_new=True)
     seams.answers["https://peer/dsp/transfers/urn:c"] = (200, codec.encode(
         TransferProcess(state="STARTED", **PIDS)))
-    await seams.transfers().on_delivery_failed(record.id, "POST … answered 400")
+    await seams.transfers().on_delivery_failed(record.id, REFUSED)
     kept = await seams.store.get_transfer(record.id)
     assert kept is not None and kept.state is TransferState.STARTED
     seams.answers.clear()
-    await seams.transfers().on_delivery_failed(record.id, "POST … answered 400")
+    await seams.transfers().on_delivery_failed(record.id, REFUSED)
     ended = await seams.store.get_transfer(record.id)
     assert ended is not None and ended.state is TransferState.TERMINATED

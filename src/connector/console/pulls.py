@@ -3,44 +3,27 @@
 A pull writes the records into ``state/pulls/<transfer id>.jsonl``, checks the copy against
 the provider's summary (count, bytes and SHA-256: ``copy_mismatch``, as every consumer
 path does) and completes the transfer. It runs as a task of the daemon, so it goes on when
-the browser leaves; the transfer page polls its progress.
+the browser leaves; its progress goes to the daemon's ``ProgressBoard``, which the transfer
+pages poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.progress import PULL, Progress, ProgressBoard
 from connector.adapters.sinks import Sink, open_sink
 from connector.core.errors import ConnectorError, InvalidParameter, NotFound, PeerError
 from connector.core.transfer import Transfer, TransferEvent, TransferState
-from connector.service.consumer import Copy, copy_mismatch
+from connector.service.consumer import Copy, copy_mismatch, retry_can_succeed
 from connector.service.transfers import TransferService
 
 log = logging.getLogger("connector.console")
-
-
-@dataclass
-class Progress:
-    """A pull: what arrived so far, and how it ended."""
-
-    started: float
-    records: int = 0
-    bytes: int = 0
-    done: bool = False
-    error: str | None = None
-    ended: float | None = None
-
-    def view(self, now: float) -> dict[str, Any]:
-        seconds = max((self.ended or now) - self.started, 1e-6)
-        return {"records": self.records, "bytes": self.bytes,
-                "rate": round(self.records / seconds), "done": self.done, "error": self.error}
 
 
 def pull_address(record: Transfer) -> tuple[str, str]:
@@ -54,31 +37,21 @@ def pull_address(record: Transfer) -> tuple[str, str]:
 
 class Pulls:
     def __init__(self, *, transfers: TransferService, client: PeerClient, folder: Path,
-                 clock: Callable[[], float]) -> None:
+                 board: ProgressBoard) -> None:
         self._transfers = transfers
         self._client = client
         self._folder = folder
-        self._clock = clock
-        self._progress: dict[str, Progress] = {}
+        self._board = board
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def view(self, pid: str) -> dict[str, Any] | None:
-        progress = self._progress.get(pid)
-        return progress.view(self._clock()) if progress else None
-
-    def running(self) -> dict[str, dict[str, Any]]:
-        now = self._clock()
-        return {pid: p.view(now) for pid, p in self._progress.items() if not p.done}
 
     def start(self, record: Transfer) -> None:
         """Start pulling ``record`` unless a pull of it is running; NotFound when it has no
         address to pull from (said now, not later in the background)."""
         pull_address(record)
-        running = self._progress.get(record.id)
+        running = self._board.get(record.id)
         if running is not None and not running.done:
             return
-        progress = Progress(started=self._clock())
-        self._progress[record.id] = progress
+        progress = self._board.begin(record.id, PULL)
         task = asyncio.create_task(self._pull(record.id, progress))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -97,6 +70,12 @@ class Pulls:
             if problem is not None:
                 raise InvalidParameter(problem)
             await self._transfers.act(pid, TransferEvent.COMPLETE)
+        except PeerError as exc:
+            progress.error = exc.message
+            log.info("console pull of %s stopped: %s", pid, exc.message)
+            if not retry_can_succeed(exc):  # refused for good: the transfer ends, with why
+                await self._terminate(pid, f"the provider refuses: "
+                                           f"{exc.peer_reason or exc.message}")
         except ConnectorError as exc:
             progress.error = exc.message
             log.info("console pull of %s stopped: %s", pid, exc.message)
@@ -104,7 +83,13 @@ class Pulls:
             progress.error = "internal error"
             log.error("console pull of %s failed", pid, exc_info=exc)
         finally:
-            progress.done, progress.ended = True, self._clock()
+            self._board.end(pid)
+
+    async def _terminate(self, pid: str, reason: str) -> None:
+        try:
+            await self._transfers.act(pid, TransferEvent.TERMINATE, reason)
+        except ConnectorError as exc:  # it ended meanwhile (the provider terminated it)
+            log.info("console pull of %s: cannot terminate: %s", pid, exc.message)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -117,7 +102,7 @@ async def _drain(chunks: AsyncGenerator[bytes, None], sink: Sink, progress: Prog
         async with aclosing(chunks):
             async for chunk in chunks:
                 sink.write(chunk)
-                progress.records = sink.records
-                progress.bytes = sink.size
+                progress.add(chunk)
     except PeerError as exc:
-        raise PeerError(f"the pull stopped: {exc.message}", peer_status=exc.peer_status) from exc
+        raise PeerError(f"the pull stopped: {exc.message}", peer_status=exc.peer_status,
+                        peer_reason=exc.peer_reason) from exc

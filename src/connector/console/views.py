@@ -190,6 +190,14 @@ def recent(negotiations: Iterable[Any], transfers: Iterable[Any]) -> list[Activi
     return sorted(lines, key=lambda a: a.at, reverse=True)[:RECENT]
 
 
+@dataclass(frozen=True)
+class StatusEntry:
+    """Where a verifier looks up whether a credential was revoked (or suspended): bit
+    ``index`` of the status list credential at ``url`` (W3C Bitstring Status List §2.1)."""
+
+    url: str
+    index: int
+    purpose: str  # "revocation" or "suspension"
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,19 @@ class Credential:
     types: str
     issuer: str
     expires: str  # "" when it does not say
-    status: str  # the status list entry a verifier checks for revocation, "" if none
+    status: str  # the status list entries a verifier checks for revocation, "" if none
+    expires_at: float | None = None  # ``exp``, when the JWT has one
+    entries: tuple[StatusEntry, ...] = ()
+    malformed: str = ""  # why a status entry cannot be checked ("" when each can)
+
+
+def _status_entry(s: Mapping[str, Any]) -> StatusEntry | None:
+    index = s.get("statusListIndex")
+    url = s.get("statusListCredential")
+    number = int(index) if isinstance(index, str) and index.isdecimal() else index
+    if not isinstance(url, str) or not isinstance(number, int) or isinstance(number, bool):
+        return None
+    return StatusEntry(url, number, str(s.get("statusPurpose", "revocation")))
 
 
 def credential(jwt: str) -> Credential:
@@ -209,12 +229,18 @@ def credential(jwt: str) -> Credential:
         payload = jwt.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
-        return Credential("?", "?", "", "")
+        return Credential("?", "?", "", "", malformed="not a VC JWT")
     vc = claims.get("vc", claims) if isinstance(claims, dict) else {}
     types = [t for t in _as_list(vc.get("type")) if t != "VerifiableCredential"]
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    expires_at = float(exp) if isinstance(exp, int | float) else None
     expires = vc.get("validUntil") or vc.get("expirationDate") or (
-        when(claims["exp"]) if isinstance(claims.get("exp"), int | float) else "")
-    status = " ".join(f"{s.get('statusListCredential', '')}#{s.get('statusListIndex', '')}"
-                      for s in _as_list(vc.get("credentialStatus")) if isinstance(s, dict))
+        when(expires_at) if expires_at is not None else "")
+    raw = [s for s in _as_list(vc.get("credentialStatus")) if isinstance(s, dict)]
+    entries = [e for s in raw if (e := _status_entry(s)) is not None]
+    status = " ".join(f"{e.url}#{e.index}" for e in entries)
     issuer = vc.get("issuer") or claims.get("iss", "")
-    return Credential(", ".join(map(str, types)), _operand(issuer), str(expires), status)
+    return Credential(", ".join(map(str, types)), _operand(issuer), str(expires), status,
+                      expires_at, tuple(entries),
+                      "" if len(entries) == len(_as_list(vc.get("credentialStatus")))
+                      else "malformed credentialStatus")

@@ -32,13 +32,16 @@ import jinja2
 from aiohttp import web
 
 from connector.adapters.http.client import PeerClient
+from connector.adapters.progress import ProgressBoard
 from connector.audit_tool import agreement_bundle
 from connector.config import Settings
 from connector.console import views
+from connector.console.credentials import StatusChecker
 from connector.console.facts import FolderView, audit_state
 from connector.console.i18n import LANGUAGES, catalogue, negotiate_language
 from connector.console.pulls import Pulls
 from connector.core.errors import ConnectorError, InvalidParameter, NotFound
+from connector.core.messages import DataAddress
 from connector.core.negotiation import NegotiationState
 from connector.core.transfer import TransferState
 from connector.registry.store import SearchQuery
@@ -110,10 +113,13 @@ class ConsoleDeps:
     warnings: Callable[[], dict[str, str]]  # failing readiness checks: name -> problem
     refused_tokens: Callable[[], dict[str, int]]  # callers' tokens refused since start, by reason
     folder: Callable[[], FolderView]
-    pulls_dir: Path
+    pulls_dir: Path  # where the console's pulls and pushes write
     settings: Settings
     audit_enabled: bool
-    clock: Callable[[], float] = time.time
+    progress: ProgressBoard  # what running pulls and pushes have moved so far
+    credential_status: StatusChecker  # our credentials' revocation, checked on each view
+    # A push's data address for a sink (PushReceiver.address_for); None: no pushes here.
+    push_to: Callable[[str], Callable[[str], DataAddress]] | None = None
 
 
 def _environment() -> jinja2.Environment:
@@ -130,7 +136,7 @@ class Console:
         self._sessions = Sessions()
         self._env = _environment()
         self._pulls = Pulls(transfers=deps.transfers, client=deps.client,
-                            folder=deps.pulls_dir, clock=deps.clock)
+                            folder=deps.pulls_dir, board=deps.progress)
 
     # -- middleware: headers, session, CSRF, errors as pages ------------------------------
 
@@ -240,7 +246,7 @@ class Console:
         _, negotiations = await store.page_negotiations(newest)
         _, transfers = await store.page_transfers(newest)
         agreements, _ = await store.page_agreements(ListQuery(limit=0))
-        running = self._pulls.running()
+        running = self._d.progress.running()
         return self._page(request, "overview.html", {
             "warnings": self._d.warnings(), "refused": self._d.refused_tokens(),
             "negotiations": await store.state_counts("negotiations"),
@@ -306,7 +312,8 @@ class Console:
 
     async def negotiation_detail(self, request: web.Request) -> web.Response:
         record = await self._d.negotiations.wait(request.match_info["id"], 0)
-        return self._page(request, "negotiation.html", {"n": record, "trace": views.trace})
+        return self._page(request, "negotiation.html", {
+            "n": record, "trace": views.trace, "can_push": self._d.push_to is not None})
 
     async def negotiation_live(self, request: web.Request) -> web.Response:
         record = await self._d.negotiations.wait(request.match_info["id"], 0)
@@ -315,23 +322,42 @@ class Console:
 
     async def transfer_list(self, request: web.Request) -> web.Response:
         page, filters = await self._listed(request, "agreement", self._d.store.page_transfers)
+        progress = {t.id: view for t in page.rows
+                    if (view := self._d.progress.view(t.id)) is not None}
         return self._page(request, "transfers.html", {
-            "page": page, "filters": filters, "states": [s.value for s in TransferState]})
+            "page": page, "filters": filters, "states": [s.value for s in TransferState],
+            "progress": progress})
 
     async def transfer_detail(self, request: web.Request) -> web.Response:
         record = await self._d.transfers.mine(request.match_info["id"])
         return self._page(request, "transfer.html", {
-            "t": record, "trace": views.trace, "progress": self._pulls.view(record.id)})
+            "t": record, "trace": views.trace, "progress": self._d.progress.view(record.id),
+            "can_push": self._d.push_to is not None})
 
     async def transfer_live(self, request: web.Request) -> web.Response:
+        """A transfer's state and its stream's progress; ``final`` once nothing will change."""
         record = await self._d.transfers.mine(request.match_info["id"])
-        progress = self._pulls.view(record.id)
+        progress = self._d.progress.view(record.id)
         return web.json_response({"state": record.state.value, **(progress or {}),
                                   "final": record.state.terminal and (not progress
                                                                       or progress["done"])})
 
+    async def progress(self, request: web.Request) -> web.Response:
+        """The running streams' progress by transfer id (the transfer list polls it)."""
+        return web.json_response(self._d.progress.running())
+
     async def transfer_start(self, request: web.Request) -> web.StreamResponse:
-        record = await self._d.transfers.start(str(request["form"].get("agreement", "")))
+        """Open a transfer under an agreement: a pull, or (``push=yes``) one the provider
+        pushes to us, written into ``state/pulls/``."""
+        form = request["form"]
+        push_to = None
+        if form.get("push") == "yes":
+            if self._d.push_to is None:
+                raise NotFound("this connector receives no pushes")
+            self._d.pulls_dir.mkdir(parents=True, exist_ok=True)
+            sink = self._d.pulls_dir / f"push-{secrets.token_hex(8)}.jsonl"
+            push_to = self._d.push_to(str(sink.resolve()))
+        record = await self._d.transfers.start(str(form.get("agreement", "")), push_to=push_to)
         raise web.HTTPSeeOther(f"{PREFIX}/transfers/{record.id}")
 
     async def transfer_pull(self, request: web.Request) -> web.StreamResponse:
@@ -364,8 +390,9 @@ class Console:
             if a.policy_hash:
                 by_hash.setdefault(a.policy_hash, []).append(a.id)
         folder = await asyncio.to_thread(self._d.folder)  # git and the linter: blocking
-        return self._page(request, "policies.html", {"folder": folder,
-                                                     "agreements_by_hash": by_hash})
+        credentials = await self._d.credential_status.check(folder.credentials)
+        return self._page(request, "policies.html", {
+            "folder": folder, "agreements_by_hash": by_hash, "credentials": credentials})
 
     async def audit(self, request: web.Request) -> web.Response:
         state = (await asyncio.to_thread(audit_state, self._d.settings)
@@ -402,6 +429,7 @@ class Console:
         r.add_get("/negotiations/{id}", self.negotiation_detail)
         r.add_get("/negotiations/{id}/live", self.negotiation_live)
         r.add_get("/transfers", self.transfer_list)
+        r.add_get("/progress", self.progress)
         r.add_post("/transfers", self.transfer_start)
         r.add_get("/transfers/{id}", self.transfer_detail)
         r.add_get("/transfers/{id}/live", self.transfer_live)

@@ -10,7 +10,9 @@ the error shape the spec prescribes, so the HTTP edge renders all of them in one
     │                             file and key to fix (connector.toml, trust/, datasets/)
     ├── PolicyError          400  a policy document that cannot be parsed or evaluated
     ├── AuthError            401  missing, forged, expired, replayed or misaddressed token
-    │                             (404 on DSP process endpoints: existence is not revealed)
+    │   │                         (404 on DSP process endpoints: existence is not revealed)
+    │   └── ModesDiffer      401  a caller whose signature verified speaks the other
+    │                             [identity] mode (pinned trust vs DCP)
     ├── InvalidParameter     400  a management or data-plane parameter of the wrong type or
     │                             range (the message names the parameter)
     ├── ProtocolError        400  a DSP message we must refuse
@@ -86,6 +88,16 @@ class AuthError(ConnectorError, status=401, code="unauthorized"):
     """The caller's token is missing or invalid. DSP: 404 on process endpoints."""
 
 
+class ModesDiffer(AuthError):
+    """A caller signed its token with a key of its DID document but speaks the other
+    [identity] mode. The signature verified, so ``issuer`` is who refused to speak our mode:
+    a process with that counterparty can end saying so."""
+
+    def __init__(self, message: str, *, issuer: str) -> None:
+        super().__init__(message)
+        self.issuer = issuer
+
+
 class InvalidParameter(ConnectorError, status=400, code="invalid-parameter"):
     """A query or body parameter of the wrong type or range; the message names it."""
 
@@ -156,10 +168,12 @@ class PeerError(ConnectorError, status=502, code="peer"):
     """A peer answered with an error status, or could not be reached."""
 
     def __init__(self, message: str, *, peer_status: int | None = None,
-                 final: bool = False) -> None:
+                 final: bool = False, peer_reason: str | None = None) -> None:
         super().__init__(message)
         self.peer_status = peer_status
         self.final = final  # not worth retrying: e.g. an address we refuse to connect to
+        # The reason the peer gave in its error body (a DSP error's ``reason``), if any.
+        self.peer_reason = peer_reason
 
     @property
     def retryable(self) -> bool:

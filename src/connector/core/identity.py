@@ -36,7 +36,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from connector.core.codec import within_depth
-from connector.core.errors import AuthError, ConfigError
+from connector.core.errors import AuthError, ConfigError, ModesDiffer
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 # The keys we sign with: Ed25519 (EdDSA) or an EC key of a curve in _EC_ALGS (ES256 for P-256).
@@ -515,10 +515,11 @@ def verify_dcp_token(
     """``verify_token``, then require a non-empty string ``token`` claim (DCP mode)."""
     claims = verify_token(token, audience=audience, now=now, leeway_s=leeway_s, keys=keys)
     access_token = _split_jws(token)[1].get("token")
-    if not isinstance(access_token, str) or not access_token:
-        raise AuthError("missing claim token (the DCP access token): identity modes differ: "
-                        "the caller signs as a pinned peer, this participant verifies DCP "
-                        "credentials; both sides need the same [identity] mode")
+    if not isinstance(access_token, str) or not access_token:  # signed, in the other mode
+        raise ModesDiffer("missing claim token (the DCP access token): identity modes differ: "
+                          "the caller signs as a pinned peer, this participant verifies DCP "
+                          "credentials; both sides need the same [identity] mode",
+                          issuer=claims.issuer)
     return DcpTokenClaims(claims.issuer, claims.audience, claims.jti, claims.issued_at,
                           claims.expires_at, claims.kid, access_token)
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +150,13 @@ def dataset_decl(data: Mapping[str, Any], root: Path) -> DatasetDecl:
     )
 
 
-def load_datasets(dir: Path) -> list[DatasetDecl]:
-    """All ``datasets/*.toml`` of the folder, sorted by id; ConfigError names file and key."""
+def load_datasets(dir: Path, skip: Collection[Path] = ()) -> list[DatasetDecl]:
+    """All ``datasets/*.toml`` of the folder but those in ``skip``, sorted by id;
+    ConfigError names file and key."""
     decls: dict[str, DatasetDecl] = {}
     for path in sorted((dir / "datasets").glob("*.toml")):
+        if path in skip:
+            continue
         data = read_toml(path)
         raise_first(path, dataset_problems(data))
         decl = dataset_decl(data, dir.resolve())

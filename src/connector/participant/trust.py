@@ -8,7 +8,7 @@ on a trust file: ``load_trust`` raises the first, ``lint`` reports them all.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -85,10 +85,13 @@ def peer_from(data: dict[str, Any]) -> Peer:
     )
 
 
-def load_trust(dir: Path) -> dict[str, Peer]:
-    """The pinned peers of ``trust/*.json``, keyed by DID; ConfigError names file and key."""
+def load_trust(dir: Path, skip: Collection[Path] = ()) -> dict[str, Peer]:
+    """The pinned peers of ``trust/*.json`` but the files in ``skip``, keyed by DID;
+    ConfigError names file and key."""
     peers: dict[str, Peer] = {}
     for path in sorted((dir / "trust").glob("*.json")):
+        if path in skip:
+            continue
         data = read_json(path)
         raise_first(path, peer_problems(data))
         try:

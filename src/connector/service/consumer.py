@@ -221,3 +221,18 @@ class ConsumerService:
             return await self._explain(provider.dsp_base, provider.participant_id, dataset_id)
         except PeerError:
             return None
+
+
+# Refusals a later run can get past: a data token that expired (the next run refreshes it
+# before pulling) and a transfer the provider suspended (it may resume it).
+PASSING_REFUSALS = ("expired", "SUSPENDED")
+
+
+def retry_can_succeed(exc: PeerError) -> bool:
+    """Whether pulling again may finish the copy: after a network cut or a provider error,
+    yes; after the provider refused the access for good (its policy denies, e.g. the use
+    count is exhausted; the agreement is revoked; the dataset is withdrawn or its source is
+    gone), no: then the transfer ends TERMINATED with the provider's reason."""
+    if exc.peer_status != 403:
+        return True
+    return any(word in exc.message for word in PASSING_REFUSALS)

@@ -90,6 +90,19 @@ def max_age(headers: Mapping[str, str]) -> int | None:
     return None
 
 
+async def fetch_status_list(http: Http, resolver: DidResolver, url: str, *, issuer: str,
+                            now: int, leeway_s: int, purpose: str = "revocation"
+                            ) -> tuple[bytes, Mapping[str, str]]:
+    """The bits of the status list at ``url``, verified as signed by ``issuer`` (nobody else
+    may revoke its credentials), and the answer's headers. AuthError names what failed."""
+    body, headers = await http.get(url, max_bytes=MAX_STATUS_LIST_BYTES)
+    ring = await resolver.keys(issuer, "assertionMethod")
+    bits = vc.verify_status_list_credential(
+        body.decode("utf-8", "replace").strip(), issuer=issuer, url=url, now=now,
+        leeway_s=leeway_s, resolve_key=ring.public_key, purpose=purpose)
+    return bits, headers
+
+
 class _Cache(Generic[V]):
     """Values with an expiry, a size bound, and one in-flight load per key."""
 
@@ -338,11 +351,9 @@ class DcpVerifier(Verifier):
         """The verified bits of a status list and how much longer they may be used."""
 
         async def fetch() -> tuple[float, bytes]:
-            body, headers = await self._http.get(url, max_bytes=MAX_STATUS_LIST_BYTES)
-            ring = await self._resolver.keys(issuer, "assertionMethod")
-            bits = vc.verify_status_list_credential(
-                body.decode("utf-8", "replace").strip(), issuer=issuer, url=url,
-                now=int(self._clock()), leeway_s=self._leeway_s, resolve_key=ring.public_key)
+            bits, headers = await fetch_status_list(
+                self._http, self._resolver, url, issuer=issuer, now=int(self._clock()),
+                leeway_s=self._leeway_s)
             age = max_age(headers)
             return float(self._status_cache_s if age is None
                          else min(age, self._status_cache_s)), bits

@@ -44,7 +44,7 @@ FLUSH_INTERVAL_S = 0.05
 
 class Outbox:
     def __init__(self, store: Store, send: Send,
-                 on_failure: Callable[[OutboxItem, str], Awaitable[None]] | None = None,
+                 on_failure: Callable[[OutboxItem, PeerError], Awaitable[None]] | None = None,
                  on_ack: OnAck | None = None, fetch: Fetch | None = None) -> None:
         self._store = store
         self._fetch = fetch
@@ -113,7 +113,7 @@ class Outbox:
                                 item.url, attempts, exc.message)
                     self._done.append(item.seq)
                     if self._on_failure is not None:
-                        await self._on_failure(item, exc.message)
+                        await self._on_failure(item, exc)
                     return
                 delay = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (attempts - 1))
                 log.info("retrying %s in %.2fs: %s", item.url, delay, exc.message)

@@ -17,7 +17,14 @@ from typing import ClassVar, Generic, TypeVar
 from connector.core import codec
 from connector.core import process as proc
 from connector.core.binding import path_for, process_path
-from connector.core.errors import Area, ConflictError, NotFound, ProtocolError, UnknownProcess
+from connector.core.errors import (
+    Area,
+    ConflictError,
+    NotFound,
+    PeerError,
+    ProtocolError,
+    UnknownProcess,
+)
 from connector.core.messages import ContractNegotiation, Message, TransferProcess
 from connector.core.negotiation import Negotiation
 from connector.core.process import Role
@@ -154,18 +161,31 @@ class ProcessService(Generic[RecordT]):
 
     # -- delivery failures --------------------------------------------------------------------
 
-    async def on_delivery_failed(self, process_id: str, error: str) -> None:
+    async def on_delivery_failed(self, process_id: str, error: PeerError) -> None:
         """A message could not be delivered (4xx or retries exhausted): end our side, unless
-        the peer's own state shows it took the message before (a repeat it refused)."""
+        the peer's own state shows it took the message before (a repeat it refused). The
+        reason is the peer's own when it refused in words (``undelivered``)."""
         async with self._locks.hold(process_id):
             record = await self._load(process_id)
             if record is None or record.state.terminal:
                 return
             if await self._peer_holds(record):
                 self.log.info("%s %s: the peer refused a message it had already taken (%s); "
-                              "kept", self.area.value, process_id, error)
+                              "kept", self.area.value, process_id, error.message)
                 return
-            await self._save(self._ended(record, f"peer unreachable or refused: {error}"), [])
+            await self._save(self._ended(record, undelivered(error, record.role.other)), [])
+
+    async def on_modes_differ(self, pid: str, issuer: str) -> None:
+        """We refused a message on ``pid`` that ``issuer`` signed in the other [identity] mode
+        (its signature verified: ``ModesDiffer``). Its answers will never pass, so our
+        process with it ends now saying why, instead of waiting for them."""
+        async with self._locks.hold(pid):
+            record = await self._load(pid)
+            if record is None or record.state.terminal or record.counterparty_id != issuer:
+                return
+            self.log.warning("%s %s: %s speaks the other [identity] mode; ended",
+                             self.area.value, pid, issuer)
+            await self._save(self._ended(record, modes_differ(issuer)), [])
 
     async def _peer_holds(self, record: RecordT) -> bool:
         """Whether the peer's process is where ours is, or past it by its own moves."""
@@ -182,3 +202,18 @@ class ProcessService(Generic[RecordT]):
             return False
         same = (ack.consumer_pid, ack.provider_pid) == (record.consumer_pid, record.provider_pid)
         return same and self._peer_took_it(record, ack.state)
+
+
+def undelivered(error: PeerError, peer: Role) -> str:
+    """Why a process ended when a message could not be delivered: the peer's reason in its
+    words when it refused with one (a 4xx DSP error), else what went wrong on the way."""
+    if error.peer_reason and error.peer_status is not None and 400 <= error.peer_status < 500:
+        return f"the {peer.value} refused: {error.peer_reason}"
+    return f"peer unreachable or refused: {error.message}"
+
+
+def modes_differ(issuer: str) -> str:
+    """Why a process with a peer in the other [identity] mode ended, and what to do."""
+    return (f"identity modes differ: {issuer} signs as a pinned peer, while this connector "
+            'verifies DCP credentials ([identity] mode = "dcp"); both sides need the same '
+            "[identity] mode: agree on one, set it in connector.toml and restart that side")

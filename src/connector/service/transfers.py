@@ -57,6 +57,13 @@ DEFAULT_FORMAT = "HttpData-PULL"
 TOKEN_GRACE_S = 60.0
 
 
+def withdrawn(dataset_id: str, why: str | None = None) -> str:
+    """What a consumer is told when an agreement's dataset is not offered any more (its
+    declaration removed, or its source gone): a refusal for good, not an interruption."""
+    return f"dataset {dataset_id} is no longer offered by the provider" + (
+        f": {why}" if why else "")
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -135,10 +142,14 @@ class TransferService(ProcessService[Transfer]):
                 or agreement.assignee != claims.participant_id):
             raise ProtocolError(f"no agreement {msg.agreement_id!r} for this participant",
                                 area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+        if agreement.revoked:  # refused for good, in words, before any token is minted
+            raise ProtocolError(f"the agreement was revoked by the provider: "
+                                f"{agreement.revoked}", area=Area.TRANSFER,
+                                consumer_pid=msg.consumer_pid)
         entry = self._catalog().entries.get(agreement.dataset_id)
         if entry is None:
-            raise ProtocolError(f"dataset {agreement.dataset_id!r} is no longer offered",
-                                area=Area.TRANSFER, consumer_pid=msg.consumer_pid)
+            raise ProtocolError(withdrawn(agreement.dataset_id), area=Area.TRANSFER,
+                                consumer_pid=msg.consumer_pid)
         if msg.format not in entry.offered_formats:
             raise ProtocolError(f"format {msg.format!r} not offered; use one of "
                                 f"{list(entry.offered_formats)}",

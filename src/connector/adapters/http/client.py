@@ -118,7 +118,7 @@ class PeerClient(ReloadableSession):
         status, body = await self.post(item.url, item.audience, item.body)
         if status >= 300:
             raise PeerError(f"POST {item.url} answered {status}: {_snippet(body)}",
-                            peer_status=status)
+                            peer_status=status, peer_reason=_reason(body))
         return body
 
     async def send_initial(self, url: str, audience: str, body: bytes) -> bytes:
@@ -156,8 +156,9 @@ class PeerClient(ReloadableSession):
         try:
             async with self.session().get(target, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise PeerError(f"data pull answered {resp.status}: "
-                                    f"{_snippet(await resp.read())}", peer_status=resp.status)
+                    raw = await resp.read()
+                    raise PeerError(f"data pull answered {resp.status}: {_snippet(raw)}",
+                                    peer_status=resp.status, peer_reason=_reason(raw))
                 async for chunk in resp.content.iter_any():  # what arrived, without copying
                     if self._on_data is not None:
                         self._on_data(chunk)
@@ -181,7 +182,7 @@ class PeerClient(ReloadableSession):
                 raw = await resp.read()
                 if resp.status != 200:
                     raise PeerError(f"{what} answered {resp.status}: {_snippet(raw)}",
-                                    peer_status=resp.status)
+                                    peer_status=resp.status, peer_reason=_reason(raw))
                 return raw
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _failure(what, exc) from exc
@@ -229,16 +230,33 @@ def codec_catalog_request() -> Any:
     return CatalogRequestMessage()
 
 
-def _snippet(body: bytes, limit: int = 300) -> str:
-    """A peer's error body as a sentence: a DSP error's ``code: reason; reason``
-    (DSP 2025-1 §CAT/§CN/§TP error types), else the start of the body."""
+def _dsp_error(body: bytes) -> tuple[str, str] | None:
+    """(code, reasons joined) of a DSP error body (DSP 2025-1 §CAT/§CN/§TP error types), or
+    of a data plane's ``{"error", "message"}``."""
     try:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        doc = None
+        return None
     if isinstance(doc, dict) and isinstance(doc.get("reason"), list | str):
         reasons = doc["reason"] if isinstance(doc["reason"], list) else [doc["reason"]]
         text = "; ".join(str(r.get("@value", r) if isinstance(r, dict) else r)
                          for r in reasons)
-        return f"{doc.get('code') or 'refused'}: {text}"[:limit * 2]
+        return str(doc.get("code") or "refused"), text
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str) and "error" in doc:
+        return str(doc["error"]), doc["message"]
+    return None
+
+
+def _reason(body: bytes, limit: int = 600) -> str | None:
+    """The reason a DSP error body gives, if it is one."""
+    found = _dsp_error(body)
+    return found[1][:limit] if found is not None and found[1] else None
+
+
+def _snippet(body: bytes, limit: int = 300) -> str:
+    """A peer's error body as a sentence: a DSP error's ``code: reason; reason``, else the
+    start of the body."""
+    found = _dsp_error(body)
+    if found is not None:
+        return f"{found[0]}: {found[1]}"[:limit * 2]
     return body[:limit].decode("utf-8", "replace")

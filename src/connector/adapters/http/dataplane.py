@@ -32,7 +32,7 @@ from connector.core.consent import RecordGate
 from connector.core.errors import ConnectorError, InvalidParameter, TransferDenied
 from connector.service.audit import AuditTrail
 from connector.service.consents import ConsentService
-from connector.service.transfers import TransferService
+from connector.service.transfers import TransferService, withdrawn
 
 log = logging.getLogger("connector.dataplane")
 NDJSON = "application/x-ndjson"
@@ -85,10 +85,10 @@ class DataPlane:
         record, agreement = await self._transfers.authorize_pull(_bearer(request), use=use)
         decl = self._datasets().get(agreement.dataset_id)
         if decl is None:
-            raise TransferDenied(f"dataset {agreement.dataset_id!r} is no longer available")
+            raise TransferDenied(withdrawn(agreement.dataset_id))
         missing = missing_source(decl.source_type, decl.source_path)
         if missing is not None:
-            raise TransferDenied(f"dataset {agreement.dataset_id!r} is not available: {missing}")
+            raise TransferDenied(withdrawn(agreement.dataset_id, missing))
         return record.id, agreement, decl
 
     def _gate(self, decl: Any, agreement: Any, offset: int) -> RecordGate | None:

@@ -21,7 +21,7 @@ from connector import logs
 from connector.core import codec
 from connector.core.binding import BINDINGS, DATASET_PATH, DSP_PATH, PROCESS_PATHS, Binding
 from connector.core.catalog import is_paging_only, with_context
-from connector.core.errors import Area, CatalogError, MalformedMessage
+from connector.core.errors import Area, CatalogError, MalformedMessage, ModesDiffer
 from connector.core.messages import (
     CatalogRequestMessage,
     ContractOfferMessage,
@@ -177,7 +177,12 @@ class DspRoutes:
     def process_message(self, binding: Binding) -> Handler:
         """A message on an existing process, found by the pid in its path."""
         async def handler(request: web.Request) -> web.Response:
-            claims = await self.caller(request)
+            try:
+                claims = await self.caller(request)
+            except ModesDiffer as exc:  # our process with it cannot go on: say so on it
+                await self._service(binding.area).on_modes_differ(request.match_info["pid"],
+                                                                  exc.issuer)
+                raise
             raw = await self.body(request, binding.area)
             # The binding gives the type; the service of its area takes it (one of its union).
             msg: Any = codec.decode(raw, binding.message, area=binding.area)

@@ -29,6 +29,7 @@ from connector.core.errors import (
     CatalogError,
     ConnectorError,
     InternalError,
+    ModesDiffer,
     ProtocolError,
     UnknownProcess,
 )
@@ -72,7 +73,10 @@ def _render_dsp(request: web.Request, area: Area, exc: ConnectorError) -> web.Re
     if isinstance(exc, ProtocolError):
         pids = {"consumer_pid": exc.consumer_pid, "provider_pid": exc.provider_pid}
         area = (exc.area or area) if area is not Area.CATALOG else area
-    if isinstance(exc, AuthError) and area is not Area.CATALOG:
+    # A caller in the other [identity] mode is told so (its signature verified, and the
+    # answer is the same whatever the pid: it reveals no process).
+    if isinstance(exc, AuthError) and not isinstance(exc, ModesDiffer) and (
+            area is not Area.CATALOG):
         status, code, message = 404, UnknownProcess.code, "not found"
     if isinstance(exc, CatalogError):
         area = Area.CATALOG

@@ -407,7 +407,7 @@ def _refusal(exc: PeerError) -> ConnectorError:
     terminated, revoked, or its token replaced) is a refusal the local caller hears as one,
     403, not as a failure of the provider (502)."""
     if exc.peer_status == 403:
-        return TransferDenied(f"the provider refuses: {exc.message}")
+        return TransferDenied(f"the provider refuses: {exc.peer_reason or exc.message}")
     return exc
 
 

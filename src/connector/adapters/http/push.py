@@ -26,6 +26,9 @@ termination cuts the stream), posts the summary, and completes. A stream cut by 
 resumes from the consumer's whole records (``GET``, then ``Push-Offset``), up to PUSH_ATTEMPTS
 streams; any other failure terminates the transfer with the reason.
 
+Both sides report each chunk to a ``ProgressBoard`` (``adapters/progress.py``): records, bytes
+and rate, which the console shows while the push runs.
+
 The token and the sink live in memory: a consumer restarted mid-push refuses the push (the
 provider terminates), and the transfer is requested again.
 """
@@ -46,6 +49,7 @@ import msgspec
 from aiohttp import web
 
 from connector.adapters.http.client import PUSH_OFFSET, PeerClient
+from connector.adapters.progress import PUSH_IN, PUSH_OUT, ProgressBoard
 from connector.adapters.sinks import open_sink, parse_sink
 from connector.adapters.sources import Source, open_source
 from connector.core import transfer as tp
@@ -101,10 +105,11 @@ class PushReceiver:
     """Consumer side: the endpoint a provider pushes to, one expectation per transfer."""
 
     def __init__(self, transfers: TransferService, public_url: str,
-                 copies: PushedCopies) -> None:
+                 copies: PushedCopies, board: ProgressBoard) -> None:
         self._transfers = transfers
         self._public_url = public_url.rstrip("/")
         self._expected = copies.expected
+        self._board = board
 
     def address_for(self, sink: str) -> Callable[[str], DataAddress]:
         """For ``TransferService.start``: mint the token and remember the sink for ``pid``."""
@@ -151,16 +156,20 @@ class PushReceiver:
         expected.got = expected.verified = None
         # The first ``offset`` records stay (re-hashed); whatever followed them goes.
         sink = await asyncio.to_thread(open_sink, expected.sink, offset)
+        progress = self._board.begin(pid, PUSH_IN, records=offset, size=sink.size)
         try:
             async for block in request.content.iter_any():
                 sink.write(block)
+                progress.add(block)
         except Exception as exc:  # cut: the whole records received stay, for a resume
             await asyncio.to_thread(sink.close)
             expected.held = await asyncio.to_thread(lambda: sink.records)
             log.info("push %s cut after %d whole records: %s", pid, expected.held, exc)
+            self._board.end(pid, f"cut after {expected.held} records")
             raise MalformedMessage(f"push body cut after {expected.held} records",
                                    area=None) from exc
         await asyncio.to_thread(sink.close)
+        self._board.end(pid)
         expected.got = Copy(records=sink.records, bytes=sink.size, sha256=sink.sha256())
         expected.held = expected.got.records
         return web.json_response(expected.got.as_dict())
@@ -202,10 +211,11 @@ class Pusher:
     """Provider side: runs each push transfer once it is STARTED."""
 
     def __init__(self, transfers: TransferService, client: PeerClient,
-                 datasets: Callable[[], Mapping[str, Any]], *,
+                 datasets: Callable[[], Mapping[str, Any]], board: ProgressBoard, *,
                  trail: AuditTrail | None = None,
                  consents: ConsentService | None = None) -> None:
         self._transfers = transfers
+        self._board = board
         self._client = client
         self._datasets = datasets
         self._trail = trail  # an audit entry before the push and one after it (None: off)
@@ -220,13 +230,15 @@ class Pusher:
             self._running[record.id] = task
             task.add_done_callback(lambda _: self._running.pop(record.id, None))
 
-    async def _chunks(self, pid: str, chunks: AsyncGenerator[bytes, None]
+    async def _chunks(self, pid: str, chunks: AsyncGenerator[bytes, None], offset: int
                       ) -> AsyncGenerator[bytes, None]:
+        progress = self._board.begin(pid, PUSH_OUT, records=offset)
         async with aclosing(chunks):
             async for chunk in chunks:
                 if not await self._transfers.still_streaming(pid):
                     raise _Stopped
                 yield chunk
+                progress.add(chunk)
 
     async def _push(self, pid: str, url: str, auth: str, source: Source | GatedSource
                     ) -> None:
@@ -235,8 +247,8 @@ class Pusher:
         offset = 0
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             try:
-                await self._client.push(url, auth, self._chunks(pid, source.chunks(offset)),
-                                        offset=offset)
+                chunks = self._chunks(pid, source.chunks(offset), offset)
+                await self._client.push(url, auth, chunks, offset=offset)
                 return
             except PeerError as exc:
                 if (not exc.retryable or attempt == PUSH_ATTEMPTS
@@ -250,6 +262,12 @@ class Pusher:
                                        f"from record {offset} (attempt {attempt + 1})")
 
     async def _run(self, pid: str) -> None:
+        try:
+            await self._pushed(pid)
+        finally:
+            self._board.end(pid)
+
+    async def _pushed(self, pid: str) -> None:
         try:
             record, agreement = await self._transfers.authorize_push(pid)
             decl = self._datasets().get(agreement.dataset_id)
