@@ -7,8 +7,10 @@ PostgreSQL is a real server (tests/e2e/postgres.py), a fresh database per test.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
+import warnings
 
 import asyncpg
 import msgspec
@@ -158,8 +160,12 @@ async def test_a_schema_newer_than_the_code_is_refused(store_opener: Opener) -> 
     else:
         with sqlite3.connect(store_opener.path) as db:
             db.execute(f"PRAGMA user_version = {newer}")
-    with pytest.raises(ConfigError, match=f"version {newer}, newer than this connector"):
-        await store_opener.open()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match=f"version {newer}, newer than this connector"):
+            await store_opener.open()
+        gc.collect()  # what the refused store left open would warn now
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 # -- PostgreSQL: a database made by an earlier schema upgrades in place -----------------------
