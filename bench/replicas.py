@@ -35,10 +35,9 @@ DATASET = "example-weather"
 MAX_PER_PHASE = 100_000
 
 
-def _server_cpu_s(port: int) -> float:
-    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
-    backends under it); processes that end in between are simply not counted."""
-    procs: dict[int, tuple[int, str]] = {}  # pid -> (parent, command line)
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process on the host."""
+    procs: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -47,6 +46,20 @@ def _server_cpu_s(port: int) -> float:
             except OSError:
                 continue
             procs[int(entry.name)] = (int(stat[1]), cmdline)
+    return procs
+
+
+def _haproxy_pid(root: Path) -> int | None:
+    """The HAProxy balancing this set-up (found by its configuration file)."""
+    cfg = str(root / "haproxy.cfg")
+    return next((pid for pid, (_, cmd) in _processes().items()
+                 if "haproxy" in cmd and cfg in cmd), None)
+
+
+def _server_cpu_s(port: int) -> float:
+    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
+    backends under it); processes that end in between are simply not counted."""
+    procs = _processes()
     roots = {pid for pid, (_, cmd) in procs.items() if "postgres" in cmd and f"-p {port}" in cmd}
     total = 0.0
     for pid, (parent, _) in procs.items():
@@ -89,7 +102,7 @@ def _setup(kind: str, root: Path, server: Postgres | None) -> Iterator[
 
 
 async def _phases(consumer: Participant, replicas: list[Participant], *, duration_s: float,
-                  warmup_s: float, server_port: int
+                  warmup_s: float, server_port: int, balancer_pid: int | None
                   ) -> dict[int, tuple[LoadResult, CpuMeter, float]]:
     settings = load_settings(consumer.dir)
     url = settings.management_url + "/api/negotiations?wait=30"
@@ -100,6 +113,8 @@ async def _phases(consumer: Participant, replicas: list[Participant], *, duratio
             if p.process is not None}
     assert consumer.process is not None
     pids |= {"consumer": consumer.process.pid}
+    if balancer_pid is not None:
+        pids |= {"haproxy": balancer_pid}
     out = {}
     connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector,
@@ -134,6 +149,8 @@ def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter, float]]) -> f
         for name, used in per.items():
             emit(f"replicas_{tag}_cpu_us_{name}_c64", used / fast.completed * 1e6,
                  "us/negotiation")
+        emit(f"replicas_{tag}_cpu_us_total_c64", sum(per.values()) / fast.completed * 1e6,
+             "us/negotiation")
         emit(f"replicas_{tag}_cores_busy_c64", sum(per.values()) / fast.elapsed_s, "cores",
              limit=os.cpu_count())
     log(f"{kind}: {fast.rate:.1f}/s at c=64, p50 {phases[1][0].p(50):.1f} ms at c=1; "
@@ -151,8 +168,9 @@ def run(*, quick: bool) -> None:
             try:
                 with _setup(kind, root, server) as (consumer, replicas):
                     log(f"== replicas {kind}: {len(replicas)} provider replica(s)")
-                    phases = asyncio.run(_phases(consumer, replicas, duration_s=duration_s,
-                                                 warmup_s=warmup_s, server_port=server.port))
+                    phases = asyncio.run(_phases(
+                        consumer, replicas, duration_s=duration_s, warmup_s=warmup_s,
+                        server_port=server.port, balancer_pid=_haproxy_pid(root)))
                 rates[kind] = _emit(kind, phases)
             finally:
                 shutil.rmtree(root, ignore_errors=True)

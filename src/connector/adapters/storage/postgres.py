@@ -5,6 +5,8 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
 - **no record cache**: another replica may have written any row since; a read is a query;
 - **one transaction per step**, on a pooled connection: the process row, its agreement, its
   outbox messages (sequence numbers from the database) and its audit entries commit together;
+- **process locks** (``hold``): a session advisory lock on a pooled connection that the
+  step's reads and writes then go through, so two replicas never step one process at once;
 - **the audit chain** is extended under a transaction-level advisory lock
   (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import uuid
@@ -71,8 +74,6 @@ ORPHANS_PER_SWEEP = 500
 _NOW = "extract(epoch from clock_timestamp())"
 # The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
 CHANGES = "connector_changes"
-# A process lock another replica holds is tried again after this long (a step takes ms).
-LOCK_RETRY_S = 0.002
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -145,8 +146,10 @@ class PostgresStore(PagedReads):
         self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
-        self._dsn = ""
-        self._locks: AdvisoryLocks | None = None
+        # The connection a step holds its process lock on, and the task running the step:
+        # that task's reads and writes go through it (see ``hold``).
+        self._step: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
+            contextvars.ContextVar(f"step-{id(self)}", default=None))
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -154,7 +157,8 @@ class PostgresStore(PagedReads):
     async def open(cls, dsn: str, *, audit: StepAudit | None = None,
                    pool_size: int = POOL_SIZE) -> PostgresStore:
         """Connect, bring the schema up to date, and return the store."""
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size,
+                                         reset=_keep_session)
         try:
             async with pool.acquire() as conn:
                 await upgrade(conn)
@@ -162,7 +166,6 @@ class PostgresStore(PagedReads):
             await pool.close()
             raise
         store = cls(pool, audit)
-        store._dsn = dsn
         store._renewer = asyncio.create_task(store._renew_loop())
         try:
             store._listener = await asyncpg.connect(dsn)
@@ -179,8 +182,6 @@ class PostgresStore(PagedReads):
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
-        if self._locks is not None:
-            await self._locks.close()
         if self._listener is not None:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await self._listener.close()
@@ -195,11 +196,54 @@ class PostgresStore(PagedReads):
             await asyncio.gather(*self._behind, return_exceptions=True)
         await self._pool.close()
 
-    def process_locks(self) -> AdvisoryLocks:
+    def process_locks(self) -> PostgresStore:
         """Per-process locks every replica sees (``service.locks.SharedLocks``)."""
-        if self._locks is None:
-            self._locks = AdvisoryLocks(self._dsn)
-        return self._locks
+        return self
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock named ``key`` in every replica until the context exits.
+
+        A session advisory lock (``pg_advisory_lock``) on a pooled connection the step keeps
+        until then: the step's reads and writes go through that connection (no second
+        acquire, no lock round trips serialised on a shared connection). A replica that dies
+        drops its connections, and with them its locks, at once (no lease to wait out). A
+        lock taken inside another (a new process within an initial request's) rides on the
+        outer one's connection.
+        """
+        number = _lock_number(key)
+        bound = self._bound()
+        if bound is not None:
+            await _lock(bound, number)
+            try:
+                yield
+            finally:
+                await _unlock(bound, number)
+            return
+        async with self._pool.acquire() as conn:
+            await _lock(conn, number)
+            token = self._step.set((asyncio.current_task(), conn))
+            try:
+                yield
+            finally:
+                self._step.reset(token)
+                await _unlock(conn, number)
+
+    def _bound(self) -> Any:
+        """The connection of the step this task runs, if it runs one."""
+        step = self._step.get()
+        if step is None or step[0] is not asyncio.current_task():
+            return None  # none, or a task the step started (it has its own connections)
+        return step[1]
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        bound = self._bound()
+        if bound is not None:
+            yield bound
+        else:
+            async with self._pool.acquire() as conn:
+                yield conn
 
     async def probe(self, schema: int) -> tuple[str | None, int]:
         """(problem or None, outbox depth): the readiness check of the shared database."""
@@ -216,14 +260,14 @@ class PostgresStore(PagedReads):
     # -- helpers ------------------------------------------------------------------------
 
     async def _rows(self, sql: str, *args: Any) -> list[Any]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             return list(await conn.fetch(sql, *args))
 
     async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
                            audit: AuditBatch | None = None) -> list[OutboxItem]:
         """Run one step's statements, outbox rows and audit entries in one transaction."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 for sql, args in statements:
                     await conn.execute(sql, *args)
                 items = [await _enqueue(conn, out, self.replica) for out in outbox]
@@ -250,12 +294,12 @@ class PostgresStore(PagedReads):
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]:
-        statements: list[Statement] = [(
+        statements: list[Statement] = [_announced((
             _UPSERT_NEGOTIATION + ("" if expect_new else _ON_NEGOTIATION),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
              record.updated_at, _enc.encode(record)),
-        )]
+        ), "n", record.id)]
         if agreement is not None:
             statements.append((
                 "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
@@ -264,7 +308,6 @@ class PostgresStore(PagedReads):
                  agreement.assigner, agreement.assignee, agreement.created_at,
                  _enc.encode(agreement)),
             ))
-        statements.append(_notify("n", record.id))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
         return await self._transaction(statements, outbox, audit)
 
@@ -327,12 +370,12 @@ class PostgresStore(PagedReads):
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         audit = self._audit.transfer(record, outbox) if self._audit else None
-        return await self._transaction([(
+        return await self._transaction([_announced((
             _UPSERT_TRANSFER + ("" if expect_new else _ON_TRANSFER),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        ), _notify("t", record.id)], outbox, audit)
+        ), "t", record.id)], outbox, audit)
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -486,45 +529,44 @@ class PostgresStore(PagedReads):
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
 
 
-class AdvisoryLocks:
-    """Session advisory locks keyed by a process id, on one connection of their own.
-
-    ``pg_try_advisory_lock`` never blocks the shared connection: a lock another replica holds
-    is tried again every LOCK_RETRY_S. A replica that dies drops its connection, and with it
-    its locks, at once (no lease to wait out).
-    """
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: Any = None
-        self._use = asyncio.Lock()  # one command at a time on the connection
-
-    async def _run(self, sql: str, key: int) -> bool:
-        async with self._use:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn)
-            return bool(await self._conn.fetchval(sql, key))
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-        while not await self._run("SELECT pg_try_advisory_lock($1)", number):
-            await asyncio.sleep(LOCK_RETRY_S)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await self._run("SELECT pg_advisory_unlock($1)", number)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await self._conn.close()
+async def _keep_session(_conn: Any) -> None:
+    """A connection goes back to the pool as it is: the store sets no session state (its
+    locks are released by ``hold``, or the connection is closed), so asyncpg's reset query
+    (a round trip per acquire) has nothing to undo."""
 
 
-def _notify(kind: str, id: str) -> Statement:
-    """Announce a record's change to every replica, when (and only if) the step commits."""
-    return ("SELECT pg_notify($1, $2)", (CHANGES, f"{kind}:{id}"))
+def _lock_number(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+async def _lock(conn: Any, number: int) -> None:
+    """Wait for the lock; on any failure (a cancelled wait too, which may have been granted
+    meanwhile) the connection is closed, and its locks go with it."""
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", number)
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+async def _unlock(conn: Any, number: int) -> None:
+    """Release the lock; a connection that cannot is closed, which releases it too."""
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", number)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        conn.terminate()  # the lock is gone with the session: nothing more to do
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+def _announced(upsert: Statement, kind: str, id: str) -> Statement:
+    """``upsert`` that also announces the record's change to every replica, when (and only
+    if) the step commits: one statement, so no round trip of its own."""
+    sql, args = upsert
+    n = len(args)
+    return (f"WITH saved AS ({sql} RETURNING 1) SELECT pg_notify(${n + 1}, ${n + 2})"
+            " FROM saved", (*args, CHANGES, f"{kind}:{id}"))
 
 
 async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
