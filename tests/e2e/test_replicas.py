@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +21,7 @@ import pytest
 from connector.adapters.storage.engine import open_store
 from connector.client import Management
 from connector.config import load_settings
-from tests.e2e.haproxy import all_ready, balancer, only, sessions
+from tests.e2e.haproxy import balancer, sessions
 from tests.e2e.postgres import Postgres, new_database
 from tests.harness import Participant, create_space, free_port, start, stop
 from tests.stores import set_port, use_postgres
@@ -44,10 +43,13 @@ class Replicas:
 
 
 @contextmanager
-def _two_replicas(root: Path, server: Postgres, *, server_extra: str = "") -> Iterator[Replicas]:
+def two_replicas(root: Path, server: Postgres, *, server_extra: str = "",
+                  prepare: Callable[[Path], None] = lambda _folder: None) -> Iterator[Replicas]:
     """Two provider replicas on one new database behind HAProxy, and a consumer, started;
-    ``server_extra`` is added to the replicas' ``[server]`` table."""
+    ``server_extra`` is added to the replicas' ``[server]`` table, and ``prepare`` is given
+    the provider's folder before it is copied."""
     provider, consumer = create_space(root)
+    prepare(provider.dir)
     (provider.dir / "policies" / "count-50.json").write_text(POLICY)
     (provider.dir / "datasets" / "counted50.toml").write_text(
         'id = "counted50"\ntitle = "Counted"\ndescription = "at most 50 uses"\n'
@@ -81,16 +83,16 @@ def _two_replicas(root: Path, server: Postgres, *, server_extra: str = "") -> It
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory,
              postgres_server: Postgres) -> Iterator[Replicas]:
-    with _two_replicas(tmp_path_factory.mktemp("replicas"), postgres_server) as space:
+    with two_replicas(tmp_path_factory.mktemp("replicas"), postgres_server) as space:
         yield space
 
 
-async def _api(p: Participant) -> Management:
+async def management(p: Participant) -> Management:
     return Management(load_settings(p.dir))
 
 
-async def test_count_limit_exact_over_two_replicas(replicas: Replicas) -> None:
-    consumer = await _api(replicas.consumer)
+async def test_count_limit_exact_overtwo_replicas(replicas: Replicas) -> None:
+    consumer = await management(replicas.consumer)
     try:
         record = await consumer.call("POST", "/api/negotiations?wait=20", {
             "provider": replicas.public_url, "datasetId": "counted50"})
@@ -153,7 +155,7 @@ async def _settled(api: Management, pid: str) -> dict[str, object]:
 
 async def test_a_replica_killed_mid_run_loses_nothing(replicas: Replicas,
                                                       postgres_server: Postgres) -> None:
-    consumer = await _api(replicas.consumer)
+    consumer = await management(replicas.consumer)
     killed = replicas.replicas[1]
     acknowledged: list[dict[str, object]] = []
     served: dict[str, int] = {}
@@ -203,7 +205,7 @@ async def test_a_replica_killed_mid_run_loses_nothing(replicas: Replicas,
     assert len(acknowledged) == JOBS
     assert all(r["state"] == "FINALIZED" for r in finals), [
         r["state"] for r in finals if r["state"] != "FINALIZED"]
-    provider = await _api(replicas.replicas[0])
+    provider = await management(replicas.replicas[0])
     try:
         theirs = [n for n in await provider.call("GET", "/api/negotiations")
                   if n["consumerPid"] in {r["consumerPid"] for r in finals}]
@@ -237,8 +239,8 @@ async def test_a_long_poll_on_one_replica_wakes_on_any_replicas_change(
     """The offer starts on replica A; replica B is asked to wait for its end. The consumer's
     answers reach either replica (round robin); B's ``?wait=`` returns the terminal record
     whichever replica wrote it (LISTEN/NOTIFY), not its state at the timeout."""
-    first, second = [await _api(r) for r in replicas.replicas]
-    consumer = await _api(replicas.consumer)
+    first, second = [await management(r) for r in replicas.replicas]
+    consumer = await management(replicas.consumer)
     try:
         offered = await first.call("POST", "/api/offers", {
             "consumer": str(load_settings(replicas.consumer.dir).public_url),
@@ -261,84 +263,3 @@ async def test_a_long_poll_on_one_replica_wakes_on_any_replicas_change(
     finally:
         for api in (first, second, consumer):
             await api.close()
-
-
-# -- a transfer carried on by the other replica --------------------------------------------------
-
-TTL_S = 4  # the replicas' data tokens live this long (``[server] data_token_ttl_s``)
-BIG = 200_000  # records of the dataset a transfer is cut in the middle of
-
-
-@pytest.fixture(scope="module")
-def failover(tmp_path_factory: pytest.TempPathFactory,
-             postgres_server: Postgres) -> Iterator[Replicas]:
-    """Replicas whose data tokens expire after TTL_S, offering a dataset of BIG records."""
-    root = tmp_path_factory.mktemp("failover")
-    with _two_replicas(root, postgres_server, server_extra=f"data_token_ttl_s = {TTL_S}"
-                       ) as space:
-        for replica in space.replicas:
-            with (replica.dir / "data" / "big.jsonl").open("w") as f:
-                f.writelines(f'{{"n": {i}, "text": "record number {i} of the big dataset"}}\n'
-                             for i in range(BIG))
-            (replica.dir / "datasets" / "big.toml").write_text(
-                'id = "big"\ntitle = "Big"\ndescription = "many records"\n'
-                'keywords = ["big"]\npolicies = ["members-only"]\n'
-                '[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')
-        yield space
-
-
-async def _big_agreement(consumer: Management, space: Replicas) -> str:
-    for _ in range(100):  # the replicas re-read datasets/ every second
-        record = await consumer.call("POST", "/api/negotiations?wait=20", {
-            "provider": space.public_url, "datasetId": "big"})
-        if record["state"] == "FINALIZED":
-            return str(record["agreementId"])
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no agreement on the big dataset: {record}")
-
-
-def _token_of(record: dict[str, Any]) -> str:
-    return str(next(p["value"] for p in record["dataAddress"]["endpointProperties"]
-                    if p["name"] == "authorization"))
-
-
-async def test_a_pull_whose_token_expires_refreshes_it_on_the_other_replica(
-        failover: Replicas, tmp_path: Path) -> None:
-    """Replica 0 starts the transfer and serves the first part of the pull; the token expires;
-    only replica 1 is left to answer: the consumer refreshes the token there and pulls the
-    rest from where it stopped. The copy is the dataset, byte for byte."""
-    consumer = await _api(failover.consumer)
-    source = (failover.replicas[0].dir / "data" / "big.jsonl").read_bytes()
-    part = tmp_path / "part.jsonl"
-    try:
-        only(failover.stats, 0)
-        agreement = await _big_agreement(consumer, failover)
-        transfer = await consumer.call("POST", "/api/transfers?wait=20",
-                                       {"agreementId": agreement})
-        assert transfer["state"] == "STARTED", transfer
-        tid, first_token = transfer["id"], _token_of(transfer)
-        got = b""
-        async for chunk in consumer.stream(f"/api/transfers/{tid}/data"):
-            got += chunk
-            if got.count(b"\n") >= 10:
-                break  # the consumer stops mid-transfer
-        kept = got[:got.rindex(b"\n") + 1]
-        offset = kept.count(b"\n")
-        assert 10 <= offset < BIG
-        part.write_bytes(kept)
-        await asyncio.sleep(TTL_S + 1)  # the token expires meanwhile
-        only(failover.stats, 1)
-        before = sessions(failover.stats)
-        summary = await consumer.call("GET", f"/api/transfers/{tid}/summary")  # refreshes
-        assert summary["records"] == BIG, summary
-        refreshed = await consumer.call("GET", f"/api/transfers/{tid}")
-        assert _token_of(refreshed) != first_token
-        records, _ = await consumer.download(
-            f"/api/transfers/{tid}/data?offset={offset}", part, append=True)
-        after = sessions(failover.stats)
-    finally:
-        all_ready(failover.stats)
-        await consumer.close()
-    assert records == BIG - offset
-    assert part.read_bytes() == source
-    assert after["replica1"] > before["replica1"] and after["replica0"] == before["replica0"]

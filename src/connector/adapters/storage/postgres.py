@@ -45,7 +45,7 @@ from connector.adapters.storage.schema import latest, migrations
 from connector.core.audit import GENESIS, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
-from connector.core.transfer import Transfer
+from connector.core.transfer import PUSH_FORMAT, Transfer
 from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
 from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
@@ -146,6 +146,8 @@ class PostgresStore(PagedReads):
         self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
+        self._dsn = ""
+        self._pushes: PushClaims | None = None
         # The connection a step holds its process lock on, and the task running the step:
         # that task's reads and writes go through it (see ``hold``).
         self._step: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
@@ -166,6 +168,7 @@ class PostgresStore(PagedReads):
             await pool.close()
             raise
         store = cls(pool, audit)
+        store._dsn = dsn
         store._renewer = asyncio.create_task(store._renew_loop())
         try:
             store._listener = await asyncpg.connect(dsn)
@@ -182,6 +185,8 @@ class PostgresStore(PagedReads):
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
+        if self._pushes is not None:
+            await self._pushes.close()
         if self._listener is not None:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await self._listener.close()
@@ -195,6 +200,19 @@ class PostgresStore(PagedReads):
         if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
         await self._pool.close()
+
+    def push_claims(self) -> PushClaims:
+        """Which replica runs each push (``adapters.http.push.Pusher``)."""
+        if self._pushes is None:
+            self._pushes = PushClaims(self._dsn)
+        return self._pushes
+
+    async def started_pushes(self) -> list[Transfer]:
+        """The provider's push transfers that are STARTED (pushing, or left by a replica
+        that died mid-push)."""
+        rows = await self._rows("SELECT body FROM transfers WHERE role = 'provider' AND"
+                                " state = 'STARTED' ORDER BY row_seq")
+        return [t for t in (self._tr_dec.decode(r[0]) for r in rows) if t.format == PUSH_FORMAT]
 
     def process_locks(self) -> PostgresStore:
         """Per-process locks every replica sees (``service.locks.SharedLocks``)."""
@@ -527,6 +545,36 @@ class PostgresStore(PagedReads):
             await conn.execute(
                 "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+class PushClaims:
+    """Which replica runs each push: a session advisory lock per transfer, held while the
+    push runs, on one connection of its own. A replica that dies drops the connection and
+    its claims with it at once; another then claims the push and resumes it."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._use = asyncio.Lock()  # one command at a time on the connection
+
+    async def _run(self, sql: str, pid: str) -> bool:
+        async with self._use:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+            return bool(await self._conn.fetchval(sql, _lock_number(f"push\x00{pid}")))
+
+    async def claim(self, pid: str) -> bool:
+        """Whether this replica now runs the push (no live replica does)."""
+        return await self._run("SELECT pg_try_advisory_lock($1)", pid)
+
+    async def release(self, pid: str) -> None:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await self._run("SELECT pg_advisory_unlock($1)", pid)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._conn.close()
 
 
 async def _keep_session(_conn: Any) -> None:
