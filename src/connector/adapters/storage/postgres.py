@@ -42,7 +42,7 @@ import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, chain_events
+from connector.core.audit import GENESIS, chain_events, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import PUSH_FORMAT, Transfer
@@ -434,9 +434,9 @@ class PostgresStore(PagedReads):
             log.error("cannot persist catalogue answers' audit entries: %s", exc)
 
     async def audit_head(self) -> tuple[int, str]:
-        """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
-        rows = await self._rows("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+        """(seq, hash) of the last committed entry (``_chain_head``)."""
+        async with self._connection() as conn:
+            return await _chain_head(conn)
 
     async def last_checkpoint(self) -> tuple[int, float]:
         rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
@@ -624,11 +624,23 @@ async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
                       audience=out.audience, body=out.body)
 
 
+async def _chain_head(conn: Any) -> tuple[int, str]:
+    """(seq, hash) the chain goes on from: its last entry; once ``connector audit prune``
+    removed every entry, the checkpoint it kept (signed over that head); else GENESIS."""
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+    if row is not None:
+        return int(row[0]), str(row[1])
+    jws = await conn.fetchval("SELECT jws FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+    if jws is None:
+        return 0, GENESIS
+    kept = parse_checkpoint(str(jws))
+    return kept.seq, kept.head
+
+
 async def _append_entries(conn: Any, batch: AuditBatch) -> int:
     """Chain ``batch``'s events on from the head, under the chain's lock; how many."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-    seq, head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    seq, head = await _chain_head(conn)
     entries = chain_events(seq + 1, head, batch.events)
     own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows = []
