@@ -35,7 +35,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -282,13 +282,23 @@ class PostgresStore(PagedReads):
             return list(await conn.fetch(sql, *args))
 
     async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
-                           audit: AuditBatch | None = None) -> list[OutboxItem]:
-        """Run one step's statements, outbox rows and audit entries in one transaction."""
+                           audit: AuditBatch | None = None, *,
+                           record: Announced | None = None) -> list[OutboxItem]:
+        """Run one step's statements, outbox rows and audit entries in one transaction;
+        ``record``, the process row's upsert, first, with its announcement and its first
+        outbox row in the same statement (``_announced``: round trips are what a step costs)."""
         try:
             async with self._connection() as conn, conn.transaction():
+                items: list[OutboxItem] = []
+                if record is not None:
+                    first = outbox[0] if outbox else None
+                    seq = await conn.fetchval(*_announced(record, first, self.replica))
+                    if first is not None:
+                        items.append(_queued(first, seq))
+                        outbox = outbox[1:]
                 for sql, args in statements:
                     await conn.execute(sql, *args)
-                items = [await _enqueue(conn, out, self.replica) for out in outbox]
+                items += [await _enqueue(conn, out, self.replica) for out in outbox]
                 count = await _append_entries(conn, audit) if audit else 0
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
@@ -312,12 +322,12 @@ class PostgresStore(PagedReads):
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]:
-        statements: list[Statement] = [_announced((
+        upsert = Announced(
             _UPSERT_NEGOTIATION + ("" if expect_new else _ON_NEGOTIATION),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
-             record.updated_at, _enc.encode(record)),
-        ), "n", record.id)]
+             record.updated_at, _enc.encode(record)), "n", record.id)
+        statements: list[Statement] = []
         if agreement is not None:
             statements.append((
                 "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
@@ -327,7 +337,7 @@ class PostgresStore(PagedReads):
                  _enc.encode(agreement)),
             ))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
-        return await self._transaction(statements, outbox, audit)
+        return await self._transaction(statements, outbox, audit, record=upsert)
 
     async def find_negotiation(self, *, counterparty: str | None, role: str,
                                consumer_pid: str | None = None,
@@ -388,12 +398,12 @@ class PostgresStore(PagedReads):
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         audit = self._audit.transfer(record, outbox) if self._audit else None
-        return await self._transaction([_announced((
+        return await self._transaction([], outbox, audit, record=Announced(
             _UPSERT_TRANSFER + ("" if expect_new else _ON_TRANSFER),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        ), "t", record.id)], outbox, audit)
+            "t", record.id))
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -608,20 +618,44 @@ async def _unlock(conn: Any, number: int) -> None:
         raise
 
 
-def _announced(upsert: Statement, kind: str, id: str) -> Statement:
-    """``upsert`` that also announces the record's change to every replica, when (and only
-    if) the step commits: one statement, so no round trip of its own."""
-    sql, args = upsert
-    n = len(args)
-    return (f"WITH saved AS ({sql} RETURNING 1) SELECT pg_notify(${n + 1}, ${n + 2})"
-            " FROM saved", (*args, CHANGES, f"{kind}:{id}"))
+class Announced(NamedTuple):
+    """A process row's upsert, and the change it announces to every replica."""
+
+    sql: str
+    args: Sequence[Any]
+    kind: str  # "n" or "t"
+    id: str
+
+
+def _announced(record: Announced, out: Outgoing | None, replica: str) -> tuple[Any, ...]:
+    """One statement: ``record``'s upsert, its announcement to every replica (delivered on
+    commit, and only then) and, given ``out``, the outbox row (claimed by ``replica``), whose
+    ``seq`` it returns (``fetchval``'s arguments)."""
+    n = len(record.args)
+    announce = (CHANGES, f"{record.kind}:{record.id}")
+    if out is None:
+        return (f"WITH saved AS ({record.sql} RETURNING 1) SELECT pg_notify(${n + 1},"
+                f" ${n + 2}) FROM saved", *record.args, *announce)
+    q = n + 3
+    queued = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt, claimed_by,"
+              f" claim_until) SELECT ${q}::text, ${q + 1}::text, ${q + 2}::text,"
+              f" ${q + 3}::bytea, 0, ${q + 4}::text, {_NOW} + ${q + 5} FROM saved"
+              " RETURNING seq")
+    return (f"WITH saved AS ({record.sql} RETURNING 1), queued AS ({queued})"
+            f" SELECT (SELECT seq FROM queued), pg_notify(${n + 1}, ${n + 2}) FROM saved",
+            *record.args, *announce, out.process_id, out.url, out.audience, out.body, replica,
+            CLAIM_S)
+
+
+def _queued(out: Outgoing, seq: int) -> OutboxItem:
+    return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
+                      audience=out.audience, body=out.body)
 
 
 async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
     seq = await conn.fetchval(_INSERT_OUTBOX, out.process_id, out.url, out.audience, out.body,
                               replica, CLAIM_S)
-    return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
-                      audience=out.audience, body=out.body)
+    return _queued(out, seq)
 
 
 async def _chain_head(conn: Any) -> tuple[int, str]:
