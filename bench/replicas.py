@@ -3,20 +3,22 @@ and in PostgreSQL shared by two replicas behind HAProxy (TCP mode) — the same 
 consumer set-up (SQLite), the same driver as ``bench.negotiation`` (``POST
 /api/negotiations?wait=30`` on the consumer's management API).
 
-Per set-up: negotiations/s at c=64, p50 at c=1, and the CPU per negotiation of each process
-(provider replicas, consumer, and the PostgreSQL server's processes together as
-``postgres``), so the gain on a larger machine can be projected. The PostgreSQL server and
-HAProxy are Debian's packages, started as the tests start them (tests/e2e/postgres.py,
-tests/e2e/haproxy.py).
+Per set-up: negotiations/s at c=64, p50 at c=1, the CPU per negotiation of each process
+(provider replicas, consumer, HAProxy, and the PostgreSQL server's processes together as
+``postgres``) and their total, so the gain on a larger machine can be projected; and, on
+PostgreSQL, the statements the server ran per negotiation (a count the box's load cannot
+blur). The PostgreSQL server and HAProxy are Debian's packages, started as the tests start
+them (tests/e2e/postgres.py, tests/e2e/haproxy.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from tests.e2e.haproxy import balancer
-from tests.e2e.postgres import Postgres, new_database, running_postgres
+from tests.e2e.postgres import Postgres, log_statements, new_database, running_postgres
 from tests.harness import Participant, create_space, free_port, start, stop
 from tests.stores import set_port, use_postgres
 
@@ -33,12 +35,14 @@ from connector.config import load_settings
 
 DATASET = "example-weather"
 MAX_PER_PHASE = 100_000
+# Negotiations run one after the other with every statement logged, to count the statements
+# the provider's replicas send per negotiation (a figure the box's load cannot blur).
+STATEMENT_SAMPLE = 20
 
 
-def _server_cpu_s(port: int) -> float:
-    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
-    backends under it); processes that end in between are simply not counted."""
-    procs: dict[int, tuple[int, str]] = {}  # pid -> (parent, command line)
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process on the host."""
+    procs: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -47,6 +51,20 @@ def _server_cpu_s(port: int) -> float:
             except OSError:
                 continue
             procs[int(entry.name)] = (int(stat[1]), cmdline)
+    return procs
+
+
+def _haproxy_pid(root: Path) -> int | None:
+    """The HAProxy balancing this set-up (found by its configuration file)."""
+    cfg = str(root / "haproxy.cfg")
+    return next((pid for pid, (_, cmd) in _processes().items()
+                 if "haproxy" in cmd and cfg in cmd), None)
+
+
+def _server_cpu_s(port: int) -> float:
+    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
+    backends under it); processes that end in between are simply not counted."""
+    procs = _processes()
     roots = {pid for pid, (_, cmd) in procs.items() if "postgres" in cmd and f"-p {port}" in cmd}
     total = 0.0
     for pid, (parent, _) in procs.items():
@@ -88,9 +106,28 @@ def _setup(kind: str, root: Path, server: Postgres | None) -> Iterator[
                 stop(p)
 
 
+async def _statements(server: Postgres, call: Callable[[], Awaitable[bool]]) -> float:
+    """Statements the PostgreSQL server ran per negotiation, over STATEMENT_SAMPLE of them
+    (``log_statement = all`` meanwhile; each ``statement:`` or ``execute`` line counts)."""
+    assert server.log is not None
+    await log_statements(server, True)
+    try:
+        await asyncio.sleep(0.5)  # every backend has read the new setting
+        start = server.log.stat().st_size
+        for _ in range(STATEMENT_SAMPLE):
+            await call()
+        await asyncio.sleep(0.5)  # the last steps' outbox rows are deleted
+    finally:
+        await log_statements(server, False)
+    with server.log.open("rb") as f:
+        f.seek(start)
+        logged = f.read().decode(errors="replace")
+    return len(re.findall(r"LOG:  (?:statement|execute [^:]*):", logged)) / STATEMENT_SAMPLE
+
+
 async def _phases(consumer: Participant, replicas: list[Participant], *, duration_s: float,
-                  warmup_s: float, server_port: int
-                  ) -> dict[int, tuple[LoadResult, CpuMeter, float]]:
+                  warmup_s: float, server: Postgres | None, balancer_pid: int | None
+                  ) -> tuple[dict[int, tuple[LoadResult, CpuMeter, float]], float | None]:
     settings = load_settings(consumer.dir)
     url = settings.management_url + "/api/negotiations?wait=30"
     headers = {"Authorization": f"Bearer {settings.management_token()}",
@@ -100,6 +137,8 @@ async def _phases(consumer: Participant, replicas: list[Participant], *, duratio
             if p.process is not None}
     assert consumer.process is not None
     pids |= {"consumer": consumer.process.pid}
+    if balancer_pid is not None:
+        pids |= {"haproxy": balancer_pid}
     out = {}
     connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector,
@@ -115,25 +154,31 @@ async def _phases(consumer: Participant, replicas: list[Participant], *, duratio
 
         for conc in (1, 64):
             await load(call, concurrency=conc, duration_s=warmup_s, max_count=MAX_PER_PHASE)
-            server0 = _server_cpu_s(server_port)
+            server0 = _server_cpu_s(server.port) if server else 0.0
             with CpuMeter(pids) as cpu:
                 result = await load(call, concurrency=conc, duration_s=duration_s,
                                     max_count=MAX_PER_PHASE)
-            out[conc] = (result, cpu, _server_cpu_s(server_port) - server0)
-    return out
+            out[conc] = (result, cpu, (_server_cpu_s(server.port) - server0) if server else 0.0)
+        statements = await _statements(server, call) if server else None
+    return out, statements
 
 
-def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter, float]]) -> float:
+def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter, float]],
+          statements: float | None) -> float:
     tag = kind.replace("-", "")
+    if statements is not None:
+        emit(f"replicas_{tag}_statements_per_negotiation", statements, "statements")
     fast, cpu, server_s = phases[64]
     emit(f"replicas_{tag}_negotiations_per_s_c64", fast.rate, "negotiations/s")
     emit(f"replicas_{tag}_negotiation_p50_ms_c1", phases[1][0].p(50), "ms")
     emit(f"replicas_{tag}_errors", fast.errors + phases[1][0].errors, "count")
     if fast.completed:
-        per = dict(cpu.cpu_s) | {"postgres": server_s}
+        per = dict(cpu.cpu_s) | ({"postgres": server_s} if kind != "sqlite" else {})
         for name, used in per.items():
             emit(f"replicas_{tag}_cpu_us_{name}_c64", used / fast.completed * 1e6,
                  "us/negotiation")
+        emit(f"replicas_{tag}_cpu_us_total_c64", sum(per.values()) / fast.completed * 1e6,
+             "us/negotiation")
         emit(f"replicas_{tag}_cores_busy_c64", sum(per.values()) / fast.elapsed_s, "cores",
              limit=os.cpu_count())
     log(f"{kind}: {fast.rate:.1f}/s at c=64, p50 {phases[1][0].p(50):.1f} ms at c=1; "
@@ -151,9 +196,11 @@ def run(*, quick: bool) -> None:
             try:
                 with _setup(kind, root, server) as (consumer, replicas):
                     log(f"== replicas {kind}: {len(replicas)} provider replica(s)")
-                    phases = asyncio.run(_phases(consumer, replicas, duration_s=duration_s,
-                                                 warmup_s=warmup_s, server_port=server.port))
-                rates[kind] = _emit(kind, phases)
+                    phases, statements = asyncio.run(_phases(
+                        consumer, replicas, duration_s=duration_s, warmup_s=warmup_s,
+                        server=server if kind != "sqlite" else None,
+                        balancer_pid=_haproxy_pid(root)))
+                rates[kind] = _emit(kind, phases, statements)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
     # Targets (issue "past one machine"): one replica >= 70% of SQLite; two not slower.

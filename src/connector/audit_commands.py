@@ -7,7 +7,6 @@ commands themselves are in ``audit_tool`` (docs/audit.md).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -41,11 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if command == "verify-bundle":
         return audit_tool.verify_bundle_file(args.file)
     settings = load_settings(args.dir)
-    if settings.postgres_dsn_file is not None:
-        print(f"error: the audit commands read SQLite only for now: "
-              f"this participant's state is in PostgreSQL ([storage] postgres_dsn_file = "
-              f"{settings.postgres_dsn_file}); see docs/storage.md", file=sys.stderr)
-        return 2
     if command == "verify":
         return audit_tool.verify(settings, args.witness)
     if command == "show":

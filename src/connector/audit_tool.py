@@ -1,9 +1,10 @@
 """What ``connector audit verify|show|export|verify-bundle|prune`` do (``audit_commands``
 declares them).
 
-They read the folder's SQLite file directly (``adapters.storage.audit_file``), so they work
-with the daemon running or stopped; ``export`` signs a checkpoint with the folder's current
-key when none covers the agreement's last entry yet. See docs/audit.md.
+They read the participant's database directly, SQLite or PostgreSQL
+(``adapters.storage.audit_file``), so they work with the daemon running or stopped;
+``export`` signs a checkpoint with the folder's current key when none covers the agreement's
+last entry yet. See docs/audit.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connector.adapters.storage import audit_file
+from connector.adapters.storage.audit_file import AuditTables, open_tables
 from connector.config import Settings
 from connector.core.audit import (
     Entry,
@@ -38,10 +39,10 @@ def _document(settings: Settings) -> dict[str, Any]:
     return doc
 
 
-def _verified(settings: Settings, keep: Collection[int] = ()) -> tuple[Report, list[str]]:
-    db = settings.database
-    checkpoints = audit_file.read_checkpoints(db)
-    return verify_chain(audit_file.iter_chain(db), checkpoints, did=settings.did,
+def _verified(settings: Settings, tables: AuditTables, keep: Collection[int] = ()
+              ) -> tuple[Report, list[str]]:
+    checkpoints = tables.read_checkpoints()
+    return verify_chain(tables.iter_chain(), checkpoints, did=settings.did,
                         document=_document(settings), keep=keep), checkpoints
 
 
@@ -51,7 +52,8 @@ def verify(settings: Settings, witness: str | None) -> int:
         from connector.registry.witness import witnessed
 
         seen = witnessed(settings, witness)
-    report, checkpoints = _verified(settings, keep={seq for seq, _ in seen})
+    with open_tables(settings) as tables:
+        report, checkpoints = _verified(settings, tables, keep={seq for seq, _ in seen})
     if not report.ok:
         print(f"audit trail BROKEN at entry {report.broken}: {report.problem}")
         return 1
@@ -73,7 +75,8 @@ def _summary(report: Report, checkpoints: list[str]) -> str:
 
 
 def show(settings: Settings, id: str) -> int:
-    entries = _concerning(settings, id)
+    with open_tables(settings) as tables:
+        entries = _concerning(tables, id)
     if not entries:
         raise AuditError(f"no audit entry concerns {id!r}")
     for entry in entries:
@@ -81,10 +84,9 @@ def show(settings: Settings, id: str) -> int:
     return 0
 
 
-def _concerning(settings: Settings, id: str) -> list[Entry]:
+def _concerning(tables: AuditTables, id: str) -> list[Entry]:
     """The entries about ``id``; for an agreement, its negotiation's and transfers' too."""
-    db = settings.database
-    direct = audit_file.read_entries(db, audit_file.read_refs(db, [id]))
+    direct = tables.read_entries(tables.read_refs([id]))
     related = set()
     for entry in direct:
         body = entry.decoded()
@@ -93,8 +95,8 @@ def _concerning(settings: Settings, id: str) -> list[Entry]:
             related.add(str(made["negotiation"]))
         if body.get("kind") in ("transfer", "data.access", "data.sent"):
             related.add(str(body["data"].get("transfer") or body["refs"][0]))
-    more = set(audit_file.read_refs(db, related)) - {e.seq for e in direct}
-    return sorted([*direct, *audit_file.read_entries(db, more)], key=lambda e: e.seq)
+    more = set(tables.read_refs(related)) - {e.seq for e in direct}
+    return sorted([*direct, *tables.read_entries(more)], key=lambda e: e.seq)
 
 
 def entry_line(body: dict[str, Any]) -> str:
@@ -134,19 +136,24 @@ def export(settings: Settings, agreement_id: str, out: Path) -> int:
 def agreement_bundle(settings: Settings, agreement_id: str) -> tuple[dict[str, Any], int, int]:
     """The evidence bundle of an agreement (docs/audit.md), how many entries concern it,
     and the entry its checkpoint signs through (one is signed now if none covers it)."""
-    db = settings.database
-    concerning = _concerning(settings, agreement_id)
+    with open_tables(settings) as tables:
+        return _bundle(settings, tables, agreement_id)
+
+
+def _bundle(settings: Settings, tables: AuditTables, agreement_id: str
+            ) -> tuple[dict[str, Any], int, int]:
+    concerning = _concerning(tables, agreement_id)
     agreement = next((made for e in concerning
                       if isinstance(made := e.decoded()["data"].get("agreement"), dict)), None)
     if agreement is None:
         raise AuditError(f"no agreement {agreement_id!r} in the audit trail")
-    checkpoint = _covering_checkpoint(settings, concerning[-1].seq)
+    checkpoint = _covering_checkpoint(settings, tables, concerning[-1].seq)
     cp = parse_checkpoint(checkpoint)
-    stretch = audit_file.read_range(db, concerning[0].seq, cp.seq)
+    stretch = tables.read_range(concerning[0].seq, cp.seq)
     digests = _evidence_digests(concerning)
     peer = agreement["assignee"] if agreement["assigner"] == settings.did else agreement[
         "assigner"]
-    evidence = audit_file.read_evidence(db, [e.seq for e in concerning], digests)
+    evidence = tables.read_evidence([e.seq for e in concerning], digests)
     bundle = build_bundle(
         agreement_id=agreement_id, participant=settings.did, entries=stretch,
         concerning={e.seq for e in concerning}, checkpoint=checkpoint,
@@ -156,19 +163,18 @@ def agreement_bundle(settings: Settings, agreement_id: str) -> tuple[dict[str, A
     return bundle, len(concerning), cp.seq
 
 
-def _covering_checkpoint(settings: Settings, seq: int) -> str:
+def _covering_checkpoint(settings: Settings, tables: AuditTables, seq: int) -> str:
     """A checkpoint at or after ``seq`` signed with our current key; signs one if needed."""
-    db = settings.database
-    for jws in audit_file.read_checkpoints(db):
+    for jws in tables.read_checkpoints():
         cp = parse_checkpoint(jws)
         if cp.seq >= seq and cp.kid == settings.signing_kid:
             return jws
-    head = audit_file.read_head(db)
+    head = tables.read_head()
     assert head is not None  # the agreement's own entries are there
     now = time.time()
     jws = sign_checkpoint(load_any_signing_key(settings.signing_key), kid=settings.signing_kid,
                           did=settings.did, seq=head.seq, head=head.hash, now=int(now))
-    audit_file.add_checkpoint(db, head.seq, now, jws)
+    tables.add_checkpoint(head.seq, now, jws)
     return jws
 
 
@@ -217,17 +223,21 @@ def verify_bundle_file(path: Path) -> int:
 
 def prune(settings: Settings, before: float) -> int:
     """Drop the entries up to the newest checkpoint signed before ``before``."""
-    db = settings.database
-    report, _ = _verified(settings)
+    with open_tables(settings) as tables:
+        return _prune(settings, tables, before)
+
+
+def _prune(settings: Settings, tables: AuditTables, before: float) -> int:
+    report, _ = _verified(settings, tables)
     if not report.ok:
         raise AuditError(f"refusing to prune a broken trail (entry {report.broken}: "
                          f"{report.problem})")
     first = report.first_seq or 1
-    anchors = [seq for seq, _ in audit_file.checkpoints_before(db, before) if seq >= first]
+    anchors = [seq for seq, _ in tables.checkpoints_before(before) if seq >= first]
     if not anchors:
         print("nothing to prune: no checkpoint was signed before that date")
         return 0
-    deleted = audit_file.prune_through(db, anchors[-1])
+    deleted = tables.prune_through(anchors[-1])
     print(f"pruned {deleted} entries; the trail now starts after the checkpoint at entry "
           f"{anchors[-1]}")
     return 0

@@ -482,7 +482,9 @@ class Daemon:
         self.push_receiver = PushReceiver(self.transfers, s.public_url, pushed, self.progress)
         # ... and push as provider.
         self.pusher = Pusher(self.transfers, self.client, lambda: self.folder.datasets,
-                             self.progress, trail=self.trail, consents=self.consents)
+                             self.progress, trail=self.trail, consents=self.consents,
+                             claims=store.push_claims()
+                             if isinstance(store, PostgresStore) else None)
         self._opened.append(self.pusher.close)
         await self.outbox.start()
         await self._serve(self._public_app(), s.host, s.port,
@@ -673,6 +675,14 @@ class Daemon:
             if orphans:
                 log.info("sending %d message(s) a stopped replica left", len(orphans))
                 self.outbox.submit(orphans)
+            try:
+                pushes = await store.started_pushes()
+            except Exception as exc:  # the database failed: try again next time
+                log.error("cannot look for pushes a stopped replica left: %s", exc)
+                continue
+            for push in pushes:  # a push just started is its replica's to claim first
+                if push.updated_at < time.time() - CLAIM_S:
+                    self.pusher.resume(push.id)
 
     def _log_unavailable(self, fresh: FolderState) -> None:
         """A WARNING for each dataset that stops being offered, an INFO for each that is

@@ -100,3 +100,30 @@ def balancer(port: int, backends: Sequence[int], root: Path) -> Iterator[Path]:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def _admin(stats: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(stats))
+        s.sendall(command.encode() + b"\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def only(stats: Path, index: int, count: int = 2) -> None:
+    """Send every new connection to replica ``index``: the others go to maintenance and
+    their open connections are cut (a client's keep-alive connection sticks to a replica)."""
+    for i in range(count):
+        if i == index:
+            _admin(stats, f"set server replicas/replica{i} state ready")
+        else:
+            _admin(stats, f"set server replicas/replica{i} state maint")
+            _admin(stats, f"shutdown sessions server replicas/replica{i}")
+
+
+def all_ready(stats: Path, count: int = 2) -> None:
+    """Every replica back in the rotation (as ``only`` found them)."""
+    for i in range(count):
+        _admin(stats, f"set server replicas/replica{i} state ready")

@@ -46,6 +46,18 @@ SERVICE_USER = "postgres"
 class Postgres:
     port: int
     dsn: str  # a postgresql:// URL with the password: what a dsn_file holds
+    log: Path | None = None  # the server's log file
+
+
+async def log_statements(server: Postgres, on: bool) -> None:
+    """Have the server log every statement it runs (``log_statement = all``) or none."""
+    admin = await asyncpg.connect(host="127.0.0.1", port=server.port, user=SERVICE_USER,
+                                  password=PASSWORD, database="postgres")
+    try:
+        await admin.execute(f"ALTER SYSTEM SET log_statement = '{'all' if on else 'none'}'")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
 
 
 def _bin_dir() -> Path | None:
@@ -150,7 +162,8 @@ def running_postgres() -> Iterator[Postgres]:
         try:
             asyncio.run(_fill(port))
             yield Postgres(port=port,
-                           dsn=f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}")
+                           dsn=f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}",
+                           log=log)
         finally:
             _run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"])
     finally:

@@ -1,4 +1,5 @@
-"""The audit trail between two real daemons: `connector audit verify|show|export|verify-bundle`.
+"""The audit trail between two real daemons: `connector audit verify|show|export|verify-bundle`
+(verify and export on both storage engines).
 
 Both sides export an evidence bundle for the same agreement; each verifies offline with nothing
 but the file, and each fails once its policy text, a peer token or an entry is altered.
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from connector.adapters.storage.schema import ENGINES
 from connector.client import Management
 from connector.config import load_settings
 from tests.e2e.conftest import Space
@@ -63,6 +65,8 @@ async def _agreement_with_a_transfer(space: Space, apis: tuple[Management, Manag
     return str(record["agreementId"])
 
 
+# Both engines, whatever CONNECTOR_E2E_ENGINES says: the audit commands read either.
+@pytest.mark.parametrize("space", ENGINES, indirect=True)
 async def test_both_sides_export_bundles_that_verify_offline_and_catch_tampering(
         space: Space, apis: tuple[Management, Management], tmp_path: Path) -> None:
     agreement = await _agreement_with_a_transfer(space, apis)

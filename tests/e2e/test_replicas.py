@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,17 +42,24 @@ class Replicas:
     stats: Path  # HAProxy's stats socket
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory,
-             postgres_server: Postgres) -> Iterator[Replicas]:
-    root = tmp_path_factory.mktemp("replicas")
+@contextmanager
+def two_replicas(root: Path, server: Postgres, *, server_extra: str = "",
+                  prepare: Callable[[Path], None] = lambda _folder: None) -> Iterator[Replicas]:
+    """Two provider replicas on one new database behind HAProxy, and a consumer, started;
+    ``server_extra`` is added to the replicas' ``[server]`` table, and ``prepare`` is given
+    the provider's folder before it is copied."""
     provider, consumer = create_space(root)
+    prepare(provider.dir)
     (provider.dir / "policies" / "count-50.json").write_text(POLICY)
     (provider.dir / "datasets" / "counted50.toml").write_text(
         'id = "counted50"\ntitle = "Counted"\ndescription = "at most 50 uses"\n'
         'keywords = ["count"]\npolicies = ["count-50"]\n'
         '[source]\ntype = "jsonl"\npath = "data/example.jsonl"\n')
-    use_postgres(provider.dir, asyncio.run(new_database(postgres_server)))
+    if server_extra:
+        config = provider.dir / "connector.toml"
+        config.write_text(config.read_text().replace("[server]\n", f"[server]\n{server_extra}\n",
+                                                     1))
+    use_postgres(provider.dir, asyncio.run(new_database(server)))
     second = Participant("provider-b", root / "provider-b", provider.url)
     shutil.copytree(provider.dir, second.dir)
     ports = []
@@ -72,12 +80,19 @@ def replicas(tmp_path_factory: pytest.TempPathFactory,
                 stop(p)
 
 
-async def _api(p: Participant) -> Management:
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory,
+             postgres_server: Postgres) -> Iterator[Replicas]:
+    with two_replicas(tmp_path_factory.mktemp("replicas"), postgres_server) as space:
+        yield space
+
+
+async def management(p: Participant) -> Management:
     return Management(load_settings(p.dir))
 
 
-async def test_count_limit_exact_over_two_replicas(replicas: Replicas) -> None:
-    consumer = await _api(replicas.consumer)
+async def test_count_limit_exact_overtwo_replicas(replicas: Replicas) -> None:
+    consumer = await management(replicas.consumer)
     try:
         record = await consumer.call("POST", "/api/negotiations?wait=20", {
             "provider": replicas.public_url, "datasetId": "counted50"})
@@ -140,7 +155,7 @@ async def _settled(api: Management, pid: str) -> dict[str, object]:
 
 async def test_a_replica_killed_mid_run_loses_nothing(replicas: Replicas,
                                                       postgres_server: Postgres) -> None:
-    consumer = await _api(replicas.consumer)
+    consumer = await management(replicas.consumer)
     killed = replicas.replicas[1]
     acknowledged: list[dict[str, object]] = []
     served: dict[str, int] = {}
@@ -190,7 +205,7 @@ async def test_a_replica_killed_mid_run_loses_nothing(replicas: Replicas,
     assert len(acknowledged) == JOBS
     assert all(r["state"] == "FINALIZED" for r in finals), [
         r["state"] for r in finals if r["state"] != "FINALIZED"]
-    provider = await _api(replicas.replicas[0])
+    provider = await management(replicas.replicas[0])
     try:
         theirs = [n for n in await provider.call("GET", "/api/negotiations")
                   if n["consumerPid"] in {r["consumerPid"] for r in finals}]
@@ -224,8 +239,8 @@ async def test_a_long_poll_on_one_replica_wakes_on_any_replicas_change(
     """The offer starts on replica A; replica B is asked to wait for its end. The consumer's
     answers reach either replica (round robin); B's ``?wait=`` returns the terminal record
     whichever replica wrote it (LISTEN/NOTIFY), not its state at the timeout."""
-    first, second = [await _api(r) for r in replicas.replicas]
-    consumer = await _api(replicas.consumer)
+    first, second = [await management(r) for r in replicas.replicas]
+    consumer = await management(replicas.consumer)
     try:
         offered = await first.call("POST", "/api/offers", {
             "consumer": str(load_settings(replicas.consumer.dir).public_url),

@@ -1,9 +1,10 @@
-"""The audit trail in the real SQLite store, and ``connector audit`` on the file it leaves.
+"""The audit trail in the real store, and ``connector audit`` on the database it leaves.
 
-A participant folder is created for real (keys, did.json); steps are saved through
-``SqliteStore`` with ``StepAudit``; the database is then tampered with by hand (as an
-attacker with the file would: the append-only trigger dropped first) and ``connector audit
-verify`` must name the broken entry.
+A participant folder is created for real (keys, did.json); steps are saved through the store
+(SQLite, or PostgreSQL for the tests of each command: ``folder`` is parametrised by engine)
+with ``StepAudit``; the database is then tampered with by hand (as an attacker with access
+would: the append-only trigger dropped first) and ``connector audit verify`` must name the
+broken entry.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
 
 from connector import cli
-from connector.adapters.storage import audit_file
-from connector.adapters.storage.sqlite import SqliteStore
+from connector.adapters.storage.audit_file import AuditTables, open_tables
+from connector.adapters.storage.engine import AnyStore, open_store, read_dsn
+from connector.adapters.storage.schema import ENGINES
 from connector.config import Settings, load_settings
+from connector.console.facts import audit_state
 from connector.core.audit import sign_checkpoint
 from connector.core.errors import AuditError, AuthError, ConfigError
 from connector.core.identity import document_keys, issue_token
@@ -38,6 +43,8 @@ from connector.service import audit
 from connector.service.audit import AuditSettings, AuditTrail, StepAudit, audit_settings
 from connector.service.auth import bind_body
 from connector.service.store import Agreement, Outgoing
+from tests.e2e.postgres import new_database
+from tests.stores import use_postgres
 
 PEER = "did:web:peer.example"
 
@@ -45,19 +52,55 @@ PEER = "did:web:peer.example"
 @dataclass
 class Folder:
     settings: Settings
-    store: SqliteStore
+    store: AnyStore
     trail: AuditTrail
 
     @property
     def db(self) -> Path:
         return self.settings.database
 
+    @property
+    def engine(self) -> str:
+        return "sqlite" if self.settings.postgres_dsn_file is None else "postgres"
+
+    async def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Run ``statements`` on the folder's database, as someone with access to it would;
+        the rows of the last."""
+        rows: list[tuple[Any, ...]] = []
+        if self.settings.postgres_dsn_file is None:
+            with sqlite3.connect(self.db) as conn:
+                for sql in statements:
+                    rows = conn.execute(sql).fetchall()
+            return rows
+        conn = await asyncpg.connect(read_dsn(self.settings.postgres_dsn_file))
+        try:
+            for sql in statements:
+                rows = [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+        return rows
+
+
+# The tests of one engine only (its own schema tricks; the other engine's are in
+# tests/unit/test_store_engines.py).
+SQLITE_ONLY = pytest.mark.parametrize("state_dsn", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=ENGINES)
+def state_dsn(request: pytest.FixtureRequest) -> str | None:
+    """The engine of ``folder``'s state: None for SQLite, else a new PostgreSQL database."""
+    if request.param == "postgres":
+        return asyncio.run(new_database(request.getfixturevalue("postgres_server")))
+    return None
+
 
 @pytest_asyncio.fixture
-async def folder(tmp_path: Path) -> AsyncIterator[Folder]:
+async def folder(state_dsn: str | None, tmp_path: Path) -> AsyncIterator[Folder]:
     init_folder(tmp_path / "acme", name="acme", url="https://127.0.0.1:18443")
+    if state_dsn is not None:
+        use_postgres(tmp_path / "acme", state_dsn)
     settings = load_settings(tmp_path / "acme")
-    store = await SqliteStore.open(settings.database, audit=StepAudit(clock=time.time))
+    store = await open_store(settings, audit=StepAudit(clock=time.time))
     trail = AuditTrail(store, did=settings.did, kid=settings.signing_kid,
                        key=load_any_signing_key(settings.signing_key),
                        settings=AuditSettings(), clock=time.time)
@@ -83,16 +126,29 @@ async def some_steps(f: Folder, n: int = 12, prefix: str = "n") -> None:
             await f.trail.checkpoint()
 
 
-def verify(f: Folder, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = cli.main(["audit", "verify", "--dir", str(f.settings.root), *args])
+async def command(*argv: str) -> int:
+    """``connector ARGV`` as from a shell (its own thread: the command runs its own loop)."""
+    return await asyncio.to_thread(cli.main, list(argv))
+
+
+async def verify(f: Folder, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = await command("audit", "verify", "--dir", str(f.settings.root), *args)
     return code, capsys.readouterr().out
 
 
-def tamper(db: Path, *statements: str) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TRIGGER IF EXISTS audit_entries_append_only")
-        for sql in statements:
-            conn.execute(sql)
+async def on_tables(f: Folder, read: Callable[[AuditTables], Any]) -> Any:
+    """``read`` on the folder's audit tables as ``connector audit`` opens them."""
+    def run() -> Any:
+        with open_tables(f.settings) as tables:
+            return read(tables)
+
+    return await asyncio.to_thread(run)
+
+
+async def tamper(f: Folder, *statements: str) -> None:
+    """Run ``statements`` on the audit tables, the append-only trigger dropped first."""
+    on = " ON audit_entries" if f.engine == "postgres" else ""
+    await f.sql(f"DROP TRIGGER IF EXISTS audit_entries_append_only{on}", *statements)
 
 
 # -- what a step writes ---------------------------------------------------------------------------
@@ -110,10 +166,9 @@ async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
                           body={"@id": "a1"}, policy_hash="f" * 64, policy_commit="abc")
     await folder.store.save_negotiation(negotiation("n1", NegotiationState.FINALIZED),
                                         outbox=[out], agreement=agreement, expect_new=True)
-    with sqlite3.connect(folder.db) as conn:
-        (body, *refs), = conn.execute("SELECT body, ref1, ref2 FROM audit_entries")
-    evidence = {kind: content for kind, content in audit_file.read_evidence(
-        folder.db, [1], ["f" * 64]).values()}
+    (body, *refs), = await folder.sql("SELECT body, ref1, ref2 FROM audit_entries")
+    evidence = {kind: content for kind, content in (await on_tables(
+        folder, lambda t: t.read_evidence([1], ["f" * 64]))).values()}
     entry = json.loads(body)  # one entry for the step, its parts in sections
     assert entry["kind"] == "negotiation" and entry["data"]["state"] == "FINALIZED"
     assert entry["data"]["in"] == {
@@ -126,8 +181,7 @@ async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
     assert refs == ["n1", "a1"]
     # Once consumed, the same inbound message is not recorded again by a second step.
     await folder.store.save_negotiation(negotiation("n1", steps=2))
-    with sqlite3.connect(folder.db) as conn:
-        (second,), = conn.execute("SELECT body FROM audit_entries WHERE seq = 2")
+    (second,), = await folder.sql("SELECT body FROM audit_entries WHERE seq = 2")
     assert "in" not in json.loads(second)["data"]
 
 
@@ -136,12 +190,13 @@ async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
     await asyncio.gather(*(folder.store.save_negotiation(negotiation(f"n{i}"), expect_new=True)
                            for i in range(50)))
     await folder.trail.checkpoint()
-    code, out = verify(folder, capsys)
+    code, out = await verify(folder, capsys)
     assert code == 0 and "50 entries" in out and "signed through entry 50" in out
-    walked = [e.seq for e in audit_file.iter_chain(folder.db, chunk=7)]  # 8 reads of 7
+    walked = await on_tables(folder, lambda t: [e.seq for e in t.iter_chain(chunk=7)])  # 8x7
     assert walked == list(range(1, 51))
 
 
+@SQLITE_ONLY
 async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(
         folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
     await some_steps(folder, 4)
@@ -160,10 +215,11 @@ async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(
         conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
     await folder.store.save_negotiation(negotiation("after"), expect_new=True)
     await folder.trail.checkpoint()
-    code, out = verify(folder, capsys)
+    code, out = await verify(folder, capsys)
     assert code == 0 and "5 entries" in out, out
 
 
+@SQLITE_ONLY
 async def test_the_audit_table_is_append_only(folder: Folder) -> None:
     await some_steps(folder, 2)
     with sqlite3.connect(folder.db) as conn, pytest.raises(sqlite3.IntegrityError):
@@ -172,21 +228,29 @@ async def test_the_audit_table_is_append_only(folder: Folder) -> None:
 
 # -- tampering, found by `connector audit verify` -----------------------------------------------
 
-TAMPERING: dict[str, tuple[Callable[[], tuple[str, ...]], str]] = {
-    "one byte changed": (lambda: (
+def _edited_body(engine: str) -> str:
+    """Entry 6's body with one byte changed (a text function over the JSON's bytes)."""
+    if engine == "postgres":
+        return ("convert_to(replace(convert_from(body, 'UTF8'), 'REQUESTED', 'REQUESTEX'),"
+                " 'UTF8')")
+    return "replace(body, 'REQUESTED', 'REQUESTEX')"
+
+
+TAMPERING: dict[str, tuple[Callable[[str], tuple[str, ...]], str]] = {
+    "one byte changed": (lambda engine: (
         "INSERT INTO audit_entries (seq, digest, hash, body) SELECT 1000, digest, hash,"
-        " replace(body, 'REQUESTED', 'REQUESTEX') FROM audit_entries WHERE seq = 6",
+        f" {_edited_body(engine)} FROM audit_entries WHERE seq = 6",
         "DELETE FROM audit_entries WHERE seq = 6",
         "UPDATE audit_entries SET seq = 6 WHERE seq = 1000"),
         "BROKEN at entry 6: entry 6: its content does not match its digest"),
-    "one entry deleted": (lambda: ("DELETE FROM audit_entries WHERE seq = 5",),
+    "one entry deleted": (lambda _engine: ("DELETE FROM audit_entries WHERE seq = 5",),
                           "BROKEN at entry 6: entry 6: expected entry 5 here"),
-    "two entries reordered": (lambda: (
+    "two entries reordered": (lambda _engine: (
         "UPDATE audit_entries SET seq = 1000 WHERE seq = 2",
         "UPDATE audit_entries SET seq = 2 WHERE seq = 3",
         "UPDATE audit_entries SET seq = 3 WHERE seq = 1000"),
         "BROKEN at entry 2: entry 2: its content names another position"),
-    "tail truncated": (lambda: ("DELETE FROM audit_entries WHERE seq > 9",),
+    "tail truncated": (lambda _engine: ("DELETE FROM audit_entries WHERE seq > 9",),
                        "BROKEN at entry 12: entry 12, signed in a checkpoint, is missing"),
 }
 
@@ -195,10 +259,10 @@ TAMPERING: dict[str, tuple[Callable[[], tuple[str, ...]], str]] = {
 async def test_tampering_is_found_and_names_the_entry(
         folder: Folder, capsys: pytest.CaptureFixture[str], case: str) -> None:
     await some_steps(folder)
-    assert verify(folder, capsys)[0] == 0
+    assert (await verify(folder, capsys))[0] == 0
     statements, expected = TAMPERING[case]
-    tamper(folder.db, *statements())
-    code, out = verify(folder, capsys)
+    await tamper(folder, *statements(folder.engine))
+    code, out = await verify(folder, capsys)
     assert code == 1 and expected in out, out
 
 
@@ -207,14 +271,13 @@ async def test_a_replaced_checkpoint_signature_is_found(
     await some_steps(folder)
     init_folder(tmp_path / "mallory", name="mallory", url="https://127.0.0.1:18444")
     other = load_any_signing_key(load_settings(tmp_path / "mallory").signing_key)
-    with sqlite3.connect(folder.db) as conn:
-        seq, jws = conn.execute("SELECT seq, jws FROM audit_checkpoints WHERE seq = 8").fetchone()
-        head = conn.execute("SELECT hash FROM audit_entries WHERE seq = 8").fetchone()[0]
+    (seq, jws), = await folder.sql("SELECT seq, jws FROM audit_checkpoints WHERE seq = 8")
+    (head,), = await folder.sql("SELECT hash FROM audit_entries WHERE seq = 8")
     forged = sign_checkpoint(other, kid=folder.settings.signing_kid, did=folder.settings.did,
                              seq=seq, head=head, now=1)
-    tamper(folder.db, f"UPDATE audit_checkpoints SET jws = '{jws.rsplit('.', 1)[0]}."
-                      f"{forged.rsplit('.', 1)[1]}' WHERE seq = 8")
-    code, out = verify(folder, capsys)
+    await tamper(folder, f"UPDATE audit_checkpoints SET jws = '{jws.rsplit('.', 1)[0]}."
+                         f"{forged.rsplit('.', 1)[1]}' WHERE seq = 8")
+    code, out = await verify(folder, capsys)
     assert code == 1 and "BROKEN at entry 8: checkpoint at entry 8: signature invalid" in out
 
 
@@ -222,15 +285,15 @@ async def test_prune_keeps_the_chain_verifiable_from_a_signed_checkpoint(
         folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
     await some_steps(folder)
     root = str(folder.settings.root)
-    assert cli.main(["audit", "prune", "--before", "2999-01-01", "--dir", root]) == 0
+    assert await command("audit", "prune", "--before", "2999-01-01", "--dir", root) == 0
     assert "pruned 12 entries" in capsys.readouterr().out
-    assert audit_file.read_refs(folder.db, ["n3"]) == []  # its entry went with the prune
+    assert await on_tables(folder, lambda t: t.read_refs(["n3"])) == []  # pruned with it
     await some_steps(folder, 4, prefix="later")
-    code, out = verify(folder, capsys)
+    code, out = await verify(folder, capsys)
     assert code == 0 and "4 entries (13..16)" in out, out
     # Without the checkpoint it hangs from, the rest no longer verifies.
-    tamper(folder.db, "DELETE FROM audit_checkpoints WHERE seq = 12")
-    code, out = verify(folder, capsys)
+    await tamper(folder, "DELETE FROM audit_checkpoints WHERE seq = 12")
+    code, out = await verify(folder, capsys)
     assert code == 1 and "no signed checkpoint at entry 12" in out, out
 
 
@@ -238,7 +301,7 @@ async def test_show_prints_one_process_s_entries_in_order(
         folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
     await some_steps(folder, 3)
     await folder.store.save_negotiation(negotiation("n1", NegotiationState.TERMINATED, 2))
-    assert cli.main(["audit", "show", "n1", "--dir", str(folder.settings.root)]) == 0
+    assert await command("audit", "show", "n1", "--dir", str(folder.settings.root)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [int(line.split()[0]) for line in lines] == [2, 4]
     assert "TERMINATED" in lines[1]
@@ -294,11 +357,10 @@ async def test_checkpoints_signed_before_a_rotation_verify_after_the_old_key_is_
     await folder.trail.keys(own_keys(), new_kid)  # what the daemon does when did.json changes
     await some_steps(folder, 3, prefix="after")
     await folder.trail.checkpoint()
-    code, out = verify(folder, capsys)
+    code, out = await verify(folder, capsys)
     assert code == 0 and "signed through entry 11" in out, out
-    with sqlite3.connect(folder.db) as conn:
-        kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
-                for (jws,) in conn.execute("SELECT jws FROM audit_checkpoints")}
+    kids = {json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))["kid"]
+            for (jws,) in await folder.sql("SELECT jws FROM audit_checkpoints")}
     assert kids == {old_kid, new_kid}
 
 
@@ -314,12 +376,21 @@ async def test_denials_carry_their_reasons_and_revocations_are_recorded(
                           assigner="did:web:acme", assignee=PEER, created_at=1.0,
                           body={"@id": "a9"})
     await folder.store.save_agreement(replace(agreement, revoked="consent withdrawn"))
-    with sqlite3.connect(folder.db) as conn:
-        bodies = [json.loads(b) for (b,) in conn.execute(
-            "SELECT body FROM audit_entries ORDER BY seq")]
+    bodies = [json.loads(b) for (b,) in await folder.sql(
+        "SELECT body FROM audit_entries ORDER BY seq")]
     assert bodies[0]["data"]["denials"] == [{
         "decision": "members-only denied for " + PEER,
         "reasons": ["✗ membership eq active: found none",
                     "✓ purpose eq research: found research"]}]
     assert bodies[1]["kind"] == "revocation"
     assert bodies[1]["data"] == {"agreement": "a9", "reason": "consent withdrawn"}
+
+
+async def test_the_console_s_audit_page_reads_the_trail_on_either_engine(
+        folder: Folder) -> None:
+    """The console's audit page (``console.facts.audit_state``): the trail verified and its
+    newest entries, newest first, from the participant's database whatever its engine."""
+    await some_steps(folder, 5)
+    state = await asyncio.to_thread(audit_state, folder.settings)
+    assert state.report.ok and state.report.entries == 5 and state.signed_through == 4
+    assert [int(line.split()[0]) for line in state.newest] == [5, 4, 3, 2, 1]

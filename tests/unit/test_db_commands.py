@@ -179,14 +179,15 @@ def test_backup_of_a_postgres_state_points_at_pg_dump(
 @pytest.mark.parametrize("command", [["verify"], ["show", "urn:x"], ["prune", "--before",
                                                                       "2026-01-01"],
                                      ["export", "urn:a", "--out", "bundle.json"]])
-def test_audit_commands_on_postgres_say_they_read_sqlite_only(
+def test_audit_commands_on_an_unreachable_postgres_end_with_one_line(
         command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """docs/storage.md: ``connector audit ...`` reads SQLite only for now; on a PostgreSQL
-    participant it ends with one line and exit status 2, before touching any database."""
+    """``connector audit ...`` reads the PostgreSQL database too (tests/unit/
+    test_audit_store.py); one that cannot be reached ends the command with one line naming
+    the DSN file (never the DSN, which holds the password) and exit status 2."""
     root = _folder(tmp_path, "postgresql://connector:secret@127.0.0.1:1/none")
     code = cli.main(["audit", *command, "--dir", str(root)])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     line = _one_error_line(err)
-    assert "the audit commands read SQLite only for now" in line and "postgres_dsn_file" in line
+    assert "postgres_dsn_file" in line and "cannot reach the database" in line, line
     assert "secret" not in err

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connector.adapters.storage import audit_file
+from connector.adapters.storage.audit_file import open_tables
 from connector.audit_tool import entry_line
 from connector.config import Settings
 from connector.console import views
@@ -71,16 +71,17 @@ class AuditState:
 
 def audit_state(settings: Settings) -> AuditState:
     """The trail verified as `connector audit verify` does, and its newest entries."""
-    checkpoints = audit_file.read_checkpoints(settings.database)
     document = json.loads((settings.root / "did.json").read_text(encoding="utf-8"))
     tail: deque[Entry] = deque(maxlen=AUDIT_NEWEST)
+    with open_tables(settings) as tables:
+        checkpoints = tables.read_checkpoints()
 
-    def streamed() -> Iterator[Entry]:  # the chain is read as a stream; its tail is kept
-        for entry in audit_file.iter_chain(settings.database):
-            tail.append(entry)
-            yield entry
+        def streamed() -> Iterator[Entry]:  # the chain is read as a stream; its tail is kept
+            for entry in tables.iter_chain():
+                tail.append(entry)
+                yield entry
 
-    report = verify_chain(streamed(), checkpoints, did=settings.did, document=document)
+        report = verify_chain(streamed(), checkpoints, did=settings.did, document=document)
     signed = max((parse_checkpoint(c).seq for c in checkpoints), default=0)
     newest = [entry_line(e.decoded()) for e in reversed(tail)]
     return AuditState(report, signed, newest)

@@ -64,7 +64,9 @@ class ProcessService(Generic[RecordT]):
         self.automatic = automatic  # False: only the operator (or a test script) acts
         self.listeners: list[Callable[[RecordT, bool], None]] = []
         self.watch: Watch[RecordT] = Watch()
-        self._locks = locks or KeyedLocks()  # replicas: with the database's locks
+        # replicas: with the database's locks (not `locks or ...`: an idle KeyedLocks is empty,
+        # so falsy)
+        self._locks = locks if locks is not None else KeyedLocks()
 
     # -- what a subclass provides -------------------------------------------------------------
 

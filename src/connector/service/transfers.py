@@ -217,13 +217,15 @@ class TransferService(ProcessService[Transfer]):
             record = await self._retire_previous_token(record.id)  # the new one is in use
         return record, await self._authorize_agreement(record, use)
 
-    async def authorize_push(self, pid: str) -> tuple[Transfer, Agreement]:
+    async def authorize_push(self, pid: str, *, count_use: bool = True
+                             ) -> tuple[Transfer, Agreement]:
         """Provider, before a push: as a pull's check (state, revocation, the agreement's
-        policy with the use counted), for the transfer itself instead of a token."""
+        policy with the use counted), for the transfer itself instead of a token. A push
+        resumed by another replica was counted when it started (``count_use=False``)."""
         record = await self.mine(pid)
         if record.state is not TransferState.STARTED:
             raise TransferDenied(f"transfer is {record.state.value}, not STARTED")
-        return record, await self._authorize_agreement(record, True)
+        return record, await self._authorize_agreement(record, count_use)
 
     async def _authorize_agreement(self, record: Transfer, use: bool) -> Agreement:
         agreement = await self._store.get_agreement(record.agreement_id)

@@ -43,7 +43,7 @@ import secrets
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -207,28 +207,59 @@ class _Stopped(Exception):
     """The transfer stopped being STARTED during the push."""
 
 
+class PushClaims(Protocol):
+    """Replicas: at most one runs a push (``PostgresStore.push_claims``)."""
+
+    async def claim(self, pid: str) -> bool: ...
+
+    async def release(self, pid: str) -> None: ...
+
+
 class Pusher:
     """Provider side: runs each push transfer once it is STARTED."""
 
     def __init__(self, transfers: TransferService, client: PeerClient,
                  datasets: Callable[[], Mapping[str, Any]], board: ProgressBoard, *,
-                 trail: AuditTrail | None = None,
-                 consents: ConsentService | None = None) -> None:
+                 trail: AuditTrail | None = None, consents: ConsentService | None = None,
+                 claims: PushClaims | None = None) -> None:
         self._transfers = transfers
         self._board = board
         self._client = client
         self._datasets = datasets
         self._trail = trail  # an audit entry before the push and one after it (None: off)
         self._consents = consents  # the register a `consent` constraint filters by
+        self._claims = claims  # replicas: which one runs each push (None: this daemon alone)
         self._running: dict[str, asyncio.Task[None]] = {}
         transfers.listeners.append(self.on_change)
 
     def on_change(self, record: Transfer, new: bool) -> None:
         if (record.role is Role.PROVIDER and record.format == tp.PUSH_FORMAT
-                and record.state is TransferState.STARTED and record.id not in self._running):
-            task = asyncio.get_running_loop().create_task(self._run(record.id))
-            self._running[record.id] = task
-            task.add_done_callback(lambda _: self._running.pop(record.id, None))
+                and record.state is TransferState.STARTED):
+            self._start(record.id, resumed=False)
+
+    def resume(self, pid: str) -> None:
+        """Replicas: carry on a STARTED push no live replica runs (its replica died), from
+        the records the consumer holds; nothing happens if one runs it."""
+        self._start(pid, resumed=True)
+
+    def _start(self, pid: str, *, resumed: bool) -> None:
+        if pid not in self._running:
+            task = asyncio.get_running_loop().create_task(self._claimed(pid, resumed))
+            self._running[pid] = task
+            task.add_done_callback(lambda _: self._running.pop(pid, None))
+
+    async def _claimed(self, pid: str, resumed: bool) -> None:
+        if self._claims is None:
+            await self._run(pid, resumed)
+            return
+        if not await self._claims.claim(pid):
+            return  # another replica runs it
+        try:
+            if resumed and not await self._transfers.still_streaming(pid):
+                return  # it ended since it was found STARTED
+            await self._run(pid, resumed)
+        finally:
+            await self._claims.release(pid)
 
     async def _chunks(self, pid: str, chunks: AsyncGenerator[bytes, None], offset: int
                       ) -> AsyncGenerator[bytes, None]:
@@ -240,11 +271,11 @@ class Pusher:
                 yield chunk
                 progress.add(chunk)
 
-    async def _push(self, pid: str, url: str, auth: str, source: Source | GatedSource
-                    ) -> None:
-        """Stream the source; after a cut, ask the consumer what it holds and go on from there
-        (up to PUSH_ATTEMPTS streams). A refusal (4xx) or a stopped transfer is not retried."""
-        offset = 0
+    async def _push(self, pid: str, url: str, auth: str, source: Source | GatedSource,
+                    offset: int) -> None:
+        """Stream the source from record ``offset``; after a cut, ask the consumer what it
+        holds and go on from there (up to PUSH_ATTEMPTS streams). A refusal (4xx) or a
+        stopped transfer is not retried."""
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             try:
                 chunks = self._chunks(pid, source.chunks(offset), offset)
@@ -261,15 +292,15 @@ class Pusher:
             await self._transfers.note(pid, "provider", "push resumed",
                                        f"from record {offset} (attempt {attempt + 1})")
 
-    async def _run(self, pid: str) -> None:
+    async def _run(self, pid: str, resumed: bool) -> None:
         try:
-            await self._pushed(pid)
+            await self._pushed(pid, resumed)
         finally:
             self._board.end(pid)
 
-    async def _pushed(self, pid: str) -> None:
+    async def _pushed(self, pid: str, resumed: bool) -> None:
         try:
-            record, agreement = await self._transfers.authorize_push(pid)
+            record, agreement = await self._transfers.authorize_push(pid, count_use=not resumed)
             decl = self._datasets().get(agreement.dataset_id)
             address = record.data_address
             url = address.url() if address is not None else None
@@ -280,10 +311,14 @@ class Pusher:
                 source = self._consents.governed(decl, agreement, source)
             summary = await source.summary()
             auth = address.authorization_header()
+            offset = await self._client.push_offset(url, auth) if resumed else 0
+            if resumed:
+                await self._transfers.note(pid, "provider", "push resumed",
+                                           f"by another replica, from record {offset}")
             if self._trail is not None:  # refused (the push does not start) if unrecorded
-                await self._trail.data_access(agreement=agreement.id, transfer=pid, offset=0,
-                                              records=0, size=0, complete=None)
-            await self._push(pid, url, auth, source)
+                await self._trail.data_access(agreement=agreement.id, transfer=pid,
+                                              offset=offset, records=0, size=0, complete=None)
+            await self._push(pid, url, auth, source, offset)
             if isinstance(source, GatedSource) and source.last is not None:
                 await self._transfers.note(pid, "consent", "records withheld",
                                            source.last.account())

@@ -75,7 +75,9 @@ _CONNECT_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
                    asyncpg.InterfaceError)
 
 
-async def _connect(path: Path) -> Any:
+async def connect(path: Path) -> Any:
+    """One connection to the database the DSN file ``path`` names (ConfigError if it
+    cannot be used, naming the file)."""
     dsn = read_dsn(path)
     try:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -103,7 +105,7 @@ async def status(settings: Settings) -> SchemaStatus:
     if path is None:
         return SchemaStatus("sqlite", str(settings.database),
                             _sqlite_version(settings.database), latest("sqlite"))
-    conn = await _connect(path)
+    conn = await connect(path)
     try:
         version = await postgres.schema_version(conn)
     except _CONNECT_ERRORS as exc:
@@ -134,7 +136,7 @@ async def upgrade(settings: Settings) -> tuple[int, int]:
         store = await SqliteStore.open(settings.database)
         await store.close()
         return before, latest("sqlite")
-    conn = await _connect(path)
+    conn = await connect(path)
     try:
         return await postgres.upgrade(conn)
     except _CONNECT_ERRORS as exc:

@@ -5,6 +5,8 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
 - **no record cache**: another replica may have written any row since; a read is a query;
 - **one transaction per step**, on a pooled connection: the process row, its agreement, its
   outbox messages (sequence numbers from the database) and its audit entries commit together;
+- **process locks** (``hold``): a session advisory lock on a pooled connection that the
+  step's reads and writes then go through, so two replicas never step one process at once;
 - **the audit chain** is extended under a transaction-level advisory lock
   (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
@@ -28,21 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, chain_events
+from connector.core.audit import GENESIS, chain_events, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
-from connector.core.transfer import Transfer
+from connector.core.transfer import PUSH_FORMAT, Transfer
 from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
 from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
@@ -71,8 +74,6 @@ ORPHANS_PER_SWEEP = 500
 _NOW = "extract(epoch from clock_timestamp())"
 # The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
 CHANGES = "connector_changes"
-# A process lock another replica holds is tried again after this long (a step takes ms).
-LOCK_RETRY_S = 0.002
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -146,7 +147,11 @@ class PostgresStore(PagedReads):
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
         self._dsn = ""
-        self._locks: AdvisoryLocks | None = None
+        self._pushes: PushClaims | None = None
+        # The connection a step holds its process lock on, and the task running the step:
+        # that task's reads and writes go through it (see ``hold``).
+        self._step: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
+            contextvars.ContextVar(f"step-{id(self)}", default=None))
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -154,7 +159,8 @@ class PostgresStore(PagedReads):
     async def open(cls, dsn: str, *, audit: StepAudit | None = None,
                    pool_size: int = POOL_SIZE) -> PostgresStore:
         """Connect, bring the schema up to date, and return the store."""
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size,
+                                         reset=_keep_session)
         try:
             async with pool.acquire() as conn:
                 await upgrade(conn)
@@ -179,8 +185,8 @@ class PostgresStore(PagedReads):
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
-        if self._locks is not None:
-            await self._locks.close()
+        if self._pushes is not None:
+            await self._pushes.close()
         if self._listener is not None:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await self._listener.close()
@@ -195,11 +201,67 @@ class PostgresStore(PagedReads):
             await asyncio.gather(*self._behind, return_exceptions=True)
         await self._pool.close()
 
-    def process_locks(self) -> AdvisoryLocks:
+    def push_claims(self) -> PushClaims:
+        """Which replica runs each push (``adapters.http.push.Pusher``)."""
+        if self._pushes is None:
+            self._pushes = PushClaims(self._dsn)
+        return self._pushes
+
+    async def started_pushes(self) -> list[Transfer]:
+        """The provider's push transfers that are STARTED (pushing, or left by a replica
+        that died mid-push)."""
+        rows = await self._rows("SELECT body FROM transfers WHERE role = 'provider' AND"
+                                " state = 'STARTED' ORDER BY row_seq")
+        return [t for t in (self._tr_dec.decode(r[0]) for r in rows) if t.format == PUSH_FORMAT]
+
+    def process_locks(self) -> PostgresStore:
         """Per-process locks every replica sees (``service.locks.SharedLocks``)."""
-        if self._locks is None:
-            self._locks = AdvisoryLocks(self._dsn)
-        return self._locks
+        return self
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock named ``key`` in every replica until the context exits.
+
+        A session advisory lock (``pg_advisory_lock``) on a pooled connection the step keeps
+        until then: the step's reads and writes go through that connection (no second
+        acquire, no lock round trips serialised on a shared connection). A replica that dies
+        drops its connections, and with them its locks, at once (no lease to wait out). A
+        lock taken inside another (a new process within an initial request's) rides on the
+        outer one's connection.
+        """
+        number = _lock_number(key)
+        bound = self._bound()
+        if bound is not None:
+            await _lock(bound, number)
+            try:
+                yield
+            finally:
+                await _unlock(bound, number)
+            return
+        async with self._pool.acquire() as conn:
+            await _lock(conn, number)
+            token = self._step.set((asyncio.current_task(), conn))
+            try:
+                yield
+            finally:
+                self._step.reset(token)
+                await _unlock(conn, number)
+
+    def _bound(self) -> Any:
+        """The connection of the step this task runs, if it runs one."""
+        step = self._step.get()
+        if step is None or step[0] is not asyncio.current_task():
+            return None  # none, or a task the step started (it has its own connections)
+        return step[1]
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        bound = self._bound()
+        if bound is not None:
+            yield bound
+        else:
+            async with self._pool.acquire() as conn:
+                yield conn
 
     async def probe(self, schema: int) -> tuple[str | None, int]:
         """(problem or None, outbox depth): the readiness check of the shared database."""
@@ -216,17 +278,27 @@ class PostgresStore(PagedReads):
     # -- helpers ------------------------------------------------------------------------
 
     async def _rows(self, sql: str, *args: Any) -> list[Any]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             return list(await conn.fetch(sql, *args))
 
     async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
-                           audit: AuditBatch | None = None) -> list[OutboxItem]:
-        """Run one step's statements, outbox rows and audit entries in one transaction."""
+                           audit: AuditBatch | None = None, *,
+                           record: Announced | None = None) -> list[OutboxItem]:
+        """Run one step's statements, outbox rows and audit entries in one transaction;
+        ``record``, the process row's upsert, first, with its announcement and its first
+        outbox row in the same statement (``_announced``: round trips are what a step costs)."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
+                items: list[OutboxItem] = []
+                if record is not None:
+                    first = outbox[0] if outbox else None
+                    seq = await conn.fetchval(*_announced(record, first, self.replica))
+                    if first is not None:
+                        items.append(_queued(first, seq))
+                        outbox = outbox[1:]
                 for sql, args in statements:
                     await conn.execute(sql, *args)
-                items = [await _enqueue(conn, out, self.replica) for out in outbox]
+                items += [await _enqueue(conn, out, self.replica) for out in outbox]
                 count = await _append_entries(conn, audit) if audit else 0
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
@@ -250,12 +322,12 @@ class PostgresStore(PagedReads):
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
         agreement: Agreement | None = None, expect_new: bool = False,
     ) -> list[OutboxItem]:
-        statements: list[Statement] = [(
+        upsert = Announced(
             _UPSERT_NEGOTIATION + ("" if expect_new else _ON_NEGOTIATION),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
-             record.updated_at, _enc.encode(record)),
-        )]
+             record.updated_at, _enc.encode(record)), "n", record.id)
+        statements: list[Statement] = []
         if agreement is not None:
             statements.append((
                 "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
@@ -264,9 +336,8 @@ class PostgresStore(PagedReads):
                  agreement.assigner, agreement.assignee, agreement.created_at,
                  _enc.encode(agreement)),
             ))
-        statements.append(_notify("n", record.id))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
-        return await self._transaction(statements, outbox, audit)
+        return await self._transaction(statements, outbox, audit, record=upsert)
 
     async def find_negotiation(self, *, counterparty: str | None, role: str,
                                consumer_pid: str | None = None,
@@ -327,12 +398,12 @@ class PostgresStore(PagedReads):
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         audit = self._audit.transfer(record, outbox) if self._audit else None
-        return await self._transaction([(
+        return await self._transaction([], outbox, audit, record=Announced(
             _UPSERT_TRANSFER + ("" if expect_new else _ON_TRANSFER),
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        ), _notify("t", record.id)], outbox, audit)
+            "t", record.id))
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -373,9 +444,9 @@ class PostgresStore(PagedReads):
             log.error("cannot persist catalogue answers' audit entries: %s", exc)
 
     async def audit_head(self) -> tuple[int, str]:
-        """(seq, hash) of the last committed entry; (0, GENESIS) when there is none."""
-        rows = await self._rows("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+        """(seq, hash) of the last committed entry (``_chain_head``)."""
+        async with self._connection() as conn:
+            return await _chain_head(conn)
 
     async def last_checkpoint(self) -> tuple[int, float]:
         rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
@@ -486,35 +557,29 @@ class PostgresStore(PagedReads):
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
 
 
-class AdvisoryLocks:
-    """Session advisory locks keyed by a process id, on one connection of their own.
-
-    ``pg_try_advisory_lock`` never blocks the shared connection: a lock another replica holds
-    is tried again every LOCK_RETRY_S. A replica that dies drops its connection, and with it
-    its locks, at once (no lease to wait out).
-    """
+class PushClaims:
+    """Which replica runs each push: a session advisory lock per transfer, held while the
+    push runs, on one connection of its own. A replica that dies drops the connection and
+    its claims with it at once; another then claims the push and resumes it."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: Any = None
         self._use = asyncio.Lock()  # one command at a time on the connection
 
-    async def _run(self, sql: str, key: int) -> bool:
+    async def _run(self, sql: str, pid: str) -> bool:
         async with self._use:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(self._dsn)
-            return bool(await self._conn.fetchval(sql, key))
+            return bool(await self._conn.fetchval(sql, _lock_number(f"push\x00{pid}")))
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-        while not await self._run("SELECT pg_try_advisory_lock($1)", number):
-            await asyncio.sleep(LOCK_RETRY_S)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await self._run("SELECT pg_advisory_unlock($1)", number)
+    async def claim(self, pid: str) -> bool:
+        """Whether this replica now runs the push (no live replica does)."""
+        return await self._run("SELECT pg_try_advisory_lock($1)", pid)
+
+    async def release(self, pid: str) -> None:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await self._run("SELECT pg_advisory_unlock($1)", pid)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -522,23 +587,94 @@ class AdvisoryLocks:
                 await self._conn.close()
 
 
-def _notify(kind: str, id: str) -> Statement:
-    """Announce a record's change to every replica, when (and only if) the step commits."""
-    return ("SELECT pg_notify($1, $2)", (CHANGES, f"{kind}:{id}"))
+async def _keep_session(_conn: Any) -> None:
+    """A connection goes back to the pool as it is: the store sets no session state (its
+    locks are released by ``hold``, or the connection is closed), so asyncpg's reset query
+    (a round trip per acquire) has nothing to undo."""
+
+
+def _lock_number(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+async def _lock(conn: Any, number: int) -> None:
+    """Wait for the lock; on any failure (a cancelled wait too, which may have been granted
+    meanwhile) the connection is closed, and its locks go with it."""
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", number)
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+async def _unlock(conn: Any, number: int) -> None:
+    """Release the lock; a connection that cannot is closed, which releases it too."""
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", number)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        conn.terminate()  # the lock is gone with the session: nothing more to do
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+class Announced(NamedTuple):
+    """A process row's upsert, and the change it announces to every replica."""
+
+    sql: str
+    args: Sequence[Any]
+    kind: str  # "n" or "t"
+    id: str
+
+
+def _announced(record: Announced, out: Outgoing | None, replica: str) -> tuple[Any, ...]:
+    """One statement: ``record``'s upsert, its announcement to every replica (delivered on
+    commit, and only then) and, given ``out``, the outbox row (claimed by ``replica``), whose
+    ``seq`` it returns (``fetchval``'s arguments)."""
+    n = len(record.args)
+    announce = (CHANGES, f"{record.kind}:{record.id}")
+    if out is None:
+        return (f"WITH saved AS ({record.sql} RETURNING 1) SELECT pg_notify(${n + 1},"
+                f" ${n + 2}) FROM saved", *record.args, *announce)
+    q = n + 3
+    queued = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt, claimed_by,"
+              f" claim_until) SELECT ${q}::text, ${q + 1}::text, ${q + 2}::text,"
+              f" ${q + 3}::bytea, 0, ${q + 4}::text, {_NOW} + ${q + 5} FROM saved"
+              " RETURNING seq")
+    return (f"WITH saved AS ({record.sql} RETURNING 1), queued AS ({queued})"
+            f" SELECT (SELECT seq FROM queued), pg_notify(${n + 1}, ${n + 2}) FROM saved",
+            *record.args, *announce, out.process_id, out.url, out.audience, out.body, replica,
+            CLAIM_S)
+
+
+def _queued(out: Outgoing, seq: int) -> OutboxItem:
+    return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
+                      audience=out.audience, body=out.body)
 
 
 async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
     seq = await conn.fetchval(_INSERT_OUTBOX, out.process_id, out.url, out.audience, out.body,
                               replica, CLAIM_S)
-    return OutboxItem(seq=int(seq), process_id=out.process_id, url=out.url,
-                      audience=out.audience, body=out.body)
+    return _queued(out, seq)
+
+
+async def _chain_head(conn: Any) -> tuple[int, str]:
+    """(seq, hash) the chain goes on from: its last entry; once ``connector audit prune``
+    removed every entry, the checkpoint it kept (signed over that head); else GENESIS."""
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+    if row is not None:
+        return int(row[0]), str(row[1])
+    jws = await conn.fetchval("SELECT jws FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+    if jws is None:
+        return 0, GENESIS
+    kept = parse_checkpoint(str(jws))
+    return kept.seq, kept.head
 
 
 async def _append_entries(conn: Any, batch: AuditBatch) -> int:
     """Chain ``batch``'s events on from the head, under the chain's lock; how many."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-    seq, head = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    seq, head = await _chain_head(conn)
     entries = chain_events(seq + 1, head, batch.events)
     own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows = []

@@ -106,17 +106,21 @@ class SqliteStore(PagedReads):
     async def open(cls, path: Path, *, audit: StepAudit | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
         store = cls(conn, audit)
-        await store._migrate()
-        rows = await conn.execute_fetchall(
-            "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-        for seq, head in rows:
-            store._audit_head = (int(seq), str(head))
-        rows = await conn.execute_fetchall("SELECT coalesce(max(seq), 0) FROM outbox")
-        store._next_seq = int(next(iter(rows))[0]) + 1
+        try:  # a store that refuses to open (a newer schema) closes what it opened
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await store._migrate()
+            rows = await conn.execute_fetchall(
+                "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+            for seq, head in rows:
+                store._audit_head = (int(seq), str(head))
+            rows = await conn.execute_fetchall("SELECT coalesce(max(seq), 0) FROM outbox")
+            store._next_seq = int(next(iter(rows))[0]) + 1
+        except BaseException:
+            await conn.close()
+            raise
         store._writer = asyncio.create_task(store._write_loop())
         return store
 
