@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -365,6 +366,8 @@ def compose_stack() -> None:
                  lambda: f"{SERVED} = {served_by_replica(prometheus)}\n{logs()}")
         log(f"   Prometheus: records served by replica {served_by_replica(prometheus)} "
             f"({time.monotonic() - t0:.1f} s)")
+        log("   RSS after the pulls: " + ", ".join(
+            f"{name} {rss_mib(metrics):.1f} MiB" for name, metrics in REPLICAS.items()))
         # The replica that answered the negotiation holds the consumer's kept-alive
         # connection: killing that one makes the consumer fail over, not just HAProxy.
         victim = max(REPLICAS, key=lambda name: negotiations_answered(REPLICAS[name]))
@@ -432,12 +435,54 @@ def validate(docs: Sequence[dict[str, object]]) -> None:
                                  f"Kubernetes {version}: {exc.message}") from None
 
 
+def replicated(docs: Sequence[dict[str, Any]]) -> None:
+    """The render of ci/replicas-values.yaml: two pods sharing PostgreSQL, rolled, probed on
+    the health endpoints, kept by a budget that selects them, no SQLite volume."""
+    by_kind = {str(d["kind"]): d for d in docs}
+    deployment = by_kind["Deployment"]["spec"]
+    pod = deployment["template"]
+    (container,) = pod["spec"]["containers"]
+    probes = {name: container[name]["httpGet"]["path"]
+              for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    budget = by_kind["PodDisruptionBudget"]["spec"]
+    keys = next(v for v in pod["spec"]["volumes"] if v["name"] == "keys")
+    state_dsn = [item["path"] for source in keys["projected"]["sources"]
+                 for item in source["secret"].get("items", [])]
+    problems = [
+        what for what, ok in (
+            ("replicas: 2", deployment["replicas"] == 2),
+            ("a rolling update", deployment["strategy"]["type"] == "RollingUpdate"),
+            ("probes on /health/live and /health/ready", probes == {
+                "startupProbe": "/health/live", "livenessProbe": "/health/live",
+                "readinessProbe": "/health/ready"}),
+            ("a budget keeping 1 of 2", budget.get("minAvailable") == 1),
+            ("a budget selecting the pods", budget["selector"]["matchLabels"].items()
+             <= pod["metadata"]["labels"].items()),
+            ("keys/state.dsn from the DSN Secret", state_dsn == ["state.dsn"]),
+            ("no PersistentVolumeClaim", "PersistentVolumeClaim" not in by_kind),
+        ) if not ok]
+    if problems:
+        raise SystemExit(f"helm template -f ci/replicas-values.yaml: expected {problems}")
+
+
+# Renders the chart must refuse, and the words its message must contain.
+REFUSED = (
+    (("--set", "replicaCount=2"), "needs the connector's state in PostgreSQL"),
+    (("-f", "ci/replicas-values.yaml", "--set", "participant.files.connector\\.toml=x"),
+     'postgres_dsn_file = "keys/state.dsn"'),
+    (("-f", "ci/replicas-values.yaml", "--set", "participant.keys.data-token\\.secret=null"),
+     "must share keys/data-token.secret"),
+    (("-f", "ci/replicas-values.yaml", "--set", "podDisruptionBudget.minAvailable=2"),
+     "would block every voluntary eviction"),
+)
+
+
 def chart() -> None:
     helm_bin = helm()
     chart_dir = ROOT / "deploy" / "helm" / "connector"
-    run([helm_bin, "lint", "--strict", str(chart_dir)])
     kinds = set()
-    for values in ([], [chart_dir / "ci" / "keys-values.yaml"]):
+    for values in ([], [chart_dir / "ci" / "keys-values.yaml"],
+                   [chart_dir / "ci" / "replicas-values.yaml"]):
         run([helm_bin, "lint", "--strict", str(chart_dir), *[a for v in values
                                                               for a in ("-f", str(v))]])
         docs = rendered(helm_bin, chart_dir, values)
@@ -447,6 +492,15 @@ def chart() -> None:
     if not needed <= kinds:
         raise SystemExit(f"the chart renders {sorted(kinds)}, missing {needed - kinds}")
     log(f"   rendered and valid: {', '.join(sorted(kinds))}")
+    replicated(rendered(helm_bin, chart_dir, [chart_dir / "ci" / "replicas-values.yaml"]))
+    log("   replicaCount=2: rolled, probed, budgeted, state in PostgreSQL")
+    for args, words in REFUSED:
+        paths = [str(chart_dir / a) if a.startswith("ci/") else a for a in args]
+        done = run([helm_bin, "template", "check", str(chart_dir), *paths], check=False)
+        if done.returncode == 0 or words not in done.stderr:
+            raise SystemExit(f"helm template {' '.join(args)}: expected a refusal saying "
+                             f"{words!r}, got ({done.returncode}) {done.stderr[-500:]}")
+    log(f"   {len(REFUSED)} unsafe renders refused, each saying why")
 
 
 # -- 5. Prometheus rules -----------------------------------------------------------------------
