@@ -200,8 +200,8 @@ def containers() -> None:
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 # What deploy/compose.yaml listens on (its header): all must be free before it starts.
-COMPOSE_PORTS = {8443: "HAProxy", 8441: "replica1 DSP", 8442: "replica2 DSP",
-                 8451: "replica1 management", 8452: "replica2 management",
+COMPOSE_PORTS = {8443: "HAProxy", 8461: "replica1 DSP", 8462: "replica2 DSP",
+                 8471: "replica1 management", 8472: "replica2 management",
                  9465: "replica1 metrics", 9466: "replica2 metrics", 5432: "PostgreSQL",
                  9090: "Prometheus"}
 REPLICAS = {"replica1": "127.0.0.1:9465", "replica2": "127.0.0.1:9466"}  # service: metrics

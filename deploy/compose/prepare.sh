@@ -12,7 +12,7 @@
 #                            on a first start)
 # adds [storage] postgres_dsn_file = "keys/db.dsn" to connector.toml, and [health] drain_s = 5
 # when it has no [health] table; writes replicas/N.toml: connector.toml with replica N's
-# ports (DSP 127.0.0.1:844N, management 845N, metrics 127.0.0.1:946(4+N)), the files compose
+# ports (DSP 127.0.0.1:846N, management 847N, metrics 127.0.0.1:946(4+N)), the files compose
 # mounts over each replica's connector.toml. Edit connector.toml, then run this again.
 set -euo pipefail
 dir=${1:?usage: prepare.sh PARTICIPANT_DIR}
@@ -54,7 +54,7 @@ fi
 # listen replaced (or added), everything else as it is.
 mkdir -p "$dir/replicas"
 for n in $(seq 1 "$REPLICAS"); do
-    awk -v dsp=$((8440 + n)) -v mgmt=$((8450 + n)) -v metrics="127.0.0.1:$((9464 + n))" '
+    awk -v dsp=$((8460 + n)) -v mgmt=$((8470 + n)) -v metrics="127.0.0.1:$((9464 + n))" '
         function close_table() {
             if (table == "metrics" && !listen) { print "listen = \"" metrics "\""; listen = 1 }
         }

@@ -69,8 +69,8 @@ def test_each_replica_listens_on_its_own_ports_for_the_same_participant(
         s = _replica_settings(prepared, n)
         assert s.did == shared.did and s.public_url == shared.public_url
         assert s.postgres_dsn_file is not None
-        assert (s.host, s.port) == ("127.0.0.1", 8440 + n)
-        assert s.management_port == 8450 + n
+        assert (s.host, s.port) == ("127.0.0.1", 8460 + n)
+        assert s.management_port == 8470 + n
         assert s.metrics_listen == ("127.0.0.1", 9464 + n)
         ports |= {s.port, s.management_port}
     assert len(ports) == 4
@@ -88,6 +88,7 @@ def test_balancer_prometheus_and_health_urls_name_the_replicas_ports(prepared: P
         s = _replica_settings(prepared, n)
         host, port = s.metrics_listen
         assert (name, f"{s.host}:{s.port}") in servers
+        assert public_port not in (str(s.port), str(s.management_port), str(port))
         assert f"{host}:{port}" in targets
         service = COMPOSE["services"][name]
         assert service["environment"]["CONNECTOR_HEALTH_URL"] == (
