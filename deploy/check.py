@@ -380,7 +380,10 @@ def compose_stack() -> None:
             raise SystemExit(f"{killed} answered again before the check ended ({state})")
         log(f"   {victim} killed ({state.strip()}): the next negotiation and pull succeed "
             f"({time.monotonic() - t1:.1f} s)")
+        stop(consumer)  # its kept-alive connection would hold HAProxy's soft stop
+        t1 = time.monotonic()
         run([*compose, "down", "-v", "-t", "20"], env=env)
+        log(f"   down ({time.monotonic() - t1:.1f} s)")
     finally:
         stop(consumer)
         leftovers = run(["podman", "ps", "-aq", "--filter",
