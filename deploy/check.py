@@ -225,13 +225,20 @@ def bindable(port: int) -> bool:
     return True
 
 
+COMPOSE_IMAGES = ("POSTGRES_IMAGE", "HAPROXY_IMAGE", "PROMETHEUS_IMAGE")
+
+
 def compose_images() -> dict[str, str]:
-    """The PostgreSQL, HAProxy and Prometheus images built from the Debian base; the
-    environment naming them (POSTGRES_IMAGE=...)."""
+    """The environment naming the PostgreSQL, HAProxy and Prometheus images: as given (all
+    three set, e.g. to the official images where a registry is reachable), else built from
+    the Debian base."""
+    given = {name: os.environ[name] for name in COMPOSE_IMAGES if os.environ.get(name)}
+    if len(given) == len(COMPOSE_IMAGES):
+        return given
     out = run(["bash", str(ROOT / "deploy" / "compose" / "images.sh")], timeout=1800).stdout
     names = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines()
                  if line.startswith("export "))
-    if set(names) != {"POSTGRES_IMAGE", "HAPROXY_IMAGE", "PROMETHEUS_IMAGE"}:
+    if set(names) != set(COMPOSE_IMAGES):
         raise SystemExit(f"deploy/compose/images.sh printed {out!r}")
     return names
 
@@ -396,7 +403,6 @@ def compose_stack() -> None:
             for name in made.stdout.split():
                 run(["podman", kind, "rm", "-f", name], check=False)
         shutil.rmtree(root, ignore_errors=True)
-
 
 
 # -- 4. Helm -----------------------------------------------------------------------------------
