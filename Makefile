@@ -55,8 +55,10 @@ interop-015: $(STAMP)
 image: $(STAMP)
 	PYTHON=$(PY) bash deploy/image.sh
 
-# The image run as provider and consumer (catalogue -> negotiation -> pull), the Helm chart
-# linted, rendered and validated against the Kubernetes schemas, the alert rules checked.
+# The image run as provider and consumer (catalogue -> negotiation -> pull); deploy/compose.yaml
+# run with podman-compose (two replicas behind HAProxy on PostgreSQL, Prometheus scraping them,
+# one replica killed); the Helm chart (one and two replicas) linted, rendered and validated
+# against the Kubernetes schemas; the alert rules checked. deploy/README.md tells each step.
 deploy-check: $(STAMP)
 	$(PY) deploy/check.py
 

@@ -30,8 +30,20 @@ if [ "$BASE" = localhost/debian-min:bookworm ]; then
     deploy/base-image.sh "$BASE"
 fi
 
-rm -rf build/wheels
-"$PYTHON" -m pip wheel -q --wheel-dir build/wheels . >&2
+# Dependencies and the connector in two folders (two layers of the image). Same bytes, same
+# time stamps: podman reuses a layer whose wheels did not change (hatchling builds the
+# connector's wheel reproducibly). The dependencies' wheels are made again when
+# pyproject.toml changes (or after rm -rf build/wheels), the connector's every time.
+stamp=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat build/wheels/deps/pyproject.sha256 2>/dev/null)" != "$stamp" ]; then
+    rm -rf build/wheels
+    "$PYTHON" -m pip wheel -q --wheel-dir build/wheels/deps . >&2
+    rm -f build/wheels/deps/dataspace_connector-*.whl
+    echo "$stamp" > build/wheels/deps/pyproject.sha256
+fi
+rm -rf build/wheels/app
+"$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels/app . >&2
+find build/wheels -exec touch -h -d @0 {} +
 # --network=host: the RUN steps reach the Debian archive the way the host does (no bridge).
 podman build --format docker --network=host --layers \
     --build-arg BASE="$BASE" -t "$IMAGE" -f deploy/Containerfile . >&2

@@ -86,12 +86,14 @@ class Participant:
                                str(self.dir)], capture_output=True, text=True, timeout=timeout)
 
 
-def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None
-                 ) -> tuple[Participant, Participant]:
-    """A provider and a consumer, each pinning the other."""
+def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None,
+                 provider_url: str | None = None) -> tuple[Participant, Participant]:
+    """A provider and a consumer, each pinning the other; ``provider_url``: the provider's
+    public URL (default: a free loopback port)."""
     parts = []
     for name in ("provider", "consumer"):
-        url = f"https://127.0.0.1:{free_port_pair()}"
+        url = (provider_url if name == "provider" and provider_url
+               else f"https://127.0.0.1:{free_port_pair()}")
         init_folder(root / name, name=name, url=url)
         parts.append(Participant(name, root / name, url))
     provider, consumer = parts
