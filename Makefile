@@ -57,7 +57,7 @@ deploy-check: $(STAMP)
 
 # The examples/ data spaces in their small sizes (examples/README.md), each a script that
 # prints what its README says and exits non-zero on any mismatch.
-EXAMPLES ?= farm-data public-reuse
+EXAMPLES ?= farm-data lab-results public-reuse
 
 examples: $(STAMP)
 	@set -e; for example in $(EXAMPLES); do \

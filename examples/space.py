@@ -8,6 +8,7 @@ operator would, and drive them with the ``connector`` command line.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import shutil
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector import authority
+from connector.participant import credentials
 from connector.participant.init import init_folder
 
 # A daemon must print its ready line within this many seconds (well under one here).
@@ -127,6 +130,29 @@ class Daemon:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def dcp_identity(member: Daemon, authority_did: str, ca_files: Sequence[Path]) -> None:
+    """Put ``member`` in DCP mode: a caller is trusted by a membership credential from the
+    authority (``[identity]``, docs/settings.md), not pinned; ``ca_files`` are the
+    self-signed certificates of the space (a CA bundle file works too)."""
+    files = ", ".join(json.dumps(str(p)) for p in ca_files)
+    with (member.dir / "connector.toml").open("a") as f:
+        f.write(f'\n[identity]\nmode = "dcp"\nrequired_credentials = ["MembershipCredential"]\n'
+                f"tls_ca_files = [{files}]\n"
+                f"[identity.trusted_issuers]\n{json.dumps(authority_did)} = "
+                '["MembershipCredential"]\n')
+
+
+def admit(authority_dir: Path, member: Daemon, attributes: dict[str, str] | None = None) -> str:
+    """``connector authority issue --subject DID [--attr K=V]`` then ``connector credentials
+    import`` in the member's folder; returns the credential's id."""
+    credential_id, token = authority.issue_credential(authority_dir, subject=member.did(),
+                                                      attributes=attributes)
+    issued = member.dir / "state" / "membership.jwt"
+    issued.write_text(token)
+    credentials.import_credential(member.dir, issued)
+    return credential_id
 
 
 @contextlib.contextmanager
