@@ -33,8 +33,11 @@ soak-fuzz: $(STAMP)
 	FUZZ_MANAGEMENT_REQUESTS=$${FUZZ_MANAGEMENT_REQUESTS:-2000} \
 	$(PY) -m pytest -q -s tests/fuzz
 
+# Every benchmark (bench/README.md); BENCH="labs --labs 10" runs only the ones named.
+BENCH ?=
+
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 tck: $(STAMP)
 	$(PY) interop/tck/run.py

@@ -84,6 +84,7 @@ class Daemon:
     url: str
     command: tuple[str, ...] = ("run",)
     ready_word: bytes = b"ready"
+    ready_timeout_s: float = READY_TIMEOUT_S
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def did(self) -> str:
@@ -109,7 +110,7 @@ class Daemon:
                 stdout=subprocess.PIPE, stderr=log)
         out = self.process.stdout
         assert out is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout_s
         while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
             line = out.readline()
             if self.ready_word in line:
