@@ -100,6 +100,13 @@ class Daemon:
                            f"{done.stdout}{done.stderr}")
         return done
 
+    def negotiate(self, provider_url: str, dataset: str) -> str:
+        """``connector negotiate URL DATASET``: the agreement id, or a Mismatch."""
+        agreement = self.cli("negotiate", provider_url, dataset).stdout.strip()
+        check(agreement.startswith("urn:"), f"{self.name} got no agreement for {dataset} from "
+              f"{provider_url}: {agreement!r}")
+        return agreement
+
     def start(self) -> None:
         """Start the daemon; return once it printed its ready line."""
         log_path = self.dir / "state" / "daemon.log"

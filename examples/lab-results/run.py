@@ -50,9 +50,7 @@ def story(root: Path, n: int) -> None:
     with running(space.daemons()):
         agreements = {}
         for lab in labs:
-            agreement = aggregator.cli("negotiate", lab.url, DATASET).stdout.strip()
-            check(agreement.startswith("urn:"), f"no agreement with {lab.name}: {agreement!r}")
-            agreements[lab.name] = agreement
+            agreement = agreements[lab.name] = aggregator.negotiate(lab.url, DATASET)
             batch = root / f"{lab.name}.jsonl"
             done = push(aggregator, lab, agreement, batch)
             source = (lab.dir / "data" / f"{DATASET}.jsonl").read_bytes()

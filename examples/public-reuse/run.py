@@ -54,9 +54,7 @@ def story(root: Path, n: int) -> None:
     with running([ministry, provider, *reusers, outsider]):
         agreements = {}
         for reuser in reusers:
-            agreement = reuser.cli("negotiate", provider.url, DATASET).stdout.strip()
-            check(agreement.startswith("urn:"), f"{reuser.name} got no agreement: {agreement!r}")
-            agreements[reuser.name] = agreement
+            agreement = agreements[reuser.name] = reuser.negotiate(provider.url, DATASET)
             out = root / f"{reuser.name}.jsonl"
             reuser.cli("transfer", agreement, "--out", str(out))
             check(out.read_bytes() == source, f"{reuser.name}'s copy differs from the register")
