@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tests.harness import free_port_pair
 
-from bench import CpuMeter, LoadResult, emit, load, log
+from bench import CpuMeter, LoadResult, QuietPorts, emit, load, log
 from bench.negotiation import rss_mib
 from bench.transfer import Api, hwm_mib
 from connector import authority
@@ -96,20 +95,6 @@ def host_main(listing: Path) -> None:
 # --- the space ---------------------------------------------------------------------------------
 
 
-class Ports:
-    """free_port_pair, never the same pair twice (the folders exist before anything binds)."""
-
-    def __init__(self) -> None:
-        self.taken: set[int] = set()
-
-    def pair(self) -> int:
-        while True:
-            port = free_port_pair()
-            if not {port, port + 1} & self.taken:
-                self.taken |= {port, port + 1}
-                return port
-
-
 @dataclass
 class Space:
     ministry: Daemon
@@ -124,12 +109,11 @@ def build(root: Path, n: int) -> Space:
     from connector.participant.init import init_folder
     from connector.participant.trust import add_trusted_peer
 
-    ports = Ports()
+    ports = QuietPorts()
     ministry = Daemon("authority", root / "authority", f"https://127.0.0.1:{ports.pair()}",
                       command=("authority", "run"), ready_word=b"serving")
     settings = authority.init_authority(ministry.dir, url=ministry.url)
     provider = provider_folder(root, "housing-registry", EXAMPLES / "public-reuse")
-    ports.taken |= {int(provider.url.rsplit(":", 1)[1]) + d for d in (0, 1)}
     policy = provider.dir / "policies" / "reuse-licence.yaml"
     text = policy.read_text()
     policy.write_text(text.replace("count lteq 2", f"count lteq {USES}")
@@ -182,7 +166,8 @@ def start_hosts(space: Space, root: Path, hosts: int) -> None:
             if not line and proc.poll() is not None:
                 break
         if b"ready" not in line:
-            raise RuntimeError(f"consumer host {h} did not start; see {root}/host-{h}.log")
+            tail = (root / f"host-{h}.log").read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"consumer host {h} did not start; its log ends:\n{tail}")
         log(f"host {h}: {line.decode().strip()}")
 
 
