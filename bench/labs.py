@@ -21,6 +21,7 @@ projection to 5,000 laboratories.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import shutil
@@ -135,6 +136,10 @@ async def collect_one(api: Api, lab: Daemon, batch: Path) -> Collected:
         return Collected(lab.name, False, error=f"transfer {record['state']}: "
                          f"{record.get('reason') or 'timed out'}")
     pushed = await api.call("GET", f"/api/transfers/{record['id']}/push")
+    sent = hashlib.sha256((lab.dir / "data" / f"{DATASET}.jsonl").read_bytes()).hexdigest()
+    if pushed["sha256"] != sent or batch.read_bytes() != (lab.dir / "data" /
+                                                          f"{DATASET}.jsonl").read_bytes():
+        return Collected(lab.name, False, error="the verified copy is not the laboratory's day")
     return Collected(lab.name, True, time.perf_counter() - t0, int(pushed["records"]))
 
 
