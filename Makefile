@@ -33,8 +33,11 @@ soak-fuzz: $(STAMP)
 	FUZZ_MANAGEMENT_REQUESTS=$${FUZZ_MANAGEMENT_REQUESTS:-2000} \
 	$(PY) -m pytest -q -s tests/fuzz
 
+# Every benchmark (bench/README.md); BENCH="labs --labs 10" runs only the ones named.
+BENCH ?=
+
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 tck: $(STAMP)
 	$(PY) interop/tck/run.py
@@ -64,7 +67,7 @@ deploy-check: $(STAMP)
 
 # The examples/ data spaces in their small sizes (examples/README.md), each a script that
 # prints what its README says and exits non-zero on any mismatch.
-EXAMPLES ?= farm-data public-reuse health-consent
+EXAMPLES ?= farm-data lab-results public-reuse health-consent
 
 examples: $(STAMP)
 	@set -e; for example in $(EXAMPLES); do \

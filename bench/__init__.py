@@ -135,3 +135,37 @@ class CpuMeter:
         wall = time.perf_counter() - self._t0
         host = host_busy_seconds() - self._host0
         self.foreign_cores = max(0.0, host - sum(self.cpu_s.values())) / wall if wall else 0.0
+
+
+def _ephemeral_high() -> int:
+    """The highest port the kernel hands out to outgoing connections (Linux: 60999)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 60999
+
+
+class QuietPorts:
+    """Port pairs (p, p+1) above the kernel's ephemeral range, each handed out once.
+
+    A bench that creates hundreds of folders before their daemons start needs their ports to
+    stay free for minutes: below the ephemeral range the test harness draws ports at random
+    (tests.harness.free_port_pair) for whatever else runs on the box, and inside it the kernel
+    picks the source ports of outgoing connections; above it nobody does."""
+
+    def __init__(self) -> None:
+        self.next = _ephemeral_high() + 1
+
+    def pair(self) -> int:
+        import socket
+
+        while self.next + 1 <= 65535:
+            port, self.next = self.next, self.next + 2
+            try:
+                with socket.socket() as a, socket.socket() as b:
+                    a.bind(("127.0.0.1", port))
+                    b.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+        raise RuntimeError("no free port pair left above the ephemeral range")

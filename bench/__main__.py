@@ -81,6 +81,21 @@ def _consent(quick: bool) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _labs(quick: bool) -> None:
+    from bench import labs
+
+    labs.run(quick=quick, labs=SIZES.get("labs"))
+
+
+def _reusers(quick: bool) -> None:
+    from bench import reusers
+
+    reusers.run(quick=quick, reusers=SIZES.get("reusers"))
+
+
+# --labs N, --reusers N: the sizes of those two benchmarks (their defaults otherwise).
+SIZES: dict[str, int] = {}
+
 BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "policy": _policy,
     "registry": _registry,
@@ -92,6 +107,8 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "replicas": _replicas,
     "console": _console,
     "consent": _consent,
+    "labs": _labs,
+    "reusers": _reusers,
 }
 
 
@@ -101,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--quick", action="store_true",
                         help="short runs (a smoke test, not a measurement)")
+    parser.add_argument("--labs", type=int, metavar="N",
+                        help="laboratory daemons in `labs` (default 100; 10 with --quick)")
+    parser.add_argument("--reusers", type=int, metavar="N",
+                        help="distinct consumers in `reusers` (default 1000; 50 with --quick)")
     args = parser.parse_args(argv)
+    SIZES.update({k: v for k, v in (("labs", args.labs), ("reusers", args.reusers))
+                  if v is not None})
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; "

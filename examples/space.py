@@ -8,6 +8,7 @@ operator would, and drive them with the ``connector`` command line.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import shutil
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector import authority
+from connector.participant import credentials
 from connector.participant.init import init_folder
 
 # A daemon must print its ready line within this many seconds (well under one here).
@@ -81,6 +84,7 @@ class Daemon:
     url: str
     command: tuple[str, ...] = ("run",)
     ready_word: bytes = b"ready"
+    ready_timeout_s: float = READY_TIMEOUT_S
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def did(self) -> str:
@@ -96,6 +100,13 @@ class Daemon:
                            f"{done.stdout}{done.stderr}")
         return done
 
+    def negotiate(self, provider_url: str, dataset: str) -> str:
+        """``connector negotiate URL DATASET``: the agreement id, or a Mismatch."""
+        agreement = self.cli("negotiate", provider_url, dataset).stdout.strip()
+        check(agreement.startswith("urn:"), f"{self.name} got no agreement for {dataset} from "
+              f"{provider_url}: {agreement!r}")
+        return agreement
+
     def start(self) -> None:
         """Start the daemon; return once it printed its ready line."""
         log_path = self.dir / "state" / "daemon.log"
@@ -106,7 +117,7 @@ class Daemon:
                 stdout=subprocess.PIPE, stderr=log)
         out = self.process.stdout
         assert out is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout_s
         while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
             line = out.readline()
             if self.ready_word in line:
@@ -127,6 +138,29 @@ class Daemon:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def dcp_identity(member: Daemon, authority_did: str, ca_files: Sequence[Path]) -> None:
+    """Put ``member`` in DCP mode: a caller is trusted by a membership credential from the
+    authority (``[identity]``, docs/settings.md), not pinned; ``ca_files`` are the
+    self-signed certificates of the space (a CA bundle file works too)."""
+    files = ", ".join(json.dumps(str(p)) for p in ca_files)
+    with (member.dir / "connector.toml").open("a") as f:
+        f.write(f'\n[identity]\nmode = "dcp"\nrequired_credentials = ["MembershipCredential"]\n'
+                f"tls_ca_files = [{files}]\n"
+                f"[identity.trusted_issuers]\n{json.dumps(authority_did)} = "
+                '["MembershipCredential"]\n')
+
+
+def admit(authority_dir: Path, member: Daemon, attributes: dict[str, str] | None = None) -> str:
+    """``connector authority issue --subject DID [--attr K=V]`` then ``connector credentials
+    import`` in the member's folder; returns the credential's id."""
+    credential_id, token = authority.issue_credential(authority_dir, subject=member.did(),
+                                                      attributes=attributes)
+    issued = member.dir / "state" / "membership.jwt"
+    issued.write_text(token)
+    credentials.import_credential(member.dir, issued)
+    return credential_id
 
 
 @contextlib.contextmanager

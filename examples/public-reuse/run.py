@@ -16,8 +16,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from space import (  # noqa: E402
     Daemon,
+    admit,
     check,
     consumer_folder,
+    dcp_identity,
     free_port_pair,
     main,
     provider_folder,
@@ -25,28 +27,10 @@ from space import (  # noqa: E402
 )
 
 from connector import authority  # noqa: E402
-from connector.participant import credentials  # noqa: E402
 from connector.participant.trust import add_trusted_peer  # noqa: E402
 
 DATASET = "social-housing"
 COUNT_LIMIT = 2  # policies/reuse-licence.yaml: count lteq 2
-
-
-def identity_table(authority_did: str, ca_files: list[Path]) -> str:
-    """DCP mode: callers are trusted by a membership credential from the authority, not pinned."""
-    files = ", ".join(json.dumps(str(p)) for p in ca_files)
-    return (f'\n[identity]\nmode = "dcp"\nrequired_credentials = ["MembershipCredential"]\n'
-            f"tls_ca_files = [{files}]\n"
-            f'[identity.trusted_issuers]\n{json.dumps(authority_did)} = ["MembershipCredential"]\n')
-
-
-def admit(authority_dir: Path, member: Daemon) -> str:
-    """``connector authority issue --subject DID`` then ``connector credentials import``."""
-    credential_id, token = authority.issue_credential(authority_dir, subject=member.did())
-    issued = member.dir / "state" / "membership.jwt"
-    issued.write_text(token)
-    credentials.import_credential(member.dir, issued)
-    return credential_id
 
 
 def story(root: Path, n: int) -> None:
@@ -59,8 +43,7 @@ def story(root: Path, n: int) -> None:
     ca = [ministry.dir / authority.TLS_CERT, provider.dir / "tls" / "cert.pem",
           *(r.dir / "tls" / "cert.pem" for r in (*reusers, outsider))]
     for member in (provider, *reusers, outsider):
-        with (member.dir / "connector.toml").open("a") as f:
-            f.write(identity_table(settings.did, ca))
+        dcp_identity(member, settings.did, ca)
         if member is not outsider:
             admit(ministry.dir, member)
     for reuser in (*reusers, outsider):  # each knows the provider; the provider pins nobody
@@ -71,9 +54,7 @@ def story(root: Path, n: int) -> None:
     with running([ministry, provider, *reusers, outsider]):
         agreements = {}
         for reuser in reusers:
-            agreement = reuser.cli("negotiate", provider.url, DATASET).stdout.strip()
-            check(agreement.startswith("urn:"), f"{reuser.name} got no agreement: {agreement!r}")
-            agreements[reuser.name] = agreement
+            agreement = agreements[reuser.name] = reuser.negotiate(provider.url, DATASET)
             out = root / f"{reuser.name}.jsonl"
             reuser.cli("transfer", agreement, "--out", str(out))
             check(out.read_bytes() == source, f"{reuser.name}'s copy differs from the register")
