@@ -59,6 +59,7 @@ from connector.keys import check_private_mode, load_any_signing_key, write_priva
 from connector.participant.consents import FolderConsents
 from connector.participant.credentials import load_credentials
 from connector.participant.datasets import DatasetDecl, load_datasets
+from connector.participant.layout import DATA_TOKEN_SECRET
 from connector.participant.lint import MISSING_SOURCE, check_folder
 from connector.participant.policies import load_policies, policy_commits, policy_hash
 from connector.participant.trust import Peer, load_trust
@@ -100,8 +101,9 @@ class FolderState:
 
 
 def data_token_secret(root: Path) -> bytes:
-    """The key refreshed data tokens are derived with (keys/data-token.secret, 0600)."""
-    path = root / "keys" / "data-token.secret"
+    """The key refreshed data tokens are derived with (keys/data-token.secret, 0600); made
+    by ``connector init``, and here for a folder made before it did."""
+    path = root / DATA_TOKEN_SECRET
     if not path.exists():
         write_private(path, secrets.token_bytes(32))
     check_private_mode(path)

@@ -55,8 +55,11 @@ def _lines(problems: list[Problem]) -> list[str]:
 
 
 def test_init_writes_every_file_with_its_mode(pristine: Path) -> None:
-    for name in ("keys/signing-key.pem", "keys/tls-key.pem", "keys/management.token"):
+    for name in ("keys/signing-key.pem", "keys/tls-key.pem", "keys/management.token",
+                 "keys/data-token.secret"):
         assert _mode(pristine / name) == 0o600, name
+    # Made by init, not at the first start: a copy for a second replica shares it.
+    assert len((pristine / "keys/data-token.secret").read_bytes()) == 32
     for name in ("connector.toml", "did.json", "tls/cert.pem", "datasets/example.toml",
                  "data/example.jsonl", "trust/.gitkeep", ".gitignore"):
         assert (pristine / name).is_file(), name

@@ -15,6 +15,7 @@ from connector.core.binding import DSP_PATH
 from connector.core.errors import ConfigError
 from connector.core.identity import build_did_document, did_web_from_url, public_jwk
 from connector.participant.layout import (
+    DATA_TOKEN_SECRET,
     DATABASE,
     DID_FILE,
     FIRST_KEY_FRAGMENT,
@@ -181,6 +182,9 @@ def init_folder(
     (dir / CONFIG_FILE).write_text(_connector_toml(name, url, did, host, port, mgmt))
     write_identity(dir, did=did, host=host, service_url=url + DSP_PATH, tls=ca)
     keys.write_private(dir / TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
+    # Made here rather than at the first start, so a copy of the folder for a second replica
+    # holds the same secret (docs/storage.md).
+    keys.write_private(dir / DATA_TOKEN_SECRET, secrets.token_bytes(32))
     for template in sorted(templates_dir().glob("*.json")):
         shutil.copyfile(template, dir / "policies" / template.name)
     (dir / "datasets" / "example.toml").write_text(_EXAMPLE_DATASET)

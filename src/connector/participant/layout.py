@@ -25,6 +25,8 @@ SIGNING_KEY = "keys/signing-key.pem"
 TLS_KEY = "keys/tls-key.pem"
 TLS_CERT = "tls/cert.pem"
 TOKEN_FILE = "keys/management.token"
+# Refreshed data tokens are derived with it; every replica of a participant needs the same one.
+DATA_TOKEN_SECRET = "keys/data-token.secret"
 DATABASE = "state/connector.db"
 # The key fragment of the first signing key; a rotation adds key-2 next to it.
 FIRST_KEY_FRAGMENT = "key-1"
