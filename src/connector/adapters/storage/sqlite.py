@@ -1,8 +1,10 @@
-"""The embedded SQLite store (aiosqlite, WAL, numbered migrations).
+"""The embedded SQLite store (WAL, numbered migrations).
 
-One connection, one writer. Every aiosqlite call is a hop to its thread, which costs
-60-300 µs of CPU on a 2-core VM (bench/README.md), so:
+One connection, one writer, confined to its own thread (``SqliteThread``). Every call there is
+a hop, which costs 60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
+- **one hop per transaction**: a commit (BEGIN, one ``executemany`` per table, COMMIT) and
+  every read run in the connection's thread as one function;
 - **group commit**: transactions submitted while the writer is busy are committed together
   in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
   reused pid), its transactions are replayed one by one so only the offender fails;
@@ -32,11 +34,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
+from connector.adapters.storage.sqlite_thread import SqliteThread
 from connector.core.audit import GENESIS, Entry, chain_events
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
@@ -85,12 +87,11 @@ class _Txn:
 class SqliteStore(PagedReads):
     """``Store`` on one SQLite file."""
 
-    def __init__(self, conn: aiosqlite.Connection, audit: StepAudit | None = None) -> None:
+    def __init__(self, conn: SqliteThread, audit: StepAudit | None = None) -> None:
         self._conn = conn
         self._audit = audit  # None: no audit trail (``[audit] enabled = false``)
         self._audit_head: tuple[int, str] = (0, GENESIS)
         self.on_audit: Callable[[int], None] = lambda _count: None  # entries committed
-        self._lock = asyncio.Lock()
         self._neg_dec = msgspec.json.Decoder(Negotiation)
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
@@ -105,32 +106,23 @@ class SqliteStore(PagedReads):
     @classmethod
     async def open(cls, path: Path, *, audit: StepAudit | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
+        conn = SqliteThread(path, "store", ("PRAGMA journal_mode=WAL",
+                                            "PRAGMA synchronous=NORMAL",
+                                            "PRAGMA foreign_keys=ON"))
+        await conn.open()
         store = cls(conn, audit)
-        await store._migrate()
-        rows = await conn.execute_fetchall(
-            "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        try:
+            await conn.run(_migrate)
+        except Exception:
+            await conn.close()
+            raise
+        rows = await store._rows("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
         for seq, head in rows:
             store._audit_head = (int(seq), str(head))
-        rows = await conn.execute_fetchall("SELECT coalesce(max(seq), 0) FROM outbox")
-        store._next_seq = int(next(iter(rows))[0]) + 1
+        rows = await store._rows("SELECT coalesce(max(seq), 0) FROM outbox")
+        store._next_seq = int(rows[0][0]) + 1
         store._writer = asyncio.create_task(store._write_loop())
         return store
-
-    async def _migrate(self) -> None:
-        async with self._conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > latest("sqlite"):
-            raise ConfigError(f"the database schema is at version {current}, newer than this "
-                              f"connector's {latest('sqlite')}: upgrade the connector")
-        for number, sql in migrations():
-            if number > current:
-                await self._conn.executescript(
-                    f"BEGIN;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -144,8 +136,7 @@ class SqliteStore(PagedReads):
     # -- helpers ------------------------------------------------------------------------
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock:
-            return list(await self._conn.execute_fetchall(sql, args))
+        return await self._conn.run(lambda c: c.execute(sql, args).fetchall())
 
     async def _body(self, sql: str, key: str, decoder: msgspec.json.Decoder[T],
                     id: str) -> T | None:
@@ -243,19 +234,11 @@ class SqliteStore(PagedReads):
             txn.future.set_result(None)
 
     async def _run(self, statements: Sequence[Statement]) -> None:
-        """One SQLite transaction; consecutive-in-kind statements share an executemany."""
+        """One SQLite transaction, one hop; same-SQL statements share an executemany."""
         grouped: dict[str, list[Sequence[Any]]] = {}
         for sql, args in statements:  # insertion order keeps tables in first-use order
             grouped.setdefault(sql, []).append(args)
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in grouped.items():
-                    await self._conn.executemany(sql, rows)
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
+        await self._conn.run(lambda c: _transaction(c, grouped))
 
     # -- negotiations and agreements -------------------------------------------------------
 
@@ -465,14 +448,37 @@ class SqliteStore(PagedReads):
     async def outbox_done(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        async with self._lock:
-            await self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        rows: list[Sequence[Any]] = [(s,) for s in seqs]
+        await self._conn.run(lambda c: _transaction(c, {"DELETE FROM outbox WHERE seq = ?": rows}))
 
     async def outbox_retry(self, seq: int, attempts: int, next_attempt: float, error: str) -> None:
-        async with self._lock:
-            await self._conn.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
-                (attempts, next_attempt, error, seq))
+        await self._conn.run(lambda c: c.execute(
+            "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
+            (attempts, next_attempt, error, seq)))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the numbered migrations the file has not seen (in the connection's thread)."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > latest("sqlite"):
+        raise ConfigError(f"the database schema is at version {current}, newer than this "
+                          f"connector's {latest('sqlite')}: upgrade the connector")
+    for number, sql in migrations():
+        if number > current:
+            conn.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+def _transaction(conn: sqlite3.Connection, grouped: dict[str, list[Sequence[Any]]]) -> None:
+    """One transaction (in the connection's thread): every statement, or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows in grouped.items():
+            conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
