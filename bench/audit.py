@@ -2,10 +2,11 @@
 
 Two pairs of connector daemons (provider and consumer, created and started as ``make demo``
 does) run side by side: one with the default ``[audit]`` (on), one with ``enabled = false``.
-The driver alternates timed phases between them (on, off, five times each) at concurrency
-64, so that both see the same load from the rest of the box; each rate is completed
-negotiations over the time of its phases, and the CPU both daemons used per negotiation is
-reported too (what the rest of the box's load cannot sway). Then one pull of a large
+The driver alternates timed phases between them (on, off, off, on, ..., six each) at
+concurrency 64 (``bench/ab.py``), so that both see the same load from the rest of the box;
+each rate is completed negotiations over the time of its phases, the on/off ratio is also
+given as the median of the rounds' ratios, and the CPU each daemon used per negotiation is
+reported too (what the rest of the box's load sways least). Then one pull of a large
 dataset from the audited provider shows how many audit entries a stream adds (a bounded
 number, not one per record).
 """
@@ -18,89 +19,20 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import msgspec
-from tests.harness import Participant, create_space, start, stop
+from tests.harness import Participant, start, stop
 
-from bench import CpuMeter, LoadResult, emit, load, log
+from bench import emit
+from bench.ab import Variant, compare, emit_cpu, make_pair, round_ratio
 from connector.adapters.storage import audit_file
 from connector.client import Management
 from connector.config import load_settings
 from connector.core.audit import verify_chain
 
-DATASET = "example-weather"
-CONCURRENCY = 64
-ROUNDS = 5  # on, off, on, off, ...
-MAX_PER_PHASE = 100_000
+ROUNDS = 6  # one phase of each variant per round, in ABBA order
 # The pulled dataset: 1 GiB of JSON lines (64 MiB with --quick), written once per run.
 PULL_BYTES, QUICK_PULL_BYTES = 1 << 30, 64 << 20
-
-
-def _space(root: Path, audit: bool) -> tuple[Participant, Participant]:
-    provider, consumer = create_space(root)
-    if not audit:
-        for p in (provider, consumer):
-            with (p.dir / "connector.toml").open("a") as f:
-                f.write("\n[audit]\nenabled = false\n")
-    return provider, consumer
-
-
-async def _phase(provider: Participant, consumer: Participant, session: aiohttp.ClientSession,
-                 duration_s: float) -> LoadResult:
-    settings = load_settings(consumer.dir)
-    url = settings.management_url + "/api/negotiations?wait=30"
-    headers = {"Authorization": f"Bearer {settings.management_token()}",
-               "Content-Type": "application/json"}
-    body = msgspec.json.encode({"provider": provider.url, "datasetId": DATASET})
-
-    async def call() -> bool:
-        async with session.post(url, data=body, headers=headers) as resp:
-            doc: dict[str, Any] = msgspec.json.decode(await resp.read())
-            return resp.status == 201 and doc.get("state") == "FINALIZED"
-
-    return await load(call, concurrency=CONCURRENCY, duration_s=duration_s,
-                      max_count=MAX_PER_PHASE)
-
-
-@dataclass
-class Totals:
-    """One pair's timed phases, summed."""
-
-    completed: int = 0
-    seconds: float = 0.0
-    errors: int = 0
-    cpu_s: float = 0.0  # provider + consumer CPU
-    rates: list[float] = field(default_factory=list)
-
-    def add(self, r: LoadResult, cpu: CpuMeter) -> None:
-        self.completed += r.completed
-        self.seconds += r.elapsed_s
-        self.errors += r.errors
-        self.cpu_s += sum(cpu.cpu_s.values())
-        self.rates.append(r.rate)
-
-
-async def _compare(spaces: dict[str, tuple[Participant, Participant]], duration_s: float,
-                   warmup_s: float) -> dict[str, Totals]:
-    totals = {label: Totals() for label in spaces}
-    connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        for provider, consumer in spaces.values():
-            await _phase(provider, consumer, session, warmup_s)
-        for _ in range(ROUNDS):
-            for label, (provider, consumer) in spaces.items():
-                pids = {p.name: p.process.pid for p in (provider, consumer) if p.process}
-                with CpuMeter(pids) as cpu:
-                    r = await _phase(provider, consumer, session, duration_s / ROUNDS)
-                totals[label].add(r, cpu)
-                log(f"audit {label}: {r.completed} negotiations, {r.rate:.1f}/s, other "
-                    f"processes on the box: {cpu.foreign_cores:.2f} cores")
-    return totals
 
 
 def _entries(db: Path) -> int:
@@ -170,38 +102,39 @@ async def _pull(provider: Participant, consumer: Participant, out: Path) -> tupl
 
 
 def run(*, quick: bool) -> None:
-    duration_s = 5.0 if quick else 30.0  # per pair, over its ROUNDS phases
+    duration_s = 1.0 if quick else 5.0  # per phase
     warmup_s = 0.5 if quick else 1.0
     root = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     running: list[Participant] = []
     try:
-        spaces = {"on": _space(root / "on", True), "off": _space(root / "off", False)}
-        records = _big_dataset(spaces["on"][0], QUICK_PULL_BYTES if quick else PULL_BYTES)
-        for pair in spaces.values():
-            for p in pair:
+        on = Variant(*make_pair(root / "on", ""))
+        off = Variant(*make_pair(root / "off", "[audit]\nenabled = false"))
+        records = _big_dataset(on.provider, QUICK_PULL_BYTES if quick else PULL_BYTES)
+        for v in (on, off):
+            for p in (v.provider, v.consumer):
                 start(p)
                 running.append(p)
-        totals = asyncio.run(_compare(spaces, duration_s, warmup_s))
-        provider, consumer = spaces["on"]
-        pulled, added = asyncio.run(_pull(provider, consumer, root / "pulled.jsonl"))
-        verified, verify_s = _verify(provider)
+        asyncio.run(compare({"on": on, "off": off}, rounds=ROUNDS, duration_s=duration_s,
+                            warmup_s=warmup_s, label="audit"))
+        pulled, added = asyncio.run(_pull(on.provider, on.consumer, root / "pulled.jsonl"))
+        verified, verify_s = _verify(on.provider)
     finally:
         for p in running:
             stop(p)
         shutil.rmtree(root, ignore_errors=True)
-    on, off = totals["on"], totals["off"]
-    rate = {k: t.completed / t.seconds if t.seconds else 0.0 for k, t in totals.items()}
+    rate = {k: sum(r.completed for r in v.results) / sum(r.elapsed_s for r in v.results)
+            for k, v in (("on", on), ("off", off))}
     emit("negotiations_per_s_audit_off_c64", rate["off"], "negotiations/s")
     # The target: the audit trail keeps at least 90% of the rate without it.
     emit("negotiations_per_s_audit_on_c64", rate["on"], "negotiations/s", limit=rate["off"])
-    # The same, round by round (each "on" phase against the "off" phase right after it): the
+    # The same, round by round (each "on" phase against the "off" phase of its round): the
     # median is less swayed by a burst of other work on a shared box than the sums above.
-    ratios = sorted(a / b for a, b in zip(on.rates, off.rates, strict=True) if b)
-    emit("negotiations_per_s_audit_ratio_median_c64", ratios[len(ratios) // 2], "ratio")
-    # What the box's load cannot sway: CPU (provider + consumer) per negotiation.
-    cpu = {k: t.cpu_s / t.completed * 1e6 if t.completed else 0.0 for k, t in totals.items()}
-    emit("negotiation_cpu_us_audit_off", cpu["off"], "us/negotiation")
-    emit("negotiation_cpu_us_audit_on", cpu["on"], "us/negotiation", limit=cpu["off"])
+    emit("negotiations_per_s_audit_ratio_median_c64", round_ratio(on, off), "ratio")
+    # What the box's load sways least: CPU (provider + consumer, then each) per negotiation.
+    emit("negotiation_cpu_us_audit_off", off.median_cpu_us(), "us/negotiation")
+    emit("negotiation_cpu_us_audit_on", on.median_cpu_us(), "us/negotiation",
+         limit=off.median_cpu_us())
+    emit_cpu("audit", on, off)
     emit("negotiation_errors_audit", on.errors + off.errors, "count")
     if pulled != records:
         raise RuntimeError(f"pulled {pulled} of {records} records")

@@ -4,13 +4,13 @@ Two pairs of connector daemons are created and started as ``make demo`` does; on
 ``[metrics] enabled = false`` (no instrument is even created), the other a metrics listener
 that is scraped every 5 s during its phases, as Prometheus would (its example configuration
 says 15 s). The phases alternate, off, on, on, off, off, on, ..., each at c=64 through the
-consumer's management API (as ``bench/negotiation.py`` drives it), so that the growth of the
-stored negotiations and the load of other processes fall on both variants alike. The rate
-and the daemons' CPU per negotiation are taken as medians over each variant's phases; the
-``on`` lines carry the ``off`` figure as ``limit``, so ``ratio`` is what is left with
-metrics on (target: at least 0.95). Then the store of the ``on`` provider is taken away
-(another connection holds its write lock) and given back: the seconds until
-``/health/ready`` says 503, then 200 (target: within a second).
+consumer's management API (``bench/ab.py``), so that the growth of the stored negotiations
+and the load of other processes fall on both variants alike. The rate and each daemon's CPU
+per negotiation are taken as medians over each variant's phases, and the on/off rate ratio
+as the median of the rounds' ratios; the ``on`` lines carry the ``off`` figure as ``limit``,
+so ``ratio`` is what is left with metrics on (target: at least 0.95). Then the store of the
+``on`` provider is taken away (another connection holds its write lock) and given back: the
+seconds until ``/health/ready`` says 503, then 200 (target: within a second).
 """
 
 from __future__ import annotations
@@ -18,106 +18,48 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-import statistics
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import msgspec
-from tests.harness import Participant, create_space, free_port, start, stop
+from tests.harness import Participant, free_port, start, stop
 
-from bench import CpuMeter, emit, load, log
+from bench import emit, log
+from bench.ab import CONCURRENCY, Variant, compare, emit_cpu, make_pair, round_ratio
 from connector.config import load_settings
 
-DATASET = "example-weather"
-CONCURRENCY = 64
-ROUNDS = 4  # pairs of phases, off then on, then on then off, ...
-MAX_PER_PHASE = 100_000
+ROUNDS = 6  # one phase of each variant per round, in ABBA order
 # Three times as often as the 15 s of Prometheus's example configuration (its default is 1 min):
 # a scrape of a busy daemon costs a few ms of CPU (~60 KB of exposition).
 SCRAPE_INTERVAL_S = 5.0
 
 
-def _pid(p: Participant) -> int:
-    assert p.process is not None, f"{p.name} is not running"
-    return p.process.pid
+def scraper(targets: list[str]) -> Callable[[aiohttp.ClientSession, float], Awaitable[int]]:
+    """Scrape ``targets`` every SCRAPE_INTERVAL_S for a phase; the number of scrapes."""
+    async def scrape(session: aiohttp.ClientSession, duration_s: float) -> int:
+        stop_at, done = time.perf_counter() + duration_s, 0
+        while time.perf_counter() < stop_at:
+            for target in targets:
+                async with session.get(f"http://{target}/metrics") as resp:
+                    await resp.read()
+                    done += 1
+            await asyncio.sleep(min(SCRAPE_INTERVAL_S, max(0.0, stop_at - time.perf_counter())))
+        return done
+    return scrape
 
 
-def make_pair(root: Path, metrics: bool) -> tuple[Participant, Participant, list[str]]:
-    provider, consumer = create_space(root)
-    targets = []
-    for p in (provider, consumer):
+def metrics_pair(root: Path) -> tuple[Variant, list[str]]:
+    """A pair with a metrics listener each (scraped during its phases), and the targets."""
+    targets = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    provider, consumer = make_pair(root, "")
+    for p, target in zip((provider, consumer), targets, strict=True):
         with (p.dir / "connector.toml").open("a") as f:
-            if metrics:
-                target = f"127.0.0.1:{free_port()}"
-                targets.append(target)
-                f.write(f'\n[metrics]\nlisten = "{target}"\n')
-            else:
-                f.write("\n[metrics]\nenabled = false\n")
-    return provider, consumer, targets
-
-
-async def scrape(session: aiohttp.ClientSession, targets: list[str], stop_at: float) -> int:
-    """Scrape ``targets`` every SCRAPE_INTERVAL_S until ``stop_at``; the number of scrapes."""
-    done = 0
-    while time.perf_counter() < stop_at:
-        for target in targets:
-            async with session.get(f"http://{target}/metrics") as resp:
-                await resp.read()
-                done += 1
-        await asyncio.sleep(SCRAPE_INTERVAL_S)
-    return done
-
-
-async def phase(session: aiohttp.ClientSession, provider: Participant, consumer: Participant,
-                targets: list[str], duration_s: float) -> tuple[float, float, int]:
-    """One timed phase: (negotiations/s, daemons' CPU µs per negotiation, errors)."""
-    settings = load_settings(consumer.dir)
-    url = settings.management_url + "/api/negotiations?wait=30"
-    headers = {"Authorization": f"Bearer {settings.management_token()}",
-               "Content-Type": "application/json"}
-    body = msgspec.json.encode({"provider": provider.url, "datasetId": DATASET})
-
-    async def call() -> bool:
-        async with session.post(url, data=body, headers=headers) as resp:
-            doc: dict[str, Any] = msgspec.json.decode(await resp.read())
-            return resp.status == 201 and doc.get("state") == "FINALIZED"
-
-    pids = {p.name: _pid(p) for p in (provider, consumer)}
-    scraper = asyncio.create_task(scrape(session, targets, time.perf_counter() + duration_s))
-    with CpuMeter(pids) as cpu:
-        result = await load(call, concurrency=CONCURRENCY, duration_s=duration_s,
-                            max_count=MAX_PER_PHASE)
-    await scraper
-    used = sum(cpu.cpu_s.values())
-    return result.rate, used / max(1, result.completed) * 1e6, result.errors
-
-
-async def drive(pairs: dict[str, tuple[Participant, Participant, list[str]]],
-                duration_s: float, warmup_s: float) -> dict[str, list[tuple[float, float]]]:
-    out: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        for name, (provider, consumer, targets) in pairs.items():
-            log(f"metrics {name}: warm-up {warmup_s:g} s")
-            await phase(session, provider, consumer, targets, warmup_s)
-        for i in range(ROUNDS):
-            order = list(pairs.items())
-            for name, (provider, consumer, targets) in order[::-1] if i % 2 else order:
-                rate, cpu_us, failed = await phase(session, provider, consumer, targets,
-                                                   duration_s)
-                errors += failed
-                log(f"metrics {name} round {i + 1}: {rate:.1f} negotiations/s, "
-                    f"{cpu_us:.0f} µs CPU each, {failed} errors")
-                out[name].append((rate, cpu_us))
-    emit("metrics_bench_errors", errors, "count")
-    return out
+            f.write(f'\n[metrics]\nlisten = "{target}"\n')
+    return Variant(provider, consumer, during=scraper(targets)), targets
 
 
 def ready_status(target: str) -> int:
@@ -158,27 +100,34 @@ def run(*, quick: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
     running: list[Participant] = []
     try:
-        pairs = {"off": make_pair(root / "off", False), "on": make_pair(root / "on", True)}
-        for provider, consumer, _ in pairs.values():
-            for p in (provider, consumer):
+        on, targets = metrics_pair(root / "on")
+        off = Variant(*make_pair(root / "off", "[metrics]\nenabled = false"))
+        variants = {"off": off, "on": on}
+        for v in variants.values():
+            for p in (v.provider, v.consumer):
                 start(p)
                 running.append(p)
-        results = asyncio.run(drive(pairs, duration_s, warmup_s))
-        provider, _, targets = pairs["on"]
-        down_s, up_s = store_outage(provider, targets[0])
+        asyncio.run(compare(variants, rounds=2 if quick else ROUNDS, duration_s=duration_s,
+                            warmup_s=warmup_s, label="metrics"))
+        down_s, up_s = store_outage(on.provider, targets[0])
     finally:
         for p in running:
             stop(p)
         shutil.rmtree(root, ignore_errors=True)
-    # Medians over the rounds: one phase slowed by another process must not decide.
-    rate = {name: statistics.median(r for r, _ in rows) for name, rows in results.items()}
-    cpu = {name: statistics.median(c for _, c in rows) for name, rows in results.items()}
+    log(f"metrics: {len(on.results)} phases per variant")
+    emit("metrics_bench_errors", on.errors + off.errors, "count")
+    # Medians over the phases: one phase slowed by another process must not decide.
+    rate = {"on": on.median_rate(), "off": off.median_rate()}
+    cpu = {"on": on.median_cpu_us(), "off": off.median_cpu_us()}
     c = f"c{CONCURRENCY}"
     emit(f"negotiations_per_s_metrics_off_{c}", rate["off"], "negotiations/s")
     emit(f"negotiations_per_s_metrics_on_{c}", rate["on"], "negotiations/s", limit=rate["off"])
+    # The issue's target (#14: at most 5 % of the rate): the median of the per-round ratios.
+    emit(f"negotiations_per_s_metrics_ratio_median_{c}", round_ratio(on, off), "ratio")
     emit(f"negotiation_daemon_cpu_us_metrics_off_{c}", cpu["off"], "us/negotiation")
     emit(f"negotiation_daemon_cpu_us_metrics_on_{c}", cpu["on"], "us/negotiation",
          limit=cpu["off"])
+    emit_cpu("metrics", on, off)
     emit("metrics_negotiation_rate_cost_percent", (1 - rate["on"] / rate["off"]) * 100, "%")
     # What the daemons' CPU allows (negotiations per CPU-second of provider + consumer): the
     # rate of a CPU-bound box, which the load of other processes disturbs far less.

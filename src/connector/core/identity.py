@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -343,6 +343,9 @@ class TokenClaims:
     issued_at: int
     expires_at: int
     kid: str
+    # The body digest claim when it is a string (what the caller signed its body as), so the
+    # receiver checks the body without decoding the token a second time.
+    body_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -499,14 +502,16 @@ def verify_token(
     _check_audience(payload, audience)
     issued_at, expires_at = _check_times(payload, now, leeway_s)
     jti = _string_claim(payload, "jti")
-    return TokenClaims(issuer, audience, jti, issued_at, expires_at, kid)
+    digest = payload.get(BODY_DIGEST_CLAIM)
+    return TokenClaims(issuer, audience, jti, issued_at, expires_at, kid,
+                       digest if isinstance(digest, str) else None)
 
 
 @dataclass(frozen=True)
 class DcpTokenClaims(TokenClaims):
     """The claims of a verified DCP self-issued token, with its ``token`` claim."""
 
-    access_token: str
+    access_token: str = field(kw_only=True)
 
 
 def verify_dcp_token(
@@ -521,7 +526,8 @@ def verify_dcp_token(
                           "credentials; both sides need the same [identity] mode",
                           issuer=claims.issuer)
     return DcpTokenClaims(claims.issuer, claims.audience, claims.jti, claims.issued_at,
-                          claims.expires_at, claims.kid, access_token)
+                          claims.expires_at, claims.kid, claims.body_digest,
+                          access_token=access_token)
 
 
 # --- any JWS: presentations and credentials ---------------------------------------------------

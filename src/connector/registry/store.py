@@ -27,14 +27,14 @@ import json
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
+from connector.adapters.storage.sqlite_thread import SqliteThread
 from connector.registry.model import Snapshot, newer
 
 T = TypeVar("T")
@@ -158,35 +158,8 @@ def _top(counts: dict[str, int]) -> list[dict[str, Any]]:
     return [{"value": v, "count": n} for v, n in ranked]
 
 
-class _Connection:
-    """One SQLite connection confined to its own thread; ``run(fn)`` is one hop there."""
-
-    def __init__(self, path: Path, name: str, pragmas: Sequence[str]) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"registry-{name}")
-        self._path, self._pragmas = path, pragmas
-        self._conn: sqlite3.Connection | None = None
-
-    def _open(self) -> None:
-        self._conn = sqlite3.connect(self._path, isolation_level=None)
-        for pragma in self._pragmas:
-            self._conn.execute(pragma)
-
-    async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        assert conn is not None, "connection not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self.run(lambda c: c.close())
-        self._executor.shutdown(wait=True)
-
-
 class RegistryStore:
-    def __init__(self, writer: _Connection, reader: _Connection) -> None:
+    def __init__(self, writer: SqliteThread, reader: SqliteThread) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
@@ -202,11 +175,11 @@ class RegistryStore:
     @classmethod
     async def open(cls, path: Path) -> RegistryStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _Connection(path, "writer", ["PRAGMA journal_mode=WAL",
+        writer = SqliteThread(path, "registry-writer", ["PRAGMA journal_mode=WAL",
                                               "PRAGMA synchronous=NORMAL"])
         await writer.open()
         await writer.run(_migrate)
-        reader = _Connection(path, "reader", ["PRAGMA query_only=ON", *_READER_PRAGMAS])
+        reader = SqliteThread(path, "registry-reader", ["PRAGMA query_only=ON", *_READER_PRAGMAS])
         await reader.open()
         store = cls(writer, reader)
         await store._load_heads()

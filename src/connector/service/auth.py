@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,12 @@ MAX_REMEMBERED_JTIS = 1_000_000
 # At the bound, the whole table is swept for expired jtis at most this often (a sweep of a
 # million entries takes tens of ms; the front is purged on every call).
 SWEEP_INTERVAL_S = 1
+
+# The token this request's task verified last, with its claims (each aiohttp request runs in a
+# task of its own): ``bind_body`` reads the body digest claim from here instead of decoding
+# the token again.
+verified_token: ContextVar[tuple[str, TokenClaims] | None] = ContextVar(
+    "verified_token", default=None)
 
 
 class Identity:
@@ -196,6 +203,7 @@ class Verifier:
         except AuthError as exc:
             raise AuthError(self._explained(token.strip(), exc.message)) from None
         self._accept(claims, now)
+        verified_token.set((token.strip(), claims))
         peer = self._peers[claims.issuer]
         return Claims(participant_id=claims.issuer, attributes=dict(peer.attributes)), claims
 
@@ -283,6 +291,10 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
     """
     raw = authorization or ""
     token = raw[7:].strip() if raw[:7].lower() == "bearer " else raw.strip()
+    verified = verified_token.get()
+    if verified is not None and verified[0] == token and verified[1].body_digest is not None:
+        # This request's token, verified a moment ago: its claims are at hand.
+        return _bound(token, verified[1].jti, verified[1].body_digest, body)
     try:
         payload = parse_jws(token).payload
     except AuthError:
@@ -296,7 +308,12 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
         if required:
             raise AuthError(f"token carries no {BODY_DIGEST_CLAIM} claim")
         return Binding(token, token_id, False)
-    if not isinstance(claimed, str) or not hmac.compare_digest(
-            claimed, hashlib.sha256(body).hexdigest()):
+    if not isinstance(claimed, str):
+        raise AuthError("the token was signed for another message body")
+    return _bound(token, token_id, claimed, body)
+
+
+def _bound(token: str, token_id: str | None, claimed: str, body: bytes) -> Binding:
+    if not hmac.compare_digest(claimed, hashlib.sha256(body).hexdigest()):
         raise AuthError("the token was signed for another message body")
     return Binding(token, token_id, True)

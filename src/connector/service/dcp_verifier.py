@@ -52,7 +52,7 @@ from connector.core.identity import (
     service_endpoint,
     verify_dcp_token,
 )
-from connector.service.auth import Identity, Verifier
+from connector.service.auth import Identity, Verifier, verified_token
 from connector.service.catalog import Claims
 
 log = logging.getLogger("connector.dcp")
@@ -288,6 +288,7 @@ class DcpVerifier(Verifier):
                                   keys=ring)
         self._accept(claims, now)
         await self.claim_shared(claims.jti, claims.expires_at)
+        verified_token.set((token, claims))
         return claims
 
     async def verify_async(self, authorization: str | None) -> Claims:

@@ -55,6 +55,7 @@ class Outbox:
         self._done: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()  # one flush at a time: see ``flush``
         self._closed = False
 
     async def start(self) -> None:
@@ -128,8 +129,11 @@ class Outbox:
             await self.flush()
 
     async def flush(self) -> None:
-        done, self._done = self._done, []
-        await self._store.outbox_done(done)
+        """Delete the delivered rows. When it returns, every row delivered before the call is
+        deleted, also those a flush already under way (the background one) had taken."""
+        async with self._flushing:
+            done, self._done = self._done, []
+            await self._store.outbox_done(done)
 
     async def close(self) -> None:
         """Stop sending; undelivered rows stay in the table for the next start."""

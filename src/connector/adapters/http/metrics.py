@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from aiohttp import web
@@ -28,13 +29,19 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from connector import __version__
 from connector.adapters.http.errors import REQUEST_ERROR
@@ -165,19 +172,78 @@ _FINAL_NEGOTIATION = frozenset({NegotiationState.FINALIZED.value,
 _FINAL_TRANSFER = frozenset({TransferState.COMPLETED.value, TransferState.TERMINATED.value})
 
 
-class _Children:
-    """A metric's labelled children, memoised: ``labels()`` costs ~3 µs, a dict hit ~0.1 µs.
-    Bounded, since every label value comes from a closed set."""
+class _Count:
+    """One labelled counter's value: a plain number (the event loop is its only writer)."""
 
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-        self._cache: dict[tuple[str, ...], Any] = {}
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Observed:
+    """One labelled histogram's buckets (not cumulative), sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # bucket ``le`` bound: value <= it
+        self.sum += value
+
+
+class _Lean(Collector):
+    """A labelled counter or histogram on the hot path, kept in plain numbers and turned
+    into Prometheus samples only when scraped. prometheus_client's own instruments take a
+    lock and re-check their state on every call: ~4 µs per ``inc`` and ~10 µs per
+    ``observe`` here, against ~0.1 and ~0.4 µs; a negotiation makes about fifteen such
+    calls in each daemon. Children are memoised by label values (a closed set)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], *,
+                 registry: CollectorRegistry, buckets: Sequence[float] | None = None) -> None:
+        self.name, self.documentation = name, documentation
+        self.labelnames = tuple(labelnames)
+        self.buckets = tuple(buckets) if buckets is not None else None
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
 
     def __call__(self, *labels: str) -> Any:
-        child = self._cache.get(labels)
+        child = self._children.get(labels)
         if child is None:
-            child = self._cache[labels] = self._metric.labels(*labels)
+            if len(labels) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}")
+            child = self._children[labels] = (
+                _Count() if self.buckets is None else _Observed(self.buckets))
         return child
+
+    labels = __call__
+
+    def collect(self) -> Iterator[Metric]:
+        if self.buckets is None:
+            counter = CounterMetricFamily(self.name, self.documentation,
+                                          labels=self.labelnames)
+            for labels, count in self._children.items():
+                counter.add_metric(labels, count.value)
+            yield counter
+            return
+        histogram = HistogramMetricFamily(self.name, self.documentation,
+                                          labels=self.labelnames)
+        les = [str(floatToGoString(b)) for b in self.buckets]  # type: ignore[no-untyped-call]
+        les.append("+Inf")
+        for labels, observed in self._children.items():
+            cumulative, total = [], 0
+            for le, n in zip(les, observed.counts, strict=True):
+                total += n
+                cumulative.append((le, float(total)))
+            histogram.add_metric(labels, cumulative, observed.sum)
+        yield histogram
 
 
 class Metrics:
@@ -198,57 +264,57 @@ class Metrics:
               ["version"], registry=r).labels(__version__).set(1)
         process = ["role", "peer"]
         finished = ["role", "state", "reason", "peer"]
-        self.negotiations_started = _Children(Counter(
+        self.negotiations_started = _Lean(
             "connector_negotiations_started", "Contract negotiations opened.", process,
-            registry=r))
-        self.negotiations_finished = _Children(Counter(
+            registry=r)
+        self.negotiations_finished = _Lean(
             "connector_negotiations_finished", "Contract negotiations that reached a final "
-            "state, by that state and the termination code.", finished, registry=r))
-        self.transfers_started = _Children(Counter(
-            "connector_transfers_started", "Transfer processes opened.", process, registry=r))
-        self.transfers_finished = _Children(Counter(
+            "state, by that state and the termination code.", finished, registry=r)
+        self.transfers_started = _Lean(
+            "connector_transfers_started", "Transfer processes opened.", process, registry=r)
+        self.transfers_finished = _Lean(
             "connector_transfers_finished", "Transfer processes that reached a final state, "
-            "by that state and the termination code.", finished, registry=r))
-        self.dsp_in = _Children(Counter(
+            "by that state and the termination code.", finished, registry=r)
+        self.dsp_in = _Lean(
             "connector_dsp_messages_received",
             "DSP requests received, by message type and HTTP status.", ["type", "status"],
-            registry=r))
-        self.dsp_in_seconds = _Children(Histogram(
+            registry=r)
+        self.dsp_in_seconds = _Lean(
             "connector_dsp_message_received_seconds", "Time to answer a DSP request.",
-            ["type"], buckets=LATENCY_BUCKETS, registry=r))
-        self.dsp_out = _Children(Counter(
+            ["type"], buckets=LATENCY_BUCKETS, registry=r)
+        self.dsp_out = _Lean(
             "connector_dsp_messages_sent", "DSP messages sent from the outbox, by type and the "
             "peer's status (2xx, the error status, or 'error' for no answer).",
-            ["type", "status"], registry=r))
-        self.dsp_out_seconds = _Children(Histogram(
+            ["type", "status"], registry=r)
+        self.dsp_out_seconds = _Lean(
             "connector_dsp_message_sent_seconds", "Time for a peer to acknowledge a message.",
-            ["type"], buckets=LATENCY_BUCKETS, registry=r))
+            ["type"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens_refused = Counter(
             "connector_token_verifications_refused", "Callers' tokens refused, by reason.",
             ["reason"], registry=r)
-        self.policy_decisions = _Children(Counter(
+        self.policy_decisions = _Lean(
             "connector_policy_decisions", "Policy evaluations, by scope, result and the left "
             "operand of the first failing constraint.", ["scope", "result", "constraint"],
-            registry=r))
-        records = Counter("connector_dataplane_records", "Records (JSON lines) on the data "
-                          "plane, served as provider or received as consumer.", ["direction"],
-                          registry=r)
-        data_bytes = Counter("connector_dataplane_bytes", "Bytes on the data plane, served as "
-                             "provider or received as consumer.", ["direction"], registry=r)
-        self._served = (records.labels("served"), data_bytes.labels("served"))
-        self._received = (records.labels("received"), data_bytes.labels("received"))
-        self.consent_withheld = _Children(Counter(
+            registry=r)
+        records = _Lean("connector_dataplane_records", "Records (JSON lines) on the data "
+                        "plane, served as provider or received as consumer.", ["direction"],
+                        registry=r)
+        data_bytes = _Lean("connector_dataplane_bytes", "Bytes on the data plane, served as "
+                           "provider or received as consumer.", ["direction"], registry=r)
+        self._served = (records("served"), data_bytes("served"))
+        self._received = (records("received"), data_bytes("received"))
+        self.consent_withheld = _Lean(
             "connector_consent_withheld_records", "Records a consent-governed stream did not "
             "serve, by reason class (docs/consent.md); never by subject.", ["reason"],
-            registry=r))
+            registry=r)
         self.outbox_depth = Gauge("connector_outbox_depth",
                                   "Messages in the outbox not yet delivered.", registry=r)
         self.outbox_oldest_age = Gauge(
             "connector_outbox_oldest_age_seconds", "Age of the oldest message still being "
             "delivered (0 when none).", registry=r)
-        self.storage_seconds = Histogram("connector_storage_seconds",
-                                         "Latency of storage calls, by operation.",
-                                         ["operation"], buckets=STORAGE_BUCKETS, registry=r)
+        self.storage_seconds = _Lean("connector_storage_seconds",
+                                     "Latency of storage calls, by operation.",
+                                     ["operation"], buckets=STORAGE_BUCKETS, registry=r)
         self.registry_publications = Counter(
             "connector_registry_publications", "Catalogue publications to registries, by "
             "registry (as configured) and result.", ["registry", "result"], registry=r)
@@ -291,8 +357,8 @@ class Metrics:
         self._on_record(record, new, self.transfers_started, self.transfers_finished,
                         _FINAL_TRANSFER)
 
-    def _on_record(self, record: Negotiation | Transfer, new: bool, started: _Children,
-                   finished: _Children, final: frozenset[str]) -> None:
+    def _on_record(self, record: Negotiation | Transfer, new: bool, started: _Lean,
+                   finished: _Lean, final: frozenset[str]) -> None:
         peer = self.peer_label(record.counterparty_id)
         if new:
             started(record.role.value, peer).inc()
@@ -394,7 +460,7 @@ class _TimedStore:
     """Delegates to a store; each coroutine method's latency goes into a histogram, except
     reads of one record by id (``get_*``), which the store serves from memory."""
 
-    def __init__(self, store: Store, histogram: Histogram, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, histogram: _Lean, clock: Callable[[], float]) -> None:
         self._store = store
         self._histogram = histogram
         self._clock = clock
