@@ -39,6 +39,7 @@ from connector.adapters.http.management import ManagementApi, ManagementDeps
 from connector.adapters.http.metrics import Metrics
 from connector.adapters.http.openapi import contract_log_from_env
 from connector.adapters.http.push import PushedCopies, Pusher, PushReceiver
+from connector.adapters.http.session import IDLE_S
 from connector.adapters.progress import ProgressBoard
 from connector.adapters.sources import missing_source
 from connector.adapters.storage import engine
@@ -590,7 +591,8 @@ class Daemon:
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      ssl_context: ssl.SSLContext | None) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=IDLE_S)
         await runner.setup()
         self._runners.append(runner)
         try:

@@ -32,7 +32,7 @@ from connector.adapters.http.guard import (
     literal_refusal,
     redirect_guard,
 )
-from connector.adapters.http.session import ReloadableSession
+from connector.adapters.http.session import IDLE_S, ReloadableSession
 from connector.core import codec
 from connector.core.errors import PeerError
 from connector.service.auth import Identity
@@ -86,7 +86,7 @@ class PeerClient(ReloadableSession):
     def __init__(self, identity: Identity, ssl_context: ssl.SSLContext, *,
                  resolver: Callable[[], AbstractResolver] = ThreadedResolver,
                  on_data: Callable[[bytes], None] | None = None) -> None:
-        super().__init__(ssl_context, limit=256, keepalive_s=60, timeout_s=REQUEST_TIMEOUT_S,
+        super().__init__(ssl_context, limit=256, keepalive_s=IDLE_S, timeout_s=REQUEST_TIMEOUT_S,
                          resolver=lambda: GuardedResolver(resolver()),
                          trace_configs=lambda: [redirect_guard()])
         self._identity = identity

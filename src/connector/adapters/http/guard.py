@@ -44,7 +44,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from connector.adapters.http.session import ReloadableSession
+from connector.adapters.http.session import IDLE_S, ReloadableSession
 from connector.core.errors import AuthError
 from connector.core.hosts import AllowedHosts, address_refusal, normal_host
 
@@ -127,7 +127,7 @@ class GuardedHttp(ReloadableSession):
 
     def __init__(self, ssl_context: ssl.SSLContext, *, allowed_hosts: Iterable[str] = (),
                  resolver: Callable[[], AbstractResolver] = ThreadedResolver) -> None:
-        super().__init__(ssl_context, limit=64, keepalive_s=30, timeout_s=FETCH_TIMEOUT_S,
+        super().__init__(ssl_context, limit=64, keepalive_s=IDLE_S, timeout_s=FETCH_TIMEOUT_S,
                          resolver=lambda: GuardedResolver(resolver()))
         self._allowed = AllowedHosts(allowed_hosts)
 

@@ -14,6 +14,14 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+# How long an idle kept-alive connection stays open, client and server side. Each idle TLS
+# connection holds asyncio's 256 KiB SSL read buffer: with the 75 s server default and a 60 s
+# client keep-alive, a provider that 1,000 reusers contacted within a minute held ~1.1 GiB
+# (bench reusers, bench/README.md). A negotiation's or a pull's messages follow each other
+# within a second, so 15 s keeps their reuse and bounds the memory to the peers of the last
+# 15 s.
+IDLE_S = 15.0
+
 
 class ReloadableSession:
     def __init__(self, ssl_context: ssl.SSLContext, *, limit: int, keepalive_s: float,
