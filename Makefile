@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench tck dcp-tck interop interop-015 example-mobility soak soak-fuzz soak-crash image deploy-check examples clean
+.PHONY: demo test test-postgres lint unit bench tck dcp-tck interop interop-015 example-mobility soak soak-fuzz soak-crash image deploy-check examples clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# The whole end-to-end suite again with every daemon's state in PostgreSQL (Debian's package,
+# started by the test set-up); `make test` runs it on SQLite. CI runs both (~5 min more).
+test-postgres: $(STAMP)
+	CONNECTOR_E2E_ENGINES=postgres $(PY) -m pytest -q tests/e2e
 
 # The long forms of the robustness suites (README "Soak"). `make test` runs each short.
 soak: soak-fuzz soak-crash
