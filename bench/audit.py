@@ -57,11 +57,11 @@ def _verify(provider: Participant) -> tuple[int, float]:
     """Verify the provider's trail as ``connector audit verify`` does: (entries, seconds)."""
     settings = load_settings(provider.dir)
     document = json.loads((provider.dir / "did.json").read_text())
-    t0 = time.perf_counter()
-    report = verify_chain(audit_file.iter_chain(settings.database),
-                          audit_file.read_checkpoints(settings.database), did=settings.did,
-                          document=document)
-    elapsed = time.perf_counter() - t0
+    with audit_file.open_tables(settings) as tables:
+        t0 = time.perf_counter()
+        report = verify_chain(tables.iter_chain(), tables.read_checkpoints(), did=settings.did,
+                              document=document)
+        elapsed = time.perf_counter() - t0
     if not report.ok:
         raise RuntimeError(f"the provider's trail does not verify: {report.problem}")
     return report.entries, elapsed
