@@ -105,8 +105,9 @@ async def folder(state_dsn: str | None, tmp_path: Path) -> AsyncIterator[Folder]
                        key=load_any_signing_key(settings.signing_key),
                        settings=AuditSettings(), clock=time.time)
     store.on_audit = trail.appended
-    yield Folder(settings, store, trail)
-    await store.close()
+    opened = Folder(settings, store, trail)
+    yield opened
+    await opened.store.close()  # the one in use: a test may have reopened it
 
 
 def negotiation(pid: str, state: NegotiationState = NegotiationState.REQUESTED,
@@ -295,6 +296,24 @@ async def test_prune_keeps_the_chain_verifiable_from_a_signed_checkpoint(
     await tamper(folder, "DELETE FROM audit_checkpoints WHERE seq = 12")
     code, out = await verify(folder, capsys)
     assert code == 1 and "no signed checkpoint at entry 12" in out, out
+
+
+async def test_after_a_prune_of_every_entry_a_restarted_store_chains_on_from_the_checkpoint(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    await some_steps(folder)
+    assert await command("audit", "prune", "--before", "2999-01-01", "--dir",
+                         str(folder.settings.root)) == 0
+    assert "pruned 12 entries" in capsys.readouterr().out
+    await folder.store.close()  # a restart: the head is read back from the database
+    folder.store = await open_store(folder.settings, audit=StepAudit(clock=time.time))
+    folder.trail = AuditTrail(folder.store, did=folder.settings.did,
+                              kid=folder.settings.signing_kid,
+                              key=load_any_signing_key(folder.settings.signing_key),
+                              settings=AuditSettings(), clock=time.time)
+    folder.store.on_audit = folder.trail.appended
+    await some_steps(folder, 4, prefix="later")
+    code, out = await verify(folder, capsys)
+    assert code == 0 and "4 entries (13..16)" in out, out
 
 
 async def test_show_prints_one_process_s_entries_in_order(

@@ -37,7 +37,7 @@ import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, Entry, chain_events
+from connector.core.audit import GENESIS, Entry, chain_events, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
@@ -112,10 +112,7 @@ class SqliteStore(PagedReads):
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA foreign_keys=ON")
             await store._migrate()
-            rows = await conn.execute_fetchall(
-                "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-            for seq, head in rows:
-                store._audit_head = (int(seq), str(head))
+            store._audit_head = await _chain_head(conn)
             rows = await conn.execute_fetchall("SELECT coalesce(max(seq), 0) FROM outbox")
             store._next_seq = int(next(iter(rows))[0]) + 1
         except BaseException:
@@ -503,3 +500,18 @@ def _log_jti_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("cannot persist seen token ids (replays stay refused until a restart) "
                   "nor catalogue answers' audit entries: %s", future.exception())
+
+
+async def _chain_head(conn: aiosqlite.Connection) -> tuple[int, str]:
+    """(seq, hash) the chain goes on from: its last entry; when a prune removed every entry,
+    the checkpoint it kept (signed over that head); else GENESIS."""
+    rows = list(await conn.execute_fetchall(
+        "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"))
+    if rows:
+        return int(rows[0][0]), str(rows[0][1])
+    rows = list(await conn.execute_fetchall(
+        "SELECT jws FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"))
+    if not rows:
+        return 0, GENESIS
+    kept = parse_checkpoint(str(rows[0][0]))
+    return kept.seq, kept.head
