@@ -69,6 +69,16 @@ class Mismatch(Exception):
     """What the example expected did not happen; the message says what."""
 
 
+def git(folder: Path, *args: str, author: tuple[str, str]) -> str:
+    """``git -C folder ARGS`` as ``author`` (name, email): a participant's folder is a git
+    repository reviewed like code. Its standard output, stripped."""
+    name, email = author
+    done = subprocess.run(["git", "-C", str(folder), "-c", f"user.name={name}",
+                           "-c", f"user.email={email}", *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def check(condition: bool, what: str) -> None:
     """Raise Mismatch(what) unless condition holds."""
     if not condition:

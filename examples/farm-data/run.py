@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,19 +15,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from space import Daemon, check, consumer_folder, main, provider_folder, running  # noqa: E402
+from space import (  # noqa: E402
+    Daemon,
+    check,
+    consumer_folder,
+    main,
+    provider_folder,
+    running,
+)
+from space import git as git_as  # noqa: E402
 
 from connector.participant.trust import add_trusted_peer  # noqa: E402
 
 DATASET = "parcel-yields"
 POLICY = "advice-only"
 
+AUTHOR = ("Farmer", "farmer@example.org")  # who commits to the folder's git
+
 
 def git(folder: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(folder), "-c", "user.name=Farmer",
-                           "-c", "user.email=farmer@example.org", *args],
-                          capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+    """``git -C folder ARGS`` as AUTHOR."""
+    return git_as(folder, *args, author=AUTHOR)
 
 
 def farmer_folder(root: Path) -> Daemon:

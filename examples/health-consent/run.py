@@ -18,7 +18,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from space import Daemon, check, consumer_folder, main, provider_folder, running  # noqa: E402
+from space import (  # noqa: E402
+    Daemon,
+    check,
+    consumer_folder,
+    main,
+    provider_folder,
+    running,
+)
+from space import git as git_as  # noqa: E402
 
 from connector.participant.trust import add_trusted_peer  # noqa: E402
 
@@ -29,12 +37,12 @@ DOCUMENTS = 180_000
 # Records read before patient-0002 withdraws.
 WITHDRAW_AFTER = 3_000
 
+AUTHOR = ("Hospital", "dpo@hospital.example")  # who commits to the folder's git
+
 
 def git(folder: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(folder), "-c", "user.name=Hospital",
-                           "-c", "user.email=dpo@hospital.example", *args],
-                          capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+    """``git -C folder ARGS`` as AUTHOR."""
+    return git_as(folder, *args, author=AUTHOR)
 
 
 def hospital_folder(root: Path) -> Daemon:
