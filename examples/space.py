@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import select
 import shutil
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connector import authority
+from connector.demo import start_daemon, stop_daemon
 from connector.participant import credentials
 from connector.participant.init import init_folder
 
@@ -119,34 +119,15 @@ class Daemon:
 
     def start(self) -> None:
         """Start the daemon; return once it printed its ready line."""
-        log_path = self.dir / "state" / "daemon.log"
-        log_path.parent.mkdir(exist_ok=True)
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "connector.cli", *self.command, str(self.dir)],
-                stdout=subprocess.PIPE, stderr=log)
-        out = self.process.stdout
-        assert out is not None
-        deadline = time.monotonic() + self.ready_timeout_s
-        while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
-            line = out.readline()
-            if self.ready_word in line:
-                return
-            if not line:
-                break
-        self.stop()
-        raise Mismatch(f"{self.name} did not start; see {log_path}")
+        self.process = start_daemon(self.command, self.dir, ready_word=self.ready_word,
+                                    timeout_s=self.ready_timeout_s)
+        if self.process is None:
+            raise Mismatch(f"{self.name} did not start; see {self.dir}/state/daemon.log")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_daemon(self.process)
         self.process = None
 
 

@@ -61,34 +61,49 @@ class Participant:
 
     def start(self) -> None:
         """Start the daemon and wait for its ready line (RuntimeError naming its log if not)."""
-        with (self.dir / "state" / "daemon.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "connector.cli", *self.command, str(self.dir)],
-                stdout=subprocess.PIPE, stderr=log)
-        out = self.process.stdout
-        assert out is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        # select before each readline: a daemon that neither prints nor exits must not hang us.
-        while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
-            line = out.readline()
-            if b"ready" in line:
-                return
-            if not line:
-                break
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start; see {self.dir}/state/daemon.log")
+        self.process = start_daemon(self.command, self.dir)
+        if self.process is None:
+            raise RuntimeError(f"{self.name} did not start; see {self.dir}/state/daemon.log")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the daemon has not ended within 10 s."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_daemon(self.process)
         self.process = None
+
+
+def start_daemon(command: Sequence[str], folder: Path, *, ready_word: bytes = b"ready",
+                 timeout_s: float = READY_TIMEOUT_S) -> subprocess.Popen[bytes] | None:
+    """``connector COMMAND FOLDER`` with its log in ``FOLDER/state/daemon.log``: the process
+    once it printed ``ready_word``; None (the process stopped) if it did not within
+    ``timeout_s``."""
+    log_path = folder / "state" / "daemon.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "connector.cli", *command, str(folder)],
+                                   stdout=subprocess.PIPE, stderr=log)
+    out = process.stdout
+    assert out is not None
+    deadline = time.monotonic() + timeout_s
+    # select before each readline: a daemon that neither prints nor exits must not hang us.
+    while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
+        line = out.readline()
+        if ready_word in line:
+            return process
+        if not line:
+            break
+    stop_daemon(process)
+    return None
+
+
+def stop_daemon(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the daemon has not ended within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager
