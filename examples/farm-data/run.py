@@ -15,14 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from space import (  # noqa: E402
-    Daemon,
-    check,
-    consumer_folder,
-    main,
-    provider_folder,
-    running,
-)
+from space import Daemon, check, consumer_folder, main, provider_folder, running  # noqa: E402
 from space import git as git_as  # noqa: E402
 
 from connector.participant.trust import add_trusted_peer  # noqa: E402
