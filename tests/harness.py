@@ -41,6 +41,9 @@ def _ephemeral_low() -> int:
 # made starts fail with "address already in use" on a busy machine.
 PORT_RANGE = (10000, max(10100, _ephemeral_low() - 2))
 _draw = random.SystemRandom()
+# Ports handed out by this process: nothing listens on one until its daemon starts, so a later
+# draw could hand it out again (two set-ups drawing a dozen ports each did collide).
+_handed: set[int] = set()
 
 
 def _bindable(*ports: int) -> bool:
@@ -58,7 +61,8 @@ def free_port() -> int:
     """A loopback port nothing listens on now, outside the ephemeral range."""
     for _ in range(500):
         port = _draw.randrange(*PORT_RANGE)
-        if _bindable(port):
+        if port not in _handed and _bindable(port):
+            _handed.add(port)
             return port
     raise RuntimeError("no free port")
 
@@ -67,7 +71,8 @@ def free_port_pair() -> int:
     """A port p with p+1 also free (the management API listens on p+1)."""
     for _ in range(500):
         port = _draw.randrange(*PORT_RANGE)
-        if _bindable(port, port + 1):
+        if not {port, port + 1} & _handed and _bindable(port, port + 1):
+            _handed.update((port, port + 1))
             return port
     raise RuntimeError("no free pair of ports")
 
