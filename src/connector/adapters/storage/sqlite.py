@@ -4,8 +4,12 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
 60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
 - **group commit**: transactions submitted while the writer is busy are committed together
-  in one SQLite transaction, each table's rows in one ``executemany``; if the batch fails (a
+  in one SQLite transaction, each table's rows in one multi-row INSERT, all queued to the
+  thread at once and awaited once before the COMMIT (``_queued``); if the batch fails (a
   reused pid), its transactions are replayed one by one so only the offender fails;
+- **checkpoints apart**: the write-ahead log is copied back into the database by a second
+  connection every CHECKPOINT_S, not inside the COMMIT that happens to cross SQLite's
+  threshold;
 - **record cache**: this process is the only writer, so live process records it wrote or
   read are kept (bounded, write-through after commit; finished ones are dropped) and reads by
   id cost no hop;
@@ -26,9 +30,11 @@ power loss), which is SQLite's documented trade-off.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +56,11 @@ _enc = msgspec.json.Encoder()
 # Records kept in memory; past this the least recently written are dropped (read from disk).
 CACHE_SIZE = 20_000
 Statement = tuple[str, Sequence[Any]]
+# The write-ahead log is copied back into the database this often, off the commit path; a
+# log that grew past WAL_SIZE_LIMIT bytes is truncated to it once copied.
+CHECKPOINT_S = 1.0
+WAL_SIZE_LIMIT = 64 << 20
+AUTO_CHECKPOINT = 1000  # pages: SQLite's default, when checkpoints cannot run apart
 # A seen jti waits at most this long for another write to commit with (then commits alone).
 JTI_FLUSH_S = 0.01
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
@@ -101,15 +112,17 @@ class SqliteStore(PagedReads):
         self._next_seq = 1
         self._jtis: _Txn | None = None  # the queued, not yet committed seen-jti rows
         self._committing = False
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, audit: StepAudit | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
         store = cls(conn, audit)
         try:  # a store that refuses to open (a newer schema) closes what it opened
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             await conn.execute("PRAGMA foreign_keys=ON")
             await store._migrate()
             store._audit_head = await _chain_head(conn)
@@ -119,7 +132,27 @@ class SqliteStore(PagedReads):
             await conn.close()
             raise
         store._writer = asyncio.create_task(store._write_loop())
+        store._checkpointer = asyncio.create_task(store._checkpoint_loop(path))
         return store
+
+    async def _checkpoint_loop(self, path: Path) -> None:
+        """Copy the WAL back into the database file every CHECKPOINT_S, on a connection (and
+        thread) of its own: SQLite's automatic checkpoint runs inside a COMMIT, with its
+        fsyncs, and would hold every step of the next group commit meanwhile. PASSIVE never
+        waits for the writer (https://sqlite.org/c3ref/wal_checkpoint_v2.html); what it
+        could not copy, the next one does. If this loop cannot run, the automatic checkpoint
+        is put back."""
+        try:
+            async with aiosqlite.connect(path, isolation_level=None) as conn:
+                await self._conn.execute("PRAGMA wal_autocheckpoint=0")
+                try:
+                    while True:
+                        await asyncio.sleep(CHECKPOINT_S)
+                        await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    await self._conn.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT}")
+        except sqlite3.Error as exc:
+            log.warning("checkpoints are back in the commits: cannot run them apart (%s)", exc)
 
     async def _migrate(self) -> None:
         async with self._conn.execute("PRAGMA user_version") as cur:
@@ -140,7 +173,10 @@ class SqliteStore(PagedReads):
                 await asyncio.sleep(0.001)
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
-        await self._conn.close()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+        await self._conn.close()  # the last connection: checkpoints the WAL and removes it
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -244,19 +280,42 @@ class SqliteStore(PagedReads):
             txn.future.set_result(None)
 
     async def _run(self, statements: Sequence[Statement]) -> None:
-        """One SQLite transaction; consecutive-in-kind statements share an executemany."""
+        """One SQLite transaction: each statement's rows in one statement (``_multi_row``;
+        tables in first-use order), all queued at once (``_queued``), then the COMMIT."""
         grouped: dict[str, list[Sequence[Any]]] = {}
         for sql, args in statements:  # insertion order keeps tables in first-use order
             grouped.setdefault(sql, []).append(args)
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._transact([self._conn.execute(*multi)
+                                  for sql, rows in grouped.items()
+                                  for multi in _multi_row(sql, rows)])
             try:
-                for sql, rows in grouped.items():
-                    await self._conn.executemany(sql, rows)
-                await self._conn.execute("COMMIT")
+                await self._conn.commit()
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._conn.rollback()
                 raise
+
+    async def _write(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """One statement in a transaction of its own, queued with its COMMIT (a statement
+        that fails leaves nothing for the COMMIT to write); the rows it returned."""
+        async with self._lock:
+            rows, _ = await self._transact([self._conn.execute_fetchall(sql, args),
+                                            self._conn.commit()])
+            return list(rows)
+
+    async def _transact(self, calls: list[Awaitable[Any]]) -> list[Any]:
+        """Await aiosqlite calls queued together (``_queued``); if one failed, the open
+        transaction is rolled back and its exception raised."""
+        try:
+            results = await _queued(calls)
+        except BaseException:  # cancelled: the ROLLBACK runs after the calls already queued
+            await self._conn.rollback()
+            raise
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            await self._conn.rollback()
+            raise failed
+        return results
 
     # -- negotiations and agreements -------------------------------------------------------
 
@@ -369,7 +428,7 @@ class SqliteStore(PagedReads):
 
     async def add_use(self, agreement_id: str, delta: int) -> int:
         """Add ``delta`` to an agreement's use count atomically; return the new count."""
-        rows = await self._rows(
+        rows = await self._write(
             "INSERT INTO agreement_uses (agreement_id, uses) VALUES (?, ?)"
             " ON CONFLICT (agreement_id) DO UPDATE SET uses = uses + excluded.uses"
             " RETURNING uses", (agreement_id, delta))
@@ -467,13 +526,14 @@ class SqliteStore(PagedReads):
         if not seqs:
             return
         async with self._lock:
-            await self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            await self._transact([
+                self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]),
+                self._conn.commit()])
 
     async def outbox_retry(self, seq: int, attempts: int, next_attempt: float, error: str) -> None:
-        async with self._lock:
-            await self._conn.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
-                (attempts, next_attempt, error, seq))
+        await self._write(
+            "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE seq = ?",
+            (attempts, next_attempt, error, seq))
 
 
 def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
@@ -488,6 +548,46 @@ def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
     rows.extend(("INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)",
                  e) for e in batch.evidence if e[1] in SHARED_EVIDENCE)
     return rows
+
+
+# Rows one multi-row INSERT takes at most (SQLite allows 32766 parameters since 3.32).
+MAX_ROWS_PER_INSERT = 256
+_VALUES = re.compile(r"VALUES (\([^()]*\))")
+
+
+@functools.lru_cache(maxsize=256)
+def _values_times(sql: str, n: int) -> str:
+    """``sql`` (an INSERT with one ``VALUES (...)``) taking ``n`` rows."""
+    match = _VALUES.search(sql)
+    assert match is not None
+    return f"{sql[:match.start(1)]}{', '.join([match.group(1)] * n)}{sql[match.end(1):]}"
+
+
+def _multi_row(sql: str, rows: list[Sequence[Any]]) -> list[tuple[str, list[Any]]]:
+    """The statements that apply ``sql`` to ``rows``: an INSERT's rows in multi-row INSERTs
+    (one call into SQLite, where ``executemany`` makes one per row, each a round of the GIL
+    with the busy event loop's thread), any other statement once per row. Rows apply in
+    order either way, so an upsert of one key twice ends with the later row."""
+    if not sql.startswith("INSERT") or _VALUES.search(sql) is None:
+        return [(sql, list(args)) for args in rows]
+    out = []
+    for i in range(0, len(rows), MAX_ROWS_PER_INSERT):
+        part = rows[i:i + MAX_ROWS_PER_INSERT]
+        out.append((_values_times(sql, len(part)), [a for args in part for a in args]))
+    return out
+
+
+async def _queued(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Await aiosqlite calls queued together: their results, or the exception each raised.
+
+    aiosqlite runs one connection's calls on its one thread in the order they were queued
+    (each call queues its function when its task first runs; the tasks run in the order they
+    were made), so the thread runs them back to back and the event loop is waited for once,
+    not once per call: on a busy loop each wait is a whole loop iteration (about 2 ms at
+    c=64, bench/README.md). The connection opens its transaction itself before the first
+    write (``isolation_level="IMMEDIATE"``), so a write can never run outside one.
+    """
+    return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
 def _refusal(exc: Exception) -> AuditError:
