@@ -17,6 +17,7 @@ import msgspec
 from connector import terminal
 from connector.config import Settings, load_settings
 from connector.core.errors import PeerError
+from connector.core.ids import short_id
 from connector.service.consumer import (
     CopyCounter,
     complete_records,
@@ -357,7 +358,7 @@ async def status(m: Management, args: argparse.Namespace) -> int:
                             "transfers": trs})
         return 0
     print("\n".join(daemon_lines(daemon)))
-    short = terminal.short_id
+    short = short_id
     terminal.print_table(
         ["NEGOTIATION", "ROLE", "STATE", "DATASET", "AGREEMENT"],
         [[short(n["id"]), n["role"], n["state"], n["datasetId"], short(n.get("agreementId") or "")]
@@ -400,7 +401,7 @@ async def agreements(m: Management, args: argparse.Namespace) -> int:
         return 0
     terminal.print_table(
         ["AGREEMENT", "ROLE", "DATASET", "PROVIDER", "CONSUMER", "POLICY", "USES", "REVOKED"],
-        [[terminal.short_id(a["id"]), a["role"], a["datasetId"], a["assigner"], a["assignee"],
+        [[short_id(a["id"]), a["role"], a["datasetId"], a["assigner"], a["assignee"],
           policy_summary(a.get("body") or {}),
           "" if a.get("uses") is None else a["uses"], a.get("revoked") or "no"]
          for a in found], empty="no agreements yet")

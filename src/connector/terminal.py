@@ -2,8 +2,8 @@
 
 Tables are drawn with ``rich``: columns shrink and wrap to the terminal's width, so
 ``connector status`` stays readable in a narrow window; in a pipe, rows are not folded.
-Process ids are ``urn:uuid:`` URNs; a table shows their first eight hex digits, and every
-command taking an id accepts such a prefix (``match_id``).
+Process ids are ``urn:uuid:`` URNs; a table shows their last eight hex digits (core/ids.py),
+and every command taking an id accepts such an end, or a beginning (``match_id``).
 """
 
 from __future__ import annotations
@@ -26,31 +26,21 @@ from rich.progress import (
 from rich.table import Table
 
 from connector.core.errors import InvalidParameter, NotFound
+from connector.core.ids import names
 
-URN_UUID = "urn:uuid:"
 # Wide enough that no table row of ours folds when the output is not a terminal.
 UNFOLDED_WIDTH = 1000
-# Eight hex digits tell apart 4 billion ids: plenty for one participant's processes.
-SHORT_ID_LEN = 8
-
-
-def short_id(value: str) -> str:
-    """``urn:uuid:3f1c9a2e-...`` -> ``3f1c9a2e``; any other id unchanged."""
-    if value.startswith(URN_UUID):
-        return value[len(URN_UUID):][:SHORT_ID_LEN]
-    return value
 
 
 def match_id(given: str, ids: Iterable[str], kind: str) -> str:
-    """The one id of ``ids`` that is ``given`` or starts with it (without ``urn:uuid:``).
+    """The one id of ``ids`` that ``given`` names (whole, its beginning or its end).
 
     NotFound when none matches, InvalidParameter when the prefix is ambiguous.
     """
     ids = list(ids)
     if given in ids:
         return given
-    prefix = given.removeprefix(URN_UUID)
-    found = [i for i in ids if prefix and i.removeprefix(URN_UUID).startswith(prefix)]
+    found = [i for i in ids if names(given, i)]
     if not found:
         raise NotFound(f"no {kind} {given!r} here")
     if len(found) > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from connector.client import Management
-from connector.terminal import short_id
+from connector.core.ids import short_id
 from tests.e2e.conftest import Space
 from tests.unit.test_cli import _on_a_terminal
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from connector.core.ids import short_id
+
 # ODRL 2.2 operators, as the console says them (each is a catalogue message).
 OPERATOR_WORDS = {"eq": "is", "neq": "is not", "lt": "less than", "lteq": "at most",
                   "gt": "more than", "gteq": "at least", "isAnyOf": "is one of",
@@ -143,8 +145,8 @@ def trace(note: str) -> list[TraceLine]:
 
 
 def short(pid: str) -> str:
-    """A process id as lists show it: ``urn:uuid:`` dropped, its first eight characters."""
-    return pid.removeprefix("urn:uuid:")[:8]
+    """A process id as lists show it (``core.ids.short_id``)."""
+    return short_id(pid)
 
 
 def when(at: float | None) -> str:

@@ -10,6 +10,8 @@ initial request and a refused delivery are handled here once (the rules are in
 from __future__ import annotations
 
 import logging
+import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Generic, TypeVar
@@ -42,8 +44,19 @@ Ack = ContractNegotiation | TransferProcess
 Opening = Callable[[], Awaitable[tuple[RecordT, RecordT, list[Outgoing]]]]
 
 
-def new_urn() -> str:
-    return f"urn:uuid:{uuid.uuid4()}"
+def new_urn(now_ns: Callable[[], int] = time.time_ns,
+            random: Callable[[int], bytes] = os.urandom) -> str:
+    """A new id for our processes and agreements: a time-ordered UUID (RFC 9562 §5.7,
+    version 7: 48 bits of Unix milliseconds, then 74 random bits). Ids made one after the
+    other sort together, so every index keyed by them (the records', the audit entries'
+    ``ref1``) grows at its end instead of at a random page, which is what a step's
+    transaction spends least on. The time it shows is the time the peer saw the process
+    start anyway."""
+    ms = now_ns() // 1_000_000 & (1 << 48) - 1
+    rand = int.from_bytes(random(10), "big") & (1 << 74) - 1
+    value = (ms << 80 | 0x7 << 76 | (rand >> 62) << 64  # unix_ts_ms, ver, rand_a
+             | 0b10 << 62 | rand & (1 << 62) - 1)  # var, rand_b
+    return f"urn:uuid:{uuid.UUID(int=value)}"
 
 
 class ProcessService(Generic[RecordT]):
