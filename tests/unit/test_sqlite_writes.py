@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -54,64 +55,55 @@ def _negotiation(id: str) -> Negotiation:
                        counterparty_id="did:web:peer", updated_at=1.0)
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(tmp_path / "state.db")
+    yield opened
+    await opened.close()
+
+
 def _count(db: Path, table: str) -> int:
     with closing(sqlite3.connect(db)) as conn:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-@pytest.mark.asyncio
-async def test_a_statement_that_fails_leaves_the_whole_batch_unwritten(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    store = await SqliteStore.open(db)
-    try:
-        with pytest.raises(sqlite3.IntegrityError):
-            await store._run([
-                ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", ("t1", 10)),
-                ("INSERT INTO agreement_uses (agreement_id, uses) VALUES (?, ?)", ("a", 1)),
-                ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", ("t1", 11)),  # again
-            ])
-        assert _count(db, "seen_tokens") == 0
-        assert _count(db, "agreement_uses") == 0
-        # The connection is usable afterwards: the next step commits.
-        await store.save_negotiation(_negotiation("n1"), expect_new=True)
-        assert _count(db, "negotiations") == 1
-    finally:
-        await store.close()
+async def test_a_statement_that_fails_leaves_the_whole_batch_unwritten(
+        store: SqliteStore, tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await store._run([
+            ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", ("t1", 10)),
+            ("INSERT INTO agreement_uses (agreement_id, uses) VALUES (?, ?)", ("a", 1)),
+            ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", ("t1", 11)),  # again
+        ])
+    assert _count(tmp_path / "state.db", "seen_tokens") == 0
+    assert _count(tmp_path / "state.db", "agreement_uses") == 0
+    # The connection is usable afterwards: the next step commits.
+    await store.save_negotiation(_negotiation("n1"), expect_new=True)
+    assert _count(tmp_path / "state.db", "negotiations") == 1
 
 
-@pytest.mark.asyncio
-async def test_a_cancelled_write_is_rolled_back(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    store = await SqliteStore.open(db)
-    try:
-        rows = [("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", (f"t{i}", i))
-                for i in range(2000)]
-        task = asyncio.create_task(store._run(rows))
-        await asyncio.sleep(0)  # the statements are queued
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await store.save_negotiation(_negotiation("n1"), expect_new=True)
-        assert _count(db, "seen_tokens") == 0
-        assert _count(db, "negotiations") == 1
-    finally:
-        await store.close()
+async def test_a_cancelled_write_is_rolled_back(store: SqliteStore, tmp_path: Path) -> None:
+    rows = [("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", (f"t{i}", i))
+            for i in range(2000)]
+    task = asyncio.create_task(store._run(rows))
+    await asyncio.sleep(0)  # the statements are queued
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.save_negotiation(_negotiation("n1"), expect_new=True)
+    assert _count(tmp_path / "state.db", "seen_tokens") == 0
+    assert _count(tmp_path / "state.db", "negotiations") == 1
 
 
-@pytest.mark.asyncio
-async def test_single_writes_commit_on_their_own(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    store = await SqliteStore.open(db)
-    try:
-        assert await store.add_use("a", 2) == 2
-        assert await store.add_use("a", 3) == 5
-        with closing(sqlite3.connect(db)) as conn:  # another connection sees them: committed
-            assert conn.execute("SELECT uses FROM agreement_uses").fetchone()[0] == 5
-    finally:
-        await store.close()
+async def test_single_writes_commit_on_their_own(store: SqliteStore, tmp_path: Path) -> None:
+    assert await store.add_use("a", 2) == 2
+    assert await store.add_use("a", 3) == 5
+    # Another connection sees them: committed.
+    assert _count(tmp_path / "state.db", "agreement_uses") == 1
+    with closing(sqlite3.connect(tmp_path / "state.db")) as conn:
+        assert conn.execute("SELECT uses FROM agreement_uses").fetchone()[0] == 5
 
 
-@pytest.mark.asyncio
 async def test_the_log_is_checkpointed_apart_from_the_commits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 0.05)
