@@ -11,6 +11,8 @@ import gc
 import sqlite3
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -19,13 +21,13 @@ import pytest
 from connector.adapters.storage import postgres
 from connector.adapters.storage.postgres import PostgresStore
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, Entry, verify_links
+from connector.core.audit import GENESIS, Entry, Event, verify_links
 from connector.core.errors import ConfigError, ConflictError
 from connector.core.messages import ContractNegotiationTerminationMessage
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
 from connector.core.transfer import Transfer, TransferState
 from connector.service import audit
-from connector.service.audit import StepAudit
+from connector.service.audit import AuditBatch, StepAudit
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.negotiations import NegotiationService
@@ -419,5 +421,57 @@ async def test_a_service_step_waits_for_the_process_lock_another_replica_holds(
     assert (await asyncio.wait_for(step, 30)).state is NegotiationState.TERMINATED
     await watcher.close()
     await outbox.close()
+    await a.close()
+    await b.close()
+
+
+async def test_two_replicas_appending_every_kind_of_step_make_one_chain(
+        postgres_server: Postgres) -> None:
+    """Steps that save a process row (the chain's lock and head ride in its statement,
+    migration 011), and steps without one (an access's events alone, a revocation), from two
+    replicas at once: one chain, no gap, no fork."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn, audit=StepAudit(clock=time.time), pool_size=4)
+            for _ in range(2)]
+    await a.save_negotiation(_negotiation("urn:r", state=NegotiationState.AGREED),
+                             agreement=_agreement("urn:r"), expect_new=True)
+    revoked = msgspec.structs.replace(_agreement("urn:r"), revoked="withdrawn")
+
+    def step(i: int) -> Any:
+        store = (a, b)[i % 2]
+        if i % 5 == 0:
+            return store.save_agreement(revoked)
+        if i % 3 == 0:
+            return store.append_audit(AuditBatch(events=[
+                Event(kind="access", at=1.0, refs=(f"urn:{i}",)) for _ in range(2)]))
+        return store.save_negotiation(_negotiation(f"urn:{i}"), expect_new=True)
+
+    await asyncio.gather(*(step(i) for i in range(60)))
+    entries = await _entries(Opener("postgres", Path(), dsn))
+    assert len(entries) == 1 + 12 + 16 * 2 + 32  # the agreement, revocations, accesses, saves
+    assert [e[0] for e in entries] == list(range(1, len(entries) + 1))  # no gap
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")  # no fork
+    assert await b.audit_head() == (entries[-1][0], entries[-1][2])
+    await a.close()
+    await b.close()
+
+
+async def test_two_replicas_racing_for_one_peer_pid_one_wins_one_conflicts(
+        postgres_server: Postgres) -> None:
+    """With the audit trail on, each loser of a race for one consumerPid gets a conflict
+    (not a refused step: the statement that writes the process row also takes the chain's
+    lock), and only the winner's step is in the chain."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn, audit=StepAudit(clock=time.time)) for _ in range(2)]
+    for round in range(10):
+        results = await asyncio.gather(*(
+            store.save_negotiation(_negotiation(f"urn:{round}:{i}", consumer_pid=f"urn:c{round}"),
+                                   expect_new=True)
+            for i, store in enumerate((a, b, a, b))), return_exceptions=True)
+        assert sum(isinstance(r, ConflictError) for r in results) == 3, results
+        assert sum(isinstance(r, list) for r in results) == 1, results
+    entries = await _entries(Opener("postgres", Path(), dsn))
+    assert [e[0] for e in entries] == list(range(1, 11))
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")
     await a.close()
     await b.close()

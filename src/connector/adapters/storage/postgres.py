@@ -9,6 +9,8 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   step's reads and writes then go through, so two replicas never step one process at once;
 - **the audit chain** is extended under a transaction-level advisory lock
   (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
+  lock and head are one function (``audit_chain_head``, migration 011) called in the
+  statement that saves the process row, so they cost no round trip;
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
 - **seen token ids** are written behind as on SQLite (a task per row); the primary key keeps
   one row per jti, whichever replica wrote it first;
@@ -56,6 +58,8 @@ _enc = msgspec.json.Encoder()
 _evidence = msgspec.msgpack.Encoder()
 _INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
                  " VALUES ($1, $2, $3, $4, $5, $6, $7)")
+# The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
+_CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
 Statement = tuple[str, Sequence[Any]]
 # Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
 # default maximum.
@@ -285,21 +289,29 @@ class PostgresStore(PagedReads):
                            audit: AuditBatch | None = None, *,
                            record: Announced | None = None) -> list[OutboxItem]:
         """Run one step's statements, outbox rows and audit entries in one transaction;
-        ``record``, the process row's upsert, first, with its announcement and its first
-        outbox row in the same statement (``_announced``: round trips are what a step costs)."""
+        ``record``, the process row's upsert, first, with its announcement, its first outbox
+        row and the audit chain's lock and head in the same statement (``_announced``: round
+        trips are what a step costs)."""
         try:
             async with self._connection() as conn, conn.transaction():
                 items: list[OutboxItem] = []
+                head: tuple[int, str] | None = None
                 if record is not None:
                     first = outbox[0] if outbox else None
-                    seq = await conn.fetchval(*_announced(record, first, self.replica))
+                    row = await conn.fetchrow(*_announced(record, first, self.replica,
+                                                          chained=bool(audit)))
                     if first is not None:
-                        items.append(_queued(first, seq))
+                        items.append(_queued(first, row[0]))
                         outbox = outbox[1:]
+                    head = _chain_head(row[2:]) if audit else None
                 for sql, args in statements:
                     await conn.execute(sql, *args)
                 items += [await _enqueue(conn, out, self.replica) for out in outbox]
-                count = await _append_entries(conn, audit) if audit else 0
+                count = 0
+                if audit:
+                    if head is None:  # a step without a process row: the lock and head alone
+                        head = _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
+                    count = await _append_entries(conn, audit, head)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
         except (asyncpg.PostgresError, OSError) as exc:
@@ -444,9 +456,10 @@ class PostgresStore(PagedReads):
             log.error("cannot persist catalogue answers' audit entries: %s", exc)
 
     async def audit_head(self) -> tuple[int, str]:
-        """(seq, hash) of the last committed entry (``_chain_head``)."""
+        """(seq, hash) the chain goes on from (``_chain_head``), read under the chain's lock
+        (so after the append in flight, if any, commits)."""
         async with self._connection() as conn:
-            return await _chain_head(conn)
+            return _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
 
     async def last_checkpoint(self) -> tuple[int, float]:
         rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
@@ -627,24 +640,40 @@ class Announced(NamedTuple):
     id: str
 
 
-def _announced(record: Announced, out: Outgoing | None, replica: str) -> tuple[Any, ...]:
-    """One statement: ``record``'s upsert, its announcement to every replica (delivered on
-    commit, and only then) and, given ``out``, the outbox row (claimed by ``replica``), whose
-    ``seq`` it returns (``fetchval``'s arguments)."""
-    n = len(record.args)
-    announce = (CHANGES, f"{record.kind}:{record.id}")
-    if out is None:
-        return (f"WITH saved AS ({record.sql} RETURNING 1) SELECT pg_notify(${n + 1},"
-                f" ${n + 2}) FROM saved", *record.args, *announce)
-    q = n + 3
-    queued = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt, claimed_by,"
-              f" claim_until) SELECT ${q}::text, ${q + 1}::text, ${q + 2}::text,"
-              f" ${q + 3}::bytea, 0, ${q + 4}::text, {_NOW} + ${q + 5} FROM saved"
-              " RETURNING seq")
-    return (f"WITH saved AS ({record.sql} RETURNING 1), queued AS ({queued})"
-            f" SELECT (SELECT seq FROM queued), pg_notify(${n + 1}, ${n + 2}) FROM saved",
-            *record.args, *announce, out.process_id, out.url, out.audience, out.body, replica,
-            CLAIM_S)
+def _announced(record: Announced, out: Outgoing | None, replica: str, *,
+               chained: bool) -> tuple[Any, ...]:
+    """One statement (``fetchrow``'s arguments): ``record``'s upsert and its announcement to
+    every replica (delivered on commit, and only then); given ``out``, its outbox row (claimed
+    by ``replica``); ``chained``, the audit chain's lock and head. Its row: the outbox row's
+    ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``.
+
+    The head comes from ``audit_chain_head`` (migration 011), called for the row the upsert
+    returns: the process row is written (its unique keys checked) before the chain's lock is
+    requested, as when the lock was a statement of its own after it. A step that waits for
+    a peer's unique key never holds the chain's lock meanwhile (no deadlock between two
+    steps racing for one key)."""
+    args: list[Any] = list(record.args)
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    returning = f"{param(AUDIT_LOCK)}::bigint AS audit_lock" if chained else "1"
+    ctes = [f"saved AS ({record.sql} RETURNING {returning})"]
+    columns = ["NULL::bigint",
+               f"pg_notify({param(CHANGES)}, {param(f'{record.kind}:{record.id}')})"]
+    if out is not None:
+        ctes.append(
+            "queued AS (INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
+            f" claimed_by, claim_until) SELECT {param(out.process_id)}::text,"
+            f" {param(out.url)}::text, {param(out.audience)}::text, {param(out.body)}::bytea,"
+            f" 0, {param(replica)}::text, {_NOW} + {param(CLAIM_S)} FROM saved RETURNING seq)")
+        columns[0] = "(SELECT seq FROM queued)"
+    source = "saved"
+    if chained:
+        columns.append("head.seq, head.hash, head.jws")
+        source += " CROSS JOIN LATERAL audit_chain_head(saved.audit_lock) AS head"
+    return (f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}", *args)
 
 
 def _queued(out: Outgoing, seq: int) -> OutboxItem:
@@ -658,24 +687,24 @@ async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
     return _queued(out, seq)
 
 
-async def _chain_head(conn: Any) -> tuple[int, str]:
-    """(seq, hash) the chain goes on from: its last entry; once ``connector audit prune``
-    removed every entry, the checkpoint it kept (signed over that head); else GENESIS."""
-    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-    if row is not None:
-        return int(row[0]), str(row[1])
-    jws = await conn.fetchval("SELECT jws FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+def _chain_head(row: Sequence[Any]) -> tuple[int, str]:
+    """(seq, hash) the chain goes on from, given ``audit_chain_head``'s (seq, hash, jws): its
+    last entry; once ``connector audit prune`` removed every entry, the checkpoint it kept
+    (signed over that head); else GENESIS."""
+    seq, hash, jws = row
+    if seq is not None:
+        return int(seq), str(hash)
     if jws is None:
         return 0, GENESIS
     kept = parse_checkpoint(str(jws))
     return kept.seq, kept.head
 
 
-async def _append_entries(conn: Any, batch: AuditBatch) -> int:
-    """Chain ``batch``'s events on from the head, under the chain's lock; how many."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-    seq, head = await _chain_head(conn)
-    entries = chain_events(seq + 1, head, batch.events)
+async def _append_entries(conn: Any, batch: AuditBatch, head: tuple[int, str]) -> int:
+    """Chain ``batch``'s events on from ``head``, read under the chain's lock in this
+    transaction (``audit_chain_head``); how many."""
+    seq, prev = head
+    entries = chain_events(seq + 1, prev, batch.events)
     own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows = []
     for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
