@@ -475,3 +475,23 @@ async def test_two_replicas_racing_for_one_peer_pid_one_wins_one_conflicts(
     assert verify_links(_as_entries(entries), GENESIS) == (None, "")
     await a.close()
     await b.close()
+
+
+async def test_an_agreement_is_written_with_its_negotiation_or_neither_is(
+        store_opener: Opener) -> None:
+    """The agreement rides in the negotiation's step (on PostgreSQL in the upsert's very
+    statement): both are read back; a conflicting agreement leaves the negotiation as it was."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    agreed = _negotiation("urn:n", state=NegotiationState.AGREED)
+    await store.save_negotiation(agreed, agreement=_agreement("urn:n"), expect_new=True,
+                                 outbox=[Outgoing(process_id="urn:n", url="https://c",
+                                                  audience="did:c", body=b"{}")])
+    assert await store.get_agreement("urn:n:a") == _agreement("urn:n")
+    assert [a.negotiation_id for a in await store.list_agreements()] == ["urn:n"]
+    with pytest.raises(ConflictError):
+        await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.FINALIZED),
+                                     agreement=_agreement("urn:n"))
+    found = await store.get_negotiation("urn:n")
+    assert found is not None and found.state is NegotiationState.AGREED
+    assert [e[0] for e in await _entries(store_opener)] == [1]  # the refused step left none
+    await store.close()

@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
@@ -96,6 +97,9 @@ _ON_TRANSFER = (
     " excluded.provider_pid, counterparty = excluded.counterparty, token_hash ="
     " excluded.token_hash, prev_token_hash = excluded.prev_token_hash, updated_at ="
     " excluded.updated_at, body = excluded.body")
+_INSERT_AGREEMENT = (
+    "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner, assignee,"
+    " created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti)"
                " DO UPDATE SET until = greatest(seen_tokens.until, excluded.until)")
 _INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
@@ -290,8 +294,8 @@ class PostgresStore(PagedReads):
                            record: Announced | None = None) -> list[OutboxItem]:
         """Run one step's statements, outbox rows and audit entries in one transaction;
         ``record``, the process row's upsert, first, with its announcement, its first outbox
-        row and the audit chain's lock and head in the same statement (``_announced``: round
-        trips are what a step costs)."""
+        row, the row written with it (an agreement) and the audit chain's lock and head in
+        the same statement (``_announced``: round trips are what a step costs)."""
         try:
             async with self._connection() as conn, conn.transaction():
                 items: list[OutboxItem] = []
@@ -339,17 +343,13 @@ class PostgresStore(PagedReads):
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
              record.updated_at, _enc.encode(record)), "n", record.id)
-        statements: list[Statement] = []
         if agreement is not None:
-            statements.append((
-                "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
-                " assignee, created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                (agreement.id, agreement.negotiation_id, agreement.role, agreement.dataset_id,
-                 agreement.assigner, agreement.assignee, agreement.created_at,
-                 _enc.encode(agreement)),
-            ))
+            upsert = upsert._replace(also=(_INSERT_AGREEMENT, (
+                agreement.id, agreement.negotiation_id, agreement.role, agreement.dataset_id,
+                agreement.assigner, agreement.assignee, agreement.created_at,
+                _enc.encode(agreement))))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
-        return await self._transaction(statements, outbox, audit, record=upsert)
+        return await self._transaction([], outbox, audit, record=upsert)
 
     async def find_negotiation(self, *, counterparty: str | None, role: str,
                                consumer_pid: str | None = None,
@@ -638,13 +638,15 @@ class Announced(NamedTuple):
     args: Sequence[Any]
     kind: str  # "n" or "t"
     id: str
+    also: Statement | None = None  # a row written with it (a negotiation's agreement)
 
 
 def _announced(record: Announced, out: Outgoing | None, replica: str, *,
                chained: bool) -> tuple[Any, ...]:
     """One statement (``fetchrow``'s arguments): ``record``'s upsert and its announcement to
     every replica (delivered on commit, and only then); given ``out``, its outbox row (claimed
-    by ``replica``); ``chained``, the audit chain's lock and head. Its row: the outbox row's
+    by ``replica``); ``record.also``, that row too; ``chained``, the audit chain's lock and
+    head. Its row: the outbox row's
     ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``.
 
     The head comes from ``audit_chain_head`` (migration 011), called for the row the upsert
@@ -669,11 +671,20 @@ def _announced(record: Announced, out: Outgoing | None, replica: str, *,
             f" {param(out.url)}::text, {param(out.audience)}::text, {param(out.body)}::bytea,"
             f" 0, {param(replica)}::text, {_NOW} + {param(CLAIM_S)} FROM saved RETURNING seq)")
         columns[0] = "(SELECT seq FROM queued)"
+    if record.also is not None:  # read by nothing: run to completion after the rest
+        sql, values = record.also
+        ctes.append(f"also AS ({_shifted(sql, len(args))})")
+        args += values
     source = "saved"
     if chained:
         columns.append("head.seq, head.hash, head.jws")
         source += " CROSS JOIN LATERAL audit_chain_head(saved.audit_lock) AS head"
     return (f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}", *args)
+
+
+def _shifted(sql: str, offset: int) -> str:
+    """``sql`` with its parameters $1.. renumbered from ``offset`` + 1 on."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + offset}", sql)
 
 
 def _queued(out: Outgoing, seq: int) -> OutboxItem:
