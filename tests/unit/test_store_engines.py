@@ -495,3 +495,38 @@ async def test_an_agreement_is_written_with_its_negotiation_or_neither_is(
     assert found is not None and found.state is NegotiationState.AGREED
     assert [e[0] for e in await _entries(store_opener)] == [1]  # the refused step left none
     await store.close()
+
+
+async def test_a_token_id_is_taken_once_whichever_replica_and_batch_claims_it(
+        postgres_server: Postgres) -> None:
+    """Claims made together go in one statement per replica; each jti, claimed several
+    times in one batch and on two replicas at once, is taken by exactly one claim; an
+    expired row is taken again."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn) for _ in range(2)]
+    jtis = [f"jti-{i}" for i in range(50)]
+    results = await asyncio.gather(*(store.claim_jti(jti, 1000, 10)
+                                     for jti in jtis for store in (a, b, a, b)))
+    assert sum(results) == len(jtis)
+    taken = {jti for i, jti in enumerate(j for j in jtis for _ in range(4)) if results[i]}
+    assert taken == set(jtis)
+    assert not await b.claim_jti("jti-0", 1000, 999)  # live: a replay
+    assert await a.claim_jti("jti-0", 3000, 1001)  # expired: a new token may reuse the id
+    assert await b.live_jtis(1001) == [("jti-0", 3000)]
+    await a.close()
+    await b.close()
+
+
+async def test_seen_token_ids_written_behind_reach_the_database_without_a_close(
+        postgres_server: Postgres) -> None:
+    dsn = await new_database(postgres_server)
+    store, other = [await PostgresStore.open(dsn) for _ in range(2)]
+    for i in range(30):
+        store.record_jti(f"r{i}", 500 + i)
+    store.record_jti("r0", 400)  # recorded again: the later expiry stays
+    while len(await other.live_jtis(0)) < 30:  # flushed within JTI_FLUSH_S, not at close
+        await asyncio.sleep(0.01)
+    assert (await other.live_jtis(0))[0] == ("r0", 500)
+    assert not await other.claim_jti("r7", 900, 0)  # a recorded id is seen by every replica
+    await store.close()
+    await other.close()

@@ -12,8 +12,11 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   lock and head are one function (``audit_chain_head``, migration 011) called in the
   statement that saves the process row, so they cost no round trip;
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
-- **seen token ids** are written behind as on SQLite (a task per row); the primary key keeps
-  one row per jti, whichever replica wrote it first;
+- **seen token ids** are claimed in the request (``claim_jti``: the request goes on once its
+  row is committed, so a replay is refused whichever replica saw the token first); the
+  claims that arrive while one is being written go together in the next statement
+  (``SeenTokenRows``), and so do the rows written behind (``record_jti``, flushed within
+  JTI_FLUSH_S; ``close`` writes what is queued). The primary key keeps one row per jti;
 - **outbox claims**: a replica inserts its outbox rows claimed by itself for CLAIM_S, renews
   its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
   (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
@@ -100,8 +103,17 @@ _ON_TRANSFER = (
 _INSERT_AGREEMENT = (
     "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner, assignee,"
     " created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
-_RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti)"
-               " DO UPDATE SET until = greatest(seen_tokens.until, excluded.until)")
+# Seen token ids, many rows in one statement: recorded (kept until the later expiry), and
+# claimed (taken unless a live row holds the jti; the rows returned are the ones taken).
+_RECORD_JTIS = ("INSERT INTO seen_tokens (jti, until) SELECT * FROM unnest($1::text[],"
+                " $2::bigint[]) ON CONFLICT (jti) DO UPDATE SET until ="
+                " greatest(seen_tokens.until, excluded.until)")
+_CLAIM_JTIS = ("INSERT INTO seen_tokens (jti, until) SELECT * FROM unnest($1::text[],"
+               " $2::bigint[]) ON CONFLICT (jti) DO UPDATE SET until = excluded.until"
+               " WHERE seen_tokens.until < $3 RETURNING jti")
+# A seen token id written behind waits this long at most for others to share its statement
+# (sqlite.JTI_FLUSH_S).
+JTI_FLUSH_S = 0.01
 _INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
                   f" claimed_by, claim_until) VALUES ($1, $2, $3, $4, 0, $5, {_NOW} + $6)"
                   " RETURNING seq")
@@ -151,7 +163,8 @@ class PostgresStore(PagedReads):
         self._neg_dec = msgspec.json.Decoder(Negotiation)
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
-        self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
+        self._behind: set[asyncio.Task[None]] = set()  # audit entries being written
+        self._jtis = SeenTokenRows(pool)
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
         self._dsn = ""
@@ -207,6 +220,7 @@ class PostgresStore(PagedReads):
                                        " WHERE claimed_by = $1", self.replica)
         if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
+        await self._jtis.close()
         await self._pool.close()
 
     def push_claims(self) -> PushClaims:
@@ -500,26 +514,14 @@ class PostgresStore(PagedReads):
     # -- seen token ids ---------------------------------------------------------------------
 
     def record_jti(self, jti: str, until: int) -> None:
-        """Write a seen jti behind (a task); never waits. Failures are logged."""
-        task = asyncio.get_running_loop().create_task(self._record_jti(jti, until))
-        self._behind.add(task)
-        task.add_done_callback(self._behind.discard)
-
-    async def _record_jti(self, jti: str, until: int) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await conn.execute(_RECORD_JTI, jti, until)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.error("cannot persist a seen token id (replays stay refused until a restart):"
-                      " %s", exc)
+        """Write a seen jti behind (within JTI_FLUSH_S, with the others queued); never waits.
+        Failures are logged."""
+        self._jtis.record(jti, until)
 
     async def claim_jti(self, jti: str, until: int, now: int) -> bool:
-        """Record ``jti`` unless a live row holds it (another replica accepted it first)."""
-        rows = await self._rows(
-            "INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti) DO UPDATE"
-            " SET until = excluded.until WHERE seen_tokens.until < $3 RETURNING jti",
-            jti, until, now)
-        return bool(rows)
+        """Record ``jti`` unless a live row holds it (another replica accepted it first);
+        returns once the row is committed, in one statement with the claims made meanwhile."""
+        return await self._jtis.claim(jti, until, now)
 
     async def live_jtis(self, now: int) -> list[tuple[str, int]]:
         rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= $1"
@@ -568,6 +570,94 @@ class PostgresStore(PagedReads):
             await conn.execute(
                 "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+class SeenTokenRows:
+    """Seen token ids written in batches: one task writes what is queued, in one statement
+    per kind, then what was queued meanwhile. A claim is written at once if nothing is
+    being written (no wait at low load) and with the claims that arrive meanwhile
+    otherwise; a recorded row waits JTI_FLUSH_S at most."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._claims: list[tuple[str, int, int, asyncio.Future[bool]]] = []
+        self._recorded: dict[str, int] = {}  # jti -> until, the later expiry kept
+        self._writer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def claim(self, jti: str, until: int, now: int) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims.append((jti, until, now, future))
+        self._start()
+        return await future
+
+    def record(self, jti: str, until: int) -> None:
+        self._recorded[jti] = max(until, self._recorded.get(jti, until))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(JTI_FLUSH_S, self._due)
+
+    async def close(self) -> None:
+        """Write what is queued."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._start()
+        while self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._start()
+
+    def _start(self) -> None:
+        if self._writer is None and (self._claims or self._recorded):
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._claims or self._recorded:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                recorded, self._recorded = self._recorded, {}
+                claims, self._claims = self._claims, []
+                await self._write_rows(recorded, claims)
+        finally:
+            self._writer = None
+
+    async def _write_rows(self, recorded: dict[str, int],
+                          claims: list[tuple[str, int, int, asyncio.Future[bool]]]) -> None:
+        # One row per jti and statement (ON CONFLICT updates a row once): a jti claimed twice
+        # here is taken by its first claim at most, the others are replays.
+        first: dict[str, int] = {}
+        for jti, until, _now, _future in claims:
+            first.setdefault(jti, until)
+        try:
+            async with self._pool.acquire() as conn:
+                if recorded:
+                    await conn.execute(_RECORD_JTIS, list(recorded), list(recorded.values()))
+                taken: set[str] = set()
+                if first:
+                    # The claims' clocks differ by the milliseconds they waited: the latest.
+                    now = max(now for _jti, _until, now, _f in claims)
+                    rows = await conn.fetch(_CLAIM_JTIS, list(first), list(first.values()), now)
+                    taken = {str(r[0]) for r in rows}
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if recorded:
+                log.error("cannot persist seen token ids (replays stay refused until a"
+                          " restart): %s", exc)
+            for *_, future in claims:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the loop ends): no claimant waits forever
+            for *_, future in claims:
+                future.cancel()
+            raise
+        for jti, _until, _now, future in claims:
+            if not future.done():
+                future.set_result(jti in taken)
+                taken.discard(jti)  # a second claim in this batch is a replay
 
 
 class PushClaims:
