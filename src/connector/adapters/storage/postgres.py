@@ -289,8 +289,9 @@ class PostgresStore(PagedReads):
         """(problem or None, outbox depth): the readiness check of the shared database."""
         try:
             async with self._pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
-                version = await conn.fetchval("SELECT max(version) FROM connector_schema")
-                depth = await conn.fetchval("SELECT count(*) FROM outbox")
+                version, depth = await conn.fetchrow(
+                    "SELECT (SELECT max(version) FROM connector_schema),"
+                    " (SELECT count(*) FROM outbox)")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             return f"the database does not answer: {type(exc).__name__}: {exc}", 0
         if (version or 0) < schema:
