@@ -530,3 +530,27 @@ async def test_seen_token_ids_written_behind_reach_the_database_without_a_close(
     assert not await other.claim_jti("r7", 900, 0)  # a recorded id is seen by every replica
     await store.close()
     await other.close()
+
+
+async def test_audit_rows_keep_whatever_a_peer_put_in_them_byte_for_byte(
+        store_opener: Opener) -> None:
+    """Ids and evidence a peer chose (quotes, backslashes, a statement of its own, NUL bytes,
+    any script) are stored as they came, and the chain over them verifies: on PostgreSQL
+    they are written as hex literals with the COMMIT."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    hostile = "urn:'\\x27; DROP TABLE audit_entries; --$$ é\u2028😀"
+    evidence = bytes(range(256))
+    await store.append_audit(AuditBatch(
+        events=[Event(kind="access", at=1.5, refs=(hostile, "urn:b"), data={"q": hostile})],
+        evidence=[("d1", "token", evidence), (hostile, "did", hostile.encode())]))
+    await store.save_negotiation(_negotiation(hostile), expect_new=True)
+    await store.close()
+    rows = await _query(store_opener, "SELECT seq, ref1, ref2, evidence FROM audit_entries"
+                                      " ORDER BY seq")
+    assert [r[:3] for r in rows] == [(1, hostile, "urn:b"), (2, hostile, None)]
+    assert msgspec.msgpack.decode(bytes(rows[0][3])) == [["d1", "token", evidence]]  # type: ignore[arg-type]
+    assert [(r[0], bytes(r[1])) for r in await _query(  # type: ignore[arg-type]
+        store_opener, "SELECT digest, content FROM audit_shared")] == [(hostile, hostile.encode())]
+    entries = await _entries(store_opener)
+    assert msgspec.json.decode(entries[0][3])["data"]["q"] == hostile
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")

@@ -60,8 +60,7 @@ _enc = msgspec.json.Encoder()
 # A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row
 # (as sqlite.py writes it, so that the audit tools read both alike).
 _evidence = msgspec.msgpack.Encoder()
-_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
-                 " VALUES ($1, $2, $3, $4, $5, $6, $7)")
+_INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
 # The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
 _CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
 Statement = tuple[str, Sequence[Any]]
@@ -310,9 +309,10 @@ class PostgresStore(PagedReads):
         """Run one step's statements, outbox rows and audit entries in one transaction;
         ``record``, the process row's upsert, first, with its announcement, its first outbox
         row, the row written with it (an agreement) and the audit chain's lock and head in
-        the same statement (``_announced``: round trips are what a step costs)."""
+        the same statement (``_announced``: round trips are what a step costs); the audit
+        entries, chained on from that head, are sent with the COMMIT (``_committed``)."""
         try:
-            async with self._connection() as conn, conn.transaction():
+            async with self._connection() as conn, _committed(conn) as tail:
                 items: list[OutboxItem] = []
                 head: tuple[int, str] | None = None
                 if record is not None:
@@ -330,7 +330,7 @@ class PostgresStore(PagedReads):
                 if audit:
                     if head is None:  # a step without a process row: the lock and head alone
                         head = _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
-                    count = await _append_entries(conn, audit, head)
+                    count = _append_entries(tail, audit, head)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
         except (asyncpg.PostgresError, OSError) as exc:
@@ -802,9 +802,9 @@ def _chain_head(row: Sequence[Any]) -> tuple[int, str]:
     return kept.seq, kept.head
 
 
-async def _append_entries(conn: Any, batch: AuditBatch, head: tuple[int, str]) -> int:
+def _append_entries(tail: list[str], batch: AuditBatch, head: tuple[int, str]) -> int:
     """Chain ``batch``'s events on from ``head``, read under the chain's lock in this
-    transaction (``audit_chain_head``); how many."""
+    transaction (``audit_chain_head``): their inserts join ``tail``; how many."""
     seq, prev = head
     entries = chain_events(seq + 1, prev, batch.events)
     own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
@@ -813,12 +813,57 @@ async def _append_entries(conn: Any, batch: AuditBatch, head: tuple[int, str]) -
         refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
         rows.append((entry.seq, entry.digest, entry.hash, entry.body, refs[0], refs[1],
                      _evidence.encode(own) if own and i == 0 else None))
-    await conn.executemany(_INSERT_ENTRY, rows)
+    tail.append(_INSERT_ENTRIES + _values(rows))
     shared = [tuple(e) for e in batch.evidence if e[1] in SHARED_EVIDENCE]
     if shared:
-        await conn.executemany("INSERT INTO audit_shared (digest, kind, content)"
-                               " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", shared)
+        tail.append("INSERT INTO audit_shared (digest, kind, content)"
+                    f" {_values(shared)} ON CONFLICT DO NOTHING")
     return len(entries)
+
+
+@contextlib.asynccontextmanager
+async def _committed(conn: Any) -> AsyncIterator[list[str]]:
+    """A transaction on ``conn``, begun and ended by hand so that the statements the body
+    adds to the list it is given (their values written by ``_literal``) go with the COMMIT,
+    in its round trip (a multi-statement simple query). On an error, ROLLBACK; a connection
+    in an unknown state (a cancelled query, a lost socket) is closed instead."""
+    try:
+        await conn.execute("BEGIN")
+    except BaseException:
+        conn.terminate()
+        raise
+    tail: list[str] = []
+    try:
+        yield tail
+        await conn.execute("".join(f"{sql};" for sql in tail) + "COMMIT")
+    except asyncpg.PostgresError:
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException:
+            conn.terminate()
+            raise
+        raise
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+def _values(rows: Sequence[Sequence[Any]]) -> str:
+    return "VALUES " + ", ".join(f"({', '.join(map(_literal, row))})" for row in rows)
+
+
+def _literal(value: Any) -> str:
+    """``value`` as SQL text of digits and hex only, whatever a peer put in it: nothing in
+    it can end the literal, with no quoting rules to get right."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return f"convert_from(decode('{value.encode().hex()}', 'hex'), 'UTF8')"
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 def _refusal(exc: BaseException) -> AuditError:
