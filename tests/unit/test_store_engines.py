@@ -554,3 +554,52 @@ async def test_audit_rows_keep_whatever_a_peer_put_in_them_byte_for_byte(
     entries = await _entries(store_opener)
     assert msgspec.json.decode(entries[0][3])["data"]["q"] == hostile
     assert verify_links(_as_entries(entries), GENESIS) == (None, "")
+
+
+async def test_a_step_reads_its_process_as_the_lock_finds_it(postgres_server: Postgres) -> None:
+    """The statement that takes a process lock reads the process's row once the lock is
+    granted (migration 011's process_lock): replica B, waiting while A saves p, reads A's
+    save, not the row as it was when B asked for the lock; after B's own save it reads that."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn) for _ in range(2)]
+    await a.save_negotiation(_negotiation("urn:p"), expect_new=True)
+    watcher = await asyncpg.connect(dsn)
+    read: list[NegotiationState | None] = []
+
+    async def b_steps() -> None:
+        async with b.process_locks().hold("urn:p"):
+            record = await b.get_negotiation("urn:p")
+            read.append(record.state if record else None)
+            assert record is not None
+            await b.save_negotiation(msgspec.structs.replace(
+                record, state=NegotiationState.TERMINATED))
+            again = await b.get_negotiation("urn:p")
+            read.append(again.state if again else None)
+            assert await b.get_transfer("urn:p") is None  # no transfer has that id
+
+    async with a.process_locks().hold("urn:p"):
+        waiting = asyncio.create_task(b_steps())
+        while not await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
+                                         " 'advisory' AND NOT granted"):
+            await asyncio.sleep(0.01)
+        await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.AGREED))
+    await asyncio.wait_for(waiting, 30)
+    assert read == [NegotiationState.AGREED, NegotiationState.TERMINATED]
+    async with b.process_locks().hold("urn:none"):
+        assert await b.get_negotiation("urn:none") is None
+    await watcher.close()
+    await a.close()
+    await b.close()
+
+
+async def test_a_lock_on_a_key_that_names_no_process_nests_one_that_does(
+        postgres_server: Postgres) -> None:
+    """An initial request's lock is keyed by (peer, role, its pid) joined by NUL, which no
+    PostgreSQL text holds: that lock is taken alone, and the new process's inside it."""
+    store = await PostgresStore.open(await new_database(postgres_server))
+    locks = store.process_locks()
+    async with locks.hold("initial\x00did:c\x00consumer\x00urn:c"), locks.hold("urn:n"):
+        assert await store.get_negotiation("urn:n") is None
+        await store.save_negotiation(_negotiation("urn:n"), expect_new=True)
+    assert await store.get_negotiation("urn:n") is not None
+    await store.close()

@@ -63,6 +63,8 @@ _evidence = msgspec.msgpack.Encoder()
 _INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
 # The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
 _CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
+# A process lock, and the process's row read once it is granted (migration 011).
+_PROCESS_LOCK = "SELECT kind, body FROM process_lock($1, $2)"
 Statement = tuple[str, Sequence[Any]]
 # Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
 # default maximum.
@@ -170,8 +172,8 @@ class PostgresStore(PagedReads):
         self._pushes: PushClaims | None = None
         # The connection a step holds its process lock on, and the task running the step:
         # that task's reads and writes go through it (see ``hold``).
-        self._step: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
-            contextvars.ContextVar(f"step-{id(self)}", default=None))
+        self._step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
+            f"step-{id(self)}", default=None)
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -249,37 +251,50 @@ class PostgresStore(PagedReads):
         drops its connections, and with them its locks, at once (no lease to wait out). A
         lock taken inside another (a new process within an initial request's) rides on the
         outer one's connection.
+
+        The statement that takes the lock also reads the row of the process named ``key``
+        once the lock is granted (``process_lock``, migration 011): the step's first read of
+        it (``get_negotiation``, ``get_transfer``) costs no round trip.
         """
         number = _lock_number(key)
-        bound = self._bound()
-        if bound is not None:
-            await _lock(bound, number)
+        step = self._bound()
+        if step is not None:
+            await _lock(step, number, key)
             try:
                 yield
             finally:
-                await _unlock(bound, number)
+                await _unlock(step.conn, number)
             return
         async with self._pool.acquire() as conn:
-            await _lock(conn, number)
-            token = self._step.set((asyncio.current_task(), conn))
+            step = Step(asyncio.current_task(), conn)
+            await _lock(step, number, key)
+            token = self._step.set(step)
             try:
                 yield
             finally:
                 self._step.reset(token)
                 await _unlock(conn, number)
 
-    def _bound(self) -> Any:
-        """The connection of the step this task runs, if it runs one."""
+    def _bound(self) -> Step | None:
+        """The step this task runs, if it runs one."""
         step = self._step.get()
-        if step is None or step[0] is not asyncio.current_task():
+        if step is None or step.task is not asyncio.current_task():
             return None  # none, or a task the step started (it has its own connections)
-        return step[1]
+        return step
+
+    def _read_with_lock(self, kind: str, id: str) -> tuple[bool, bytes | None]:
+        """(whether, body or None): the row of process ``id`` that this task's step read
+        with its lock, if it has not read or written since (then served once)."""
+        step = self._bound()
+        if step is None or (kind, id) not in step.fresh:
+            return False, None
+        return True, step.fresh.pop((kind, id))
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        bound = self._bound()
-        if bound is not None:
-            yield bound
+        step = self._bound()
+        if step is not None:
+            yield step.conn
         else:
             async with self._pool.acquire() as conn:
                 yield conn
@@ -311,6 +326,9 @@ class PostgresStore(PagedReads):
         row, the row written with it (an agreement) and the audit chain's lock and head in
         the same statement (``_announced``: round trips are what a step costs); the audit
         entries, chained on from that head, are sent with the COMMIT (``_committed``)."""
+        step = self._bound()
+        if step is not None:
+            step.fresh.clear()  # what the step read with its lock is no longer current
         try:
             async with self._connection() as conn, _committed(conn) as tail:
                 items: list[OutboxItem] = []
@@ -346,8 +364,11 @@ class PostgresStore(PagedReads):
     # -- negotiations and agreements -------------------------------------------------------
 
     async def get_negotiation(self, id: str) -> Negotiation | None:
-        rows = await self._rows("SELECT body FROM negotiations WHERE id = $1", id)
-        return self._neg_dec.decode(rows[0][0]) if rows else None
+        read, body = self._read_with_lock("n", id)
+        if not read:
+            rows = await self._rows("SELECT body FROM negotiations WHERE id = $1", id)
+            body = rows[0][0] if rows else None
+        return self._neg_dec.decode(body) if body is not None else None
 
     async def save_negotiation(
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
@@ -400,8 +421,11 @@ class PostgresStore(PagedReads):
     # -- transfers ------------------------------------------------------------------------
 
     async def get_transfer(self, id: str) -> Transfer | None:
-        rows = await self._rows("SELECT body FROM transfers WHERE id = $1", id)
-        return self._tr_dec.decode(rows[0][0]) if rows else None
+        read, body = self._read_with_lock("t", id)
+        if not read:
+            rows = await self._rows("SELECT body FROM transfers WHERE id = $1", id)
+            body = rows[0][0] if rows else None
+        return self._tr_dec.decode(body) if body is not None else None
 
     async def find_transfer(self, *, consumer_pid: str, role: str,
                             counterparty: str | None = None) -> Transfer | None:
@@ -701,14 +725,34 @@ def _lock_number(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
-async def _lock(conn: Any, number: int) -> None:
-    """Wait for the lock; on any failure (a cancelled wait too, which may have been granted
-    meanwhile) the connection is closed, and its locks go with it."""
+class Step:
+    """A step under ``hold``: the task running it, the connection its locks are on, and the
+    rows of the held processes read when each lock was granted ((kind, id) -> body, None
+    when there is no such row), until the step reads them or writes."""
+
+    def __init__(self, task: asyncio.Task[Any] | None, conn: Any) -> None:
+        self.task = task
+        self.conn = conn
+        self.fresh: dict[tuple[str, str], bytes | None] = {}
+
+
+async def _lock(step: Step, number: int, id: str) -> None:
+    """Wait for the lock, and read process ``id``'s row once it is granted; on any failure
+    (a cancelled wait too, which may have been granted meanwhile) the connection is closed,
+    and its locks go with it."""
+    named = "\x00" not in id  # no process id has a NUL (a text value cannot hold one)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", number)
+        if named:
+            rows = await step.conn.fetch(_PROCESS_LOCK, number, id)
+        else:
+            await step.conn.execute("SELECT pg_advisory_lock($1)", number)
     except BaseException:
-        conn.terminate()
+        step.conn.terminate()
         raise
+    if not named:
+        return
+    step.fresh.update({("n", id): None, ("t", id): None})
+    step.fresh.update({(str(kind), id): bytes(body) for kind, body in rows})
 
 
 async def _unlock(conn: Any, number: int) -> None:

@@ -1,3 +1,0 @@
--- 011: nothing to do on SQLite. The PostgreSQL text (postgres/011_audit_chain_head.sql) adds a
--- function that locks the audit chain and reads its head in one call, for replicas sharing a
--- database; one SQLite daemon appends to its chain alone, on its one writer.
