@@ -7,6 +7,11 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   outbox messages (sequence numbers from the database) and its audit entries commit together;
 - **process locks** (``hold``): a session advisory lock on a pooled connection that the
   step's reads and writes then go through, so two replicas never step one process at once;
+  the statement that takes it also reads the process's row (``process_lock``, migration
+  011), the step's first read;
+- **one round trip per statement a step cannot do without**: the process row's upsert
+  carries its announcement, first outbox row, agreement and the audit chain's lock and head
+  (``_announced``); the audit entries go with the COMMIT (``_committed``);
 - **the audit chain** is extended under a transaction-level advisory lock
   (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
   lock and head are one function (``audit_chain_head``, migration 011) called in the
