@@ -11,6 +11,8 @@ import gc
 import sqlite3
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -19,13 +21,13 @@ import pytest
 from connector.adapters.storage import postgres
 from connector.adapters.storage.postgres import PostgresStore
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, Entry, verify_links
+from connector.core.audit import GENESIS, Entry, Event, verify_links
 from connector.core.errors import ConfigError, ConflictError
 from connector.core.messages import ContractNegotiationTerminationMessage
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
 from connector.core.transfer import Transfer, TransferState
 from connector.service import audit
-from connector.service.audit import StepAudit
+from connector.service.audit import AuditBatch, StepAudit
 from connector.service.catalog import Catalog, Claims
 from connector.service.locks import KeyedLocks
 from connector.service.negotiations import NegotiationService
@@ -421,3 +423,183 @@ async def test_a_service_step_waits_for_the_process_lock_another_replica_holds(
     await outbox.close()
     await a.close()
     await b.close()
+
+
+async def test_two_replicas_appending_every_kind_of_step_make_one_chain(
+        postgres_server: Postgres) -> None:
+    """Steps that save a process row (the chain's lock and head ride in its statement,
+    migration 011), and steps without one (an access's events alone, a revocation), from two
+    replicas at once: one chain, no gap, no fork."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn, audit=StepAudit(clock=time.time), pool_size=4)
+            for _ in range(2)]
+    await a.save_negotiation(_negotiation("urn:r", state=NegotiationState.AGREED),
+                             agreement=_agreement("urn:r"), expect_new=True)
+    revoked = msgspec.structs.replace(_agreement("urn:r"), revoked="withdrawn")
+
+    def step(i: int) -> Any:
+        store = (a, b)[i % 2]
+        if i % 5 == 0:
+            return store.save_agreement(revoked)
+        if i % 3 == 0:
+            return store.append_audit(AuditBatch(events=[
+                Event(kind="access", at=1.0, refs=(f"urn:{i}",)) for _ in range(2)]))
+        return store.save_negotiation(_negotiation(f"urn:{i}"), expect_new=True)
+
+    await asyncio.gather(*(step(i) for i in range(60)))
+    entries = await _entries(Opener("postgres", Path(), dsn))
+    assert len(entries) == 1 + 12 + 16 * 2 + 32  # the agreement, revocations, accesses, saves
+    assert [e[0] for e in entries] == list(range(1, len(entries) + 1))  # no gap
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")  # no fork
+    assert await b.audit_head() == (entries[-1][0], entries[-1][2])
+    await a.close()
+    await b.close()
+
+
+async def test_two_replicas_racing_for_one_peer_pid_one_wins_one_conflicts(
+        postgres_server: Postgres) -> None:
+    """With the audit trail on, each loser of a race for one consumerPid gets a conflict
+    (not a refused step: the statement that writes the process row also takes the chain's
+    lock), and only the winner's step is in the chain."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn, audit=StepAudit(clock=time.time)) for _ in range(2)]
+    for round in range(10):
+        results = await asyncio.gather(*(
+            store.save_negotiation(_negotiation(f"urn:{round}:{i}", consumer_pid=f"urn:c{round}"),
+                                   expect_new=True)
+            for i, store in enumerate((a, b, a, b))), return_exceptions=True)
+        assert sum(isinstance(r, ConflictError) for r in results) == 3, results
+        assert sum(isinstance(r, list) for r in results) == 1, results
+    entries = await _entries(Opener("postgres", Path(), dsn))
+    assert [e[0] for e in entries] == list(range(1, 11))
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")
+    await a.close()
+    await b.close()
+
+
+async def test_an_agreement_is_written_with_its_negotiation_or_neither_is(
+        store_opener: Opener) -> None:
+    """The agreement rides in the negotiation's step (on PostgreSQL in the upsert's very
+    statement): both are read back; a conflicting agreement leaves the negotiation as it was."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    agreed = _negotiation("urn:n", state=NegotiationState.AGREED)
+    await store.save_negotiation(agreed, agreement=_agreement("urn:n"), expect_new=True,
+                                 outbox=[Outgoing(process_id="urn:n", url="https://c",
+                                                  audience="did:c", body=b"{}")])
+    assert await store.get_agreement("urn:n:a") == _agreement("urn:n")
+    assert [a.negotiation_id for a in await store.list_agreements()] == ["urn:n"]
+    with pytest.raises(ConflictError):
+        await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.FINALIZED),
+                                     agreement=_agreement("urn:n"))
+    found = await store.get_negotiation("urn:n")
+    assert found is not None and found.state is NegotiationState.AGREED
+    assert [e[0] for e in await _entries(store_opener)] == [1]  # the refused step left none
+    await store.close()
+
+
+async def test_a_token_id_is_taken_once_whichever_replica_and_batch_claims_it(
+        postgres_server: Postgres) -> None:
+    """Claims made together go in one statement per replica; each jti, claimed several
+    times in one batch and on two replicas at once, is taken by exactly one claim; an
+    expired row is taken again."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn) for _ in range(2)]
+    jtis = [f"jti-{i}" for i in range(50)]
+    results = await asyncio.gather(*(store.claim_jti(jti, 1000, 10)
+                                     for jti in jtis for store in (a, b, a, b)))
+    assert sum(results) == len(jtis)
+    taken = {jti for i, jti in enumerate(j for j in jtis for _ in range(4)) if results[i]}
+    assert taken == set(jtis)
+    assert not await b.claim_jti("jti-0", 1000, 999)  # live: a replay
+    assert await a.claim_jti("jti-0", 3000, 1001)  # expired: a new token may reuse the id
+    assert await b.live_jtis(1001) == [("jti-0", 3000)]
+    await a.close()
+    await b.close()
+
+
+async def test_seen_token_ids_written_behind_reach_the_database_without_a_close(
+        postgres_server: Postgres) -> None:
+    dsn = await new_database(postgres_server)
+    store, other = [await PostgresStore.open(dsn) for _ in range(2)]
+    for i in range(30):
+        store.record_jti(f"r{i}", 500 + i)
+    store.record_jti("r0", 400)  # recorded again: the later expiry stays
+    while len(await other.live_jtis(0)) < 30:  # flushed within JTI_FLUSH_S, not at close
+        await asyncio.sleep(0.01)
+    assert (await other.live_jtis(0))[0] == ("r0", 500)
+    assert not await other.claim_jti("r7", 900, 0)  # a recorded id is seen by every replica
+    await store.close()
+    await other.close()
+
+
+async def test_audit_rows_keep_whatever_a_peer_put_in_them_byte_for_byte(
+        store_opener: Opener) -> None:
+    """Ids and evidence a peer chose (quotes, backslashes, a statement of its own, NUL bytes,
+    any script) are stored as they came, and the chain over them verifies: on PostgreSQL
+    they are written as hex literals with the COMMIT."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    hostile = "urn:'\\x27; DROP TABLE audit_entries; --$$ é\u2028😀"
+    evidence = bytes(range(256))
+    await store.append_audit(AuditBatch(
+        events=[Event(kind="access", at=1.5, refs=(hostile, "urn:b"), data={"q": hostile})],
+        evidence=[("d1", "token", evidence), (hostile, "did", hostile.encode())]))
+    await store.save_negotiation(_negotiation(hostile), expect_new=True)
+    await store.close()
+    rows = await _query(store_opener, "SELECT seq, ref1, ref2, evidence FROM audit_entries"
+                                      " ORDER BY seq")
+    assert [r[:3] for r in rows] == [(1, hostile, "urn:b"), (2, hostile, None)]
+    assert msgspec.msgpack.decode(bytes(rows[0][3])) == [["d1", "token", evidence]]  # type: ignore[arg-type]
+    assert [(r[0], bytes(r[1])) for r in await _query(  # type: ignore[arg-type]
+        store_opener, "SELECT digest, content FROM audit_shared")] == [(hostile, hostile.encode())]
+    entries = await _entries(store_opener)
+    assert msgspec.json.decode(entries[0][3])["data"]["q"] == hostile
+    assert verify_links(_as_entries(entries), GENESIS) == (None, "")
+
+
+async def test_a_step_reads_its_process_as_the_lock_finds_it(postgres_server: Postgres) -> None:
+    """The statement that takes a process lock reads the process's row once the lock is
+    granted (migration 011's process_lock): replica B, waiting while A saves p, reads A's
+    save, not the row as it was when B asked for the lock; after B's own save it reads that."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn) for _ in range(2)]
+    await a.save_negotiation(_negotiation("urn:p"), expect_new=True)
+    watcher = await asyncpg.connect(dsn)
+    read: list[NegotiationState | None] = []
+
+    async def b_steps() -> None:
+        async with b.process_locks().hold("urn:p"):
+            record = await b.get_negotiation("urn:p")
+            read.append(record.state if record else None)
+            assert record is not None
+            await b.save_negotiation(msgspec.structs.replace(
+                record, state=NegotiationState.TERMINATED))
+            again = await b.get_negotiation("urn:p")
+            read.append(again.state if again else None)
+            assert await b.get_transfer("urn:p") is None  # no transfer has that id
+
+    async with a.process_locks().hold("urn:p"):
+        waiting = asyncio.create_task(b_steps())
+        while not await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
+                                         " 'advisory' AND NOT granted"):
+            await asyncio.sleep(0.01)
+        await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.AGREED))
+    await asyncio.wait_for(waiting, 30)
+    assert read == [NegotiationState.AGREED, NegotiationState.TERMINATED]
+    async with b.process_locks().hold("urn:none"):
+        assert await b.get_negotiation("urn:none") is None
+    await watcher.close()
+    await a.close()
+    await b.close()
+
+
+async def test_a_lock_on_a_key_that_names_no_process_nests_one_that_does(
+        postgres_server: Postgres) -> None:
+    """An initial request's lock is keyed by (peer, role, its pid) joined by NUL, which no
+    PostgreSQL text holds: that lock is taken alone, and the new process's inside it."""
+    store = await PostgresStore.open(await new_database(postgres_server))
+    locks = store.process_locks()
+    async with locks.hold("initial\x00did:c\x00consumer\x00urn:c"), locks.hold("urn:n"):
+        assert await store.get_negotiation("urn:n") is None
+        await store.save_negotiation(_negotiation("urn:n"), expect_new=True)
+    assert await store.get_negotiation("urn:n") is not None
+    await store.close()

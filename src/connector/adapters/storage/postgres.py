@@ -7,11 +7,21 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   outbox messages (sequence numbers from the database) and its audit entries commit together;
 - **process locks** (``hold``): a session advisory lock on a pooled connection that the
   step's reads and writes then go through, so two replicas never step one process at once;
+  the statement that takes it also reads the process's row (``process_lock``, migration
+  011), the step's first read;
+- **one round trip per statement a step cannot do without**: the process row's upsert
+  carries its announcement, first outbox row, agreement and the audit chain's lock and head
+  (``_announced``); the audit entries go with the COMMIT (``_committed``);
 - **the audit chain** is extended under a transaction-level advisory lock
   (``pg_advisory_xact_lock``), its head read inside it, so replicas append to one chain;
+  lock and head are one function (``audit_chain_head``, migration 011) called in the
+  statement that saves the process row, so they cost no round trip;
 - **use counters** are one ``INSERT .. ON CONFLICT .. RETURNING``: exact across replicas;
-- **seen token ids** are written behind as on SQLite (a task per row); the primary key keeps
-  one row per jti, whichever replica wrote it first;
+- **seen token ids** are claimed in the request (``claim_jti``: the request goes on once its
+  row is committed, so a replay is refused whichever replica saw the token first); the
+  claims that arrive while one is being written go together in the next statement
+  (``SeenTokenRows``), and so do the rows written behind (``record_jti``, flushed within
+  JTI_FLUSH_S; ``close`` writes what is queued). The primary key keeps one row per jti;
 - **outbox claims**: a replica inserts its outbox rows claimed by itself for CLAIM_S, renews
   its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
   (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
@@ -33,6 +43,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
@@ -54,8 +65,11 @@ _enc = msgspec.json.Encoder()
 # A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row
 # (as sqlite.py writes it, so that the audit tools read both alike).
 _evidence = msgspec.msgpack.Encoder()
-_INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
-                 " VALUES ($1, $2, $3, $4, $5, $6, $7)")
+_INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
+# The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
+_CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
+# A process lock, and the process's row read once it is granted (migration 011).
+_PROCESS_LOCK = "SELECT kind, body FROM process_lock($1, $2)"
 Statement = tuple[str, Sequence[Any]]
 # Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
 # default maximum.
@@ -92,8 +106,20 @@ _ON_TRANSFER = (
     " excluded.provider_pid, counterparty = excluded.counterparty, token_hash ="
     " excluded.token_hash, prev_token_hash = excluded.prev_token_hash, updated_at ="
     " excluded.updated_at, body = excluded.body")
-_RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti)"
-               " DO UPDATE SET until = greatest(seen_tokens.until, excluded.until)")
+_INSERT_AGREEMENT = (
+    "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner, assignee,"
+    " created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
+# Seen token ids, many rows in one statement: recorded (kept until the later expiry), and
+# claimed (taken unless a live row holds the jti; the rows returned are the ones taken).
+_RECORD_JTIS = ("INSERT INTO seen_tokens (jti, until) SELECT * FROM unnest($1::text[],"
+                " $2::bigint[]) ON CONFLICT (jti) DO UPDATE SET until ="
+                " greatest(seen_tokens.until, excluded.until)")
+_CLAIM_JTIS = ("INSERT INTO seen_tokens (jti, until) SELECT * FROM unnest($1::text[],"
+               " $2::bigint[]) ON CONFLICT (jti) DO UPDATE SET until = excluded.until"
+               " WHERE seen_tokens.until < $3 RETURNING jti")
+# A seen token id written behind waits this long at most for others to share its statement
+# (sqlite.JTI_FLUSH_S).
+JTI_FLUSH_S = 0.01
 _INSERT_OUTBOX = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
                   f" claimed_by, claim_until) VALUES ($1, $2, $3, $4, 0, $5, {_NOW} + $6)"
                   " RETURNING seq")
@@ -143,15 +169,16 @@ class PostgresStore(PagedReads):
         self._neg_dec = msgspec.json.Decoder(Negotiation)
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
-        self._behind: set[asyncio.Task[None]] = set()  # seen-jti rows being written
+        self._behind: set[asyncio.Task[None]] = set()  # audit entries being written
+        self._jtis = SeenTokenRows(pool)
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
         self._listener: Any = None  # the connection LISTENing on CHANGES
         self._dsn = ""
         self._pushes: PushClaims | None = None
         # The connection a step holds its process lock on, and the task running the step:
         # that task's reads and writes go through it (see ``hold``).
-        self._step: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
-            contextvars.ContextVar(f"step-{id(self)}", default=None))
+        self._step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
+            f"step-{id(self)}", default=None)
         self.replica = uuid.uuid4().hex  # who claims outbox rows (a new one at each start)
         self._renewer: asyncio.Task[None] | None = None
 
@@ -199,6 +226,7 @@ class PostgresStore(PagedReads):
                                        " WHERE claimed_by = $1", self.replica)
         if self._behind:
             await asyncio.gather(*self._behind, return_exceptions=True)
+        await self._jtis.close()
         await self._pool.close()
 
     def push_claims(self) -> PushClaims:
@@ -228,37 +256,50 @@ class PostgresStore(PagedReads):
         drops its connections, and with them its locks, at once (no lease to wait out). A
         lock taken inside another (a new process within an initial request's) rides on the
         outer one's connection.
+
+        The statement that takes the lock also reads the row of the process named ``key``
+        once the lock is granted (``process_lock``, migration 011): the step's first read of
+        it (``get_negotiation``, ``get_transfer``) costs no round trip.
         """
         number = _lock_number(key)
-        bound = self._bound()
-        if bound is not None:
-            await _lock(bound, number)
+        step = self._bound()
+        if step is not None:
+            await _lock(step, number, key)
             try:
                 yield
             finally:
-                await _unlock(bound, number)
+                await _unlock(step.conn, number)
             return
         async with self._pool.acquire() as conn:
-            await _lock(conn, number)
-            token = self._step.set((asyncio.current_task(), conn))
+            step = Step(asyncio.current_task(), conn)
+            await _lock(step, number, key)
+            token = self._step.set(step)
             try:
                 yield
             finally:
                 self._step.reset(token)
                 await _unlock(conn, number)
 
-    def _bound(self) -> Any:
-        """The connection of the step this task runs, if it runs one."""
+    def _bound(self) -> Step | None:
+        """The step this task runs, if it runs one."""
         step = self._step.get()
-        if step is None or step[0] is not asyncio.current_task():
+        if step is None or step.task is not asyncio.current_task():
             return None  # none, or a task the step started (it has its own connections)
-        return step[1]
+        return step
+
+    def _read_with_lock(self, kind: str, id: str) -> tuple[bool, bytes | None]:
+        """(whether, body or None): the row of process ``id`` that this task's step read
+        with its lock, if it has not read or written since (then served once)."""
+        step = self._bound()
+        if step is None or (kind, id) not in step.fresh:
+            return False, None
+        return True, step.fresh.pop((kind, id))
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        bound = self._bound()
-        if bound is not None:
-            yield bound
+        step = self._bound()
+        if step is not None:
+            yield step.conn
         else:
             async with self._pool.acquire() as conn:
                 yield conn
@@ -267,8 +308,9 @@ class PostgresStore(PagedReads):
         """(problem or None, outbox depth): the readiness check of the shared database."""
         try:
             async with self._pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
-                version = await conn.fetchval("SELECT max(version) FROM connector_schema")
-                depth = await conn.fetchval("SELECT count(*) FROM outbox")
+                version, depth = await conn.fetchrow(
+                    "SELECT (SELECT max(version) FROM connector_schema),"
+                    " (SELECT count(*) FROM outbox)")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             return f"the database does not answer: {type(exc).__name__}: {exc}", 0
         if (version or 0) < schema:
@@ -285,21 +327,33 @@ class PostgresStore(PagedReads):
                            audit: AuditBatch | None = None, *,
                            record: Announced | None = None) -> list[OutboxItem]:
         """Run one step's statements, outbox rows and audit entries in one transaction;
-        ``record``, the process row's upsert, first, with its announcement and its first
-        outbox row in the same statement (``_announced``: round trips are what a step costs)."""
+        ``record``, the process row's upsert, first, with its announcement, its first outbox
+        row, the row written with it (an agreement) and the audit chain's lock and head in
+        the same statement (``_announced``: round trips are what a step costs); the audit
+        entries, chained on from that head, are sent with the COMMIT (``_committed``)."""
+        step = self._bound()
+        if step is not None:
+            step.fresh.clear()  # what the step read with its lock is no longer current
         try:
-            async with self._connection() as conn, conn.transaction():
+            async with self._connection() as conn, _committed(conn) as tail:
                 items: list[OutboxItem] = []
+                head: tuple[int, str] | None = None
                 if record is not None:
                     first = outbox[0] if outbox else None
-                    seq = await conn.fetchval(*_announced(record, first, self.replica))
+                    row = await conn.fetchrow(*_announced(record, first, self.replica,
+                                                          chained=bool(audit)))
                     if first is not None:
-                        items.append(_queued(first, seq))
+                        items.append(_queued(first, row[0]))
                         outbox = outbox[1:]
+                    head = _chain_head(row[2:]) if audit else None
                 for sql, args in statements:
                     await conn.execute(sql, *args)
                 items += [await _enqueue(conn, out, self.replica) for out in outbox]
-                count = await _append_entries(conn, audit) if audit else 0
+                count = 0
+                if audit:
+                    if head is None:  # a step without a process row: the lock and head alone
+                        head = _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
+                    count = _append_entries(tail, audit, head)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ConflictError(f"conflicting write: {exc}") from exc
         except (asyncpg.PostgresError, OSError) as exc:
@@ -315,8 +369,11 @@ class PostgresStore(PagedReads):
     # -- negotiations and agreements -------------------------------------------------------
 
     async def get_negotiation(self, id: str) -> Negotiation | None:
-        rows = await self._rows("SELECT body FROM negotiations WHERE id = $1", id)
-        return self._neg_dec.decode(rows[0][0]) if rows else None
+        read, body = self._read_with_lock("n", id)
+        if not read:
+            rows = await self._rows("SELECT body FROM negotiations WHERE id = $1", id)
+            body = rows[0][0] if rows else None
+        return self._neg_dec.decode(body) if body is not None else None
 
     async def save_negotiation(
         self, record: Negotiation, *, outbox: Sequence[Outgoing] = (),
@@ -327,17 +384,13 @@ class PostgresStore(PagedReads):
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.dataset_id,
              record.updated_at, _enc.encode(record)), "n", record.id)
-        statements: list[Statement] = []
         if agreement is not None:
-            statements.append((
-                "INSERT INTO agreements (id, negotiation_id, role, dataset_id, assigner,"
-                " assignee, created_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                (agreement.id, agreement.negotiation_id, agreement.role, agreement.dataset_id,
-                 agreement.assigner, agreement.assignee, agreement.created_at,
-                 _enc.encode(agreement)),
-            ))
+            upsert = upsert._replace(also=(_INSERT_AGREEMENT, (
+                agreement.id, agreement.negotiation_id, agreement.role, agreement.dataset_id,
+                agreement.assigner, agreement.assignee, agreement.created_at,
+                _enc.encode(agreement))))
         audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
-        return await self._transaction(statements, outbox, audit, record=upsert)
+        return await self._transaction([], outbox, audit, record=upsert)
 
     async def find_negotiation(self, *, counterparty: str | None, role: str,
                                consumer_pid: str | None = None,
@@ -373,8 +426,11 @@ class PostgresStore(PagedReads):
     # -- transfers ------------------------------------------------------------------------
 
     async def get_transfer(self, id: str) -> Transfer | None:
-        rows = await self._rows("SELECT body FROM transfers WHERE id = $1", id)
-        return self._tr_dec.decode(rows[0][0]) if rows else None
+        read, body = self._read_with_lock("t", id)
+        if not read:
+            rows = await self._rows("SELECT body FROM transfers WHERE id = $1", id)
+            body = rows[0][0] if rows else None
+        return self._tr_dec.decode(body) if body is not None else None
 
     async def find_transfer(self, *, consumer_pid: str, role: str,
                             counterparty: str | None = None) -> Transfer | None:
@@ -444,9 +500,10 @@ class PostgresStore(PagedReads):
             log.error("cannot persist catalogue answers' audit entries: %s", exc)
 
     async def audit_head(self) -> tuple[int, str]:
-        """(seq, hash) of the last committed entry (``_chain_head``)."""
+        """(seq, hash) the chain goes on from (``_chain_head``), read under the chain's lock
+        (so after the append in flight, if any, commits)."""
         async with self._connection() as conn:
-            return await _chain_head(conn)
+            return _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
 
     async def last_checkpoint(self) -> tuple[int, float]:
         rows = await self._rows("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
@@ -487,26 +544,14 @@ class PostgresStore(PagedReads):
     # -- seen token ids ---------------------------------------------------------------------
 
     def record_jti(self, jti: str, until: int) -> None:
-        """Write a seen jti behind (a task); never waits. Failures are logged."""
-        task = asyncio.get_running_loop().create_task(self._record_jti(jti, until))
-        self._behind.add(task)
-        task.add_done_callback(self._behind.discard)
-
-    async def _record_jti(self, jti: str, until: int) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await conn.execute(_RECORD_JTI, jti, until)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.error("cannot persist a seen token id (replays stay refused until a restart):"
-                      " %s", exc)
+        """Write a seen jti behind (within JTI_FLUSH_S, with the others queued); never waits.
+        Failures are logged."""
+        self._jtis.record(jti, until)
 
     async def claim_jti(self, jti: str, until: int, now: int) -> bool:
-        """Record ``jti`` unless a live row holds it (another replica accepted it first)."""
-        rows = await self._rows(
-            "INSERT INTO seen_tokens (jti, until) VALUES ($1, $2) ON CONFLICT (jti) DO UPDATE"
-            " SET until = excluded.until WHERE seen_tokens.until < $3 RETURNING jti",
-            jti, until, now)
-        return bool(rows)
+        """Record ``jti`` unless a live row holds it (another replica accepted it first);
+        returns once the row is committed, in one statement with the claims made meanwhile."""
+        return await self._jtis.claim(jti, until, now)
 
     async def live_jtis(self, now: int) -> list[tuple[str, int]]:
         rows = await self._rows("SELECT jti, until FROM seen_tokens WHERE until >= $1"
@@ -557,6 +602,94 @@ class PostgresStore(PagedReads):
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
 
 
+class SeenTokenRows:
+    """Seen token ids written in batches: one task writes what is queued, in one statement
+    per kind, then what was queued meanwhile. A claim is written at once if nothing is
+    being written (no wait at low load) and with the claims that arrive meanwhile
+    otherwise; a recorded row waits JTI_FLUSH_S at most."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._claims: list[tuple[str, int, int, asyncio.Future[bool]]] = []
+        self._recorded: dict[str, int] = {}  # jti -> until, the later expiry kept
+        self._writer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def claim(self, jti: str, until: int, now: int) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims.append((jti, until, now, future))
+        self._start()
+        return await future
+
+    def record(self, jti: str, until: int) -> None:
+        self._recorded[jti] = max(until, self._recorded.get(jti, until))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(JTI_FLUSH_S, self._due)
+
+    async def close(self) -> None:
+        """Write what is queued."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._start()
+        while self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._start()
+
+    def _start(self) -> None:
+        if self._writer is None and (self._claims or self._recorded):
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._claims or self._recorded:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                recorded, self._recorded = self._recorded, {}
+                claims, self._claims = self._claims, []
+                await self._write_rows(recorded, claims)
+        finally:
+            self._writer = None
+
+    async def _write_rows(self, recorded: dict[str, int],
+                          claims: list[tuple[str, int, int, asyncio.Future[bool]]]) -> None:
+        # One row per jti and statement (ON CONFLICT updates a row once): a jti claimed twice
+        # here is taken by its first claim at most, the others are replays.
+        first: dict[str, int] = {}
+        for jti, until, _now, _future in claims:
+            first.setdefault(jti, until)
+        try:
+            async with self._pool.acquire() as conn:
+                if recorded:
+                    await conn.execute(_RECORD_JTIS, list(recorded), list(recorded.values()))
+                taken: set[str] = set()
+                if first:
+                    # The claims' clocks differ by the milliseconds they waited: the latest.
+                    now = max(now for _jti, _until, now, _f in claims)
+                    rows = await conn.fetch(_CLAIM_JTIS, list(first), list(first.values()), now)
+                    taken = {str(r[0]) for r in rows}
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if recorded:
+                log.error("cannot persist seen token ids (replays stay refused until a"
+                          " restart): %s", exc)
+            for *_, future in claims:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the loop ends): no claimant waits forever
+            for *_, future in claims:
+                future.cancel()
+            raise
+        for jti, _until, _now, future in claims:
+            if not future.done():
+                future.set_result(jti in taken)
+                taken.discard(jti)  # a second claim in this batch is a replay
+
+
 class PushClaims:
     """Which replica runs each push: a session advisory lock per transfer, held while the
     push runs, on one connection of its own. A replica that dies drops the connection and
@@ -597,14 +730,34 @@ def _lock_number(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
-async def _lock(conn: Any, number: int) -> None:
-    """Wait for the lock; on any failure (a cancelled wait too, which may have been granted
-    meanwhile) the connection is closed, and its locks go with it."""
+class Step:
+    """A step under ``hold``: the task running it, the connection its locks are on, and the
+    rows of the held processes read when each lock was granted ((kind, id) -> body, None
+    when there is no such row), until the step reads them or writes."""
+
+    def __init__(self, task: asyncio.Task[Any] | None, conn: Any) -> None:
+        self.task = task
+        self.conn = conn
+        self.fresh: dict[tuple[str, str], bytes | None] = {}
+
+
+async def _lock(step: Step, number: int, id: str) -> None:
+    """Wait for the lock, and read process ``id``'s row once it is granted; on any failure
+    (a cancelled wait too, which may have been granted meanwhile) the connection is closed,
+    and its locks go with it."""
+    named = "\x00" not in id  # no process id has a NUL (a text value cannot hold one)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", number)
+        if named:
+            rows = await step.conn.fetch(_PROCESS_LOCK, number, id)
+        else:
+            await step.conn.execute("SELECT pg_advisory_lock($1)", number)
     except BaseException:
-        conn.terminate()
+        step.conn.terminate()
         raise
+    if not named:
+        return
+    step.fresh.update({("n", id): None, ("t", id): None})
+    step.fresh.update({(str(kind), id): bytes(body) for kind, body in rows})
 
 
 async def _unlock(conn: Any, number: int) -> None:
@@ -625,26 +778,53 @@ class Announced(NamedTuple):
     args: Sequence[Any]
     kind: str  # "n" or "t"
     id: str
+    also: Statement | None = None  # a row written with it (a negotiation's agreement)
 
 
-def _announced(record: Announced, out: Outgoing | None, replica: str) -> tuple[Any, ...]:
-    """One statement: ``record``'s upsert, its announcement to every replica (delivered on
-    commit, and only then) and, given ``out``, the outbox row (claimed by ``replica``), whose
-    ``seq`` it returns (``fetchval``'s arguments)."""
-    n = len(record.args)
-    announce = (CHANGES, f"{record.kind}:{record.id}")
-    if out is None:
-        return (f"WITH saved AS ({record.sql} RETURNING 1) SELECT pg_notify(${n + 1},"
-                f" ${n + 2}) FROM saved", *record.args, *announce)
-    q = n + 3
-    queued = ("INSERT INTO outbox (process_id, url, audience, body, next_attempt, claimed_by,"
-              f" claim_until) SELECT ${q}::text, ${q + 1}::text, ${q + 2}::text,"
-              f" ${q + 3}::bytea, 0, ${q + 4}::text, {_NOW} + ${q + 5} FROM saved"
-              " RETURNING seq")
-    return (f"WITH saved AS ({record.sql} RETURNING 1), queued AS ({queued})"
-            f" SELECT (SELECT seq FROM queued), pg_notify(${n + 1}, ${n + 2}) FROM saved",
-            *record.args, *announce, out.process_id, out.url, out.audience, out.body, replica,
-            CLAIM_S)
+def _announced(record: Announced, out: Outgoing | None, replica: str, *,
+               chained: bool) -> tuple[Any, ...]:
+    """One statement (``fetchrow``'s arguments): ``record``'s upsert and its announcement to
+    every replica (delivered on commit, and only then); given ``out``, its outbox row (claimed
+    by ``replica``); ``record.also``, that row too; ``chained``, the audit chain's lock and
+    head. Its row: the outbox row's
+    ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``.
+
+    The head comes from ``audit_chain_head`` (migration 011), called for the row the upsert
+    returns: the process row is written (its unique keys checked) before the chain's lock is
+    requested, as when the lock was a statement of its own after it. A step that waits for
+    a peer's unique key never holds the chain's lock meanwhile (no deadlock between two
+    steps racing for one key)."""
+    args: list[Any] = list(record.args)
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    returning = f"{param(AUDIT_LOCK)}::bigint AS audit_lock" if chained else "1"
+    ctes = [f"saved AS ({record.sql} RETURNING {returning})"]
+    columns = ["NULL::bigint",
+               f"pg_notify({param(CHANGES)}, {param(f'{record.kind}:{record.id}')})"]
+    if out is not None:
+        ctes.append(
+            "queued AS (INSERT INTO outbox (process_id, url, audience, body, next_attempt,"
+            f" claimed_by, claim_until) SELECT {param(out.process_id)}::text,"
+            f" {param(out.url)}::text, {param(out.audience)}::text, {param(out.body)}::bytea,"
+            f" 0, {param(replica)}::text, {_NOW} + {param(CLAIM_S)} FROM saved RETURNING seq)")
+        columns[0] = "(SELECT seq FROM queued)"
+    if record.also is not None:  # read by nothing: run to completion after the rest
+        sql, values = record.also
+        ctes.append(f"also AS ({_shifted(sql, len(args))})")
+        args += values
+    source = "saved"
+    if chained:
+        columns.append("head.seq, head.hash, head.jws")
+        source += " CROSS JOIN LATERAL audit_chain_head(saved.audit_lock) AS head"
+    return (f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}", *args)
+
+
+def _shifted(sql: str, offset: int) -> str:
+    """``sql`` with its parameters $1.. renumbered from ``offset`` + 1 on."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + offset}", sql)
 
 
 def _queued(out: Outgoing, seq: int) -> OutboxItem:
@@ -658,36 +838,81 @@ async def _enqueue(conn: Any, out: Outgoing, replica: str) -> OutboxItem:
     return _queued(out, seq)
 
 
-async def _chain_head(conn: Any) -> tuple[int, str]:
-    """(seq, hash) the chain goes on from: its last entry; once ``connector audit prune``
-    removed every entry, the checkpoint it kept (signed over that head); else GENESIS."""
-    row = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
-    if row is not None:
-        return int(row[0]), str(row[1])
-    jws = await conn.fetchval("SELECT jws FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+def _chain_head(row: Sequence[Any]) -> tuple[int, str]:
+    """(seq, hash) the chain goes on from, given ``audit_chain_head``'s (seq, hash, jws): its
+    last entry; once ``connector audit prune`` removed every entry, the checkpoint it kept
+    (signed over that head); else GENESIS."""
+    seq, hash, jws = row
+    if seq is not None:
+        return int(seq), str(hash)
     if jws is None:
         return 0, GENESIS
     kept = parse_checkpoint(str(jws))
     return kept.seq, kept.head
 
 
-async def _append_entries(conn: Any, batch: AuditBatch) -> int:
-    """Chain ``batch``'s events on from the head, under the chain's lock; how many."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
-    seq, head = await _chain_head(conn)
-    entries = chain_events(seq + 1, head, batch.events)
+def _append_entries(tail: list[str], batch: AuditBatch, head: tuple[int, str]) -> int:
+    """Chain ``batch``'s events on from ``head``, read under the chain's lock in this
+    transaction (``audit_chain_head``): their inserts join ``tail``; how many."""
+    seq, prev = head
+    entries = chain_events(seq + 1, prev, batch.events)
     own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
     rows = []
     for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
         refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
         rows.append((entry.seq, entry.digest, entry.hash, entry.body, refs[0], refs[1],
                      _evidence.encode(own) if own and i == 0 else None))
-    await conn.executemany(_INSERT_ENTRY, rows)
+    tail.append(_INSERT_ENTRIES + _values(rows))
     shared = [tuple(e) for e in batch.evidence if e[1] in SHARED_EVIDENCE]
     if shared:
-        await conn.executemany("INSERT INTO audit_shared (digest, kind, content)"
-                               " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", shared)
+        tail.append("INSERT INTO audit_shared (digest, kind, content)"
+                    f" {_values(shared)} ON CONFLICT DO NOTHING")
     return len(entries)
+
+
+@contextlib.asynccontextmanager
+async def _committed(conn: Any) -> AsyncIterator[list[str]]:
+    """A transaction on ``conn``, begun and ended by hand so that the statements the body
+    adds to the list it is given (their values written by ``_literal``) go with the COMMIT,
+    in its round trip (a multi-statement simple query). On an error, ROLLBACK; a connection
+    in an unknown state (a cancelled query, a lost socket) is closed instead."""
+    try:
+        await conn.execute("BEGIN")
+    except BaseException:
+        conn.terminate()
+        raise
+    tail: list[str] = []
+    try:
+        yield tail
+        await conn.execute("".join(f"{sql};" for sql in tail) + "COMMIT")
+    except asyncpg.PostgresError:
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException:
+            conn.terminate()
+            raise
+        raise
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+def _values(rows: Sequence[Sequence[Any]]) -> str:
+    return "VALUES " + ", ".join(f"({', '.join(map(_literal, row))})" for row in rows)
+
+
+def _literal(value: Any) -> str:
+    """``value`` as SQL text of digits and hex only, whatever a peer put in it: nothing in
+    it can end the literal, with no quoting rules to get right."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return f"convert_from(decode('{value.encode().hex()}', 'hex'), 'UTF8')"
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 def _refusal(exc: BaseException) -> AuditError:

@@ -1,0 +1,4 @@
+-- 011: nothing to do on SQLite. The PostgreSQL text (postgres/011_locks_that_read.sql) adds
+-- functions that take a lock and read what it guards in one call (the audit chain's head, a
+-- process's row), for replicas sharing a database; one SQLite daemon has one writer and its
+-- own in-process locks.
