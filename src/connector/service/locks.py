@@ -27,14 +27,15 @@ class KeyedLocks:
         self._shared = shared
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str, *, local: bool = False) -> AsyncIterator[None]:
+        """Hold ``key``'s lock in this process and, unless ``local``, in every replica."""
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         self._users[key] = self._users.get(key, 0) + 1
         try:
             async with lock:
-                if self._shared is None:
+                if self._shared is None or local:
                     yield
                 else:
                     async with self._shared.hold(key):

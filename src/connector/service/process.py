@@ -141,14 +141,17 @@ class ProcessService(Generic[RecordT]):
     async def _open_once(self, counterparty: str, opener: Role, pid: str,
                          opening: Opening[RecordT]) -> RecordT:
         """Open a process for a peer's initial message, or return the one that message opened
-        before (``core.process``): serialised per (peer, its pid) here, and by the store's
-        unique key across replicas.
+        before (``core.process``): serialised per (peer, its pid) in this process, and by
+        the store's unique key across replicas (a replica that loses the race is refused the
+        insert, and returns the winner's process: a lock shared by the replicas would cost
+        two database round trips per opened process to decide the same thing).
 
         A request sent again is rare, so the store is not asked first: the new record's insert
         is refused by the unique key (ConflictError) and the process that request opened
         before is returned; a repeat that no longer checks out (its offer withdrawn since)
         also gets that process. One database round trip less per opened process."""
-        async with self._locks.hold(f"initial\x00{counterparty}\x00{opener.value}\x00{pid}"):
+        async with self._locks.hold(f"initial\x00{counterparty}\x00{opener.value}\x00{pid}",
+                                    local=True):
             try:
                 first, after, out = await opening()
                 async with self._locks.hold(first.id):
