@@ -21,7 +21,7 @@ import pytest
 from connector.adapters.storage import postgres
 from connector.adapters.storage.postgres import PostgresStore
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, Entry, Event, verify_links
+from connector.core.audit import GENESIS, Entry, Event, make_entry, verify_links
 from connector.core.errors import ConfigError, ConflictError
 from connector.core.messages import ContractNegotiationTerminationMessage
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
@@ -602,4 +602,30 @@ async def test_a_lock_on_a_key_that_names_no_process_nests_one_that_does(
         assert await store.get_negotiation("urn:n") is None
         await store.save_negotiation(_negotiation("urn:n"), expect_new=True)
     assert await store.get_negotiation("urn:n") is not None
+    await store.close()
+
+
+async def test_entries_the_database_chains_are_the_ones_the_connector_would_make(
+        postgres_server: Postgres) -> None:
+    """A step's entries numbered, chained and written by ``audit_append`` (migration 012),
+    byte for byte what ``core.audit.make_entry`` makes of the same events."""
+    dsn = await new_database(postgres_server)
+    store = await PostgresStore.open(dsn, audit=StepAudit(clock=time.time), pool_size=2)
+    events = [Event(kind="negotiation", at=1796528003.318779, refs=("urn:x", "urn:y"),
+                    data={"note": "é \u2713 \"quoted\" \\ \n", "n": [1, 2.5, None, True]}),
+              Event(kind="access", at=1.0, refs=(), data={}),
+              Event(kind="keys", at=2e9, refs=("urn:x",), data={"big": 10**18})]
+    record = postgres.Announced(
+        postgres._UPSERT_NEGOTIATION,
+        ("urn:x", "provider", "REQUESTED", "c", "urn:x", "did:c", "d", 1.0, b"{}"), "n", "urn:x")
+    await store._one_statement(record, (), AuditBatch(events=events[:1]))
+    await store._one_statement(record._replace(sql=record.sql + postgres._ON_NEGOTIATION),
+                               (), AuditBatch(events=events[1:]))
+    stored = await _entries(Opener("postgres", Path(), dsn))
+    prev = GENESIS
+    for (seq, digest, hash, body), event in zip(stored, events, strict=True):
+        made = make_entry(seq, prev, event)
+        assert (digest, hash, body) == (made.digest, made.hash, made.body)
+        prev = made.hash
+    assert [s[0] for s in stored] == [1, 2, 3]
     await store.close()

@@ -85,10 +85,20 @@ def link(prev: str, digest: str) -> str:
     return sha256_hex((prev + digest).encode("ascii"))
 
 
+def entry_prefix(event: Event) -> bytes:
+    """An entry's body up to its number: the canonical JSON of ``{seq, at, kind, refs,
+    data}`` ends with ``seq`` (its keys are sorted and "seq" sorts last), so the body of entry
+    ``n`` is this prefix, ``n`` in decimal and ``}``. A store that numbers entries inside the
+    database (PostgreSQL's ``audit_append``, migration 012) completes it there; ``make_entry``
+    does it here, and both digest and link it as ``link`` says."""
+    head = canonical({"at": event.at, "kind": event.kind, "refs": list(event.refs),
+                      "data": dict(event.data)})
+    return head[:-1] + b',"seq":'
+
+
 def make_entry(seq: int, prev: str, event: Event) -> Entry:
     """Number and chain ``event``."""
-    body = canonical({"seq": seq, "at": event.at, "kind": event.kind, "refs": list(event.refs),
-                      "data": dict(event.data)})
+    body = entry_prefix(event) + b"%d}" % seq
     digest = sha256_hex(body)
     return Entry(seq=seq, digest=digest, hash=link(prev, digest), body=body)
 

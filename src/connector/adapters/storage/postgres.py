@@ -53,7 +53,7 @@ import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, chain_events, parse_checkpoint
+from connector.core.audit import GENESIS, chain_events, entry_prefix, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import PUSH_FORMAT, Transfer
@@ -68,6 +68,8 @@ _evidence = msgspec.msgpack.Encoder()
 _INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
 # The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
 _CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
+# What ``audit_append`` (migration 012) raises when the head is in the kept checkpoint.
+CHAIN_IN_CHECKPOINT = "CNA01"
 # A process lock, and the process's row read once it is granted (migration 011).
 _PROCESS_LOCK = "SELECT kind, body FROM process_lock($1, $2)"
 Statement = tuple[str, Sequence[Any]]
@@ -334,6 +336,13 @@ class PostgresStore(PagedReads):
         step = self._bound()
         if step is not None:
             step.fresh.clear()  # what the step read with its lock is no longer current
+        if record is not None and not statements and len(outbox) <= 1:
+            try:
+                return await self._one_statement(record, outbox, audit)
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) != CHAIN_IN_CHECKPOINT:
+                    raise
+                # Every entry pruned: the head is in the kept checkpoint, read below.
         try:
             async with self._connection() as conn, _committed(conn) as tail:
                 items: list[OutboxItem] = []
@@ -365,6 +374,29 @@ class PostgresStore(PagedReads):
             for done in audit.on_commit if audit else ():
                 done()
         return items
+
+    async def _one_statement(self, record: Announced, outbox: Sequence[Outgoing],
+                             audit: AuditBatch | None) -> list[OutboxItem]:
+        """A step that is one statement (``_announced``): the process row, its outbox
+        message, the row written with it and its audit entries (``audit_append``), committed
+        as that statement ends: no BEGIN, no COMMIT, one round trip."""
+        first = outbox[0] if outbox else None
+        append = _append_args(audit) if audit else None
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(*_announced(record, first, self.replica,
+                                                      chained=False, append=append))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise ConflictError(f"conflicting write: {exc}") from exc
+        except (asyncpg.PostgresError, OSError) as exc:
+            if audit and getattr(exc, "sqlstate", None) != CHAIN_IN_CHECKPOINT:
+                raise _refusal(exc) from exc
+            raise
+        if audit:
+            self.on_audit(int(row[-1]))
+            for done in audit.on_commit:
+                done()
+        return [_queued(first, row[0])] if first is not None else []
 
     # -- negotiations and agreements -------------------------------------------------------
 
@@ -782,12 +814,14 @@ class Announced(NamedTuple):
 
 
 def _announced(record: Announced, out: Outgoing | None, replica: str, *,
-               chained: bool) -> tuple[Any, ...]:
+               chained: bool, append: Sequence[Any] | None = None) -> tuple[Any, ...]:
     """One statement (``fetchrow``'s arguments): ``record``'s upsert and its announcement to
     every replica (delivered on commit, and only then); given ``out``, its outbox row (claimed
     by ``replica``); ``record.also``, that row too; ``chained``, the audit chain's lock and
     head. Its row: the outbox row's
-    ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``.
+    ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``;
+    given ``append`` instead (``_append_args``), the audit entries are written by the
+    statement itself (``audit_append``, migration 012) and its last column is their count.
 
     The head comes from ``audit_chain_head`` (migration 011), called for the row the upsert
     returns: the process row is written (its unique keys checked) before the chain's lock is
@@ -800,7 +834,8 @@ def _announced(record: Announced, out: Outgoing | None, replica: str, *,
         args.append(value)
         return f"${len(args)}"
 
-    returning = f"{param(AUDIT_LOCK)}::bigint AS audit_lock" if chained else "1"
+    returning = (f"{param(AUDIT_LOCK)}::bigint AS audit_lock" if chained or append is not None
+                 else "1")
     ctes = [f"saved AS ({record.sql} RETURNING {returning})"]
     columns = ["NULL::bigint",
                f"pg_notify({param(CHANGES)}, {param(f'{record.kind}:{record.id}')})"]
@@ -819,6 +854,10 @@ def _announced(record: Announced, out: Outgoing | None, replica: str, *,
     if chained:
         columns.append("head.seq, head.hash, head.jws")
         source += " CROSS JOIN LATERAL audit_chain_head(saved.audit_lock) AS head"
+    elif append is not None:
+        columns.append("written.n")
+        source += (" CROSS JOIN LATERAL audit_append(saved.audit_lock, "
+                   f"{', '.join(param(a) for a in append)}) AS written(n)")
     return (f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}", *args)
 
 
@@ -849,6 +888,19 @@ def _chain_head(row: Sequence[Any]) -> tuple[int, str]:
         return 0, GENESIS
     kept = parse_checkpoint(str(jws))
     return kept.seq, kept.head
+
+
+def _append_args(batch: AuditBatch) -> tuple[Any, ...]:
+    """``audit_append``'s arguments after the lock (migration 012): each entry's body up to
+    its number (``core.audit.entry_prefix``) and the ids it concerns, the step's own
+    evidence (with its first entry) and the shared evidence, as ``_append_entries`` writes
+    them."""
+    refs = [[*dict.fromkeys(r for r in event.refs if r), None, None] for event in batch.events]
+    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
+    shared = [e for e in batch.evidence if e[1] in SHARED_EVIDENCE]
+    return ([entry_prefix(event) for event in batch.events], [r[0] for r in refs],
+            [r[1] for r in refs], _evidence.encode(own) if own else None,
+            [e[0] for e in shared], [e[1] for e in shared], [e[2] for e in shared])
 
 
 def _append_entries(tail: list[str], batch: AuditBatch, head: tuple[int, str]) -> int:

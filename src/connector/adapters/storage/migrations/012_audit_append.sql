@@ -1,0 +1,4 @@
+-- 012: nothing to do on SQLite. The PostgreSQL text (postgres/012_audit_append.sql) adds a
+-- function that numbers, chains and writes a step's audit entries inside the statement that
+-- saves the step, for replicas sharing a database; one SQLite daemon chains them in its one
+-- writer.
