@@ -18,7 +18,7 @@ from connector import cli
 from connector.adapters.storage.engine import open_store
 from connector.adapters.storage.schema import latest
 from connector.config import load_settings
-from connector.core.negotiation import Negotiation, NegotiationState, Role
+from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
 from connector.participant.init import init_folder
 from connector.service.audit import StepAudit
 from connector.service.store import Agreement
@@ -124,7 +124,9 @@ def _negotiation(pid: str, state: NegotiationState) -> Negotiation:
     return Negotiation(id=pid, role=Role.PROVIDER, state=state, consumer_pid=f"{pid}:c",
                        provider_pid=pid, dataset_id="ds", offer={"@id": "o"},
                        counterparty_address="https://c", counterparty_id="did:c",
-                       created_at=1.0, updated_at=1.0)
+                       created_at=1.0, updated_at=1.0,
+                       history=[HistoryEntry(at=1.0, by="consumer", message=state.value,
+                                             state=state.value)])
 
 
 AGREEMENT = Agreement(id="urn:a", negotiation_id="urn:n", role="provider", dataset_id="ds",

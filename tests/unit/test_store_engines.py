@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import time
 import warnings
@@ -378,7 +379,10 @@ async def test_audit_rows_name_their_ids_and_keep_the_step_s_evidence(
                                  document={"id": "did:c"}))
     await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.AGREED),
                                  agreement=_agreement("urn:n"), expect_new=True)
-    await store.save_negotiation(_negotiation("urn:n", state=NegotiationState.FINALIZED))
+    finalized = _negotiation("urn:n", state=NegotiationState.FINALIZED)
+    await store.save_negotiation(msgspec.structs.replace(finalized, history=[
+        *finalized.history, HistoryEntry(at=2.0, by="provider", message="FINALIZED",
+                                         state="FINALIZED")]))
     await store.close()
     rows = await _query(store_opener, "SELECT seq, ref1, ref2, evidence FROM audit_entries"
                                       " ORDER BY seq")
@@ -629,3 +633,26 @@ async def test_entries_the_database_chains_are_the_ones_the_connector_would_make
         prev = made.hash
     assert [s[0] for s in stored] == [1, 2, 3]
     await store.close()
+
+
+async def test_a_negotiation_step_that_adds_nothing_writes_no_entry(
+        store_opener: Opener) -> None:
+    """The consumer learning the provider's pid from the 201 (no timeline line, no message,
+    no agreement) leaves the trail as it was; the steps around it each write theirs."""
+    store = await store_opener.open(audit=StepAudit(clock=time.time))
+    requested = msgspec.structs.replace(_negotiation("urn:n"), role=Role.CONSUMER,
+                                        provider_pid=None)
+    out = Outgoing(process_id="urn:n", url="https://p/negotiations/request",
+                   audience="did:p", body=b'{"@type":"ContractRequestMessage"}')
+    await store.save_negotiation(requested, outbox=[out], expect_new=True)
+    await store.save_negotiation(msgspec.structs.replace(requested, provider_pid="urn:p"))
+    ended = msgspec.structs.replace(requested, provider_pid="urn:p",
+                                    state=NegotiationState.TERMINATED, history=[
+        *requested.history, HistoryEntry(at=2.0, by="provider", message="terminated",
+                                         state="TERMINATED")])
+    await store.save_negotiation(ended)
+    await store.close()
+    rows = await _query(store_opener, "SELECT seq, body FROM audit_entries ORDER BY seq")
+    states = [json.loads(bytes(body))["data"]["state"] for _, body in rows]
+    assert states == ["REQUESTED", "TERMINATED"]
+    assert json.loads(bytes(rows[1][1]))["data"]["providerPid"] == "urn:p"

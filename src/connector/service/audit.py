@@ -146,10 +146,16 @@ class StepAudit:
 
     def negotiation(self, record: Negotiation, outbox: Sequence[Outgoing],
                     agreement: Agreement | None) -> AuditBatch:
+        """The step's entry; none for a step that adds nothing to the story (no timeline
+        line, no message in or out, no agreement): in a negotiation that is only the consumer
+        learning the provider's pid from the 201 to its request, a pid the next entry names.
+        (A transfer's such steps, a data token refreshed, keep theirs.)"""
         batch = AuditBatch()
         refs = (record.id,) if agreement is None else (record.id, agreement.id)
         data = self._step(batch, record.id, record.role.value, record.state.value,
                           record.history, record.state.terminal, keep_evidence=True)
+        if not (data["steps"] or "in" in data or outbox or agreement):
+            return batch
         data |= {"consumerPid": record.consumer_pid, "providerPid": record.provider_pid,
                  "dataset": record.dataset_id, "peer": record.counterparty_id}
         if agreement is not None:
