@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -125,6 +125,32 @@ class AuditBatch:
 
     def __bool__(self) -> bool:
         return bool(self.events)
+
+    def stored(self) -> StoredBatch:
+        """The batch as both stores write it (``audit_entries``, ``audit_shared``)."""
+        own = [e for e in self.evidence if e[1] not in SHARED_EVIDENCE]
+        return StoredBatch(
+            refs=[_two_refs(event.refs) for event in self.events],
+            own=_evidence.encode(own) if own else None,
+            shared=[e for e in self.evidence if e[1] in SHARED_EVIDENCE])
+
+
+class StoredBatch(NamedTuple):
+    """An ``AuditBatch`` in the columns of the audit tables."""
+
+    refs: list[tuple[str | None, str | None]]  # per entry: the ids it concerns, ``ref1/2``
+    own: bytes | None  # the step's own evidence, [[digest, kind, content], ...] as
+    # MessagePack, in its first entry's ``evidence`` column (adapters/storage/audit_file.py)
+    shared: list[Evidence]  # rows of ``audit_shared``, written once per digest
+
+
+def _two_refs(refs: Sequence[str]) -> tuple[str | None, str | None]:
+    """The first two distinct, non-empty ids of an entry."""
+    kept = [*dict.fromkeys(r for r in refs if r), None, None]
+    return kept[0], kept[1]
+
+
+_evidence = msgspec.msgpack.Encoder()
 
 
 class StepAudit:

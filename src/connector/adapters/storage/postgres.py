@@ -45,7 +45,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -57,14 +57,11 @@ from connector.core.audit import GENESIS, chain_events, entry_prefix, parse_chec
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import PUSH_FORMAT, Transfer
-from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
+from connector.service.audit import AuditBatch, StepAudit
 from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
 log = logging.getLogger("connector.store")
 _enc = msgspec.json.Encoder()
-# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row
-# (as sqlite.py writes it, so that the audit tools read both alike).
-_evidence = msgspec.msgpack.Encoder()
 _INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
 # The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
 _CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
@@ -337,13 +334,10 @@ class PostgresStore(PagedReads):
         if step is not None:
             step.fresh.clear()  # what the step read with its lock is no longer current
         if record is not None and not statements and len(outbox) <= 1:
-            try:
+            # Every entry pruned: the head is in the kept checkpoint, read below instead.
+            with contextlib.suppress(_ChainInCheckpoint):
                 return await self._one_statement(record, outbox, audit)
-            except asyncpg.PostgresError as exc:
-                if getattr(exc, "sqlstate", None) != CHAIN_IN_CHECKPOINT:
-                    raise
-                # Every entry pruned: the head is in the kept checkpoint, read below.
-        try:
+        with _step_errors(audit):
             async with self._connection() as conn, _committed(conn) as tail:
                 items: list[OutboxItem] = []
                 head: tuple[int, str] | None = None
@@ -363,16 +357,7 @@ class PostgresStore(PagedReads):
                     if head is None:  # a step without a process row: the lock and head alone
                         head = _chain_head(await conn.fetchrow(_CHAIN_HEAD, AUDIT_LOCK))
                     count = _append_entries(tail, audit, head)
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise ConflictError(f"conflicting write: {exc}") from exc
-        except (asyncpg.PostgresError, OSError) as exc:
-            if audit:
-                raise _refusal(exc) from exc
-            raise
-        if count:
-            self.on_audit(count)
-            for done in audit.on_commit if audit else ():
-                done()
+        self._written(audit, count)
         return items
 
     async def _one_statement(self, record: Announced, outbox: Sequence[Outgoing],
@@ -382,21 +367,19 @@ class PostgresStore(PagedReads):
         as that statement ends: no BEGIN, no COMMIT, one round trip."""
         first = outbox[0] if outbox else None
         append = _append_args(audit) if audit else None
-        try:
+        with _step_errors(audit):
             async with self._connection() as conn:
                 row = await conn.fetchrow(*_announced(record, first, self.replica,
                                                       chained=False, append=append))
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise ConflictError(f"conflicting write: {exc}") from exc
-        except (asyncpg.PostgresError, OSError) as exc:
-            if audit and getattr(exc, "sqlstate", None) != CHAIN_IN_CHECKPOINT:
-                raise _refusal(exc) from exc
-            raise
-        if audit:
-            self.on_audit(int(row[-1]))
+        self._written(audit, int(row[-1]) if audit else 0)
+        return [_queued(first, row[0])] if first is not None else []
+
+    def _written(self, audit: AuditBatch | None, count: int) -> None:
+        """A step's ``count`` audit entries are committed: tell the trail and the batch."""
+        if audit and count:
+            self.on_audit(count)
             for done in audit.on_commit:
                 done()
-        return [_queued(first, row[0])] if first is not None else []
 
     # -- negotiations and agreements -------------------------------------------------------
 
@@ -895,12 +878,10 @@ def _append_args(batch: AuditBatch) -> tuple[Any, ...]:
     its number (``core.audit.entry_prefix``) and the ids it concerns, the step's own
     evidence (with its first entry) and the shared evidence, as ``_append_entries`` writes
     them."""
-    refs = [[*dict.fromkeys(r for r in event.refs if r), None, None] for event in batch.events]
-    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
-    shared = [e for e in batch.evidence if e[1] in SHARED_EVIDENCE]
+    refs, own, shared = batch.stored()
     return ([entry_prefix(event) for event in batch.events], [r[0] for r in refs],
-            [r[1] for r in refs], _evidence.encode(own) if own else None,
-            [e[0] for e in shared], [e[1] for e in shared], [e[2] for e in shared])
+            [r[1] for r in refs], own, [e[0] for e in shared], [e[1] for e in shared],
+            [e[2] for e in shared])
 
 
 def _append_entries(tail: list[str], batch: AuditBatch, head: tuple[int, str]) -> int:
@@ -908,14 +889,10 @@ def _append_entries(tail: list[str], batch: AuditBatch, head: tuple[int, str]) -
     transaction (``audit_chain_head``): their inserts join ``tail``; how many."""
     seq, prev = head
     entries = chain_events(seq + 1, prev, batch.events)
-    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
-    rows = []
-    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
-        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
-        rows.append((entry.seq, entry.digest, entry.hash, entry.body, refs[0], refs[1],
-                     _evidence.encode(own) if own and i == 0 else None))
-    tail.append(_INSERT_ENTRIES + _values(rows))
-    shared = [tuple(e) for e in batch.evidence if e[1] in SHARED_EVIDENCE]
+    refs, own, shared = batch.stored()
+    tail.append(_INSERT_ENTRIES + _values([
+        (entry.seq, entry.digest, entry.hash, entry.body, ref1, ref2, own if i == 0 else None)
+        for i, (entry, (ref1, ref2)) in enumerate(zip(entries, refs, strict=True))]))
     if shared:
         tail.append("INSERT INTO audit_shared (digest, kind, content)"
                     f" {_values(shared)} ON CONFLICT DO NOTHING")
@@ -965,6 +942,27 @@ def _literal(value: Any) -> str:
     if isinstance(value, bytes):
         return f"decode('{value.hex()}', 'hex')"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+class _ChainInCheckpoint(Exception):
+    """``audit_append`` found the head in the kept checkpoint (CHAIN_IN_CHECKPOINT): the
+    step goes through a transaction instead; nothing was written."""
+
+
+@contextlib.contextmanager
+def _step_errors(audit: AuditBatch | None) -> Iterator[None]:
+    """A step's database errors as the store's callers know them: a unique key refusing the
+    write is a ConflictError; any other failure of an audited step refuses it (AuditError)."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise ConflictError(f"conflicting write: {exc}") from exc
+    except (asyncpg.PostgresError, OSError) as exc:
+        if getattr(exc, "sqlstate", None) == CHAIN_IN_CHECKPOINT:
+            raise _ChainInCheckpoint from exc
+        if audit:
+            raise _refusal(exc) from exc
+        raise
 
 
 def _refusal(exc: BaseException) -> AuditError:

@@ -47,7 +47,7 @@ from connector.core.audit import GENESIS, Entry, chain_events, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
-from connector.service.audit import SHARED_EVIDENCE, AuditBatch, StepAudit
+from connector.service.audit import AuditBatch, StepAudit
 from connector.service.store import Agreement, ListQuery, OutboxItem, Outgoing
 
 T = TypeVar("T")
@@ -67,8 +67,6 @@ _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
                " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
 _INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)")
-# A step's own evidence, [[digest, kind, content], ...], in one column of its entry's row.
-_evidence = msgspec.msgpack.Encoder()
 _UPSERT_NEGOTIATION = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
     " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
@@ -539,14 +537,13 @@ class SqliteStore(PagedReads):
 def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
     """One row per entry: the chained body, the ids it concerns (two at most) and, on the
     step's first entry, the evidence it names; shared evidence goes to its own table."""
-    own = [list(e) for e in batch.evidence if e[1] not in SHARED_EVIDENCE]
-    rows: list[Statement] = []
-    for i, (entry, event) in enumerate(zip(entries, batch.events, strict=True)):
-        refs = [*dict.fromkeys(r for r in event.refs if r), None, None]
-        rows.append((_INSERT_ENTRY, (entry.seq, entry.digest, entry.hash, entry.body, refs[0],
-                                     refs[1], _evidence.encode(own) if own and i == 0 else None)))
+    refs, own, shared = batch.stored()
+    rows: list[Statement] = [
+        (_INSERT_ENTRY, (entry.seq, entry.digest, entry.hash, entry.body, ref1, ref2,
+                         own if i == 0 else None))
+        for i, (entry, (ref1, ref2)) in enumerate(zip(entries, refs, strict=True))]
     rows.extend(("INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)",
-                 e) for e in batch.evidence if e[1] in SHARED_EVIDENCE)
+                 e) for e in shared)
     return rows
 
 
