@@ -42,6 +42,10 @@ class Variant:
     provider: Participant
     consumer: Participant
     during: During | None = None
+    more: dict[str, int] = field(default_factory=dict)  # other processes metered: name -> pid
+    # CPU seconds so far of a server's processes the variant uses, metered as ``server``
+    server_cpu: Callable[[], float] | None = None
+    server: str = "postgres"
     results: list[LoadResult] = field(default_factory=list)
     cpu_us: list[dict[str, float]] = field(default_factory=list)  # per phase and process
 
@@ -68,9 +72,11 @@ def make_pair(root: Path, toml: str) -> tuple[Participant, Participant]:
     return provider, consumer
 
 
-async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float
+async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float, *,
+                concurrency: int = CONCURRENCY, count: int = MAX_PER_PHASE
                 ) -> tuple[LoadResult, dict[str, float]]:
-    """One phase at CONCURRENCY: the load result and each daemon's CPU µs per negotiation."""
+    """One phase (``duration_s`` or ``count`` negotiations): the load result and each metered
+    process's CPU µs per negotiation."""
     settings = load_settings(v.consumer.dir)
     url = settings.management_url + "/api/negotiations?wait=30"
     headers = {"Authorization": f"Bearer {settings.management_token()}",
@@ -83,14 +89,18 @@ async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float
             return resp.status == 201 and doc.get("state") == "FINALIZED"
 
     pids = {name: p.process.pid for name, p in zip(PROCESSES, (v.provider, v.consumer),
-                                                      strict=True) if p.process}
+                                                      strict=True) if p.process} | v.more
     beside = asyncio.create_task(v.during(session, duration_s)) if v.during else None
+    server0 = v.server_cpu() if v.server_cpu else 0.0
     with CpuMeter(pids) as cpu:
-        result = await load(call, concurrency=CONCURRENCY, duration_s=duration_s,
-                            max_count=MAX_PER_PHASE)
+        result = await load(call, concurrency=concurrency, duration_s=duration_s,
+                            max_count=count)
+    used = dict(cpu.cpu_s)
+    if v.server_cpu:
+        used[v.server] = v.server_cpu() - server0
     if beside is not None:
         await beside
-    per = {n: used / max(1, result.completed) * 1e6 for n, used in cpu.cpu_s.items()}
+    per = {n: s / max(1, result.completed) * 1e6 for n, s in used.items()}
     log(f"  {result.completed} negotiations, {result.rate:.1f}/s, CPU µs each: "
         + ", ".join(f"{n} {us:.0f}" for n, us in per.items())
         + f"; other processes on the box: {cpu.foreign_cores:.2f} cores")

@@ -3,12 +3,18 @@ and in PostgreSQL shared by two replicas behind HAProxy (TCP mode) — the same 
 consumer set-up (SQLite), the same driver as ``bench.negotiation`` (``POST
 /api/negotiations?wait=30`` on the consumer's management API).
 
+The three set-ups run side by side and the driver alternates timed phases at c=64 between
+them (bench/ab.py: ABC, CBA, ...), so that a burst of other work on the box and the growth of
+the stored negotiations fall on all three alike; each rate is completed negotiations over the
+time of its phases, and each ratio is also given as the median of the rounds' ratios.
+
 Per set-up: negotiations/s at c=64, p50 at c=1, the CPU per negotiation of each process
-(provider replicas, consumer, HAProxy, and the PostgreSQL server's processes together as
-``postgres``) and their total, so the gain on a larger machine can be projected; and, on
-PostgreSQL, the statements the server ran per negotiation (a count the box's load cannot
-blur). The PostgreSQL server and HAProxy are Debian's packages, started as the tests start
-them (tests/e2e/postgres.py, tests/e2e/haproxy.py).
+(provider replicas, consumer, HAProxy, and the PostgreSQL server's processes as ``postgres``:
+its background processes and the backends of the set-up's own database) and their total, so
+the gain on a larger machine can be projected; and, on PostgreSQL, the statements the server
+ran per negotiation (a count the box's load cannot blur). The PostgreSQL server and HAProxy
+are Debian's packages, started as the tests start them (tests/e2e/postgres.py,
+tests/e2e/haproxy.py).
 """
 
 from __future__ import annotations
@@ -18,23 +24,22 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import msgspec
 from tests.e2e.haproxy import balancer
 from tests.e2e.postgres import Postgres, log_statements, new_database, running_postgres
 from tests.harness import Participant, create_space, free_port, start, stop
 from tests.stores import set_port, use_postgres
 
-from bench import CpuMeter, LoadResult, cpu_seconds, emit, load, log
-from connector.config import load_settings
+from bench import LoadResult, cpu_seconds, emit, log
+from bench.ab import Variant, compare, phase, round_ratio
 
-DATASET = "example-weather"
-MAX_PER_PHASE = 100_000
+KINDS = ("sqlite", "postgres", "postgres2")
+ROUNDS = 4  # one phase of each set-up per round, in ABC CBA order
 # Negotiations run one after the other with every statement logged, to count the statements
 # the provider's replicas send per negotiation (a figure the box's load cannot blur).
 STATEMENT_SAMPLE = 20
@@ -61,14 +66,17 @@ def _haproxy_pid(root: Path) -> int | None:
                  if "haproxy" in cmd and cfg in cmd), None)
 
 
-def _server_cpu_s(port: int) -> float:
-    """CPU seconds of this PostgreSQL server (its postmaster, found by port, and the
-    backends under it); processes that end in between are simply not counted."""
+def _server_cpu_s(port: int, database: str, others: Collection[str]) -> float:
+    """CPU seconds of this PostgreSQL server's processes working for ``database``: its
+    postmaster (found by port), its background processes and the backends of ``database``,
+    not those of the ``others`` (idle set-ups); processes that end in between are simply not
+    counted."""
     procs = _processes()
     roots = {pid for pid, (_, cmd) in procs.items() if "postgres" in cmd and f"-p {port}" in cmd}
     total = 0.0
-    for pid, (parent, _) in procs.items():
-        if pid in roots or parent in roots:
+    for pid, (parent, cmd) in procs.items():
+        if (pid in roots or parent in roots) and (
+                database in cmd or not any(other in cmd for other in others)):
             try:
                 total += cpu_seconds(pid)
             except OSError:
@@ -76,17 +84,20 @@ def _server_cpu_s(port: int) -> float:
     return total
 
 
+def _database(folder: Path) -> str:
+    """The database a participant folder's ``keys/db.dsn`` names."""
+    return (folder / "keys" / "db.dsn").read_text().strip().rsplit("/", 1)[1]
+
+
 @contextmanager
-def _setup(kind: str, root: Path, server: Postgres | None) -> Iterator[
-        tuple[Participant, list[Participant]]]:
-    """(consumer, provider replicas) started; ``kind`` is sqlite, postgres or postgres-2."""
+def _setup(kind: str, root: Path, server: Postgres) -> Iterator[Variant]:
+    """A started set-up; ``kind`` is sqlite, postgres or postgres2."""
     provider, consumer = create_space(root)
     replicas = [provider]
     with ExitStack() as stack:
         if kind != "sqlite":
-            assert server is not None
             use_postgres(provider.dir, asyncio.run(new_database(server)))
-        if kind == "postgres-2":
+        if kind == "postgres2":
             second = Participant("provider-b", root / "provider-b", provider.url)
             shutil.copytree(provider.dir, second.dir)
             ports = [free_port(), free_port()]
@@ -100,111 +111,93 @@ def _setup(kind: str, root: Path, server: Postgres | None) -> Iterator[
             for p in [*replicas, consumer]:
                 start(p)
                 started.append(p)
-            yield consumer, replicas
+            more = {f"provider{i + 2}": p.process.pid for i, p in enumerate(replicas[1:])
+                    if p.process is not None}
+            balancer_pid = _haproxy_pid(root)
+            if balancer_pid is not None:
+                more["haproxy"] = balancer_pid
+            yield Variant(provider, consumer, more=more)
         finally:
             for p in reversed(started):
                 stop(p)
 
 
-async def _statements(server: Postgres, call: Callable[[], Awaitable[bool]]) -> float:
-    """Statements the PostgreSQL server ran per negotiation, over STATEMENT_SAMPLE of them
-    (``log_statement = all`` meanwhile; each ``statement:`` or ``execute`` line counts)."""
+async def _statements(server: Postgres, v: Variant, database: str) -> float:
+    """Statements the PostgreSQL server ran on ``database`` per negotiation, over
+    STATEMENT_SAMPLE of them one after the other (``log_statement = all`` meanwhile; each
+    ``statement:`` or ``execute`` line of that database counts)."""
     assert server.log is not None
     await log_statements(server, True)
     try:
         await asyncio.sleep(0.5)  # every backend has read the new setting
         start = server.log.stat().st_size
-        for _ in range(STATEMENT_SAMPLE):
-            await call()
+        async with aiohttp.ClientSession() as session:
+            await phase(session, v, 60.0, concurrency=1, count=STATEMENT_SAMPLE)
         await asyncio.sleep(0.5)  # the last steps' outbox rows are deleted
     finally:
         await log_statements(server, False)
     with server.log.open("rb") as f:
         f.seek(start)
         logged = f.read().decode(errors="replace")
-    return len(re.findall(r"LOG:  (?:statement|execute [^:]*):", logged)) / STATEMENT_SAMPLE
+    pattern = rf"db={re.escape(database)} .*LOG:  (?:statement|execute [^:]*):"
+    return len(re.findall(pattern, logged)) / STATEMENT_SAMPLE
 
 
-async def _phases(consumer: Participant, replicas: list[Participant], *, duration_s: float,
-                  warmup_s: float, server: Postgres | None, balancer_pid: int | None
-                  ) -> tuple[dict[int, tuple[LoadResult, CpuMeter, float]], float | None]:
-    settings = load_settings(consumer.dir)
-    url = settings.management_url + "/api/negotiations?wait=30"
-    headers = {"Authorization": f"Bearer {settings.management_token()}",
-               "Content-Type": "application/json"}
-    body = msgspec.json.encode({"provider": replicas[0].url, "datasetId": DATASET})
-    pids = {f"provider{i + 1}": p.process.pid for i, p in enumerate(replicas)
-            if p.process is not None}
-    assert consumer.process is not None
-    pids |= {"consumer": consumer.process.pid}
-    if balancer_pid is not None:
-        pids |= {"haproxy": balancer_pid}
-    out = {}
+async def _measure(setups: dict[str, Variant], *, duration_s: float, warmup_s: float
+                   ) -> dict[str, LoadResult]:
+    """A phase at c=1 of each set-up, then the rounds at c=64 (``compare``)."""
+    single = {}
     connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
-
-        async def call() -> bool:
-            async with session.post(url, data=body, headers=headers) as resp:
-                raw = await resp.read()
-                doc: dict[str, Any] = msgspec.json.decode(raw)
-                if resp.status != 201 or doc.get("state") != "FINALIZED":
-                    raise RuntimeError(f"HTTP {resp.status}: {raw[:200]!r}")
-                return True
-
-        for conc in (1, 64):
-            await load(call, concurrency=conc, duration_s=warmup_s, max_count=MAX_PER_PHASE)
-            server0 = _server_cpu_s(server.port) if server else 0.0
-            with CpuMeter(pids) as cpu:
-                result = await load(call, concurrency=conc, duration_s=duration_s,
-                                    max_count=MAX_PER_PHASE)
-            out[conc] = (result, cpu, (_server_cpu_s(server.port) - server0) if server else 0.0)
-        statements = await _statements(server, call) if server else None
-    return out, statements
+        for kind, v in setups.items():
+            log(f"replicas {kind}: c=1 for {duration_s:g} s")
+            await phase(session, v, warmup_s, concurrency=1)
+            single[kind], _ = await phase(session, v, duration_s, concurrency=1)
+    await compare(setups, rounds=ROUNDS, duration_s=duration_s, warmup_s=warmup_s,
+                  label="replicas")
+    return single
 
 
-def _emit(kind: str, phases: dict[int, tuple[LoadResult, CpuMeter, float]],
-          statements: float | None) -> float:
-    tag = kind.replace("-", "")
+def _emit(kind: str, v: Variant, c1: LoadResult, statements: float | None) -> float:
     if statements is not None:
-        emit(f"replicas_{tag}_statements_per_negotiation", statements, "statements")
-    fast, cpu, server_s = phases[64]
-    emit(f"replicas_{tag}_negotiations_per_s_c64", fast.rate, "negotiations/s")
-    emit(f"replicas_{tag}_negotiation_p50_ms_c1", phases[1][0].p(50), "ms")
-    emit(f"replicas_{tag}_errors", fast.errors + phases[1][0].errors, "count")
-    if fast.completed:
-        per = dict(cpu.cpu_s) | ({"postgres": server_s} if kind != "sqlite" else {})
-        for name, used in per.items():
-            emit(f"replicas_{tag}_cpu_us_{name}_c64", used / fast.completed * 1e6,
-                 "us/negotiation")
-        emit(f"replicas_{tag}_cpu_us_total_c64", sum(per.values()) / fast.completed * 1e6,
-             "us/negotiation")
-        emit(f"replicas_{tag}_cores_busy_c64", sum(per.values()) / fast.elapsed_s, "cores",
-             limit=os.cpu_count())
-    log(f"{kind}: {fast.rate:.1f}/s at c=64, p50 {phases[1][0].p(50):.1f} ms at c=1; "
-        f"other processes on the box: {cpu.foreign_cores:.2f} cores")
-    return fast.rate
+        emit(f"replicas_{kind}_statements_per_negotiation", statements, "statements")
+    rate = sum(r.completed for r in v.results) / sum(r.elapsed_s for r in v.results)
+    emit(f"replicas_{kind}_negotiations_per_s_c64", rate, "negotiations/s")
+    emit(f"replicas_{kind}_negotiation_p50_ms_c1", c1.p(50), "ms")
+    emit(f"replicas_{kind}_errors", v.errors + c1.errors, "count")
+    processes = list(v.cpu_us[0])
+    for name in processes:
+        emit(f"replicas_{kind}_cpu_us_{name}_c64", v.median_cpu_us(name), "us/negotiation")
+    total = v.median_cpu_us()
+    emit(f"replicas_{kind}_cpu_us_total_c64", total, "us/negotiation")
+    emit(f"replicas_{kind}_cores_busy_c64", total * rate / 1e6, "cores",
+         limit=os.cpu_count())
+    return rate
 
 
 def run(*, quick: bool) -> None:
-    duration_s = 2.0 if quick else 10.0
+    duration_s = 2.0 if quick else 5.0  # per phase
     warmup_s = 0.5 if quick else 1.0
-    rates: dict[str, float] = {}
-    with running_postgres() as server:
-        for kind in ("sqlite", "postgres", "postgres-2"):
-            root = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-            try:
-                with _setup(kind, root, server) as (consumer, replicas):
-                    log(f"== replicas {kind}: {len(replicas)} provider replica(s)")
-                    phases, statements = asyncio.run(_phases(
-                        consumer, replicas, duration_s=duration_s, warmup_s=warmup_s,
-                        server=server if kind != "sqlite" else None,
-                        balancer_pid=_haproxy_pid(root)))
-                rates[kind] = _emit(kind, phases, statements)
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
+    try:
+        with running_postgres() as server, ExitStack() as stack:
+            setups = {kind: stack.enter_context(_setup(kind, root / kind, server))
+                      for kind in KINDS}
+            databases = {kind: _database(v.provider.dir) for kind, v in setups.items()
+                         if kind != "sqlite"}
+            for kind, database in databases.items():
+                others = [d for d in databases.values() if d != database]
+                setups[kind].server_cpu = partial(_server_cpu_s, server.port, database, others)
+            single = asyncio.run(_measure(setups, duration_s=duration_s, warmup_s=warmup_s))
+            statements = {kind: asyncio.run(_statements(server, setups[kind], database))
+                          for kind, database in databases.items()}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rates = {kind: _emit(kind, v, single[kind], statements.get(kind))
+             for kind, v in setups.items()}
     # Targets (issue "past one machine"): one replica >= 70% of SQLite; two not slower.
-    emit("replicas_postgres_vs_sqlite_c64", rates["postgres"], "negotiations/s",
-         limit=rates["sqlite"])
-    emit("replicas_postgres2_vs_postgres_c64", rates["postgres-2"], "negotiations/s",
-         limit=rates["postgres"])
+    for a, b in (("postgres", "sqlite"), ("postgres2", "postgres")):
+        emit(f"replicas_{a}_vs_{b}_c64", rates[a], "negotiations/s", limit=rates[b])
+        emit(f"replicas_{a}_vs_{b}_ratio_median_c64", round_ratio(setups[a], setups[b]),
+             "ratio")

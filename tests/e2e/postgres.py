@@ -50,11 +50,14 @@ class Postgres:
 
 
 async def log_statements(server: Postgres, on: bool) -> None:
-    """Have the server log every statement it runs (``log_statement = all``) or none."""
+    """Have the server log every statement it runs (``log_statement = all``), each line
+    beginning with ``db=<database> ``, or none (and the default line prefix again)."""
     admin = await asyncpg.connect(host="127.0.0.1", port=server.port, user=SERVICE_USER,
                                   password=PASSWORD, database="postgres")
     try:
         await admin.execute(f"ALTER SYSTEM SET log_statement = '{'all' if on else 'none'}'")
+        await admin.execute("ALTER SYSTEM SET log_line_prefix = 'db=%d %m [%p] '" if on
+                            else "ALTER SYSTEM RESET log_line_prefix")
         await admin.execute("SELECT pg_reload_conf()")
     finally:
         await admin.close()
