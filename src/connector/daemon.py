@@ -479,6 +479,9 @@ class Daemon:
             token_secret=data_token_secret(s.root), automatic=self._automatic,
             completion_guard=pushed.completion_problem, locks=KeyedLocks(shared))
         self._observe_services()
+        if isinstance(store, PostgresStore):  # replicas: any replica's change wakes our waits
+            store.on_change = self._changed_elsewhere
+            self.negotiations.watch.listening = self.transfers.watch.listening = store.listening
         # What each running pull or push has moved so far (the console shows it).
         self.progress = ProgressBoard(clock=time.time)
         self.transfers.listeners.append(self.progress.on_transfer)
@@ -503,7 +506,6 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         if isinstance(store, PostgresStore):
             self._tasks.append(asyncio.create_task(self._orphan_loop(store)))
-            store.on_change = self._changed_elsewhere
         self._tasks.append(asyncio.create_task(self.health.run()))
         # README §Registry: the catalogue's metadata goes to the registries on start and on
         # every folder change; nothing here waits for them (no choke point).

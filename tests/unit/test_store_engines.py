@@ -259,12 +259,19 @@ async def test_a_dead_replicas_outbox_is_taken_over_once(postgres_server: Postgr
 
 
 async def test_every_replica_hears_of_a_committed_change(postgres_server: Postgres) -> None:
-    """LISTEN/NOTIFY: B hears of A's committed steps (what wakes B's long polls), and of
-    nothing that rolled back."""
+    """LISTEN/NOTIFY: B, while a long poll waits in it, hears of A's committed steps (what
+    wakes B's long polls), and of nothing that rolled back."""
     dsn = await new_database(postgres_server)
     a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
     heard: list[tuple[str, str]] = []
     b.on_change = lambda kind, id: heard.append((kind, id))
+    async with b.listening():
+        await _steps_heard(a, heard)
+    await a.close()
+    await b.close()
+
+
+async def _steps_heard(a: PostgresStore, heard: list[tuple[str, str]]) -> None:
     await a.save_negotiation(_negotiation("urn:n"), expect_new=True)
     with pytest.raises(ConflictError):
         await a.save_negotiation(_negotiation("urn:n"), expect_new=True)  # rolled back
@@ -282,8 +289,54 @@ async def test_every_replica_hears_of_a_committed_change(postgres_server: Postgr
             break
         await asyncio.sleep(0.02)
     assert heard == [("n", "urn:n"), ("t", "urn:t"), ("n", "urn:last")]
-    await a.close()
-    await b.close()
+
+
+async def _heard(store: PostgresStore, writer: PostgresStore, heard: list[tuple[str, str]],
+                 pid: str) -> bool:
+    """Whether ``store`` hears of ``writer``'s step on a new process ``pid`` (a marker that
+    ``store`` itself writes afterwards is heard first if it listens: NOTIFY keeps order)."""
+    await writer.save_negotiation(_negotiation(pid), expect_new=True)
+    await store.save_negotiation(_negotiation(pid + ":marker"), expect_new=True)
+    for _ in range(100):
+        if ("n", pid + ":marker") in heard:
+            break
+        await asyncio.sleep(0.02)
+    return ("n", pid) in heard
+
+
+async def test_a_replica_listens_only_while_a_long_poll_waits_in_it(
+        postgres_server: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No long poll: B is not woken by A's steps. A poll: B LISTENs before it reads, and for
+    LISTEN_LINGER_S after the last poll ended; a lost listening connection is opened again
+    by the next poll."""
+    monkeypatch.setattr(postgres, "LISTEN_LINGER_S", 1.0)
+    dsn = await new_database(postgres_server)
+    a, b = await PostgresStore.open(dsn), await PostgresStore.open(dsn)
+    heard: list[tuple[str, str]] = []
+    b.on_change = lambda kind, id: heard.append((kind, id))
+    try:
+        assert not await _heard(b, a, heard, "urn:idle")
+        async with b.listening(), b.listening():  # two polls, one LISTEN
+            assert await _heard(b, a, heard, "urn:polled")
+        assert await _heard(b, a, heard, "urn:lingering")  # within LISTEN_LINGER_S
+        for _ in range(500):
+            if not b._listens:  # UNLISTEN once it passed
+                break
+            await asyncio.sleep(0.02)
+        assert not await _heard(b, a, heard, "urn:after")
+        async with b.listening():
+            pid = await b._listener.fetchval("SELECT pg_backend_pid()")
+        async with a._pool.acquire() as conn:  # the listening connection is lost
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(100):
+            if b._listener.is_closed():
+                break
+            await asyncio.sleep(0.02)
+        async with b.listening():
+            assert await _heard(b, a, heard, "urn:reconnected")
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_a_process_lock_holds_across_replicas(postgres_server: Postgres) -> None:

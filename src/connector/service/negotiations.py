@@ -323,9 +323,7 @@ class NegotiationService(ProcessService[Negotiation]):
         The same table that judges inbound messages refuses an illegal send (400 to the
         operator). A consumer that has not yet heard the provider's pid waits for it.
         """
-        record = await self.mine(pid)
-        if record.provider_pid is None:
-            await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
+        await self.until(pid, lambda r: r.provider_pid is not None, 10.0)
         async with self._locks.hold(pid):
             record = await self.mine(pid)
             if event is NegotiationEvent.TERMINATE:
@@ -346,12 +344,8 @@ class NegotiationService(ProcessService[Negotiation]):
 
     async def wait(self, pid: str, timeout: float) -> Negotiation:
         """Wait for a terminal state (or the timeout); returns the latest record."""
-        record = await self.mine(pid)
-        if record.state.terminal or timeout <= 0:
-            return record
-        latest = await self.watch.wait(pid, record, lambda r: r.state.terminal, timeout)
-        # The watch hands over the terminal record itself; only a timeout needs a fresh read.
-        return latest if latest is not record else await self.mine(pid)
+        return await self.until(pid, lambda r: r.state.terminal, timeout)
+
 
 def trace_lines(decision: Decision) -> list[str]:
     """One line per evaluated constraint: ✓/✗, the constraint, what was found, why."""

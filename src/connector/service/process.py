@@ -136,6 +136,16 @@ class ProcessService(Generic[RecordT]):
             raise NotFound(f"no {self.area.value} {pid!r}")
         return record
 
+    async def until(self, pid: str, predicate: Callable[[RecordT], bool], timeout: float
+                    ) -> RecordT:
+        """Our record for ``pid`` once ``predicate`` holds for it, or as it is after
+        ``timeout`` seconds (404 if there is none): long polls, and an operator's step that
+        needs the peer's pid first. Any replica's change wakes it."""
+        record = await self.mine(pid)
+        if predicate(record) or timeout <= 0:
+            return record
+        return await self.watch.wait(pid, lambda: self.mine(pid), predicate, timeout)
+
     # -- process-creating messages ------------------------------------------------------------
 
     async def _open_once(self, counterparty: str, opener: Role, pid: str,

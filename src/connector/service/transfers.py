@@ -389,9 +389,7 @@ class TransferService(ProcessService[Transfer]):
                   code: str | None = None) -> Transfer:
         """Our operator (or pull loop, or a test script) starts, completes, suspends, resumes
         or terminates. A provider's Start carries a fresh data token."""
-        record = await self.mine(pid)
-        if record.provider_pid is None:
-            await self.watch.wait(pid, record, lambda r: r.provider_pid is not None, 10.0)
+        await self.until(pid, lambda r: r.provider_pid is not None, 10.0)
         async with self._locks.hold(pid):
             record = await self.mine(pid)
             if event is TransferEvent.START and record.role is Role.PROVIDER:
@@ -408,10 +406,8 @@ class TransferService(ProcessService[Transfer]):
             return after
 
     async def wait_started(self, pid: str, timeout: float) -> Transfer:
-        record = await self.mine(pid)
-        await self.watch.wait(pid, record, lambda r: r.state is not TransferState.REQUESTED,
-                              timeout)
-        return await self.mine(pid)
+        return await self.until(pid, lambda r: r.state is not TransferState.REQUESTED, timeout)
+
 
 _replace = msgspec.structs.replace
 

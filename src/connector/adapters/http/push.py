@@ -139,11 +139,8 @@ class PushReceiver:
 
     async def receive(self, request: web.Request) -> web.Response:
         pid, expected = self._check(request)
-        record = await self._transfers.mine(pid)
-        await self._transfers.watch.wait(pid, record,
-                                         lambda r: r.state is not TransferState.REQUESTED,
-                                         START_WAIT_S)
-        record = await self._transfers.mine(pid)
+        record = await self._transfers.until(
+            pid, lambda r: r.state is not TransferState.REQUESTED, START_WAIT_S)
         if record.state is not TransferState.STARTED:
             raise MalformedMessage(f"transfer {pid} is {record.state.value}, not STARTED",
                                    area=None)

@@ -26,9 +26,11 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
   its claims every CLAIM_S / 3 while it runs, and takes over the rows whose claim ran out
   (``claim_orphans``: ``FOR UPDATE SKIP LOCKED``, the database's clock), so the messages of a
   replica that died are sent by another within CLAIM_S plus one sweep;
-- **changes are announced** (``pg_notify`` in the step's transaction, so on commit): every
-  replica LISTENs and hands the record's kind and id to ``on_change``, which wakes the long
-  polls (``?wait=``) waiting on that record in any replica;
+- **changes are announced** (``pg_notify`` in the step's transaction, so on commit): a
+  replica LISTENs while a long poll (``?wait=``) waits in it (``listening``, and
+  LISTEN_LINGER_S after the last) and hands the record's kind and id to ``on_change``,
+  which wakes the polls waiting on that record; a replica nobody waits on is not woken by
+  every step of the others;
 - **migrations** run under a session advisory lock, so replicas starting together apply
   each one once; the applied version is kept in ``connector_schema``.
 
@@ -87,6 +89,9 @@ ORPHANS_PER_SWEEP = 500
 _NOW = "extract(epoch from clock_timestamp())"
 # The LISTEN/NOTIFY channel of record changes; a payload is "n:<id>" or "t:<id>".
 CHANGES = "connector_changes"
+# How long a replica keeps LISTENing after its last long poll ended (a burst of polls does
+# not LISTEN and UNLISTEN for each).
+LISTEN_LINGER_S = 10.0
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS connector_schema (version INTEGER NOT NULL)"
 
 _UPSERT_NEGOTIATION = (
@@ -171,7 +176,12 @@ class PostgresStore(PagedReads):
         self._behind: set[asyncio.Task[None]] = set()  # audit entries being written
         self._jtis = SeenTokenRows(pool)
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
-        self._listener: Any = None  # the connection LISTENing on CHANGES
+        self._listener: Any = None  # the connection that LISTENs on CHANGES, once opened
+        self._listens = False  # whether it does now
+        self._listening = 0  # long polls waiting in this replica
+        self._listen_lock = asyncio.Lock()
+        self._unlisten: asyncio.TimerHandle | None = None
+        self._unlistening: asyncio.Task[None] | None = None
         self._dsn = ""
         self._pushes: PushClaims | None = None
         # The connection a step holds its process lock on, and the task running the step:
@@ -196,13 +206,45 @@ class PostgresStore(PagedReads):
         store = cls(pool, audit)
         store._dsn = dsn
         store._renewer = asyncio.create_task(store._renew_loop())
-        try:
-            store._listener = await asyncpg.connect(dsn)
-            await store._listener.add_listener(CHANGES, store._notified)
-        except BaseException:
-            await store.close()
-            raise
         return store
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """While a long poll waits: every replica's changes reach ``on_change`` (LISTEN on
+        its own connection, opened again if it was lost). Entered before the poll reads the
+        record, so a change committed after that read is announced to it."""
+        self._listening += 1
+        try:
+            if self._unlisten is not None:
+                self._unlisten.cancel()
+                self._unlisten = None
+            async with self._listen_lock:
+                await self._listen()
+            yield
+        finally:
+            self._listening -= 1
+            if self._listening == 0 and self._unlisten is None:
+                self._unlisten = asyncio.get_running_loop().call_later(
+                    LISTEN_LINGER_S, self._linger_ended)
+
+    async def _listen(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener, self._listens = await asyncpg.connect(self._dsn), False
+        if not self._listens:
+            await self._listener.add_listener(CHANGES, self._notified)
+            self._listens = True
+
+    def _linger_ended(self) -> None:
+        self._unlisten = None
+        self._unlistening = asyncio.get_running_loop().create_task(self._stop_listening())
+
+    async def _stop_listening(self) -> None:
+        async with self._listen_lock:
+            if self._listening or not self._listens:
+                return
+            self._listens = False
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._listener.remove_listener(CHANGES, self._notified)
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         kind, _, id = payload.partition(":")
@@ -213,6 +255,10 @@ class PostgresStore(PagedReads):
         """Stop; the outbox rows still claimed are released for another replica at once."""
         if self._pushes is not None:
             await self._pushes.close()
+        if self._unlisten is not None:
+            self._unlisten.cancel()
+        if self._unlistening is not None:
+            await asyncio.gather(self._unlistening, return_exceptions=True)
         if self._listener is not None:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await self._listener.close()
