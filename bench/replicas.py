@@ -173,6 +173,11 @@ def _emit(kind: str, v: Variant, c1: LoadResult, statements: float | None) -> fl
     emit(f"replicas_{kind}_cpu_us_total_c64", total, "us/negotiation")
     emit(f"replicas_{kind}_cores_busy_c64", total * rate / 1e6, "cores",
          limit=os.cpu_count())
+    # A projection, not a measure: the rate at which the busiest replica's one event loop
+    # would fill its core, were every process given cores of its own (the PostgreSQL server
+    # runs a process per connection, the consumer is not the provider's to scale).
+    busiest = max(v.median_cpu_us(name) for name in processes if name.startswith("provider"))
+    emit(f"replicas_{kind}_provider_capacity_projected", 1e6 / busiest, "negotiations/s")
     return rate
 
 
