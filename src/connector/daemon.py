@@ -28,6 +28,7 @@ from aiohttp.typedefs import Middleware
 
 import connector
 from connector import logs
+from connector.adapters.http import tls_buffers
 from connector.adapters.http.client import PeerClient, client_ssl_context
 from connector.adapters.http.credential_service import CS_PATH, CredentialServiceRoutes
 from connector.adapters.http.dataplane import DataPlane
@@ -808,4 +809,5 @@ async def serve(root: Path, ready: asyncio.Event | None = None) -> None:
 
 def run_forever(root: Path) -> None:
     logs.setup(logs.LogSettings())  # plain text until connector.toml is read
+    tls_buffers.install()  # idle peers' connections cost 16 KiB of read buffer, not 256
     asyncio.run(serve(root))
