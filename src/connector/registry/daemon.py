@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from connector import keys, logs
+from connector.adapters.http import tls_buffers
 from connector.adapters.http.client import client_ssl_context
 from connector.config import Endpoint, endpoint_fields
 from connector.core.errors import ConfigError, ConnectorError
@@ -209,4 +210,5 @@ async def serve(root: Path) -> None:
 
 def run_forever(root: Path) -> None:
     logs.setup(logs.LogSettings())
+    tls_buffers.install()  # every connector's publications and searches: 16 KiB each
     asyncio.run(serve(root))

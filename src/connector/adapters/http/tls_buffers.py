@@ -14,9 +14,10 @@ It changes nothing else: ``max_size``, the one knob it turns, is what ``SSLProto
 reads to size that buffer (an instance attribute shadows the class's); ``buffer_updated`` is
 the BufferedProtocol method the transport calls after each read.
 
-``install()`` makes the process's TLS connections use it (``connector run`` calls it once,
-before its event loop starts): asyncio's selector loop builds its TLS transports with
-whatever ``asyncio.sslproto.SSLProtocol`` names when a connection opens.
+``install()`` makes the process's TLS connections use it (``connector run`` and ``connector
+registry run`` call it once, before their event loop starts): asyncio's selector loop
+builds its TLS transports with whatever ``asyncio.sslproto.SSLProtocol`` names when a
+connection opens.
 """
 
 from __future__ import annotations
