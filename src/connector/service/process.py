@@ -141,9 +141,6 @@ class ProcessService(Generic[RecordT]):
         """Our record for ``pid`` once ``predicate`` holds for it, or as it is after
         ``timeout`` seconds (404 if there is none): long polls, and an operator's step that
         needs the peer's pid first. Any replica's change wakes it."""
-        record = await self.mine(pid)
-        if predicate(record) or timeout <= 0:
-            return record
         return await self.watch.wait(pid, lambda: self.mine(pid), predicate, timeout)
 
     # -- process-creating messages ------------------------------------------------------------
