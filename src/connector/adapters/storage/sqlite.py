@@ -15,8 +15,10 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
   id cost no hop;
 - outbox sequence numbers are allocated in memory from the table's maximum at start-up;
 - **audit entries** (``service.audit``) join the transaction of the step they record; the
-  writer numbers and chains them (``core.audit``) when it commits, from the chain's head it
-  keeps in memory, so a batch that fails leaves the chain as it was;
+  writer makes them (``StepAudit.*_later``: a step's entry is taken down when the step is
+  submitted, made with the others of its group commit), numbers and chains them
+  (``core.audit``) when it commits, from the chain's head it keeps in memory, so a batch
+  that fails leaves the chain as it was; an entry that cannot be made refuses its step;
 - **seen token ids** (``record_jti``), and the audit entries of catalogue answers, which change
   no state (``append_audit_behind``), are written behind: the row joins the next group commit
   (or one JTI_FLUSH_S later if nothing else is written), so a replay check never waits for
@@ -413,7 +415,7 @@ class SqliteStore(PagedReads):
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         upsert = "" if expect_new else _UPSERT_TRANSFER
-        audit = self._audit.transfer(record, outbox) if self._audit else None
+        later = self._audit.transfer_later(record, outbox) if self._audit else None
         return await self._transaction([(
             "INSERT INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
             " agreement_id, token_hash, prev_token_hash, updated_at, body)"
@@ -421,7 +423,7 @@ class SqliteStore(PagedReads):
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        )], outbox, [(f"t:{record.id}", record)], audit)
+        )], outbox, [(f"t:{record.id}", record)], later=later)
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
