@@ -5,9 +5,8 @@ Pure tests: entries and checkpoints are built in memory, altered, and verified a
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from connector.core.audit import (
     GENESIS,

@@ -221,6 +221,39 @@ async def test_a_failed_audit_write_refuses_the_step_and_leaves_the_chain_valid(
 
 
 @SQLITE_ONLY
+async def test_an_entry_that_cannot_be_made_refuses_its_step_and_no_other(
+        folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite makes a step's entry when the group commit writes the step
+    (``StepAudit.negotiation_later``): one that cannot be made there (the policy text an
+    agreement names cannot be read) refuses its own step, not those committed with it."""
+    def unreadable(policy_hash: str) -> bytes | None:
+        raise OSError(f"policies/{policy_hash[:8]}.json: permission denied")
+
+    await folder.store.close()
+    folder.store = await open_store(folder.settings,
+                                    audit=StepAudit(clock=time.time, policy_text=unreadable))
+    agreement = Agreement(id="a1", negotiation_id="agreed", role="provider",
+                          dataset_id="weather", assigner="did:web:acme", assignee=PEER,
+                          created_at=1.0, body={"@id": "a1"}, policy_hash="f" * 64)
+    results = await asyncio.gather(
+        *(folder.store.save_negotiation(negotiation(f"n{i}"), expect_new=True)
+          for i in range(4)),
+        folder.store.save_negotiation(negotiation("agreed", NegotiationState.FINALIZED),
+                                      agreement=agreement, expect_new=True),
+        return_exceptions=True)
+    assert results[:4] == [[], [], [], []]
+    refused = results[4]
+    assert isinstance(refused, AuditError) and refused.status == 503
+    assert "permission denied" in refused.message
+    assert await folder.store.get_negotiation("agreed") is None
+    assert await folder.store.get_agreement("a1") is None
+    assert [(await folder.store.get_negotiation(f"n{i}")) is not None
+            for i in range(4)] == [True] * 4
+    code, out = await verify(folder, capsys)
+    assert code == 0 and "4 entries" in out, out
+
+
+@SQLITE_ONLY
 async def test_the_audit_table_is_append_only(folder: Folder) -> None:
     await some_steps(folder, 2)
     with sqlite3.connect(folder.db) as conn, pytest.raises(sqlite3.IntegrityError):

@@ -41,23 +41,25 @@ from connector.core.identity import (
 )
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+_sha256 = hashlib.sha256
 GENESIS = "0" * 64
 CHECKPOINT_TYP = "audit-checkpoint+jwt"
 BUNDLE_FORMAT = "connector-audit-bundle/1"
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something to record; the store gives it its sequence number and its place in the chain."""
+class Event(msgspec.Struct, frozen=True):
+    """Something to record; the store gives it its sequence number and its place in the chain.
+
+    (Structs, not dataclasses, for ``Event`` and ``Entry``: every audited step makes one of
+    each, and a frozen dataclass costs a ``object.__setattr__`` per field.)"""
 
     kind: str
     at: float
     refs: tuple[str, ...] = ()
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
     """One chained entry as stored: ``body`` is the canonical JSON its ``digest`` is over."""
 
     seq: int
@@ -77,12 +79,12 @@ def canonical(value: Any) -> bytes:
 
 
 def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return _sha256(data).hexdigest()
 
 
 def link(prev: str, digest: str) -> str:
     """The chain hash of an entry whose body has ``digest``, after an entry hashing to ``prev``."""
-    return sha256_hex((prev + digest).encode("ascii"))
+    return _sha256((prev + digest).encode("ascii")).hexdigest()
 
 
 def entry_prefix(event: Event) -> bytes:
@@ -91,15 +93,15 @@ def entry_prefix(event: Event) -> bytes:
     ``n`` is this prefix, ``n`` in decimal and ``}``. A store that numbers entries inside the
     database (PostgreSQL's ``audit_append``, migration 012) completes it there; ``make_entry``
     does it here, and both digest and link it as ``link`` says."""
-    head = canonical({"at": event.at, "kind": event.kind, "refs": list(event.refs),
-                      "data": dict(event.data)})
-    return head[:-1] + b',"seq":'
+    data = event.data if type(event.data) is dict else dict(event.data)
+    return _encode({"at": event.at, "kind": event.kind, "refs": event.refs,
+                    "data": data})[:-1] + b',"seq":'
 
 
 def make_entry(seq: int, prev: str, event: Event) -> Entry:
     """Number and chain ``event``."""
-    body = entry_prefix(event) + b"%d}" % seq
-    digest = sha256_hex(body)
+    body = b"%s%d}" % (entry_prefix(event), seq)
+    digest = _sha256(body).hexdigest()
     return Entry(seq=seq, digest=digest, hash=link(prev, digest), body=body)
 
 

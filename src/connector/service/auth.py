@@ -280,6 +280,7 @@ class Binding:
     token: str | None  # the compact JWS, kept as evidence; None when it is not one
     token_id: str | None
     bound: bool
+    body_digest: str | None = None  # the body's SHA-256 (hex) when the check computed it
 
 
 def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Binding:
@@ -314,6 +315,7 @@ def bind_body(authorization: str | None, body: bytes, *, required: bool) -> Bind
 
 
 def _bound(token: str, token_id: str | None, claimed: str, body: bytes) -> Binding:
-    if not hmac.compare_digest(claimed, hashlib.sha256(body).hexdigest()):
+    digest = hashlib.sha256(body).hexdigest()
+    if not hmac.compare_digest(claimed, digest):
         raise AuthError("the token was signed for another message body")
-    return Binding(token, token_id, True)
+    return Binding(token, token_id, True, digest)

@@ -109,7 +109,8 @@ class DspRoutes:
             did = claims.participant_id
             audit.received(audit.Inbound(peer=did, token_id=binding.token_id,
                                          token=binding.token, body=raw, bound=binding.bound,
-                                         document=self.d.verifier.peer_document(did)))
+                                         document=self.d.verifier.peer_document(did),
+                                         body_digest=binding.body_digest))
         return raw
 
     # -- well-known ----------------------------------------------------------------------------

@@ -15,8 +15,10 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
   id cost no hop;
 - outbox sequence numbers are allocated in memory from the table's maximum at start-up;
 - **audit entries** (``service.audit``) join the transaction of the step they record; the
-  writer numbers and chains them (``core.audit``) when it commits, from the chain's head it
-  keeps in memory, so a batch that fails leaves the chain as it was;
+  writer makes them (``StepAudit.*_later``: a step's entry is taken down when the step is
+  submitted, made with the others of its group commit), numbers and chains them
+  (``core.audit``) when it commits, from the chain's head it keeps in memory, so a batch
+  that fails leaves the chain as it was; an entry that cannot be made refuses its step;
 - **seen token ids** (``record_jti``), and the audit entries of catalogue answers, which change
   no state (``append_audit_behind``), are written behind: the row joins the next group commit
   (or one JTI_FLUSH_S later if nothing else is written), so a replay check never waits for
@@ -43,7 +45,7 @@ import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
-from connector.core.audit import GENESIS, Entry, chain_events, parse_checkpoint
+from connector.core.audit import GENESIS, make_entry, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
 from connector.core.transfer import Transfer
@@ -61,12 +63,18 @@ Statement = tuple[str, Sequence[Any]]
 CHECKPOINT_S = 1.0
 WAL_SIZE_LIMIT = 64 << 20
 AUTO_CHECKPOINT = 1000  # pages: SQLite's default, when checkpoints cannot run apart
+# Prepared statements the connection keeps (the sqlite3 module's default is 128). A group
+# commit's multi-row INSERT is a different statement for each row count (``_multi_row``):
+# with ~8 tables written, up to ~30 rows each, and the reads, the default cache is churned and
+# statements are parsed again (sqlite3_prepare_v2 was ~10 % of the database thread's CPU).
+CACHED_STATEMENTS = 1024
 # A seen jti waits at most this long for another write to commit with (then commits alone).
 JTI_FLUSH_S = 0.01
 _RECORD_JTI = ("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)"
                " ON CONFLICT (jti) DO UPDATE SET until = max(until, excluded.until)")
 _INSERT_ENTRY = ("INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_SHARED = "INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)"
 _UPSERT_NEGOTIATION = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, provider_pid ="
     " excluded.provider_pid, counterparty = excluded.counterparty, updated_at ="
@@ -79,16 +87,20 @@ _UPSERT_TRANSFER = (
 
 
 class _Txn:
-    """One submitted transaction waiting for the group-commit writer."""
+    """One submitted transaction waiting for the group-commit writer. Its audit entries are
+    ``audit``, or made by ``later`` when the writer chains the batch (``StepAudit``'s
+    ``*_later`` methods)."""
 
-    __slots__ = ("audit", "cached", "future", "statements")
+    __slots__ = ("audit", "cached", "future", "later", "statements")
 
     def __init__(self, statements: list[Statement], cached: list[tuple[str, Any]],
-                 future: asyncio.Future[None], audit: AuditBatch | None = None) -> None:
+                 future: asyncio.Future[None], audit: AuditBatch | None = None,
+                 later: Callable[[], AuditBatch] | None = None) -> None:
         self.statements = statements
         self.cached = cached
         self.future = future
         self.audit = audit
+        self.later = later
 
 
 class SqliteStore(PagedReads):
@@ -115,7 +127,8 @@ class SqliteStore(PagedReads):
     @classmethod
     async def open(cls, path: Path, *, audit: StepAudit | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+        conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE",
+                                       cached_statements=CACHED_STATEMENTS)
         store = cls(conn, audit)
         try:  # a store that refuses to open (a newer schema) closes what it opened
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -202,7 +215,8 @@ class SqliteStore(PagedReads):
             self._cache.pop(next(iter(self._cache)))
 
     async def _transaction(self, statements: list[Statement], outbox: Sequence[Outgoing],
-                           cached: list[tuple[str, Any]], audit: AuditBatch | None = None
+                           cached: list[tuple[str, Any]], audit: AuditBatch | None = None,
+                           later: Callable[[], AuditBatch] | None = None
                            ) -> list[OutboxItem]:
         """Queue a transaction for the writer; return once it has committed."""
         items = []
@@ -215,7 +229,7 @@ class SqliteStore(PagedReads):
             items.append(OutboxItem(seq=seq, process_id=out.process_id, url=out.url,
                                     audience=out.audience, body=out.body))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Txn(statements, cached, future, audit))
+        self._pending.append(_Txn(statements, cached, future, audit, later))
         self._wake.set()
         await future
         return items
@@ -237,16 +251,15 @@ class SqliteStore(PagedReads):
         """The batch's statements with its audit entries chained on from the current head."""
         statements = [st for txn in batch for st in txn.statements]
         seq, head = self._audit_head
-        count = 0
         for txn in batch:
             if txn.audit:
-                entries = chain_events(seq + 1, head, txn.audit.events)
-                statements.extend(_entry_rows(entries, txn.audit))
-                seq, head = entries[-1].seq, entries[-1].hash
-                count += len(entries)
-        return statements, (seq, head), count
+                seq, head = _entry_rows(txn.audit, seq, head, statements)
+        return statements, (seq, head), seq - self._audit_head[0]
 
     async def _commit(self, batch: list[_Txn]) -> None:
+        batch = [txn for txn in batch if _made(txn)]
+        if not batch:
+            return
         statements, head, count = self._chained(batch)
         try:
             await self._run(statements)
@@ -343,8 +356,10 @@ class SqliteStore(PagedReads):
                  agreement.assigner, agreement.assignee, agreement.created_at,
                  _enc.encode(agreement)),
             ))
-        audit = self._audit.negotiation(record, outbox, agreement) if self._audit else None
-        return await self._transaction(statements, outbox, [(f"n:{record.id}", record)], audit)
+        later = (self._audit.negotiation_later(record, outbox, agreement) if self._audit
+                 else None)
+        return await self._transaction(statements, outbox, [(f"n:{record.id}", record)],
+                                       later=later)
 
     async def find_negotiation(self, *, counterparty: str | None, role: str,
                                consumer_pid: str | None = None,
@@ -406,7 +421,7 @@ class SqliteStore(PagedReads):
         self, record: Transfer, *, outbox: Sequence[Outgoing] = (), expect_new: bool = False,
     ) -> list[OutboxItem]:
         upsert = "" if expect_new else _UPSERT_TRANSFER
-        audit = self._audit.transfer(record, outbox) if self._audit else None
+        later = self._audit.transfer_later(record, outbox) if self._audit else None
         return await self._transaction([(
             "INSERT INTO transfers (id, role, state, consumer_pid, provider_pid, counterparty,"
             " agreement_id, token_hash, prev_token_hash, updated_at, body)"
@@ -414,7 +429,7 @@ class SqliteStore(PagedReads):
             (record.id, record.role.value, record.state.value, record.consumer_pid,
              record.provider_pid, record.counterparty_id, record.agreement_id,
              record.token_hash, record.prev_token_hash, record.updated_at, _enc.encode(record)),
-        )], outbox, [(f"t:{record.id}", record)], audit)
+        )], outbox, [(f"t:{record.id}", record)], later=later)
 
     async def list_transfers(self, agreement_id: str | None = None) -> list[Transfer]:
         if agreement_id is None:
@@ -534,17 +549,21 @@ class SqliteStore(PagedReads):
             (attempts, next_attempt, error, seq))
 
 
-def _entry_rows(entries: list[Entry], batch: AuditBatch) -> list[Statement]:
-    """One row per entry: the chained body, the ids it concerns (two at most) and, on the
-    step's first entry, the evidence it names; shared evidence goes to its own table."""
+def _entry_rows(batch: AuditBatch, seq: int, head: str, rows: list[Statement]
+                ) -> tuple[int, str]:
+    """Append a step's rows to ``rows``, numbered on from entry ``seq`` (hashing to ``head``):
+    one per entry (the chained body, the ids it concerns, two at most, and on the step's
+    first entry the evidence it names), then its shared evidence, to its own table. Returns
+    the new head."""
     refs, own, shared = batch.stored()
-    rows: list[Statement] = [
-        (_INSERT_ENTRY, (entry.seq, entry.digest, entry.hash, entry.body, ref1, ref2,
-                         own if i == 0 else None))
-        for i, (entry, (ref1, ref2)) in enumerate(zip(entries, refs, strict=True))]
-    rows.extend(("INSERT OR IGNORE INTO audit_shared (digest, kind, content) VALUES (?, ?, ?)",
-                 e) for e in shared)
-    return rows
+    for event, (ref1, ref2) in zip(batch.events, refs, strict=True):
+        seq += 1
+        entry = make_entry(seq, head, event)
+        head = entry.hash
+        rows.append((_INSERT_ENTRY, (seq, entry.digest, head, entry.body, ref1, ref2, own)))
+        own = None
+    rows.extend((_INSERT_SHARED, e) for e in shared)
+    return seq, head
 
 
 # Rows one multi-row INSERT takes at most (SQLite allows 32766 parameters since 3.32).
@@ -585,6 +604,19 @@ async def _queued(calls: list[Awaitable[Any]]) -> list[Any]:
     write (``isolation_level="IMMEDIATE"``), so a write can never run outside one.
     """
     return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+def _made(txn: _Txn) -> bool:
+    """Make a transaction's audit entries if they are still to make (once: a replayed
+    transaction reuses them); False, and the step refused, if that failed."""
+    if txn.later is not None:
+        later, txn.later = txn.later, None
+        try:
+            txn.audit = later()
+        except Exception as exc:
+            txn.future.set_exception(_refusal(exc))
+            return False
+    return True
 
 
 def _refusal(exc: Exception) -> AuditError:
