@@ -51,6 +51,12 @@ def _audit(quick: bool) -> None:
     audit.run(quick=quick)
 
 
+def _gc(quick: bool) -> None:
+    from bench import gc_young
+
+    gc_young.run(quick=quick)
+
+
 def _json_depth(quick: bool) -> None:
     import json
 
@@ -103,6 +109,7 @@ BENCHMARKS: dict[str, Callable[[bool], None]] = {
     "transfer": _transfer,
     "metrics": _metrics,
     "audit": _audit,
+    "gc": _gc,
     "json_depth": _json_depth,
     "replicas": _replicas,
     "console": _console,
