@@ -49,6 +49,11 @@ class Variant:
     results: list[LoadResult] = field(default_factory=list)
     cpu_us: list[dict[str, float]] = field(default_factory=list)  # per phase and process
 
+    def rate(self) -> float:
+        """Completed negotiations over the time of all its phases."""
+        return (sum(r.completed for r in self.results)
+                / sum(r.elapsed_s for r in self.results))
+
     def median_rate(self) -> float:
         return statistics.median(r.rate for r in self.results)
 

@@ -122,11 +122,9 @@ def run(*, quick: bool) -> None:
         for p in running:
             stop(p)
         shutil.rmtree(root, ignore_errors=True)
-    rate = {k: sum(r.completed for r in v.results) / sum(r.elapsed_s for r in v.results)
-            for k, v in (("on", on), ("off", off))}
-    emit("negotiations_per_s_audit_off_c64", rate["off"], "negotiations/s")
+    emit("negotiations_per_s_audit_off_c64", off.rate(), "negotiations/s")
     # The target: the audit trail keeps at least 90% of the rate without it.
-    emit("negotiations_per_s_audit_on_c64", rate["on"], "negotiations/s", limit=rate["off"])
+    emit("negotiations_per_s_audit_on_c64", on.rate(), "negotiations/s", limit=off.rate())
     # The same, round by round (each "on" phase against the "off" phase of its round): the
     # median is less swayed by a burst of other work on a shared box than the sums above.
     emit("negotiations_per_s_audit_ratio_median_c64", round_ratio(on, off), "ratio")

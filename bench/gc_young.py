@@ -66,11 +66,9 @@ def run(*, quick: bool) -> None:
         for p in running:
             stop(p)
         shutil.rmtree(root, ignore_errors=True)
-    rate = {k: sum(r.completed for r in v.results) / sum(r.elapsed_s for r in v.results)
-            for k, v in (("young", young), ("default", default))}
-    emit("negotiations_per_s_gc_default_c64", rate["default"], "negotiations/s")
-    emit("negotiations_per_s_gc_young_c64", rate["young"], "negotiations/s",
-         limit=rate["default"])
+    emit("negotiations_per_s_gc_default_c64", default.rate(), "negotiations/s")
+    emit("negotiations_per_s_gc_young_c64", young.rate(), "negotiations/s",
+         limit=default.rate())
     emit("negotiations_per_s_gc_ratio_median_c64", round_ratio(young, default), "ratio")
     emit_cpu("gc", young, default)
     emit("negotiation_errors_gc", young.errors + default.errors, "count")

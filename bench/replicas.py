@@ -162,7 +162,7 @@ async def _measure(setups: dict[str, Variant], *, duration_s: float, warmup_s: f
 def _emit(kind: str, v: Variant, c1: LoadResult, statements: float | None) -> float:
     if statements is not None:
         emit(f"replicas_{kind}_statements_per_negotiation", statements, "statements")
-    rate = sum(r.completed for r in v.results) / sum(r.elapsed_s for r in v.results)
+    rate = v.rate()
     emit(f"replicas_{kind}_negotiations_per_s_c64", rate, "negotiations/s")
     emit(f"replicas_{kind}_negotiation_p50_ms_c1", c1.p(50), "ms")
     emit(f"replicas_{kind}_errors", v.errors + c1.errors, "count")
