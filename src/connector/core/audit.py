@@ -41,7 +41,6 @@ from connector.core.identity import (
 )
 
 _encode = msgspec.json.Encoder(order="sorted").encode
-_sha256 = hashlib.sha256
 GENESIS = "0" * 64
 CHECKPOINT_TYP = "audit-checkpoint+jwt"
 BUNDLE_FORMAT = "connector-audit-bundle/1"
@@ -79,12 +78,12 @@ def canonical(value: Any) -> bytes:
 
 
 def sha256_hex(data: bytes) -> str:
-    return _sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def link(prev: str, digest: str) -> str:
     """The chain hash of an entry whose body has ``digest``, after an entry hashing to ``prev``."""
-    return _sha256((prev + digest).encode("ascii")).hexdigest()
+    return sha256_hex((prev + digest).encode("ascii"))
 
 
 def entry_prefix(event: Event) -> bytes:
@@ -101,7 +100,7 @@ def entry_prefix(event: Event) -> bytes:
 def make_entry(seq: int, prev: str, event: Event) -> Entry:
     """Number and chain ``event``."""
     body = b"%s%d}" % (entry_prefix(event), seq)
-    digest = _sha256(body).hexdigest()
+    digest = sha256_hex(body)
     return Entry(seq=seq, digest=digest, hash=link(prev, digest), body=body)
 
 

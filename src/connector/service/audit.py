@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -39,7 +38,6 @@ from connector.core.transfer import Transfer
 from connector.service.store import Agreement, Outgoing
 
 log = logging.getLogger("connector.audit")
-_sha256 = hashlib.sha256
 # A checkpoint at least every 1000 entries or every 60 s (when anything was written): what an
 # attacker could cut from the tail unnoticed, without a witness, is bounded by the two.
 DEFAULT_CHECKPOINT_ENTRIES = 1000
@@ -101,8 +99,8 @@ class Inbound:
 
     def event_data(self) -> dict[str, Any]:
         return {"type": _message_type(self.body), "peer": self.peer, "tokenId": self.token_id,
-                "tokenDigest": _sha256(self.token.encode()).hexdigest() if self.token else None,
-                "bodyDigest": self.body_digest or _sha256(self.body).hexdigest(),
+                "tokenDigest": sha256_hex(self.token.encode()) if self.token else None,
+                "bodyDigest": self.body_digest or sha256_hex(self.body),
                 "bound": self.bound}
 
 
@@ -310,7 +308,7 @@ class StepAudit:
     def _outgoing(data: dict[str, Any], outbox: Sequence[Outgoing]) -> None:
         if outbox:
             data["out"] = [{"type": _message_type(out.body), "peer": out.audience,
-                            "url": out.url, "bodyDigest": _sha256(out.body).hexdigest()}
+                            "url": out.url, "bodyDigest": sha256_hex(out.body)}
                            for out in outbox]
 
     def _new_steps(self, pid: str, history: Sequence[HistoryEntry], done: bool
