@@ -320,16 +320,16 @@ async def test_a_replica_listens_only_while_a_long_poll_waits_in_it(
             assert await _heard(b, a, heard, "urn:polled")
         assert await _heard(b, a, heard, "urn:lingering")  # within LISTEN_LINGER_S
         for _ in range(500):
-            if not b._listens:  # UNLISTEN once it passed
+            if not b._changes.listens:  # UNLISTEN once it passed
                 break
             await asyncio.sleep(0.02)
         assert not await _heard(b, a, heard, "urn:after")
         async with b.listening():
-            pid = await b._listener.fetchval("SELECT pg_backend_pid()")
+            pid = await b._changes.conn.fetchval("SELECT pg_backend_pid()")
         async with a._pool.acquire() as conn:  # the listening connection is lost
             assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
         for _ in range(100):
-            if b._listener.is_closed():
+            if b._changes.conn.is_closed():
                 break
             await asyncio.sleep(0.02)
         async with b.listening():

@@ -176,12 +176,7 @@ class PostgresStore(PagedReads):
         self._behind: set[asyncio.Task[None]] = set()  # audit entries being written
         self._jtis = SeenTokenRows(pool)
         self.on_change: Callable[[str, str], None] = lambda _kind, _id: None  # any replica's
-        self._listener: Any = None  # the connection that LISTENs on CHANGES, once opened
-        self._listens = False  # whether it does now
-        self._listening = 0  # long polls waiting in this replica
-        self._listen_lock = asyncio.Lock()
-        self._unlisten: asyncio.TimerHandle | None = None
-        self._unlistening: asyncio.Task[None] | None = None
+        self._changes: ChangeListener | None = None
         self._dsn = ""
         self._pushes: PushClaims | None = None
         # The connection a step holds its process lock on, and the task running the step:
@@ -205,63 +200,22 @@ class PostgresStore(PagedReads):
             raise
         store = cls(pool, audit)
         store._dsn = dsn
+        store._changes = ChangeListener(dsn, lambda kind, id: store.on_change(kind, id))
         store._renewer = asyncio.create_task(store._renew_loop())
         return store
 
-    @contextlib.asynccontextmanager
-    async def listening(self) -> AsyncIterator[None]:
-        """While a long poll waits: every replica's changes reach ``on_change`` (LISTEN on
-        its own connection, opened again if it was lost). Entered before the poll reads the
-        record, so a change committed after that read is announced to it."""
-        self._listening += 1
-        try:
-            if self._unlisten is not None:
-                self._unlisten.cancel()
-                self._unlisten = None
-            async with self._listen_lock:
-                await self._listen()
-            yield
-        finally:
-            self._listening -= 1
-            if self._listening == 0 and self._unlisten is None:
-                self._unlisten = asyncio.get_running_loop().call_later(
-                    LISTEN_LINGER_S, self._linger_ended)
-
-    async def _listen(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            self._listener, self._listens = await asyncpg.connect(self._dsn), False
-        if not self._listens:
-            await self._listener.add_listener(CHANGES, self._notified)
-            self._listens = True
-
-    def _linger_ended(self) -> None:
-        self._unlisten = None
-        self._unlistening = asyncio.get_running_loop().create_task(self._stop_listening())
-
-    async def _stop_listening(self) -> None:
-        async with self._listen_lock:
-            if self._listening or not self._listens:
-                return
-            self._listens = False
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await self._listener.remove_listener(CHANGES, self._notified)
-
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        kind, _, id = payload.partition(":")
-        if id:
-            self.on_change(kind, id)
+    def listening(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While a long poll waits: every replica's changes reach ``on_change``
+        (``ChangeListener.listening``)."""
+        assert self._changes is not None, "PostgresStore.open makes the store"
+        return self._changes.listening()
 
     async def close(self) -> None:
         """Stop; the outbox rows still claimed are released for another replica at once."""
         if self._pushes is not None:
             await self._pushes.close()
-        if self._unlisten is not None:
-            self._unlisten.cancel()
-        if self._unlistening is not None:
-            await asyncio.gather(self._unlistening, return_exceptions=True)
-        if self._listener is not None:
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await self._listener.close()
+        if self._changes is not None:
+            await self._changes.close()
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -661,6 +615,73 @@ class PostgresStore(PagedReads):
             await conn.execute(
                 "UPDATE outbox SET attempts = $1, next_attempt = $2, last_error = $3"
                 " WHERE seq = $4", attempts, next_attempt, error, seq)
+
+
+class ChangeListener:
+    """The records other replicas change, LISTENed to while long polls wait (``listening``)
+    and LISTEN_LINGER_S after the last; each announcement goes to ``on_change(kind, id)``.
+    The connection is its own, opened at the first poll, and again if it was lost."""
+
+    def __init__(self, dsn: str, on_change: Callable[[str, str], None]) -> None:
+        self._dsn = dsn
+        self._on_change = on_change
+        self.conn: Any = None  # the LISTENing connection, once opened
+        self.listens = False  # whether it LISTENs now
+        self._waiting = 0  # long polls waiting in this replica
+        self._lock = asyncio.Lock()
+        self._linger: asyncio.TimerHandle | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """Entered before the poll reads the record, so a change committed after that read
+        is announced to it."""
+        self._waiting += 1
+        try:
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            async with self._lock:
+                await self._listen()
+            yield
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0 and self._linger is None:
+                self._linger = asyncio.get_running_loop().call_later(
+                    LISTEN_LINGER_S, self._lingered)
+
+    async def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._stopping is not None:
+            await asyncio.gather(self._stopping, return_exceptions=True)
+        if self.conn is not None:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self.conn.close()
+
+    async def _listen(self) -> None:
+        if self.conn is None or self.conn.is_closed():
+            self.conn, self.listens = await asyncpg.connect(self._dsn), False
+        if not self.listens:
+            await self.conn.add_listener(CHANGES, self._notified)
+            self.listens = True
+
+    def _lingered(self) -> None:
+        self._linger = None
+        self._stopping = asyncio.get_running_loop().create_task(self._unlisten())
+
+    async def _unlisten(self) -> None:
+        async with self._lock:
+            if self._waiting or not self.listens:
+                return
+            self.listens = False
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self.conn.remove_listener(CHANGES, self._notified)
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        kind, _, id = payload.partition(":")
+        if id:
+            self._on_change(kind, id)
 
 
 class SeenTokenRows:
