@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
-from tests.harness import Participant, create_space
+from tests.harness import Participant, create_space, start, stop
 
 from bench import CpuMeter, LoadResult, emit, load, log
 from connector.config import load_settings
@@ -75,6 +76,21 @@ def make_pair(root: Path, toml: str) -> tuple[Participant, Participant]:
             with (p.dir / "connector.toml").open("a") as f:
                 f.write("\n" + toml + "\n")
     return provider, consumer
+
+
+@contextmanager
+def running(*variants: Variant) -> Iterator[None]:
+    """Every variant's provider and consumer started; all stopped on the way out."""
+    started: list[Participant] = []
+    try:
+        for v in variants:
+            for p in (v.provider, v.consumer):
+                start(p)
+                started.append(p)
+        yield
+    finally:
+        for p in reversed(started):
+            stop(p)
 
 
 async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float, *,

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness import Participant, start, stop
+from tests.harness import Participant
 
 from bench import emit
-from bench.ab import Variant, compare, emit_cpu, make_pair, round_ratio
+from bench.ab import Variant, compare, emit_cpu, make_pair, round_ratio, running
 from connector.adapters.storage import audit_file
 from connector.client import Management
 from connector.config import load_settings
@@ -105,22 +105,17 @@ def run(*, quick: bool) -> None:
     duration_s = 1.0 if quick else 5.0  # per phase
     warmup_s = 0.5 if quick else 1.0
     root = Path(tempfile.mkdtemp(prefix="bench-audit-"))
-    running: list[Participant] = []
     try:
         on = Variant(*make_pair(root / "on", ""))
         off = Variant(*make_pair(root / "off", "[audit]\nenabled = false"))
         records = _big_dataset(on.provider, QUICK_PULL_BYTES if quick else PULL_BYTES)
-        for v in (on, off):
-            for p in (v.provider, v.consumer):
-                start(p)
-                running.append(p)
-        asyncio.run(compare({"on": on, "off": off}, rounds=ROUNDS, duration_s=duration_s,
-                            warmup_s=warmup_s, label="audit"))
-        pulled, added = asyncio.run(_pull(on.provider, on.consumer, root / "pulled.jsonl"))
-        verified, verify_s = _verify(on.provider)
+        with running(on, off):
+            asyncio.run(compare({"on": on, "off": off}, rounds=ROUNDS, duration_s=duration_s,
+                                warmup_s=warmup_s, label="audit"))
+            pulled, added = asyncio.run(_pull(on.provider, on.consumer,
+                                              root / "pulled.jsonl"))
+            verified, verify_s = _verify(on.provider)
     finally:
-        for p in running:
-            stop(p)
         shutil.rmtree(root, ignore_errors=True)
     emit("negotiations_per_s_audit_off_c64", off.rate(), "negotiations/s")
     # The target: the audit trail keeps at least 90% of the rate without it.

@@ -17,13 +17,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from tests.harness import Participant, start, stop
-
 from bench import emit
-from bench.ab import Variant, compare, emit_cpu, make_pair, round_ratio
+from bench.ab import Variant, compare, emit_cpu, make_pair, round_ratio, running
 
 ROUNDS = 6
 _KEEP_DEFAULT = "import gc\n\ngc.set_threshold = lambda *_args: None  # bench/gc_young.py\n"
@@ -46,25 +44,19 @@ def _python_path(folder: Path) -> Iterator[None]:
 def run(*, quick: bool) -> None:
     duration_s = 1.0 if quick else 5.0
     root = Path(tempfile.mkdtemp(prefix="bench-gc-"))
-    running: list[Participant] = []
     try:
         young = Variant(*make_pair(root / "young", ""))
         default = Variant(*make_pair(root / "default", ""))
         site = root / "site"
         site.mkdir()
         (site / "sitecustomize.py").write_text(_KEEP_DEFAULT)
-        for p in (young.provider, young.consumer):
-            start(p)
-            running.append(p)
-        with _python_path(site):
-            for p in (default.provider, default.consumer):
-                start(p)
-                running.append(p)
-        asyncio.run(compare({"young": young, "default": default}, rounds=ROUNDS,
-                            duration_s=duration_s, warmup_s=1.0, label="gc"))
+        with ExitStack() as stack:
+            stack.enter_context(running(young))
+            with _python_path(site):
+                stack.enter_context(running(default))
+            asyncio.run(compare({"young": young, "default": default}, rounds=ROUNDS,
+                                duration_s=duration_s, warmup_s=1.0, label="gc"))
     finally:
-        for p in running:
-            stop(p)
         shutil.rmtree(root, ignore_errors=True)
     emit("negotiations_per_s_gc_default_c64", default.rate(), "negotiations/s")
     emit("negotiations_per_s_gc_young_c64", young.rate(), "negotiations/s",

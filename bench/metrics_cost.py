@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from tests.harness import Participant, free_port, start, stop
+from tests.harness import Participant, free_port
 
 from bench import emit, log
-from bench.ab import CONCURRENCY, Variant, compare, emit_cpu, make_pair, round_ratio
+from bench.ab import CONCURRENCY, Variant, compare, emit_cpu, make_pair, round_ratio, running
 from connector.config import load_settings
 
 ROUNDS = 6  # one phase of each variant per round, in ABBA order
@@ -98,21 +98,15 @@ def run(*, quick: bool) -> None:
     duration_s = 2.0 if quick else 6.0
     warmup_s = 0.5 if quick else 1.0
     root = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
-    running: list[Participant] = []
     try:
         on, targets = metrics_pair(root / "on")
         off = Variant(*make_pair(root / "off", "[metrics]\nenabled = false"))
         variants = {"off": off, "on": on}
-        for v in variants.values():
-            for p in (v.provider, v.consumer):
-                start(p)
-                running.append(p)
-        asyncio.run(compare(variants, rounds=2 if quick else ROUNDS, duration_s=duration_s,
-                            warmup_s=warmup_s, label="metrics"))
-        down_s, up_s = store_outage(on.provider, targets[0])
+        with running(off, on):
+            asyncio.run(compare(variants, rounds=2 if quick else ROUNDS,
+                                duration_s=duration_s, warmup_s=warmup_s, label="metrics"))
+            down_s, up_s = store_outage(on.provider, targets[0])
     finally:
-        for p in running:
-            stop(p)
         shutil.rmtree(root, ignore_errors=True)
     log(f"metrics: {len(on.results)} phases per variant")
     emit("metrics_bench_errors", on.errors + off.errors, "count")
