@@ -2,8 +2,11 @@
 
 A message applied once and delivered again, in the state it produced or in any state the
 process reaches after it, is acknowledged with no transition, no new timeline line and no
-new outbox row; the same content under another ``@id`` is another message and still the 400
-of an illegal transition. An initial request sent again returns the process it opened.
+new outbox row. The same content under another ``@id`` is another message, the 400 of an
+illegal transition, for the messages a process may carry twice (a request, an offer, a
+transfer's start or suspension); for the others (an agreement, a verification, an event, a
+completion, a termination) it is the same message. An initial request sent again returns the
+process it opened.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from connector.adapters.storage.sqlite import SqliteStore, migrations
-from connector.core import codec
+from connector.core import codec, process
 from connector.core import negotiation as cn
 from connector.core import transfer as tp
 from connector.core.errors import InvalidTransition, PeerError
@@ -51,6 +54,10 @@ PEER = "did:web:peer"
 
 NEG_CELLS = [(s, st, e) for (s, st, e) in cn.TRANSITIONS if st is not None]
 TP_CELLS = [(s, st, e) for (s, st, e) in tp.TRANSITIONS if st is not None]
+
+# DSP 2025-1 §CN 1.2 and §TP 1.2, read by hand: the messages a process can carry twice.
+TWICE_NEG = {(Role.CONSUMER, NegotiationEvent.REQUEST), (Role.PROVIDER, NegotiationEvent.OFFER)}
+TWICE_TP = {(r, e) for r in Role for e in (TransferEvent.START, TransferEvent.SUSPEND)}
 
 REFUSED = PeerError("POST … answered 400", peer_status=400)
 
@@ -120,7 +127,9 @@ def test_negotiation_message_again_in_every_later_state(
         record = msgspec.structs.replace(applied, state=later)
         legal = (sender, later, event) in cn.TRANSITIONS
         assert cn.is_redelivery(record, sender, msg, "urn:m:1") is not legal, later
-        assert not cn.is_redelivery(record, sender, msg, "urn:m:2")  # another message
+        # under another @id: another message if the process can carry it twice
+        new_id = not legal and (sender, event) not in TWICE_NEG
+        assert cn.is_redelivery(record, sender, msg, "urn:m:2") is new_id
         assert not cn.is_redelivery(record, sender.other, msg, "urn:m:1")  # not its sender
         if not legal:
             with pytest.raises(InvalidTransition) as info:  # still the spec's 400
@@ -138,7 +147,8 @@ def test_transfer_message_again_in_every_later_state(
         record = msgspec.structs.replace(applied, state=later)
         legal = (sender, later, event) in tp.TRANSITIONS
         assert tp.is_redelivery(record, sender, msg) is not legal, later
-        assert not tp.is_redelivery(record, sender, msg, "urn:m:2")  # another message
+        new_id = not legal and (sender, event) not in TWICE_TP
+        assert tp.is_redelivery(record, sender, msg, "urn:m:2") is new_id
         assert not tp.is_redelivery(record, sender.other, msg)
         if not legal:
             with pytest.raises(InvalidTransition) as info:
@@ -243,9 +253,13 @@ async def test_negotiation_service_acknowledges_a_repeat(
     assert again == first == await seams.store.get_negotiation(record.id)
     assert again.ack() == first.ack()
     assert len(await seams.store.pending_outbox()) == rows
-    with pytest.raises(InvalidTransition):  # the same content under another @id: a 400
-        await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2")
+    if (sender, event) in TWICE_NEG:  # the same content under another @id: a 400
+        with pytest.raises(InvalidTransition):
+            await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2")
+    else:  # a message sent once per process, sent again under a new @id (EDC 0.15)
+        assert await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2") == first
     assert await seams.store.get_negotiation(record.id) == first
+    assert len(await seams.store.pending_outbox()) == rows
 
 
 @pytest.mark.parametrize(("sender", "state", "event"), TP_CELLS, ids=_ids(TP_CELLS))
@@ -260,13 +274,21 @@ async def test_transfer_service_acknowledges_a_repeat(
     again = await service.on_message(record.id, msg, CLAIMS)
     assert again == first == await seams.store.get_transfer(record.id)
     assert len(await seams.store.pending_outbox()) == rows
-    with pytest.raises(InvalidTransition):
-        await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2")
+    if (sender, event) in TWICE_TP:
+        with pytest.raises(InvalidTransition):
+            await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2")
+    else:
+        assert await service.on_message(record.id, msg, CLAIMS, message_id="urn:m:2") == first
+    assert await seams.store.get_transfer(record.id) == first
+    assert len(await seams.store.pending_outbox()) == rows
 
 
-async def test_a_verification_again_after_finalized_is_acknowledged(seams: Seams) -> None:
+@pytest.mark.parametrize("second_id", ["urn:m:1", "urn:m:2"])
+async def test_a_verification_again_after_finalized_is_acknowledged(
+        seams: Seams, second_id: str) -> None:
     """Issue sequence (b), on the provider: VERIFIED -> FINALIZED (sent), then the
-    consumer's verification once more: acknowledged FINALIZED, nothing sent again."""
+    consumer's verification once more: acknowledged FINALIZED, nothing sent again. EDC 0.15
+    sends it again under its first @id or under a new one (``make interop-015``)."""
     record = negotiation(Role.PROVIDER, NegotiationState.AGREED)
     agreement = negotiation_message(NegotiationEvent.AGREE)
     assert isinstance(agreement, ContractAgreementMessage)
@@ -274,13 +296,30 @@ async def test_a_verification_again_after_finalized_is_acknowledged(seams: Seams
     await seams.store.save_negotiation(record, expect_new=True)
     service = seams.negotiations(automatic=True)
     verification = negotiation_message(NegotiationEvent.VERIFY)
-    first = await service.on_message(record.id, verification, CLAIMS)
+    first = await service.on_message(record.id, verification, CLAIMS, message_id="urn:m:1")
     assert first.state is NegotiationState.FINALIZED
     rows = await seams.store.pending_outbox()
-    again = await service.on_message(record.id, verification, CLAIMS)
+    again = await service.on_message(record.id, verification, CLAIMS, message_id=second_id)
     assert again.state is NegotiationState.FINALIZED
     assert await seams.store.pending_outbox() == rows
     assert [a.id for a in await seams.store.list_agreements()] == ["urn:a"]
+
+
+def test_the_messages_a_process_carries_twice_are_read_from_its_table() -> None:
+    assert cn.REPEATABLE == TWICE_NEG
+    assert tp.REPEATABLE == TWICE_TP
+
+
+def test_a_line_written_with_its_id_still_recognises_its_repeat() -> None:
+    """Before the rule looked at ``repeatable``, every line's digest held the @id: a record in
+    flight across the upgrade still knows the repeat under that @id, as before."""
+    msg = negotiation_message(NegotiationEvent.VERIFY)
+    record = negotiation(Role.PROVIDER, NegotiationState.VERIFIED)
+    old = process.HistoryEntry(at=1.0, by="consumer", message=NegotiationEvent.VERIFY.value,
+                               state="VERIFIED", digest=process.message_digest(msg, "urn:m:1"))
+    record = msgspec.structs.replace(record, history=[old])
+    assert cn.is_redelivery(record, Role.CONSUMER, msg, "urn:m:1")
+    assert not cn.is_redelivery(record, Role.CONSUMER, msg, "urn:m:2")
 
 
 # -- initial requests: the process they opened, whatever the race ----------------------------

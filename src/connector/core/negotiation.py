@@ -15,7 +15,8 @@ HTTP. A missing cell is an ``InvalidTransition`` naming role, state and message,
 HTTP edge renders as a 400 ``ContractNegotiationError``.
 
 A message the table refuses that is the same message as one already applied (same type,
-pids, content and ``@id``), sent again in the state it produced or any later one, is
+pids and content, and the same ``@id`` for the messages a negotiation may carry twice: a
+request, an offer), sent again in the state it produced or any later one, is
 acknowledged without a transition (``is_redelivery``; the rule is written out in
 ``core.process``); any other refused message is the 400.
 
@@ -97,6 +98,9 @@ TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], Neg
     },
 }
 
+
+# The messages this process may carry more than once (``core.process``: whether @id counts).
+REPEATABLE = process.repeatable(TRANSITIONS)
 
 class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a negotiation. ``id`` is our own pid."""
@@ -181,7 +185,8 @@ def apply(record: Negotiation, sender: Role, msg: NegotiationMessage, now: float
         note = f"agreement {msg.agreement.get('@id')}"
     elif isinstance(msg, ContractNegotiationTerminationMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    entry = process.line(record, sender, event, new_state, msg, now, note, message_id)
+    entry = process.line(record, sender, event, new_state, msg, now, note, message_id,
+                         REPEATABLE)
     return msgspec.structs.replace(record, history=[*record.history, entry], **changes)
 
 
@@ -192,7 +197,8 @@ def is_redelivery(record: Negotiation, sender: Role, msg: NegotiationMessage,
 
     EDC sends its agreement again when it did not see our answer in time (``make interop``);
     refused, the repeat would make it terminate a negotiation both sides hold as agreed."""
-    return process.is_repeat(TRANSITIONS, record, sender, event_of(msg), msg, message_id)
+    return process.is_repeat(TRANSITIONS, REPEATABLE, record, sender, event_of(msg), msg,
+                             message_id)
 
 
 def peer_took_it(record: Negotiation, peer_state: str) -> bool:

@@ -18,13 +18,23 @@ same message again. The rule, the same for both roles and both processes:
     one already applied to this record from the same sender, is acknowledged (200, the
     process's current state) with no transition, no new timeline line and nothing sent.
 
-*The same message* means the same type, the same pids and the same content (``digest``), and
-the same ``@id`` when the sender gives one. EDC keeps a message's ``@id`` when it sends it
-again; two messages with equal content under two ``@id`` s are two messages (the DSP TCK sends a
-second, identical counter-request under a new ``@id`` and expects the 400 of an illegal
-transition). Any other message the table refuses is still the 400 of DSP 2025-1 §CN/§TP
-"HTTPS binding". A message the table allows is applied, even if an equal one came before (a
-resumed transfer's Start, a second round of offers).
+*The same message* means the same type, the same pids and the same content (``digest``). Whether
+the sender's ``@id`` counts too depends on the message (``repeatable``):
+
+- A message the process may carry more than once (a request after an offer, a second offer, a
+  transfer's Start after a suspension) is the same only under the same ``@id``. EDC keeps a
+  message's ``@id`` when it sends it again; two equal counter-requests under two ``@id`` s are two
+  messages (the DSP TCK sends a second, identical counter-request under a new ``@id`` and
+  expects the 400 of an illegal transition).
+- A message the table allows at most once per process (an agreement, a verification, an
+  ACCEPTED or FINALIZED event, a completion, a termination) cannot be a second message of its
+  kind: equal content under any ``@id`` is the same message. EDC 0.15 may send its
+  verification again under a new ``@id`` after our 200; refused, it terminates a negotiation we
+  hold as FINALIZED (``make interop-015``).
+
+Any other message the table refuses is still the 400 of DSP 2025-1 §CN/§TP "HTTPS binding". A
+message the table allows is applied, even if an equal one came before (a resumed transfer's
+Start, a second round of offers).
 
 The initial messages (a consumer's first ContractRequestMessage or TransferRequestMessage, a
 provider's first ContractOfferMessage) follow the same rule one level up: the services look
@@ -35,7 +45,7 @@ for an offer; a unique key in the store) and answer with the process that alread
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
@@ -80,14 +90,28 @@ def message_digest(msg: Message, message_id: str | None = None) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
-def seen(history: Iterable[HistoryEntry], sender: Role, message: str, digest: str) -> bool:
+def seen(history: Iterable[HistoryEntry], sender: Role, message: str,
+         digests: Collection[str]) -> bool:
     """Whether this very message from ``sender`` was applied before (its line is there)."""
-    return any(e.digest == digest and e.by == sender.value and e.message == message
+    return any(e.digest in digests and e.by == sender.value and e.message == message
                for e in history)
 
 
 StateT = TypeVar("StateT", bound=StrEnum)
 EventT = TypeVar("EventT", bound=StrEnum)
+
+
+def reached(table: Mapping[tuple[Role, StateT | None, EventT], StateT], start: StateT,
+            moves: Callable[[Role, EventT], bool] = lambda sender, event: True) -> set[StateT]:
+    """``start`` and every state the table reaches from it by the ``moves`` allowed."""
+    found, frontier = {start}, [start]
+    while frontier:
+        state = frontier.pop()
+        for (sender, before, event), after in table.items():
+            if before is state and after not in found and moves(sender, event):
+                found.add(after)
+                frontier.append(after)
+    return found
 
 
 def took_effect(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours: StateT,
@@ -96,15 +120,8 @@ def took_effect(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours
     own moves (termination aside). Then a refusal it answered to something we sent cannot
     mean our message was lost on it: it took the message before (a repeat we sent after a
     crash) and moved on, and its next message is on its way to us."""
-    reached, frontier = {ours}, [ours]
-    while frontier:
-        state = frontier.pop()
-        for (sender, before, event), after in table.items():
-            if (sender is peer and before is state and event is not terminate
-                    and after not in reached):
-                reached.add(after)
-                frontier.append(after)
-    return theirs in reached
+    return theirs in reached(table, ours,
+                             lambda sender, event: sender is peer and event is not terminate)
 
 
 def peer_took_it(table: Mapping[tuple[Role, StateT | None, EventT], StateT], ours: StateT,
@@ -158,19 +175,38 @@ def first_line(table: Table[StateT, EventT], sender: Role, now: float
     return state, HistoryEntry(at=now, by=sender.value, message=event.value, state=state.value)
 
 
-def is_repeat(table: Table[StateT, EventT], record: RecordT, sender: Role, event: EventT,
-              msg: Message, message_id: str | None) -> bool:
+def repeatable(table: Table[StateT, EventT]) -> frozenset[tuple[Role, EventT]]:
+    """The (sender, message) pairs the table allows more than once in one process: those whose
+    cell leads to a state from which, by anyone's moves, the same sender may send it again."""
+    return frozenset((sender, event) for (sender, _, event), after in table.items()
+                     if any((sender, state, event) in table for state in reached(table, after)))
+
+
+def _digest(repeats: frozenset[tuple[Role, EventT]], sender: Role, event: EventT,
+            msg: Message, message_id: str | None) -> str:
+    """The digest a timeline keeps: with the ``@id`` only for a repeatable message."""
+    return message_digest(msg, message_id if (sender, event) in repeats else None)
+
+
+def is_repeat(table: Table[StateT, EventT], repeats: frozenset[tuple[Role, EventT]],
+              record: RecordT, sender: Role, event: EventT, msg: Message,
+              message_id: str | None) -> bool:
     """The redelivery rule above: the table refuses ``msg`` now, and the same message from
-    ``sender`` was applied to ``record`` before."""
+    ``sender`` was applied to ``record`` before. ``repeats`` is ``repeatable(table)``."""
     if (sender, record.state, event) in table:
         return False
-    return seen(record.history, sender, event.value, message_digest(msg, message_id))
+    # A line written before the rule looked at ``repeatable`` kept the @id in every digest.
+    digests = {_digest(repeats, sender, event, msg, message_id),
+               message_digest(msg, message_id)}
+    return seen(record.history, sender, event.value, digests)
 
 
-def line(record: RecordT, sender: Role, event: StrEnum, state: StrEnum, msg: Message,
-         now: float, note: str, message_id: str | None) -> HistoryEntry:
+def line(record: RecordT, sender: Role, event: EventT, state: StrEnum, msg: Message,
+         now: float, note: str, message_id: str | None,
+         repeats: frozenset[tuple[Role, EventT]]) -> HistoryEntry:
     """The timeline line of ``msg`` applied; one from the peer keeps its digest."""
-    digest = message_digest(msg, message_id) if sender is not record.role else None
+    digest = (_digest(repeats, sender, event, msg, message_id)
+              if sender is not record.role else None)
     return HistoryEntry(at=now, by=sender.value, message=event.value, state=state.value,
                         note=note, digest=digest)
 

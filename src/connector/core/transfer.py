@@ -73,6 +73,9 @@ TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferS
 }
 
 
+# The messages this process may carry more than once (``core.process``: whether @id counts).
+REPEATABLE = process.repeatable(TRANSITIONS)
+
 class Transfer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a transfer process. ``id`` is our own pid."""
 
@@ -129,7 +132,8 @@ def is_redelivery(record: Transfer, sender: Role, msg: TransferMessage,
     terminates the transfer if the repeat is refused. A resume (Start from SUSPENDED) is a
     transition, not a repeat."""
     event = TransferEvent(type(msg).__name__)
-    return process.is_repeat(TRANSITIONS, record, sender, event, msg, message_id)
+    return process.is_repeat(TRANSITIONS, REPEATABLE, record, sender, event, msg,
+                             message_id)
 
 
 def peer_took_it(record: Transfer, peer_state: str) -> bool:
@@ -153,7 +157,8 @@ def apply(record: Transfer, sender: Role, msg: TransferMessage, now: float, *,
         changes["data_address"] = msg.data_address
     elif isinstance(msg, TransferTerminationMessage | TransferSuspensionMessage):
         note = changes["reason"] = reason_text(msg.reason, msg.code)
-    entry = process.line(record, sender, event, new_state, msg, now, note, message_id)
+    entry = process.line(record, sender, event, new_state, msg, now, note, message_id,
+                         REPEATABLE)
     return msgspec.structs.replace(record, history=[*record.history, entry], **changes)
 
 
