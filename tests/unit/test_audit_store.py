@@ -189,12 +189,13 @@ async def test_a_step_writes_its_entries_and_the_inbound_message_s_evidence(
 async def test_concurrent_steps_make_one_valid_chain(folder: Folder,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     await asyncio.gather(*(folder.store.save_negotiation(negotiation(f"n{i}"), expect_new=True)
-                           for i in range(50)))
+                           for i in range(50)),
+                         *(folder.trail.append("reload", [f"r{i}"], {}) for i in range(10)))
     await folder.trail.checkpoint()
     code, out = await verify(folder, capsys)
-    assert code == 0 and "50 entries" in out and "signed through entry 50" in out
-    walked = await on_tables(folder, lambda t: [e.seq for e in t.iter_chain(chunk=7)])  # 8x7
-    assert walked == list(range(1, 51))
+    assert code == 0 and "60 entries" in out and "signed through entry 60" in out
+    walked = await on_tables(folder, lambda t: [e.seq for e in t.iter_chain(chunk=7)])  # 9x7
+    assert walked == list(range(1, 61))
 
 
 @SQLITE_ONLY
@@ -344,9 +345,11 @@ async def test_after_a_prune_of_every_entry_a_restarted_store_chains_on_from_the
                               key=load_any_signing_key(folder.settings.signing_key),
                               settings=AuditSettings(), clock=time.time)
     folder.store.on_audit = folder.trail.appended
+    await folder.trail.append("reload", ["acme"], {"what": "policies"})  # an event alone
     await some_steps(folder, 4, prefix="later")
+    await folder.trail.append("reload", ["acme"], {"what": "policies"})
     code, out = await verify(folder, capsys)
-    assert code == 0 and "4 entries (13..16)" in out, out
+    assert code == 0 and "6 entries (13..18)" in out, out
 
 
 async def test_show_prints_one_process_s_entries_in_order(

@@ -67,6 +67,8 @@ _enc = msgspec.json.Encoder()
 _INSERT_ENTRIES = "INSERT INTO audit_entries (seq, digest, hash, body, ref1, ref2, evidence) "
 # The audit chain's lock and head in one call (migration 011); (seq, hash, jws).
 _CHAIN_HEAD = "SELECT seq, hash, jws FROM audit_chain_head($1)"
+# A step's audit entries alone, numbered and chained in the server (migration 012).
+_APPEND = "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8)"
 # What ``audit_append`` (migration 012) raises when the head is in the kept checkpoint.
 CHAIN_IN_CHECKPOINT = "CNA01"
 # A process lock, and the process's row read once it is granted (migration 011).
@@ -498,7 +500,19 @@ class PostgresStore(PagedReads):
     async def append_audit(self, batch: AuditBatch) -> None:
         """Events that are a step of their own (a catalogue answer, a data access, a reload)."""
         if self._audit is not None and batch:
-            await self._transaction([], (), batch)
+            await self._audit_step(batch)
+
+    async def _audit_step(self, batch: AuditBatch) -> None:
+        """A step that is audit entries alone: one statement (``audit_append``), which holds
+        the chain's lock only while the server runs it, never across a round trip to an
+        event loop that may be busy (another replica's steps would wait on it)."""
+        with contextlib.suppress(_ChainInCheckpoint):
+            with _step_errors(batch):
+                async with self._connection() as conn:
+                    count = await conn.fetchval(_APPEND, AUDIT_LOCK, *_append_args(batch))
+            self._written(batch, int(count))
+            return
+        await self._transaction([], (), batch)  # the head is in the kept checkpoint
 
     def append_audit_behind(self, batch: AuditBatch) -> None:
         """Events of a step that changes no state (a catalogue answer), written behind (a
@@ -510,7 +524,7 @@ class PostgresStore(PagedReads):
 
     async def _append_behind(self, batch: AuditBatch) -> None:
         try:
-            await self._transaction([], (), batch)
+            await self._audit_step(batch)
         except AuditError as exc:
             log.error("cannot persist catalogue answers' audit entries: %s", exc)
 
