@@ -32,6 +32,18 @@ def emit(name: str, value: float, unit: str, limit: float | None = None) -> None
     print(json.dumps(line), flush=True)
 
 
+def own_metrics(*folders: Path) -> None:
+    """A metrics listener of its own for each participant folder, on a free loopback port,
+    as each process of a deployment has. Left to the default port, the first daemon a
+    benchmark starts takes it and every later one runs without metrics: variants compared
+    in one run would not pay the same costs."""
+    from tests.harness import free_port
+
+    for folder in folders:
+        with (folder / "connector.toml").open("a") as f:
+            f.write(f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+
+
 def _round(value: float) -> float:
     if isinstance(value, int):
         return value

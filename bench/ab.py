@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 from tests.harness import Participant, create_space, start, stop
 
-from bench import CpuMeter, LoadResult, emit, load, log
+from bench import CpuMeter, LoadResult, emit, load, log, own_metrics
 from connector.config import load_settings
 
 DATASET = "example-weather"
@@ -69,12 +69,15 @@ class Variant:
 
 
 def make_pair(root: Path, toml: str) -> tuple[Participant, Participant]:
-    """A provider and a consumer pinning each other, ``toml`` appended to both settings."""
+    """A provider and a consumer pinning each other, ``toml`` appended to both settings;
+    each with its own metrics listener unless ``toml`` says otherwise (``own_metrics``)."""
     provider, consumer = create_space(root)
     if toml:
         for p in (provider, consumer):
             with (p.dir / "connector.toml").open("a") as f:
                 f.write("\n" + toml + "\n")
+    if "[metrics]" not in toml:
+        own_metrics(provider.dir, consumer.dir)
     return provider, consumer
 
 

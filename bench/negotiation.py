@@ -25,7 +25,7 @@ import aiohttp
 import msgspec
 from tests.harness import Participant, create_space, start, stop
 
-from bench import CpuMeter, LoadResult, emit, load, log
+from bench import CpuMeter, LoadResult, emit, load, log, own_metrics
 from bench.loopback import RawServer
 from bench.loopback import measure as measure_raw
 from connector.config import load_settings
@@ -143,6 +143,7 @@ def run(*, quick: bool) -> None:
     participants: list[Participant] = []
     try:
         provider, consumer = create_space(root)
+        own_metrics(provider.dir, consumer.dir)
         participants = [provider, consumer]
         startup_ms: dict[str, float] = {}
         for p in participants:

@@ -35,7 +35,7 @@ from tests.e2e.postgres import Postgres, log_statements, new_database, running_p
 from tests.harness import Participant, create_space, free_port, start, stop
 from tests.stores import set_port, use_postgres
 
-from bench import LoadResult, cpu_seconds, emit, log
+from bench import LoadResult, cpu_seconds, emit, log, own_metrics
 from bench.ab import Variant, compare, phase, round_ratio
 
 KINDS = ("sqlite", "postgres", "postgres2")
@@ -106,6 +106,7 @@ def _setup(kind: str, root: Path, server: Postgres) -> Iterator[Variant]:
             set_port(second.dir, "management", free_port())
             stack.enter_context(balancer(int(provider.url.rsplit(":", 1)[1]), ports, root))
             replicas.append(second)
+        own_metrics(*(p.dir for p in [*replicas, consumer]))
         started: list[Participant] = []
         try:
             for p in [*replicas, consumer]:

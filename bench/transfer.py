@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import CpuMeter, emit, log
+from bench import CpuMeter, emit, log, own_metrics
 from bench.loopback import READY_TIMEOUT_S, RawServer
 
 MB = 1_000_000
@@ -351,6 +351,7 @@ def run(*, quick: bool) -> None:
     participants: list[Participant] = []
     try:
         provider, consumer = create_space(root)
+        own_metrics(provider.dir, consumer.dir)
         source = provider.dir / "data" / "big.jsonl"
         t0 = time.perf_counter()
         records, nbytes = write_dataset(source, size)
