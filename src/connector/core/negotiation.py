@@ -102,6 +102,7 @@ TRANSITIONS: Mapping[tuple[Role, NegotiationState | None, NegotiationEvent], Neg
 # The messages this process may carry more than once (``core.process``: whether @id counts).
 REPEATABLE = process.repeatable(TRANSITIONS)
 
+
 class Negotiation(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a negotiation. ``id`` is our own pid."""
 

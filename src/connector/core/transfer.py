@@ -76,6 +76,7 @@ TRANSITIONS: Mapping[tuple[Role, TransferState | None, TransferEvent], TransferS
 # The messages this process may carry more than once (``core.process``: whether @id counts).
 REPEATABLE = process.repeatable(TRANSITIONS)
 
+
 class Transfer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """One party's record of a transfer process. ``id`` is our own pid."""
 
