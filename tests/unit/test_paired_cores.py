@@ -173,9 +173,10 @@ def test_the_same_agreement_sent_again_is_a_redelivery_not_a_transition() -> Non
     # Any later state, terminal ones included (core.process): the ack then says TERMINATED.
     terminated = msgspec.structs.replace(consumer, state=NegotiationState.TERMINATED)
     assert cn.is_redelivery(terminated, Role.PROVIDER, agreement)
-    # The same content under another @id is another message (the DSP TCK's negative tests).
+    # A negotiation carries one agreement: the same content under another @id is the same
+    # agreement sent again (core.process); only a request or an offer needs its @id too.
     assert cn.is_redelivery(consumer, Role.PROVIDER, agreement, None)
-    assert not cn.is_redelivery(consumer, Role.PROVIDER, agreement, "urn:message:2")
+    assert cn.is_redelivery(consumer, Role.PROVIDER, agreement, "urn:message:2")
 
 
 def test_the_same_start_sent_again_is_a_redelivery_not_a_transition() -> None:
