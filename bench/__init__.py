@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
 
 
 def log(*parts: Any) -> None:
@@ -65,6 +66,7 @@ class LoadResult:
     elapsed_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     first_error: str | None = None
+    idle_cores: float = 0.0  # the host's cores left idle meanwhile, when metered
 
     @property
     def rate(self) -> float:
@@ -132,6 +134,7 @@ class CpuMeter:
         self.pids = pids
         self.cpu_s: dict[str, float] = {}
         self.foreign_cores = 0.0
+        self.idle_cores = 0.0
         self._t0 = 0.0
         self._host0 = 0.0
         self._cpu0: dict[str, float] = {}
@@ -147,6 +150,7 @@ class CpuMeter:
         wall = time.perf_counter() - self._t0
         host = host_busy_seconds() - self._host0
         self.foreign_cores = max(0.0, host - sum(self.cpu_s.values())) / wall if wall else 0.0
+        self.idle_cores = max(0.0, CORES - host / wall) if wall else 0.0
 
 
 def _ephemeral_high() -> int:

@@ -55,6 +55,10 @@ class Variant:
         return (sum(r.completed for r in self.results)
                 / sum(r.elapsed_s for r in self.results))
 
+    def median_idle_cores(self) -> float:
+        """The host's cores left idle during its phases (median)."""
+        return statistics.median(r.idle_cores for r in self.results)
+
     def median_rate(self) -> float:
         return statistics.median(r.rate for r in self.results)
 
@@ -119,6 +123,7 @@ async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float, *
     with CpuMeter(pids) as cpu:
         result = await load(call, concurrency=concurrency, duration_s=duration_s,
                             max_count=count)
+    result.idle_cores = cpu.idle_cores
     used = dict(cpu.cpu_s)
     if v.server_cpu:
         used[v.server] = v.server_cpu() - server0
@@ -127,7 +132,8 @@ async def phase(session: aiohttp.ClientSession, v: Variant, duration_s: float, *
     per = {n: s / max(1, result.completed) * 1e6 for n, s in used.items()}
     log(f"  {result.completed} negotiations, {result.rate:.1f}/s, CPU µs each: "
         + ", ".join(f"{n} {us:.0f}" for n, us in per.items())
-        + f"; other processes on the box: {cpu.foreign_cores:.2f} cores")
+        + f"; other processes on the box: {cpu.foreign_cores:.2f} cores"
+        + f", idle {cpu.idle_cores:.2f} cores")
     return result, per
 
 

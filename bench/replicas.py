@@ -11,8 +11,9 @@ time of its phases, and each ratio is also given as the median of the rounds' ra
 Per set-up: negotiations/s at c=64, p50 at c=1, the CPU per negotiation of each process
 (provider replicas, consumer, HAProxy, and the PostgreSQL server's processes as ``postgres``:
 its background processes and the backends of the set-up's own database) and their total, so
-the gain on a larger machine can be projected; and, on PostgreSQL, the statements the server
-ran per negotiation (a count the box's load cannot blur). The PostgreSQL server and HAProxy
+the gain on a larger machine can be projected; the host's cores left idle meanwhile (a set-up
+that leaves some is paced by latencies, not by CPU); and, on PostgreSQL, the statements the
+server ran per negotiation (a count the box's load cannot blur). The PostgreSQL server and HAProxy
 are Debian's packages, started as the tests start them (tests/e2e/postgres.py,
 tests/e2e/haproxy.py).
 """
@@ -173,6 +174,10 @@ def _emit(kind: str, v: Variant, c1: LoadResult, statements: float | None) -> fl
     total = v.median_cpu_us()
     emit(f"replicas_{kind}_cpu_us_total_c64", total, "us/negotiation")
     emit(f"replicas_{kind}_cores_busy_c64", total * rate / 1e6, "cores",
+         limit=os.cpu_count())
+    # Cores no process used: a set-up that leaves some idle is paced by its latencies, not by
+    # the CPU it needs (the CPU figures above are what a larger box would project from).
+    emit(f"replicas_{kind}_host_idle_cores_c64", v.median_idle_cores(), "cores",
          limit=os.cpu_count())
     # A projection, not a measure: the rate at which the busiest replica's one event loop
     # would fill its core, were every process given cores of its own (the PostgreSQL server
