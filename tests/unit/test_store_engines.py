@@ -649,6 +649,77 @@ async def test_a_step_reads_its_process_as_the_lock_finds_it(postgres_server: Po
     await b.close()
 
 
+async def _waiting_for_a_lock(watcher: Any) -> bool:
+    return bool(await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
+                                       " 'advisory' AND NOT granted"))
+
+
+async def test_a_step_s_save_hands_its_process_lock_over_as_it_commits(
+        postgres_server: Postgres) -> None:
+    """The statement that saves a held process releases its lock as it commits (migration
+    013's process_handover): replica B gets p, and reads A's save, while A's step has not
+    ended; a second save in that step takes the lock again (it waits for B); a save that
+    fails keeps the lock until the step ends; no lock is left behind."""
+    dsn = await new_database(postgres_server)
+    a, b = [await PostgresStore.open(dsn) for _ in range(2)]
+    await a.save_negotiation(_negotiation("urn:p"), expect_new=True)
+    watcher = await asyncpg.connect(dsn)
+    order: list[str] = []
+
+    async def b_reads() -> None:
+        async with b.process_locks().hold("urn:p"):
+            record = await b.get_negotiation("urn:p")
+            order.append(f"b read {record.state if record else None}")
+
+    async with a.process_locks().hold("urn:p"):
+        await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.AGREED))
+        await asyncio.wait_for(b_reads(), 30)  # before A's step ends: it was handed over
+        order.append("a ends")
+    assert order == ["b read AGREED", "a ends"]
+
+    b_holds, b_may_go = asyncio.Event(), asyncio.Event()
+
+    async def b_holds_p() -> None:
+        async with b.process_locks().hold("urn:p"):
+            b_holds.set()
+            await b_may_go.wait()
+            await b.save_negotiation(_negotiation("urn:p", state=NegotiationState.VERIFIED))
+
+    async def b_goes_once_a_waits() -> None:
+        while not await _waiting_for_a_lock(watcher):
+            await asyncio.sleep(0.01)
+        order.append("a waits for b")
+        b_may_go.set()
+
+    async with a.process_locks().hold("urn:p"):
+        await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.AGREED))
+        holder = asyncio.create_task(b_holds_p())
+        await b_holds.wait()
+        releaser = asyncio.create_task(b_goes_once_a_waits())
+        # The step's own second save (in its task: a task it started has no lock).
+        await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.FINALIZED))
+        order.append("a saved again")
+    await asyncio.wait_for(asyncio.gather(holder, releaser), 30)
+    assert order[-2:] == ["a waits for b", "a saved again"]
+    record = await a.get_negotiation("urn:p")
+    assert record is not None and record.state is NegotiationState.FINALIZED
+
+    async with a.process_locks().hold("urn:p"):
+        with pytest.raises(ConflictError):  # p exists: the save fails, the lock stays
+            await a.save_negotiation(_negotiation("urn:p"), expect_new=True)
+        reader = asyncio.create_task(b_reads())
+        while not await _waiting_for_a_lock(watcher):
+            await asyncio.sleep(0.01)
+        order.append("a ends")
+    await asyncio.wait_for(reader, 30)
+    assert order[-2:] == ["a ends", "b read FINALIZED"]
+    assert await watcher.fetchval("SELECT count(*) FROM pg_locks"
+                                  " WHERE locktype = 'advisory'") == 0
+    await watcher.close()
+    await a.close()
+    await b.close()
+
+
 async def test_a_lock_on_a_key_that_names_no_process_nests_one_that_does(
         postgres_server: Postgres) -> None:
     """An initial request's lock is keyed by (peer, role, its pid) joined by NUL, which no

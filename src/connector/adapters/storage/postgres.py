@@ -8,7 +8,8 @@ The same ``Store`` as ``sqlite.SqliteStore``, with what sharing a database chang
 - **process locks** (``hold``): a session advisory lock on a pooled connection that the
   step's reads and writes then go through, so two replicas never step one process at once;
   the statement that takes it also reads the process's row (``process_lock``, migration
-  011), the step's first read;
+  011), the step's first read; the statement that saves the process ends it as it commits
+  (``process_handover``, migration 013), so a step costs no unlock round trip;
 - **one round trip per statement a step cannot do without**: the process row's upsert
   carries its announcement, first outbox row, agreement and the audit chain's lock and head
   (``_announced``); the audit entries go with the COMMIT (``_committed``);
@@ -260,7 +261,9 @@ class PostgresStore(PagedReads):
 
         The statement that takes the lock also reads the row of the process named ``key``
         once the lock is granted (``process_lock``, migration 011): the step's first read of
-        it (``get_negotiation``, ``get_transfer``) costs no round trip.
+        it (``get_negotiation``, ``get_transfer``) costs no round trip; and the statement that
+        saves the process releases it as it commits (``process_handover``, migration 013), so
+        releasing costs none either, unless the step ends without that save.
         """
         number = _lock_number(key)
         step = self._bound()
@@ -269,7 +272,7 @@ class PostgresStore(PagedReads):
             try:
                 yield
             finally:
-                await _unlock(step.conn, number)
+                await _unlock(step, number)
             return
         async with self._pool.acquire() as conn:
             step = Step(asyncio.current_task(), conn)
@@ -279,7 +282,7 @@ class PostgresStore(PagedReads):
                 yield
             finally:
                 self._step.reset(token)
-                await _unlock(conn, number)
+                await _unlock(step, number)
 
     def _bound(self) -> Step | None:
         """The step this task runs, if it runs one."""
@@ -334,6 +337,9 @@ class PostgresStore(PagedReads):
         entries, chained on from that head, are sent with the COMMIT (``_committed``)."""
         step = self._bound()
         if step is not None:
+            if record is not None and _lock_number(record.id) in step.handed:
+                # A second save of the process in one step: the first released its lock.
+                await _lock(step, _lock_number(record.id), record.id)
             step.fresh.clear()  # what the step read with its lock is no longer current
         if record is not None and not statements and len(outbox) <= 1:
             # Every entry pruned: the head is in the kept checkpoint, read below instead.
@@ -350,7 +356,7 @@ class PostgresStore(PagedReads):
                     if first is not None:
                         items.append(_queued(first, row[0]))
                         outbox = outbox[1:]
-                    head = _chain_head(row[2:]) if audit else None
+                    head = _chain_head(row[2:5]) if audit else None
                 for sql, args in statements:
                     await conn.execute(sql, *args)
                 items += [await _enqueue(conn, out, self.replica) for out in outbox]
@@ -369,12 +375,24 @@ class PostgresStore(PagedReads):
         as that statement ends: no BEGIN, no COMMIT, one round trip."""
         first = outbox[0] if outbox else None
         append = _append_args(audit) if audit else None
+        step, handover = self._handover(record)
         with _step_errors(audit):
             async with self._connection() as conn:
                 row = await conn.fetchrow(*_announced(record, first, self.replica,
-                                                      chained=False, append=append))
-        self._written(audit, int(row[-1]) if audit else 0)
+                                                      chained=False, append=append,
+                                                      handover=handover))
+        if step is not None and handover is not None:
+            step.held.discard(handover)  # released as the statement committed
+            step.handed.add(handover)
+        self._written(audit, int(row[2]) if audit else 0)
         return [_queued(first, row[0])] if first is not None else []
+
+    def _handover(self, record: Announced) -> tuple[Step | None, int | None]:
+        """The step saving ``record``, and the lock it holds on that process, if it holds it:
+        the statement that saves it releases it as it commits (``process_handover``)."""
+        step = self._bound()
+        number = _lock_number(record.id)
+        return step, (number if step is not None and number in step.held else None)
 
     def _written(self, audit: AuditBatch | None, count: int) -> None:
         """A step's ``count`` audit entries are committed: tell the trail and the batch."""
@@ -827,14 +845,17 @@ def _lock_number(key: str) -> int:
 
 
 class Step:
-    """A step under ``hold``: the task running it, the connection its locks are on, and the
+    """A step under ``hold``: the task running it, the connection its locks are on, the
     rows of the held processes read when each lock was granted ((kind, id) -> body, None
-    when there is no such row), until the step reads them or writes."""
+    when there is no such row), until the step reads them or writes, and the locks it still
+    holds (``_handover``)."""
 
     def __init__(self, task: asyncio.Task[Any] | None, conn: Any) -> None:
         self.task = task
         self.conn = conn
         self.fresh: dict[tuple[str, str], bytes | None] = {}
+        self.held: set[int] = set()  # session locks this step holds
+        self.handed: set[int] = set()  # ... and those its saves released (``_handover``)
 
 
 async def _lock(step: Step, number: int, id: str) -> None:
@@ -850,14 +871,21 @@ async def _lock(step: Step, number: int, id: str) -> None:
     except BaseException:
         step.conn.terminate()
         raise
+    step.held.add(number)
+    step.handed.discard(number)
     if not named:
         return
     step.fresh.update({("n", id): None, ("t", id): None})
     step.fresh.update({(str(kind), id): bytes(body) for kind, body in rows})
 
 
-async def _unlock(conn: Any, number: int) -> None:
-    """Release the lock; a connection that cannot is closed, which releases it too."""
+async def _unlock(step: Step, number: int) -> None:
+    """Release the lock, unless the step's save handed it over (``_handover``); a connection
+    that cannot is closed, which releases it too."""
+    if number not in step.held:
+        return
+    step.held.discard(number)
+    conn = step.conn
     try:
         await conn.execute("SELECT pg_advisory_unlock($1)", number)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
@@ -878,14 +906,17 @@ class Announced(NamedTuple):
 
 
 def _announced(record: Announced, out: Outgoing | None, replica: str, *,
-               chained: bool, append: Sequence[Any] | None = None) -> tuple[Any, ...]:
+               chained: bool, append: Sequence[Any] | None = None,
+               handover: int | None = None) -> tuple[Any, ...]:
     """One statement (``fetchrow``'s arguments): ``record``'s upsert and its announcement to
     every replica (delivered on commit, and only then); given ``out``, its outbox row (claimed
     by ``replica``); ``record.also``, that row too; ``chained``, the audit chain's lock and
     head. Its row: the outbox row's
     ``seq`` (else NULL), the announcement, then the head's (seq, hash, jws) if ``chained``;
     given ``append`` instead (``_append_args``), the audit entries are written by the
-    statement itself (``audit_append``, migration 012) and its last column is their count.
+    statement itself (``audit_append``, migration 012) and its third column is their count;
+    given ``handover``, the step's lock of that number ends with the statement
+    (``process_handover``, migration 013): its last column, computed after the others.
 
     The head comes from ``audit_chain_head`` (migration 011), called for the row the upsert
     returns: the process row is written (its unique keys checked) before the chain's lock is
@@ -922,6 +953,10 @@ def _announced(record: Announced, out: Outgoing | None, replica: str, *,
         columns.append("written.n")
         source += (" CROSS JOIN LATERAL audit_append(saved.audit_lock, "
                    f"{', '.join(param(a) for a in append)}) AS written(n)")
+    if handover is not None:
+        # Last: the select list is computed in order once the FROM row exists, so an upsert
+        # or append that fails leaves the lock held (the step's exit releases it).
+        columns.append(f"process_handover({param(handover)})")
     return (f"WITH {', '.join(ctes)} SELECT {', '.join(columns)} FROM {source}", *args)
 
 

@@ -1,0 +1,3 @@
+-- 013: nothing to do on SQLite. The PostgreSQL text (postgres/013_process_handover.sql) adds a
+-- function that lets the statement saving a step release the process's lock as it commits,
+-- for replicas sharing a database; one SQLite daemon serialises its steps in memory.
