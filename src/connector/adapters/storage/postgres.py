@@ -337,9 +337,9 @@ class PostgresStore(PagedReads):
         entries, chained on from that head, are sent with the COMMIT (``_committed``)."""
         step = self._bound()
         if step is not None:
-            if record is not None and _lock_number(record.id) in step.handed:
+            if record is not None and (number := _lock_number(record.id)) in step.handed:
                 # A second save of the process in one step: the first released its lock.
-                await _lock(step, _lock_number(record.id), record.id)
+                await _lock(step, number, record.id)
             step.fresh.clear()  # what the step read with its lock is no longer current
         if record is not None and not statements and len(outbox) <= 1:
             # Every entry pruned: the head is in the kept checkpoint, read below instead.
@@ -382,8 +382,7 @@ class PostgresStore(PagedReads):
                                                       chained=False, append=append,
                                                       handover=handover))
         if step is not None and handover is not None:
-            step.held.discard(handover)  # released as the statement committed
-            step.handed.add(handover)
+            step.handed_over(handover)
         self._written(audit, int(row[2]) if audit else 0)
         return [_queued(first, row[0])] if first is not None else []
 
@@ -856,6 +855,11 @@ class Step:
         self.fresh: dict[tuple[str, str], bytes | None] = {}
         self.held: set[int] = set()  # session locks this step holds
         self.handed: set[int] = set()  # ... and those its saves released (``_handover``)
+
+    def handed_over(self, number: int) -> None:
+        """The statement that saved the process released lock ``number`` as it committed."""
+        self.held.discard(number)
+        self.handed.add(number)
 
 
 async def _lock(step: Step, number: int, id: str) -> None:
