@@ -446,6 +446,12 @@ async def test_audit_rows_name_their_ids_and_keep_the_step_s_evidence(
     assert await _query(store_opener, "SELECT kind FROM audit_shared") == [("did",)]
 
 
+async def _waiting_for_a_lock(watcher: Any) -> bool:
+    """Whether some session waits for an advisory lock (a step held up by another)."""
+    return bool(await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
+                                       " 'advisory' AND NOT granted"))
+
+
 async def test_a_service_step_waits_for_the_process_lock_another_replica_holds(
         postgres_server: Postgres) -> None:
     """The services take the database's process lock as the daemon wires them
@@ -469,8 +475,7 @@ async def test_a_service_step_waits_for_the_process_lock_another_replica_holds(
     async with a.process_locks().hold("urn:p"):
         step = asyncio.create_task(service.on_message(
             "urn:p", ended, Claims(participant_id="did:c", attributes={})))
-        while not await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
-                                         " 'advisory' AND NOT granted"):
+        while not await _waiting_for_a_lock(watcher):
             assert not step.done(), step
             await asyncio.sleep(0.01)
         record = await a.get_negotiation("urn:p")
@@ -636,8 +641,7 @@ async def test_a_step_reads_its_process_as_the_lock_finds_it(postgres_server: Po
 
     async with a.process_locks().hold("urn:p"):
         waiting = asyncio.create_task(b_steps())
-        while not await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
-                                         " 'advisory' AND NOT granted"):
+        while not await _waiting_for_a_lock(watcher):
             await asyncio.sleep(0.01)
         await a.save_negotiation(_negotiation("urn:p", state=NegotiationState.AGREED))
     await asyncio.wait_for(waiting, 30)
@@ -647,11 +651,6 @@ async def test_a_step_reads_its_process_as_the_lock_finds_it(postgres_server: Po
     await watcher.close()
     await a.close()
     await b.close()
-
-
-async def _waiting_for_a_lock(watcher: Any) -> bool:
-    return bool(await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE locktype ="
-                                       " 'advisory' AND NOT granted"))
 
 
 async def test_a_step_s_save_hands_its_process_lock_over_as_it_commits(
