@@ -45,6 +45,11 @@ DEFAULT_OUTBOX_STUCK_S = 120
 # After SIGTERM, ready answers 503 this long before the listeners close (time for a load
 # balancer or Kubernetes to stop sending); 0 on a single machine, 5 in the Helm chart.
 DEFAULT_DRAIN_S = 0.0
+# [storage] postgres_pool_size: connections a replica keeps to PostgreSQL at most. A step
+# holds one from its process lock to its save, so at 64 negotiations in flight 10 were the
+# bottleneck of one replica and 20 ran 10 % faster (bench/README.md, `replicas`).
+DEFAULT_POSTGRES_POOL_SIZE = 20
+MAX_POSTGRES_POOL_SIZE = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +130,8 @@ class Settings(Endpoint):
     # [storage] postgres_dsn_file: a 0600 file holding the DSN of the PostgreSQL database
     # the replicas share (docs/storage.md); None: the embedded SQLite file ``database``.
     postgres_dsn_file: Path | None = None
+    # [storage] postgres_pool_size: the most connections this replica opens to it.
+    postgres_pool_size: int = DEFAULT_POSTGRES_POOL_SIZE
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -197,6 +204,7 @@ def load_settings(root: Path) -> Settings:
         metrics_explicit="listen" in metrics or "enabled" in metrics,
         health=_health(table("health"), f"{where} [health]"),
         postgres_dsn_file=_dsn_file(root, storage, f"{where} [storage]"),
+        postgres_pool_size=_pool_size(storage, f"{where} [storage]"),
         extra={k: v for k, v in data.items() if k not in {
             "participant", "server", "management", "storage", "signing", "registry",
             "identity", "log", "metrics", "health"}},
@@ -211,6 +219,17 @@ def _dsn_file(root: Path, storage: dict[str, Any], where: str) -> Path | None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: key 'postgres_dsn_file' must be a file name")
     return root / value
+
+
+def _pool_size(storage: dict[str, Any], where: str) -> int:
+    """[storage] postgres_pool_size: 1..MAX_POSTGRES_POOL_SIZE (the server's
+    ``max_connections`` must hold every replica's pool, see docs/storage.md)."""
+    value = storage.get("postgres_pool_size", DEFAULT_POSTGRES_POOL_SIZE)
+    if not isinstance(value, int) or isinstance(value, bool) or not (
+            0 < value <= MAX_POSTGRES_POOL_SIZE):
+        raise ConfigError(f"{where}: key 'postgres_pool_size' must be an integer from 1 to "
+                          f"{MAX_POSTGRES_POOL_SIZE}")
+    return value
 
 
 def _token_ttl(signing: dict[str, Any], where: str) -> int:

@@ -181,6 +181,7 @@ SETTING_NAMES = {
     "name": "[participant] name", "did": "[participant] did",
     "management_port": "[management] port", "management_token_file": "[management] token_file",
     "database": "[storage] sqlite", "postgres_dsn_file": "[storage] postgres_dsn_file",
+    "postgres_pool_size": "[storage] postgres_pool_size",
     "token_ttl_s": "[signing] token_ttl_s",
     "clock_leeway_s": "[signing] clock_leeway_s", "did_cache_s": "[identity] did_cache_s",
     "tls_ca_files": "[identity] tls_ca_files", "log": "[log]", "health": "[health]",

@@ -16,6 +16,7 @@ import pytest
 
 from connector import cli
 from connector.adapters.storage.engine import open_store
+from connector.adapters.storage.postgres import PostgresStore
 from connector.adapters.storage.schema import latest
 from connector.config import load_settings
 from connector.core.negotiation import HistoryEntry, Negotiation, NegotiationState, Role
@@ -96,6 +97,38 @@ def test_a_garbled_dsn_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     root = _folder(tmp_path, "postgresql://[::1")
     code, _, err = _run(capsys, "status", "--dir", str(root))
     assert code == 2 and "db.dsn" in _one_error_line(err)
+
+
+def _pool_size(root: Path, value: str) -> None:
+    config = root / "connector.toml"
+    config.write_text(config.read_text().replace(
+        "[storage]\n", f"[storage]\npostgres_pool_size = {value}\n", 1))
+
+
+def test_a_replica_opens_at_most_postgres_pool_size_connections(
+        postgres_server: Postgres, tmp_path: Path) -> None:
+    root = _folder(tmp_path, asyncio.run(new_database(postgres_server)))
+    _pool_size(root, "3")
+
+    async def sizes() -> tuple[int, int]:
+        store = await open_store(load_settings(root))
+        try:
+            assert isinstance(store, PostgresStore)
+            return store._pool.get_max_size(), load_settings(tmp_path / "other").postgres_pool_size
+        finally:
+            await store.close()
+
+    init_folder(tmp_path / "other", name="other", url="https://127.0.0.1:18444")
+    assert asyncio.run(sizes()) == (3, 20)  # the setting, and the default
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "2.5", "true", '"20"'])
+def test_a_pool_size_out_of_range_is_one_line(value: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    root = _folder(tmp_path, "postgresql://connector@127.0.0.1:1/records")
+    _pool_size(root, value)
+    code, _, err = _run(capsys, "status", "--dir", str(root))
+    assert code == 2 and "postgres_pool_size" in _one_error_line(err)
 
 
 def test_a_schema_newer_than_the_code_is_one_line(store_opener: Opener, tmp_path: Path,

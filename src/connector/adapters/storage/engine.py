@@ -92,7 +92,8 @@ async def open_store(settings: Settings, *, audit: StepAudit | None = None) -> A
         return await SqliteStore.open(settings.database, audit=audit)
     dsn = read_dsn(path)
     try:
-        return await PostgresStore.open(dsn, audit=audit)
+        return await PostgresStore.open(dsn, audit=audit,
+                                         pool_size=settings.postgres_pool_size)
     except ConfigError:
         raise
     except _CONNECT_ERRORS as exc:

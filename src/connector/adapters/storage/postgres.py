@@ -56,6 +56,7 @@ import msgspec
 
 from connector.adapters.storage.pages import PagedReads
 from connector.adapters.storage.schema import latest, migrations
+from connector.config import DEFAULT_POSTGRES_POOL_SIZE
 from connector.core.audit import GENESIS, chain_events, entry_prefix, parse_checkpoint
 from connector.core.errors import AuditError, ConfigError, ConflictError
 from connector.core.negotiation import Negotiation
@@ -75,9 +76,6 @@ CHAIN_IN_CHECKPOINT = "CNA01"
 # A process lock, and the process's row read once it is granted (migration 011).
 _PROCESS_LOCK = "SELECT kind, body FROM process_lock($1, $2)"
 Statement = tuple[str, Sequence[Any]]
-# Connections per replica: a step holds one for its transaction only (a few ms); asyncpg's
-# default maximum.
-POOL_SIZE = 10
 # Keys of the advisory locks (any fixed 64-bit numbers, the same in every replica).
 MIGRATION_LOCK = 0x636F6E6E_00000001
 AUDIT_LOCK = 0x636F6E6E_00000002
@@ -191,7 +189,7 @@ class PostgresStore(PagedReads):
 
     @classmethod
     async def open(cls, dsn: str, *, audit: StepAudit | None = None,
-                   pool_size: int = POOL_SIZE) -> PostgresStore:
+                   pool_size: int = DEFAULT_POSTGRES_POOL_SIZE) -> PostgresStore:
         """Connect, bring the schema up to date, and return the store."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size,
                                          reset=_keep_session)
