@@ -82,14 +82,28 @@ async def test_a_statement_that_fails_leaves_the_whole_batch_unwritten(
     assert _count(tmp_path / "state.db", "negotiations") == 1
 
 
-async def test_a_cancelled_write_is_rolled_back(store: SqliteStore, tmp_path: Path) -> None:
+async def test_a_cancelled_write_commits_whole_or_not_at_all(store: SqliteStore,
+                                                             tmp_path: Path) -> None:
+    """Cancelled once queued, a write is one transaction on the connection's thread: none of
+    it, or all of it, and never part of the next write's transaction."""
     rows = [("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", (f"t{i}", i))
             for i in range(2000)]
     task = asyncio.create_task(store._run(rows))
-    await asyncio.sleep(0)  # the statements are queued
+    await asyncio.sleep(0)  # the transaction is queued
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await store.save_negotiation(_negotiation("n1"), expect_new=True)
+    assert _count(tmp_path / "state.db", "seen_tokens") in (0, 2000)
+    assert _count(tmp_path / "state.db", "negotiations") == 1
+
+
+async def test_a_failed_statement_leaves_nothing_of_its_transaction(
+        store: SqliteStore, tmp_path: Path) -> None:
+    rows = [("INSERT INTO seen_tokens (jti, until) VALUES (?, ?)", ("t1", 1)),
+            ("INSERT INTO no_such_table VALUES (?)", (1,))]
+    with pytest.raises(sqlite3.OperationalError):
+        await store._run(rows)
     await store.save_negotiation(_negotiation("n1"), expect_new=True)
     assert _count(tmp_path / "state.db", "seen_tokens") == 0
     assert _count(tmp_path / "state.db", "negotiations") == 1

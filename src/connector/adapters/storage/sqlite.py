@@ -4,8 +4,8 @@ One connection, one writer. Every aiosqlite call is a hop to its thread, which c
 60-300 µs of CPU on a 2-core VM (bench/README.md), so:
 
 - **group commit**: transactions submitted while the writer is busy are committed together
-  in one SQLite transaction, each table's rows in one multi-row INSERT, all queued to the
-  thread at once and awaited once before the COMMIT (``_queued``); if the batch fails (a
+  in one SQLite transaction, each table's rows in one multi-row INSERT, run with the COMMIT
+  by one call on the thread (``_atomic``: one hop per transaction); if the batch fails (a
   reused pid), its transactions are replayed one by one so only the offender fails;
 - **checkpoints apart**: the write-ahead log is copied back into the database by a second
   connection every CHECKPOINT_S, not inside the COMMIT that happens to cross SQLite's
@@ -292,41 +292,30 @@ class SqliteStore(PagedReads):
 
     async def _run(self, statements: Sequence[Statement]) -> None:
         """One SQLite transaction: each statement's rows in one statement (``_multi_row``;
-        tables in first-use order), all queued at once (``_queued``), then the COMMIT."""
+        tables in first-use order), and its COMMIT (``_atomic``)."""
         grouped: dict[str, list[Sequence[Any]]] = {}
         for sql, args in statements:  # insertion order keeps tables in first-use order
             grouped.setdefault(sql, []).append(args)
-        async with self._lock:
-            await self._transact([self._conn.execute(*multi)
-                                  for sql, rows in grouped.items()
-                                  for multi in _multi_row(sql, rows)])
-            try:
-                await self._conn.commit()
-            except BaseException:
-                await self._conn.rollback()
-                raise
+        await self._atomic([multi for sql, rows in grouped.items()
+                            for multi in _multi_row(sql, rows)])
 
     async def _write(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """One statement in a transaction of its own, queued with its COMMIT (a statement
-        that fails leaves nothing for the COMMIT to write); the rows it returned."""
-        async with self._lock:
-            rows, _ = await self._transact([self._conn.execute_fetchall(sql, args),
-                                            self._conn.commit()])
-            return list(rows)
+        """One statement in a transaction of its own; the rows it returned."""
+        return await self._atomic([(sql, args)], fetch=True)
 
-    async def _transact(self, calls: list[Awaitable[Any]]) -> list[Any]:
-        """Await aiosqlite calls queued together (``_queued``); if one failed, the open
-        transaction is rolled back and its exception raised."""
-        try:
-            results = await _queued(calls)
-        except BaseException:  # cancelled: the ROLLBACK runs after the calls already queued
-            await self._conn.rollback()
-            raise
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            await self._conn.rollback()
-            raise failed
-        return results
+    async def _atomic(self, statements: Sequence[Statement], *, fetch: bool = False
+                      ) -> list[Any]:
+        """Run ``statements`` and their COMMIT as one call on aiosqlite's thread
+        (``_atomically``): the thread runs them back to back and the event loop hears of
+        it once. A call per statement waited for the loop after each, and on a busy loop each
+        wait is a whole iteration of it (bench/README.md, `replicas`). The thread runs one
+        call at a time, in the order queued, so no other read or write lands inside the
+        transaction; cancelled once queued, the transaction still commits whole or not at
+        all. aiosqlite has no public call for a function of ours: ``_execute`` queues one
+        (aiosqlite 0.20 to 0.22, pinned in pyproject.toml)."""
+        queue: Callable[..., Awaitable[list[Any]]] = self._conn._execute  # untyped
+        async with self._lock:
+            return await queue(_atomically, self._conn._conn, statements, fetch)
 
     # -- negotiations and agreements -------------------------------------------------------
 
@@ -538,10 +527,7 @@ class SqliteStore(PagedReads):
     async def outbox_done(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        async with self._lock:
-            await self._transact([
-                self._conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]),
-                self._conn.commit()])
+        await self._atomic([("DELETE FROM outbox WHERE seq = ?", (seq,)) for seq in seqs])
 
     async def outbox_retry(self, seq: int, attempts: int, next_attempt: float, error: str) -> None:
         await self._write(
@@ -593,17 +579,22 @@ def _multi_row(sql: str, rows: list[Sequence[Any]]) -> list[tuple[str, list[Any]
     return out
 
 
-async def _queued(calls: list[Awaitable[Any]]) -> list[Any]:
-    """Await aiosqlite calls queued together: their results, or the exception each raised.
-
-    aiosqlite runs one connection's calls on its one thread in the order they were queued
-    (each call queues its function when its task first runs; the tasks run in the order they
-    were made), so the thread runs them back to back and the event loop is waited for once,
-    not once per call: on a busy loop each wait is a whole loop iteration (about 2 ms at
-    c=64, bench/README.md). The connection opens its transaction itself before the first
-    write (``isolation_level="IMMEDIATE"``), so a write can never run outside one.
-    """
-    return list(await asyncio.gather(*calls, return_exceptions=True))
+def _atomically(conn: sqlite3.Connection, statements: Sequence[Statement], fetch: bool
+                ) -> list[Any]:
+    """On aiosqlite's thread: ``statements`` in one transaction (the connection opens it
+    before the first write, ``isolation_level="IMMEDIATE"``), committed, or rolled back if
+    one failed; the rows of the last if ``fetch``."""
+    try:
+        rows: list[Any] = []
+        for sql, args in statements:
+            cursor = conn.execute(sql, args)
+            if fetch:
+                rows = cursor.fetchall()
+        conn.commit()
+        return rows
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def _made(txn: _Txn) -> bool:
