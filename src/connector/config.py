@@ -222,23 +222,28 @@ def _dsn_file(root: Path, storage: dict[str, Any], where: str) -> Path | None:
 
 
 def _pool_size(storage: dict[str, Any], where: str) -> int:
-    """[storage] postgres_pool_size: 1..MAX_POSTGRES_POOL_SIZE (the server's
-    ``max_connections`` must hold every replica's pool, see docs/storage.md)."""
-    value = storage.get("postgres_pool_size", DEFAULT_POSTGRES_POOL_SIZE)
-    if not isinstance(value, int) or isinstance(value, bool) or not (
-            0 < value <= MAX_POSTGRES_POOL_SIZE):
-        raise ConfigError(f"{where}: key 'postgres_pool_size' must be an integer from 1 to "
-                          f"{MAX_POSTGRES_POOL_SIZE}")
-    return value
+    """[storage] postgres_pool_size (the server's ``max_connections`` must hold every
+    replica's pool, see docs/storage.md)."""
+    return _int_in(storage, "postgres_pool_size", DEFAULT_POSTGRES_POOL_SIZE, where,
+                   low=1, high=MAX_POSTGRES_POOL_SIZE)
 
 
 def _token_ttl(signing: dict[str, Any], where: str) -> int:
-    """[signing] token_ttl_s: 1..MAX_TOKEN_LIFETIME_S (peers refuse longer-lived tokens)."""
-    value = signing.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)
-    if not isinstance(value, int) or isinstance(value, bool) or not (
-            0 < value <= MAX_TOKEN_LIFETIME_S):
-        raise ConfigError(f"{where}: key 'token_ttl_s' must be an integer from 1 to "
-                          f"{MAX_TOKEN_LIFETIME_S} (verifiers refuse longer-lived tokens)")
+    """[signing] token_ttl_s (peers refuse longer-lived tokens)."""
+    return _int_in(signing, "token_ttl_s", DEFAULT_TOKEN_TTL_S, where, low=1,
+                   high=MAX_TOKEN_LIFETIME_S, why=" (verifiers refuse longer-lived tokens)")
+
+
+def _int_in(table: dict[str, Any], key: str, default: int, where: str, *, low: int,
+            high: int | None = None, why: str = "") -> int:
+    """``table[key]`` (else ``default``): an integer from ``low`` to ``high`` (no bound:
+    None), or a one-line ConfigError naming the key."""
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (
+            high is not None and value > high):
+        wanted = (f"an integer from {low} to {high}" if high is not None
+                  else f"an integer of at least {low}")
+        raise ConfigError(f"{where}: key '{key}' must be {wanted}{why}")
     return value
 
 
@@ -279,10 +284,7 @@ def _identity(table: dict[str, Any], where: str) -> dict[str, Any]:
     out["allowed_hosts"] = tuple(hosts)
     for key, default in (("did_cache_s", DEFAULT_DID_CACHE_S),
                          ("status_cache_s", DEFAULT_STATUS_CACHE_S)):
-        value = table.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{where}: key '{key}' must be a non-negative integer")
-        out[key] = value
+        out[key] = _int_in(table, key, default, where, low=0)
     return out
 
 

@@ -310,6 +310,12 @@ def test_identity_settings(tmp_path: Any) -> None:
             load_settings(tmp_path / "p")
     config.write_text(text.replace("[signing]\n", "[signing]\ntoken_ttl_s = 3600\n"))
     assert load_settings(tmp_path / "p").token_ttl_s == 3600
+    for bad in ("-1", "true", "2.5"):
+        config.write_text(text + f'\n[identity]\nstatus_cache_s = 0\ndid_cache_s = {bad}\n')
+        with pytest.raises(ConfigError, match="'did_cache_s' must be an integer of at least 0"):
+            load_settings(tmp_path / "p")
+    config.write_text(text + '\n[identity]\nstatus_cache_s = 0\ndid_cache_s = 0\n')
+    assert load_settings(tmp_path / "p").did_cache_s == 0
     config.write_text(text + '\n[identity]\nscope_alias = "a:b"\n')
     with pytest.raises(ConfigError, match="scope_alias"):
         load_settings(tmp_path / "p")
