@@ -151,7 +151,8 @@ class ProcessService(Generic[RecordT]):
         before (``core.process``): serialised per (peer, its pid) in this process, and by
         the store's unique key across replicas (a replica that loses the race is refused the
         insert, and returns the winner's process: a lock shared by the replicas would cost
-        two database round trips per opened process to decide the same thing).
+        two database round trips per opened process to decide the same thing), and its new
+        id needs none either.
 
         A request sent again is rare, so the store is not asked first: the new record's insert
         is refused by the unique key (ConflictError) and the process that request opened
@@ -161,7 +162,10 @@ class ProcessService(Generic[RecordT]):
                                     local=True):
             try:
                 first, after, out = await opening()
-                async with self._locks.hold(first.id):
+                # The id is new and ours: no peer or replica can name it before this save
+                # commits and its messages leave, so no replica can step the process
+                # meanwhile, and the replicas' lock on it would only cost a round trip.
+                async with self._locks.hold(first.id, local=True):
                     await self._save(after, out, new=True)
             except (ConflictError, ProtocolError):
                 existing = await self._known(counterparty, opener, pid)
