@@ -111,7 +111,6 @@ class SqliteStore(PagedReads):
         self._audit = audit  # None: no audit trail (``[audit] enabled = false``)
         self._audit_head: tuple[int, str] = (0, GENESIS)
         self.on_audit: Callable[[int], None] = lambda _count: None  # entries committed
-        self._lock = asyncio.Lock()
         self._neg_dec = msgspec.json.Decoder(Negotiation)
         self._tr_dec = msgspec.json.Decoder(Transfer)
         self._ag_dec = msgspec.json.Decoder(Agreement)
@@ -192,8 +191,9 @@ class SqliteStore(PagedReads):
     # -- helpers ------------------------------------------------------------------------
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock:
-            return list(await self._conn.execute_fetchall(sql, args))
+        """One read: a call of its own on the connection's thread, which runs calls one at a
+        time, so it never lands inside a write's transaction (``_atomic``)."""
+        return list(await self._conn.execute_fetchall(sql, args))
 
     async def _body(self, sql: str, key: str, decoder: msgspec.json.Decoder[T],
                     id: str) -> T | None:
@@ -314,8 +314,7 @@ class SqliteStore(PagedReads):
         all. aiosqlite has no public call for a function of ours: ``_execute`` queues one
         (aiosqlite 0.20 to 0.22, pinned in pyproject.toml)."""
         queue: Callable[..., Awaitable[list[Any]]] = self._conn._execute  # untyped
-        async with self._lock:
-            return await queue(_atomically, self._conn._conn, statements, fetch)
+        return await queue(_atomically, self._conn._conn, statements, fetch)
 
     # -- negotiations and agreements -------------------------------------------------------
 
