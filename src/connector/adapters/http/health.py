@@ -8,7 +8,10 @@ sending traffic to, and is re-checked every ``PROBE_INTERVAL_S``:
   ``STORE_TIMEOUT_S`` (``BEGIN IMMEDIATE``, rolled back at once). So the store is "taken away"
   when the file is gone or unreadable, when its schema is behind, or when another process
   holds its write lock (a backup holding ``BEGIN EXCLUSIVE``, a second daemon on the same
-  state): in each case no step could be persisted, hence none acknowledged.
+  state): in each case no step could be persisted, hence none acknowledged. On PostgreSQL
+  (``PostgresStore.probe``): a pooled connection and the answer to a query of the schema's
+  version and the outbox, each within ``PROBE_TIMEOUT_S``, so a database that is unreachable,
+  behind, or stuck behind a lock takes the replica out of service.
 - **keys**: the signing key and the TLS key are present and private (0600).
 - **certificate**: the DSP listener's TLS certificate is valid for more than
   ``[health] certificate_min_days`` (``connector_tls_certificate_expiring`` warns from

@@ -79,7 +79,8 @@ Statement = tuple[str, Sequence[Any]]
 # Keys of the advisory locks (any fixed 64-bit numbers, the same in every replica).
 MIGRATION_LOCK = 0x636F6E6E_00000001
 AUDIT_LOCK = 0x636F6E6E_00000002
-# A readiness probe waits this long for a connection (the SQLite probe's STORE_TIMEOUT_S).
+# A readiness probe waits this long for a connection, and as long for its answer (the SQLite
+# probe's STORE_TIMEOUT_S).
 PROBE_TIMEOUT_S = 2.0
 # A replica's claim on its outbox rows lasts this long unless renewed: how long the messages
 # of a dead replica wait before another sends them (EDC leases an entity for 60 s; we aim at
@@ -310,9 +311,11 @@ class PostgresStore(PagedReads):
         """(problem or None, outbox depth): the readiness check of the shared database."""
         try:
             async with self._pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+                # Bounded too: a query stuck behind a lock would keep the last answer
+                # (ready) for as long as it waits.
                 version, depth = await conn.fetchrow(
                     "SELECT (SELECT max(version) FROM connector_schema),"
-                    " (SELECT count(*) FROM outbox)")
+                    " (SELECT count(*) FROM outbox)", timeout=PROBE_TIMEOUT_S)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             return f"the database does not answer: {type(exc).__name__}: {exc}", 0
         if (version or 0) < schema:
