@@ -86,7 +86,8 @@ example-mobility: $(STAMP)
 	$(PY) examples/mobility-edc/run.py
 
 # Seconds of SIGKILLs under load in the crash soak: with soak-fuzz's minute and the checks,
-# `make soak` takes about ten minutes.
+# `make soak` takes about ten minutes. CRASH_ENGINE=postgres: both daemons' state in
+# PostgreSQL (Debian's package, a server started for the run).
 CRASH_SOAK_S ?= 480
 
 soak-crash: $(STAMP)

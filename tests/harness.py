@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,16 @@ from connector.participant.trust import add_trusted_peer
 
 # Start-up must print the ready line within this many seconds (it takes ~0.3 s here).
 READY_TIMEOUT_S = 20.0
+
+
+def keep_sqlite(folder: Path) -> None:
+    """Leave a new folder's state in its SQLite file, the embedded default."""
+
+
+# Where ``create_space`` puts each new folder's state: the end-to-end tests that run on
+# PostgreSQL set this to a function giving each folder a database of its own
+# (tests/e2e/conftest.py ``_state_on_engine``).
+place_state: Callable[[Path], None] = keep_sqlite
 
 
 def _ephemeral_low() -> int:
@@ -91,17 +101,22 @@ class Participant:
                                str(self.dir)], capture_output=True, text=True, timeout=timeout)
 
 
+def new_participant(root: Path, name: str, url: str) -> Participant:
+    """A folder ``root/name`` made as ``connector init`` makes one, its state where
+    ``place_state`` puts it."""
+    init_folder(root / name, name=name, url=url)
+    place_state(root / name)
+    return Participant(name, root / name, url)
+
+
 def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None,
                  provider_url: str | None = None) -> tuple[Participant, Participant]:
-    """A provider and a consumer, each pinning the other; ``provider_url``: the provider's
-    public URL (default: a free loopback port)."""
-    parts = []
-    for name in ("provider", "consumer"):
-        url = (provider_url if name == "provider" and provider_url
-               else f"https://127.0.0.1:{free_port_pair()}")
-        init_folder(root / name, name=name, url=url)
-        parts.append(Participant(name, root / name, url))
-    provider, consumer = parts
+    """A provider and a consumer, each pinning the other, their state where ``place_state``
+    puts it; ``provider_url``: the provider's public URL (default: a free loopback port)."""
+    provider, consumer = (
+        new_participant(root, name, provider_url if name == "provider" and provider_url
+                        else f"https://127.0.0.1:{free_port_pair()}")
+        for name in ("provider", "consumer"))
     attrs = {"membership": "active"} if consumer_attrs is None else consumer_attrs
     add_trusted_peer(provider.dir, consumer.dir, attributes=attrs, tls_cert=None)
     add_trusted_peer(consumer.dir, provider.dir, attributes={}, tls_cert=None)

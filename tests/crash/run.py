@@ -34,6 +34,7 @@ from tests.crash.space import (
     sigkill,
 )
 from tests.harness import start, stop
+from tests.stores import StateDb
 
 # While jobs are still being started, a call gives up after this long (the work's length plus
 # this): far beyond any kill's downtime, so only a process stuck for good stops its job.
@@ -117,7 +118,9 @@ class CrashRun:
         self.report = Report(seed=plan.seed, root=root)
         self.provider, self.consumer = make_space(root)
         self.parts = {"provider": self.provider, "consumer": self.consumer}
-        self.taps = {name: OutboxTap(part) for name, part in self.parts.items()}
+        # Open for the whole run: a kill ends the daemon's connections, not these.
+        self.dbs = {name: StateDb(part.dir) for name, part in self.parts.items()}
+        self.taps = {name: OutboxTap(part, self.dbs[name]) for name, part in self.parts.items()}
         # The first two kills take each daemon once; then any, or both together.
         self.first_victims = self.kill_rng.sample(list(self.parts), 2)
         self.generation = 0
@@ -161,7 +164,7 @@ class CrashRun:
 
     def _kill(self, name: str, kill: Kill) -> None:
         sigkill(self.parts[name])
-        broken = integrity(self.parts[name])
+        broken = integrity(self.dbs[name])
         if broken:
             self.report.mismatches.append(f"{name} database after SIGKILL: {broken}")
         for row in self.taps[name].redeliver(self.kill_rng):
@@ -202,14 +205,14 @@ class CrashRun:
         while True:
             consumer = await read_side(driver, driver.api)
             provider = await read_side(driver, provider_api)
-            quiet = (outbox_depth(self.consumer) == 0 and outbox_depth(self.provider) == 0
-                     and settled(consumer) and settled(provider))
+            depths = [outbox_depth(self.dbs[name]) for name in ("consumer", "provider")]
+            quiet = depths == [0, 0] and settled(consumer) and settled(provider)
             if quiet or time.monotonic() > driver.deadline[0]:
                 self.report.settle_s = time.monotonic() - t0
                 if not quiet:
                     self.report.mismatches.append(
                         f"not settled after {self.report.settle_s:.0f}s: outboxes "
-                        f"{outbox_depth(self.consumer)}/{outbox_depth(self.provider)}")
+                        f"{depths[0]}/{depths[1]}")
                 return consumer, provider
             await asyncio.sleep(0.5)
 
@@ -246,10 +249,11 @@ class CrashRun:
             await reader.close()
             stop(self.consumer)
             stop(self.provider)
-        for name, part in self.parts.items():
-            broken = integrity(part)
+        for name, db in self.dbs.items():
+            broken = integrity(db)
             if broken:
                 report.mismatches.append(f"{name} database at the end: {broken}")
+            db.close()
         report.mismatches += [f"daemon log: {line}" for line in log_problems(report.root)]
         return report
 

@@ -6,14 +6,13 @@ import json
 import random
 import re
 import signal
-import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from connector.config import load_settings
 from connector.core.binding import DSP_PATH
 from tests.harness import Participant, create_space, start
+from tests.stores import StateDb
 
 # What the jobs pull: dataset id -> (file under data/, records written for it, weight of the
 # choice). The ten example records come with every participant folder. A kill cuts a pull only
@@ -58,39 +57,26 @@ def source_of(provider: Participant, dataset: str) -> Path:
     return provider.dir / "data" / DATASETS[dataset][0]
 
 
-def database(participant: Participant) -> Path:
-    return load_settings(participant.dir).database
+def integrity(db: StateDb) -> list[str]:
+    """What ``PRAGMA integrity_check`` and ``foreign_key_check`` find wrong in an SQLite
+    file (empty: sound). A PostgreSQL database is the server's files, which no kill of a
+    daemon (a client) can tear: nothing to check there."""
+    if db.engine == "postgres":
+        return []
+    found = [str(r[0]) for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+    return found + [f"foreign key: {r}" for r in db.execute("PRAGMA foreign_key_check")]
 
 
-def integrity(participant: Participant) -> list[str]:
-    """What ``PRAGMA integrity_check`` and ``foreign_key_check`` find wrong (empty: sound)."""
-    conn = sqlite3.connect(database(participant))
-    try:
-        found = [str(r[0]) for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        found += [f"foreign key: {r}" for r in conn.execute("PRAGMA foreign_key_check")]
-        return found
-    finally:
-        conn.close()
-
-
-def outbox_depth(participant: Participant) -> int:
-    conn = sqlite3.connect(f"file:{database(participant)}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-    finally:
-        conn.close()
+def outbox_depth(db: StateDb) -> int:
+    return int(db.execute("SELECT count(*) FROM outbox")[0][0])
 
 
 OutboxRow = tuple[int, str, str, str, bytes]  # seq, process_id, url, audience, body
 
 
-def outbox_rows(participant: Participant) -> dict[int, OutboxRow]:
-    conn = sqlite3.connect(f"file:{database(participant)}?mode=ro", uri=True, timeout=5)
-    try:
-        return {r[0]: r for r in conn.execute(
-            "SELECT seq, process_id, url, audience, body FROM outbox")}
-    finally:
-        conn.close()
+def outbox_rows(db: StateDb) -> dict[int, OutboxRow]:
+    return {r[0]: (r[0], r[1], r[2], r[3], bytes(r[4])) for r in db.execute(
+        "SELECT seq, process_id, url, audience, body FROM outbox")}
 
 
 def message_kind(url: str) -> str:
@@ -104,32 +90,31 @@ def message_kind(url: str) -> str:
 class OutboxTap:
     """Remembers every outbox row it saw, to tell which ones were delivered since."""
 
-    def __init__(self, participant: Participant) -> None:
+    def __init__(self, participant: Participant, db: StateDb) -> None:
         self.participant = participant
+        self.db = db
         self.seen: dict[int, OutboxRow] = {}
         self.written_back: set[tuple[str, str]] = set()  # (process, url): each row once
 
     def poll(self) -> None:
         if self.participant.process is not None:
-            self.seen.update(outbox_rows(self.participant))
+            self.seen.update(outbox_rows(self.db))
 
     def redeliver(self, rng: random.Random) -> list[OutboxRow]:
         """With the daemon dead: write back one delivered row of each kind (the state a
         kill between delivery and deletion leaves); forget the rest (seqs get reused)."""
-        present = outbox_rows(self.participant)
+        present = outbox_rows(self.db)
         by_kind: dict[str, list[OutboxRow]] = defaultdict(list)
         for seq in sorted(self.seen):
             row = self.seen[seq]
             if seq not in present and (row[1], row[2]) not in self.written_back:
                 by_kind[message_kind(row[2])].append(row)
         chosen = sorted(rng.choice(rows) for _, rows in sorted(by_kind.items()))
-        conn = sqlite3.connect(database(self.participant))
-        try:
-            with conn:
-                conn.executemany("INSERT INTO outbox (seq, process_id, url, audience, body,"
-                                 " next_attempt) VALUES (?, ?, ?, ?, ?, 0)", chosen)
-        finally:
-            conn.close()
+        # On PostgreSQL the row is unclaimed (claim_until NULL): the restarted daemon takes
+        # it over as it takes the rows of a replica that died.
+        for row in chosen:
+            self.db.execute("INSERT INTO outbox (seq, process_id, url, audience, body,"
+                            " next_attempt) VALUES (?, ?, ?, ?, ?, 0)", *row)
         self.written_back.update((row[1], row[2]) for row in chosen)
         self.seen.clear()
         return chosen

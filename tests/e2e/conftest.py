@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ from connector.core.identity import did_web_from_url, issue_token
 from connector.keys import load_signing_key
 from connector.participant.init import init_folder
 from connector.participant.trust import add_trusted_peer
+from tests import harness
 from tests.e2e.postgres import (
-    new_database,
     postgres_server,  # noqa: F401  (a session fixture for tests/e2e)
 )
 from tests.harness import Participant, create_space, free_port, start, stop
-from tests.stores import e2e_engines, use_postgres
+from tests.stores import e2e_engines, on_new_database
 
 
 class PeerToken(str):
@@ -136,17 +137,35 @@ def add_big_dataset(folder: Path) -> None:
         'policies = ["members-only"]\n[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')
 
 
-@pytest.fixture(scope="session", params=e2e_engines())
-def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Space]:
-    """A provider and a consumer daemon, their state on the engine ``request.param`` names
-    (tests/stores.py ``e2e_engines``; a module may parametrise ``space`` indirectly)."""
-    root = tmp_path_factory.mktemp(f"space-{request.param}")
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every end-to-end test runs on the engines ``CONNECTOR_E2E_ENGINES`` names, a parameter
+    (``state_engine``) of the whole session; a test or module marked ``engines(...)`` on
+    those, whatever the variable says."""
+    if "state_engine" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engines")
+        metafunc.parametrize("state_engine", list(marker.args) if marker else e2e_engines(),
+                             scope="session")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_on_engine(state_engine: str, request: pytest.FixtureRequest) -> Iterator[None]:
+    """The folders ``create_space`` makes keep their state on ``state_engine``: on
+    PostgreSQL, each gets a database of its own (before any fixture of a narrower scope
+    makes one: an autouse fixture of the widest scope is set up first)."""
+    if state_engine != "postgres":
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(harness, "place_state", partial(on_new_database, server))
+        yield
+
+
+@pytest.fixture(scope="session")
+def space(state_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    """A provider and a consumer daemon, their state on the session's ``state_engine``."""
+    root = tmp_path_factory.mktemp(f"space-{state_engine}")
     provider, consumer = create_space(root)
-    if request.param == "postgres":
-        server = request.getfixturevalue("postgres_server")
-        for folder in (provider.dir, consumer.dir):
-            use_postgres(folder, asyncio.run(new_database(server)))
     peers = {}
     for name, attrs in (("member", {"membership": "active", "purpose": "research"}),
                         ("outsider", {})):

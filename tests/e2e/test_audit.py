@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from connector.client import Management
 from connector.config import load_settings
 from tests.e2e.conftest import Space
 from tests.harness import create_space, running
+from tests.stores import StateDb
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -67,7 +67,7 @@ async def _agreement_with_a_transfer(space: Space, apis: tuple[Management, Manag
 
 
 # Both engines, whatever CONNECTOR_E2E_ENGINES says: the audit commands read either.
-@pytest.mark.parametrize("space", ENGINES, indirect=True)
+@pytest.mark.engines(*ENGINES)
 async def test_both_sides_export_bundles_that_verify_offline_and_catch_tampering(
         space: Space, apis: tuple[Management, Management], tmp_path: Path) -> None:
     agreement = await _agreement_with_a_transfer(space, apis)
@@ -163,12 +163,10 @@ async def test_a_step_whose_entry_cannot_be_written_does_not_happen(tmp_path: Pa
     and nothing is stored; once the table is back, the consumer's retry goes through and the
     chain is intact."""
     provider, consumer = create_space(tmp_path)
-    db = load_settings(provider.dir).database
-    with running([provider, consumer]):
+    with running([provider, consumer]), StateDb(provider.dir) as db:
         api = Management(load_settings(consumer.dir))
         try:
-            with sqlite3.connect(db) as conn:
-                conn.execute("ALTER TABLE audit_entries RENAME TO audit_entries_away")
+            db.execute("ALTER TABLE audit_entries RENAME TO audit_entries_away")
             record = await api.call("POST", "/api/negotiations",
                                     {"provider": provider.url, "datasetId": "example-weather"})
             log = provider.dir / "state" / "daemon.log"
@@ -181,9 +179,8 @@ async def test_a_step_whose_entry_cannot_be_written_does_not_happen(tmp_path: Pa
                 await asyncio.sleep(0.05)
             text = log.read_text()
             assert refused in text, text[-2000:]
-            with sqlite3.connect(db) as conn:
-                assert conn.execute("SELECT count(*) FROM negotiations").fetchone()[0] == 0
-                conn.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
+            assert db.execute("SELECT count(*) FROM negotiations") == [(0,)]
+            db.execute("ALTER TABLE audit_entries_away RENAME TO audit_entries")
             done = await api.call("GET", f"/api/negotiations/{record['id']}?wait=20")
             assert done["state"] == "FINALIZED", done  # the outbox retried the 503
         finally:

@@ -9,7 +9,6 @@ finds nothing, `--witness` names the entry.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from connector.registry.membership import join_registry
 from connector.registry.witness import witnessed
 from tests.e2e.test_registry import Registry, make_registry, tls_for
 from tests.harness import Participant, create_space, running
+from tests.stores import StateDb
 
 
 def _negotiate(consumer: Participant, provider: Participant) -> None:
@@ -34,22 +34,22 @@ def _rewrite_and_re_sign(provider: Participant, at: int) -> None:
     every digest and link after it, and sign every checkpoint again."""
     settings = load_settings(provider.dir)
     key = load_any_signing_key(settings.signing_key)
-    with sqlite3.connect(settings.database) as conn:
-        conn.execute("DROP TRIGGER audit_entries_append_only")
-        rows = conn.execute("SELECT seq, body FROM audit_entries ORDER BY seq").fetchall()
+    with StateDb(provider.dir) as db:
+        db.execute("DROP TRIGGER audit_entries_append_only"
+                   + (" ON audit_entries" if db.engine == "postgres" else ""))
         prev, heads = GENESIS, {}
-        for seq, body in rows:
+        for seq, body in db.execute("SELECT seq, body FROM audit_entries ORDER BY seq"):
             if seq == at:
                 body = bytes(body).replace(b'"kind":"', b'"kind":"x', 1)
             digest = sha256_hex(bytes(body))
             prev = link(prev, digest)
             heads[seq] = prev
-            conn.execute("UPDATE audit_entries SET body = ?, digest = ?, hash = ? WHERE seq = ?",
-                         (bytes(body), digest, prev, seq))
-        for (seq,) in conn.execute("SELECT seq FROM audit_checkpoints").fetchall():
+            db.execute("UPDATE audit_entries SET body = ?, digest = ?, hash = ? WHERE seq = ?",
+                       bytes(body), digest, prev, seq)
+        for (seq,) in db.execute("SELECT seq FROM audit_checkpoints"):
             jws = sign_checkpoint(key, kid=settings.signing_kid, did=settings.did, seq=seq,
                                   head=heads[seq], now=int(time.time()))
-            conn.execute("UPDATE audit_checkpoints SET jws = ? WHERE seq = ?", (jws, seq))
+            db.execute("UPDATE audit_checkpoints SET jws = ? WHERE seq = ?", jws, seq)
 
 
 def _witnessed_through(provider: Participant, registry: Registry, seq: int) -> int:
@@ -95,8 +95,8 @@ def test_a_rewritten_and_re_signed_history_is_caught_by_the_witness(tmp_path: Pa
 
 
 def _entries(p: Participant) -> int:
-    with sqlite3.connect(load_settings(p.dir).database) as conn:
-        return int(conn.execute("SELECT max(seq) FROM audit_entries").fetchone()[0])
+    with StateDb(p.dir) as db:
+        return int(db.execute("SELECT max(seq) FROM audit_entries")[0][0])
 
 
 def test_the_registry_witnesses_members_only_and_their_own_signatures(tmp_path: Path) -> None:

@@ -3,14 +3,17 @@ the drain on SIGTERM (ready 503, in-flight requests finished, a clean exit).
 
 "Taken away", for SQLite (see adapters/http/health.py): another process holds the database's
 write lock (``BEGIN EXCLUSIVE``, as a backup tool or a second daemon on the same state would),
-or the database file is moved away. Either way no step could be persisted.
+or the database file is moved away. Either way no step could be persisted. For PostgreSQL:
+another session holds a lock on the outbox that no step could wait out (``LOCK TABLE ... IN
+ACCESS EXCLUSIVE MODE``, as a migration run by hand would), so the probe's query would wait
+for ever; or the schema's version table is renamed away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
-import sqlite3
 import ssl
 import threading
 import time
@@ -25,6 +28,7 @@ import pytest
 from connector.config import load_settings
 from tests.e2e.test_metrics import with_metrics
 from tests.harness import Participant, create_space, start, stop
+from tests.stores import StateDb
 
 # Generous: the daemon re-checks every 0.25 s, but the machine may be loaded.
 DEADLINE_S = 15.0
@@ -67,35 +71,48 @@ def pair(tmp_path: Path) -> Iterator[tuple[Participant, Participant, str]]:
         stop(provider)
 
 
+@contextlib.contextmanager
+def _taken_away(db: StateDb, database: Path) -> Iterator[None]:
+    """The SQLite file moved away, or the schema's version table renamed; then put back."""
+    if db.engine == "postgres":
+        db.execute("ALTER TABLE connector_schema RENAME TO connector_schema_away")
+        try:
+            yield
+        finally:
+            db.execute("ALTER TABLE connector_schema_away RENAME TO connector_schema")
+        return
+    moved = database.with_name("moved-away.db")
+    database.rename(moved)
+    try:
+        yield
+    finally:
+        moved.rename(database)
+    assert not moved.exists()
+
+
 def test_ready_fails_while_the_store_is_locked_or_gone_and_recovers(
         pair: tuple[Participant, Participant, str]) -> None:
     _, consumer, metrics = pair
     tls = ssl.create_default_context(cafile=str(consumer.dir / "tls" / "cert.pem"))
     assert until(f"{metrics}/health/ready", 200) == {"status": "ready"}
     assert until(f"{consumer.url}/health/ready", 200, context=tls) == {"status": "ready"}
-    database = load_settings(consumer.dir).database
+    with StateDb(consumer.dir) as holder:
+        holder.execute("BEGIN EXCLUSIVE" if holder.engine == "sqlite" else "BEGIN")
+        if holder.engine == "postgres":
+            holder.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        try:
+            body = until(f"{metrics}/health/ready", 503)
+            assert body["status"] == "not ready" and list(body["failing"]) == ["store"]
+            assert until(f"{consumer.url}/health/ready", 503, context=tls)["failing"].keys(
+                ) == {"store"}
+            assert get(f"{metrics}/health/live")[0] == 200  # alive: a restart would not help
+        finally:
+            holder.execute("ROLLBACK")
+        assert until(f"{metrics}/health/ready", 200) == {"status": "ready"}
 
-    holder = sqlite3.connect(database, isolation_level=None, timeout=10)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        body = until(f"{metrics}/health/ready", 503)
-        assert body["status"] == "not ready" and list(body["failing"]) == ["store"]
-        assert until(f"{consumer.url}/health/ready", 503, context=tls)["failing"].keys() == {
-            "store"}
-        assert get(f"{metrics}/health/live")[0] == 200  # alive: a restart would not help
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert until(f"{metrics}/health/ready", 200) == {"status": "ready"}
-
-    moved = database.with_name("moved-away.db")
-    database.rename(moved)
-    try:
-        assert "store" in until(f"{metrics}/health/ready", 503)["failing"]
-    finally:
-        moved.rename(database)
-    assert until(f"{metrics}/health/ready", 200) == {"status": "ready"}
-    assert not moved.exists()
+        with _taken_away(holder, load_settings(consumer.dir).database):
+            assert "store" in until(f"{metrics}/health/ready", 503)["failing"]
+        assert until(f"{metrics}/health/ready", 200) == {"status": "ready"}
     with urllib.request.urlopen(f"{metrics}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert 'connector_health_check_ok{check="store"} 1.0' in text

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -52,10 +51,18 @@ from connector.core.identity import (
 )
 from connector.core.messages import DSP_CONTEXT
 from connector.participant import credentials
-from connector.participant.init import init_folder
 from connector.participant.keys import retire_signing_key
 from connector.participant.trust import add_trusted_peer
-from tests.harness import Participant, create_space, free_port, free_port_pair, start, stop
+from tests.harness import (
+    Participant,
+    create_space,
+    free_port,
+    free_port_pair,
+    new_participant,
+    start,
+    stop,
+)
+from tests.stores import StateDb
 from tests.unit.test_rotation import _assert_no_key_material
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -447,7 +454,8 @@ async def test_no_private_key_in_logs_or_databases(dcp: DcpSpace) -> None:
     texts = [(dcp.root / "authority.out").read_text()]
     for p in (dcp.provider, dcp.consumer):
         texts.append((p.dir / "state" / "daemon.log").read_text())
-        texts.append((p.dir / "state" / "connector.db").read_bytes().decode("latin-1"))
+        with StateDb(p.dir) as db:
+            texts.append(db.text())
     for folder in (dcp.provider.dir, dcp.consumer.dir, dcp.authority_dir):
         _assert_no_key_material(folder, texts)
         for key_file in (folder / "keys").iterdir():
@@ -461,10 +469,7 @@ def _pinned_space(root: Path, consumers: int) -> tuple[Participant, list[Partici
     provider, first = create_space(root)
     others = []
     for i in range(consumers - 1):
-        name = f"consumer{i + 2}"
-        url = f"https://127.0.0.1:{free_port_pair()}"
-        init_folder(root / name, name=name, url=url)
-        other = Participant(name, root / name, url)
+        other = new_participant(root, f"consumer{i + 2}", f"https://127.0.0.1:{free_port_pair()}")
         add_trusted_peer(provider.dir, other.dir, attributes={"membership": "active"},
                          tls_cert=None)
         add_trusted_peer(other.dir, provider.dir, attributes={}, tls_cert=None)
@@ -535,8 +540,8 @@ async def test_provider_rotates_while_consumers_negotiate(
     # The provider's audit checkpoints, signed under both keys, still verify once the old key
     # is retired (gone from did.json): the chain announced it while it signed.
     retire_signing_key(provider.dir, old_kid, now=time.time() + 10_000)
-    with sqlite3.connect(load_settings(provider.dir).database) as conn:
-        kids = {parse_checkpoint(jws).kid for (jws,) in conn.execute(
+    with StateDb(provider.dir) as db:
+        kids = {parse_checkpoint(jws).kid for (jws,) in db.execute(
             "SELECT jws FROM audit_checkpoints")}
     assert old_kid in kids and new_kid in kids, kids
     verified = provider.cli("audit", "verify")

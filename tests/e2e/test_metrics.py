@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sqlite3
 import ssl
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from connector.config import load_settings
 from connector.core.binding import DSP_PATH
 from tests.e2e.prometheus import running_prometheus
 from tests.harness import Participant, create_space, free_port, start, stop
+from tests.stores import StateDb
 
 DATASET = "example-weather"
 RECORDS = 10  # data/example.jsonl of a new folder
@@ -162,7 +162,7 @@ def secrets_of(folder: Path) -> set[str]:
     settings = load_settings(folder)
     found = {settings.management_token(), str(settings.signing_key), str(settings.tls_key),
              str(folder / "keys"), settings.signing_key.name, settings.tls_key.name}
-    with sqlite3.connect(settings.database) as db:
+    with StateDb(folder) as db:
         for table in ("negotiations", "transfers", "agreements"):
             for ident, body in db.execute(f"SELECT id, body FROM {table}"):
                 found.add(ident)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +30,7 @@ from connector.core.messages import (
 from tests.e2e.conftest import Space
 from tests.e2e.test_dsp_edge import CTX, call, finalized, request_body
 from tests.harness import Participant, create_space, start, stop
+from tests.stores import StateDb
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -164,29 +163,28 @@ async def _until(api: Management, pid: str, state: str) -> dict[str, Any]:
     raise AssertionError(f"{pid} never reached {state}: {record}")
 
 
-def _rewind_consumer(db: Path, pid: str, provider_base: str, provider_did: str) -> None:
+def _rewind_consumer(db: StateDb, pid: str, provider_base: str, provider_did: str) -> None:
     """What the consumer's database holds if it was killed after sending its verification,
     before forgetting it, and before the provider's FINALIZED reached it."""
-    conn = sqlite3.connect(db)
-    (body,) = conn.execute("SELECT body FROM negotiations WHERE id = ?", (pid,)).fetchone()
+    ((body,),) = db.execute("SELECT body FROM negotiations WHERE id = ?", pid)
     record = json.loads(body)
     assert record["history"][-1]["message"] == "ContractNegotiationEventMessage:FINALIZED"
     record["state"], record["history"] = "VERIFIED", record["history"][:-1]
-    conn.execute("UPDATE negotiations SET state = 'VERIFIED', body = ? WHERE id = ?",
-                 (json.dumps(record).encode(), pid))
-    conn.execute("DELETE FROM agreements WHERE negotiation_id = ?", (pid,))
+    db.execute("BEGIN")
+    db.execute("UPDATE negotiations SET state = 'VERIFIED', body = ? WHERE id = ?",
+               json.dumps(record).encode(), pid)
+    db.execute("DELETE FROM agreements WHERE negotiation_id = ?", pid)
     message = ContractAgreementVerificationMessage(consumer_pid=record["consumerPid"],
                                                    provider_pid=record["providerPid"])
-    _queue(conn, pid, f"{provider_base}/negotiations/{record['providerPid']}/agreement/"
+    _queue(db, pid, f"{provider_base}/negotiations/{record['providerPid']}/agreement/"
            "verification", provider_did, codec.encode(message))
-    conn.commit()
-    conn.close()
+    db.execute("COMMIT")
 
 
-def _queue(conn: sqlite3.Connection, pid: str, url: str, audience: str, body: bytes) -> None:
-    (seq,) = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM outbox").fetchone()
-    conn.execute("INSERT INTO outbox (seq, process_id, url, audience, body, next_attempt)"
-                 " VALUES (?, ?, ?, ?, ?, 0)", (seq, pid, url, audience, body))
+def _queue(db: StateDb, pid: str, url: str, audience: str, body: bytes) -> None:
+    """An outbox row due now; its sequence number the database's next."""
+    db.execute("INSERT INTO outbox (process_id, url, audience, body, next_attempt)"
+               " VALUES (?, ?, ?, ?, 0)", pid, url, audience, body)
 
 
 async def test_a_verification_sent_again_after_a_crash_keeps_the_agreement_on_both_sides(
@@ -202,18 +200,16 @@ async def test_a_verification_sent_again_after_a_crash_keeps_the_agreement_on_bo
     stop(consumer)
     stop(provider)
     psettings, csettings = load_settings(provider.dir), load_settings(consumer.dir)
-    _rewind_consumer(csettings.database, record["id"], psettings.dsp_base,
-                     did_web_from_url(provider.url))
+    with StateDb(consumer.dir) as db:
+        _rewind_consumer(db, record["id"], psettings.dsp_base, did_web_from_url(provider.url))
     # The provider was killed before forgetting its FINALIZED: it sends it again on start.
-    conn = sqlite3.connect(psettings.database)
     event = ContractNegotiationEventMessage(consumer_pid=record["consumerPid"],
                                             provider_pid=record["providerPid"],
                                             event_type="FINALIZED")
-    _queue(conn, theirs[0]["id"], f"{csettings.dsp_base}/negotiations/"
-           f"{record['consumerPid']}/events", did_web_from_url(consumer.url),
-           codec.encode(event))
-    conn.commit()
-    conn.close()
+    with StateDb(provider.dir) as db:
+        _queue(db, theirs[0]["id"], f"{csettings.dsp_base}/negotiations/"
+               f"{record['consumerPid']}/events", did_web_from_url(consumer.url),
+               codec.encode(event))
     start(provider)
     start(consumer)  # its outbox sends the verification again, at once
     papi, capi = Management(psettings), Management(csettings)

@@ -15,7 +15,7 @@ from tests.e2e.conftest import Space
 
 # The main two-daemon tests run on both storage engines, whatever CONNECTOR_E2E_ENGINES says.
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
-              pytest.mark.parametrize("space", ENGINES, indirect=True)]
+              pytest.mark.engines(*ENGINES)]
 
 
 
