@@ -23,10 +23,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-# The whole end-to-end suite again with every daemon's state in PostgreSQL (Debian's package,
-# started by the test set-up); `make test` runs it on SQLite. CI runs both (~5 min more).
+# The whole end-to-end suite and the fuzz suite again with every daemon's state in PostgreSQL
+# (Debian's package, started by the test set-up); `make test` runs them on SQLite. CI runs
+# both (~5 min more).
 test-postgres: $(STAMP)
-	CONNECTOR_E2E_ENGINES=postgres $(PY) -m pytest -q tests/e2e
+	CONNECTOR_E2E_ENGINES=postgres $(PY) -m pytest -q tests/e2e tests/fuzz
 
 # The long forms of the robustness suites (README "Soak"). `make test` runs each short.
 soak: soak-fuzz soak-crash

@@ -34,7 +34,7 @@ def keep_sqlite(folder: Path) -> None:
 
 # Where ``create_space`` puts each new folder's state: the end-to-end tests that run on
 # PostgreSQL set this to a function giving each folder a database of its own
-# (tests/e2e/conftest.py ``_state_on_engine``).
+# for a module at a time (tests/engines.py ``_state_on_engine``).
 place_state: Callable[[Path], None] = keep_sqlite
 
 
@@ -101,21 +101,24 @@ class Participant:
                                str(self.dir)], capture_output=True, text=True, timeout=timeout)
 
 
-def new_participant(root: Path, name: str, url: str) -> Participant:
-    """A folder ``root/name`` made as ``connector init`` makes one, its state where
-    ``place_state`` puts it."""
+def new_participant(root: Path, name: str, url: str, *,
+                    place: Callable[[Path], None] | None = None) -> Participant:
+    """A folder ``root/name`` made as ``connector init`` makes one, its state where ``place``
+    (default ``place_state``) puts it."""
     init_folder(root / name, name=name, url=url)
-    place_state(root / name)
+    (place or place_state)(root / name)
     return Participant(name, root / name, url)
 
 
 def create_space(root: Path, *, consumer_attrs: dict[str, str] | None = None,
-                 provider_url: str | None = None) -> tuple[Participant, Participant]:
-    """A provider and a consumer, each pinning the other, their state where ``place_state``
-    puts it; ``provider_url``: the provider's public URL (default: a free loopback port)."""
+                 provider_url: str | None = None, place: Callable[[Path], None] | None = None
+                 ) -> tuple[Participant, Participant]:
+    """A provider and a consumer, each pinning the other, their state where ``place``
+    (default ``place_state``) puts it; ``provider_url``: the provider's public URL (default:
+    a free loopback port)."""
     provider, consumer = (
         new_participant(root, name, provider_url if name == "provider" and provider_url
-                        else f"https://127.0.0.1:{free_port_pair()}")
+                        else f"https://127.0.0.1:{free_port_pair()}", place=place)
         for name in ("provider", "consumer"))
     attrs = {"membership": "active"} if consumer_attrs is None else consumer_attrs
     add_trusted_peer(provider.dir, consumer.dir, attributes=attrs, tls_cert=None)

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,15 @@ from connector.core.identity import did_web_from_url, issue_token
 from connector.keys import load_signing_key
 from connector.participant.init import init_folder
 from connector.participant.trust import add_trusted_peer
-from tests import harness
 from tests.e2e.postgres import (
     postgres_server,  # noqa: F401  (a session fixture for tests/e2e)
 )
+from tests.engines import (  # noqa: F401  (the hook and the fixture)
+    _state_on_engine,
+    placer,
+    pytest_generate_tests,
+)
 from tests.harness import Participant, create_space, free_port, start, stop
-from tests.stores import e2e_engines, on_new_database
 
 
 class PeerToken(str):
@@ -137,35 +139,12 @@ def add_big_dataset(folder: Path) -> None:
         'policies = ["members-only"]\n[source]\ntype = "jsonl"\npath = "data/big.jsonl"\n')
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every end-to-end test runs on the engines ``CONNECTOR_E2E_ENGINES`` names, a parameter
-    (``state_engine``) of the whole session; a test or module marked ``engines(...)`` on
-    those, whatever the variable says."""
-    if "state_engine" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("engines")
-        metafunc.parametrize("state_engine", list(marker.args) if marker else e2e_engines(),
-                             scope="session")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _state_on_engine(state_engine: str, request: pytest.FixtureRequest) -> Iterator[None]:
-    """The folders ``create_space`` makes keep their state on ``state_engine``: on
-    PostgreSQL, each gets a database of its own (before any fixture of a narrower scope
-    makes one: an autouse fixture of the widest scope is set up first)."""
-    if state_engine != "postgres":
-        yield
-        return
-    server = request.getfixturevalue("postgres_server")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness, "place_state", partial(on_new_database, server))
-        yield
-
-
 @pytest.fixture(scope="session")
-def space(state_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+def space(state_engine: str, request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     """A provider and a consumer daemon, their state on the session's ``state_engine``."""
     root = tmp_path_factory.mktemp(f"space-{state_engine}")
-    provider, consumer = create_space(root)
+    provider, consumer = create_space(root, place=placer(state_engine, request))
     peers = {}
     for name, attrs in (("member", {"membership": "active", "purpose": "research"}),
                         ("outsider", {})):

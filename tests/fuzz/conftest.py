@@ -25,6 +25,12 @@ from connector.core.identity import did_web_from_url
 from connector.keys import load_signing_key
 from connector.participant.trust import add_trusted_peer
 from tests.e2e.conftest import Peer, Space, _callback_app, _peer_folder
+from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture)
+from tests.engines import (  # noqa: F401  (the hook and the fixture)
+    _state_on_engine,
+    placer,
+    pytest_generate_tests,
+)
 from tests.harness import create_space, free_port, start, stop
 
 DEFAULT_REQUESTS = 500
@@ -52,9 +58,10 @@ def rss_kib(pid: int) -> int:
 
 
 @pytest.fixture(scope="session")
-def fuzz_space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
-    root = tmp_path_factory.mktemp("fuzz")
-    provider, consumer = create_space(root)
+def fuzz_space(state_engine: str, request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    root = tmp_path_factory.mktemp(f"fuzz-{state_engine}")
+    provider, consumer = create_space(root, place=placer(state_engine, request))
     peers = {}
     for name, attrs in (("member", {"membership": "active"}), ("outsider", {})):
         folder, callback = _peer_folder(root, name, free_port())
