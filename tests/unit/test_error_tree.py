@@ -81,6 +81,22 @@ def test_json_as_deep_as_allowed_decodes() -> None:
     assert "a" in doc
 
 
+@pytest.mark.parametrize(("raw", "refused"), [
+    (b'{"a": "x\\u0000"}', True),  # the escape of U+0000
+    (b'{"a": ["ok", {"b": "\\u00001"}]}', True),  # nested, followed by a digit
+    (b'{"a": "x\\\\\\u0000"}', True),  # an escaped backslash, then the escape
+    (b'{"a": "x\\\\u0000"}', False),  # an escaped backslash, then the text u0000
+    (b'{"\\u0001": 1}', False),  # another control character, which JSON allows escaped
+])
+def test_u0000_in_a_json_string_is_a_malformed_message(raw: bytes, refused: bool) -> None:
+    if not refused:
+        assert codec.decode_json(raw)
+        return
+    with pytest.raises(MalformedMessage, match="U\\+0000") as info:
+        codec.decode_json(raw, area=Area.NEGOTIATION)
+    assert info.value.status == 400
+
+
 def test_a_token_with_a_deep_json_segment_is_an_auth_error() -> None:
     segment = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).rstrip(b"=").decode()
     for token in (f"{segment}.e30.c2ln", f"eyJhbGciOiJFZERTQSJ9.{segment}.c2ln"):

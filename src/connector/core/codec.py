@@ -67,6 +67,19 @@ def within_depth(raw: bytes) -> bytes:
     return raw
 
 
+# U+0000 as JSON writes it (RFC 8259 §7): ``\u0000`` preceded by an even number of
+# backslashes (each pair is one escaped backslash, not the start of an escape).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def without_nul(raw: bytes) -> bytes:
+    """``raw`` itself, or ValueError when one of its strings holds U+0000: no identifier or
+    text of ours needs it, and PostgreSQL's ``text`` cannot hold it."""
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):  # the search only when it may match
+        raise ValueError("a string holds U+0000 (NUL), which no value may contain")
+    return raw
+
+
 def _local(name: str) -> str:
     for prefix in _PREFIXES:
         if name.startswith(prefix):
@@ -110,7 +123,7 @@ def decode_json(body: bytes, *, area: Area = Area.NEGOTIATION) -> dict[str, Any]
     The depth is bounded first (``MAX_JSON_DEPTH``); a RecursionError from the decoder is
     caught too, in case a bracket count and the decoder ever disagree."""
     try:
-        doc = _decoder.decode(within_depth(body))
+        doc = _decoder.decode(within_depth(without_nul(body)))
     except msgspec.DecodeError as exc:
         raise MalformedMessage(f"body is not valid JSON: {exc}", area=area) from exc
     except (ValueError, RecursionError) as exc:

@@ -443,6 +443,8 @@ def _string_claim(payload: Mapping[str, Any], name: str) -> str:
     value = payload.get(name)
     if not isinstance(value, str) or not value:
         raise AuthError(f"missing claim {name}")
+    if "\x00" in value:  # no DID or id holds it (a jti is stored: PostgreSQL's text cannot)
+        raise AuthError(f"claim {name} holds U+0000")
     return value
 
 

@@ -29,6 +29,8 @@ from connector.core.errors import (
     CatalogError,
     ConnectorError,
     InternalError,
+    InvalidParameter,
+    MalformedMessage,
     ModesDiffer,
     ProtocolError,
     UnknownProcess,
@@ -98,10 +100,21 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+def refuse_nul(request: web.Request) -> None:
+    """U+0000 in the path or a query parameter is the caller's mistake, refused before any
+    handler: no identifier or parameter of ours holds it (the JSON bodies are checked as
+    they are decoded, ``codec.without_nul``), and PostgreSQL's ``text`` cannot."""
+    if "\x00" in request.path or any("\x00" in k + v for k, v in request.query.items()):
+        message = "U+0000 (NUL) in the path or a parameter"
+        area = area_of(request.path) if request.app.get("dsp") else None
+        raise MalformedMessage(message, area=area) if area else InvalidParameter(message)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     logs.bind(process_id=request.match_info.get("pid") or request.match_info.get("id"))
     try:
+        refuse_nul(request)
         return await handler(request)
     except ConnectorError as exc:
         log.info("%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code,
