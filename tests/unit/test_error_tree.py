@@ -11,6 +11,7 @@ import pytest
 from connector.core import codec, errors
 from connector.core.errors import Area, ConnectorError, MalformedMessage
 from connector.core.identity import AuthError, KeyRing, verify_token
+from connector.core.messages import DSP_CONTEXT
 from connector.registry.publisher import Signer
 from connector.registry.search import RegistrySearch
 from connector.registry.store import SearchQuery
@@ -95,6 +96,26 @@ def test_u0000_in_a_json_string_is_a_malformed_message(raw: bytes, refused: bool
     with pytest.raises(MalformedMessage, match="U\\+0000") as info:
         codec.decode_json(raw, area=Area.NEGOTIATION)
     assert info.value.status == 400
+
+
+def test_a_pid_or_an_agreement_id_longer_than_an_index_takes_is_refused() -> None:
+    from connector.core.messages import MAX_ID_LENGTH, ContractRequestMessage
+    from connector.core.policy.model import PolicySyntaxError, parse_policy
+
+    for length, refused in ((MAX_ID_LENGTH, False), (MAX_ID_LENGTH + 1, True)):
+        pid = "p" * length
+        doc = {"@context": [DSP_CONTEXT], "@type": "ContractRequestMessage",
+               "consumerPid": pid, "offer": {"@id": "o"}, "callbackAddress": "https://x"}
+        if refused:
+            with pytest.raises(MalformedMessage, match="length"):
+                codec.decode(codec.encode_json(doc), ContractRequestMessage,
+                             area=Area.NEGOTIATION)
+            with pytest.raises(PolicySyntaxError, match="@id longer"):
+                parse_policy({"@id": pid, "permission": []})
+        else:
+            assert codec.decode(codec.encode_json(doc), ContractRequestMessage,
+                                area=Area.NEGOTIATION).consumer_pid == pid
+            assert parse_policy({"@id": pid, "permission": []}).id == pid
 
 
 def test_a_token_with_a_deep_json_segment_is_an_auth_error() -> None:

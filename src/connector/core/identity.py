@@ -37,6 +37,7 @@ from jwt.exceptions import InvalidKeyError
 
 from connector.core.codec import within_depth
 from connector.core.errors import AuthError, ConfigError, ModesDiffer
+from connector.core.messages import MAX_ID_LENGTH
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 # The keys we sign with: Ed25519 (EdDSA) or an EC key of a curve in _EC_ALGS (ES256 for P-256).
@@ -443,8 +444,10 @@ def _string_claim(payload: Mapping[str, Any], name: str) -> str:
     value = payload.get(name)
     if not isinstance(value, str) or not value:
         raise AuthError(f"missing claim {name}")
-    if "\x00" in value:  # no DID or id holds it (a jti is stored: PostgreSQL's text cannot)
-        raise AuthError(f"claim {name} holds U+0000")
+    # A jti is stored and indexed: PostgreSQL's text cannot hold U+0000, nor its index a
+    # long entry (MAX_ID_LENGTH); no DID or id needs either.
+    if "\x00" in value or len(value) > MAX_ID_LENGTH:
+        raise AuthError(f"claim {name} holds U+0000 or is longer than {MAX_ID_LENGTH}")
     return value
 
 

@@ -8,7 +8,7 @@ Unknown fields are ignored on input (the TCK adds ``@id``, EDC adds its own cont
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -22,6 +22,13 @@ EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
 
 Json = dict[str, Any]
 
+# Identifiers a peer gives us that we store and index (pids, agreement and token ids): at
+# most this many characters. PostgreSQL refuses an index entry over about 2.7 kB (a third of
+# a B-tree page), and 512 characters of UTF-8 (2,048 bytes at most) beside a DID stay under
+# it; the ids in use (URNs of UUIDs) have 45.
+MAX_ID_LENGTH = 512
+Pid = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+
 
 class Message(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="@type", rename="camel", omit_defaults=True
@@ -33,8 +40,8 @@ class BothPids(Message, frozen=True, kw_only=True):
     """A message on an existing process: it names it by both sides' ids (DSP 2025-1 §CN 2,
     §TP 2)."""
 
-    consumer_pid: str
-    provider_pid: str
+    consumer_pid: Pid
+    provider_pid: Pid
 
 
 class WithReason(BothPids, frozen=True, kw_only=True):
@@ -48,16 +55,16 @@ class WithReason(BothPids, frozen=True, kw_only=True):
 
 
 class ContractRequestMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
+    consumer_pid: Pid
     offer: Json
-    provider_pid: str | None = None  # counter-request on an existing negotiation
+    provider_pid: Pid | None = None  # counter-request on an existing negotiation
     callback_address: str | None = None  # initial request only (schema oneOf)
 
 
 class ContractOfferMessage(Message, frozen=True, kw_only=True, tag=True):
-    provider_pid: str
+    provider_pid: Pid
     offer: Json
-    consumer_pid: str | None = None  # reply on an existing negotiation
+    consumer_pid: Pid | None = None  # reply on an existing negotiation
     callback_address: str | None = None  # provider-initiated only (schema oneOf)
 
 
@@ -120,8 +127,8 @@ class DataAddress(
 
 
 class TransferRequestMessage(Message, frozen=True, kw_only=True, tag=True):
-    consumer_pid: str
-    agreement_id: str
+    consumer_pid: Pid
+    agreement_id: Pid
     format: str
     callback_address: str
     data_address: DataAddress | None = None  # push only

@@ -33,7 +33,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from connector.core.errors import PolicyError
-from connector.core.messages import EDC_NS
+from connector.core.messages import EDC_NS, MAX_ID_LENGTH
 
 ODRL_NS = "http://www.w3.org/ns/odrl/2/"
 XSD_NS = "http://www.w3.org/2001/XMLSchema#"
@@ -419,8 +419,11 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
     """
     if not isinstance(doc, Mapping):
         raise PolicySyntaxError((), "a policy must be a JSON object")
+    policy_id = _id(doc)
+    if policy_id is not None and len(policy_id) > MAX_ID_LENGTH:  # an agreement's id is kept
+        raise PolicySyntaxError((), f"@id longer than {MAX_ID_LENGTH} characters", "@id")
     return Policy(
-        id=_id(doc),
+        id=policy_id,
         permissions=parse_rules(doc, "permission"),
         prohibitions=parse_rules(doc, "prohibition"),
         obligations=parse_rules(doc, "obligation"),

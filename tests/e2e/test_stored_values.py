@@ -1,25 +1,31 @@
-"""A NUL character (U+0000) wherever a caller may put text: never a 5xx, on either engine.
+"""Values a caller may send that one engine could store and the other not: never a 5xx.
 
 PostgreSQL's ``text`` cannot hold U+0000 (the server refuses the parameter outright:
-"invalid byte sequence for encoding UTF8: 0x00"), where SQLite stores it, so a NUL from
-outside must be answered before it reaches a query: a lookup by such an id finds nothing (no
-id we store holds one), and a message carrying one in an id is refused as malformed.
+"invalid byte sequence for encoding UTF8: 0x00") where SQLite stores it, and a B-tree index
+refuses an entry over about 2.7 kB where SQLite's takes any. So both are answered before
+they reach a query, the same on both engines: a NUL anywhere (path, parameter, JSON string,
+token claim) is malformed, and an identifier we would store and index (a pid, an agreement's
+id, a token's jti) is at most ``MAX_ID_LENGTH`` characters.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any
 
 import aiohttp
 import pytest
 
+from connector.core.messages import MAX_ID_LENGTH
 from tests.e2e.conftest import Space
 from tests.e2e.test_bad_input import management_headers, raw_call
 from tests.e2e.test_dsp_edge import call, open_negotiation, request_body
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NUL = "\x00"
+# Random, so that no compression brings it under the index's limit.
+LONG = "urn:uuid:" + secrets.token_hex(MAX_ID_LENGTH)
 
 
 @pytest.mark.parametrize(("method", "route"), [
@@ -104,3 +110,17 @@ async def test_a_nul_in_a_token_id_is_refused(space: Space, http: aiohttp.Client
     status, answer = await call(http, "POST", f"{space.base}/negotiations/request", body,
                                 peer.token(space.provider_did, jti=f"{uuid.uuid4()}{NUL}"))
     assert 400 <= status < 500, (status, answer)
+
+
+@pytest.mark.parametrize("field", ["consumerPid", "offer.@id", "jti"])
+async def test_a_long_id_in_a_dsp_message_is_a_4xx(space: Space, http: aiohttp.ClientSession,
+                                                   field: str) -> None:
+    peer = space.members
+    body: dict[str, Any] = request_body(peer)
+    if field != "jti":
+        holder, _, key = field.rpartition(".")
+        (body[holder] if holder else body)[key] = LONG
+    token = peer.token(space.provider_did, jti=LONG if field == "jti" else None)
+    status, answer = await call(http, "POST", f"{space.base}/negotiations/request", body, token)
+    assert 400 <= status < 500, (field, status, answer)
+
