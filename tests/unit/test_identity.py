@@ -24,6 +24,7 @@ from connector.core.identity import (
     public_jwk,
     verify_token,
 )
+from connector.core.messages import MAX_ID_LENGTH
 
 ISSUER = "did:web:alpha.example.org%3A8443"
 KID = f"{ISSUER}#key-1"
@@ -273,7 +274,7 @@ def test_non_base64url_characters_are_refused(key: Ed25519PrivateKey, ring: KeyR
 @settings(max_examples=50, deadline=None)
 @given(
     issuer=st.from_regex(r"did:web:[a-z0-9.]{1,20}(%3A[0-9]{1,5})?", fullmatch=True),
-    jti=st.text(min_size=1, max_size=40),
+    jti=st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40),
     now=st.integers(min_value=0, max_value=2**40),
     ttl=st.integers(min_value=1, max_value=86_400),
     flip=st.integers(min_value=0),
@@ -293,6 +294,18 @@ def test_round_trip_and_any_tampering_fails(
     tampered = token[:i] + replacement + token[i + 1:]
     with pytest.raises(AuthError):
         verify_token(tampered, audience=AUDIENCE, now=now + ttl, leeway_s=0, keys=ring)
+
+
+@pytest.mark.parametrize("jti", ["\x00", "a\x00b", "j" * (MAX_ID_LENGTH + 1)])
+def test_a_jti_no_store_could_keep_is_refused(key: Ed25519PrivateKey, ring: KeyRing,
+                                              jti: str) -> None:
+    """U+0000 (PostgreSQL's text cannot hold it) or longer than an index takes: the jti is
+    recorded as seen, so the token is refused."""
+    with pytest.raises(AuthError, match="jti"):
+        verify_token(_token(key, jti=jti), audience=AUDIENCE, now=NOW, leeway_s=LEEWAY,
+                     keys=ring)
+    assert verify_token(_token(key, jti="j" * MAX_ID_LENGTH), audience=AUDIENCE, now=NOW,
+                        leeway_s=LEEWAY, keys=ring).jti == "j" * MAX_ID_LENGTH
 
 
 def test_non_canonical_base64url_is_refused(key: Ed25519PrivateKey, ring: KeyRing) -> None:
