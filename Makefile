@@ -23,11 +23,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-# The whole end-to-end suite and the fuzz suite again with every daemon's state in PostgreSQL
-# (Debian's package, started by the test set-up); `make test` runs them on SQLite. CI runs
-# both (~5 min more).
+# Every suite that starts daemons (end-to-end, fuzz, console, management contract) again with
+# each daemon's state in PostgreSQL (Debian's package, started by the test set-up); `make test`
+# runs them on SQLite. CI runs both (~5 min more).
 test-postgres: $(STAMP)
-	CONNECTOR_E2E_ENGINES=postgres $(PY) -m pytest -q tests/e2e tests/fuzz
+	CONNECTOR_E2E_ENGINES=postgres $(PY) -m pytest -q tests/e2e tests/fuzz tests/console tests/contract
 
 # The long forms of the robustness suites (README "Soak"). `make test` runs each short.
 soak: soak-fuzz soak-crash

@@ -17,6 +17,7 @@ from hypothesis import settings
 from connector.adapters.http.openapi import CONTRACT_LOG_ENV
 from tests.contract.check import check_folder
 from tests.e2e.postgres import postgres_server  # noqa: F401  (a session fixture)
+from tests.engines import placer
 from tests.managed_space import ManagedSpace
 from tests.managed_space import managed_space as run_managed_space
 from tests.stores import store_opener  # noqa: F401  (both engines, a parameter)
@@ -45,6 +46,9 @@ def management_contract(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 
 @pytest.fixture(scope="session")
-def managed_space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedSpace]:
-    """A provider, a consumer and a registry daemon (tests/managed_space.py)."""
-    yield from run_managed_space(tmp_path_factory.mktemp("managed"))
+def managed_space(state_engine: str, request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedSpace]:
+    """A provider, a consumer and a registry daemon (tests/managed_space.py), their state on
+    ``state_engine`` (tests/engines.py: a conftest that uses this fixture takes its hooks)."""
+    yield from run_managed_space(tmp_path_factory.mktemp(f"managed-{state_engine}"),
+                                 place=placer(state_engine, request))

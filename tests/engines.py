@@ -5,7 +5,8 @@ the variable says. On PostgreSQL every folder ``create_space`` makes gets a data
 own.
 
 A conftest takes both by importing them: ``pytest_generate_tests`` (the hook) and
-``_state_on_engine`` (the autouse fixture); tests/e2e and tests/fuzz do. The fixture sets
+``_state_on_engine`` (the autouse fixture); tests/e2e, tests/fuzz, tests/console and
+tests/contract do (the last two for tests/conftest.py's ``managed_space``). The fixture sets
 ``harness.place_state`` for one module at a time (before the module's own fixtures: an
 autouse fixture is set up first in its scope), so that no other module inherits it; a
 session fixture that makes folders passes ``placer(...)`` to ``create_space`` itself.

@@ -5,7 +5,7 @@ answers are not empty. The fixture ``managed_space`` is registered in tests/conf
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +50,11 @@ async def _negotiate_and_start(space: tuple[Participant, Participant]
         await api.close()
 
 
-def managed_space(root: Path) -> Iterator[ManagedSpace]:
-    """The space under ``root``, running until the generator is closed."""
-    provider, consumer = create_space(root)
+def managed_space(root: Path, *, place: Callable[[Path], None] | None = None
+                  ) -> Iterator[ManagedSpace]:
+    """The space under ``root`` (its daemons' state where ``place`` puts it, see
+    ``create_space``), running until the generator is closed."""
+    provider, consumer = create_space(root, place=place)
     add_big_dataset(provider.dir)  # long enough a pull to watch it go
     registry = make_registry(root, "registry")
     join_registry(provider.dir, registry.dir)
