@@ -71,9 +71,15 @@ class StateDb:
                                            timeout=10, check_same_thread=False)
             return
         self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        threading.Thread(target=self._serve, daemon=True).start()
         dsn = settings.postgres_dsn_file.read_text().strip()
         self._pg = self._run(asyncpg.connect(dsn))
+
+    def _serve(self) -> None:
+        """The thread PostgreSQL is spoken from: its loop, until ``close`` stops it."""
+        assert self._loop is not None
+        self._loop.run_forever()
+        self._loop.close()
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         assert self._loop is not None

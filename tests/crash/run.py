@@ -217,6 +217,13 @@ class CrashRun:
             await asyncio.sleep(0.5)
 
     async def run(self) -> Report:
+        try:
+            return await self._run()
+        finally:
+            for db in self.dbs.values():
+                db.close()
+
+    async def _run(self) -> Report:
         report = self.report
         print(f"CRASH_SEED={self.plan.seed} folders in {report.root}", flush=True)
         start(self.provider)
@@ -253,7 +260,6 @@ class CrashRun:
             broken = integrity(db)
             if broken:
                 report.mismatches.append(f"{name} database at the end: {broken}")
-            db.close()
         report.mismatches += [f"daemon log: {line}" for line in log_problems(report.root)]
         return report
 
